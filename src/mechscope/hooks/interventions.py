@@ -1,0 +1,160 @@
+"""Ready-made hook functions for common interventions.
+
+Each factory returns ``fn(activation, hook) -> new_activation`` for use in ``fwd_hooks``. All can
+be restricted to chosen ``positions`` (the pos / query_pos axis) and ``heads`` (the head or
+kv_head axis); indices are checked against the activation and a bad one is an error, never
+silently dropped. None means "all".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from mechscope.hooks.points import HookPoint
+from mechscope.hooks.session import HookFn
+
+Indices = int | Sequence[int] | torch.Tensor | None
+_POS_AXES = ("pos", "query_pos")
+_HEAD_AXES = ("head", "kv_head")
+
+
+def _axis_of(hook: HookPoint, candidates: tuple[str, ...]) -> int | None:
+    for name in candidates:
+        if name in hook.axes:
+            return hook.axes.index(name)
+    return None
+
+
+def _checked(indices: Indices, size: int, what: str, hook: HookPoint) -> torch.Tensor:
+    index = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+    if index.numel() and (index.max() >= size or index.min() < -size):
+        raise IndexError(f"{what} {index.tolist()} out of range for {hook.name!r}: size {size} "
+                         f"(valid {-size}..{size - 1})")
+    return index % size
+
+
+def selection_mask(activation: torch.Tensor, hook: HookPoint, positions: Indices = None,
+                   heads: Indices = None) -> torch.Tensor | None:
+    """Boolean mask broadcastable to ``activation`` that is True on the selected positions and
+    heads, or None when everything is selected."""
+    if positions is None and heads is None:
+        return None
+    shape = [1] * activation.dim()
+    mask = torch.ones(shape, dtype=torch.bool, device=activation.device)
+    for indices, axes, what in ((positions, _POS_AXES, "positions"), (heads, _HEAD_AXES, "heads")):
+        if indices is None:
+            continue
+        axis = _axis_of(hook, axes)
+        if axis is None:
+            raise ValueError(f"{hook.name!r} has no {what[:-1]} axis (axes {hook.axes}); drop {what}=")
+        size = activation.shape[axis]
+        keep = torch.zeros(size, dtype=torch.bool, device=activation.device)
+        keep[_checked(indices, size, what, hook).to(activation.device)] = True
+        axis_shape = [1] * activation.dim()
+        axis_shape[axis] = size
+        mask = mask & keep.view(axis_shape)
+    return mask
+
+
+def _blend(activation, replacement, hook, positions, heads):
+    mask = selection_mask(activation, hook, positions, heads)
+    replacement = replacement.to(dtype=activation.dtype, device=activation.device)
+    if mask is None:
+        return replacement.expand_as(activation).clone()
+    return torch.where(mask, replacement, activation)
+
+
+def patch_from(source: Mapping[str, torch.Tensor] | torch.Tensor, positions: Indices = None,
+               heads: Indices = None) -> HookFn:
+    """Replace the activation with the value from ``source``: an ActivationCache (looked up by the
+    hook's name, e.g. the clean run's cache) or a tensor broadcastable to the activation."""
+
+    def hook_fn(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        value = source[hook.name] if isinstance(source, Mapping) else source
+        if value.shape != activation.shape and value.dim() == activation.dim():
+            raise ValueError(f"patch source for {hook.name!r} has shape {tuple(value.shape)}, activation "
+                             f"has {tuple(activation.shape)}")
+        return _blend(activation, value, hook, positions, heads)
+
+    return hook_fn
+
+
+def add_vector(vector: torch.Tensor, scale: float = 1.0, positions: Indices = None,
+               heads: Indices = None) -> HookFn:
+    """Add ``scale * vector`` (its size is the last axis, e.g. [d_model]) to the activation."""
+
+    def hook_fn(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        if vector.shape[-1] != activation.shape[-1]:
+            raise ValueError(f"vector of size {vector.shape[-1]} cannot be added to {hook.name!r} "
+                             f"whose last axis is {activation.shape[-1]}")
+        shifted = activation + scale * vector.to(activation.dtype).to(activation.device)
+        return _blend(activation, shifted, hook, positions, heads)
+
+    return hook_fn
+
+
+def scale(factor: float, positions: Indices = None, heads: Indices = None) -> HookFn:
+    """Multiply the activation by ``factor``."""
+    return lambda activation, hook: _blend(activation, activation * factor, hook, positions, heads)
+
+
+def zero_ablate(positions: Indices = None, heads: Indices = None) -> HookFn:
+    """Set the activation to zero."""
+    return lambda activation, hook: _blend(activation, torch.zeros_like(activation), hook, positions, heads)
+
+
+def mean_ablate(reference: Mapping[str, torch.Tensor] | torch.Tensor, positions: Indices = None,
+                heads: Indices = None, per_position: bool = False) -> HookFn:
+    """Replace the activation with its mean over a reference distribution.
+
+    ``reference``: an ActivationCache of reference prompts (the mean over its batch axis, and
+    over positions too unless ``per_position``) or a precomputed mean tensor.
+    """
+
+    def hook_fn(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        if isinstance(reference, Mapping):
+            data = reference[hook.name]
+            axes = [0] if per_position else [0, hook.axes.index("pos")] if "pos" in hook.axes else [0]
+            mean = data.float().mean(dim=axes, keepdim=True)
+            if per_position and data.shape[1] != activation.shape[1]:
+                raise ValueError(f"per-position mean for {hook.name!r} has {data.shape[1]} positions, "
+                                 f"the run has {activation.shape[1]}")
+        else:
+            mean = reference
+        return _blend(activation, mean.expand_as(activation), hook, positions, heads)
+
+    return hook_fn
+
+
+def resample_ablate(source: Mapping[str, torch.Tensor], seed: int = 0, positions: Indices = None,
+                    heads: Indices = None) -> HookFn:
+    """Replace each row's activation with the activation of a randomly drawn row of ``source``
+    (an ActivationCache of other prompts with the same length), seeded."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def hook_fn(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        donors = source[hook.name]
+        if donors.shape[1:] != activation.shape[1:]:
+            raise ValueError(f"resample source for {hook.name!r} has shape {tuple(donors.shape)}, "
+                             f"incompatible with {tuple(activation.shape)}")
+        rows = torch.randint(donors.shape[0], (activation.shape[0],), generator=generator)
+        return _blend(activation, donors[rows.to(donors.device)], hook, positions, heads)
+
+    return hook_fn
+
+
+def project_out(direction: torch.Tensor, positions: Indices = None, heads: Indices = None) -> HookFn:
+    """Remove the component along ``direction`` (last-axis vector): x - (x . d) d, d unit."""
+    unit = direction / direction.norm()
+
+    def hook_fn(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        if unit.shape[-1] != activation.shape[-1]:
+            raise ValueError(f"direction of size {unit.shape[-1]} does not match {hook.name!r} "
+                             f"(last axis {activation.shape[-1]})")
+        d = unit.to(activation.dtype).to(activation.device)
+        projected = activation - (activation @ d).unsqueeze(-1) * d
+        return _blend(activation, projected, hook, positions, heads)
+
+    return hook_fn

@@ -1,0 +1,303 @@
+"""HookedModel: a native HF causal LM plus TransformerLens-named hook points."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+import torch
+
+from mechscope.hooks.cache import ActivationCache
+from mechscope.hooks.points import HookCatalogue, HookPoint, build_catalogue
+from mechscope.hooks.session import HookFn, HookSession
+from mechscope.models.adapters import adapter_for_model_type
+from mechscope.models.config import ModelConfig
+from mechscope.models.tokens import ModelInput, as_token_tensor, tokenize
+
+NameSelector = str | Callable[[str], bool]
+HookSpec = Sequence[tuple[NameSelector, HookFn]]
+
+
+class HookedModel:
+    """Wraps a HF causal LM without changing it: no re-implemented forward, no weight edits.
+
+    Hook points (see :meth:`hook_names`) use TransformerLens' names and are attached to the
+    real HF modules only for the duration of a call or a :meth:`hooks` context.
+    """
+
+    def __init__(self, hf_model: torch.nn.Module, tokenizer, name: str = ""):
+        self.hf_model = hf_model
+        self.tokenizer = tokenizer
+        self.adapter = adapter_for_model_type(hf_model.config.model_type)
+        self.cfg = ModelConfig.from_hf(hf_model.config, self.adapter, name=name)
+        self.catalogue: HookCatalogue = build_catalogue(self.adapter, self.cfg, hf_model)
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (f"HookedModel({c.name or c.family}: {c.n_layers} layers, {c.n_heads} heads "
+                f"({c.n_kv_heads} kv), d_model {c.d_model}, {len(self.catalogue)} hook points)")
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf_model.parameters()).dtype
+
+    def hook_names(self, include_opt_in: bool = True) -> list[str]:
+        """All hook point names in forward order; opt-in ones (patterns, scores, per-head results)
+        are only computed when requested."""
+        return self.catalogue.names(include_opt_in)
+
+    def hook_point(self, name: str) -> HookPoint:
+        return self.catalogue.get(name)
+
+    # ----------------------------------------------------------------- tokens
+    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = None) -> torch.Tensor:
+        """[batch, pos] token ids (right-padded if lengths differ)."""
+        return tokenize(self.tokenizer, text, prepend_bos, device=self.device)[0]
+
+    def to_str_tokens(self, text: str | torch.Tensor, prepend_bos: bool | None = None) -> list[str]:
+        """The tokens of one prompt (or a 1-D / [1, pos] tensor) as strings."""
+        tokens = text if isinstance(text, torch.Tensor) else self.to_tokens(text, prepend_bos)
+        tokens = as_token_tensor(tokens)
+        if tokens.shape[0] != 1:
+            raise ValueError(f"to_str_tokens takes one sequence, got a batch of {tokens.shape[0]}")
+        return [self.tokenizer.decode([t]) for t in tokens[0].tolist()]
+
+    def to_string(self, tokens: torch.Tensor | Sequence[int]) -> str | list[str]:
+        """Decode [pos] to a string or [batch, pos] to a list of strings."""
+        tokens = torch.as_tensor(tokens)
+        if tokens.dim() == 2:
+            return [self.tokenizer.decode(row.tolist()) for row in tokens]
+        return self.tokenizer.decode(tokens.tolist())
+
+    def to_single_token(self, text: str) -> int:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"{text!r} is {len(ids)} tokens for this tokenizer, expected exactly one")
+        return ids[0]
+
+    def prepare_input(
+        self, inputs: ModelInput, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(tokens [batch, pos], attention_mask [batch, pos] or None) on the model's device."""
+        if isinstance(inputs, torch.Tensor):
+            tokens = as_token_tensor(inputs).to(self.device)
+            if tokens.max() >= self.cfg.d_vocab or tokens.min() < 0:
+                raise ValueError(f"token ids must lie in [0, {self.cfg.d_vocab}); got "
+                                 f"{int(tokens.min())}..{int(tokens.max())}")
+        else:
+            tokens, mask = tokenize(self.tokenizer, inputs, device=self.device)
+            attention_mask = mask if attention_mask is None else attention_mask
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(self.device)
+            if attention_mask.shape != tokens.shape:
+                raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match "
+                                 f"tokens {tuple(tokens.shape)}")
+        return tokens, attention_mask
+
+    # ----------------------------------------------------------------- running
+    def forward(self, inputs: ModelInput, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [batch, pos, d_vocab] of the plain HF forward (plus any active hooks)."""
+        tokens, mask = self.prepare_input(inputs, attention_mask)
+        return self.hf_model(input_ids=tokens, attention_mask=mask, use_cache=False).logits
+
+    __call__ = forward
+
+    def _resolve(self, specs: HookSpec) -> list[tuple[HookPoint, HookFn]]:
+        resolved = []
+        for spec in specs:
+            if not (isinstance(spec, tuple | list) and len(spec) == 2):
+                raise TypeError(f"each hook must be a (name_or_filter, fn) pair, got {spec!r}")
+            selector, fn = spec
+            if not callable(fn):
+                raise TypeError(f"hook function for {selector!r} is not callable: {fn!r}")
+            points = self.catalogue.resolve(selector)
+            if not points:
+                raise ValueError(f"hook filter {selector!r} matched no hook point")
+            resolved.extend((point, fn) for point in points)
+        return resolved
+
+    def hooks(self, fwd_hooks: HookSpec = (), bwd_hooks: HookSpec = ()) -> HookSession:
+        """Context manager: ``with model.hooks(fwd_hooks=[(name, fn)]): model(tokens)``."""
+        return HookSession(self.hf_model, self._resolve(fwd_hooks), self._resolve(bwd_hooks))
+
+    def run_with_hooks(
+        self,
+        inputs: ModelInput,
+        fwd_hooks: HookSpec = (),
+        bwd_hooks: HookSpec = (),
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [batch, pos, d_vocab] with hooks active for this one forward pass.
+
+        Backward hooks fire when you later call ``.backward()`` on something computed from the
+        returned logits (they stay armed on the tensors, not on the model)."""
+        with self.hooks(fwd_hooks, bwd_hooks):
+            return self.forward(inputs, attention_mask)
+
+    def _caching_hooks(self, names, store: dict, device) -> list[tuple[HookPoint, HookFn]]:
+        def save(activation: torch.Tensor, hook: HookPoint) -> None:
+            activation = activation.detach()
+            store[hook.name] = activation if device is None else activation.to(device)
+
+        return [(point, save) for point in self.catalogue.resolve(names)]
+
+    def run_with_cache(
+        self,
+        inputs: ModelInput,
+        names: NameSelector | Iterable[str] | None = None,
+        device: str | torch.device | None = None,
+        attention_mask: torch.Tensor | None = None,
+        fwd_hooks: HookSpec = (),
+    ) -> tuple[torch.Tensor, ActivationCache]:
+        """Run once, keeping activations. Returns (logits [batch, pos, d_vocab], cache).
+
+        ``names``: None caches every default hook point (all but the opt-in patterns, scores and
+        per-head results); a list names points exactly; a callable filters names (it may select
+        opt-in points). ``device`` moves cached tensors (e.g. to "cpu"); otherwise they are the
+        model's own tensors, not copies. Runs without autograd; see :meth:`run_with_cache_and_grads`.
+        ``fwd_hooks`` run before caching at the same point, so the cache shows the edited values.
+        """
+        store: dict[str, torch.Tensor] = {}
+        hooks = self._resolve(fwd_hooks) + self._caching_hooks(names, store, device)
+        with torch.no_grad(), HookSession(self.hf_model, hooks):
+            logits = self.forward(inputs, attention_mask)
+        return logits, ActivationCache(store, self)
+
+    def run_with_cache_and_grads(
+        self,
+        inputs: ModelInput,
+        metric: Callable[[torch.Tensor], torch.Tensor],
+        names: NameSelector | Iterable[str] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        device: str | torch.device | None = None,
+    ) -> tuple[torch.Tensor, ActivationCache, ActivationCache]:
+        """Forward, ``metric(logits)`` (a scalar), backward. Returns (metric value, activation
+        cache, gradient cache): ``grads[name]`` is d metric / d activation at that hook point.
+        Parameter gradients are not accumulated (model .grad fields are left as they were)."""
+        store: dict[str, torch.Tensor] = {}
+        grad_store: dict[str, torch.Tensor] = {}
+        caching = self._caching_hooks(names, store, device)
+        grad_hooks = self._caching_hooks(names, grad_store, device)
+        params = [p for p in self.hf_model.parameters() if p.requires_grad]
+        saved_grads = [p.grad for p in params]
+        with torch.enable_grad(), HookSession(self.hf_model, caching, grad_hooks):
+            value = metric(self.forward(inputs, attention_mask))
+            if value.dim() != 0:
+                raise ValueError(f"metric must return a scalar, got shape {tuple(value.shape)}")
+            value.backward()
+        for param, grad in zip(params, saved_grads):
+            param.grad = grad
+        return value.detach(), ActivationCache(store, self), ActivationCache(grad_store, self)
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 32,
+        fwd_hooks: HookSpec = (),
+        chat: bool | None = None,
+        do_sample: bool = False,
+        **generate_kwargs,
+    ) -> str:
+        """Generate a continuation of ``prompt`` (the new text only), with hooks active.
+
+        ``chat=None`` uses the chat template when the tokenizer has one; ``chat=True`` on a
+        tokenizer without one is an error. Greedy unless ``do_sample=True``.
+        """
+        has_template = getattr(self.tokenizer, "chat_template", None) is not None
+        use_chat = has_template if chat is None else chat
+        if use_chat and not has_template:
+            raise ValueError("chat=True but this tokenizer has no chat template; use chat=False")
+        if use_chat:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            tokens = tokenize(self.tokenizer, text, prepend_bos=False, device=self.device)[0]
+        else:
+            tokens = self.to_tokens(prompt)
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id
+        with torch.no_grad(), self.hooks(fwd_hooks):
+            output = self.hf_model.generate(
+                input_ids=tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=max_new_tokens,
+                do_sample=do_sample, pad_token_id=pad, **generate_kwargs,
+            )
+        return self.tokenizer.decode(output[0, tokens.shape[1]:], skip_special_tokens=True)
+
+    # ----------------------------------------------------------------- weights
+    @property
+    def final_norm(self) -> torch.nn.Module:
+        return self.hf_model.get_submodule(self.adapter.final_norm)
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        """Unembedding [d_model, d_vocab] (a transposed view of the lm_head weight)."""
+        return self.hf_model.get_submodule(self.adapter.unembed).weight.T
+
+    def W_O(self, layer: int) -> torch.Tensor:
+        """Output projection of ``layer`` per head: [n_heads, d_head, d_model]."""
+        module = self.hf_model.get_submodule(f"{self.adapter.layers}.{layer}.{self.adapter.o_proj}")
+        if self.adapter.o_proj_layout == "out_in":
+            return module.weight.T.unflatten(0, (self.cfg.n_heads, self.cfg.d_head))
+        return module.weight.unflatten(0, (self.cfg.n_heads, self.cfg.d_head))
+
+    def b_O(self, layer: int) -> torch.Tensor | None:
+        module = self.hf_model.get_submodule(f"{self.adapter.layers}.{layer}.{self.adapter.o_proj}")
+        return module.bias
+
+    def unembed(self, resid: torch.Tensor, apply_final_norm: bool = True) -> torch.Tensor:
+        """Logits [..., d_vocab] from residual vectors [..., d_model] through the model's real
+        final norm and unembedding (and final soft-capping where the family has it)."""
+        hidden = self.final_norm(resid) if apply_final_norm else resid
+        logits = self.hf_model.get_submodule(self.adapter.unembed)(hidden)
+        cap = self.cfg.final_logit_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
+    def final_norm_affine(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(effective weight [d_model], bias [d_model] or None) of the final norm; Gemma's
+        RMSNorm scales by (1 + weight), which the adapter's offset accounts for."""
+        norm = self.final_norm
+        weight = getattr(norm, "weight", None)
+        if weight is None:
+            weight = torch.ones(self.cfg.d_model, device=self.device, dtype=self.dtype)
+        return weight + self.adapter.norm_weight_offset, getattr(norm, "bias", None)
+
+    def _token_column(self, tokens: int | torch.Tensor) -> torch.Tensor:
+        tokens = torch.as_tensor(tokens, device=self.device).reshape(-1)
+        if tokens.numel() and (tokens.max() >= self.cfg.d_vocab or tokens.min() < 0):
+            raise ValueError(f"token ids must lie in [0, {self.cfg.d_vocab})")
+        return tokens
+
+    def unembed_directions(
+        self, tokens: int | torch.Tensor, incorrect_tokens: int | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Residual directions [n, d_model] whose dot product with a normalised residual (without
+        the norm's weight) gives the logit of ``tokens`` (minus ``incorrect_tokens``)."""
+        weight, _ = self.final_norm_affine()
+        directions = self.W_U[:, self._token_column(tokens)].T
+        if incorrect_tokens is not None:
+            directions = directions - self.W_U[:, self._token_column(incorrect_tokens)].T
+        return directions * weight
+
+    def logit_bias(
+        self, tokens: int | torch.Tensor, incorrect_tokens: int | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The part of the logit (difference) [n] that no residual component writes: the final
+        norm's bias through the unembedding, plus the unembedding's own bias."""
+        _, norm_bias = self.final_norm_affine()
+        unembed = self.hf_model.get_submodule(self.adapter.unembed)
+
+        def column_bias(tok):
+            tok = self._token_column(tok)
+            total = torch.zeros(tok.shape, device=self.device, dtype=self.dtype)
+            if norm_bias is not None:
+                total = total + norm_bias @ self.W_U[:, tok]
+            if getattr(unembed, "bias", None) is not None:
+                total = total + unembed.bias[tok]
+            return total
+
+        bias = column_bias(tokens)
+        return bias if incorrect_tokens is None else bias - column_bias(incorrect_tokens)
