@@ -90,8 +90,8 @@ def test_direct_logit_attribution_adds_up_to_the_logit_difference(tiny):
     tokens = random_tokens(tiny)
     logits, cache = _cache_all(tiny, tokens)
     right, wrong = torch.tensor([3, 5]), torch.tensor([7, 11])
-    stack = cache.decompose_resid()
-    attributions = cache.logit_attrs(stack, right, wrong)  # [components, batch]
+    stack = cache.decompose_resid(pos_slice=-1)
+    attributions = cache.logit_attrs(stack, right, wrong, pos_slice=-1)  # [components, batch]
     total = attributions.sum(0) + tiny.logit_bias(right, wrong)
     rows = torch.arange(tokens.shape[0])
     expected = logits[rows, -1, right] - logits[rows, -1, wrong]

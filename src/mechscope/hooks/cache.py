@@ -178,15 +178,17 @@ class ActivationCache(Mapping[str, torch.Tensor]):
 
     def logit_attrs(
         self, stack: torch.Tensor, tokens: int | torch.Tensor, incorrect_tokens: int | torch.Tensor | None = None,
-        pos: int = -1, has_batch_dim: bool = True,
+        pos_slice: int = -1,
     ) -> torch.Tensor:
         """Direct logit attribution: each component's contribution to the logit of ``tokens``
-        (minus ``incorrect_tokens``) at position ``pos``.
+        (minus ``incorrect_tokens``; one id, or one per batch row) at position ``pos_slice``.
 
-        ``stack``: [components, batch, pos, d_model], not yet normalised. Returns
-        [components, batch]. The contributions plus :meth:`logit_bias` add up to the model's
-        logits before any final soft-capping.
+        ``stack``: [components, batch, d_model], already restricted to that position and not yet
+        normalised. Returns [components, batch]. The contributions plus the model's
+        ``logit_bias`` add up to the logits before any final soft-capping.
         """
-        directions = self.model.unembed_directions(tokens, incorrect_tokens)  # [batch or 1, d_model]
-        normed = self.apply_ln_to_stack(stack[:, :, pos], None, pos)
+        if stack.dim() != 3:
+            raise ValueError(f"stack must be [components, batch, d_model] at one position, got {tuple(stack.shape)}")
+        directions = self.model.unembed_directions(tokens, incorrect_tokens)  # [1 or batch, d_model]
+        normed = self.apply_ln_to_stack(stack, None, pos_slice)
         return (normed * directions.to(normed.dtype)).sum(-1)

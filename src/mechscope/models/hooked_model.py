@@ -248,13 +248,13 @@ class HookedModel:
         module = self.hf_model.get_submodule(f"{self.adapter.layers}.{layer}.{self.adapter.o_proj}")
         return module.bias
 
-    def unembed(self, resid: torch.Tensor, apply_final_norm: bool = True) -> torch.Tensor:
+    def unembed(self, resid: torch.Tensor, apply_final_norm: bool = True, apply_soft_cap: bool = True) -> torch.Tensor:
         """Logits [..., d_vocab] from residual vectors [..., d_model] through the model's real
         final norm and unembedding (and final soft-capping where the family has it)."""
         hidden = self.final_norm(resid) if apply_final_norm else resid
         logits = self.hf_model.get_submodule(self.adapter.unembed)(hidden)
         cap = self.cfg.final_logit_softcap
-        return logits if cap is None else torch.tanh(logits / cap) * cap
+        return logits if cap is None or not apply_soft_cap else torch.tanh(logits / cap) * cap
 
     def final_norm_affine(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(effective weight [d_model], bias [d_model] or None) of the final norm; Gemma's

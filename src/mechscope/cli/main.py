@@ -1,0 +1,88 @@
+"""The ``mechscope`` command line: ``inspect`` a prompt, list ``models``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Mechanistic interpretability of HuggingFace causal LMs.")
+console = Console()
+
+
+@app.command()
+def inspect(
+    prompt: str = typer.Argument(..., help="the prompt whose next-token prediction is analysed"),
+    model: str = typer.Option(None, "--model", "-m", help="bundled name, .gguf path, local folder or hub id"),
+    out: Path = typer.Option(Path("mechscope-report"), "--out", "-o", help="folder for report.html + summary.json"),
+    top_k: int = typer.Option(10, help="how many next tokens to list"),
+) -> None:
+    """Top next tokens, logit lens, direct logit attribution (top vs second token, by layer and
+    by head) and head scores; writes an HTML report and prints a summary."""
+    import mechscope
+    from mechscope.report import inspect_prompt, write_report
+
+    with console.status(f"loading {model or mechscope.DEFAULT_MODEL} ..."):
+        hooked = mechscope.load(model)
+    with console.status("running the analyses ..."):
+        result = inspect_prompt(hooked, prompt, k=top_k)
+    _print_summary(result)
+    report = write_report(result, out / "report.html")
+    (out / "summary.json").write_text(json.dumps(result.to_json(), indent=2), encoding="utf-8")
+    console.print(f"\nreport: [bold]{report}[/bold]  numbers: {out / 'summary.json'}")
+
+
+def _print_summary(result) -> None:
+    console.print(f"[bold]{result.model_name}[/bold]  prompt: {result.prompt!r}")
+    table = Table(title="top next tokens")
+    table.add_column("token")
+    table.add_column("prob", justify="right")
+    for token, prob in result.top_next[:5]:
+        table.add_row(repr(token), f"{prob:.3f}")
+    console.print(table)
+    lens = Table(title="logit lens (top token at each point)")
+    lens.add_column("point")
+    lens.add_column("top token")
+    lens.add_column("prob", justify="right")
+    for label, top in zip(result.lens.labels, result.lens.top_tokens):
+        lens.add_row(label, repr(top[0][0]), f"{top[0][1]:.3f}")
+    console.print(lens)
+    dla = result.attribution
+    console.print(f"DLA of {dla.token!r} - {dla.other_token!r}: logit diff {dla.logit_diff:.3f} "
+                  f"= components {float(dla.by_component.sum()):.3f} + bias {dla.bias:.3f}")
+    heads = Table(title="top heads")
+    for column in ("DLA", "previous token", "induction", "duplicate token"):
+        heads.add_column(column)
+    ranked = [result.heads.ranked(kind, 5) for kind in ("previous_token", "induction", "duplicate_token")]
+    for row in range(5):
+        layer, head, value = dla.top_heads(5)[row]
+        cells = [f"L{layer}H{head} {value:+.2f}"] + [f"L{r[row][0]}H{r[row][1]} {r[row][2]:.2f}" for r in ranked]
+        heads.add_row(*cells)
+    console.print(heads)
+
+
+@app.command()
+def models() -> None:
+    """List loadable models: bundled ones (installed or not) and what is in the cache."""
+    from mechscope.models import disk_cache
+    from mechscope.models.loading import BUNDLED, bundled_available
+
+    table = Table(title="bundled models")
+    for column in ("name", "installed", "cached", "description", "install"):
+        table.add_column(column)
+    cached = set(disk_cache.list_cached())
+    for name, bundled in BUNDLED.items():
+        table.add_row(name, "yes" if bundled_available(name) else "no", "yes" if name in cached else "no",
+                      bundled.description, bundled.install_hint)
+    console.print(table)
+    others = sorted(cached - set(BUNDLED))
+    console.print(f"cache: {disk_cache.cache_root()}  (other cached: {', '.join(others) or 'none'})")
+    console.print("also accepted by --model / mechscope.load: a .gguf path, a local HF folder, a hub id")
+
+
+if __name__ == "__main__":
+    app()
