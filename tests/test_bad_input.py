@@ -86,7 +86,7 @@ def test_resid_mid_on_parallel_residual_model_explains_why_it_is_missing(tiny_mo
 
 def test_hook_filter_matching_nothing_is_a_value_error(llama):
     tokens = random_tokens(llama)
-    nothing = lambda name: name.endswith("hook_resid_psot")  # noqa: E731
+    nothing = lambda name: name.endswith("hook_resid_psot")
     with pytest.raises(ValueError, match="matched no hook point"):
         llama.run_with_hooks(tokens, fwd_hooks=[(nothing, lambda a, h: None)])
     with pytest.raises(ValueError, match="matched no hook point"):
@@ -101,7 +101,7 @@ def test_cache_filter_matching_nothing_is_a_value_error(llama):
     """BUG: run_with_cache(names=filter) with a filter that selects no hook point silently
     returns an empty cache, unlike run_with_hooks which raises. The typo only surfaces later."""
     tokens = random_tokens(llama)
-    nothing = lambda name: name.endswith("hook_resid_psot")  # noqa: E731
+    nothing = lambda name: name.endswith("hook_resid_psot")
     with pytest.raises(ValueError, match="matched no hook point"):
         llama.run_with_cache(tokens, names=nothing)
     with pytest.raises(ValueError, match="matched no hook point"):

@@ -132,9 +132,12 @@ class HookedModel:
     ) -> torch.Tensor:
         """Logits [batch, pos, d_vocab] with hooks active for this one forward pass.
 
-        Backward hooks fire when you later call ``.backward()`` on something computed from the
-        returned logits (they stay armed on the tensors, not on the model)."""
-        with self.hooks(fwd_hooks, bwd_hooks):
+        Without ``bwd_hooks`` the pass runs without autograd (interventions rarely need it, and
+        it saves the graph's memory). With them, autograd is on and they fire when you later call
+        ``.backward()`` on something computed from the returned logits (they are armed on the
+        tensors, not left on the model)."""
+        grad_mode = torch.enable_grad() if bwd_hooks else torch.no_grad()
+        with grad_mode, self.hooks(fwd_hooks, bwd_hooks):
             return self.forward(inputs, attention_mask)
 
     def _caching_hooks(self, names, store: dict, device) -> list[tuple[HookPoint, HookFn]]:
@@ -142,7 +145,10 @@ class HookedModel:
             activation = activation.detach()
             store[hook.name] = activation if device is None else activation.to(device)
 
-        return [(point, save) for point in self.catalogue.resolve(names)]
+        points = self.catalogue.resolve(names)
+        if not points:
+            raise ValueError(f"names={names!r} matched no hook point; model.hook_names() lists them")
+        return [(point, save) for point in points]
 
     def run_with_cache(
         self,
@@ -183,13 +189,17 @@ class HookedModel:
         grad_hooks = self._caching_hooks(names, grad_store, device)
         params = [p for p in self.hf_model.parameters() if p.requires_grad]
         saved_grads = [p.grad for p in params]
-        with torch.enable_grad(), HookSession(self.hf_model, caching, grad_hooks):
-            value = metric(self.forward(inputs, attention_mask))
-            if value.dim() != 0:
-                raise ValueError(f"metric must return a scalar, got shape {tuple(value.shape)}")
-            value.backward()
-        for param, grad in zip(params, saved_grads):
-            param.grad = grad
+        for param in params:  # backward would accumulate into these in place; park them instead
+            param.grad = None
+        try:
+            with torch.enable_grad(), HookSession(self.hf_model, caching, grad_hooks):
+                value = metric(self.forward(inputs, attention_mask))
+                if value.dim() != 0:
+                    raise ValueError(f"metric must return a scalar, got shape {tuple(value.shape)}")
+                value.backward()
+        finally:
+            for param, grad in zip(params, saved_grads):
+                param.grad = grad
         return value.detach(), ActivationCache(store, self), ActivationCache(grad_store, self)
 
     def generate(
