@@ -72,7 +72,8 @@ def models() -> None:
     from mechscope.models.loading import BUNDLED, bundled_available
 
     table = Table(title="bundled models")
-    for column in ("name", "installed", "cached", "description", "install"):
+    table.add_column("name", no_wrap=True)
+    for column in ("installed", "cached", "description", "install"):
         table.add_column(column)
     cached = set(disk_cache.list_cached())
     for name, bundled in BUNDLED.items():

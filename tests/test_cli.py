@@ -1,0 +1,42 @@
+"""The command line: inspect writes a report and a summary whose numbers add up; models lists."""
+
+import json
+
+from typer.testing import CliRunner
+
+import mechscope
+from mechscope.cli.main import app
+
+runner = CliRunner()
+
+
+def test_inspect_writes_report_and_consistent_summary(tmp_path):
+    tiny = mechscope.load_tiny("gpt2")
+    folder = tmp_path / "tiny-gpt2"
+    tiny.hf_model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["inspect", "hello there, hello", "--model", str(folder), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "logit lens" in result.output and "top heads" in result.output
+    html = (out / "report.html").read_text()
+    assert html.count("Plotly.newPlot(") == 4  # lens, DLA by layer, DLA by head, head scores
+    assert html.count("plotly.js v") == 1  # the library is embedded once, so the report opens offline
+    summary = json.loads((out / "summary.json").read_text())
+    dla = summary["dla"]
+    assert abs(sum(dla["by_layer"].values()) + dla["bias"] - dla["logit_diff"]) < 1e-4
+    assert len(summary["logit_lens"]) == tiny.cfg.n_layers + 1
+    assert summary["top_next_tokens"][0]["prob"] >= summary["top_next_tokens"][1]["prob"]
+    assert set(summary["head_scores"]) == {"previous_token", "induction", "duplicate_token"}
+
+
+def test_models_lists_the_bundled_models():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    assert "smollm2-135m-instruct" in result.output and "gemma-3-270m" in result.output
+
+
+def test_bad_model_name_is_a_clear_error():
+    result = runner.invoke(app, ["inspect", "hi", "--model", "/no/such/model.gguf"])
+    assert result.exit_code != 0
+    assert "not found" in str(result.exception)
