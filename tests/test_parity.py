@@ -71,3 +71,21 @@ def test_nested_hook_contexts_compose(tiny):
         tiny(tokens)
     tiny(tokens)
     assert seen == ["outer", "inner", "outer"]
+
+
+def test_cache_holds_the_model_tensors_without_copies_and_can_move_them(tiny):
+    tokens = random_tokens(tiny)
+    o_proj_inputs = []
+    o_proj = tiny.hf_model.get_submodule(f"{tiny.adapter.layers}.0.{tiny.adapter.o_proj}")
+    handle = o_proj.register_forward_pre_hook(lambda module, args: o_proj_inputs.append(args[0]))
+    try:
+        _, cache = tiny.run_with_cache(tokens)
+    finally:
+        handle.remove()
+    # resid_post of block 0 is the very tensor block 1 receives: one storage, not two
+    assert cache["resid_post", 0].data_ptr() == cache["resid_pre", 1].data_ptr()
+    # z is a per-head view of o_proj's own input, not a reshaped copy
+    assert cache["z", 0].data_ptr() == o_proj_inputs[0].data_ptr()
+    _, moved = tiny.run_with_cache(tokens, device="meta")
+    assert moved["resid_post", 0].device.type == "meta"
+    assert moved["resid_post", 0].shape == cache["resid_post", 0].shape
