@@ -33,6 +33,9 @@ Notes per family:
 - **gemma3**: `hook_attn_out` / `hook_mlp_out` are the outputs of the extra post-attention /
   post-feedforward norms, i.e. exactly what is added to the residual stream; `ln2` is
   `pre_feedforward_layernorm`. `hook_q`/`hook_k` are before the q/k norms and rotary.
+  `attn.hook_result` is each head's o_proj contribution *before* the post-attention norm;
+  `ActivationCache.stack_head_results` (and so DLA by head) linearises that norm, so the heads
+  of a layer add up to `hook_attn_out`.
 - **gpt2**: q, k, v are slices of the fused `c_attn` output; writes rebuild the fused tensor.
   `hook_pos_embed` has batch size 1 (shared by the batch).
 - **gpt_neox**: q, k, v are interleaved per head in `query_key_value`; attention and MLP run in

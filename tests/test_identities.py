@@ -97,3 +97,17 @@ def test_direct_logit_attribution_adds_up_to_the_logit_difference(tiny):
     expected = logits[rows, -1, right] - logits[rows, -1, wrong]
     torch.testing.assert_close(total, expected, atol=1e-4, rtol=1e-4)
 
+
+
+def test_stacked_head_results_add_up_to_each_attention_output(tiny):
+    """Per-head residual writes (DLA by head) sum to hook_attn_out, also through Gemma's
+    post-attention norm, which stack_head_results linearises."""
+    tokens = random_tokens(tiny)
+    _, cache = tiny.run_with_cache(tokens)
+    heads = cache.stack_head_results().unflatten(0, (tiny.cfg.n_layers, tiny.cfg.n_heads))
+    for layer in range(tiny.cfg.n_layers):
+        summed = heads[layer].sum(0)
+        bias = tiny.b_O(layer)
+        if bias is not None and not tiny.adapter.attn_out_is_norm:
+            summed = summed + bias
+        torch.testing.assert_close(summed, cache["attn_out", layer], **TOL)

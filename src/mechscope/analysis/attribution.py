@@ -59,12 +59,13 @@ def direct_logit_attribution(
     """DLA of ``token`` (minus ``other_token``) at ``position``. Needs hook_embed, every
     hook_attn_out / hook_mlp_out / attn.hook_z and the final hook_resid_post in ``cache``
     (the default ``run_with_cache`` names include them)."""
+    position = cache.resolve_position(position, batch_index)
     components, labels = cache.decompose_resid(pos_slice=position, return_labels=True)
     by_component = cache.logit_attrs(components, token, other_token, pos_slice=position)[:, batch_index]
     heads = cache.stack_head_results(pos_slice=position)
     by_head = cache.logit_attrs(heads, token, other_token, pos_slice=position)[:, batch_index]
     bias = float(model.logit_bias(token, other_token)[0])
-    final = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"][batch_index, position]
+    final = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"][batch_index, position].to(model.device)
     # Soft-capped logits are not linear in the residual: attribute the logits before the cap.
     logits = model.unembed(final, apply_soft_cap=False).float()
     diff = logits[token] - (logits[other_token] if other_token is not None else 0.0)
@@ -72,8 +73,8 @@ def direct_logit_attribution(
         token=model.tokenizer.decode([token]),
         other_token=None if other_token is None else model.tokenizer.decode([other_token]),
         component_labels=labels,
-        by_component=by_component.float(),
-        by_head=by_head.float().view(model.cfg.n_layers, model.cfg.n_heads),
+        by_component=by_component.float().cpu(),
+        by_head=by_head.float().view(model.cfg.n_layers, model.cfg.n_heads).cpu(),
         bias=bias,
         logit_diff=float(diff),
     )

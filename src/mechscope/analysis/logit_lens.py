@@ -37,10 +37,13 @@ class LogitLens:
 @torch.no_grad()
 def logit_lens(model: HookedModel, cache: ActivationCache, position: int = -1, batch_index: int = 0,
                k: int = 5) -> LogitLens:
-    """Decode ``cache``'s residual stream at ``position`` of prompt ``batch_index``."""
+    """Decode ``cache``'s residual stream at ``position`` of prompt ``batch_index`` (negative
+    positions count from the prompt's last real token when the batch was padded).
+    ``log_probs`` are returned on the CPU."""
+    position = cache.resolve_position(position, batch_index)
     stack, labels = cache.accumulated_resid(pos_slice=position, return_labels=True)  # [n, batch, d]
-    resid = stack[:, batch_index]
-    log_probs = model.unembed(resid).float().log_softmax(-1)
+    resid = stack[:, batch_index].to(model.device)
+    log_probs = model.unembed(resid).float().log_softmax(-1).cpu()
     labels = [label.replace("_pre", "").replace("final_post", "final") for label in labels]
     labels = [f"L{label}" if label[0].isdigit() else label for label in labels]
     top = log_probs.topk(k, dim=-1)

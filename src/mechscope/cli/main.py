@@ -19,7 +19,7 @@ def inspect(
     prompt: str = typer.Argument(..., help="the prompt whose next-token prediction is analysed"),
     model: str = typer.Option(None, "--model", "-m", help="bundled name, .gguf path, local folder or hub id"),
     out: Path = typer.Option(Path("mechscope-report"), "--out", "-o", help="folder for report.html + summary.json"),
-    top_k: int = typer.Option(10, help="how many next tokens to list"),
+    top_k: int = typer.Option(10, min=2, help="how many next tokens to list (at least 2)"),
 ) -> None:
     """Top next tokens, logit lens, direct logit attribution (top vs second token, by layer and
     by head) and head scores; writes an HTML report and prints a summary."""
@@ -58,8 +58,9 @@ def _print_summary(result) -> None:
     for column in ("DLA", "previous token", "induction", "duplicate token"):
         heads.add_column(column)
     ranked = [result.heads.ranked(kind, 5) for kind in ("previous_token", "induction", "duplicate_token")]
-    for row in range(5):
-        layer, head, value = dla.top_heads(5)[row]
+    top_dla = dla.top_heads(5)
+    for row in range(len(top_dla)):  # fewer than 5 rows on models with fewer than 5 heads
+        layer, head, value = top_dla[row]
         cells = [f"L{layer}H{head} {value:+.2f}"] + [f"L{r[row][0]}H{r[row][1]} {r[row][2]:.2f}" for r in ranked]
         heads.add_row(*cells)
     console.print(heads)

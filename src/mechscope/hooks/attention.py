@@ -38,7 +38,11 @@ class CaptureConfigView:
         self.on_pattern = on_pattern
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.base, name)
+        # Only reached for names not set on the view; guard dunders and `base` itself so copy /
+        # pickle probing an uninitialised instance does not recurse.
+        if name.startswith("__") or name == "base":
+            raise AttributeError(name)
+        return getattr(self.__dict__["base"], name)
 
 
 def _views_outermost_first(config: Any) -> list[CaptureConfigView]:
@@ -49,28 +53,42 @@ def _views_outermost_first(config: Any) -> list[CaptureConfigView]:
     return views[::-1]
 
 
-def _apply_mask(scores: torch.Tensor, mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
-    """Mask ``scores`` [b, h, q, k] the way HF's own kernels would for the same ``mask``.
+def _apply_mask(scores: torch.Tensor, mask: Any, is_causal: bool, sliding_window: int | None) -> torch.Tensor:
+    """Mask ``scores`` [b, h, q, k] the way HF's own kernels would for the same arguments.
 
-    HF passes None (plain causal; nothing when one query attends to a cache), a boolean mask
-    (True = may attend), an additive float mask, or a 2-D padding mask [b, k] (flash kernels).
-    Masked entries get the dtype's minimum rather than -inf, so fully masked padding rows stay finite.
+    HF passes a boolean mask (True = may attend), an additive float mask, None, or (flash
+    kernels) a 2-D padding mask [b, k] plus ``sliding_window``. None with several queries means
+    causal with torch sdpa's top-left alignment (HF only passes None where that is right, e.g.
+    static-cache prefill, whose extra key slots are empty); None with one query means "attend to
+    everything cached". Masked entries get the dtype's minimum rather than -inf, so fully masked
+    padding rows stay finite.
     """
     q_len, k_len = scores.shape[-2:]
     minimum = torch.finfo(scores.dtype).min
-    if mask is not None and mask.dim() == 2:
-        padding = mask.bool()[:, None, None, :k_len]
-        scores = scores.masked_fill(~padding, minimum)
-        mask = None
-    if mask is None:
-        if is_causal and q_len > 1:
-            allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
-            scores = scores.masked_fill(~allowed, minimum)
+    if mask is not None and not isinstance(mask, torch.Tensor):
+        raise NotImplementedError(
+            f"attention pattern capture does not support {type(mask).__name__} masks (flex attention); "
+            "load the model with attn_implementation='sdpa' or 'eager'"
+        )
+    if mask is not None and mask.dim() == 4:
+        mask = mask[..., :k_len]
+        if mask.dtype == torch.bool:
+            return scores.masked_fill(~mask, minimum)
+        return scores + mask.to(scores.dtype)
+    if mask is not None:  # 2-D padding mask
+        scores = scores.masked_fill(~mask.bool()[:, None, None, :k_len], minimum)
+    if not is_causal:
         return scores
-    mask = mask[..., :k_len]
-    if mask.dtype == torch.bool:
-        return scores.masked_fill(~mask, minimum)
-    return scores + mask.to(scores.dtype)
+    device = scores.device
+    if mask is None and q_len > 1:
+        query_pos = torch.arange(q_len, device=device)[:, None]
+    else:  # the queries are the last q_len positions of the keys (decoding with a cache)
+        query_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    key_pos = torch.arange(k_len, device=device)[None, :]
+    allowed = key_pos <= query_pos
+    if sliding_window is not None:
+        allowed = allowed & (key_pos > query_pos - sliding_window)
+    return scores.masked_fill(~allowed, minimum)
 
 
 def capture_attention_forward(
@@ -82,24 +100,26 @@ def capture_attention_forward(
     scaling: float | None = None,
     dropout: float = 0.0,
     softcap: float | None = None,
+    sliding_window: int | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Explicit attention that exposes scores and pattern.
 
-    query [b, h, q, d]; key, value [b, kv_h, k, d]. Grouped-query heads are handled by
-    broadcasting query groups against their shared kv head (no copy of k or v).
+    query [b, h, q, d]; key, value [b, kv_h, k, d]. Grouped-query heads: the queries of one
+    group are stacked along the query axis, [b, kv_h, group * q, d], and multiplied with their
+    shared kv head, so k and v are never repeated per query head.
     Returns (output [b, q, h, d], pattern [b, h, q, k]), HF's attention-function contract.
     """
     batch, n_heads, q_len, d_head = query.shape
-    n_kv = key.shape[1]
+    n_kv, k_len = key.shape[1], key.shape[2]
     group = n_heads // n_kv
     scale = scaling if scaling is not None else d_head**-0.5
-    grouped_query = query.view(batch, n_kv, group, q_len, d_head)
-    scores = torch.matmul(grouped_query, key.unsqueeze(2).transpose(-1, -2)) * scale
-    scores = scores.view(batch, n_heads, q_len, key.shape[2])
+    stacked_query = query.reshape(batch, n_kv, group * q_len, d_head)
+    scores = torch.matmul(stacked_query, key.transpose(-1, -2)) * scale
+    scores = scores.view(batch, n_heads, q_len, k_len)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    scores = _apply_mask(scores, attention_mask, getattr(module, "is_causal", True))
+    scores = _apply_mask(scores, attention_mask, getattr(module, "is_causal", True), sliding_window)
     views = _views_outermost_first(module.config)
     for view in views:
         scores = view.on_scores(scores)
@@ -110,8 +130,8 @@ def capture_attention_forward(
         pattern_used = torch.nn.functional.dropout(pattern, p=dropout)
     else:
         pattern_used = pattern
-    grouped_pattern = pattern_used.view(batch, n_kv, group, q_len, key.shape[2])
-    output = torch.matmul(grouped_pattern, value.unsqueeze(2)).view(batch, n_heads, q_len, d_head)
+    stacked_pattern = pattern_used.reshape(batch, n_kv, group * q_len, k_len)
+    output = torch.matmul(stacked_pattern, value).view(batch, n_heads, q_len, d_head)
     return output.transpose(1, 2), pattern
 
 

@@ -39,9 +39,22 @@ class ActivationCache(Mapping[str, torch.Tensor]):
     ``pos_slice`` is an int).
     """
 
-    def __init__(self, store: dict[str, torch.Tensor], model: HookedModel):
+    def __init__(self, store: dict[str, torch.Tensor], model: HookedModel,
+                 attention_mask: torch.Tensor | None = None):
         self._store = store
         self.model = model
+        self.attention_mask = attention_mask  # [batch, pos] when the run was padded, else None
+
+    def resolve_position(self, position: int, batch_index: int = 0) -> int:
+        """The position to read for row ``batch_index``. In a padded run, negative positions
+        count back from that row's last *real* token (padding excluded), so -1 is the prompt's
+        last token; otherwise they are returned unchanged (ordinary negative indexing)."""
+        if position >= 0 or self.attention_mask is None:
+            return position
+        length = int(self.attention_mask[batch_index].sum())
+        if length + position < 0:
+            raise IndexError(f"position {position} is before the start of prompt {batch_index} ({length} tokens)")
+        return length + position
 
     # ------------------------------------------------------------ mapping
     def _full_name(self, key) -> str:
@@ -68,7 +81,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         return f"ActivationCache({len(self)} activations)"
 
     def to(self, device: str | torch.device) -> ActivationCache:
-        return ActivationCache({k: v.to(device) for k, v in self._store.items()}, self.model)
+        return ActivationCache({k: v.to(device) for k, v in self._store.items()}, self.model, self.attention_mask)
 
     # ------------------------------------------------------------ residual stream
     def _final_resid(self) -> torch.Tensor:
@@ -132,7 +145,10 @@ class ActivationCache(Mapping[str, torch.Tensor]):
     ):
         """Each head's write into the residual for blocks before ``layer`` (None: all), as
         [layer * head, batch, pos, d_model], labels "L{l}H{h}". Uses ``attn.hook_result`` when
-        cached, else computes z @ W_O per layer with one einsum (the o_proj bias is not included)."""
+        cached, else computes z @ W_O per layer with one einsum (the o_proj bias is not included).
+        Where a norm follows o_proj (Gemma), it is linearised around the whole attention output
+        (each head scaled by the norm's weight over the output's RMS), so the heads of a layer
+        still add up to ``hook_attn_out``."""
         cfg = self.model.cfg
         stop = cfg.n_layers if layer is None else layer
         parts, labels = [], []
@@ -144,6 +160,8 @@ class ActivationCache(Mapping[str, torch.Tensor]):
                 z = _take_pos(self[f"blocks.{index}.attn.hook_z"], pos_slice)
                 w_o = self.model.W_O(index).to(z.device, z.dtype)
                 result = torch.einsum("...hd,hdm->...hm", z, w_o)
+            if self.model.adapter.attn_out_is_norm:
+                result = self.model.linearise_attn_post_norm(index, result)
             parts.append(result.movedim(-2, 0))
             labels.extend(f"L{index}H{head}" for head in range(cfg.n_heads))
         stack = torch.cat(parts) if parts else torch.empty(0)
@@ -189,6 +207,6 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         """
         if stack.dim() != 3:
             raise ValueError(f"stack must be [components, batch, d_model] at one position, got {tuple(stack.shape)}")
-        directions = self.model.unembed_directions(tokens, incorrect_tokens)  # [1 or batch, d_model]
-        normed = self.apply_ln_to_stack(stack, None, pos_slice)
-        return (normed * directions.to(normed.dtype)).sum(-1)
+        directions = self.model.unembed_directions(tokens, incorrect_tokens)  # [1 or batch, d_model], fp32
+        normed = self.apply_ln_to_stack(stack.float(), None, pos_slice)
+        return (normed * directions.to(normed.device)).sum(-1)

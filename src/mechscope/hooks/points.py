@@ -196,7 +196,9 @@ def _layer_points(adapter: ArchitectureAdapter, cfg: ModelConfig, hf_model: torc
     yield point("attn.hook_result", ("batch", "pos", "head", "d_model"),
                 HeadResultSite(path(adapter.o_proj), "output", 0, o_proj.weight, o_proj.bias,
                                adapter.o_proj_layout, **heads),
-                "each head's write into the residual, z @ W_O[head] (opt-in)", opt_in=True)
+                "each head's o_proj contribution z @ W_O[head]"
+                + (", before the post-attention norm" if adapter.attn_out_is_norm else
+                   ": its write into the residual") + " (opt-in)", opt_in=True)
     yield point("hook_attn_out", RESID, Site(path(adapter.attn_out), "output"),
                 "attention output as added to the residual stream")
     ln2 = path(adapter.ln2)

@@ -101,6 +101,20 @@ def _first_input(args: tuple, kwargs: dict) -> tuple[torch.Tensor, bool]:
     raise RuntimeError("mechscope: module was called without a tensor input")
 
 
+def _remove_view(module: torch.nn.Module, view: CaptureConfigView) -> None:
+    """Unlink ``view`` from the module's chain of config views, wherever it sits in it, so
+    sessions may close in any order and the real config is back once all have closed."""
+    if module.config is view:
+        module.config = view.base
+        return
+    outer = module.config
+    while isinstance(outer, CaptureConfigView):
+        if outer.base is view:
+            outer.base = view.base
+            return
+        outer = outer.base
+
+
 class HookSession:
     """Context manager that installs hook functions on a HF model and removes them on exit."""
 
@@ -132,7 +146,7 @@ class HookSession:
                 groups[(site.module, "attention")].append(entry)
                 continue
             groups[(site.module, site.phase)].append(entry)
-            if isinstance(site, ResidMidSite) and entry.fwd:
+            if isinstance(site, ResidMidSite):  # bwd-only points may rebuild the tensor too
                 groups[(site.layer_module, "output")].append(_ResidMidCarry(site.layer_module, self))
         return groups
 
@@ -161,8 +175,8 @@ class HookSession:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for module, original in reversed(self._swapped_configs):
-            module.config = original
+        for module, view in reversed(self._swapped_configs):
+            _remove_view(module, view)
         self._swapped_configs.clear()
         self.pending_resid_delta.clear()
 
@@ -209,6 +223,6 @@ class HookSession:
                 return lambda tensor: tensor
             return lambda tensor: entry.run_on_activation(tensor)[0]
 
-        original = module.config
-        module.config = CaptureConfigView(original, callback("scores"), callback("pattern"))
-        self._swapped_configs.append((module, original))
+        view = CaptureConfigView(module.config, callback("scores"), callback("pattern"))
+        module.config = view
+        self._swapped_configs.append((module, view))

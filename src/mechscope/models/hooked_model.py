@@ -101,7 +101,10 @@ class HookedModel:
     def forward(self, inputs: ModelInput, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [batch, pos, d_vocab] of the plain HF forward (plus any active hooks)."""
         tokens, mask = self.prepare_input(inputs, attention_mask)
-        return self.hf_model(input_ids=tokens, attention_mask=mask, use_cache=False).logits
+        # With a mask, positions count real tokens only (as HF's generate does), so a left-padded
+        # row sees the same positions as the prompt alone; right padding leaves them unchanged.
+        positions = None if mask is None else (mask.long().cumsum(-1) - 1).clamp(min=0)
+        return self.hf_model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=False).logits
 
     __call__ = forward
 
@@ -168,9 +171,10 @@ class HookedModel:
         """
         store: dict[str, torch.Tensor] = {}
         hooks = self._resolve(fwd_hooks) + self._caching_hooks(names, store, device)
+        tokens, mask = self.prepare_input(inputs, attention_mask)
         with torch.no_grad(), HookSession(self.hf_model, hooks):
-            logits = self.forward(inputs, attention_mask)
-        return logits, ActivationCache(store, self)
+            logits = self.forward(tokens, mask)
+        return logits, ActivationCache(store, self, attention_mask=mask)
 
     def run_with_cache_and_grads(
         self,
@@ -216,6 +220,8 @@ class HookedModel:
         ``chat=None`` uses the chat template when the tokenizer has one; ``chat=True`` on a
         tokenizer without one is an error. Greedy unless ``do_sample=True``.
         """
+        if not isinstance(prompt, str):
+            raise TypeError(f"generate takes one prompt string, got {type(prompt).__name__}")
         has_template = getattr(self.tokenizer, "chat_template", None) is not None
         use_chat = has_template if chat is None else chat
         if use_chat and not has_template:
@@ -266,6 +272,19 @@ class HookedModel:
         cap = self.cfg.final_logit_softcap
         return logits if cap is None or not apply_soft_cap else torch.tanh(logits / cap) * cap
 
+    def linearise_attn_post_norm(self, layer: int, result: torch.Tensor) -> torch.Tensor:
+        """Per-head o_proj contributions [..., head, d_model] mapped through the RMSNorm that
+        follows o_proj (Gemma's post-attention norm), linearised at their sum: each head is
+        multiplied by weight / rms(sum over heads), so the heads add up to the norm's output."""
+        norm = self.hf_model.get_submodule(f"{self.adapter.layers}.{layer}.{self.adapter.attn_out}")
+        total = result.float().sum(-2)
+        if self.b_O(layer) is not None:
+            total = total + self.b_O(layer).float()
+        eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", self.cfg.norm_eps))
+        inverse_rms = torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + eps)
+        weight = norm.weight.float().to(result.device) + self.adapter.norm_weight_offset
+        return (result.float() * (inverse_rms * weight).unsqueeze(-2)).to(result.dtype)
+
     def final_norm_affine(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(effective weight [d_model], bias [d_model] or None) of the final norm; Gemma's
         RMSNorm scales by (1 + weight), which the adapter's offset accounts for."""
@@ -273,7 +292,9 @@ class HookedModel:
         weight = getattr(norm, "weight", None)
         if weight is None:
             weight = torch.ones(self.cfg.d_model, device=self.device, dtype=self.dtype)
-        return weight + self.adapter.norm_weight_offset, getattr(norm, "bias", None)
+        bias = getattr(norm, "bias", None)
+        # float32: attribution sums run over d_model and must not drift in bf16
+        return weight.float() + self.adapter.norm_weight_offset, None if bias is None else bias.float()
 
     def _token_column(self, tokens: int | torch.Tensor) -> torch.Tensor:
         tokens = torch.as_tensor(tokens, device=self.device).reshape(-1)
@@ -287,9 +308,9 @@ class HookedModel:
         """Residual directions [n, d_model] whose dot product with a normalised residual (without
         the norm's weight) gives the logit of ``tokens`` (minus ``incorrect_tokens``)."""
         weight, _ = self.final_norm_affine()
-        directions = self.W_U[:, self._token_column(tokens)].T
+        directions = self.W_U[:, self._token_column(tokens)].T.float()
         if incorrect_tokens is not None:
-            directions = directions - self.W_U[:, self._token_column(incorrect_tokens)].T
+            directions = directions - self.W_U[:, self._token_column(incorrect_tokens)].T.float()
         return directions * weight
 
     def logit_bias(
@@ -302,11 +323,11 @@ class HookedModel:
 
         def column_bias(tok):
             tok = self._token_column(tok)
-            total = torch.zeros(tok.shape, device=self.device, dtype=self.dtype)
+            total = torch.zeros(tok.shape, device=self.device, dtype=torch.float32)
             if norm_bias is not None:
-                total = total + norm_bias @ self.W_U[:, tok]
+                total = total + norm_bias @ self.W_U[:, tok].float()
             if getattr(unembed, "bias", None) is not None:
-                total = total + unembed.bias[tok]
+                total = total + unembed.bias[tok].float()
             return total
 
         bias = column_bias(tokens)

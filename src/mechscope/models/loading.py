@@ -110,19 +110,23 @@ def load(
     name: str | Path | torch.nn.Module | None = None,
     *,
     tokenizer=None,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
 ) -> HookedModel:
     """Load a causal LM and wrap it as a :class:`HookedModel`.
 
     ``name`` may be: None (the bundled ``smollm2-135m-instruct``), a bundled name (see
     ``mechscope models``), a ``.gguf`` path, a local HF folder, a hub id (needs a reachable hub),
     or an already-built ``transformers`` model (pass its ``tokenizer`` too).
+    Loaded models default to ``dtype=torch.float32`` on ``device="cpu"``; an already-built model
+    stays in its dtype and on its device unless these are given.
     """
     if isinstance(name, torch.nn.Module):
         if tokenizer is None:
             raise ValueError("pass tokenizer=... together with an already-built transformers model")
-        return HookedModel(name.to(device=device), tokenizer)
+        name.to(device=device, dtype=dtype).eval()
+        return HookedModel(name, tokenizer)
+    dtype = dtype or torch.float32
     label = str(name) if name is not None else DEFAULT_MODEL
     if label in BUNDLED:
         model, tok = _from_gguf(BUNDLED[label].locate_gguf(), label, dtype)
@@ -142,4 +146,4 @@ def load(
                 f"folder or .gguf file, and the hub could not provide it ({error})"
             ) from error
     model.eval()
-    return HookedModel(model.to(device=device), tokenizer or tok, name=label)
+    return HookedModel(model.to(device=device or "cpu"), tokenizer or tok, name=label)

@@ -56,6 +56,8 @@ class Inspection:
 @torch.no_grad()
 def inspect_prompt(model: HookedModel, prompt: str, k: int = 10, head_seq_len: int = 20,
                    head_sequences: int = 8) -> Inspection:
+    if k < 2:
+        raise ValueError(f"k must be at least 2 (the analysis compares the top two tokens), got {k}")
     tokens = model.to_tokens(prompt)
     logits, cache = model.run_with_cache(tokens)
     probs = logits[0, -1].float().softmax(-1)

@@ -51,6 +51,9 @@ class ArchitectureAdapter:
     # are the extra post-norms, not the attention / MLP modules themselves.
     attn_out: str = "self_attn"
     mlp_out: str = "mlp"
+    # True when ``attn_out`` is a norm applied to the o_proj output (Gemma): per-head results
+    # are then o_proj contributions, and their residual writes need the norm linearised.
+    attn_out_is_norm: bool = False
     norm_type: NormType = "rms"
     # Gemma's RMSNorm multiplies by (1 + weight); the effective scale is weight + offset.
     norm_weight_offset: float = 0.0

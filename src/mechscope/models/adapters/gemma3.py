@@ -12,6 +12,7 @@ GEMMA3 = ArchitectureAdapter(
     ln2="pre_feedforward_layernorm",
     attn_out="post_attention_layernorm",
     mlp_out="post_feedforward_layernorm",
+    attn_out_is_norm=True,
     norm_weight_offset=1.0,
     read_config=standard_dims,
 )
