@@ -96,3 +96,30 @@ def test_generate_with_chat_template_and_steering_hook(smollm2):
     ablated = smollm2.generate("What is the capital of France?", max_new_tokens=8,
                                fwd_hooks=[("blocks.10.hook_resid_post", iv.zero_ablate())])
     assert ablated != plain
+
+
+def test_every_hook_point_fires_once_with_its_documented_shape(smollm2):
+    tokens = smollm2.to_tokens(["The cat sat on the mat", "A dog ran in the park"])
+    batch, pos = tokens.shape
+    fired = {}
+
+    def record(activation, hook):
+        fired.setdefault(hook.name, []).append(tuple(activation.shape))
+
+    smollm2.run_with_hooks(tokens, fwd_hooks=[(lambda name: True, record)])
+    assert set(fired) == set(smollm2.hook_names())
+    fill = {"batch": batch, "pos": pos, "query_pos": pos, "key_pos": pos}
+    for name, shapes in fired.items():
+        point = smollm2.hook_point(name)
+        assert shapes == [tuple(fill.get(a, s) for a, s in zip(point.axes, point.shape))], name
+
+
+def test_bf16_model_caches_bit_identically_to_its_plain_forward(smollm2):
+    half = mechscope.load(dtype=torch.bfloat16)
+    tokens = half.to_tokens(IOI)
+    with torch.no_grad():
+        reference = half.hf_model(tokens).logits
+    logits, cache = half.run_with_cache(tokens)
+    assert logits.dtype == torch.bfloat16 and torch.equal(logits, reference)
+    assert cache["resid_post", 29].dtype == torch.bfloat16
+    assert half.to_string(logits[0, -1].argmax()) == " Mary"
