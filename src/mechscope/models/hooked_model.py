@@ -98,13 +98,17 @@ class HookedModel:
         return tokens, attention_mask
 
     # ----------------------------------------------------------------- running
-    def forward(self, inputs: ModelInput, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [batch, pos, d_vocab] of the plain HF forward (plus any active hooks)."""
+    def forward(self, inputs: ModelInput, attention_mask: torch.Tensor | None = None,
+                logits_to_keep: int = 0) -> torch.Tensor:
+        """Logits [batch, pos, d_vocab] of the plain HF forward (plus any active hooks).
+        ``logits_to_keep=k`` unembeds only the last k positions (0 = all): [batch, k, d_vocab]."""
         tokens, mask = self.prepare_input(inputs, attention_mask)
         # With a mask, positions count real tokens only (as HF's generate does), so a left-padded
         # row sees the same positions as the prompt alone; right padding leaves them unchanged.
         positions = None if mask is None else (mask.long().cumsum(-1) - 1).clamp(min=0)
-        return self.hf_model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=False).logits
+        extra = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
+        return self.hf_model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=False,
+                             **extra).logits
 
     __call__ = forward
 
@@ -132,6 +136,7 @@ class HookedModel:
         fwd_hooks: HookSpec = (),
         bwd_hooks: HookSpec = (),
         attention_mask: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
         """Logits [batch, pos, d_vocab] with hooks active for this one forward pass.
 
@@ -141,7 +146,7 @@ class HookedModel:
         tensors, not left on the model)."""
         grad_mode = torch.enable_grad() if bwd_hooks else torch.no_grad()
         with grad_mode, self.hooks(fwd_hooks, bwd_hooks):
-            return self.forward(inputs, attention_mask)
+            return self.forward(inputs, attention_mask, logits_to_keep)
 
     def _caching_hooks(self, names, store: dict, device) -> list[tuple[HookPoint, HookFn]]:
         def save(activation: torch.Tensor, hook: HookPoint) -> None:

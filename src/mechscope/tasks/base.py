@@ -68,9 +68,27 @@ class Task:
 
     # ---------------------------------------------------------------- metrics (per prompt)
     def end_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """[n, vocab] logits at each prompt's END position, from [n, pos, vocab]."""
+        """[n, vocab] logits at each prompt's END position, from [n, pos, vocab]; [n, vocab]
+        input is taken to be at END already."""
+        if logits.dim() == 2:
+            return logits.float()
         rows = torch.arange(logits.shape[0], device=logits.device)
         return logits[rows, self.positions["END"].to(logits.device)].float()
+
+    def select(self, prompt_index: torch.Tensor) -> Task:
+        """The task restricted (or repeated) to prompts ``prompt_index`` [m]."""
+        index = prompt_index.cpu()
+        return Task(self.name, self.clean_tokens[index.to(self.clean_tokens.device)],
+                    self.corrupted_tokens[index.to(self.corrupted_tokens.device)],
+                    self.answer_tokens[index], self.wrong_tokens[index],
+                    {key: value[index] for key, value in self.positions.items()},
+                    [self.clean_prompts[i] for i in index.tolist()] if self.clean_prompts else [],
+                    [self.corrupted_prompts[i] for i in index.tolist()] if self.corrupted_prompts else [])
+
+    @property
+    def end_is_last(self) -> bool:
+        """True when every prompt's END is the final position (lets runs unembed only it)."""
+        return bool((self.positions["END"] == self.clean_tokens.shape[1] - 1).all())
 
     def logit_diff(self, logits: torch.Tensor) -> torch.Tensor:
         """[n] mean logit of the answers minus mean logit of the wrong tokens at END."""

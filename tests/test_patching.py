@@ -1,0 +1,69 @@
+"""Batched activation patching: equal to the one-site-per-forward reference, and known values."""
+
+import pytest
+import torch
+
+import mechscope
+from mechscope import tasks
+from mechscope.patching import PatchingResult, activation_patch, activation_patch_naive
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2", "gemma3"])
+def setup(request):
+    model = mechscope.load_tiny(request.param)
+    return model, tasks.induction(model, n=3, seq_len=5, seed=2)
+
+
+@pytest.mark.parametrize("sites", ["resid_pre", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos",
+                                   "q", "k", "v", "pattern"])
+@pytest.mark.parametrize("mode", ["denoise", "noise"])
+def test_batched_equals_one_site_per_forward(setup, sites, mode):
+    model, task = setup
+    batched = activation_patch(model, task, sites, mode=mode, batch_size=7, progress=False)
+    naive = activation_patch_naive(model, task, sites, mode=mode, progress=False)
+    assert batched.info["forwards"] < naive.info["forwards"]
+    torch.testing.assert_close(batched.raw, naive.raw, atol=1e-5, rtol=1e-5)
+    assert batched.scores.shape == naive.scores.shape
+
+
+def test_denoising_the_final_residual_at_end_restores_the_clean_run(setup):
+    model, task = setup
+    result = activation_patch(model, task, "resid_post", progress=False)
+    end = task.clean_tokens.shape[1] - 1
+    assert result.scores[-1, end].item() == pytest.approx(1.0, abs=1e-5)
+    assert result.scores[-1, :end].abs().max().item() < 1e-5  # earlier positions cannot reach END's logits
+    noised = activation_patch(model, task, "resid_post", mode="noise", progress=False)
+    assert noised.scores[-1, end].item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_identical_clean_and_corrupted_give_zero_effect(setup):
+    model, task = setup
+    same = tasks.Task("same", task.clean_tokens, task.clean_tokens.clone(), task.answer_tokens,
+                      task.wrong_tokens, dict(task.positions))
+    result = activation_patch(model, same, "heads", metric="kl", progress=False)
+    assert result.raw.abs().max().item() < 1e-6
+    assert not result.normalised
+
+
+def test_result_top_json_round_trip_and_plot(setup, tmp_path):
+    model, task = setup
+    result = activation_patch(model, task, "heads", progress=False)
+    top = result.top(3)
+    assert len(top) == 3 and abs(top[0][1]) >= abs(top[1][1]) >= abs(top[2][1])
+    path = result.save(tmp_path / "r.json")
+    loaded = PatchingResult.load(path)
+    assert torch.equal(loaded.scores, result.scores) and loaded.labels == result.labels
+    figure = result.plot()
+    assert figure.data[0].z.shape == tuple(result.scores.shape)
+
+
+def test_bad_sites_and_modes_are_clear_errors(setup):
+    model, task = setup
+    with pytest.raises(ValueError, match="unknown site kind"):
+        activation_patch(model, task, "residual", progress=False)
+    with pytest.raises(ValueError, match="mode must be"):
+        activation_patch(model, task, "heads", mode="restore", progress=False)
+    with pytest.raises(ValueError, match="unknown metric"):
+        activation_patch(model, task, "heads", metric="accuracy", progress=False)
+    with pytest.raises(ValueError, match="out of range"):
+        activation_patch(model, task, "heads", layers=[7], progress=False)
