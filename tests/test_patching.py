@@ -67,3 +67,20 @@ def test_bad_sites_and_modes_are_clear_errors(setup):
         activation_patch(model, task, "heads", metric="accuracy", progress=False)
     with pytest.raises(ValueError, match="out of range"):
         activation_patch(model, task, "heads", layers=[7], progress=False)
+
+
+def test_attribution_patching_matches_exact_patching_to_first_order(setup):
+    """AtP shares the exact sweep's baselines and tracks its scores (random tiny models are far
+    from linear, so the floor here is loose; the SmolLM2 test sets the real one)."""
+    from mechscope.patching import attribution_patch, correlation
+
+    model, task = setup
+    exact = activation_patch(model, task, "heads", progress=False)
+    estimate = attribution_patch(model, task, "heads")
+    assert estimate.scores.shape == exact.scores.shape
+    assert estimate.info["forwards"] == 2 and estimate.info["backwards"] == 1
+    assert correlation(estimate, exact) > 0.5
+    assert estimate.clean_value == pytest.approx(exact.clean_value, abs=1e-5)
+    assert estimate.corrupted_value == pytest.approx(exact.corrupted_value, abs=1e-5)
+    with pytest.raises(ValueError, match="KL"):
+        attribution_patch(model, task, "heads", metric="kl")

@@ -1,7 +1,17 @@
 """Causal interventions: activation patching (batched), with results you can rank, plot and save."""
 
 from mechscope.patching.activation import activation_patch, activation_patch_naive
+from mechscope.patching.attribution import attribution_patch, correlation
 from mechscope.patching.result import PatchingResult
 from mechscope.patching.sites import SITE_KINDS, PatchUnit, site_grid
 
-__all__ = ["SITE_KINDS", "PatchUnit", "PatchingResult", "activation_patch", "activation_patch_naive", "site_grid"]
+__all__ = [
+    "SITE_KINDS",
+    "PatchUnit",
+    "PatchingResult",
+    "activation_patch",
+    "activation_patch_naive",
+    "attribution_patch",
+    "correlation",
+    "site_grid",
+]

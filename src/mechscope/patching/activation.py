@@ -8,7 +8,6 @@ many sites; the source activations are cached once.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +16,7 @@ from tqdm.auto import tqdm
 from mechscope.hooks.points import HookPoint
 from mechscope.models.hooked_model import HookedModel
 from mechscope.patching.metrics import row_metric
+from mechscope.patching.prefix import reuse_prefix
 from mechscope.patching.result import PatchingResult
 from mechscope.patching.sites import PatchUnit, SiteGrid, site_grid
 from mechscope.tasks.base import Task
@@ -26,16 +26,18 @@ MODES = ("denoise", "noise")
 
 @dataclass(frozen=True)
 class PatchingRun:
-    """What a sweep runs: base tokens (the run being patched), the source cache, baselines."""
+    """What a sweep runs: base tokens (the run being patched), the source cache, the base run's
+    residual stream after each block (to skip unpatched blocks), baselines."""
 
     base_tokens: torch.Tensor
     source: dict[str, torch.Tensor]
+    base_resid_post: dict[int, torch.Tensor]
     clean_value: float
     corrupted_value: float
     clean_end_logits: torch.Tensor
 
 
-def _index(hook: HookPoint, unit: PatchUnit, rows: slice) -> tuple:
+def unit_index(hook: HookPoint, unit: PatchUnit, rows: slice) -> tuple:
     """Index into an activation selecting ``rows`` and the unit's head / position."""
     index: list = [slice(None)] * len(hook.axes)
     index[0] = rows
@@ -64,14 +66,16 @@ def prepare_run(model: HookedModel, task: Task, hook_names: list[str], mode: str
     source_tokens, base = ((task.clean_tokens, task.corrupted_tokens) if mode == "denoise"
                            else (task.corrupted_tokens, task.clean_tokens))
     source_logits, source_cache = model.run_with_cache(source_tokens, names=hook_names)
-    base_logits = model(base)
+    resid_names = [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+    base_logits, base_cache = model.run_with_cache(base, names=resid_names)
+    base_resid_post = {layer: base_cache["resid_post", layer] for layer in range(model.cfg.n_layers)}
     clean_logits, corrupt_logits = (source_logits, base_logits) if mode == "denoise" else (base_logits, source_logits)
     clean_end = task.end_logits(clean_logits)
     prompts = torch.arange(len(task))
     metric_fn = row_metric(task, metric, clean_end)
     clean_value = float(metric_fn(clean_end, prompts).mean())
     corrupted_value = float(metric_fn(task.end_logits(corrupt_logits), prompts).mean())
-    return PatchingRun(base, dict(source_cache), clean_value, corrupted_value, clean_end)
+    return PatchingRun(base, dict(source_cache), base_resid_post, clean_value, corrupted_value, clean_end)
 
 
 def _chunk_hooks(model: HookedModel, units: list[PatchUnit], source: dict[str, torch.Tensor], n: int):
@@ -85,7 +89,7 @@ def _chunk_hooks(model: HookedModel, units: list[PatchUnit], source: dict[str, t
             patched = activation.clone()
             donor = source[hook.name]
             for slot, unit in entries:
-                patched[_index(hook, unit, slice(slot * n, (slot + 1) * n))] = donor[_index(hook, unit, slice(None))]
+                patched[unit_index(hook, unit, slice(slot * n, (slot + 1) * n))] = donor[unit_index(hook, unit, slice(None))]
             return patched
 
         return patch
@@ -120,17 +124,23 @@ def activation_patch(
     prompts = torch.arange(n)
     keep = 1 if task.end_is_last else 0
     raw = torch.empty(len(grid.units))
-    chunks = range(0, len(grid.units), units_per_forward)
-    for start in tqdm(chunks, desc=f"{mode} {sites}", disable=not progress, leave=False):
-        units = list(grid.units[start : start + units_per_forward])
+    # Chunks never mix layers, so each forward can skip every block before its layer.
+    by_layer: dict[int, list[int]] = {}
+    for index, unit in enumerate(grid.units):
+        by_layer.setdefault(model.hook_point(unit.hook_name).layer(), []).append(index)
+    chunks = [(layer, indices[i : i + units_per_forward])
+              for layer, indices in by_layer.items() for i in range(0, len(indices), units_per_forward)]
+    for layer, indices in tqdm(chunks, desc=f"{mode} {sites}", disable=not progress, leave=False):
+        units = [grid.units[i] for i in indices]
         tokens = run.base_tokens.repeat(len(units), 1)
-        logits = model.run_with_hooks(tokens, fwd_hooks=_chunk_hooks(model, units, run.source, n),
-                                      logits_to_keep=keep)
+        with reuse_prefix(model, layer, run.base_resid_post, len(units)):
+            logits = model.run_with_hooks(tokens, fwd_hooks=_chunk_hooks(model, units, run.source, n),
+                                          logits_to_keep=keep)
         end = logits[:, -1] if keep else logits
         values = metric_fn(end, prompts.repeat(len(units)))
-        raw[start : start + len(units)] = values.view(len(units), n).mean(1).cpu()
-    return _result(grid, raw, run, mode, metric, position_labels(model, task), info={
-        "prompts": n, "forwards": math.ceil(len(grid.units) / units_per_forward), "rows_per_forward": units_per_forward * n})
+        raw[indices] = values.view(len(units), n).mean(1).cpu()
+    return build_result(grid, raw, run.clean_value, run.corrupted_value, mode, metric, position_labels(model, task), info={
+        "prompts": n, "forwards": len(chunks), "rows_per_forward": units_per_forward * n})
 
 
 @torch.no_grad()
@@ -147,7 +157,7 @@ def activation_patch_naive(model: HookedModel, task: Task, sites: str = "resid_p
     for index, unit in enumerate(tqdm(grid.units, desc=f"naive {sites}", disable=not progress, leave=False)):
         logits = model.run_with_hooks(run.base_tokens, fwd_hooks=_chunk_hooks(model, [unit], run.source, len(task)))
         raw[index] = metric_fn(task.end_logits(logits), prompts).mean().cpu()
-    return _result(grid, raw, run, mode, metric, position_labels(model, task),
+    return build_result(grid, raw, run.clean_value, run.corrupted_value, mode, metric, position_labels(model, task),
                    info={"prompts": len(task), "forwards": len(grid.units)})
 
 
@@ -158,8 +168,9 @@ def position_labels(model: HookedModel, task: Task) -> list[str]:
     return [f"{i}:{tok!r}" + (f" [{names[i]}]" if i in names else "") for i, tok in enumerate(tokens)]
 
 
-def _result(grid: SiteGrid, raw: torch.Tensor, run: PatchingRun, mode: str, metric: str,
-            positions: list[str], info: dict) -> PatchingResult:
+def build_result(grid: SiteGrid, raw: torch.Tensor, clean_value: float, corrupted_value: float, mode: str,
+                 metric: str, positions: list[str], info: dict) -> PatchingResult:
+    """Shape the raw per-unit metric [units] into a result over the grid's axes."""
     labels = {"layer": [str(layer) for layer in grid.layers]}
     for axis, size in zip(grid.axes, grid.shape):
         if axis in ("head", "kv_head"):
@@ -168,7 +179,7 @@ def _result(grid: SiteGrid, raw: torch.Tensor, run: PatchingRun, mode: str, metr
         labels["position"] = positions
     raw = raw.view(grid.shape)
     normalise = metric != "kl"
-    gap = run.clean_value - run.corrupted_value
-    scores = (raw - run.corrupted_value) / gap if normalise and gap != 0 else raw.clone()
-    return PatchingResult(grid.kind, mode, metric, grid.axes, labels, scores, raw, run.clean_value,
-                          run.corrupted_value, normalised=normalise and gap != 0, info=info)
+    gap = clean_value - corrupted_value
+    scores = (raw - corrupted_value) / gap if normalise and gap != 0 else raw.clone()
+    return PatchingResult(grid.kind, mode, metric, grid.axes, labels, scores, raw, clean_value,
+                          corrupted_value, normalised=normalise and gap != 0, info=info)
