@@ -12,7 +12,7 @@ def test_ioi_head_sweep_and_atp_agree(smollm2):
     task = tasks.ioi(smollm2, n=8, seed=0)
     exact = activation_patch(smollm2, task, "heads", progress=False)
     assert exact.scores.shape == (30, 9)
-    assert exact.clean_value > 3.0 and abs(exact.corrupted_value) < 1.5
+    assert exact.clean_value > exact.corrupted_value + 2.5  # ABC corruption removes most of it
     estimate = attribution_patch(smollm2, task, "heads")
     # Measured 0.988, 0.995 and 0.998 for seeds 0-2 (examples/ioi_smollm2.py prints it); the floor
     # leaves room for platform float differences while still failing if AtP's sign or scaling broke.
