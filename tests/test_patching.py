@@ -84,3 +84,29 @@ def test_attribution_patching_matches_exact_patching_to_first_order(setup):
     assert estimate.corrupted_value == pytest.approx(exact.corrupted_value, abs=1e-5)
     with pytest.raises(ValueError, match="KL"):
         attribution_patch(model, task, "heads", metric="kl")
+
+
+@pytest.mark.parametrize("method", ["zero", "mean", "resample"])
+def test_ablation_sweep_equals_patching_in_the_ablated_value(setup, method):
+    """Each unit's score equals a single run with that unit replaced by the ablated value, and
+    mean ablation uses the mean over the reference prompts."""
+    from mechscope.hooks import interventions as iv
+    from mechscope.patching import ablation_sweep
+
+    model, task = setup
+    reference = tasks.induction(model, n=5, seq_len=5, seed=9).clean_tokens
+    result = ablation_sweep(model, task, "heads", method=method, reference=reference, seed=4, progress=False)
+    layer, head = 1, 2
+    name = f"blocks.{layer}.attn.hook_z"
+    _, ref_cache = model.run_with_cache(reference, names=[name])
+    if method == "zero":
+        hook = iv.zero_ablate(heads=[head])
+    elif method == "mean":
+        manual_mean = ref_cache[name].mean(0, keepdim=True)
+        hook = iv.patch_from(manual_mean.expand(len(task), *manual_mean.shape[1:]), heads=[head])
+    else:
+        rows = torch.randint(reference.shape[0], (len(task),), generator=torch.Generator().manual_seed(4))
+        hook = iv.patch_from(ref_cache[name][rows], heads=[head])
+    logits = model.run_with_hooks(task.clean_tokens, fwd_hooks=[(name, hook)])
+    assert result.raw[layer, head].item() == pytest.approx(task.logit_diff(logits).mean().item(), abs=1e-5)
+    assert result.mode == f"{method}-ablation"

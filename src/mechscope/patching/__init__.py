@@ -1,5 +1,6 @@
 """Causal interventions: activation patching (batched), with results you can rank, plot and save."""
 
+from mechscope.patching.ablation import ablation_sweep, ablation_values
 from mechscope.patching.activation import activation_patch, activation_patch_naive
 from mechscope.patching.attribution import attribution_patch, correlation
 from mechscope.patching.result import PatchingResult
@@ -9,6 +10,8 @@ __all__ = [
     "SITE_KINDS",
     "PatchUnit",
     "PatchingResult",
+    "ablation_sweep",
+    "ablation_values",
     "activation_patch",
     "activation_patch_naive",
     "attribution_patch",

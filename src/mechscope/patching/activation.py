@@ -115,7 +115,14 @@ def activation_patch(
     """
     grid = site_grid(model, sites, task.clean_tokens.shape[1], layers)
     run = prepare_run(model, task, grid.hook_names, mode, metric)
+    return sweep(model, task, grid, run, mode, metric, batch_size, memory_budget_gb, progress)
+
+
+def sweep(model: HookedModel, task: Task, grid: SiteGrid, run: PatchingRun, mode: str, metric: str,
+          batch_size: int | None = None, memory_budget_gb: float = 2.0, progress: bool = True) -> PatchingResult:
+    """Run every unit of ``grid``: patch ``run.source`` into ``run.base_tokens``, batched."""
     n = len(task)
+    sites = grid.kind
     if batch_size is None:
         row_bytes = estimate_row_bytes(model, task.clean_tokens.shape[1], sites == "pattern")
         batch_size = max(n, int(memory_budget_gb * 2**30 // row_bytes))
