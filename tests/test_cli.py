@@ -40,3 +40,21 @@ def test_bad_model_name_is_a_clear_error():
     result = runner.invoke(app, ["inspect", "hi", "--model", "/no/such/model.gguf"])
     assert result.exit_code != 0
     assert "not found" in str(result.exception)
+
+
+def test_patch_writes_scores_and_heatmap(tmp_path):
+    from mechscope.patching import PatchingResult
+
+    tiny = mechscope.load_tiny("llama")
+    folder = tmp_path / "tiny-llama"
+    tiny.hf_model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    out = tmp_path / "patch"
+    args = ["patch", "--task", "induction", "--sites", "heads", "--n", "3", "--model", str(folder), "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    saved = PatchingResult.load(out / "result.json")
+    assert saved.scores.shape == (tiny.cfg.n_layers, tiny.cfg.n_heads)
+    assert "Plotly.newPlot(" in (out / "heatmap.html").read_text()
+    bad = runner.invoke(app, ["patch", "--task", "sentiment", "--model", str(folder)])
+    assert bad.exit_code != 0 and "unknown task" in bad.output

@@ -67,6 +67,47 @@ def _print_summary(result) -> None:
 
 
 @app.command()
+def patch(
+    task: str = typer.Option("ioi", help="ioi, greater-than, induction or factual-recall"),
+    sites: str = typer.Option("heads", help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads, "
+                                            "heads_by_pos, q, k, v or pattern"),
+    mode: str = typer.Option("denoise", help="denoise (clean into corrupted) or noise (corrupted into clean)"),
+    metric: str = typer.Option("logit_diff", help="logit_diff, prob, prob_diff or kl"),
+    atp: bool = typer.Option(False, "--atp", help="attribution patching (gradient estimate) instead of exact"),
+    n: int = typer.Option(16, min=1, help="number of prompts"),
+    seed: int = typer.Option(0),
+    model: str = typer.Option(None, "--model", "-m", help="bundled name, .gguf path, local folder or hub id"),
+    out: Path = typer.Option(Path("mechscope-patch"), "--out", "-o", help="folder for result.json + heatmap.html"),
+) -> None:
+    """Activation patching sweep on a task; writes JSON scores and an HTML heatmap."""
+    import mechscope
+    from mechscope import tasks
+    from mechscope.patching import activation_patch, attribution_patch
+
+    if task not in tasks.TASKS:
+        raise typer.BadParameter(f"unknown task {task!r}; choose one of: {', '.join(tasks.TASKS)}", param_hint="--task")
+    with console.status(f"loading {model or mechscope.DEFAULT_MODEL} ..."):
+        hooked = mechscope.load(model)
+    built = tasks.TASKS[task](hooked) if task == "factual-recall" else tasks.TASKS[task](hooked, n=n, seed=seed)
+    if atp:
+        result = attribution_patch(hooked, built, sites, mode=mode, metric=metric)
+    else:
+        result = activation_patch(hooked, built, sites, mode=mode, metric=metric)
+    out.mkdir(parents=True, exist_ok=True)
+    result.save(out / "result.json")
+    result.plot().write_html(out / "heatmap.html", include_plotlyjs=True)
+    table = Table(title=f"{'AtP' if atp else mode} patching of {sites} on {task} ({len(built)} prompts): top sites")
+    for axis in result.axes:
+        table.add_column(axis)
+    table.add_column("score", justify="right")
+    for labels, score in result.top(10):
+        table.add_row(*labels, f"{score:+.3f}")
+    console.print(table)
+    console.print(f"clean {metric} {result.clean_value:.3f}, corrupted {result.corrupted_value:.3f}; "
+                  f"wrote {out / 'result.json'} and {out / 'heatmap.html'}")
+
+
+@app.command()
 def models() -> None:
     """List loadable models: bundled ones (installed or not) and what is in the cache."""
     from mechscope.models import disk_cache

@@ -191,15 +191,19 @@ class HookedModel:
     ) -> tuple[torch.Tensor, ActivationCache, ActivationCache]:
         """Forward, ``metric(logits)`` (a scalar), backward. Returns (metric value, activation
         cache, gradient cache): ``grads[name]`` is d metric / d activation at that hook point.
-        Parameter gradients are not accumulated (model .grad fields are left as they were)."""
+
+        Parameter gradients are neither computed nor accumulated: parameters are frozen for the
+        call (restored after), so the backward pass only propagates through activations (the
+        earliest requested hook point becomes the graph's leaf), which roughly halves its cost.
+        Model .grad fields are left as they were."""
         store: dict[str, torch.Tensor] = {}
         grad_store: dict[str, torch.Tensor] = {}
         caching = self._caching_hooks(names, store, device)
         grad_hooks = self._caching_hooks(names, grad_store, device)
         params = [p for p in self.hf_model.parameters() if p.requires_grad]
         saved_grads = [p.grad for p in params]
-        for param in params:  # backward would accumulate into these in place; park them instead
-            param.grad = None
+        for param in params:
+            param.requires_grad_(False)
         try:
             with torch.enable_grad(), HookSession(self.hf_model, caching, grad_hooks):
                 value = metric(self.forward(inputs, attention_mask))
@@ -208,6 +212,7 @@ class HookedModel:
                 value.backward()
         finally:
             for param, grad in zip(params, saved_grads):
+                param.requires_grad_(True)
                 param.grad = grad
         return value.detach(), ActivationCache(store, self), ActivationCache(grad_store, self)
 
