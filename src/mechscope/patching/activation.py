@@ -78,23 +78,34 @@ def prepare_run(model: HookedModel, task: Task, hook_names: list[str], mode: str
     return PatchingRun(base, dict(source_cache), base_resid_post, clean_value, corrupted_value, clean_end)
 
 
-def _chunk_hooks(model: HookedModel, units: list[PatchUnit], source: dict[str, torch.Tensor], n: int):
-    """Forward hooks patching unit u into rows [u * n, (u + 1) * n)."""
+def slot_hooks(slots: list[list[PatchUnit]], source: dict[str, torch.Tensor], n: int):
+    """Forward hooks patching the units of slot s into rows [s * n, (s + 1) * n).
+
+    ``source[name]`` is either [n, ...] (the same donor prompts for every slot) or
+    [len(slots) * n, ...] (a donor row per batch row)."""
     by_hook: dict[str, list[tuple[int, PatchUnit]]] = {}
-    for slot, unit in enumerate(units):
-        by_hook.setdefault(unit.hook_name, []).append((slot, unit))
+    for slot, units in enumerate(slots):
+        for unit in units:
+            by_hook.setdefault(unit.hook_name, []).append((slot, unit))
 
     def make(entries):
         def patch(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
             patched = activation.clone()
             donor = source[hook.name]
+            per_row = donor.shape[0] != n
             for slot, unit in entries:
-                patched[unit_index(hook, unit, slice(slot * n, (slot + 1) * n))] = donor[unit_index(hook, unit, slice(None))]
+                rows = slice(slot * n, (slot + 1) * n)
+                patched[unit_index(hook, unit, rows)] = donor[unit_index(hook, unit, rows if per_row else slice(None))]
             return patched
 
         return patch
 
     return [(name, make(entries)) for name, entries in by_hook.items()]
+
+
+def _chunk_hooks(model: HookedModel, units: list[PatchUnit], source: dict[str, torch.Tensor], n: int):
+    """Forward hooks patching unit u into rows [u * n, (u + 1) * n)."""
+    return slot_hooks([[unit] for unit in units], source, n)
 
 
 @torch.no_grad()

@@ -1,0 +1,135 @@
+"""Path patching: the effect of sender heads on chosen receivers only, everything else frozen.
+
+For each sender head (one per batch slot), as in the IOI paper:
+1. run the clean prompts with the sender's output (z) taken from the corrupted run and every
+   other head's output frozen to its clean value (MLPs recompute unless ``freeze_mlps``);
+   read the receivers' inputs there (their q, k and/or v, or the logits);
+2. run the clean prompts again with only the receivers' inputs replaced by those values.
+The metric of run 2 (or of run 1 when the receiver is the logits) scores the path
+sender -> receiver. Scores: 1 = clean, 0 = corrupted, as in noising.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from mechscope.hooks.points import HookPoint
+from mechscope.models.hooked_model import HookedModel
+from mechscope.patching.activation import build_result, position_labels, slot_hooks
+from mechscope.patching.metrics import row_metric
+from mechscope.patching.prefix import reuse_prefix
+from mechscope.patching.result import PatchingResult
+from mechscope.patching.sites import PatchUnit, site_grid
+from mechscope.tasks.base import Task
+
+RECEIVER_INPUTS = ("q", "k", "v")
+
+
+def _freeze_hooks(model: HookedModel, senders: list[PatchUnit], clean: dict, corrupted: dict, n: int,
+                  freeze_mlps: bool, first_layer: int):
+    """Run-1 hooks: all heads' z frozen to clean from ``first_layer`` on, the slot's sender head
+    set to its corrupted z, and MLP outputs frozen when asked."""
+    slots = len(senders)
+
+    def freeze_z(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        frozen = clean[hook.name].repeat(slots, 1, 1, 1).clone()
+        for slot, sender in enumerate(senders):
+            if sender.hook_name == hook.name:
+                rows = slice(slot * n, (slot + 1) * n)
+                frozen[rows, :, sender.head] = corrupted[hook.name][:, :, sender.head]
+        return frozen
+
+    def freeze_mlp(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        return clean[hook.name].repeat(slots, 1, 1)
+
+    hooks = [(f"blocks.{layer}.attn.hook_z", freeze_z) for layer in range(first_layer, model.cfg.n_layers)]
+    if freeze_mlps:
+        hooks += [(f"blocks.{layer}.hook_mlp_out", freeze_mlp) for layer in range(first_layer, model.cfg.n_layers)]
+    return hooks
+
+
+@torch.no_grad()
+def path_patch(
+    model: HookedModel,
+    task: Task,
+    receivers: str | Sequence[tuple[int, int]] = "logits",
+    receiver_input: str | Sequence[str] = ("q", "k", "v"),
+    sender_layers: list[int] | None = None,
+    metric: str = "logit_diff",
+    freeze_mlps: bool = False,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> PatchingResult:
+    """Score every sender head (layer x head grid) by its path to ``receivers``: "logits", or a
+    list of (layer, head) receiver heads read through ``receiver_input`` ("q", "k", "v" or
+    several). Under grouped-query attention a receiver's k / v is its shared kv head."""
+    inputs = (receiver_input,) if isinstance(receiver_input, str) else tuple(receiver_input)
+    bad = [name for name in inputs if name not in RECEIVER_INPUTS]
+    if bad:
+        raise ValueError(f"receiver_input {bad} unknown; choose from {RECEIVER_INPUTS}")
+    to_logits = isinstance(receivers, str)
+    if to_logits and receivers != "logits":
+        raise ValueError(f"receivers must be 'logits' or a list of (layer, head), got {receivers!r}")
+    receiver_heads = [] if to_logits else [(int(layer), int(head)) for layer, head in receivers]
+    for layer, head in receiver_heads:
+        if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
+            raise ValueError(f"receiver head ({layer}, {head}) out of range: {model.cfg.n_layers} layers x "
+                             f"{model.cfg.n_heads} heads")
+    group = model.cfg.n_query_per_kv
+    receiver_units = [PatchUnit(f"blocks.{layer}.attn.hook_{kind}", head // group if kind != "q" else head, None)
+                      for layer, head in receiver_heads for kind in inputs]
+    receiver_units = list(dict.fromkeys(receiver_units))
+    last_sender_layer = model.cfg.n_layers if to_logits else max(layer for layer, _ in receiver_heads)
+    grid = site_grid(model, "heads", task.clean_tokens.shape[1], sender_layers)
+
+    n = len(task)
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    resid_names = [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+    mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(model.cfg.n_layers)] if freeze_mlps else []
+    clean_logits, clean = model.run_with_cache(task.clean_tokens, names=z_names + resid_names + mlp_names)
+    corrupt_logits, corrupted = model.run_with_cache(task.corrupted_tokens, names=z_names)
+    prompts = torch.arange(n)
+    clean_end = task.end_logits(clean_logits)
+    metric_fn = row_metric(task, metric, clean_end)
+    clean_value = float(metric_fn(clean_end, prompts).mean())
+    corrupted_value = float(metric_fn(task.end_logits(corrupt_logits), prompts).mean())
+    base_resid = {layer: clean["resid_post", layer] for layer in range(model.cfg.n_layers)}
+    keep = 1 if task.end_is_last else 0
+
+    per_slot = max(1, (batch_size or 8 * n) // n)
+    raw = torch.full((len(grid.units),), clean_value)  # senders with no path to the receivers
+    by_layer: dict[int, list[int]] = {}
+    for index, unit in enumerate(grid.units):
+        layer = model.hook_point(unit.hook_name).layer()
+        if layer < last_sender_layer:
+            by_layer.setdefault(layer, []).append(index)
+    chunks = [(layer, idx[i : i + per_slot]) for layer, idx in by_layer.items() for i in range(0, len(idx), per_slot)]
+    for layer, indices in tqdm(chunks, desc="path patching", disable=not progress, leave=False):
+        senders = [grid.units[i] for i in indices]
+        tokens = task.clean_tokens.repeat(len(senders), 1)
+        freeze = _freeze_hooks(model, senders, clean, corrupted, n, freeze_mlps, layer)
+        captured: dict[str, torch.Tensor] = {}
+
+        def capture(activation: torch.Tensor, hook: HookPoint) -> None:
+            captured[hook.name] = activation.clone()
+
+        capture_hooks = [(name, capture) for name in dict.fromkeys(u.hook_name for u in receiver_units)]
+        with reuse_prefix(model, layer, base_resid, len(senders)):
+            logits = model.run_with_hooks(tokens, fwd_hooks=capture_hooks + freeze, logits_to_keep=keep)
+        if not to_logits:
+            first_receiver = min(layer for layer, _ in receiver_heads)
+            hooks = slot_hooks([receiver_units] * len(senders), captured, n)
+            with reuse_prefix(model, first_receiver, base_resid, len(senders)):
+                logits = model.run_with_hooks(tokens, fwd_hooks=hooks, logits_to_keep=keep)
+        end = logits[:, -1] if keep else logits
+        values = metric_fn(end, prompts.repeat(len(senders)))
+        raw[indices] = values.view(len(senders), n).mean(1).cpu()
+    result = build_result(grid, raw, clean_value, corrupted_value, "path-noise", metric,
+                          position_labels(model, task), info={"prompts": n, "receivers": receivers if to_logits
+                                                               else [list(r) for r in receiver_heads],
+                                                               "receiver_input": list(inputs),
+                                                               "freeze_mlps": freeze_mlps})
+    return result
