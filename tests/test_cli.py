@@ -58,3 +58,21 @@ def test_patch_writes_scores_and_heatmap(tmp_path):
     assert "Plotly.newPlot(" in (out / "heatmap.html").read_text()
     bad = runner.invoke(app, ["patch", "--task", "sentiment", "--model", str(folder)])
     assert bad.exit_code != 0 and "unknown task" in bad.output
+
+
+def test_trace_writes_one_result_per_kind(tmp_path):
+    from mechscope.patching import PatchingResult
+
+    tiny = mechscope.load_tiny("llama")
+    folder = tmp_path / "tiny-llama"
+    tiny.hf_model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    out = tmp_path / "trace"
+    result = runner.invoke(app, ["trace", "--prompt", "the cat sat on", "--subject", "cat", "--kinds", "resid,mlp",
+                                 "--samples", "2", "--model", str(folder), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for kind in ("resid", "mlp"):
+        saved = PatchingResult.load(out / f"trace-{kind}.json")
+        assert saved.scores.shape == (tiny.cfg.n_layers, len(tiny.to_str_tokens("the cat sat on")))
+        assert (out / f"trace-{kind}.html").exists()
+    assert not (out / "trace-attn.json").exists()

@@ -108,6 +108,35 @@ def patch(
 
 
 @app.command()
+def trace(
+    prompt: str = typer.Option(..., "--prompt", "-p", help="the factual prompt, e.g. 'The Eiffel Tower is in'"),
+    subject: str = typer.Option(..., "--subject", "-s", help="the subject span to noise, e.g. 'Eiffel Tower'"),
+    kinds: str = typer.Option("resid,attn,mlp", help="comma-separated: resid, attn, mlp"),
+    window: int = typer.Option(10, min=1, help="layers restored together for attn / mlp"),
+    samples: int = typer.Option(8, min=1, help="noise draws averaged per cell"),
+    model: str = typer.Option(None, "--model", "-m", help="bundled name, .gguf path, local folder or hub id"),
+    out: Path = typer.Option(Path("mechscope-trace"), "--out", "-o", help="folder for JSON + HTML heatmaps"),
+) -> None:
+    """Causal tracing (ROME-style): noise the subject, restore one state at a time."""
+    import mechscope
+    from mechscope.patching import causal_trace
+
+    with console.status(f"loading {model or mechscope.DEFAULT_MODEL} ..."):
+        hooked = mechscope.load(model)
+    out.mkdir(parents=True, exist_ok=True)
+    for kind in [k.strip() for k in kinds.split(",") if k.strip()]:
+        result = causal_trace(hooked, prompt, subject, kind=kind, window=window, samples=samples)
+        result.save(out / f"trace-{kind}.json")
+        result.plot(title=f"causal trace ({kind}): p({result.info['answer']!r}) restored; clean "
+                          f"{result.clean_value:.3f}, noised {result.corrupted_value:.3f}").write_html(
+            out / f"trace-{kind}.html", include_plotlyjs=True)
+        (layer, position), score = result.top(1)[0]
+        console.print(f"{kind:5s}: strongest restore at layer {layer}, position {position} ({score:.2f} of the "
+                      f"clean-noised gap)")
+    console.print(f"wrote {out}/trace-*.json and trace-*.html")
+
+
+@app.command()
 def models() -> None:
     """List loadable models: bundled ones (installed or not) and what is in the cache."""
     from mechscope.models import disk_cache

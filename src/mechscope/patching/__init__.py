@@ -4,6 +4,7 @@ from mechscope.patching.ablation import ablation_sweep, ablation_values
 from mechscope.patching.activation import activation_patch, activation_patch_naive
 from mechscope.patching.attribution import attribution_patch, correlation
 from mechscope.patching.path import path_patch
+from mechscope.patching.tracing import causal_trace, subject_positions
 from mechscope.patching.result import PatchingResult
 from mechscope.patching.sites import SITE_KINDS, PatchUnit, site_grid
 
@@ -16,7 +17,9 @@ __all__ = [
     "activation_patch",
     "activation_patch_naive",
     "attribution_patch",
+    "causal_trace",
     "correlation",
     "path_patch",
     "site_grid",
+    "subject_positions",
 ]
