@@ -35,6 +35,7 @@ test: install-dev
 
 benchmark: install
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/patching.py
 
 clean:
 	rm -rf $(VENV) mechscope-report

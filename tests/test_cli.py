@@ -10,11 +10,17 @@ from mechscope.cli.main import app
 runner = CliRunner()
 
 
-def test_inspect_writes_report_and_consistent_summary(tmp_path):
-    tiny = mechscope.load_tiny("gpt2")
-    folder = tmp_path / "tiny-gpt2"
+def saved_tiny(tmp_path, family):
+    """A tiny model saved as a local HF folder, so the CLI's --model can load it."""
+    tiny = mechscope.load_tiny(family)
+    folder = tmp_path / f"tiny-{family}"
     tiny.hf_model.save_pretrained(folder)
     tiny.tokenizer.save_pretrained(folder)
+    return tiny, folder
+
+
+def test_inspect_writes_report_and_consistent_summary(tmp_path):
+    tiny, folder = saved_tiny(tmp_path, "gpt2")
     out = tmp_path / "report"
     result = runner.invoke(app, ["inspect", "hello there, hello", "--model", str(folder), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -45,10 +51,7 @@ def test_bad_model_name_is_a_clear_error():
 def test_patch_writes_scores_and_heatmap(tmp_path):
     from mechscope.patching import PatchingResult
 
-    tiny = mechscope.load_tiny("llama")
-    folder = tmp_path / "tiny-llama"
-    tiny.hf_model.save_pretrained(folder)
-    tiny.tokenizer.save_pretrained(folder)
+    tiny, folder = saved_tiny(tmp_path, "llama")
     out = tmp_path / "patch"
     args = ["patch", "--task", "induction", "--sites", "heads", "--n", "3", "--model", str(folder), "--out", str(out)]
     result = runner.invoke(app, args)
@@ -63,10 +66,7 @@ def test_patch_writes_scores_and_heatmap(tmp_path):
 def test_trace_writes_one_result_per_kind(tmp_path):
     from mechscope.patching import PatchingResult
 
-    tiny = mechscope.load_tiny("llama")
-    folder = tmp_path / "tiny-llama"
-    tiny.hf_model.save_pretrained(folder)
-    tiny.tokenizer.save_pretrained(folder)
+    tiny, folder = saved_tiny(tmp_path, "llama")
     out = tmp_path / "trace"
     result = runner.invoke(app, ["trace", "--prompt", "the cat sat on", "--subject", "cat", "--kinds", "resid,mlp",
                                  "--samples", "2", "--model", str(folder), "--out", str(out)])

@@ -52,13 +52,14 @@ def naive_path_value(model, task, sender, receivers, inputs, freeze_mlps):
     ([(2, 1)], ("q",), False),
     ([(2, 0), (2, 3)], ("k", "v"), False),
     ([(1, 2)], ("q", "k", "v"), True),
+    ([(1, 0), (2, 1)], ("q", "v"), False),  # receivers in two layers; senders between them
 ])
 def test_batched_path_patching_equals_the_definition(setup, receivers, inputs, freeze_mlps):
     model, task = setup
     result = path_patch(model, task, receivers=receivers, receiver_input=inputs, freeze_mlps=freeze_mlps,
                         batch_size=5, progress=False)
     for sender in [(0, 0), (0, 3), (1, 1)]:
-        if receivers != "logits" and sender[0] >= min(r[0] for r in receivers):
+        if receivers != "logits" and sender[0] >= max(r[0] for r in receivers):
             continue
         expected = naive_path_value(model, task, sender, receivers, inputs, freeze_mlps)
         assert result.raw[sender].item() == pytest.approx(expected, abs=1e-5), sender

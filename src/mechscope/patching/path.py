@@ -89,7 +89,9 @@ def path_patch(
     z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
     resid_names = [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
     mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(model.cfg.n_layers)] if freeze_mlps else []
-    clean_logits, clean = model.run_with_cache(task.clean_tokens, names=z_names + resid_names + mlp_names)
+    receiver_names = list(dict.fromkeys(unit.hook_name for unit in receiver_units))
+    clean_logits, clean = model.run_with_cache(task.clean_tokens,
+                                               names=z_names + resid_names + mlp_names + receiver_names)
     corrupt_logits, corrupted = model.run_with_cache(task.corrupted_tokens, names=z_names)
     prompts = torch.arange(n)
     clean_end = task.end_logits(clean_logits)
@@ -111,12 +113,15 @@ def path_patch(
         senders = [grid.units[i] for i in indices]
         tokens = task.clean_tokens.repeat(len(senders), 1)
         freeze = _freeze_hooks(model, senders, clean, corrupted, n, freeze_mlps, layer)
-        captured: dict[str, torch.Tensor] = {}
+        # Receivers at or before the sender's layer see no change (their inputs are computed
+        # before the sender's output), and the skipped prefix never fires their hooks.
+        captured = {name: clean[name].repeat(len(senders), *[1] * (clean[name].dim() - 1))
+                    for name in receiver_names}
 
         def capture(activation: torch.Tensor, hook: HookPoint) -> None:
             captured[hook.name] = activation.clone()
 
-        capture_hooks = [(name, capture) for name in dict.fromkeys(u.hook_name for u in receiver_units)]
+        capture_hooks = [(name, capture) for name in receiver_names]
         with reuse_prefix(model, layer, base_resid, len(senders)):
             logits = model.run_with_hooks(tokens, fwd_hooks=capture_hooks + freeze, logits_to_keep=keep)
         if not to_logits:
