@@ -1,7 +1,18 @@
 """mechscope: mechanistic interpretability for HuggingFace causal language models."""
 
+from mechscope import analysis, hooks, patching, tasks
+from mechscope.analysis import direct_logit_attribution, head_scores, logit_lens
 from mechscope.hooks import ActivationCache, HookPoint
 from mechscope.models import BUNDLED, DEFAULT_MODEL, SUPPORTED_FAMILIES, HookedModel, ModelConfig, load, load_tiny
+from mechscope.patching import (
+    PatchingResult,
+    ablation_sweep,
+    activation_patch,
+    attribution_patch,
+    causal_trace,
+    path_patch,
+)
+from mechscope.tasks import Task
 
 __version__ = "0.1.0"
 
@@ -13,6 +24,20 @@ __all__ = [
     "HookPoint",
     "HookedModel",
     "ModelConfig",
+    "PatchingResult",
+    "Task",
+    "ablation_sweep",
+    "activation_patch",
+    "analysis",
+    "attribution_patch",
+    "causal_trace",
+    "direct_logit_attribution",
+    "head_scores",
+    "hooks",
     "load",
     "load_tiny",
+    "logit_lens",
+    "patching",
+    "path_patch",
+    "tasks",
 ]
