@@ -41,8 +41,7 @@ def test_batched_trace_equals_single_restores(model, kind, window):
         return noised
 
     for layer, position in [(0, 4), (1, 2), (2, 6)]:
-        low = max(0, layer - window // 2)
-        restored = range(low, min(model.cfg.n_layers, low + window))
+        restored = range(max(0, layer - window // 2), min(model.cfg.n_layers, layer - (-window // 2)))
         hooks = [("hook_embed", add_noise)] + [
             (f"blocks.{r}.{hook_suffix}", iv.patch_from(clean[f"blocks.{r}.{hook_suffix}"].expand(3, -1, -1),
                                                          positions=[position])) for r in restored]
@@ -60,3 +59,21 @@ def test_boundary_values(model):
     assert result.scores[-1, -1].item() == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="kind must be"):
         causal_trace(model, PROMPT, SUBJECT, kind="heads", progress=False)
+
+
+def test_default_noise_scale_follows_the_embeddings_that_are_noised():
+    """Gemma scales embeddings by sqrt(d_model) inside the embedding module: the noise must be
+    3x the std of hook_embed, not of the weight matrix."""
+    gemma = mechscope.load_tiny("gemma3")
+    result = causal_trace(gemma, PROMPT, SUBJECT, samples=2, progress=False)
+    _, cache = gemma.run_with_cache(PROMPT, names=["hook_embed"])
+    assert result.info["noise_scale"] == pytest.approx(3 * cache["hook_embed"].std().item(), rel=1e-5)
+
+
+def test_window_is_cut_off_at_the_model_ends():
+    from mechscope.patching.tracing import _window
+
+    assert list(_window(0, 10, 30)) == [0, 1, 2, 3, 4]
+    assert list(_window(15, 10, 30)) == list(range(10, 20))
+    assert list(_window(29, 10, 30)) == list(range(24, 30))
+    assert list(_window(5, 1, 30)) == [5]

@@ -110,3 +110,27 @@ def test_ablation_sweep_equals_patching_in_the_ablated_value(setup, method):
     logits = model.run_with_hooks(task.clean_tokens, fwd_hooks=[(name, hook)])
     assert result.raw[layer, head].item() == pytest.approx(task.logit_diff(logits).mean().item(), abs=1e-5)
     assert result.mode == f"{method}-ablation"
+
+
+def test_prefix_reuse_restores_a_forward_that_was_already_set(setup):
+    """Dispatch wrappers (accelerate) live in a block's instance forward; they must survive."""
+    from mechscope.patching.prefix import reuse_prefix
+
+    model, task = setup
+    block = model.hf_model.get_submodule(model.adapter.layers)[0]
+    original = block.forward
+
+    def wrapper(*args, **kwargs):
+        return original(*args, **kwargs)
+
+    block.forward = wrapper
+    try:
+        resid = {0: torch.zeros(1, 2, model.cfg.d_model)}
+        with reuse_prefix(model, 1, resid, 1):
+            assert block.forward is not wrapper
+        assert block.__dict__["forward"] is wrapper
+    finally:
+        block.__dict__.pop("forward", None)
+    with reuse_prefix(model, 1, resid, 1):
+        pass
+    assert "forward" not in block.__dict__

@@ -38,6 +38,9 @@ def test_from_pairs_checks_lengths_and_single_token_answers(tiny_llama):
         Task.from_pairs(tiny_llama, ["abc"], ["abcd"], ["d"], ["q"])
     with pytest.raises(ValueError, match="exactly one"):
         Task.from_pairs(tiny_llama, ["abc"], ["xyz"], ["dd"], ["q"])
+    forced = Task.from_pairs(tiny_llama, ["abc"], ["xyz"], ["d"], ["q"], prepend_bos=True)
+    bare = Task.from_pairs(tiny_llama, ["abc"], ["xyz"], ["d"], ["q"], prepend_bos=False)
+    assert forced.clean_tokens[0, 0] == tiny_llama.tokenizer.bos_token_id and bare.clean_tokens.shape[1] == 3
     with pytest.raises(ValueError, match="equally many"):
         Task.from_pairs(tiny_llama, ["abc"], [], ["d"], ["q"])
 

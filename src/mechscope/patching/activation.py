@@ -49,14 +49,14 @@ def unit_index(hook: HookPoint, unit: PatchUnit, rows: slice) -> tuple:
     return tuple(index)
 
 
-def estimate_row_bytes(model: HookedModel, n_positions: int, with_patterns: bool) -> int:
+def estimate_row_bytes(model: HookedModel, n_positions: int, with_patterns: bool, logit_positions: int) -> int:
     """Rough peak bytes one batch row needs in a no-grad forward (activations alive at once
-    in one block, plus the kept logits), used to size batches to a memory budget."""
+    in one block, plus the logits of ``logit_positions`` positions), used to size batches."""
     cfg = model.cfg
     element = torch.finfo(model.dtype).bits // 8
     per_position = 8 * cfg.d_model + 4 * cfg.d_mlp + 2 * cfg.n_heads * cfg.d_head
     attention = cfg.n_heads * n_positions * (2 if with_patterns else 1)
-    return element * n_positions * (per_position + attention) + 4 * cfg.d_vocab
+    return element * (n_positions * (per_position + attention) + logit_positions * cfg.d_vocab)
 
 
 def prepare_run(model: HookedModel, task: Task, hook_names: list[str], mode: str, metric: str) -> PatchingRun:
@@ -134,13 +134,14 @@ def sweep(model: HookedModel, task: Task, grid: SiteGrid, run: PatchingRun, mode
     """Run every unit of ``grid``: patch ``run.source`` into ``run.base_tokens``, batched."""
     n = len(task)
     sites = grid.kind
+    keep = 1 if task.end_is_last else 0
     if batch_size is None:
-        row_bytes = estimate_row_bytes(model, task.clean_tokens.shape[1], sites == "pattern")
+        n_positions = task.clean_tokens.shape[1]
+        row_bytes = estimate_row_bytes(model, n_positions, sites == "pattern", 1 if keep else n_positions)
         batch_size = max(n, int(memory_budget_gb * 2**30 // row_bytes))
     units_per_forward = max(1, batch_size // n)
     metric_fn = row_metric(task, metric, run.clean_end_logits)
     prompts = torch.arange(n)
-    keep = 1 if task.end_is_last else 0
     raw = torch.empty(len(grid.units))
     # Chunks never mix layers, so each forward can skip every block before its layer.
     by_layer: dict[int, list[int]] = {}

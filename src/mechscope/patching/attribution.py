@@ -45,7 +45,8 @@ def attribution_patch(
     source_value = float(metric_fn(task.end_logits(source_logits), prompts).mean())
 
     estimates = torch.empty(len(grid.units))
-    products = {name: ((source[name] - base[name]) * grads[name]).float() for name in names}
+    # float32 before subtracting: bf16 differences and products lose the small effects
+    products = {name: (source[name].float() - base[name].float()) * grads[name].float() for name in names}
     for index, unit in enumerate(grid.units):
         hook = model.hook_point(unit.hook_name)
         estimates[index] = products[unit.hook_name][unit_index(hook, unit, slice(None))].sum().cpu()

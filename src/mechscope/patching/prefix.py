@@ -2,8 +2,8 @@
 what the base run computed, so a patched batch can take their output from the base cache.
 
 For the duration of a context, each skipped block's ``forward`` is shadowed by an instance
-attribute that returns the cached residual stream (repeated for the batch); deleting the
-attribute restores the class's forward. No weights, hooks or configs are touched.
+attribute that returns the cached residual stream (repeated for the batch); on exit the block's
+previous instance attribute (if any) is put back. No weights, hooks or configs are touched.
 """
 
 from __future__ import annotations
@@ -30,10 +30,16 @@ def reuse_prefix(model: HookedModel, start_layer: int, base_resid_post: dict[int
     def shortcut(*args, **kwargs):
         return cached
 
+    # A block may already carry an instance-level forward (accelerate's dispatch wrappers do);
+    # put back exactly what was there.
+    previous = [block.__dict__.get("forward") for block in skipped]
     try:
         for block in skipped:
             block.forward = shortcut
         yield
     finally:
-        for block in skipped:
-            block.__dict__.pop("forward", None)
+        for block, earlier in zip(skipped, previous):
+            if earlier is None:
+                block.__dict__.pop("forward", None)
+            else:
+                block.forward = earlier

@@ -35,8 +35,9 @@ def subject_positions(model: HookedModel, prompt: str, subject: str) -> list[int
 
 
 def _window(layer: int, window: int, n_layers: int) -> range:
-    low = max(0, layer - window // 2)
-    return range(low, min(n_layers, low + window))
+    """Blocks [layer - window // 2, layer + ceil(window / 2)), cut off at the model's ends (as
+    in ROME), so layers near the ends restore fewer blocks rather than a shifted window."""
+    return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
 
 @torch.no_grad()
@@ -65,10 +66,10 @@ def causal_trace(
     noised_positions = subject_positions(model, prompt, subject)
     names = [f"blocks.{layer}.{KINDS[kind]}" for layer in range(n_layers)]
     resid_names = [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
-    clean_logits, clean = model.run_with_cache(tokens, names=list(dict.fromkeys(names + resid_names)))
+    clean_logits, clean = model.run_with_cache(tokens, names=list(dict.fromkeys(names + resid_names + ["hook_embed"])))
     answer_id = int(clean_logits[0, -1].argmax()) if answer is None else model.to_single_token(answer)
-    embedding = model.hf_model.get_submodule(model.adapter.embed).weight
-    scale = 3 * float(embedding.float().std()) if noise_scale is None else noise_scale
+    # The std of what is noised (hook_embed), which for Gemma includes its sqrt(d_model) scale.
+    scale = 3 * float(clean["hook_embed"].float().std()) if noise_scale is None else noise_scale
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(samples, len(noised_positions), model.cfg.d_model, generator=generator) * scale
     noise = noise.to(model.device, model.dtype)

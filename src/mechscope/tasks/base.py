@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mechscope.models.hooked_model import HookedModel
+from mechscope.models.tokens import tokenize
 
 PAD = -1  # padding value in answer_tokens / wrong_tokens
 
@@ -138,8 +139,11 @@ class Task:
         if not (len(clean) == len(corrupted) == len(answers) == len(wrong)) or not clean:
             raise ValueError(f"need equally many clean ({len(clean)}), corrupted ({len(corrupted)}) prompts, "
                              f"answers ({len(answers)}) and wrong answers ({len(wrong)}), at least one")
-        clean_ids = [model.tokenizer(p, add_special_tokens=prepend_bos is not False)["input_ids"] for p in clean]
-        corrupt_ids = [model.tokenizer(p, add_special_tokens=prepend_bos is not False)["input_ids"] for p in corrupted]
+        def ids(prompt: str) -> list[int]:  # same BOS handling as HookedModel.to_tokens
+            return tokenize(model.tokenizer, prompt, prepend_bos)[0][0].tolist()
+
+        clean_ids = [ids(p) for p in clean]
+        corrupt_ids = [ids(p) for p in corrupted]
         lengths = {len(ids) for ids in clean_ids + corrupt_ids}
         if len(lengths) != 1:
             bad = [i for i, (a, b) in enumerate(zip(clean_ids, corrupt_ids)) if len(a) != len(b)]
