@@ -16,15 +16,6 @@ from mechscope.hooks.points import HookPoint
 from mechscope.hooks.session import HookFn
 
 Indices = int | Sequence[int] | torch.Tensor | None
-_POS_AXES = ("pos", "query_pos")
-_HEAD_AXES = ("head", "kv_head")
-
-
-def _axis_of(hook: HookPoint, candidates: tuple[str, ...]) -> int | None:
-    for name in candidates:
-        if name in hook.axes:
-            return hook.axes.index(name)
-    return None
 
 
 def _checked(indices: Indices, size: int, what: str, hook: HookPoint) -> torch.Tensor:
@@ -43,10 +34,9 @@ def selection_mask(activation: torch.Tensor, hook: HookPoint, positions: Indices
         return None
     shape = [1] * activation.dim()
     mask = torch.ones(shape, dtype=torch.bool, device=activation.device)
-    for indices, axes, what in ((positions, _POS_AXES, "positions"), (heads, _HEAD_AXES, "heads")):
+    for indices, axis, what in ((positions, hook.position_axis, "positions"), (heads, hook.head_axis, "heads")):
         if indices is None:
             continue
-        axis = _axis_of(hook, axes)
         if axis is None:
             raise ValueError(f"{hook.name!r} has no {what[:-1]} axis (axes {hook.axes}); drop {what}=")
         size = activation.shape[axis]

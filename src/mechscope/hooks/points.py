@@ -57,9 +57,15 @@ class HookPoint:
             raise ValueError(f"hook point {self.name!r} does not belong to a block")
         return self.layer_index
 
-    def axis(self, axis_name: str) -> int | None:
-        """Position of ``axis_name`` in ``axes``, or None if absent."""
-        return self.axes.index(axis_name) if axis_name in self.axes else None
+    @property
+    def position_axis(self) -> int | None:
+        """Index of the token-position axis (the query position for patterns), or None."""
+        return next((i for i, name in enumerate(self.axes) if name in ("pos", "query_pos")), None)
+
+    @property
+    def head_axis(self) -> int | None:
+        """Index of the head axis (query heads, or kv heads for k / v), or None."""
+        return next((i for i, name in enumerate(self.axes) if name in ("head", "kv_head")), None)
 
     def check_shape(self, value: torch.Tensor, reference: torch.Tensor) -> None:
         if not isinstance(value, torch.Tensor):
