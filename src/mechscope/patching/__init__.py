@@ -4,9 +4,9 @@ from mechscope.patching.ablation import ablation_sweep, ablation_values
 from mechscope.patching.activation import activation_patch, activation_patch_naive
 from mechscope.patching.attribution import attribution_patch, correlation
 from mechscope.patching.path import path_patch
-from mechscope.patching.tracing import causal_trace, subject_positions
 from mechscope.patching.result import PatchingResult
 from mechscope.patching.sites import SITE_KINDS, PatchUnit, site_grid
+from mechscope.patching.tracing import causal_trace, subject_positions
 
 __all__ = [
     "SITE_KINDS",

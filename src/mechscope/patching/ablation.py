@@ -16,9 +16,9 @@ METHODS = ("zero", "mean", "resample")
 
 def ablation_values(activations: torch.Tensor, reference: torch.Tensor, method: str, n: int,
                     seed: int = 0) -> torch.Tensor:
-    """What replaces a clean activation [n, ...]: zeros; the reference's mean over its prompts
-    (per position, since task prompts share one length) broadcast to n rows; or n reference rows
-    drawn at random (seeded)."""
+    """What replaces an activation of shape ``activations`` [n, ...] (only its shape and dtype
+    are used): zeros; the reference's mean over its prompts (per position, since task prompts
+    share one length) broadcast to n rows; or n reference rows drawn at random (seeded)."""
     if method == "zero":
         return torch.zeros_like(activations)
     if method == "mean":
@@ -50,13 +50,18 @@ def ablation_sweep(
         raise ValueError(f"unknown ablation {method!r}; choose one of: {', '.join(METHODS)}")
     grid = site_grid(model, sites, task.clean_tokens.shape[1], layers)
     names = grid.hook_names
-    run = prepare_run(model, task, names, "noise", metric)  # base = clean run; baselines
-    reference = task.corrupted_tokens if reference is None else reference
-    if reference.shape[1] != task.clean_tokens.shape[1]:
+    if reference is not None and reference.shape[1] != task.clean_tokens.shape[1]:
         raise ValueError(f"reference prompts have {reference.shape[1]} tokens, the task {task.clean_tokens.shape[1]}")
-    _, clean_cache = model.run_with_cache(task.clean_tokens, names=names)
-    _, reference_cache = model.run_with_cache(reference, names=names) if method != "zero" else (None, None)
-    source = {name: ablation_values(clean_cache[name], reference_cache[name] if reference_cache else None,
+    # Noising's run: base = the clean prompts, source = the corrupted prompts' activations, which
+    # are also the default reference and have the clean activations' shape.
+    run = prepare_run(model, task, names, "noise", metric)
+    if reference is None:
+        reference, reference_cache = task.corrupted_tokens, run.source
+    elif method != "zero":
+        reference_cache = model.run_with_cache(reference, names=names)[1]
+    else:
+        reference_cache = None
+    source = {name: ablation_values(run.source[name], reference_cache[name] if reference_cache else None,
                                     method, len(task), seed) for name in names}
     ablated = PatchingRun(run.base_tokens, source, run.base_resid_post, run.clean_value, run.corrupted_value,
                           run.clean_end_logits)

@@ -8,6 +8,7 @@ many sites; the source activations are cached once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 
 from mechscope.hooks.points import HookPoint
 from mechscope.models.hooked_model import HookedModel
-from mechscope.patching.metrics import row_metric
+from mechscope.patching.metrics import RowMetric, row_metric
 from mechscope.patching.prefix import reuse_prefix
 from mechscope.patching.result import PatchingResult
 from mechscope.patching.sites import PatchUnit, SiteGrid, site_grid
@@ -41,11 +42,10 @@ def unit_index(hook: HookPoint, unit: PatchUnit, rows: slice) -> tuple:
     """Index into an activation selecting ``rows`` and the unit's head / position."""
     index: list = [slice(None)] * len(hook.axes)
     index[0] = rows
-    for axis_names, value in ((("pos", "query_pos"), unit.position), (("head", "kv_head"), unit.head)):
-        if value is None:
-            continue
-        axis = next(i for i, name in enumerate(hook.axes) if name in axis_names)
-        index[axis] = value
+    if unit.position is not None:
+        index[hook.position_axis] = unit.position
+    if unit.head is not None:
+        index[hook.head_axis] = unit.head
     return tuple(index)
 
 
@@ -59,6 +59,34 @@ def estimate_row_bytes(model: HookedModel, n_positions: int, with_patterns: bool
     return element * (n_positions * (per_position + attention) + logit_positions * cfg.d_vocab)
 
 
+def resid_post_names(model: HookedModel) -> list[str]:
+    """Every block's hook_resid_post, in layer order (what prefix reuse needs cached)."""
+    return [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+
+
+def resid_post_by_layer(model: HookedModel, cache) -> dict[int, torch.Tensor]:
+    """{layer: hook_resid_post [n, pos, d_model]} from a cache holding :func:`resid_post_names`."""
+    return {layer: cache["resid_post", layer] for layer in range(model.cfg.n_layers)}
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """The per-row metric of a sweep and its mean on the clean and corrupted runs."""
+
+    metric_fn: RowMetric
+    clean_end_logits: torch.Tensor
+    clean_value: float
+    corrupted_value: float
+
+
+def measure_baselines(task: Task, metric: str, clean_logits: torch.Tensor, corrupt_logits: torch.Tensor) -> Baselines:
+    clean_end = task.end_logits(clean_logits)
+    prompts = torch.arange(len(task))
+    metric_fn = row_metric(task, metric, clean_end)
+    return Baselines(metric_fn, clean_end, float(metric_fn(clean_end, prompts).mean()),
+                     float(metric_fn(task.end_logits(corrupt_logits), prompts).mean()))
+
+
 def prepare_run(model: HookedModel, task: Task, hook_names: list[str], mode: str, metric: str) -> PatchingRun:
     """Cache the source activations and measure the clean / corrupted baselines."""
     if mode not in MODES:
@@ -66,16 +94,32 @@ def prepare_run(model: HookedModel, task: Task, hook_names: list[str], mode: str
     source_tokens, base = ((task.clean_tokens, task.corrupted_tokens) if mode == "denoise"
                            else (task.corrupted_tokens, task.clean_tokens))
     source_logits, source_cache = model.run_with_cache(source_tokens, names=hook_names)
-    resid_names = [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
-    base_logits, base_cache = model.run_with_cache(base, names=resid_names)
-    base_resid_post = {layer: base_cache["resid_post", layer] for layer in range(model.cfg.n_layers)}
+    base_logits, base_cache = model.run_with_cache(base, names=resid_post_names(model))
     clean_logits, corrupt_logits = (source_logits, base_logits) if mode == "denoise" else (base_logits, source_logits)
-    clean_end = task.end_logits(clean_logits)
-    prompts = torch.arange(len(task))
-    metric_fn = row_metric(task, metric, clean_end)
-    clean_value = float(metric_fn(clean_end, prompts).mean())
-    corrupted_value = float(metric_fn(task.end_logits(corrupt_logits), prompts).mean())
-    return PatchingRun(base, dict(source_cache), base_resid_post, clean_value, corrupted_value, clean_end)
+    baselines = measure_baselines(task, metric, clean_logits, corrupt_logits)
+    return PatchingRun(base, dict(source_cache), resid_post_by_layer(model, base_cache), baselines.clean_value,
+                       baselines.corrupted_value, baselines.clean_end_logits)
+
+
+def layer_chunks(model: HookedModel, units: Sequence[PatchUnit], per_chunk: int,
+                 below_layer: int | None = None) -> list[tuple[int, list[int]]]:
+    """(layer, unit indices) chunks of at most ``per_chunk`` units that never mix layers, so each
+    forward can skip every block before its layer; units at ``below_layer`` or later are left out."""
+    by_layer: dict[int, list[int]] = {}
+    for index, unit in enumerate(units):
+        layer = model.hook_point(unit.hook_name).layer()
+        if below_layer is None or layer < below_layer:
+            by_layer.setdefault(layer, []).append(index)
+    return [(layer, indices[i : i + per_chunk]) for layer, indices in by_layer.items()
+            for i in range(0, len(indices), per_chunk)]
+
+
+def mean_over_prompts(metric_fn: RowMetric, logits: torch.Tensor, kept_last: bool, n: int) -> torch.Tensor:
+    """[slots] mean metric of a batch whose rows [s * n, (s + 1) * n) run the task's n prompts;
+    ``kept_last``: the logits hold only the last position (which is END)."""
+    slots = logits.shape[0] // n
+    end = logits[:, -1] if kept_last else logits
+    return metric_fn(end, torch.arange(n).repeat(slots)).view(slots, n).mean(1).cpu()
 
 
 def slot_hooks(slots: list[list[PatchUnit]], source: dict[str, torch.Tensor], n: int):
@@ -103,7 +147,7 @@ def slot_hooks(slots: list[list[PatchUnit]], source: dict[str, torch.Tensor], n:
     return [(name, make(entries)) for name, entries in by_hook.items()]
 
 
-def _chunk_hooks(model: HookedModel, units: list[PatchUnit], source: dict[str, torch.Tensor], n: int):
+def _chunk_hooks(units: list[PatchUnit], source: dict[str, torch.Tensor], n: int):
     """Forward hooks patching unit u into rows [u * n, (u + 1) * n)."""
     return slot_hooks([[unit] for unit in units], source, n)
 
@@ -141,23 +185,15 @@ def sweep(model: HookedModel, task: Task, grid: SiteGrid, run: PatchingRun, mode
         batch_size = max(n, int(memory_budget_gb * 2**30 // row_bytes))
     units_per_forward = max(1, batch_size // n)
     metric_fn = row_metric(task, metric, run.clean_end_logits)
-    prompts = torch.arange(n)
     raw = torch.empty(len(grid.units))
-    # Chunks never mix layers, so each forward can skip every block before its layer.
-    by_layer: dict[int, list[int]] = {}
-    for index, unit in enumerate(grid.units):
-        by_layer.setdefault(model.hook_point(unit.hook_name).layer(), []).append(index)
-    chunks = [(layer, indices[i : i + units_per_forward])
-              for layer, indices in by_layer.items() for i in range(0, len(indices), units_per_forward)]
+    chunks = layer_chunks(model, grid.units, units_per_forward)
     for layer, indices in tqdm(chunks, desc=f"{mode} {sites}", disable=not progress, leave=False):
         units = [grid.units[i] for i in indices]
         tokens = run.base_tokens.repeat(len(units), 1)
         with reuse_prefix(model, layer, run.base_resid_post, len(units)):
-            logits = model.run_with_hooks(tokens, fwd_hooks=_chunk_hooks(model, units, run.source, n),
+            logits = model.run_with_hooks(tokens, fwd_hooks=_chunk_hooks(units, run.source, n),
                                           logits_to_keep=keep)
-        end = logits[:, -1] if keep else logits
-        values = metric_fn(end, prompts.repeat(len(units)))
-        raw[indices] = values.view(len(units), n).mean(1).cpu()
+        raw[indices] = mean_over_prompts(metric_fn, logits, bool(keep), n)
     return build_result(grid, raw, run.clean_value, run.corrupted_value, mode, metric, position_labels(model, task), info={
         "prompts": n, "forwards": len(chunks), "rows_per_forward": units_per_forward * n})
 
@@ -174,7 +210,7 @@ def activation_patch_naive(model: HookedModel, task: Task, sites: str = "resid_p
     prompts = torch.arange(len(task))
     raw = torch.empty(len(grid.units))
     for index, unit in enumerate(tqdm(grid.units, desc=f"naive {sites}", disable=not progress, leave=False)):
-        logits = model.run_with_hooks(run.base_tokens, fwd_hooks=_chunk_hooks(model, [unit], run.source, len(task)))
+        logits = model.run_with_hooks(run.base_tokens, fwd_hooks=_chunk_hooks([unit], run.source, len(task)))
         raw[index] = metric_fn(task.end_logits(logits), prompts).mean().cpu()
     return build_result(grid, raw, run.clean_value, run.corrupted_value, mode, metric, position_labels(model, task),
                    info={"prompts": len(task), "forwards": len(grid.units)})

@@ -38,8 +38,7 @@ def attribution_patch(
                                   else (task.corrupted_tokens, task.clean_tokens))
     source_logits, source = model.run_with_cache(source_tokens, names=names)
     prompts = torch.arange(len(task))
-    clean_end = task.end_logits(source_logits if mode == "denoise" else model(task.clean_tokens).detach())
-    metric_fn = row_metric(task, metric, clean_end)
+    metric_fn = row_metric(task, metric)  # KL, the one metric needing clean logits, is refused above
     base_value, base, grads = model.run_with_cache_and_grads(
         base_tokens, lambda logits: metric_fn(task.end_logits(logits), prompts).mean(), names=names)
     source_value = float(metric_fn(task.end_logits(source_logits), prompts).mean())

@@ -18,8 +18,16 @@ from tqdm.auto import tqdm
 
 from mechscope.hooks.points import HookPoint
 from mechscope.models.hooked_model import HookedModel
-from mechscope.patching.activation import build_result, position_labels, slot_hooks
-from mechscope.patching.metrics import row_metric
+from mechscope.patching.activation import (
+    build_result,
+    layer_chunks,
+    mean_over_prompts,
+    measure_baselines,
+    position_labels,
+    resid_post_by_layer,
+    resid_post_names,
+    slot_hooks,
+)
 from mechscope.patching.prefix import reuse_prefix
 from mechscope.patching.result import PatchingResult
 from mechscope.patching.sites import PatchUnit, site_grid
@@ -87,28 +95,18 @@ def path_patch(
 
     n = len(task)
     z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
-    resid_names = [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
     mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(model.cfg.n_layers)] if freeze_mlps else []
     receiver_names = list(dict.fromkeys(unit.hook_name for unit in receiver_units))
-    clean_logits, clean = model.run_with_cache(task.clean_tokens,
-                                               names=z_names + resid_names + mlp_names + receiver_names)
+    clean_logits, clean = model.run_with_cache(
+        task.clean_tokens, names=z_names + resid_post_names(model) + mlp_names + receiver_names)
     corrupt_logits, corrupted = model.run_with_cache(task.corrupted_tokens, names=z_names)
-    prompts = torch.arange(n)
-    clean_end = task.end_logits(clean_logits)
-    metric_fn = row_metric(task, metric, clean_end)
-    clean_value = float(metric_fn(clean_end, prompts).mean())
-    corrupted_value = float(metric_fn(task.end_logits(corrupt_logits), prompts).mean())
-    base_resid = {layer: clean["resid_post", layer] for layer in range(model.cfg.n_layers)}
+    baselines = measure_baselines(task, metric, clean_logits, corrupt_logits)
+    base_resid = resid_post_by_layer(model, clean)
     keep = 1 if task.end_is_last else 0
 
     per_slot = max(1, (batch_size or 8 * n) // n)
-    raw = torch.full((len(grid.units),), clean_value)  # senders with no path to the receivers
-    by_layer: dict[int, list[int]] = {}
-    for index, unit in enumerate(grid.units):
-        layer = model.hook_point(unit.hook_name).layer()
-        if layer < last_sender_layer:
-            by_layer.setdefault(layer, []).append(index)
-    chunks = [(layer, idx[i : i + per_slot]) for layer, idx in by_layer.items() for i in range(0, len(idx), per_slot)]
+    raw = torch.full((len(grid.units),), baselines.clean_value)  # senders with no path to the receivers
+    chunks = layer_chunks(model, grid.units, per_slot, below_layer=last_sender_layer)
     for layer, indices in tqdm(chunks, desc="path patching", disable=not progress, leave=False):
         senders = [grid.units[i] for i in indices]
         tokens = task.clean_tokens.repeat(len(senders), 1)
@@ -129,10 +127,8 @@ def path_patch(
             hooks = slot_hooks([receiver_units] * len(senders), captured, n)
             with reuse_prefix(model, first_receiver, base_resid, len(senders)):
                 logits = model.run_with_hooks(tokens, fwd_hooks=hooks, logits_to_keep=keep)
-        end = logits[:, -1] if keep else logits
-        values = metric_fn(end, prompts.repeat(len(senders)))
-        raw[indices] = values.view(len(senders), n).mean(1).cpu()
-    result = build_result(grid, raw, clean_value, corrupted_value, "path-noise", metric,
+        raw[indices] = mean_over_prompts(baselines.metric_fn, logits, bool(keep), n)
+    result = build_result(grid, raw, baselines.clean_value, baselines.corrupted_value, "path-noise", metric,
                           position_labels(model, task), info={"prompts": n, "receivers": receivers if to_logits
                                                                else [list(r) for r in receiver_heads],
                                                                "receiver_input": list(inputs),

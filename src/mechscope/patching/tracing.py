@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from mechscope.hooks.points import HookPoint
 from mechscope.models.hooked_model import HookedModel
-from mechscope.patching.activation import slot_hooks
+from mechscope.patching.activation import resid_post_by_layer, resid_post_names, slot_hooks
 from mechscope.patching.prefix import reuse_prefix
 from mechscope.patching.result import PatchingResult
 from mechscope.patching.sites import PatchUnit
@@ -55,8 +55,8 @@ def causal_trace(
     progress: bool = True,
 ) -> PatchingResult:
     """Trace ``prompt``'s prediction of ``answer`` (default: the clean top token) with the
-    ``subject`` tokens noised. ``noise_scale`` defaults to 3x the std of the embedding matrix
-    (as in ROME). Result axes (layer, position); ``raw`` is the answer's probability with that
+    ``subject`` tokens noised. ``noise_scale`` defaults to 3x the std of the prompt's token
+    embeddings as they enter the residual stream (ROME uses 3x the embeddings' std). Result axes (layer, position); ``raw`` is the answer's probability with that
     state restored, averaged over ``samples`` noise draws; ``scores`` rescale it so the noised
     run is 0 and the clean run 1. ``window`` applies to "attn" / "mlp" (1 restores one block)."""
     if kind not in KINDS:
@@ -65,7 +65,7 @@ def causal_trace(
     n_pos, n_layers = tokens.shape[1], model.cfg.n_layers
     noised_positions = subject_positions(model, prompt, subject)
     names = [f"blocks.{layer}.{KINDS[kind]}" for layer in range(n_layers)]
-    resid_names = [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
+    resid_names = resid_post_names(model)
     clean_logits, clean = model.run_with_cache(tokens, names=list(dict.fromkeys(names + resid_names + ["hook_embed"])))
     answer_id = int(clean_logits[0, -1].argmax()) if answer is None else model.to_single_token(answer)
     # The std of what is noised (hook_embed), which for Gemma includes its sqrt(d_model) scale.
@@ -85,7 +85,7 @@ def causal_trace(
 
     noised_logits, noised = model.run_with_cache(tokens.repeat(samples, 1), names=resid_names,
                                                  fwd_hooks=[("hook_embed", add_noise)])
-    base_resid = {layer: noised["resid_post", layer] for layer in range(n_layers)}
+    base_resid = resid_post_by_layer(model, noised)
     clean_prob = float(answer_prob(clean_logits))
     noised_prob = float(answer_prob(noised_logits).mean())
     source = {name: clean[name].expand(samples, *clean[name].shape[1:]) for name in names}
