@@ -14,6 +14,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console()
 
 
+def _load(model: str | None):
+    """Load a model with a spinner (a GGUF conversion on first use takes ~20 s)."""
+    import mechscope
+
+    with console.status(f"loading {model or mechscope.DEFAULT_MODEL} ..."):
+        return mechscope.load(model)
+
+
 @app.command()
 def inspect(
     prompt: str = typer.Argument(..., help="the prompt whose next-token prediction is analysed"),
@@ -23,11 +31,9 @@ def inspect(
 ) -> None:
     """Top next tokens, logit lens, direct logit attribution (top vs second token, by layer and
     by head) and head scores; writes an HTML report and prints a summary."""
-    import mechscope
     from mechscope.report import inspect_prompt, write_report
 
-    with console.status(f"loading {model or mechscope.DEFAULT_MODEL} ..."):
-        hooked = mechscope.load(model)
+    hooked = _load(model)
     with console.status("running the analyses ..."):
         result = inspect_prompt(hooked, prompt, k=top_k)
     _print_summary(result)
@@ -80,14 +86,12 @@ def patch(
     out: Path = typer.Option(Path("mechscope-patch"), "--out", "-o", help="folder for result.json + heatmap.html"),
 ) -> None:
     """Activation patching sweep on a task; writes JSON scores and an HTML heatmap."""
-    import mechscope
     from mechscope import tasks
     from mechscope.patching import activation_patch, attribution_patch
 
     if task not in tasks.TASKS:
         raise typer.BadParameter(f"unknown task {task!r}; choose one of: {', '.join(tasks.TASKS)}", param_hint="--task")
-    with console.status(f"loading {model or mechscope.DEFAULT_MODEL} ..."):
-        hooked = mechscope.load(model)
+    hooked = _load(model)
     built = tasks.TASKS[task](hooked) if task == "factual-recall" else tasks.TASKS[task](hooked, n=n, seed=seed)
     if atp:
         result = attribution_patch(hooked, built, sites, mode=mode, metric=metric)
@@ -118,11 +122,9 @@ def trace(
     out: Path = typer.Option(Path("mechscope-trace"), "--out", "-o", help="folder for JSON + HTML heatmaps"),
 ) -> None:
     """Causal tracing (ROME-style): noise the subject, restore one state at a time."""
-    import mechscope
     from mechscope.patching import causal_trace
 
-    with console.status(f"loading {model or mechscope.DEFAULT_MODEL} ..."):
-        hooked = mechscope.load(model)
+    hooked = _load(model)
     out.mkdir(parents=True, exist_ok=True)
     for kind in [k.strip() for k in kinds.split(",") if k.strip()]:
         result = causal_trace(hooked, prompt, subject, kind=kind, window=window, samples=samples)
