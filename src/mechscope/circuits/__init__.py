@@ -1,0 +1,47 @@
+"""Circuit discovery over a component graph: EAP, EAP-IG, ACDC and exact edge patching, with
+faithfulness curves and exports."""
+
+from mechscope.circuits.acdc import acdc
+from mechscope.circuits.circuit import Circuit, node_edges, node_scores_from_edges, prune, select_edges
+from mechscope.circuits.discover import METHODS, DiscoveryConfig, compare_methods, discover
+from mechscope.circuits.evaluation import Faithfulness, FaithfulnessCurve, faithfulness, faithfulness_curve
+from mechscope.circuits.graph import ComponentGraph, Receiver
+from mechscope.circuits.intervention import EdgeRun, EdgeSpec, run_edges, writer_outputs
+from mechscope.circuits.scoring import (
+    ABLATIONS,
+    EdgeSetup,
+    eap_ig_scores,
+    eap_scores,
+    edge_setup,
+    evaluate_masks,
+    exact_scores,
+)
+
+__all__ = [
+    "ABLATIONS",
+    "METHODS",
+    "Circuit",
+    "ComponentGraph",
+    "DiscoveryConfig",
+    "EdgeRun",
+    "EdgeSetup",
+    "EdgeSpec",
+    "Faithfulness",
+    "FaithfulnessCurve",
+    "Receiver",
+    "acdc",
+    "compare_methods",
+    "discover",
+    "eap_ig_scores",
+    "eap_scores",
+    "edge_setup",
+    "evaluate_masks",
+    "exact_scores",
+    "faithfulness",
+    "faithfulness_curve",
+    "node_edges",
+    "node_scores_from_edges",
+    "prune",
+    "select_edges",
+    "writer_outputs",
+]

@@ -1,0 +1,129 @@
+"""The front door: ``discover(model, task, method=...) -> Circuit`` and a method comparison."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from mechscope.circuits.acdc import acdc
+from mechscope.circuits.circuit import LEVELS, Circuit, node_edges, node_scores_from_edges, prune, select_edges
+from mechscope.circuits.evaluation import DEFAULT_FRACTIONS, faithfulness_curve
+from mechscope.circuits.graph import ComponentGraph
+from mechscope.circuits.scoring import EdgeSetup, eap_ig_scores, eap_scores, edge_setup, exact_scores
+from mechscope.models.hooked_model import HookedModel
+from mechscope.tasks.base import Task
+
+METHODS = ("eap", "eap-ig", "acdc", "exact")
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """Options of :func:`discover` (all have defaults; see its docstring)."""
+
+    method: str = "eap-ig"
+    level: str = "edge"
+    ablation: str = "patch"
+    metric: str = "logit_diff"
+    steps: int = 5
+    ig_variant: str = "inputs"
+    threshold: float | None = None
+    n_edges: int | None = None
+    selection: str = "top_n"
+    qkv: bool = True
+    prune: bool = True
+    acdc_metric: str = "kl"
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {self.level!r}")
+        if self.method == "acdc" and self.threshold is None:
+            raise ValueError("method='acdc' needs threshold=... (the largest damage an edge may do and be pruned)")
+
+
+def score_edges(model: HookedModel, task: Task, setup: EdgeSetup, config: DiscoveryConfig,
+                progress: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """(scores [W, R], ACDC's kept edges or None, info) for the configured method."""
+    if config.method == "eap":
+        return eap_scores(model, task, setup, config.metric), None, {}
+    if config.method == "eap-ig":
+        return eap_ig_scores(model, task, setup, config.metric, config.steps, config.ig_variant, progress), None, {}
+    if config.method == "exact":
+        return exact_scores(model, task, setup, config.metric, progress=progress), None, {}
+    kept, scores, info = acdc(model, task, setup, config.threshold, config.acdc_metric, config.level,
+                              progress=progress)
+    return scores, kept, info
+
+
+def discover(model: HookedModel, task: Task, method: str = "eap-ig", level: str = "edge", ablation: str = "patch",
+             progress: bool = True, **options) -> Circuit:
+    """Find the circuit behind ``task`` (clean prompts run clean, ablated edges take the
+    ``ablation`` values: "patch" = corrupted run, "mean", "zero").
+
+    Methods: "eap" (one clean forward+backward and one corrupted forward), "eap-ig"
+    (``steps`` gradient points, ``ig_variant`` "inputs" or "activations"), "acdc" (pruning with
+    ``threshold`` on ``acdc_metric``, "kl" by default), "exact" (one forward per edge). Options
+    (see :class:`DiscoveryConfig`): ``metric``, ``steps``, ``ig_variant``, ``threshold``,
+    ``n_edges``, ``selection`` ("top_n", "threshold", "greedy"), ``qkv``, ``prune``.
+    At node level, each component's score is the sum of its outgoing edges' scores (ACDC tries
+    components directly) and ``n_edges`` counts components.
+    """
+    config = DiscoveryConfig(method=method, level=level, ablation=ablation, **options)
+    config.check()
+    graph = ComponentGraph.from_config(model.cfg, qkv=config.qkv)
+    start = time.perf_counter()
+    setup = edge_setup(model, task, graph, ablation)
+    scores, kept, info = score_edges(model, task, setup, config, progress)
+    node_scores = node_scores_from_edges(graph, scores) if level == "node" else None
+    if kept is not None:
+        edges = kept
+    elif level == "node":
+        edges = _select_nodes(graph, node_scores, config)
+    elif config.selection == "threshold" or (config.threshold is not None and config.n_edges is None):
+        edges = select_edges(graph, scores, "threshold", threshold=config.threshold if config.threshold is not None else 0.0)
+    else:
+        n = config.n_edges if config.n_edges is not None else max(1, round(0.01 * graph.n_edges))
+        edges = select_edges(graph, scores, config.selection, n=n)
+    if config.prune and level == "edge":
+        edges = prune(graph, edges)
+    info = {**info, "seconds": time.perf_counter() - start, "task": task.name, "prompts": len(task),
+            "metric": config.metric, "ablation": ablation}
+    if method == "eap-ig":
+        info.update(steps=config.steps, ig_variant=config.ig_variant)
+    return Circuit(graph, scores, edges, level, method, node_scores, info)
+
+
+def _select_nodes(graph: ComponentGraph, node_scores: torch.Tensor, config: DiscoveryConfig) -> torch.Tensor:
+    magnitude = node_scores.abs().clone()
+    magnitude[0] = float("inf")
+    if config.threshold is not None and config.n_edges is None:
+        keep = magnitude >= config.threshold
+    else:
+        count = config.n_edges if config.n_edges is not None else max(1, round(0.1 * (graph.n_writers - 1)))
+        keep = torch.zeros(graph.n_writers, dtype=torch.bool)
+        keep[magnitude.topk(min(graph.n_writers, count + 1)).indices] = True
+    return node_edges(graph, keep)
+
+
+def compare_methods(model: HookedModel, task: Task, methods: list[dict], ablation: str = "patch",
+                    metric: str = "logit_diff", fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
+                    progress: bool = True) -> list[dict]:
+    """Score each method (a dict of :func:`discover` options with at least ``method``) and
+    evaluate its faithfulness curve; rows with method, seconds (scoring only), CPR, CMD."""
+    rows = []
+    graph = ComponentGraph.from_config(model.cfg, qkv=methods[0].get("qkv", True) if methods else True)
+    setup = edge_setup(model, task, graph, ablation)
+    for options in methods:
+        config = DiscoveryConfig(ablation=ablation, metric=metric, **options)
+        config.check()
+        start = time.perf_counter()
+        scores, _, info = score_edges(model, task, setup, config, progress)
+        seconds = time.perf_counter() - start
+        curve = faithfulness_curve(model, task, setup, scores, fractions, metric, config.level,
+                                   node_scores=node_scores_from_edges(graph, scores) if config.level == "node" else None)
+        rows.append({"method": config.method, **{k: v for k, v in options.items() if k != "method"},
+                     "seconds": seconds, "cpr": curve.cpr, "cmd": curve.cmd, "curve": curve.to_json(), **info})
+    return rows
