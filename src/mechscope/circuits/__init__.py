@@ -42,6 +42,7 @@ __all__ = [
     "node_edges",
     "node_scores_from_edges",
     "prune",
+    "run_edges",
     "select_edges",
     "writer_outputs",
 ]

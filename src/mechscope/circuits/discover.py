@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import torch
 
 from mechscope.circuits.acdc import acdc
-from mechscope.circuits.circuit import LEVELS, Circuit, node_edges, node_scores_from_edges, prune, select_edges
+from mechscope.circuits.circuit import (
+    LEVELS,
+    Circuit,
+    node_edges,
+    node_scores_from_edges,
+    prune,
+    select_edges,
+)
 from mechscope.circuits.evaluation import DEFAULT_FRACTIONS, faithfulness_curve
 from mechscope.circuits.graph import ComponentGraph
 from mechscope.circuits.scoring import EdgeSetup, eap_ig_scores, eap_scores, edge_setup, exact_scores

@@ -11,6 +11,7 @@ in [0, 1] by the trapezoid rule.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import torch
 
@@ -94,7 +95,7 @@ class FaithfulnessCurve:
 def _area(xs: list[float], ys: list[float]) -> float:
     """Trapezoid area over [0, 1]; the curve is held flat from 0 to the first fraction."""
     points = [(0.0, ys[0])] + list(zip(xs, ys))
-    return sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(points, points[1:]))
+    return sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in pairwise(points))
 
 
 def faithfulness_curve(model: HookedModel, task: Task, setup: EdgeSetup, scores: torch.Tensor,

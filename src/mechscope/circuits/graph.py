@@ -8,7 +8,7 @@ receiver that reads it through the residual stream, i.e. every writer earlier in
 Attention receivers, with ``qkv=True`` (the default): each query head's q input
 (``L{l}H{h}.q``), and each key/value head's k and v inputs (``L{l}KV{g}.k`` / ``.v``; under
 grouped-query attention a kv head serves n_heads / n_kv_heads query heads, so its inputs are one
-receiver each). With ``qkv=False`` a head's q, k and v read one input (``L{l}H{h}``); under GQA
+receiver each; without GQA they are named ``L{l}H{h}.k`` / ``.v``). With ``qkv=False`` a head's q, k and v read one input (``L{l}H{h}``); under GQA
 the shared k and v read ``L{l}KV{g}``.
 """
 
@@ -129,8 +129,10 @@ class ComponentGraph:
 def _attention_receivers(layer: int, heads: int, kv_heads: int, qkv: bool, upstream: int) -> list[Receiver]:
     if qkv:
         out = [Receiver(f"L{layer}H{h}.q", layer, (("q", h),), upstream) for h in range(heads)]
+        # Without GQA a kv head is the query head of the same index; name it so.
+        kv_name = "H" if kv_heads == heads else "KV"
         for part in ("k", "v"):
-            out.extend(Receiver(f"L{layer}KV{g}.{part}", layer, ((part, g),), upstream) for g in range(kv_heads))
+            out.extend(Receiver(f"L{layer}{kv_name}{g}.{part}", layer, ((part, g),), upstream) for g in range(kv_heads))
         return out
     if kv_heads == heads:
         return [Receiver(f"L{layer}H{h}", layer, (("q", h), ("k", h), ("v", h)), upstream) for h in range(heads)]
