@@ -82,7 +82,7 @@ def discover(model: HookedModel, task: Task, method: str = "eap-ig", level: str 
     config.check()
     graph = ComponentGraph.from_config(model.cfg, qkv=config.qkv)
     start = time.perf_counter()
-    setup = edge_setup(model, task, graph, ablation)
+    setup = edge_setup(model, task, graph, ablation, clean=method != "eap")  # EAP's gradient pass is the clean run
     scores, kept, info = score_edges(model, task, setup, config, progress)
     node_scores = node_scores_from_edges(graph, scores) if level == "node" else None
     if kept is not None:

@@ -21,6 +21,7 @@ sum), so the writers of a run add up to the residual stream exactly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,17 +37,19 @@ class EdgeSpec:
     """What one forward does; rows = slots x prompts (slot s runs rows [s*n, (s+1)*n)).
 
     ``masks`` [slots, n_writers, n_receivers]: 1 = the edge carries the current run's value,
-    0 = the reference's (fractions interpolate). ``writer_weights`` [n_writers] is the same with
-    one weight per writer for every receiver (cheaper, and differentiable: used by EAP-IG).
-    ``reference`` [n_writers, n or 1, pos, d_model] is required with either. ``probes``
-    [n_receivers, rows, pos, d_model] are added to receivers' inputs (their gradient is d metric
-    / d receiver input). ``record``: keep every writer's output (see :attr:`EdgeRun.writers`).
+    0 = the reference's (fractions interpolate). ``writer_weights`` [slots, n_writers] (or [n_writers]
+    for every slot) is the same with one weight per writer for every receiver (cheaper, and
+    differentiable: used by EAP-IG, one interpolation step per slot).
+    ``reference`` [n_writers, n or 1, pos, d_model] is required with either. ``probes``: one
+    [rows, pos, d_model] tensor per receiver, added to its input (the probe's gradient is
+    d metric / d receiver input; separate leaves, because indexing one big tensor would make
+    autograd allocate its full size for every index). ``record``: keep every writer's output (see :attr:`EdgeRun.writers`).
     """
 
     masks: torch.Tensor | None = None
     writer_weights: torch.Tensor | None = None
     reference: torch.Tensor | None = None
-    probes: torch.Tensor | None = None
+    probes: Sequence[torch.Tensor] | None = None
     record: bool = False
 
 
@@ -59,7 +62,12 @@ class EdgeRun:
         if (spec.masks is not None or spec.writer_weights is not None) and spec.reference is None:
             raise ValueError("edge masks need reference writer outputs (corrupted, mean or zero)")
         self.model, self.graph, self.spec, self.n = model, graph, spec, n_prompts
-        self.rebuild = spec.masks is not None or spec.writer_weights is not None or spec.probes is not None
+        # Per-head rebuilding of q / k / v is needed when receivers of one layer read different
+        # inputs (masks) or carry their own probes. With writer_weights every receiver of a
+        # group reads the same input, so the attention input is written once, after ln1.
+        self.rebuild = spec.masks is not None or spec.probes is not None
+        self.shared = spec.writer_weights is not None and not self.rebuild
+        self.attention_inputs: dict[int, torch.Tensor] = {}  # layer -> ln1's input [rows, pos, d_model]
         self.writers: list[torch.Tensor | None] = [None] * graph.n_writers
         self._diffs: torch.Tensor | None = None  # [n_writers, rows, pos, d_model] (masks mode)
         # writer_weights mode: the weighted diff sum after the first k writers, keyed by k (a
@@ -78,14 +86,22 @@ class EdgeRun:
                 self.writers[first + offset] = value if torch.is_grad_enabled() else value.detach()
         if self.spec.masks is None and self.spec.writer_weights is None:
             return
+        if self.spec.writer_weights is not None:
+            weights = self.spec.writer_weights
+            weights = 1 - (weights if weights.dim() == 2 else weights[None]).to(values.dtype)[:, first:first + len(values)]
+            running = self._running[first]
+            if bool((weights != 0).any()):  # writers at weight 1 change nothing (EAP-IG on inputs: all but one)
+                reference = self.spec.reference[first:first + len(values)].unsqueeze(1)  # [w, 1, n or 1, pos, d]
+                slots = self._slots(values.shape[1])
+                diffs = values.unflatten(1, (slots, self.n)) - reference
+                weights = weights.expand(slots, -1)
+                running = running + torch.einsum("sw,wsnpd->snpd", weights, diffs).flatten(0, 1)
+            self._running[first + len(values)] = running
+            return
         rows = values.shape[1]
         reference = self.spec.reference[first:first + len(values)]
         slots = self._slots(rows)
         diffs = (values.unflatten(1, (slots, self.n)) - reference.unsqueeze(1)).flatten(1, 2)
-        if self.spec.writer_weights is not None:
-            weights = 1 - self.spec.writer_weights[first:first + len(values)].to(diffs.dtype)
-            self._running[first + len(values)] = self._running[first] + torch.einsum("w,wbpd->bpd", weights, diffs)
-            return
         if self._diffs is None:
             self._diffs = diffs.new_zeros((self.graph.n_writers, *diffs.shape[1:]))
         self._diffs[first:first + len(values)] = diffs
@@ -106,7 +122,7 @@ class EdgeRun:
         """[len(receivers), rows, pos, d_model] inputs of ``receivers`` given the residual."""
         inputs = (resid.unsqueeze(0) - self._corrections(receivers)).expand(len(receivers), *resid.shape)
         if self.spec.probes is not None:
-            inputs = inputs + self.spec.probes[receivers]
+            inputs = inputs + torch.stack([self.spec.probes[r] for r in receivers])
         return inputs
 
     # ------------------------------------------------------------------ hooks
@@ -114,13 +130,16 @@ class EdgeRun:
         cfg = self.model.cfg
         hooks: list[tuple[str, object]] = [("blocks.0.hook_resid_pre", self._read_input)]
         for layer in range(cfg.n_layers):
+            hooks.append((f"blocks.{layer}.hook_resid_pre", self._read_resid))
             if self.rebuild:
-                hooks.append((f"blocks.{layer}.hook_resid_pre", self._read_resid))
                 hooks.extend((f"blocks.{layer}.attn.hook_{part}", self._write_qkv) for part in ("q", "k", "v"))
+            if self.shared:
+                hooks.append((f"blocks.{layer}.ln1.hook_normalized", self._write_attention_in))
+            if self.rebuild or self.shared:
                 hooks.append((f"blocks.{layer}.hook_mlp_in", self._write_mlp_in))
             hooks.append((f"blocks.{layer}.attn.hook_result", self._read_heads))
             hooks.append((f"blocks.{layer}.hook_mlp_out", self._read_mlp))
-        if self.rebuild:
+        if self.rebuild or self.shared:
             hooks.append((f"blocks.{cfg.n_layers - 1}.hook_resid_post", self._write_logits_in))
         return hooks
 
@@ -130,15 +149,24 @@ class EdgeRun:
     def _read_resid(self, activation: torch.Tensor, hook: HookPoint) -> None:
         layer = hook.layer()
         receivers = [i for i, r in enumerate(self.graph.receivers) if r.layer == layer and r.feeds[0][0] in "qkv"]
-        self._attn_inputs = dict(zip(receivers, self._receiver_inputs(activation, receivers)))
+        if self.rebuild:
+            self._attn_inputs = dict(zip(receivers, self._receiver_inputs(activation, receivers)))
+        else:  # one input for the whole layer's attention
+            self.attention_inputs[layer] = self._receiver_inputs(activation, receivers[:1])[0]
+
+    def _write_attention_in(self, activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        return self._ln1(hook.layer())(self.attention_inputs[hook.layer()]).to(activation.dtype)
+
+    def _ln1(self, layer: int):
+        """ln1's forward without its module hooks (which would re-enter the hook on its output)."""
+        return self.model.hf_model.get_submodule(f"{self.model.adapter.layers}.{layer}.{self.model.adapter.ln1}").forward
 
     def _write_qkv(self, activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         layer, part = hook.layer(), hook.name.rsplit("_", 1)[-1]
         feeding = self.graph.feed_map(layer, part, activation.shape[2])
         inputs = torch.stack([self._attn_inputs[r] for r in feeding], dim=2)  # [rows, pos, heads, d_model]
-        ln1 = self.model.hf_model.get_submodule(f"{self.model.adapter.layers}.{layer}.{self.model.adapter.ln1}")
         weight, bias = input_projection(self.model, layer, part)
-        projected = torch.einsum("bphd,hed->bphe", ln1(inputs), weight)
+        projected = torch.einsum("bphd,hed->bphe", self._ln1(layer)(inputs), weight)
         return (projected if bias is None else projected + bias).to(activation.dtype)
 
     def _read_heads(self, activation: torch.Tensor, hook: HookPoint) -> None:
@@ -172,8 +200,9 @@ def run_edges(model: HookedModel, graph: ComponentGraph, tokens: torch.Tensor, s
     return logits, run
 
 
-def writer_outputs(model: HookedModel, graph: ComponentGraph, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def writer_outputs(model: HookedModel, graph: ComponentGraph, tokens: torch.Tensor,
+                   logits_to_keep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, every writer's output [n_writers, n, pos, d_model]) of a plain forward."""
     with torch.no_grad():
-        logits, run = run_edges(model, graph, tokens, EdgeSpec(record=True))
+        logits, run = run_edges(model, graph, tokens, EdgeSpec(record=True), logits_to_keep=logits_to_keep)
     return logits, torch.stack(run.writers)

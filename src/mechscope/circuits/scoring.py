@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from mechscope.circuits.gradients import receiver_gradients
 from mechscope.circuits.graph import ComponentGraph
 from mechscope.circuits.intervention import EdgeSpec, run_edges, writer_outputs
 from mechscope.models.hooked_model import HookedModel
@@ -27,33 +28,42 @@ IG_VARIANTS = ("inputs", "activations")
 @dataclass(frozen=True)
 class EdgeSetup:
     """Everything scoring and evaluation share: clean writer outputs [W, n, pos, d], the
-    reference values of ablated edges [W, n or 1, pos, d], and the clean END logits [n, vocab]."""
+    reference values of ablated edges [W, n or 1, pos, d], and the clean END logits [n, vocab]
+    (the clean parts are None when built with ``clean=False``: EAP records them itself)."""
 
     graph: ComponentGraph
-    clean_writers: torch.Tensor
+    clean_writers: torch.Tensor | None
     reference: torch.Tensor
-    clean_end_logits: torch.Tensor
+    clean_end_logits: torch.Tensor | None
     ablation: str
 
 
 def edge_setup(model: HookedModel, task: Task, graph: ComponentGraph, ablation: str = "patch",
-               reference_tokens: torch.Tensor | None = None) -> EdgeSetup:
+               reference_tokens: torch.Tensor | None = None, clean: bool = True) -> EdgeSetup:
     """Clean writer outputs and the reference values: the corrupted run's ("patch"), the mean
-    over ``reference_tokens`` (default: the clean prompts) per position ("mean"), or zeros."""
+    over ``reference_tokens`` (default: the clean prompts) per position ("mean"), or zeros.
+    ``clean=False`` skips the clean forward (EAP gets the clean run from its gradient pass)."""
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
-    clean_logits, clean = writer_outputs(model, graph, task.clean_tokens)
+    clean_logits = clean_writers = None
+    keep = 1 if task.end_is_last else 0  # only END's logits are used
+    if clean or ablation != "patch":
+        clean_logits, clean_writers = writer_outputs(model, graph, task.clean_tokens, keep)
     if ablation == "patch":
-        _, reference = writer_outputs(model, graph, task.corrupted_tokens)
+        _, reference = writer_outputs(model, graph, task.corrupted_tokens, keep)
     elif ablation == "mean":
         tokens = task.clean_tokens if reference_tokens is None else reference_tokens
         if tokens.shape[1] != task.clean_tokens.shape[1]:
             raise ValueError(f"reference_tokens have {tokens.shape[1]} positions; the task has "
                              f"{task.clean_tokens.shape[1]} (mean ablation is per position)")
-        reference = writer_outputs(model, graph, tokens)[1].mean(1, keepdim=True)
+        reference = (clean_writers if reference_tokens is None else writer_outputs(model, graph, tokens)[1]).mean(
+            1, keepdim=True)
     else:
-        reference = torch.zeros_like(clean[:, :1])
-    return EdgeSetup(graph, clean, reference, task.end_logits(clean_logits), ablation)
+        reference = torch.zeros_like(clean_writers[:, :1])
+    if not clean:
+        clean_logits = clean_writers = None
+    clean_end = None if clean_logits is None else (clean_logits[:, -1].float() if keep else task.end_logits(clean_logits))
+    return EdgeSetup(graph, clean_writers, reference, clean_end, ablation)
 
 
 def evaluate_masks(model: HookedModel, task: Task, setup: EdgeSetup, masks: torch.Tensor, metric: str = "logit_diff",
@@ -64,6 +74,8 @@ def evaluate_masks(model: HookedModel, task: Task, setup: EdgeSetup, masks: torc
     graph = setup.graph
     if masks.dim() != 3 or masks.shape[1:] != (graph.n_writers, graph.n_receivers):
         raise ValueError(f"masks must be [circuits, {graph.n_writers}, {graph.n_receivers}], got {tuple(masks.shape)}")
+    if metric == "kl" and setup.clean_end_logits is None:
+        raise ValueError("metric='kl' needs the clean run: build the setup with edge_setup(..., clean=True)")
     slot_bytes = graph.n_writers * n * positions * model.cfg.d_model * 4 * 2
     per_forward = max(1, int(memory_budget_gb * 2**30 // slot_bytes))
     metric_fn = row_metric(task, metric, setup.clean_end_logits)
@@ -86,34 +98,11 @@ def _check_gradient_metric(metric: str) -> None:
                          f"gradient at the clean run), got {metric!r}")
 
 
-def _receiver_gradients(model: HookedModel, task: Task, setup: EdgeSetup, metric: str,
-                        writer_weights: torch.Tensor | None) -> torch.Tensor:
-    """d mean-metric / d receiver input [n_receivers, n, pos, d_model] at one interpolation point."""
-    graph = setup.graph
-    n, positions = task.clean_tokens.shape
-    probes = torch.zeros(graph.n_receivers, n, positions, model.cfg.d_model, device=model.device,
-                         dtype=model.dtype, requires_grad=True)
-    spec = EdgeSpec(writer_weights=writer_weights, reference=setup.reference if writer_weights is not None else None,
-                    probes=probes)
-    metric_fn = row_metric(task, metric, setup.clean_end_logits)
-    params = [p for p in model.hf_model.parameters() if p.requires_grad]
-    for param in params:  # gradients of activations only: half the backward's cost
-        param.requires_grad_(False)
-    try:
-        with torch.enable_grad():
-            logits, _ = run_edges(model, graph, task.clean_tokens, spec)
-            metric_fn(task.end_logits(logits), torch.arange(n)).mean().backward()
-    finally:
-        for param in params:
-            param.requires_grad_(True)
-    return probes.grad
-
-
-def _attribution(setup: EdgeSetup, gradients: torch.Tensor) -> torch.Tensor:
+def _attribution(setup: EdgeSetup, gradients: torch.Tensor, clean_writers: torch.Tensor) -> torch.Tensor:
     """scores [W, R] = (reference_w - clean_w) . gradient_r summed over prompts, positions,
     d_model; NaN where no edge exists."""
-    delta = (setup.reference - setup.clean_writers).float()
-    scores = torch.einsum("wnpd,rnpd->wr", delta.expand_as(setup.clean_writers), gradients.float())
+    delta = (setup.reference - clean_writers).float().expand_as(clean_writers)
+    scores = delta.reshape(delta.shape[0], -1) @ gradients.float().reshape(gradients.shape[0], -1).T
     return scores.cpu().masked_fill(~setup.graph.adjacency(), float("nan"))
 
 
@@ -121,31 +110,37 @@ def eap_scores(model: HookedModel, task: Task, setup: EdgeSetup, metric: str = "
     """Edge attribution patching: the first-order estimate of each edge's ablation effect,
     from gradients at the clean run. [n_writers, n_receivers], NaN where no edge."""
     _check_gradient_metric(metric)
-    return _attribution(setup, _receiver_gradients(model, task, setup, metric, None))
+    gradients, clean_writers = receiver_gradients(model, task, setup, metric)
+    return _attribution(setup, gradients, clean_writers)
 
 
 def eap_ig_scores(model: HookedModel, task: Task, setup: EdgeSetup, metric: str = "logit_diff", steps: int = 5,
-                  variant: str = "inputs", progress: bool = False) -> torch.Tensor:
+                  variant: str = "inputs", progress: bool = False, steps_per_pass: int = 8) -> torch.Tensor:
     """EAP with integrated gradients: receiver gradients averaged over ``steps`` points
     (midpoints alpha = (k + 1/2) / steps) between the reference (alpha 0) and the clean run
     (alpha 1). ``variant="inputs"`` interpolates the input embedding only; "activations"
-    interpolates every writer's output as every receiver reads it."""
+    interpolates every writer's output as every receiver reads it. Up to ``steps_per_pass``
+    points share one batched forward and backward."""
     _check_gradient_metric(metric)
     if variant not in IG_VARIANTS:
         raise ValueError(f"variant must be one of {IG_VARIANTS}, got {variant!r}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     total = None
-    for step in tqdm(range(steps), desc="EAP-IG", disable=not progress, leave=False):
-        alpha = (step + 0.5) / steps
-        weights = torch.ones(setup.graph.n_writers, device=model.device)
+    per_pass = max(1, min(steps, steps_per_pass))
+    for start in tqdm(range(0, steps, per_pass), desc="EAP-IG", disable=not progress, leave=False):
+        alphas = (torch.arange(start, min(steps, start + per_pass), dtype=torch.float32) + 0.5) / steps
+        weights = torch.ones(len(alphas), setup.graph.n_writers, device=model.device)
         if variant == "inputs":
-            weights[0] = alpha
+            weights[:, 0] = alphas
         else:
-            weights[:] = alpha
-        gradients = _receiver_gradients(model, task, setup, metric, weights)
+            weights[:] = alphas[:, None]
+        gradients, _ = receiver_gradients(model, task, setup, metric, weights)
         total = gradients if total is None else total + gradients
-    return _attribution(setup, total / steps)
+    clean_writers = setup.clean_writers
+    if clean_writers is None:
+        clean_writers = writer_outputs(model, setup.graph, task.clean_tokens)[1]
+    return _attribution(setup, total / steps, clean_writers)
 
 
 def exact_scores(model: HookedModel, task: Task, setup: EdgeSetup, metric: str = "logit_diff",

@@ -48,6 +48,11 @@ class _PointEntry:
             if not activation.requires_grad:
                 # Nothing upstream is differentiable; make this point a leaf so its gradient exists.
                 activation = activation.detach().requires_grad_(True)
+            else:
+                # A distinct autograd node: an input site's tensor may also flow elsewhere (the
+                # MLP input is also the residual that skips the MLP); its gradient must be that
+                # of this site's use only.
+                activation = activation.view_as(activation)
             for fn in self.bwd:
                 activation.register_hook(self._grad_hook(fn))
             changed = True  # the rebuilt tensor must flow downstream for gradients to reach here
