@@ -5,7 +5,7 @@ gradient at ``hook_q`` (head h) pulled back through that head's projection and l
 needs no per-head copy of the forward: the pass runs the model as is (with every receiver of a
 layer reading the same input, which holds for the clean run and for EAP-IG's interpolations),
 captures gradients at ``hook_q/k/v``, ``hook_mlp_in`` and the final residual, and does the
-per-head pull-back afterwards on [batch, pos, heads, d_model] tensors.
+per-head pull-back afterwards: one ln1 forward per layer, all heads' cotangents as one batch.
 """
 
 from __future__ import annotations
@@ -55,25 +55,58 @@ def receiver_gradients(model: HookedModel, task: Task, setup, metric: str,
             rows = torch.arange(points * n)
             end = logits[:, -1].float() if keep else logits[rows, task.positions["END"].repeat(points)].float()
             (metric_fn(end, torch.arange(n).repeat(points)).sum() / n).backward()
-        gradients = torch.zeros(graph.n_receivers, n, positions, cfg.d_model, device=model.device)
+        gradients: list[torch.Tensor | None] = [None] * graph.n_receivers
 
         def add(receiver: int, grad: torch.Tensor) -> None:
-            gradients[receiver] += grad.float().view(points, n, positions, -1).sum(0)
+            summed = grad.float().view(points, n, positions, -1).sum(0)
+            gradients[receiver] = summed if gradients[receiver] is None else gradients[receiver] + summed
 
         for layer in range(cfg.n_layers):
-            resid = run.attention_inputs[layer].detach()
-            ln1 = run._ln1(layer)
+            pull_back = _Ln1PullBack(model, layer, run.attention_inputs[layer].detach())
             for part in PARTS:
                 grad = captured[f"blocks.{layer}.attn.hook_{part}"]  # [rows, pos, heads, d_head]
                 weight, _ = input_projection(model, layer, part)
-                upstream = torch.einsum("bphe,hed->bphd", grad, weight)
-                expanded = resid.unsqueeze(2).expand(-1, -1, grad.shape[2], -1).detach().requires_grad_(True)
-                (pulled,) = torch.autograd.grad(ln1(expanded), expanded, upstream)
+                pulled = pull_back(grad, weight)
                 for head, receiver in enumerate(graph.feed_map(layer, part, grad.shape[2])):
-                    add(receiver, pulled[:, :, head])
+                    add(receiver, pulled[head])
             add(graph.receiver_index(f"MLP{layer}"), captured[f"blocks.{layer}.hook_mlp_in"])
         add(graph.n_receivers - 1, captured[last])
     finally:
         for param in params:
             param.requires_grad_(True)
-    return gradients, torch.stack([w[:n].detach() for w in run.writers])
+    return torch.stack(gradients), torch.stack([w[:n].detach() for w in run.writers])
+
+
+class _Ln1PullBack:
+    """Vector-Jacobian products of ln1 at one input x [rows, pos, d_model], for many heads'
+    cotangents at once, in closed form (RMSNorm and LayerNorm alike):
+
+        dx = r * (u - mean(u) - x_hat * mean(u * x_hat)),   u = cotangent * norm weight,
+
+    with x_hat = normalised x, r = 1 / sqrt(var + eps) and mean(u) only for LayerNorm (whose
+    centring it undoes). Autograd through an expanded copy of the norm would take about twice
+    as many passes over [heads, rows, pos, d_model] tensors, which dominate this step."""
+
+    def __init__(self, model: HookedModel, layer: int, x: torch.Tensor):
+        adapter = model.adapter
+        self.norm = model.hf_model.get_submodule(f"{adapter.layers}.{layer}.{adapter.ln1}")
+        eps = getattr(self.norm, "eps", getattr(self.norm, "variance_epsilon", model.cfg.norm_eps))
+        weight = getattr(self.norm, "weight", None)
+        self.weight = (torch.ones(model.cfg.d_model, device=x.device) if weight is None
+                       else weight.float() + adapter.norm_weight_offset)
+        self.centred = model.cfg.norm_type == "layer"
+        x = x.float()
+        if self.centred:
+            x = x - x.mean(-1, keepdim=True)
+        self.inverse_rms = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # [rows, pos, 1]
+        self.x_hat = x * self.inverse_rms
+
+    def __call__(self, grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """grad [rows, pos, heads, d_head] at the projection's output, weight [heads, d_head,
+        d_model]: d metric / d x through each head's path, [heads, rows, pos, d_model]."""
+        # The norm's weight folds into the projection: u = (grad @ W_h) * weight in one einsum.
+        u = torch.einsum("bphe,hed->hbpd", grad.float(), weight.float() * self.weight)
+        projection = torch.einsum("hbpd,bpd->hbp", u, self.x_hat).unsqueeze(-1) / u.shape[-1]
+        if self.centred:
+            u = u - u.mean(-1, keepdim=True)
+        return torch.addcmul(u, self.x_hat, projection, value=-1).mul_(self.inverse_rms)
