@@ -36,6 +36,8 @@ test: install-dev
 benchmark: install
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/patching.py
+	$(PY) benchmarks/circuits.py
+	$(PY) benchmarks/known_circuits.py
 
 clean:
 	rm -rf $(VENV) mechscope-report

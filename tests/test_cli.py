@@ -76,3 +76,21 @@ def test_trace_writes_one_result_per_kind(tmp_path):
         assert saved.scores.shape == (tiny.cfg.n_layers, len(tiny.to_str_tokens("the cat sat on")))
         assert (out / f"trace-{kind}.html").exists()
     assert not (out / "trace-attn.json").exists()
+
+
+def test_circuit_writes_exports_and_faithfulness(tmp_path):
+    tiny, folder = saved_tiny(tmp_path, "llama")
+    out = tmp_path / "circuit"
+    result = runner.invoke(app, ["circuit", "--task", "induction", "--method", "eap", "--n", "3", "--edges", "10",
+                                 "--model", str(folder), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "circuit.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < saved["n_edges"] <= 10 and summary["edges"] == saved["n_edges"]
+    assert summary["graph_edges"] == saved["graph_edges"] and 0 <= summary["cpr"]
+    curve = json.loads((out / "curve.json").read_text())
+    assert curve["faithfulness"][-1] == 1.0  # every edge kept: the clean model
+    assert (out / "circuit.dot").read_text().startswith("digraph") and "<svg" in (out / "circuit.html").read_text()
+    bad = runner.invoke(app, ["circuit", "--method", "acdc", "--task", "induction", "--model", str(folder),
+                              "--out", str(out)])
+    assert bad.exit_code != 0 and "threshold" in bad.output

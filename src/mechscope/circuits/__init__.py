@@ -7,6 +7,8 @@ from mechscope.circuits.discover import METHODS, DiscoveryConfig, compare_method
 from mechscope.circuits.evaluation import Faithfulness, FaithfulnessCurve, faithfulness, faithfulness_curve
 from mechscope.circuits.graph import ComponentGraph, Receiver
 from mechscope.circuits.intervention import EdgeRun, EdgeSpec, run_edges, writer_outputs
+from mechscope.circuits.known.benchmark import benchmark, roc_auc
+from mechscope.circuits.known.registry import KnownCircuit, known_circuits, load_known
 from mechscope.circuits.scoring import (
     ABLATIONS,
     EdgeSetup,
@@ -28,8 +30,10 @@ __all__ = [
     "EdgeSpec",
     "Faithfulness",
     "FaithfulnessCurve",
+    "KnownCircuit",
     "Receiver",
     "acdc",
+    "benchmark",
     "compare_methods",
     "discover",
     "eap_ig_scores",
@@ -39,9 +43,12 @@ __all__ = [
     "exact_scores",
     "faithfulness",
     "faithfulness_curve",
+    "known_circuits",
+    "load_known",
     "node_edges",
     "node_scores_from_edges",
     "prune",
+    "roc_auc",
     "run_edges",
     "select_edges",
     "writer_outputs",

@@ -119,7 +119,8 @@ def compare_methods(model: HookedModel, task: Task, methods: list[dict], ablatio
                     metric: str = "logit_diff", fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
                     progress: bool = True) -> list[dict]:
     """Score each method (a dict of :func:`discover` options with at least ``method``) and
-    evaluate its faithfulness curve; rows with method, seconds (scoring only), CPR, CMD."""
+    evaluate its faithfulness curve (circuits chosen by the row's ``selection``: top_n or
+    greedy); rows with method, options, seconds (scoring only), CPR, CMD and the curve."""
     rows = []
     graph = ComponentGraph.from_config(model.cfg, qkv=methods[0].get("qkv", True) if methods else True)
     setup = edge_setup(model, task, graph, ablation)
@@ -129,7 +130,8 @@ def compare_methods(model: HookedModel, task: Task, methods: list[dict], ablatio
         start = time.perf_counter()
         scores, _, info = score_edges(model, task, setup, config, progress)
         seconds = time.perf_counter() - start
-        curve = faithfulness_curve(model, task, setup, scores, fractions, metric, config.level,
+        selection = "top_n" if config.selection == "threshold" else config.selection  # a curve needs sizes
+        curve = faithfulness_curve(model, task, setup, scores, fractions, metric, config.level, selection,
                                    node_scores=node_scores_from_edges(graph, scores) if config.level == "node" else None)
         rows.append({"method": config.method, **{k: v for k, v in options.items() if k != "method"},
                      "seconds": seconds, "cpr": curve.cpr, "cmd": curve.cmd, "curve": curve.to_json(), **info})

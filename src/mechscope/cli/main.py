@@ -1,4 +1,4 @@
-"""The ``mechscope`` command line: ``inspect`` a prompt, list ``models``."""
+"""The ``mechscope`` command line: ``inspect`` a prompt, ``patch``, ``trace``, ``circuit``, list ``models``."""
 
 from __future__ import annotations
 
@@ -157,6 +157,14 @@ def models() -> None:
     console.print(f"cache: {disk_cache.cache_root()}  (other cached: {', '.join(others) or 'none'})")
     console.print("also accepted by --model / mechscope.load: a .gguf path, a local HF folder, a hub id")
 
+
+def _register_commands() -> None:
+    from mechscope.cli.circuit import circuit
+
+    app.command()(circuit)
+
+
+_register_commands()
 
 if __name__ == "__main__":
     app()
