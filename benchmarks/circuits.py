@@ -35,7 +35,14 @@ def child(variant: str, n: int, steps: int, threshold: float) -> None:
 
     import mechscope
     from mechscope import tasks
-    from mechscope.circuits import ComponentGraph, acdc, eap_ig_scores, eap_scores, edge_setup, faithfulness_curve
+    from mechscope.circuits import (
+        ComponentGraph,
+        acdc,
+        eap_ig_scores,
+        eap_scores,
+        edge_setup,
+        faithfulness_curve,
+    )
     from mechscope.patching.metrics import row_metric
 
     model = mechscope.load()

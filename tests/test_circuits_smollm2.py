@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from mechscope import tasks
-from mechscope.circuits import ComponentGraph, discover, edge_setup, eap_scores, faithfulness, faithfulness_curve
+from mechscope.circuits import (
+    ComponentGraph,
+    discover,
+    eap_scores,
+    edge_setup,
+    faithfulness,
+    faithfulness_curve,
+)
 from mechscope.patching import attribution_patch
 
 pytestmark = pytest.mark.smollm2

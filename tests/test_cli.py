@@ -79,7 +79,7 @@ def test_trace_writes_one_result_per_kind(tmp_path):
 
 
 def test_circuit_writes_exports_and_faithfulness(tmp_path):
-    tiny, folder = saved_tiny(tmp_path, "llama")
+    _, folder = saved_tiny(tmp_path, "llama")
     out = tmp_path / "circuit"
     result = runner.invoke(app, ["circuit", "--task", "induction", "--method", "eap", "--n", "3", "--edges", "10",
                                  "--model", str(folder), "--out", str(out)])
