@@ -26,6 +26,7 @@ from mechscope.circuits import (
 )
 from mechscope.circuits.gradients import receiver_gradients
 from mechscope.models import SUPPORTED_FAMILIES
+from mechscope.models.weights import expand_kv_heads
 from mechscope.patching import activation_patch, attribution_patch, path_patch
 from mechscope.patching.metrics import row_metric
 
@@ -258,3 +259,25 @@ def test_bad_input_names_the_choices(setup):
         eap_scores(model, task, edge, metric="kl")
     with pytest.raises(ValueError, match="masks must be"):
         evaluate_masks(model, task, edge, torch.ones(3, 3))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_per_query_head_kv_receivers_on_an_equivalent_expanded_model(family):
+    model = mechscope.load_tiny(family)  # 4 query heads share 2 kv heads
+    expanded = expand_kv_heads(model)
+    tokens = torch.randint(0, 250, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(expanded(tokens), model(tokens), atol=1e-5, rtol=1e-5)
+    task = tasks.induction(model, n=2, seq_len=4, seed=2)
+    circuit = discover(model, task, method="eap", kv_per_query_head=True, n_edges=20, progress=False)
+    names = {r.name for r in circuit.graph.receivers}
+    assert {"L1H3.k", "L1H3.v"} <= names and not any("KV" in name for name in names)
+    # Each query head's k edge scores its own use of the shared key; a kv head's score is their sum.
+    shared = edge_setup(model, task, ComponentGraph.from_config(model.cfg))
+    grouped = eap_scores(model, task, shared)
+    per_head = circuit.scores
+    writer = circuit.graph.writer_index("L0H1")
+    for part in ("k", "v"):
+        split = sum(per_head[writer, circuit.graph.receiver_index(f"L1H{h}.{part}")] for h in (2, 3))
+        assert float(split) == pytest.approx(float(grouped[writer, shared.graph.receiver_index(f"L1KV1.{part}")]),
+                                             abs=1e-5)

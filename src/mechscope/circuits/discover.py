@@ -20,6 +20,7 @@ from mechscope.circuits.evaluation import DEFAULT_FRACTIONS, faithfulness_curve
 from mechscope.circuits.graph import ComponentGraph
 from mechscope.circuits.scoring import EdgeSetup, eap_ig_scores, eap_scores, edge_setup, exact_scores
 from mechscope.models.hooked_model import HookedModel
+from mechscope.models.weights import expand_kv_heads
 from mechscope.tasks.base import Task
 
 METHODS = ("eap", "eap-ig", "acdc", "exact")
@@ -39,6 +40,7 @@ class DiscoveryConfig:
     n_edges: int | None = None
     selection: str = "top_n"
     qkv: bool = True
+    kv_per_query_head: bool = False
     prune: bool = True
     acdc_metric: str = "kl"
 
@@ -74,12 +76,16 @@ def discover(model: HookedModel, task: Task, method: str = "eap-ig", level: str 
     (``steps`` gradient points, ``ig_variant`` "inputs" or "activations"), "acdc" (pruning with
     ``threshold`` on ``acdc_metric``, "kl" by default), "exact" (one forward per edge). Options
     (see :class:`DiscoveryConfig`): ``metric``, ``steps``, ``ig_variant``, ``threshold``,
-    ``n_edges``, ``selection`` ("top_n", "threshold", "greedy"), ``qkv``, ``prune``.
+    ``n_edges``, ``selection`` ("top_n", "threshold", "greedy"), ``qkv``, ``prune``, and
+    ``kv_per_query_head``: under grouped-query attention, give each query head its own k and v
+    receivers (runs on :func:`~mechscope.models.weights.expand_kv_heads`'s equivalent copy).
     At node level, each component's score is the sum of its outgoing edges' scores (ACDC tries
     components directly) and ``n_edges`` counts components.
     """
     config = DiscoveryConfig(method=method, level=level, ablation=ablation, **options)
     config.check()
+    if config.kv_per_query_head:
+        model = expand_kv_heads(model)
     graph = ComponentGraph.from_config(model.cfg, qkv=config.qkv)
     start = time.perf_counter()
     setup = edge_setup(model, task, graph, ablation, clean=method != "eap")  # EAP's gradient pass is the clean run

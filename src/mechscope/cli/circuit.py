@@ -21,6 +21,7 @@ def circuit(
     threshold: float = typer.Option(None, help="ACDC's threshold (required for acdc), or the |score| cut-off"),
     n: int = typer.Option(8, min=1, help="number of prompts"),
     seed: int = typer.Option(0),
+    kv_per_query_head: bool = typer.Option(False, help="GQA: a k and v receiver per query head, not per kv head"),
     curve: bool = typer.Option(True, help="also compute the faithfulness curve (0.1% .. 100% of edges)"),
     model: str = typer.Option(None, "--model", "-m", help="bundled name, .gguf path, local folder or hub id"),
     out: Path = typer.Option(Path("mechscope-circuit"), "--out", "-o",
@@ -29,14 +30,15 @@ def circuit(
     """Find the circuit behind a task (EAP, EAP-IG, ACDC or exact edge patching) and write it as
     JSON, Graphviz DOT and an interactive HTML view, with its faithfulness."""
     from mechscope import tasks
-    from mechscope.circuits import ComponentGraph, discover, edge_setup, faithfulness, faithfulness_curve
+    from mechscope.circuits import discover, edge_setup, faithfulness, faithfulness_curve
     from mechscope.cli.main import _load, console
 
     if task not in tasks.TASKS:
         raise typer.BadParameter(f"unknown task {task!r}; choose one of: {', '.join(tasks.TASKS)}", param_hint="--task")
     hooked = _load(model)
     built = tasks.TASKS[task](hooked) if task == "factual-recall" else tasks.TASKS[task](hooked, n=n, seed=seed)
-    options = {"metric": metric, "steps": steps, "n_edges": edges, "selection": selection, "threshold": threshold}
+    options = {"metric": metric, "steps": steps, "n_edges": edges, "selection": selection, "threshold": threshold,
+               "kv_per_query_head": kv_per_query_head}
     try:
         found = discover(hooked, built, method=method, level=level, ablation=ablation, **options)
     except ValueError as error:
@@ -45,7 +47,11 @@ def circuit(
     found.save(out / "circuit.json")
     (out / "circuit.dot").write_text(found.to_dot())
     found.to_html(out / "circuit.html")
-    graph = ComponentGraph.from_config(hooked.cfg)
+    if kv_per_query_head:
+        from mechscope.models.weights import expand_kv_heads
+
+        hooked = expand_kv_heads(hooked)  # the circuit's edges live on the expanded graph
+    graph = found.graph
     with console.status("evaluating faithfulness ..."):
         setup = edge_setup(hooked, built, graph, ablation)
         scored = faithfulness(hooked, built, setup, found.edges, metric)

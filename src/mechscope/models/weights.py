@@ -37,3 +37,39 @@ def input_projection(model: HookedModel, layer: int, part: str) -> tuple[torch.T
     weight = module.weight.view(cfg.n_heads, 3, cfg.d_head, cfg.d_model)[:, index]
     bias = None if module.bias is None else module.bias.view(cfg.n_heads, 3, cfg.d_head)[:, index]
     return weight, bias
+
+
+def expand_kv_heads(model: HookedModel) -> HookedModel:
+    """An equivalent copy of a grouped-query-attention model with one key/value head per query
+    head: each kv head's k and v projection rows are repeated for the query heads that share
+    it, so every query head reads its own k and v (identical values, separate hook slots).
+    Circuit discovery uses it for per-query-head k/v receivers. Returns ``model`` itself when
+    it has no GQA."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from mechscope.models.hooked_model import HookedModel as Hooked
+
+    cfg, adapter = model.cfg, model.adapter
+    if cfg.n_kv_heads == cfg.n_heads:
+        return model
+    if adapter.fused_qkv or not hasattr(model.hf_model.config, "num_key_value_heads"):
+        raise ValueError(f"expanding kv heads needs separate k/v projections and num_key_value_heads; "
+                         f"family {cfg.family!r} has neither")
+    config = copy.deepcopy(model.hf_model.config)
+    config.num_key_value_heads = cfg.n_heads
+    expanded = AutoModelForCausalLM.from_config(config, attn_implementation=model.hf_model.config._attn_implementation,
+                                                dtype=model.dtype)
+    group = cfg.n_heads // cfg.n_kv_heads
+    kv_names = {f"{adapter.layers}.{layer}.{path}.{kind}" for layer in range(cfg.n_layers)
+                for path in (adapter.k_proj, adapter.v_proj) for kind in ("weight", "bias")}
+    state = {}
+    for name, tensor in model.hf_model.state_dict().items():
+        if name in kv_names:
+            tensor = tensor.view(cfg.n_kv_heads, cfg.d_head, *tensor.shape[1:]).repeat_interleave(group, dim=0)
+            tensor = tensor.reshape(cfg.n_heads * cfg.d_head, *tensor.shape[2:])
+        state[name] = tensor
+    expanded.load_state_dict(state, strict=True)
+    expanded.to(model.device).eval()
+    return Hooked(expanded, model.tokenizer, name=f"{cfg.name or cfg.family}-kv-expanded")
