@@ -257,6 +257,10 @@ def test_bad_input_names_the_choices(setup):
         discover(model, task, ablation="resample")
     with pytest.raises(ValueError, match="logit_diff"):
         eap_scores(model, task, edge, metric="kl")
+    with pytest.raises(ValueError, match="valid options: .*n_edges"):
+        discover(model, task, n_edge=5)
+    with pytest.raises(ValueError, match="threshold"):
+        discover(model, task, method="eap", selection="threshold")
     with pytest.raises(ValueError, match="masks must be"):
         evaluate_masks(model, task, edge, torch.ones(3, 3))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -53,6 +53,17 @@ class DiscoveryConfig:
             raise ValueError("method='acdc' needs threshold=... (the largest damage an edge may do and be pruned)")
 
 
+def make_config(**options) -> DiscoveryConfig:
+    """A checked :class:`DiscoveryConfig`; unknown option names are an error that lists the valid ones."""
+    valid = [f.name for f in fields(DiscoveryConfig)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; valid options: {', '.join(valid)}")
+    config = DiscoveryConfig(**options)
+    config.check()
+    return config
+
+
 def score_edges(model: HookedModel, task: Task, setup: EdgeSetup, config: DiscoveryConfig,
                 progress: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """(scores [W, R], ACDC's kept edges or None, info) for the configured method."""
@@ -82,8 +93,7 @@ def discover(model: HookedModel, task: Task, method: str = "eap-ig", level: str 
     At node level, each component's score is the sum of its outgoing edges' scores (ACDC tries
     components directly) and ``n_edges`` counts components.
     """
-    config = DiscoveryConfig(method=method, level=level, ablation=ablation, **options)
-    config.check()
+    config = make_config(method=method, level=level, ablation=ablation, **options)
     if config.kv_per_query_head:
         model = expand_kv_heads(model)
     graph = ComponentGraph.from_config(model.cfg, qkv=config.qkv)
@@ -96,7 +106,7 @@ def discover(model: HookedModel, task: Task, method: str = "eap-ig", level: str 
     elif level == "node":
         edges = _select_nodes(graph, node_scores, config)
     elif config.selection == "threshold" or (config.threshold is not None and config.n_edges is None):
-        edges = select_edges(graph, scores, "threshold", threshold=config.threshold if config.threshold is not None else 0.0)
+        edges = select_edges(graph, scores, "threshold", threshold=config.threshold)
     else:
         n = config.n_edges if config.n_edges is not None else max(1, round(0.01 * graph.n_edges))
         edges = select_edges(graph, scores, config.selection, n=n)
@@ -131,8 +141,7 @@ def compare_methods(model: HookedModel, task: Task, methods: list[dict], ablatio
     graph = ComponentGraph.from_config(model.cfg, qkv=methods[0].get("qkv", True) if methods else True)
     setup = edge_setup(model, task, graph, ablation)
     for options in methods:
-        config = DiscoveryConfig(ablation=ablation, metric=metric, **options)
-        config.check()
+        config = make_config(ablation=ablation, metric=metric, **options)
         start = time.perf_counter()
         scores, _, info = score_edges(model, task, setup, config, progress)
         seconds = time.perf_counter() - start

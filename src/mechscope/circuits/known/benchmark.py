@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from mechscope.circuits.discover import DiscoveryConfig, score_edges
+from mechscope.circuits.discover import make_config, score_edges
 from mechscope.circuits.graph import ComponentGraph
 from mechscope.circuits.known.registry import BUILDERS, load_known
 from mechscope.circuits.scoring import edge_setup
@@ -41,8 +41,7 @@ def benchmark(method: str = "eap-ig", models: list[str] | None = None, progress:
     edge and node ROC AUC against the stored circuits, with wall time."""
     if method == "acdc":
         options.setdefault("threshold", 1e-3)
-    config = DiscoveryConfig(method=method, **options)
-    config.check()
+    config = make_config(method=method, **options)
     rows = []
     for name in models or list(BUILDERS):
         known = load_known(name)
