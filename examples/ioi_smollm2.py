@@ -61,7 +61,19 @@ def circuit_section(model, task, movers, inhibitors) -> str:
         at = {f: v for f, v in zip(curve["fractions"], curve["faithfulness"])}
         comparison.append(f"| {row['method']} | {row.get('selection', 'top_n')} | {row['seconds']:.1f} s | "
                           f"{row['cpr']:.3f} | {row['cmd']:.3f} | {at[0.001]:.2f} / {at[0.01]:.2f} / {at[0.1]:.2f} |")
-    best = max(rows, key=lambda row: row["cpr"])
+    ranked = sorted(rows, key=lambda row: row["cpr"], reverse=True)
+    best, runner_up = ranked[0], ranked[1]
+
+    def describe(row: dict) -> str:
+        return f"{row['method']} ({row.get('selection', 'top_n')})"
+
+    tie = best["cpr"] - runner_up["cpr"] < 0.005
+    best_text = (f"{describe(best)} and {describe(runner_up)} tie for the largest area (CPR {best['cpr']:.3f})"
+                 if tie else f"{describe(best)} has the largest area (CPR {best['cpr']:.3f}, next "
+                             f"{describe(runner_up)} {runner_up['cpr']:.3f})")
+    at = {describe(row): dict(zip(row["curve"]["fractions"], row["curve"]["faithfulness"])) for row in rows}
+    one_percent = [values[0.01] for values in at.values()]
+    ten_percent = [values[0.1] for values in at.values()]
     circuit = discover(model, task, method="eap-ig", steps=5, selection="greedy", n_edges=round(0.01 * 70651),
                        progress=False)
     graph = circuit.graph
@@ -101,13 +113,16 @@ the corrupted run and 1 for the clean model (`mechscope.circuits`).
 
 {chr(10).join(comparison)}
 
-Best area under the curve: {best['method']} ({best.get('selection', 'top_n')}). Small circuits
-are not faithful here: at 1% of the edges the top-ranked edges do not yet form paths from the
-input to the logits, and IOI in this model is spread over many heads and MLPs.
+{best_text}. Circuits of 1% of the edges recover {min(one_percent):.2f}-{max(one_percent):.2f} of
+the clean-corrupted logit difference, circuits of 10% {min(ten_percent):.2f}-{max(ten_percent):.2f}:
+no small set of edges carries IOI on its own in this model.
 
 A 1% circuit ({circuit.n_edges} edges after pruning, greedy from the logits, EAP-IG scores):
-faithfulness **{scored.faithfulness:.3f}**, its complement **{scored.complement_faithfulness:.3f}**
-(ablating only these edges). Strongest edges:
+faithfulness **{scored.faithfulness:.3f}**; its complement (every edge but these)
+**{scored.complement_faithfulness:.3f}**, so ablating these edges alone removes
+{"all" if scored.complement_faithfulness < 0.05 else "most" if scored.complement_faithfulness < 0.5 else "part"}
+of the behaviour, while running them alone restores
+{"most" if scored.faithfulness >= 0.8 else "about half" if scored.faithfulness >= 0.4 else "only part"} of it. Strongest edges:
 
 {chr(10).join(edges)}
 
