@@ -1,0 +1,190 @@
+"""The sparse dictionary: one ``SAE`` module for every architecture and for transcoders.
+
+Shapes: x [..., d_in] -> latents [..., d_sae] -> reconstruction [..., d_out] (d_out = d_in for
+an SAE). Weights follow SAELens' layout: W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae,
+d_out], b_dec [d_out]; JumpReLU and BatchTopK also have a threshold [d_sae].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mechscope.sae.config import SAEConfig
+
+
+class _JumpReLU(torch.autograd.Function):
+    """pre * (pre > threshold); the threshold's gradient uses a rectangle-kernel
+    straight-through estimate of width ``bandwidth`` (Rajamanoharan et al. 2024)."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        near = ((pre - threshold).abs() < ctx.bandwidth / 2).to(grad.dtype)
+        grad_threshold = -(threshold / ctx.bandwidth) * near * grad
+        return grad * (pre > threshold), grad_threshold.reshape(-1, threshold.shape[-1]).sum(0), None
+
+
+class _Step(torch.autograd.Function):
+    """Heaviside(pre - threshold), with the same straight-through estimate for the threshold."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        near = ((pre - threshold).abs() < ctx.bandwidth / 2).to(grad.dtype)
+        grad_threshold = -(1.0 / ctx.bandwidth) * near * grad
+        return torch.zeros_like(pre), grad_threshold.reshape(-1, threshold.shape[-1]).sum(0), None
+
+
+class SAE(nn.Module):
+    """``encode``, ``decode``, ``forward``; ``loss`` for training. Build with a config and a
+    seed (initialisation is deterministic): decoder rows random unit vectors, encoder their
+    transpose (an SAE) or scaled random (a transcoder), biases zero."""
+
+    def __init__(self, cfg: SAEConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        generator = torch.Generator().manual_seed(seed)
+        d_out = cfg.output_dim
+        decoder = torch.randn(cfg.d_sae, d_out, generator=generator)
+        decoder = decoder / decoder.norm(dim=1, keepdim=True)
+        if cfg.is_transcoder:
+            encoder = torch.randn(cfg.d_in, cfg.d_sae, generator=generator) / cfg.d_in**0.5
+        else:
+            encoder = decoder.T.clone()
+        self.W_enc = nn.Parameter(encoder)
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.W_dec = nn.Parameter(decoder)
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
+        if cfg.architecture == "jumprelu":
+            # Trained directly (kept positive after each step), stored under SAELens' name.
+            self.threshold = nn.Parameter(torch.full((cfg.d_sae,), cfg.jumprelu_init_threshold))
+        # BatchTopK's inference threshold: a running estimate of the smallest kept activation.
+        self.register_buffer("batch_threshold", torch.zeros(()))
+        self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, d_out)) if cfg.skip_connection else None
+
+    # ------------------------------------------------------------------ inference
+    def activation_threshold(self) -> torch.Tensor:
+        """[d_sae] the activation threshold (JumpReLU: learned per latent; BatchTopK: one)."""
+        if self.cfg.architecture == "jumprelu":
+            return self.threshold
+        return self.batch_threshold.expand(self.cfg.d_sae)
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., d_sae] encoder pre-activations (an SAE subtracts b_dec first, as SAELens does)."""
+        centred = x if self.cfg.is_transcoder else x - self.b_dec
+        return centred @ self.W_enc + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., d_in] -> latents [..., d_sae] (inference: BatchTopK uses its learned threshold
+        once it has one, per-row top-k before that)."""
+        pre = self.pre_activations(x)
+        architecture = self.cfg.architecture
+        if architecture == "relu":
+            return torch.relu(pre)
+        if architecture == "jumprelu":
+            return pre * (pre > self.threshold)
+        if architecture in ("batchtopk", "matryoshka") and float(self.batch_threshold) > 0:
+            return pre * (pre > self.batch_threshold)
+        return _top_k_rows(torch.relu(pre), self.cfg.k)
+
+    def decode(self, latents: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """latents [..., d_sae] -> [..., d_out]; a transcoder with a skip connection needs x."""
+        out = latents @ self.W_dec + self.b_dec
+        if self.W_skip is not None:
+            if x is None:
+                raise ValueError("this transcoder has a skip connection: decode(latents, x) needs its input x")
+            out = out + x @ self.W_skip
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x), x)
+
+    # ------------------------------------------------------------------ training
+    def train_latents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latents, pre-activations) of a training batch x [batch, d_in]; BatchTopK keeps the
+        k x batch largest activations of the whole batch and updates its threshold."""
+        pre = self.pre_activations(x)
+        architecture = self.cfg.architecture
+        if architecture == "relu":
+            return torch.relu(pre), pre
+        if architecture == "jumprelu":
+            return _JumpReLU.apply(pre, self.threshold, self.cfg.jumprelu_bandwidth), pre
+        if architecture == "topk":
+            return _top_k_rows(torch.relu(pre), self.cfg.k), pre
+        positive = torch.relu(pre)
+        flat = positive.flatten()
+        keep = flat.topk(min(flat.numel(), self.cfg.k * positive.shape[0])).indices
+        mask = torch.zeros_like(flat, dtype=torch.bool)
+        mask[keep] = True
+        latents = positive * mask.view_as(positive)
+        with torch.no_grad():
+            kept = latents[latents > 0]
+            if kept.numel():
+                smallest = kept.min()
+                new = smallest if float(self.batch_threshold) == 0 else 0.99 * self.batch_threshold + 0.01 * smallest
+                self.batch_threshold.copy_(new)
+        return latents, pre
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor, dead: torch.Tensor | None = None,
+             aux_k: int = 0, aux_coefficient: float = 1 / 32) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """(total loss, its parts, latents) for x [batch, d_in] and target [batch, d_out].
+        Reconstruction is the squared error summed over dimensions, mean over the batch.
+        ``dead`` [d_sae] bool marks latents to revive with the AuxK loss (TopK family)."""
+        latents, pre = self.train_latents(x)
+        cfg = self.cfg
+        skip = 0 if self.W_skip is None else x @ self.W_skip
+        if cfg.architecture == "matryoshka":
+            errors = [((latents[:, :width] @ self.W_dec[:width] + self.b_dec + skip - target) ** 2).sum(-1).mean()
+                      for width in cfg.matryoshka_widths]
+            reconstruction = torch.stack(errors).mean()
+            out = latents @ self.W_dec + self.b_dec + skip
+        else:
+            out = latents @ self.W_dec + self.b_dec + skip
+            reconstruction = ((out - target) ** 2).sum(-1).mean()
+        parts = {"mse": float(reconstruction.detach())}
+        total = reconstruction
+        if cfg.architecture == "relu":
+            sparsity = cfg.l1_coefficient * (latents * self.W_dec.norm(dim=1)).sum(-1).mean()
+            parts["l1"] = float(sparsity.detach())
+            total = total + sparsity
+        elif cfg.architecture == "jumprelu":
+            l0 = _Step.apply(pre, self.threshold, cfg.jumprelu_bandwidth).sum(-1).mean()
+            parts["l0_penalty"] = float(cfg.l0_coefficient * l0.detach())
+            total = total + cfg.l0_coefficient * l0
+        elif dead is not None and aux_k > 0 and bool(dead.any()):
+            # AuxK: the dead latents' top activations must explain what the live ones missed.
+            residual = (target - out).detach()
+            dead_pre = torch.relu(pre).masked_fill(~dead, 0.0)
+            chosen = _top_k_rows(dead_pre, min(aux_k, int(dead.sum())))
+            aux = ((chosen @ self.W_dec - residual) ** 2).sum(-1).mean() / residual.pow(2).sum(-1).mean().clamp_min(1e-12)
+            parts["aux"] = float(aux.detach())
+            total = total + aux_coefficient * aux
+        return total, parts, latents
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Unit-norm decoder rows (every architecture but ReLU, whose L1 is norm-weighted);
+        JumpReLU thresholds stay positive."""
+        if self.cfg.architecture != "relu":
+            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+        if self.cfg.architecture == "jumprelu":
+            self.threshold.clamp_(min=1e-6)
+
+
+def _top_k_rows(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep each row's k largest entries of non-negative ``values``, zero the rest."""
+    top = values.topk(k, dim=-1)
+    return torch.zeros_like(values).scatter(-1, top.indices, top.values)
