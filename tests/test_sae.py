@@ -167,3 +167,50 @@ def test_bad_configs_name_the_choices(tmp_path):
     with pytest.raises(ValueError, match="other dictionaries"):
         train(SAEConfig(8, 32, "topk", k=2), SparseDictionaryData(16, 8, batch_size=32), TrainConfig(steps=3),
               tmp_path / "c", progress=False)
+
+
+def _perfect_sae(d: int, hook_name: str) -> SAE:
+    """relu(x) - relu(-x) = x: latents [x+, x-] decode back to x exactly."""
+    sae = SAE(SAEConfig(d, 2 * d, "relu", hook_name=hook_name))
+    with torch.no_grad():
+        eye = torch.eye(d)
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def test_evaluation_anchors_perfect_and_zero_dictionaries():
+    import mechscope
+    from mechscope.sae.evaluate import evaluate_sae
+
+    model = mechscope.load_tiny("llama")
+    tokens = torch.randint(0, 250, (4, 12), generator=torch.Generator().manual_seed(0))
+    hook = "blocks.1.hook_resid_post"
+    perfect = evaluate_sae(model, _perfect_sae(model.cfg.d_model, hook), tokens)
+    assert perfect.fvu < 1e-10 and perfect.cosine > 0.9999
+    assert perfect.ce_recovered == pytest.approx(1.0, abs=1e-4) and perfect.kl < 1e-6
+    zero = _perfect_sae(model.cfg.d_model, hook)
+    with torch.no_grad():
+        zero.W_dec.zero_()  # reconstruction = b_dec = 0: the same as zero-ablation
+    scored = evaluate_sae(model, zero, tokens)
+    assert scored.ce_recovered == pytest.approx(0.0, abs=1e-4) and scored.fvu >= 1.0  # worse than the mean
+    assert 0 <= scored.dead <= 1 and len(scored.log10_density) == 2 * model.cfg.d_model
+
+
+def test_splice_keep_error_is_the_clean_run_and_steering_moves_it():
+    import mechscope
+    from mechscope.sae.splice import splice_hooks
+
+    model = mechscope.load_tiny("llama")
+    tokens = torch.randint(0, 250, (2, 8), generator=torch.Generator().manual_seed(1))
+    sae = SAE(SAEConfig(model.cfg.d_model, 128, "topk", k=4, hook_name="blocks.0.hook_resid_post"), seed=0)
+    with torch.no_grad():
+        clean = model(tokens)
+        kept = model.run_with_hooks(tokens, fwd_hooks=splice_hooks(sae, keep_error=True))
+        steered = model.run_with_hooks(tokens, fwd_hooks=splice_hooks(sae, keep_error=True, steer={3: 5.0}))
+    torch.testing.assert_close(kept, clean, atol=1e-5, rtol=1e-5)
+    assert (steered - clean).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="out of range"):
+        splice_hooks(sae, clamp={500: 1.0})

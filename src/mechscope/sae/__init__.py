@@ -1,9 +1,11 @@
 """Sparse dictionaries: SAEs (ReLU, TopK, BatchTopK, JumpReLU, Matryoshka) and transcoders,
-training, SAELens-format save/load, and synthetic ground truth."""
+training, SAELens-format save/load, splicing into a model, evaluation, and synthetic ground truth."""
 
 from mechscope.sae.config import ARCHITECTURES, SAEConfig
+from mechscope.sae.evaluate import SAEEvaluation, evaluate_sae
 from mechscope.sae.io import load_sae, save_sae
 from mechscope.sae.model import SAE
+from mechscope.sae.splice import splice_hooks
 from mechscope.sae.synthetic import SparseDictionaryData, mcc, mean_max_cosine
 from mechscope.sae.train import TrainConfig, train
 
@@ -11,11 +13,14 @@ __all__ = [
     "ARCHITECTURES",
     "SAE",
     "SAEConfig",
+    "SAEEvaluation",
     "SparseDictionaryData",
     "TrainConfig",
+    "evaluate_sae",
     "load_sae",
     "mcc",
     "mean_max_cosine",
     "save_sae",
+    "splice_hooks",
     "train",
 ]

@@ -1,0 +1,77 @@
+"""How good a dictionary is on a model's activations: reconstruction, sparsity, and what
+splicing it in does to the model's predictions."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from mechscope.models.hooked_model import HookedModel
+from mechscope.sae.model import SAE
+from mechscope.sae.splice import splice_hooks
+
+
+@dataclass(frozen=True)
+class SAEEvaluation:
+    """l0: mean active latents per token; fvu: fraction of variance unexplained; cosine: mean
+    cosine of reconstruction and input; ce_*: next-token cross-entropy of the clean run, with
+    the dictionary spliced in, and with the activation zero-ablated; ce_recovered = (zero -
+    spliced) / (zero - clean) (1 = as good as the model, 0 = as bad as zero-ablation);
+    kl: mean KL(clean || spliced) per token; dead / dense: fractions of latents that never fire
+    / fire on more than ``dense_threshold`` of tokens; log10_density: per latent, log10 of its
+    firing frequency (-inf where it never fires), for a histogram."""
+
+    l0: float
+    fvu: float
+    cosine: float
+    ce_clean: float
+    ce_spliced: float
+    ce_zero: float
+    ce_recovered: float
+    kl: float
+    dead: float
+    dense: float
+    tokens: int
+    log10_density: list[float]
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["log10_density"] = [x if x != float("-inf") else None for x in self.log10_density]
+        return data
+
+
+def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting tokens[:, 1:] from logits[:, :-1]."""
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+
+
+@torch.no_grad()
+def evaluate_sae(model: HookedModel, sae: SAE, tokens: torch.Tensor, hook_name: str | None = None,
+                 dense_threshold: float = 0.1) -> SAEEvaluation:
+    """Evaluate ``sae`` at ``hook_name`` (default: its config's) on ``tokens`` [batch, pos]."""
+    cfg = sae.cfg
+    read_at = hook_name or cfg.hook_name
+    write_at = cfg.hook_name_out if cfg.is_transcoder else read_at
+    names = list(dict.fromkeys([read_at, write_at]))
+    clean_logits, cache = model.run_with_cache(tokens, names=names)
+    x = cache[read_at].to(sae.W_enc.dtype).flatten(0, -2)
+    target = cache[write_at].to(sae.W_enc.dtype).flatten(0, -2)
+    latents = sae.encode(x)
+    out = sae.decode(latents, x)
+    fvu = float((out - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12))
+    cosine = float(torch.nn.functional.cosine_similarity(out, target, dim=-1).mean())
+    fired = (latents > 0)
+    frequency = fired.float().mean(0)
+    spliced_logits = model.run_with_hooks(tokens, fwd_hooks=splice_hooks(sae, read_at))
+    zero_logits = model.run_with_hooks(tokens, fwd_hooks=[(write_at, lambda activation, hook: torch.zeros_like(activation))])
+    ce_clean, ce_spliced, ce_zero = (float(_next_token_ce(logits, tokens)) for logits in
+                                     (clean_logits, spliced_logits, zero_logits))
+    gap = ce_zero - ce_clean
+    clean_logp = clean_logits.float().log_softmax(-1)
+    kl = float((clean_logp.exp() * (clean_logp - spliced_logits.float().log_softmax(-1))).sum(-1).mean())
+    return SAEEvaluation(
+        l0=float(fired.sum(-1).float().mean()), fvu=fvu, cosine=cosine, ce_clean=ce_clean, ce_spliced=ce_spliced,
+        ce_zero=ce_zero, ce_recovered=float("nan") if gap == 0 else (ce_zero - ce_spliced) / gap, kl=kl,
+        dead=float((frequency == 0).float().mean()), dense=float((frequency > dense_threshold).float().mean()),
+        tokens=x.shape[0], log10_density=frequency.log10().tolist())
