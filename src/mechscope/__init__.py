@@ -1,6 +1,6 @@
 """mechscope: mechanistic interpretability for HuggingFace causal language models."""
 
-from mechscope import analysis, circuits, hooks, patching, sae, tasks
+from mechscope import analysis, circuits, data, hooks, patching, sae, tasks
 from mechscope.analysis import direct_logit_attribution, head_scores, logit_lens
 from mechscope.hooks import ActivationCache, HookPoint
 from mechscope.models import BUNDLED, DEFAULT_MODEL, SUPPORTED_FAMILIES, HookedModel, ModelConfig, load, load_tiny
@@ -32,6 +32,7 @@ __all__ = [
     "attribution_patch",
     "causal_trace",
     "circuits",
+    "data",
     "direct_logit_attribution",
     "head_scores",
     "hooks",
