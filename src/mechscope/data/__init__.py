@@ -1,5 +1,6 @@
 """Text corpora for harvesting activations."""
 
 from mechscope.data.corpus import load_texts, pack, stdlib_docstrings
+from mechscope.data.store import StoredActivations, harvest
 
-__all__ = ["load_texts", "pack", "stdlib_docstrings"]
+__all__ = ["StoredActivations", "harvest", "load_texts", "pack", "stdlib_docstrings"]
