@@ -48,23 +48,31 @@ def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_sae(model: HookedModel, sae: SAE, tokens: torch.Tensor, hook_name: str | None = None,
-                 dense_threshold: float = 0.1) -> SAEEvaluation:
-    """Evaluate ``sae`` at ``hook_name`` (default: its config's) on ``tokens`` [batch, pos]."""
+                 dense_threshold: float = 0.1, skip_first: int = 1) -> SAEEvaluation:
+    """Evaluate ``sae`` at ``hook_name`` (default: its config's) on ``tokens`` [batch, pos].
+    The first ``skip_first`` positions (BOS, whose activations are outliers that the harvest
+    also drops) are neither scored nor spliced."""
     cfg = sae.cfg
     read_at = hook_name or cfg.hook_name
     write_at = cfg.hook_name_out if cfg.is_transcoder else read_at
     names = list(dict.fromkeys([read_at, write_at]))
     clean_logits, cache = model.run_with_cache(tokens, names=names)
-    x = cache[read_at].to(sae.W_enc.dtype).flatten(0, -2)
-    target = cache[write_at].to(sae.W_enc.dtype).flatten(0, -2)
+    x = cache[read_at][:, skip_first:].to(sae.W_enc.dtype).flatten(0, -2)
+    target = cache[write_at][:, skip_first:].to(sae.W_enc.dtype).flatten(0, -2)
     latents = sae.encode(x)
     out = sae.decode(latents, x)
     fvu = float((out - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12))
     cosine = float(torch.nn.functional.cosine_similarity(out, target, dim=-1).mean())
     fired = (latents > 0)
     frequency = fired.float().mean(0)
-    spliced_logits = model.run_with_hooks(tokens, fwd_hooks=splice_hooks(sae, read_at))
-    zero_logits = model.run_with_hooks(tokens, fwd_hooks=[(write_at, lambda activation, hook: torch.zeros_like(activation))])
+    spliced_logits = model.run_with_hooks(tokens, fwd_hooks=splice_hooks(sae, read_at, skip_first=skip_first))
+
+    def zero(activation: torch.Tensor, hook) -> torch.Tensor:
+        ablated = activation.clone()
+        ablated[:, skip_first:] = 0
+        return ablated
+
+    zero_logits = model.run_with_hooks(tokens, fwd_hooks=[(write_at, zero)])
     ce_clean, ce_spliced, ce_zero = (float(_next_token_ce(logits, tokens)) for logits in
                                      (clean_logits, spliced_logits, zero_logits))
     gap = ce_zero - ce_clean

@@ -16,8 +16,11 @@ from mechscope.sae.model import SAE
 
 
 def splice_hooks(sae: SAE, hook_name: str | None = None, keep_error: bool = False,
-                 clamp: dict[int, float] | None = None, steer: dict[int, float] | None = None) -> list[tuple[str, object]]:
-    """Forward hooks that splice ``sae`` into a run (see the module docstring)."""
+                 clamp: dict[int, float] | None = None, steer: dict[int, float] | None = None,
+                 skip_first: int = 0) -> list[tuple[str, object]]:
+    """Forward hooks that splice ``sae`` into a run (see the module docstring); the first
+    ``skip_first`` positions keep their activations (1 leaves BOS alone, whose outlier
+    activations dictionaries are not trained on)."""
     cfg = sae.cfg
     read_at = hook_name or cfg.hook_name
     if not read_at:
@@ -31,6 +34,12 @@ def splice_hooks(sae: SAE, hook_name: str | None = None, keep_error: bool = Fals
     captured: dict[str, torch.Tensor] = {}
 
     def reconstruct(x: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        if skip_first:
+            head = original[:, :skip_first]
+            return torch.cat([head, reconstruct_all(x[:, skip_first:], original[:, skip_first:])], dim=1)
+        return reconstruct_all(x, original)
+
+    def reconstruct_all(x: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
         latents = sae.encode(x.to(sae.W_enc.dtype))
         if clamp:
             latents = latents.clone()
