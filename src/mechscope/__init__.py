@@ -1,6 +1,6 @@
 """mechscope: mechanistic interpretability for HuggingFace causal language models."""
 
-from mechscope import analysis, circuits, data, hooks, patching, sae, tasks
+from mechscope import analysis, circuits, data, hooks, patching, sae, tasks, toys
 from mechscope.analysis import direct_logit_attribution, head_scores, logit_lens
 from mechscope.hooks import ActivationCache, HookPoint
 from mechscope.models import BUNDLED, DEFAULT_MODEL, SUPPORTED_FAMILIES, HookedModel, ModelConfig, load, load_tiny
@@ -43,4 +43,5 @@ __all__ = [
     "path_patch",
     "sae",
     "tasks",
+    "toys",
 ]
