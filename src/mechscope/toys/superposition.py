@@ -58,8 +58,8 @@ class ToyResult:
 
     def plot(self):
         """Plotly figure: dimensions per feature against 1 / (1 - sparsity), and feature norms."""
-        from plotly.subplots import make_subplots
         import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
 
         density = [1 / max(1 - s, 1e-9) for s in self.config.sparsities]
         figure = make_subplots(rows=1, cols=2, subplot_titles=(
