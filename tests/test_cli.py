@@ -94,3 +94,21 @@ def test_circuit_writes_exports_and_faithfulness(tmp_path):
     bad = runner.invoke(app, ["circuit", "--method", "acdc", "--task", "induction", "--model", str(folder),
                               "--out", str(out)])
     assert bad.exit_code != 0 and "threshold" in bad.output
+
+
+def test_sae_train_eval_dashboard(tmp_path):
+    _, folder = saved_tiny(tmp_path, "llama")
+    out = tmp_path / "sae-run"
+    result = runner.invoke(app, ["sae", "train", "--hook", "blocks.1.hook_resid_post", "--d-sae", "64", "--k", "4",
+                                 "--tokens", "3k", "--batch-size", "256", "--harvest-contexts", "8",
+                                 "--model", str(folder), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "sae" / "cfg.json").exists() and json.loads((out / "eval.json").read_text())["l0"] <= 4
+    evaluated = runner.invoke(app, ["sae", "eval", "--sae", str(out / "sae"), "--contexts", "4", "--model", str(folder)])
+    assert evaluated.exit_code == 0 and "ce_recovered" in evaluated.output
+    dash = runner.invoke(app, ["sae", "dashboard", "--sae", str(out / "sae"), "--latents", "0-2,9", "--contexts", "4",
+                               "--model", str(folder), "--out", str(tmp_path / "dash")])
+    assert dash.exit_code == 0, dash.output
+    assert len(list((tmp_path / "dash").glob("feature_*.html"))) == 4
+    bad = runner.invoke(app, ["sae", "train", "--hook", "blocks.1.hook_resid", "--model", str(folder), "--out", str(out)])
+    assert bad.exit_code != 0 and "hook_resid_p" in bad.output

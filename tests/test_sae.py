@@ -214,3 +214,31 @@ def test_splice_keep_error_is_the_clean_run_and_steering_moves_it():
     assert (steered - clean).abs().max() > 1e-2
     with pytest.raises(ValueError, match="out of range"):
         splice_hooks(sae, clamp={500: 1.0})
+
+
+def test_dashboards_pages_and_numbers(tmp_path):
+    import mechscope
+    from mechscope.sae.dashboard import collect, sae_dashboards, summarise
+
+    model = mechscope.load_tiny("llama")
+    contexts = torch.randint(0, 250, (6, 10), generator=torch.Generator().manual_seed(2))
+    hook = "blocks.1.hook_resid_post"
+    sae = SAE(SAEConfig(model.cfg.d_model, 32, "topk", k=4, hook_name=hook), seed=1)
+    index = sae_dashboards(model, sae, contexts, [0, 5, 7], tmp_path / "dash", progress=False)
+    pages = sorted(p.name for p in (tmp_path / "dash").glob("feature_*.html"))
+    assert pages == ["feature_0000.html", "feature_0001.html", "feature_0002.html"]
+    assert (tmp_path / "dash" / "plotly.min.js").exists() and "feature_0002.html" in index.read_text()
+    values = collect(model, contexts, hook, lambda x: sae.encode(x)[..., [0, 5, 7]], progress=False)
+    _, cache = model.run_with_cache(contexts, names=[hook])
+    expected = sae.encode(cache[hook])[..., [0, 5, 7]]
+    expected[:, 0] = 0
+    torch.testing.assert_close(values, expected)
+    features = summarise(values, ["a", "b", "c"], None, k=3)
+    for column, feature in enumerate(features):
+        flat = values[:, 1:, column]
+        assert feature.density == pytest.approx(float((flat > 0).float().mean()))
+        if feature.top:
+            context, position = feature.top[0]
+            assert float(values[context, position, column]) == pytest.approx(feature.max_activation)
+    with pytest.raises(ValueError, match="out of range"):
+        sae_dashboards(model, sae, contexts, [99], tmp_path / "bad", progress=False)

@@ -160,8 +160,10 @@ def models() -> None:
 
 def _register_commands() -> None:
     from mechscope.cli.circuit import circuit
+    from mechscope.cli.sae import sae_app
 
     app.command()(circuit)
+    app.add_typer(sae_app, name="sae")
 
 
 _register_commands()

@@ -10,6 +10,7 @@ They lean technical; for a model's general behaviour, load your own corpus.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import sysconfig
 from collections.abc import Iterable, Iterator
@@ -25,7 +26,13 @@ def stdlib_docstrings(min_chars: int = MIN_CHARS, limit: int | None = None,
     """Module, class and function docstrings of the standard library (and of the installed
     ``packages``, e.g. ("torch", "transformers"), for more text), prose-like ones only (at
     least ``min_chars`` characters, mostly letters), deduplicated, in a fixed order. The
-    standard library alone gives about 2,200 docstrings, ~300k SmolLM2 tokens."""
+    standard library alone gives about 2,200 docstrings, ~300k SmolLM2 tokens. Parsed once per
+    process (about 9 s on 2 cores)."""
+    return list(_docstrings(min_chars, limit, tuple(packages)))
+
+
+@functools.lru_cache(maxsize=4)
+def _docstrings(min_chars: int, limit: int | None, packages: tuple[str, ...]) -> tuple[str, ...]:
     import importlib.util
 
     roots = [Path(sysconfig.get_paths()["stdlib"])]
@@ -56,8 +63,8 @@ def stdlib_docstrings(min_chars: int = MIN_CHARS, limit: int | None = None,
             seen.add(text)
             texts.append(text)
             if limit is not None and len(texts) >= limit:
-                return texts
-    return texts
+                return tuple(texts)
+    return tuple(texts)
 
 
 def load_texts(source: str | Path, field: str = "text", split: str = "train") -> list[str]:
