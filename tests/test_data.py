@@ -111,3 +111,23 @@ def test_harvest_survives_kill_and_resumes_without_losing_or_duplicating_tokens(
     (folder / manifest["shards"][0]["file"]).write_bytes(b"corrupt")
     with pytest.raises(ValueError, match="checksum"):
         StoredActivations(folder, hooks[0], batch_size=500).batch(0)
+
+
+def test_model_activations_on_the_fly_are_seeded_and_cover_an_epoch():
+    from mechscope.data import ModelActivations
+    from mechscope.sae import SAEConfig, TrainConfig, train
+
+    model = mechscope.load_tiny("llama")
+    contexts = torch.randint(0, 250, (12, 7), generator=torch.Generator().manual_seed(3))
+    hook = "blocks.0.hook_resid_post"
+    source = ModelActivations(model, contexts, hook, batch_contexts=4, seed=2)
+    epoch = torch.cat([source.batch(step) for step in range(3)])
+    _, cache = model.run_with_cache(contexts, names=[hook])
+    everything = cache[hook][:, 1:].flatten(0, 1)
+    assert epoch.shape == everything.shape
+    assert torch.allclose(epoch.sort(0).values, everything.sort(0).values, atol=1e-5)
+    assert torch.equal(source.batch(5), ModelActivations(model, contexts, hook, batch_contexts=4, seed=2).batch(5))
+    (sae,) = train(SAEConfig(model.cfg.d_model, 32, "topk", k=4), source, TrainConfig(steps=6), progress=False)
+    assert sae.W_dec.shape == (32, model.cfg.d_model)
+    with pytest.raises(KeyError, match="hook_resid_post"):
+        ModelActivations(model, contexts, "blocks.0.hook_resid_pots")

@@ -1,6 +1,6 @@
 """Text corpora for harvesting activations."""
 
 from mechscope.data.corpus import load_texts, pack, stdlib_docstrings
-from mechscope.data.store import StoredActivations, harvest
+from mechscope.data.store import ModelActivations, StoredActivations, harvest
 
-__all__ = ["StoredActivations", "harvest", "load_texts", "pack", "stdlib_docstrings"]
+__all__ = ["ModelActivations", "StoredActivations", "harvest", "load_texts", "pack", "stdlib_docstrings"]

@@ -147,3 +147,31 @@ class StoredActivations:
         tokens = self.tokens(step * self.batch_size, self.batch_size)
         x = tokens[self.hook_name]
         return x if self.target_hook is None else (x, tokens[self.target_hook])
+
+
+class ModelActivations:
+    """Training batches computed from the model on the fly (no disk): ``batch(step)`` runs
+    ``batch_contexts`` contexts, chosen by a seeded permutation (re-drawn each epoch), and
+    returns all their tokens but BOS: [batch_contexts * (pos - 1), d] (or ``(input, target)``
+    with ``target_hook``). Deterministic in (seed, step), so training resumes exactly."""
+
+    def __init__(self, model: HookedModel, contexts: torch.Tensor, hook_name: str, batch_contexts: int = 32,
+                 seed: int = 0, target_hook: str | None = None):
+        model.hook_point(hook_name)  # raises with close matches on a bad name
+        if target_hook is not None:
+            model.hook_point(target_hook)
+        if batch_contexts > len(contexts):
+            raise ValueError(f"batch_contexts={batch_contexts} exceeds the {len(contexts)} contexts given")
+        self.model, self.contexts, self.hook_name, self.target_hook = model, contexts, hook_name, target_hook
+        self.batch_contexts, self.seed = batch_contexts, seed
+        self.steps_per_epoch = len(contexts) // batch_contexts
+
+    @torch.no_grad()
+    def batch(self, step: int):
+        epoch, index = divmod(step, self.steps_per_epoch)
+        order = torch.randperm(len(self.contexts), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+        chosen = self.contexts[order[index * self.batch_contexts:(index + 1) * self.batch_contexts]]
+        names = [self.hook_name] + ([self.target_hook] if self.target_hook else [])
+        _, cache = self.model.run_with_cache(chosen, names=names)
+        x = cache[self.hook_name][:, 1:].flatten(0, 1).float().cpu()
+        return x if self.target_hook is None else (x, cache[self.target_hook][:, 1:].flatten(0, 1).float().cpu())
