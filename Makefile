@@ -38,6 +38,7 @@ benchmark: install
 	$(PY) benchmarks/patching.py
 	$(PY) benchmarks/circuits.py
 	$(PY) benchmarks/known_circuits.py
+	$(PY) benchmarks/sae.py
 
 clean:
 	rm -rf $(VENV) mechscope-report
