@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from mechscope.circuits.graph import ComponentGraph
+from mechscope.files import atomic_text
 
 SELECTIONS = ("top_n", "threshold", "greedy")
 LEVELS = ("edge", "node")
@@ -67,11 +68,7 @@ class Circuit:
 
     def save(self, path: str | Path) -> Path:
         """Write the circuit as JSON (atomically: a crash never leaves a half-written file)."""
-        path = Path(path)
-        temporary = path.with_suffix(path.suffix + ".tmp")
-        temporary.write_text(json.dumps(self.to_json(), indent=1))
-        temporary.replace(path)
-        return path
+        return atomic_text(path, json.dumps(self.to_json(), indent=1))
 
     def to_dot(self) -> str:
         """Graphviz DOT: one node per component, ranked by layer, edges labelled by score."""

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from mechscope.files import atomic_file, atomic_text
 from mechscope.models.hooked_model import HookedModel
 
 MANIFEST = "manifest.json"
@@ -35,12 +35,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_json(path: Path, data: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=1))
-    os.replace(temporary, path)
 
 
 @torch.no_grad()
@@ -61,7 +55,7 @@ def harvest(model: HookedModel, contexts: torch.Tensor, folder: str | Path, hook
         manifest = {"hook_names": list(hook_names), "contexts_sha256": fingerprint, "total_contexts": len(contexts),
                     "context_length": contexts.shape[1], "shard_contexts": shard_contexts, "model": model.cfg.name,
                     "dtype": str(dtype).split(".")[-1], "dropped_positions": [0], "shards": [], "contexts_done": 0}
-        _write_json(manifest_path, manifest)
+        atomic_text(manifest_path, json.dumps(manifest, indent=1))
     shard_contexts = manifest["shard_contexts"]
     start = manifest["contexts_done"]
     bar = tqdm(total=len(contexts), initial=start, desc="harvesting activations", unit="ctx", disable=not progress)
@@ -75,13 +69,11 @@ def harvest(model: HookedModel, contexts: torch.Tensor, folder: str | Path, hook
             bar.update(min(batch_contexts, len(shard) - offset))
         tensors = {name: torch.cat(values).contiguous() for name, values in parts.items()}
         file_name = f"shard_{len(manifest['shards']):05d}.safetensors"
-        temporary = folder / (file_name + ".tmp")
-        save_file(tensors, str(temporary))
-        os.replace(temporary, folder / file_name)
+        atomic_file(folder / file_name, lambda path, tensors=tensors: save_file(tensors, str(path)))
         manifest["shards"].append({"file": file_name, "tokens": int(next(iter(tensors.values())).shape[0]),
                                    "sha256": _sha256(folder / file_name)})
         manifest["contexts_done"] = shard_start + len(shard)
-        _write_json(manifest_path, manifest)
+        atomic_text(manifest_path, json.dumps(manifest, indent=1))
     bar.close()
     return folder
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from mechscope.files import atomic_text
+
 
 @dataclass
 class PatchingResult:
@@ -67,12 +69,7 @@ class PatchingResult:
                 "normalised": self.normalised, "info": self.info}
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_json()))
-        tmp.replace(path)  # atomic: a crash never leaves a half-written result
-        return path
+        return atomic_text(path, json.dumps(self.to_json()))  # a crash never leaves a half-written result
 
     @classmethod
     def load(cls, path: str | Path) -> PatchingResult:

@@ -11,12 +11,12 @@ only: nothing is unpickled.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from mechscope.files import atomic_file, atomic_text
 from mechscope.sae.config import SAEConfig
 from mechscope.sae.model import SAE
 
@@ -53,8 +53,8 @@ def save_sae(sae: SAE, folder: str | Path) -> Path:
     if sae.W_skip is not None:
         weights["W_skip"] = sae.W_skip
     weights = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in weights.items()}
-    _atomic(folder / WEIGHTS_FILE, lambda path: save_file(weights, path))
-    _atomic(folder / CONFIG_FILE, lambda path: Path(path).write_text(json.dumps(config, indent=1)))
+    atomic_file(folder / WEIGHTS_FILE, lambda path: save_file(weights, str(path)))
+    atomic_text(folder / CONFIG_FILE, json.dumps(config, indent=1))
     return folder
 
 
@@ -93,8 +93,3 @@ def load_sae(folder: str | Path) -> SAE:
             sae.W_skip.copy_(weights["W_skip"])
     return sae
 
-
-def _atomic(path: Path, write) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    write(str(temporary))
-    os.replace(temporary, path)

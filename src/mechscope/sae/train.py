@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from mechscope.files import atomic_text
 from mechscope.sae.config import SAEConfig
 from mechscope.sae.model import SAE
 
@@ -98,9 +99,7 @@ def _save_checkpoint(folder: Path, step: int, runs: list[_Run], config: TrainCon
     final = folder / f"step-{step}"
     shutil.rmtree(final, ignore_errors=True)
     os.replace(temporary, final)
-    latest = folder / ".latest.tmp"
-    latest.write_text(final.name)
-    os.replace(latest, folder / "latest")
+    atomic_text(folder / "latest", final.name)
     for old in folder.glob("step-*"):  # keep the newest complete checkpoint only
         if old.name != final.name:
             shutil.rmtree(old, ignore_errors=True)
