@@ -3,7 +3,15 @@
 from mechscope import analysis, circuits, data, hooks, patching, sae, tasks, toys
 from mechscope.analysis import direct_logit_attribution, head_scores, logit_lens
 from mechscope.hooks import ActivationCache, HookPoint
-from mechscope.models import BUNDLED, DEFAULT_MODEL, SUPPORTED_FAMILIES, HookedModel, ModelConfig, load, load_tiny
+from mechscope.models import (
+    BUNDLED,
+    DEFAULT_MODEL,
+    SUPPORTED_FAMILIES,
+    HookedModel,
+    ModelConfig,
+    load,
+    load_tiny,
+)
 from mechscope.patching import (
     PatchingResult,
     ablation_sweep,

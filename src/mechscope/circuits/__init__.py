@@ -2,7 +2,14 @@
 faithfulness curves and exports."""
 
 from mechscope.circuits.acdc import acdc
-from mechscope.circuits.circuit import Circuit, node_edges, node_scores_from_edges, prune, select_edges
+from mechscope.circuits.circuit import (
+    Circuit,
+    node_edges,
+    node_scores_from_edges,
+    prune,
+    select_edges,
+    select_nodes,
+)
 from mechscope.circuits.discover import METHODS, DiscoveryConfig, compare_methods, discover
 from mechscope.circuits.evaluation import Faithfulness, FaithfulnessCurve, faithfulness, faithfulness_curve
 from mechscope.circuits.graph import ComponentGraph, Receiver
@@ -51,5 +58,6 @@ __all__ = [
     "roc_auc",
     "run_edges",
     "select_edges",
+    "select_nodes",
     "writer_outputs",
 ]

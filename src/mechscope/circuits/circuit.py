@@ -100,6 +100,23 @@ def node_edges(graph: ComponentGraph, nodes: torch.Tensor) -> torch.Tensor:
     return keep[:, None] & graph.adjacency()
 
 
+def select_nodes(graph: ComponentGraph, node_scores: torch.Tensor, n: int | None = None,
+                 threshold: float | None = None) -> torch.Tensor:
+    """Edge mask [W, R] of the node-level circuit of the ``n`` components with the largest
+    |score| (``node_scores`` [W]), or of every component with |score| >= ``threshold``; the input
+    is always kept on top."""
+    magnitude = node_scores.abs().clone()
+    magnitude[0] = float("inf")
+    if threshold is not None and n is None:
+        keep = magnitude >= threshold
+    else:
+        if n is None:
+            raise ValueError("select_nodes needs n=... (components) or threshold=...")
+        keep = torch.zeros(graph.n_writers, dtype=torch.bool)
+        keep[magnitude.topk(min(graph.n_writers, n + 1)).indices] = True
+    return node_edges(graph, keep)
+
+
 def select_edges(graph: ComponentGraph, scores: torch.Tensor, selection: str = "top_n", n: int | None = None,
                  threshold: float | None = None) -> torch.Tensor:
     """Edge mask [W, R] chosen from ``scores`` [W, R] by |score| (see the module docstring)."""

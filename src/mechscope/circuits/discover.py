@@ -11,10 +11,10 @@ from mechscope.circuits.acdc import acdc
 from mechscope.circuits.circuit import (
     LEVELS,
     Circuit,
-    node_edges,
     node_scores_from_edges,
     prune,
     select_edges,
+    select_nodes,
 )
 from mechscope.circuits.evaluation import DEFAULT_FRACTIONS, faithfulness_curve
 from mechscope.circuits.graph import ComponentGraph
@@ -104,7 +104,9 @@ def discover(model: HookedModel, task: Task, method: str = "eap-ig", level: str 
     if kept is not None:
         edges = kept
     elif level == "node":
-        edges = _select_nodes(graph, node_scores, config)
+        default = None if config.threshold is not None else max(1, round(0.1 * (graph.n_writers - 1)))
+        edges = select_nodes(graph, node_scores, config.n_edges if config.n_edges is not None else default,
+                             config.threshold)
     elif config.selection == "threshold" or (config.threshold is not None and config.n_edges is None):
         edges = select_edges(graph, scores, "threshold", threshold=config.threshold)
     else:
@@ -117,18 +119,6 @@ def discover(model: HookedModel, task: Task, method: str = "eap-ig", level: str 
     if method == "eap-ig":
         info.update(steps=config.steps, ig_variant=config.ig_variant)
     return Circuit(graph, scores, edges, level, method, node_scores, info)
-
-
-def _select_nodes(graph: ComponentGraph, node_scores: torch.Tensor, config: DiscoveryConfig) -> torch.Tensor:
-    magnitude = node_scores.abs().clone()
-    magnitude[0] = float("inf")
-    if config.threshold is not None and config.n_edges is None:
-        keep = magnitude >= config.threshold
-    else:
-        count = config.n_edges if config.n_edges is not None else max(1, round(0.1 * (graph.n_writers - 1)))
-        keep = torch.zeros(graph.n_writers, dtype=torch.bool)
-        keep[magnitude.topk(min(graph.n_writers, count + 1)).indices] = True
-    return node_edges(graph, keep)
 
 
 def compare_methods(model: HookedModel, task: Task, methods: list[dict], ablation: str = "patch",

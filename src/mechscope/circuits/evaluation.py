@@ -15,7 +15,7 @@ from itertools import pairwise
 
 import torch
 
-from mechscope.circuits.circuit import node_edges, select_edges
+from mechscope.circuits.circuit import select_edges, select_nodes
 from mechscope.circuits.scoring import EdgeSetup, evaluate_masks
 from mechscope.models.hooked_model import HookedModel
 from mechscope.tasks.base import Task
@@ -112,12 +112,7 @@ def faithfulness_curve(model: HookedModel, task: Task, setup: EdgeSetup, scores:
         if level == "node":
             if node_scores is None:
                 raise ValueError("level='node' needs node_scores")
-            magnitude = node_scores.abs().clone()
-            magnitude[0] = float("inf")  # the input is always kept
-            count = max(1, round(fraction * (graph.n_writers - 1)))
-            keep = torch.zeros(graph.n_writers, dtype=torch.bool)
-            keep[magnitude.topk(count + 1).indices] = True
-            masks.append(node_edges(graph, keep))
+            masks.append(select_nodes(graph, node_scores, n=max(1, round(fraction * (graph.n_writers - 1)))))
         else:
             masks.append(select_edges(graph, scores, selection, n=max(1, round(fraction * graph.n_edges))))
     masks_tensor = torch.stack(masks)

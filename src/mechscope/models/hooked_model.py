@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+
 import torch
 
 from mechscope.hooks.cache import ActivationCache
