@@ -1,6 +1,7 @@
 """The default corpus, corpus loaders and context packing."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -47,6 +48,32 @@ def test_loaders(tmp_path):
     with pytest.raises(ValueError, match="unsupported"):
         (tmp_path / "x.csv").write_text("a,b")
         load_texts(tmp_path / "x.csv")
+
+
+
+def test_hub_dataset_names_go_to_datasets_load_dataset(monkeypatch):
+    """A name that is no local path is loaded with datasets.load_dataset (faked here: the
+    sandbox is offline); failures say that both the local path and the hub were tried."""
+    import types
+
+    class Table:
+        column_names = ["text", "id"]
+
+        def __getitem__(self, column):
+            return {"text": ["first", "second"], "id": [1, 2]}[column]
+
+    def load_dataset(name, split):
+        if name == "someone/offline":
+            raise ConnectionError("no internet")
+        assert (name, split) == ("someone/corpus", "validation")
+        return Table()
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    assert load_texts("someone/corpus", split="validation") == ["first", "second"]
+    with pytest.raises(ValueError, match="no column 'body'; columns: text, id"):
+        load_texts("someone/corpus", field="body", split="validation")
+    with pytest.raises(FileNotFoundError, match="no local file or folder.*ConnectionError"):
+        load_texts("someone/offline")
 
 
 HARVEST_SCRIPT = """

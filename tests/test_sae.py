@@ -115,6 +115,35 @@ def test_loads_a_saelens_folder_without_mechscope_metadata(trained, tmp_path):
         load_sae(tmp_path / "nowhere")
 
 
+
+def test_saelens_topk_with_decoder_norm_rescaling_loads_folded(tmp_path):
+    """SAELens TopK training files set rescale_acts_by_decoder_norm: latents are pre * |W_dec_i|
+    before the top k and are divided by it again before decoding. Loading folds the norms in,
+    so the mechscope SAE computes the same function."""
+    raw = SAE(SAEConfig(32, 64, "topk", k=3), seed=4)
+    with torch.no_grad():
+        raw.W_dec.mul_(torch.rand(64, 1) + 0.5)
+        raw.b_enc.normal_()
+        raw.b_dec.normal_()
+    folder = save_sae(raw, tmp_path / "rescaled")
+    config = json.loads((folder / "cfg.json").read_text())
+    del config["metadata"]["mechscope"]
+    config["rescale_acts_by_decoder_norm"] = True
+    (folder / "cfg.json").write_text(json.dumps(config))
+    x = torch.randn(20, 32)
+    norms = raw.W_dec.norm(dim=1)
+    with torch.no_grad():
+        scaled = ((x - raw.b_dec) @ raw.W_enc + raw.b_enc) * norms
+        top = torch.relu(scaled).topk(3, dim=-1)
+        latents = torch.zeros_like(scaled).scatter(-1, top.indices, top.values)
+        expected = (latents / norms) @ raw.W_dec + raw.b_dec
+        torch.testing.assert_close(load_sae(folder)(x), expected, rtol=1e-5, atol=1e-5)
+    config["normalize_activations"] = "expected_average_only_in"
+    (folder / "cfg.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="normalize_activations"):
+        load_sae(folder)
+
+
 RESUME_SCRIPT = """
 import sys, time
 from mechscope.sae import SAEConfig, SparseDictionaryData, TrainConfig, train
@@ -242,3 +271,40 @@ def test_dashboards_pages_and_numbers(tmp_path):
             assert float(values[context, position, column]) == pytest.approx(feature.max_activation)
     with pytest.raises(ValueError, match="out of range"):
         sae_dashboards(model, sae, contexts, [99], tmp_path / "bad", progress=False)
+
+
+@pytest.mark.parametrize("transcoder", [False, True])
+def test_sparse_topk_training_step_matches_the_dense_computation(transcoder):
+    """The TopK loss runs through sae.sparse (gathers and scatters over the k active latents);
+    its loss and every gradient, AuxK included, equal the plain dense formulas."""
+    d_out = 12 if transcoder else None
+    cfg = SAEConfig(16, 64, "topk", k=4, d_out=d_out, skip_connection=transcoder)
+    sae = SAE(cfg, seed=3)
+    with torch.no_grad():
+        for parameter in sae.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    x = torch.randn(40, 16)
+    target = torch.randn(40, d_out or 16)
+    dead = torch.rand(64) < 0.5
+    sparse_loss, parts, fired = sae.loss(x, target, dead, aux_k=6, aux_coefficient=0.5)
+    sparse_loss.backward()
+    sparse_grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    sae.zero_grad()
+
+    centred = x if transcoder else x - sae.b_dec
+    positive = torch.relu(centred @ sae.W_enc + sae.b_enc)
+    top = positive.topk(4, dim=-1)
+    latents = torch.zeros_like(positive).scatter(-1, top.indices, top.values)
+    skip = x @ sae.W_skip if transcoder else 0
+    out = latents @ sae.W_dec + sae.b_dec + skip
+    residual = (target - out).detach()
+    dead_top = positive.masked_fill(~dead, 0).topk(6, dim=-1)
+    dead_latents = torch.zeros_like(positive).scatter(-1, dead_top.indices, dead_top.values)
+    aux = ((dead_latents @ sae.W_dec - residual) ** 2).sum(-1).mean() / residual.pow(2).sum(-1).mean()
+    dense_loss = ((out - target) ** 2).sum(-1).mean() + 0.5 * aux
+    dense_loss.backward()
+    torch.testing.assert_close(sparse_loss, dense_loss, rtol=1e-5, atol=1e-6)
+    for name, parameter in sae.named_parameters():
+        torch.testing.assert_close(sparse_grads[name], parameter.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert torch.equal(fired, (latents > 0).any(0))
+    assert parts["l0"] == pytest.approx(float((latents > 0).sum(-1).float().mean()))

@@ -69,8 +69,9 @@ def _docstrings(min_chars: int, limit: int | None, packages: tuple[str, ...]) ->
 
 def load_texts(source: str | Path, field: str = "text", split: str = "train") -> list[str]:
     """Texts from a .txt/.md file (one document), a folder of them, a .jsonl file (``field`` of
-    each line), a .parquet file (``field`` column; needs pyarrow), or a ``datasets`` dataset
-    saved with save_to_disk (``split`` of a DatasetDict)."""
+    each line), a .parquet file (``field`` column; needs pyarrow), a ``datasets`` dataset
+    saved with save_to_disk (``split`` of a DatasetDict), or, for a name that is no local path
+    ("user/name"), a dataset from the HuggingFace hub when it is reachable."""
     path = Path(source).expanduser()
     if path.is_dir() and any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json")):
         return _from_datasets(path, field, split)
@@ -79,6 +80,8 @@ def load_texts(source: str | Path, field: str = "text", split: str = "train") ->
         if not files:
             raise ValueError(f"no .txt, .md or .rst files under {path}")
         return [p.read_text(encoding="utf-8", errors="replace") for p in files]
+    if not path.exists() and _looks_like_hub_id(str(source)):
+        return _from_hub(str(source), field, split)
     if not path.is_file():
         raise FileNotFoundError(f"corpus source not found: {path}")
     if path.suffix == ".jsonl":
@@ -105,17 +108,43 @@ def load_texts(source: str | Path, field: str = "text", split: str = "train") ->
                      "or a datasets folder")
 
 
-def _from_datasets(path: Path, field: str, split: str) -> list[str]:
+def _looks_like_hub_id(source: str) -> bool:
+    """"name" or "user/name" without a file suffix: what the hub's dataset ids look like."""
+    parts = source.split("/")
+    return 1 <= len(parts) <= 2 and all(parts) and Path(source).suffix == "" and not source.startswith((".", "~"))
+
+
+def _datasets_module():
     try:
-        from datasets import load_from_disk
+        import datasets
     except ImportError as error:
-        raise ImportError("reading a saved dataset needs the datasets package: pip install datasets") from error
-    dataset = load_from_disk(str(path))
+        raise ImportError("reading a datasets dataset needs the datasets package: pip install datasets") from error
+    return datasets
+
+
+def _column(dataset, field: str, source: str) -> list[str]:
+    if field not in dataset.column_names:
+        raise ValueError(f"{source} has no column {field!r}; columns: {', '.join(dataset.column_names)}")
+    return [str(x) for x in dataset[field]]
+
+
+def _from_datasets(path: Path, field: str, split: str) -> list[str]:
+    dataset = _datasets_module().load_from_disk(str(path))
     if hasattr(dataset, "keys"):
         if split not in dataset:
             raise ValueError(f"split {split!r} not in the dataset; splits: {', '.join(dataset.keys())}")
         dataset = dataset[split]
-    return [str(x) for x in dataset[field]]
+    return _column(dataset, field, str(path))
+
+
+def _from_hub(name: str, field: str, split: str) -> list[str]:
+    datasets = _datasets_module()
+    try:
+        dataset = datasets.load_dataset(name, split=split)
+    except Exception as error:  # offline, unknown name, no such split: all say the same to the user
+        raise FileNotFoundError(f"{name!r} is no local file or folder, and loading it from the HuggingFace hub "
+                                f"failed ({type(error).__name__}: {error})") from error
+    return _column(dataset, field, name)
 
 
 def pack(tokenizer, texts: Iterable[str], context_length: int, n_contexts: int | None = None,

@@ -99,6 +99,7 @@ class StoredActivations:
         self.shard_tokens = [shard["tokens"] for shard in self.manifest["shards"]]
         self.total_tokens = sum(self.shard_tokens)
         self._cached: tuple[int, int, dict[str, torch.Tensor]] | None = None
+        self._verified: set[int] = set()
 
     def _epoch_order(self, epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 7919 + epoch)
@@ -109,8 +110,10 @@ class StoredActivations:
             return self._cached[2]
         entry = self.manifest["shards"][index]
         path = self.folder / entry["file"]
-        if _sha256(path) != entry["sha256"]:
-            raise ValueError(f"{path} does not match its checksum in the manifest: the file is corrupt")
+        if index not in self._verified:
+            if _sha256(path) != entry["sha256"]:
+                raise ValueError(f"{path} does not match its checksum in the manifest: the file is corrupt")
+            self._verified.add(index)
         tensors = load_file(str(path))
         generator = torch.Generator().manual_seed(self.seed * 104729 + epoch * 1009 + index)
         order = torch.randperm(entry["tokens"], generator=generator)

@@ -81,6 +81,10 @@ def load_sae(folder: str | Path) -> SAE:
                         model_name=metadata.get("model_name") or config.get("model_name", ""))
         if not config.get("apply_b_dec_to_input", True) and not cfg.is_transcoder:
             raise ValueError("SAEs with apply_b_dec_to_input=false are not supported (mechscope subtracts b_dec)")
+        normalisation = config.get("normalize_activations") or "none"
+        if normalisation != "none":
+            raise ValueError(f"normalize_activations={normalisation!r} is not supported: fold the scaling into the "
+                             "weights first (SAELens does so at the end of training), leaving 'none'")
     sae = SAE(cfg)
     with torch.no_grad():
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
@@ -91,5 +95,12 @@ def load_sae(folder: str | Path) -> SAE:
             sae.batch_threshold.copy_(weights["threshold"][0])
         if sae.W_skip is not None:
             sae.W_skip.copy_(weights["W_skip"])
+        if config.get("rescale_acts_by_decoder_norm") and "mechscope" not in metadata:
+            # SAELens TopK: pre-activations are scaled by each decoder row's norm and the
+            # latents divided by it before decoding; folding the norms in is exactly equivalent.
+            norms = sae.W_dec.norm(dim=1).clamp_min(1e-8)
+            sae.W_enc.mul_(norms)
+            sae.b_enc.mul_(norms)
+            sae.W_dec.div_(norms[:, None])
     return sae
 

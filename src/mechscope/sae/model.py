@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mechscope.sae.config import SAEConfig
+from mechscope.sae.sparse import gathered_pre_activations, sparse_decode, top_k_sparse
 
 
 class _JumpReLU(torch.autograd.Function):
@@ -140,39 +141,59 @@ class SAE(nn.Module):
 
     def loss(self, x: torch.Tensor, target: torch.Tensor, dead: torch.Tensor | None = None,
              aux_k: int = 0, aux_coefficient: float = 1 / 32) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-        """(total loss, its parts, latents) for x [batch, d_in] and target [batch, d_out].
-        Reconstruction is the squared error summed over dimensions, mean over the batch.
-        ``dead`` [d_sae] bool marks latents to revive with the AuxK loss (TopK family)."""
-        latents, pre = self.train_latents(x)
+        """(total loss, its parts, fired [d_sae] bool) for x [batch, d_in] and target [batch,
+        d_out]. Reconstruction is the squared error summed over dimensions, mean over the batch;
+        ``parts`` also holds the batch's mean L0. ``dead`` [d_sae] bool marks latents to revive
+        with the AuxK loss (TopK family). TopK trains through the sparse path (sae.sparse)."""
         cfg = self.cfg
         skip = 0 if self.W_skip is None else x @ self.W_skip
+        if cfg.architecture == "topk":
+            centred = x if cfg.is_transcoder else x - self.b_dec
+            values, indices, pre = top_k_sparse(centred, self.W_enc, self.b_enc, cfg.k)
+            out = sparse_decode(values, indices, self.W_dec) + self.b_dec + skip
+            active = values > 0
+            fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x.device)
+            fired[indices[active]] = True
+            l0 = active.sum(-1).float().mean()
+        else:
+            latents, pre = self.train_latents(x)
+            out = latents @ self.W_dec + self.b_dec + skip
+            fired, l0 = (latents > 0).any(0), (latents > 0).sum(-1).float().mean()
         if cfg.architecture == "matryoshka":
             errors = [((latents[:, :width] @ self.W_dec[:width] + self.b_dec + skip - target) ** 2).sum(-1).mean()
                       for width in cfg.matryoshka_widths]
             reconstruction = torch.stack(errors).mean()
-            out = latents @ self.W_dec + self.b_dec + skip
         else:
-            out = latents @ self.W_dec + self.b_dec + skip
             reconstruction = ((out - target) ** 2).sum(-1).mean()
-        parts = {"mse": float(reconstruction.detach())}
+        parts = {"mse": float(reconstruction.detach()), "l0": float(l0)}
         total = reconstruction
         if cfg.architecture == "relu":
             sparsity = cfg.l1_coefficient * (latents * self.W_dec.norm(dim=1)).sum(-1).mean()
             parts["l1"] = float(sparsity.detach())
             total = total + sparsity
         elif cfg.architecture == "jumprelu":
-            l0 = _Step.apply(pre, self.threshold, cfg.jumprelu_bandwidth).sum(-1).mean()
-            parts["l0_penalty"] = float(cfg.l0_coefficient * l0.detach())
-            total = total + cfg.l0_coefficient * l0
+            penalty = _Step.apply(pre, self.threshold, cfg.jumprelu_bandwidth).sum(-1).mean()
+            parts["l0_penalty"] = float(cfg.l0_coefficient * penalty.detach())
+            total = total + cfg.l0_coefficient * penalty
         elif dead is not None and aux_k > 0 and bool(dead.any()):
-            # AuxK: the dead latents' top activations must explain what the live ones missed.
-            residual = (target - out).detach()
-            dead_pre = torch.relu(pre).masked_fill(~dead, 0.0)
-            chosen = _top_k_rows(dead_pre, min(aux_k, int(dead.sum())))
-            aux = ((chosen @ self.W_dec - residual) ** 2).sum(-1).mean() / residual.pow(2).sum(-1).mean().clamp_min(1e-12)
+            aux = self._aux_k_loss(x, pre, (target - out).detach(), dead, min(aux_k, int(dead.sum())))
             parts["aux"] = float(aux.detach())
             total = total + aux_coefficient * aux
-        return total, parts, latents
+        return total, parts, fired
+
+    def _aux_k_loss(self, x: torch.Tensor, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor,
+                    aux_k: int) -> torch.Tensor:
+        """AuxK (Gao et al. 2024): the top ``aux_k`` dead latents of each row must explain the
+        residual [batch, d_out] the live ones missed; normalised by the residual's size."""
+        if self.cfg.architecture == "topk":  # pre is detached there: gather with gradients
+            with torch.no_grad():
+                indices = torch.relu(pre).masked_fill(~dead, 0.0).topk(aux_k, dim=-1).indices
+            centred = x if self.cfg.is_transcoder else x - self.b_dec
+            values = torch.relu(gathered_pre_activations(centred, self.W_enc, self.b_enc, pre, indices))
+            explained = sparse_decode(values * dead[indices], indices, self.W_dec)
+        else:
+            explained = _top_k_rows(torch.relu(pre).masked_fill(~dead, 0.0), aux_k) @ self.W_dec
+        return ((explained - residual) ** 2).sum(-1).mean() / residual.pow(2).sum(-1).mean().clamp_min(1e-12)
 
     @torch.no_grad()
     def after_step(self) -> None:

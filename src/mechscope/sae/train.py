@@ -155,17 +155,15 @@ def _train_step(run: _Run, x: torch.Tensor, target: torch.Tensor, step: int, con
         group["lr"] = config.lr * _lr_factor(step, config)
     dead = run.since_fired >= config.dead_after_tokens
     aux_k = config.aux_k if config.aux_k is not None else max(1, cfg.d_in // 2)
-    loss, parts, latents = sae.loss(x_scaled, target_scaled, dead, aux_k, config.aux_coefficient)
+    loss, parts, fired = sae.loss(x_scaled, target_scaled, dead, aux_k, config.aux_coefficient)
     run.optimiser.zero_grad(set_to_none=True)
     loss.backward()
     run.optimiser.step()
     sae.after_step()
     with torch.no_grad():
-        fired = (latents > 0).any(0)
         run.since_fired = torch.where(fired, torch.zeros_like(run.since_fired), run.since_fired + x.shape[0])
         variance = (target_scaled - target_scaled.mean(0)).pow(2).sum(-1).mean()
-        run.last = {**parts, "l0": float((latents > 0).sum(-1).float().mean()),
-                    "fvu": parts["mse"] / float(variance.clamp_min(1e-12)), "dead": float(dead.float().mean())}
+        run.last = {**parts, "fvu": parts["mse"] / float(variance.clamp_min(1e-12)), "dead": float(dead.float().mean())}
 
 
 def _folded(run: _Run) -> SAE:
