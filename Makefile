@@ -39,6 +39,9 @@ benchmark: install
 	$(PY) benchmarks/circuits.py
 	$(PY) benchmarks/known_circuits.py
 	$(PY) benchmarks/sae.py
+	$(PY) benchmarks/sae_recovery.py
+	@if [ -n "$(SAELENS_PYTHON)" ]; then $(PY) benchmarks/sae_vs_saelens.py --saelens-python $(SAELENS_PYTHON); \
+	else echo "skipping benchmarks/sae_vs_saelens.py: set SAELENS_PYTHON to a venv's python that has sae-lens"; fi
 
 clean:
 	rm -rf $(VENV) mechscope-report

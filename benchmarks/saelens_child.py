@@ -1,6 +1,6 @@
 """The SAELens half of benchmarks/sae_vs_saelens.py; runs in a separate venv that has sae-lens.
 
-    SAELENS_PYTHON path/to/saelens-venv/bin/python benchmarks/saelens_child.py DATA OUT --steps ...
+    path/to/saelens-venv/bin/python benchmarks/saelens_child.py DATA OUT --steps ...
 
 Trains SAELens' TopKTrainingSAE with its own SAETrainer on the activations in DATA (a
 safetensors file with a "train" tensor [tokens, d_in]), on the batches ``batch_rows`` picks

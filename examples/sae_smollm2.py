@@ -15,6 +15,7 @@ not only the cleanest.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -50,6 +51,18 @@ def token_specificity(model, contexts: torch.Tensor, top: list[tuple[int, int]])
     return model.tokenizer.decode([token]), count / len(tokens)
 
 
+@torch.no_grad()
+def typical_fvu(model, sae, contexts: torch.Tensor) -> tuple[float, int]:
+    """(FVU over tokens whose residual norm is at most 10x the median, how many were excluded):
+    a few massive-activation tokens otherwise carry most of the variance."""
+    _, cache = model.run_with_cache(contexts, names=[HOOK])
+    x = cache[HOOK][:, 1:].flatten(0, 1).float()
+    norms = x.norm(dim=-1)
+    typical = norms <= 10 * norms.median()
+    error = (sae(x[typical]) - x[typical]).pow(2).sum(-1).mean()
+    return float(error / (x[typical] - x[typical].mean(0)).pow(2).sum(-1).mean()), int((~typical).sum())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--harvest", type=int, default=1792, help="training contexts of 128 tokens")
@@ -70,18 +83,31 @@ def main() -> None:
     heldout = contexts[args.harvest:args.harvest + args.heldout]
     search = contexts[args.harvest + args.heldout:]
 
+    # Wall times are kept only from phases that ran from scratch (a resumed phase's time would
+    # understate it), in OUT/timings.json so a resumed run still reports them.
+    timings_path = args.out / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    fresh = not (args.out / "store" / "manifest.json").exists()
     start = time.perf_counter()
     harvest(model, train_contexts, args.out / "store", [HOOK])
-    harvest_seconds = time.perf_counter() - start
+    if fresh:
+        timings["harvest_s"] = time.perf_counter() - start
     data = StoredActivations(args.out / "store", HOOK, batch_size=4096, seed=args.seed)
     steps = args.tokens // 4096
     cfg = SAEConfig(model.cfg.d_model, 4608, "topk", k=32, hook_name=HOOK, model_name=model.cfg.name)
+    fresh = not (args.out / "checkpoints" / "latest").exists()
     start = time.perf_counter()
     (sae,) = train(cfg, data, TrainConfig(steps=steps, lr=1e-3, checkpoint_every=max(1, steps // 20), seed=args.seed),
                    args.out / "checkpoints")
-    train_seconds = time.perf_counter() - start
+    if fresh:
+        timings["train_s"] = time.perf_counter() - start
+    timings_path.write_text(json.dumps(timings))
+    harvest_time = f"{timings['harvest_s']:.0f} s" if "harvest_s" in timings else "(resumed; time unknown)"
+    train_time = (f"{timings['train_s']:.0f} s ({steps * 4096 / timings['train_s']:,.0f} tokens/s)"
+                  if "train_s" in timings else "(resumed; time unknown)")
     save_sae(sae, args.out / "sae")
     scored = evaluate_sae(model, sae, heldout)
+    fvu_typical, outliers = typical_fvu(model, sae, heldout)
 
     values = collect(model, search, HOOK, lambda x: sae.encode(x))  # [n, pos, d_sae]
     flat = values[:, 1:].flatten(0, 1)
@@ -117,7 +143,7 @@ def main() -> None:
                  "Top activations (the activating token in brackets, its activation below it):", ""]
         lines += [f"- {context_text(model, search, chosen_values[..., chosen.index(latent)], where)}"
                   for where in feature.top[:6]]
-        return "\n".join(lines)
+        return "\n".join(lines) + "\n"
 
     histogram = torch.histc(torch.log10(density[alive]), bins=8, min=-5, max=0).long().tolist()
     density_rows = "\n".join(f"| 1e{-5 + i * 5 / 8:.1f} .. 1e{-5 + (i + 1) * 5 / 8:.1f} | {count} |"
@@ -128,7 +154,7 @@ Regenerate with `python examples/sae_smollm2.py --harvest {args.harvest} --token
 (every number below comes from that run, on 2 CPU cores). The same run from the command line:
 
 ```bash
-mechscope sae train --hook {HOOK} --arch topk --k 32 --d-sae 4608 --tokens {args.tokens // 1000}k \\
+mechscope sae train --hook {HOOK} --arch topk --k 32 --d-sae 4608 --tokens {args.tokens / 1e6:g}M \\
     --harvest-contexts {args.harvest} --out mechscope-sae
 mechscope sae dashboard --sae mechscope-sae/sae --latents {",".join(map(str, chosen))}
 ```
@@ -139,12 +165,12 @@ mechscope sae dashboard --sae mechscope-sae/sae --latents {",".join(map(str, cho
   block 15 of 30, d_model = {model.cfg.d_model}).
 - Corpus: the default corpus (Python standard-library docstrings), packed into contexts of 128
   tokens with BOS; BOS positions are dropped. {args.harvest} contexts ({args.harvest * 127:,} tokens)
-  harvested to disk in {harvest_seconds:.0f} s, {args.heldout} other contexts held out for the
+  harvested to disk in {harvest_time}, {args.heldout} other contexts held out for the
   evaluation, {args.search} more searched for the dashboards.
 - Dictionary: TopK, 4608 latents (8x), k = 32. Adam, lr 1e-3 with warm-up and linear decay,
   batches of 4096 tokens, {steps} steps ({steps * 4096:,} tokens, the harvest reused
   {steps * 4096 / (args.harvest * 127):.1f} times), AuxK on dead latents. Training took
-  {train_seconds:.0f} s ({steps * 4096 / max(train_seconds, 1e-9):,.0f} tokens/s).
+  {train_time}.
 
 ## Evaluation on held-out contexts
 
@@ -152,6 +178,7 @@ mechscope sae dashboard --sae mechscope-sae/sae --latents {",".join(map(str, cho
 |---|---:|
 | L0 (active latents per token) | {scored.l0:.1f} |
 | fraction of variance unexplained (FVU) | {scored.fvu:.4f} |
+| FVU over typical tokens (norm <= 10x the median; {outliers} tokens excluded) | {fvu_typical:.4f} |
 | cosine(reconstruction, activation) | {scored.cosine:.3f} |
 | next-token CE, clean | {scored.ce_clean:.3f} |
 | CE with the SAE spliced in | {scored.ce_spliced:.3f} |
@@ -161,8 +188,9 @@ mechscope sae dashboard --sae mechscope-sae/sae --latents {",".join(map(str, cho
 | dead latents (never fire on the held-out tokens) | {100 * scored.dead:.1f}% |
 | dense latents (fire on > 10% of tokens) | {100 * scored.dense:.1f}% |
 
-FVU is small partly because a few tokens carry residual norms far above the rest and dominate the
-variance; the cosine and the CE loss recovered are the more telling numbers.
+The plain FVU is small because a few tokens (SmolLM2's massive activations, norms tens of times
+the median) carry most of the variance and are easy to reconstruct. The FVU over typical tokens,
+the cosine and the CE loss recovered are the more telling numbers.
 
 Latent density on the {args.search} search contexts ({len(alive)} of {cfg.d_sae} latents fire there),
 log10 of the fraction of tokens:
@@ -176,7 +204,9 @@ log10 of the fraction of tokens:
 Full dashboards (top contexts shaded by activation, samples from four activation quantiles, the
 activation histogram, logit effects) are written to `{args.out}/dashboards/` by the script. The
 first four below are the most token-specific latents with density between 0.1% and 5%; the last
-four are a seeded random sample of all latents that fire.
+four are a seeded random sample of all latents that fire. Logit effects are read through the
+final norm and the unembedding. Halfway up the model a direction is not yet about the next token,
+so those lists mostly look like noise. The top contexts say more.
 
 {chr(10).join(section(latent, feature) for latent, feature in zip(chosen, features, strict=True))}
 """

@@ -273,10 +273,14 @@ def test_dashboards_pages_and_numbers(tmp_path):
         sae_dashboards(model, sae, contexts, [99], tmp_path / "bad", progress=False)
 
 
+@pytest.mark.parametrize("aux_path", ["sparse", "dead-columns"])
 @pytest.mark.parametrize("transcoder", [False, True])
-def test_sparse_topk_training_step_matches_the_dense_computation(transcoder):
+def test_sparse_topk_training_step_matches_the_dense_computation(transcoder, aux_path, monkeypatch):
     """The TopK loss runs through sae.sparse (gathers and scatters over the k active latents);
-    its loss and every gradient, AuxK included, equal the plain dense formulas."""
+    its loss and every gradient, AuxK included (both of its paths), equal the dense formulas."""
+    import mechscope.sae.model as sae_model
+
+    monkeypatch.setattr(sae_model, "DENSE_AUX_FACTOR", 0 if aux_path == "sparse" else 1000)
     d_out = 12 if transcoder else None
     cfg = SAEConfig(16, 64, "topk", k=4, d_out=d_out, skip_connection=transcoder)
     sae = SAE(cfg, seed=3)

@@ -13,6 +13,10 @@ from torch import nn
 from mechscope.sae.config import SAEConfig
 from mechscope.sae.sparse import gathered_pre_activations, sparse_decode, top_k_sparse
 
+# AuxK for TopK runs densely over the dead latents' columns while there are at most this many
+# times aux_k of them, and through the sparse gathers beyond (see SAE._aux_k_loss).
+DENSE_AUX_FACTOR = 8
+
 
 class _JumpReLU(torch.autograd.Function):
     """pre * (pre > threshold); the threshold's gradient uses a rectangle-kernel
@@ -185,12 +189,23 @@ class SAE(nn.Module):
                     aux_k: int) -> torch.Tensor:
         """AuxK (Gao et al. 2024): the top ``aux_k`` dead latents of each row must explain the
         residual [batch, d_out] the live ones missed; normalised by the residual's size."""
-        if self.cfg.architecture == "topk":  # pre is detached there: gather with gradients
-            with torch.no_grad():
-                indices = torch.relu(pre).masked_fill(~dead, 0.0).topk(aux_k, dim=-1).indices
+        if self.cfg.architecture == "topk":  # pre is detached there: recompute what needs gradients
             centred = x if self.cfg.is_transcoder else x - self.b_dec
-            values = torch.relu(gathered_pre_activations(centred, self.W_enc, self.b_enc, pre, indices))
-            explained = sparse_decode(values * dead[indices], indices, self.W_dec)
+            dead_latents = dead.nonzero().flatten()
+            if len(dead_latents) <= DENSE_AUX_FACTOR * aux_k:
+                # Few dead latents: dense products over just their columns are cheaper than
+                # gathering aux_k decoder rows per token (which is memory-bound).
+                with torch.no_grad():
+                    chosen = torch.relu(pre[:, dead_latents]).topk(aux_k, dim=-1).indices
+                    keep = torch.zeros(len(x), len(dead_latents), dtype=torch.bool, device=x.device)
+                    keep.scatter_(1, chosen, True)
+                dead_pre = centred @ self.W_enc[:, dead_latents] + self.b_enc[dead_latents]
+                explained = (torch.relu(dead_pre) * keep) @ self.W_dec[dead_latents]
+            else:
+                with torch.no_grad():
+                    indices = torch.relu(pre).masked_fill(~dead, 0.0).topk(aux_k, dim=-1).indices
+                values = torch.relu(gathered_pre_activations(centred, self.W_enc, self.b_enc, pre, indices))
+                explained = sparse_decode(values * dead[indices], indices, self.W_dec)
         else:
             explained = _top_k_rows(torch.relu(pre).masked_fill(~dead, 0.0), aux_k) @ self.W_dec
         return ((explained - residual) ** 2).sum(-1).mean() / residual.pow(2).sum(-1).mean().clamp_min(1e-12)
