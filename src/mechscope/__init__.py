@@ -1,6 +1,6 @@
 """mechscope: mechanistic interpretability for HuggingFace causal language models."""
 
-from mechscope import analysis, circuits, data, hooks, patching, sae, tasks, toys
+from mechscope import analysis, circuits, data, datasets, hooks, patching, sae, tasks, toys
 from mechscope.analysis import direct_logit_attribution, head_scores, logit_lens
 from mechscope.hooks import ActivationCache, HookPoint
 from mechscope.models import (
@@ -41,6 +41,7 @@ __all__ = [
     "causal_trace",
     "circuits",
     "data",
+    "datasets",
     "direct_logit_attribution",
     "head_scores",
     "hooks",
