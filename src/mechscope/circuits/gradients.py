@@ -89,11 +89,8 @@ class _Ln1PullBack:
 
     def __init__(self, model: HookedModel, layer: int, x: torch.Tensor):
         adapter = model.adapter
-        self.norm = model.hf_model.get_submodule(f"{adapter.layers}.{layer}.{adapter.ln1}")
-        eps = getattr(self.norm, "eps", getattr(self.norm, "variance_epsilon", model.cfg.norm_eps))
-        weight = getattr(self.norm, "weight", None)
-        self.weight = (torch.ones(model.cfg.d_model, device=x.device) if weight is None
-                       else weight.float() + adapter.norm_weight_offset)
+        norm = model.hf_model.get_submodule(f"{adapter.layers}.{layer}.{adapter.ln1}")
+        self.weight, _, eps = model.norm_parameters(norm)
         self.centred = model.cfg.norm_type == "layer"
         x = x.float()
         if self.centred:

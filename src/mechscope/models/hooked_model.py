@@ -291,21 +291,25 @@ class HookedModel:
         total = result.float().sum(-2)
         if self.b_O(layer) is not None:
             total = total + self.b_O(layer).float()
-        eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", self.cfg.norm_eps))
+        weight, _, eps = self.norm_parameters(norm)
         inverse_rms = torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + eps)
-        weight = norm.weight.float().to(result.device) + self.adapter.norm_weight_offset
-        return (result.float() * (inverse_rms * weight).unsqueeze(-2)).to(result.dtype)
+        return (result.float() * (inverse_rms * weight.to(result.device)).unsqueeze(-2)).to(result.dtype)
+
+    def norm_parameters(self, norm: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        """(effective weight [d_model], bias [d_model] or None, eps) of one of the model's norm
+        modules, in float32 (attribution sums run over d_model and must not drift in bf16).
+        Gemma's RMSNorm scales by (1 + weight), which the adapter's offset accounts for; a norm
+        without a weight scales by 1."""
+        weight = getattr(norm, "weight", None)
+        weight = torch.ones(self.cfg.d_model, device=self.device) if weight is None else weight.float()
+        bias = getattr(norm, "bias", None)
+        eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", self.cfg.norm_eps))
+        return weight + self.adapter.norm_weight_offset, None if bias is None else bias.float(), eps
 
     def final_norm_affine(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(effective weight [d_model], bias [d_model] or None) of the final norm; Gemma's
-        RMSNorm scales by (1 + weight), which the adapter's offset accounts for."""
-        norm = self.final_norm
-        weight = getattr(norm, "weight", None)
-        if weight is None:
-            weight = torch.ones(self.cfg.d_model, device=self.device, dtype=self.dtype)
-        bias = getattr(norm, "bias", None)
-        # float32: attribution sums run over d_model and must not drift in bf16
-        return weight.float() + self.adapter.norm_weight_offset, None if bias is None else bias.float()
+        """(effective weight [d_model], bias [d_model] or None) of the final norm."""
+        weight, bias, _ = self.norm_parameters(self.final_norm)
+        return weight, bias
 
     def _token_column(self, tokens: int | torch.Tensor) -> torch.Tensor:
         tokens = torch.as_tensor(tokens, device=self.device).reshape(-1)
