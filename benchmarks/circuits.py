@@ -21,13 +21,9 @@ import subprocess
 import sys
 import time
 
+from _memory import reset_peak, status_mib
+
 VARIANTS = ("forward_backward", "eap", "eap_ig", "curve", "acdc_node")
-
-
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
 
 
 def child(variant: str, n: int, steps: int, threshold: float) -> None:
@@ -50,9 +46,7 @@ def child(variant: str, n: int, steps: int, threshold: float) -> None:
     graph = ComponentGraph.from_config(model.cfg)
     prepared = edge_setup(model, task, graph) if variant == "curve" else None
     scores = eap_scores(model, task, prepared) if variant == "curve" else None
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")
-    baseline = _status_mib("VmRSS")
+    baseline = reset_peak()  # the peak model loading left is not counted
     info: dict = {}
 
     def run_once() -> None:
@@ -80,7 +74,7 @@ def child(variant: str, n: int, steps: int, threshold: float) -> None:
         run_once()
         times.append(time.perf_counter() - start)
     seconds = min(times)
-    print(json.dumps({"variant": variant, "seconds": seconds, "peak_mib": _status_mib("VmHWM") - baseline,
+    print(json.dumps({"variant": variant, "seconds": seconds, "peak_mib": status_mib("VmHWM") - baseline,
                       "threads": torch.get_num_threads(), "edges": graph.n_edges, **info}))
 
 

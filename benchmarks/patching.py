@@ -16,13 +16,9 @@ import subprocess
 import sys
 import time
 
+from _memory import reset_peak, status_mib
+
 VARIANTS = ("naive", "batched", "atp")
-
-
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
 
 
 def child(variant: str, n: int, seed: int, device: str) -> None:
@@ -39,16 +35,14 @@ def child(variant: str, n: int, seed: int, device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated() / 2**20
     else:
-        with open("/proc/self/clear_refs", "w") as refs:  # reset the peak (VmHWM) left by model loading
-            refs.write("5")
-        baseline = _status_mib("VmRSS")
+        baseline = reset_peak()  # the peak model loading left is not counted
     run = {"naive": activation_patch_naive, "batched": activation_patch, "atp": attribution_patch}[variant]
     start = time.perf_counter()
     result = run(model, task, "heads") if variant == "atp" else run(model, task, "heads", progress=False)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _status_mib("VmHWM")
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else status_mib("VmHWM")
     print(json.dumps({"variant": variant, "seconds": seconds, "peak_mib_above_model": peak - baseline,
                       "scores": result.scores.tolist(),
                       "where": torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"}))

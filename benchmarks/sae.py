@@ -18,14 +18,10 @@ import sys
 import tempfile
 import time
 
+from _memory import reset_peak, status_mib
+
 HOOK = "blocks.15.hook_resid_post"
 VARIANTS = ("raw_forward", "harvest", "harvest_double", "train_store", "train_on_the_fly")
-
-
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
 
 
 def child(variant: str, n_contexts: int, steps: int) -> None:
@@ -41,9 +37,7 @@ def child(variant: str, n_contexts: int, steps: int) -> None:
     folder = tempfile.mkdtemp()
     if variant == "train_store":
         harvest(model, contexts, folder, [HOOK], progress=False)
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")
-    baseline = _status_mib("VmRSS")
+    baseline = reset_peak()  # the peak model loading left is not counted
     cfg = SAEConfig(model.cfg.d_model, 4608, "topk", k=32, hook_name=HOOK)
     tokens = count * 127
     start = time.perf_counter()
@@ -65,7 +59,7 @@ def child(variant: str, n_contexts: int, steps: int) -> None:
         tokens = fly_steps * 32 * 127
     seconds = time.perf_counter() - start
     print(json.dumps({"variant": variant, "seconds": seconds, "tokens": tokens,
-                      "peak_mib": _status_mib("VmHWM") - baseline, "threads": torch.get_num_threads()}))
+                      "peak_mib": status_mib("VmHWM") - baseline, "threads": torch.get_num_threads()}))
 
 
 def main() -> None:
