@@ -18,7 +18,15 @@ import time
 
 import torch
 
-from mechscope.sae import SAEConfig, SparseDictionaryData, TrainConfig, mcc, mean_max_cosine, train
+from mechscope.sae import (
+    SAEConfig,
+    SparseDictionaryData,
+    TrainConfig,
+    fraction_of_variance_unexplained,
+    mcc,
+    mean_max_cosine,
+    train,
+)
 
 
 def configs(d: int, d_sae: int, k: int) -> dict[str, SAEConfig]:
@@ -45,7 +53,6 @@ def main() -> None:
     true_l0 = args.features * args.p_active
     k = max(1, round(true_l0))
     x, activations = data.sample(10**6, 8192)
-    variance = float((x - x.mean(0)).pow(2).sum(-1).mean())
     print(f"{args.features} true features in d={args.d}, true L0 {true_l0:.1f} (k={k}), {args.steps} steps of 1024\n")
     print("| d_sae | architecture | mean max cosine | MCC | L0 | FVU | dead | train s |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
@@ -58,7 +65,7 @@ def main() -> None:
         for (name, _), sae in zip(named.items(), saes, strict=True):
             with torch.no_grad():
                 latents = sae.encode(x)
-                fvu = float((sae.decode(latents) - x).pow(2).sum(-1).mean()) / variance
+                fvu = fraction_of_variance_unexplained(sae.decode(latents), x)
             l0 = float((latents > 0).sum(-1).float().mean())
             dead = float(((latents > 0).sum(0) == 0).float().mean())
             print(f"| {d_sae} | {name} | {mean_max_cosine(sae.W_dec, data.dictionary):.3f} | "

@@ -83,21 +83,17 @@ def score(folder: Path, heldout: torch.Tensor) -> dict:
     """Held-out FVU over all tokens, and over typical tokens: a handful of tokens with residual
     norms tens of times the median (SmolLM2's massive activations) carry most of the variance,
     so the plain FVU mostly measures how well those few are reconstructed."""
-    from mechscope.sae import load_sae
+    from mechscope.sae import fraction_of_variance_unexplained, load_sae, typical_tokens
 
     sae = load_sae(folder)
     with torch.no_grad():
         latents = sae.encode(heldout)
-        error = (sae.decode(latents) - heldout).pow(2).sum(-1)
-    norms = heldout.norm(dim=-1)
-    typical = norms <= 10 * norms.median()
-
-    def fvu(rows: torch.Tensor) -> float:
-        x = heldout[rows]
-        return float(error[rows].mean() / (x - x.mean(0)).pow(2).sum(-1).mean())
-
-    return {"fvu": fvu(torch.ones_like(typical)), "fvu_typical": fvu(typical), "outliers": int((~typical).sum()),
-            "l0": float((latents > 0).sum(-1).float().mean()), "dead": float(((latents > 0).sum(0) == 0).float().mean())}
+        reconstruction = sae.decode(latents)
+    typical = typical_tokens(heldout)
+    return {"fvu": fraction_of_variance_unexplained(reconstruction, heldout),
+            "fvu_typical": fraction_of_variance_unexplained(reconstruction[typical], heldout[typical]),
+            "outliers": int((~typical).sum()), "l0": float((latents > 0).sum(-1).float().mean()),
+            "dead": float(((latents > 0).sum(0) == 0).float().mean())}
 
 
 def main() -> None:

@@ -51,18 +51,6 @@ def token_specificity(model, contexts: torch.Tensor, top: list[tuple[int, int]])
     return model.tokenizer.decode([token]), count / len(tokens)
 
 
-@torch.no_grad()
-def typical_fvu(model, sae, contexts: torch.Tensor) -> tuple[float, int]:
-    """(FVU over tokens whose residual norm is at most 10x the median, how many were excluded):
-    a few massive-activation tokens otherwise carry most of the variance."""
-    _, cache = model.run_with_cache(contexts, names=[HOOK])
-    x = cache[HOOK][:, 1:].flatten(0, 1).float()
-    norms = x.norm(dim=-1)
-    typical = norms <= 10 * norms.median()
-    error = (sae(x[typical]) - x[typical]).pow(2).sum(-1).mean()
-    return float(error / (x[typical] - x[typical].mean(0)).pow(2).sum(-1).mean()), int((~typical).sum())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--harvest", type=int, default=1792, help="training contexts of 128 tokens")
@@ -107,7 +95,6 @@ def main() -> None:
                   if "train_s" in timings else "(resumed; time unknown)")
     save_sae(sae, args.out / "sae")
     scored = evaluate_sae(model, sae, heldout)
-    fvu_typical, outliers = typical_fvu(model, sae, heldout)
 
     values = collect(model, search, HOOK, lambda x: sae.encode(x))  # [n, pos, d_sae]
     flat = values[:, 1:].flatten(0, 1)
@@ -178,7 +165,7 @@ mechscope sae dashboard --sae mechscope-sae/sae --latents {",".join(map(str, cho
 |---|---:|
 | L0 (active latents per token) | {scored.l0:.1f} |
 | fraction of variance unexplained (FVU) | {scored.fvu:.4f} |
-| FVU over typical tokens (norm <= 10x the median; {outliers} tokens excluded) | {fvu_typical:.4f} |
+| FVU over typical tokens (norm <= 10x the median; {scored.outlier_tokens} tokens excluded) | {scored.fvu_typical:.4f} |
 | cosine(reconstruction, activation) | {scored.cosine:.3f} |
 | next-token CE, clean | {scored.ce_clean:.3f} |
 | CE with the SAE spliced in | {scored.ce_spliced:.3f} |

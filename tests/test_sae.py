@@ -144,6 +144,22 @@ def test_saelens_topk_with_decoder_norm_rescaling_loads_folded(tmp_path):
         load_sae(folder)
 
 
+
+def test_typical_token_fvu_leaves_out_massive_norm_outliers():
+    """One token with a norm far above the rest carries most of the variance: an SAE that gets
+    only that token right has a small plain FVU but a large FVU over the typical tokens."""
+    from mechscope.sae import fraction_of_variance_unexplained, typical_tokens
+
+    target = torch.randn(200, 8)
+    target[17] = 1000.0
+    reconstruction = torch.zeros_like(target)
+    reconstruction[17] = target[17]
+    typical = typical_tokens(target)
+    assert (~typical).nonzero().flatten().tolist() == [17]
+    assert fraction_of_variance_unexplained(reconstruction, target) < 0.01
+    assert fraction_of_variance_unexplained(reconstruction[typical], target[typical]) > 0.9
+
+
 RESUME_SCRIPT = """
 import sys, time
 from mechscope.sae import SAEConfig, SparseDictionaryData, TrainConfig, train
@@ -218,13 +234,14 @@ def test_evaluation_anchors_perfect_and_zero_dictionaries():
     tokens = torch.randint(0, 250, (4, 12), generator=torch.Generator().manual_seed(0))
     hook = "blocks.1.hook_resid_post"
     perfect = evaluate_sae(model, _perfect_sae(model.cfg.d_model, hook), tokens)
-    assert perfect.fvu < 1e-10 and perfect.cosine > 0.9999
+    assert perfect.fvu < 1e-10 and perfect.fvu_typical < 1e-10 and perfect.cosine > 0.9999
     assert perfect.ce_recovered == pytest.approx(1.0, abs=1e-4) and perfect.kl < 1e-6
     zero = _perfect_sae(model.cfg.d_model, hook)
     with torch.no_grad():
         zero.W_dec.zero_()  # reconstruction = b_dec = 0: the same as zero-ablation
     scored = evaluate_sae(model, zero, tokens)
     assert scored.ce_recovered == pytest.approx(0.0, abs=1e-4) and scored.fvu >= 1.0  # worse than the mean
+    assert scored.fvu_typical >= 1.0 and scored.outlier_tokens >= 0
     assert 0 <= scored.dead <= 1 and len(scored.log10_density) == 2 * model.cfg.d_model
 
 

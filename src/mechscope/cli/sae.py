@@ -25,7 +25,7 @@ def _print_eval(console, scored) -> None:
     table = Table(title="evaluation on held-out contexts")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("l0", "fvu", "cosine", "ce_clean", "ce_spliced", "ce_zero", "ce_recovered", "kl", "dead", "dense"):
+    for key in ("l0", "fvu", "fvu_typical", "cosine", "ce_clean", "ce_spliced", "ce_zero", "ce_recovered", "kl", "dead", "dense"):
         table.add_row(key, f"{getattr(scored, key):.4f}")
     console.print(table)
 

@@ -20,10 +20,14 @@ class SAEEvaluation:
     spliced) / (zero - clean) (1 = as good as the model, 0 = as bad as zero-ablation);
     kl: mean KL(clean || spliced) per token; dead / dense: fractions of latents that never fire
     / fire on more than ``dense_threshold`` of tokens; log10_density: per latent, log10 of its
-    firing frequency (-inf where it never fires), for a histogram."""
+    firing frequency (-inf where it never fires), for a histogram. fvu_typical: the FVU over the
+    tokens :func:`typical_tokens` keeps, ``outlier_tokens`` being how many it leaves out (a few
+    massive-activation tokens can carry most of the variance and make the plain FVU look small)."""
 
     l0: float
     fvu: float
+    fvu_typical: float
+    outlier_tokens: int
     cosine: float
     ce_clean: float
     ce_spliced: float
@@ -39,6 +43,19 @@ class SAEEvaluation:
         data = asdict(self)
         data["log10_density"] = [x if x != float("-inf") else None for x in self.log10_density]
         return data
+
+
+def fraction_of_variance_unexplained(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
+    """FVU of ``reconstruction`` against ``target`` (both [tokens, d]): summed squared error over
+    the summed squared deviation from the target's mean (0 = perfect, 1 = as good as the mean)."""
+    return float((reconstruction - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12))
+
+
+def typical_tokens(target: torch.Tensor, norm_ratio: float = 10.0) -> torch.Tensor:
+    """[tokens] bool: tokens whose norm is at most ``norm_ratio`` times the median norm of
+    ``target`` [tokens, d]; the rest are outliers such as SmolLM2's massive activations."""
+    norms = target.norm(dim=-1)
+    return norms <= norm_ratio * norms.median()
 
 
 def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -61,7 +78,9 @@ def evaluate_sae(model: HookedModel, sae: SAE, tokens: torch.Tensor, hook_name: 
     target = cache[write_at][:, skip_first:].to(sae.W_enc.dtype).flatten(0, -2)
     latents = sae.encode(x)
     out = sae.decode(latents, x)
-    fvu = float((out - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12))
+    fvu = fraction_of_variance_unexplained(out, target)
+    typical = typical_tokens(target)
+    fvu_typical = fraction_of_variance_unexplained(out[typical], target[typical])
     cosine = float(torch.nn.functional.cosine_similarity(out, target, dim=-1).mean())
     fired = (latents > 0)
     frequency = fired.float().mean(0)
@@ -79,7 +98,8 @@ def evaluate_sae(model: HookedModel, sae: SAE, tokens: torch.Tensor, hook_name: 
     clean_logp = clean_logits.float().log_softmax(-1)
     kl = float((clean_logp.exp() * (clean_logp - spliced_logits.float().log_softmax(-1))).sum(-1).mean())
     return SAEEvaluation(
-        l0=float(fired.sum(-1).float().mean()), fvu=fvu, cosine=cosine, ce_clean=ce_clean, ce_spliced=ce_spliced,
+        l0=float(fired.sum(-1).float().mean()), fvu=fvu, fvu_typical=fvu_typical,
+        outlier_tokens=int((~typical).sum()), cosine=cosine, ce_clean=ce_clean, ce_spliced=ce_spliced,
         ce_zero=ce_zero, ce_recovered=float("nan") if gap == 0 else (ce_zero - ce_spliced) / gap, kl=kl,
         dead=float((frequency == 0).float().mean()), dense=float((frequency > dense_threshold).float().mean()),
         tokens=x.shape[0], log10_density=frequency.log10().tolist())
