@@ -40,16 +40,19 @@ def splice_hooks(sae: SAE, hook_name: str | None = None, keep_error: bool = Fals
         return reconstruct_all(x, original)
 
     def reconstruct_all(x: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-        latents = sae.encode(x.to(sae.W_enc.dtype))
+        x = x.to(sae.W_enc.dtype)
+        latents = sae.encode(x)
+        reconstruction = sae.decode(latents, x)  # before interventions: what the error is measured against
+        out = reconstruction
         if clamp:
             latents = latents.clone()
             for index, value in clamp.items():
                 latents[..., index] = value
-        out = sae.decode(latents, x)
+            out = sae.decode(latents, x)
         for index, alpha in (steer or {}).items():
             out = out + alpha * sae.W_dec[index]
         if keep_error:
-            out = out + (original.to(out.dtype) - sae(x.to(sae.W_enc.dtype)))
+            out = out + (original.to(out.dtype) - reconstruction)
         return out.to(original.dtype)
 
     if not cfg.is_transcoder:
