@@ -94,6 +94,15 @@ def test_circuit_writes_exports_and_faithfulness(tmp_path):
     bad = runner.invoke(app, ["circuit", "--method", "acdc", "--task", "induction", "--model", str(folder),
                               "--out", str(out)])
     assert bad.exit_code != 0 and "threshold" in bad.output
+    # Under GQA (the tiny llama: 4 query heads, 2 kv heads), per-query-head k/v receivers give a
+    # bigger graph, and faithfulness runs on the same expanded model (all edges = the clean run).
+    expanded = tmp_path / "circuit-kv"
+    result = runner.invoke(app, ["circuit", "--task", "induction", "--method", "eap", "--n", "3", "--edges", "10",
+                                 "--kv-per-query-head", "--model", str(folder), "--out", str(expanded)])
+    assert result.exit_code == 0, result.output
+    summary_kv = json.loads((expanded / "summary.json").read_text())
+    assert summary_kv["graph_edges"] > summary["graph_edges"]
+    assert json.loads((expanded / "curve.json").read_text())["faithfulness"][-1] == 1.0
 
 
 def test_sae_train_eval_dashboard(tmp_path):

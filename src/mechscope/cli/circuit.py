@@ -39,6 +39,12 @@ def circuit(
     built = tasks.TASKS[task](hooked) if task == "factual-recall" else tasks.TASKS[task](hooked, n=n, seed=seed)
     options = {"metric": metric, "steps": steps, "n_edges": edges, "selection": selection, "threshold": threshold,
                "kv_per_query_head": kv_per_query_head}
+    if kv_per_query_head:
+        from mechscope.models.weights import expand_kv_heads
+
+        # Expanded once here: the circuit's edges live on the expanded graph, which the
+        # faithfulness runs below need too (discover leaves an already expanded model as it is).
+        hooked = expand_kv_heads(hooked)
     try:
         found = discover(hooked, built, method=method, level=level, ablation=ablation, **options)
     except ValueError as error:
@@ -47,10 +53,6 @@ def circuit(
     found.save(out / "circuit.json")
     (out / "circuit.dot").write_text(found.to_dot())
     found.to_html(out / "circuit.html")
-    if kv_per_query_head:
-        from mechscope.models.weights import expand_kv_heads
-
-        hooked = expand_kv_heads(hooked)  # the circuit's edges live on the expanded graph
     graph = found.graph
     with console.status("evaluating faithfulness ..."):
         setup = edge_setup(hooked, built, graph, ablation)
