@@ -122,10 +122,12 @@ def main() -> None:
         print(json.dumps(train_mechscope(args.work / "activations.safetensors", out, args)))
         return
     data = prepare(args.work, args.contexts, args.heldout)
-    heldout = load_file(str(data))["heldout"]
+    activations = load_file(str(data))
+    heldout, n_train = activations["heldout"], len(activations["train"])
+    del activations  # the children load the training tokens themselves
     tokens = args.steps * args.batch
     print(f"TopK SAE d_sae={args.d_sae} k={args.k}, {args.steps} steps x {args.batch} tokens "
-          f"({len(load_file(str(data))['train'])} distinct training tokens), held-out {len(heldout)} tokens\n")
+          f"({n_train} distinct training tokens), held-out {len(heldout)} tokens\n")
     rows = []
     for lr in args.lrs:
         for variant in args.variants:
