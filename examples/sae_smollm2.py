@@ -42,13 +42,12 @@ def context_text(model, contexts: torch.Tensor, values: torch.Tensor, where: tup
     return "".join(pieces)
 
 
-def token_specificity(model, contexts: torch.Tensor, top: list[tuple[int, int]]) -> tuple[str, float]:
-    """(most common token among the top activations, the share of them it takes)."""
-    tokens = [int(contexts[c, p]) for c, p in top]
+def most_common_share(tokens: list[int]) -> tuple[int | None, float]:
+    """(the most common token id among a latent's top activations, the share of them it takes)."""
     if not tokens:
-        return "", 0.0
+        return None, 0.0
     token, count = Counter(tokens).most_common(1)[0]
-    return model.tokenizer.decode([token]), count / len(tokens)
+    return token, count / len(tokens)
 
 
 def main() -> None:
@@ -101,10 +100,10 @@ def main() -> None:
     density = (flat > 0).float().mean(0)
     top_rows = flat.topk(20, dim=0).indices.T  # [d_sae, 20] token rows of each latent's top activations
     alive = (density > 0).nonzero().flatten()
+    search_tokens = search[:, 1:].flatten()  # aligned with the rows of flat
     specificity = torch.zeros(cfg.d_sae)
     for latent in alive.tolist():
-        tokens = search[:, 1:].flatten()[top_rows[latent]]
-        specificity[latent] = Counter(tokens.tolist()).most_common(1)[0][1] / 20
+        specificity[latent] = most_common_share(search_tokens[top_rows[latent]].tolist())[1]
     candidates = alive[(density[alive] > 1e-3) & (density[alive] < 0.05)]
     specific = candidates[specificity[candidates].argsort(descending=True)[:4]].tolist()
     generator = torch.Generator().manual_seed(args.seed)
@@ -120,7 +119,8 @@ def main() -> None:
         return
 
     def section(latent: int, feature) -> str:
-        token, share = token_specificity(model, search, feature.top)
+        token_id, share = most_common_share([int(search[c, p]) for c, p in feature.top])
+        token = "" if token_id is None else model.tokenizer.decode([token_id])
         up = ", ".join(f"`{t.strip() or repr(t)}`" for t, _ in feature.promoted[:6])
         down = ", ".join(f"`{t.strip() or repr(t)}`" for t, _ in feature.suppressed[:6])
         lines = [f"### Latent {latent}", "",
