@@ -334,3 +334,23 @@ def test_generate_with_pattern_hooks_and_kv_cache_every_family(tiny):
     hooked = _assert_generate_matches_greedy(
         tiny, "abcdef", 8, [(lambda name: name.endswith("hook_pattern"), iv.zero_ablate(heads=[0]))])
     assert hooked != plain, "the pattern hooks did not change the generation"
+
+
+def test_prompt_activations_reads_each_prompts_own_positions(tiny_models):
+    """Negative positions count back from each prompt's last real token, never into padding,
+    and equal the same prompt run alone."""
+    from mechscope.analysis import prompt_activations
+
+    model = tiny_models["llama"]
+    prompts = ["hello there friend", "a b c d e f g", "x"]
+    acts = prompt_activations(model, prompts, ["blocks.1.hook_resid_pre"], positions=[-1, 0], progress=False)
+    assert acts["blocks.1.hook_resid_pre"].shape == (3, 2, model.cfg.d_model)
+    for row, prompt in enumerate(prompts):
+        _, cache = model.run_with_cache(prompt)
+        alone = cache["blocks.1.hook_resid_pre"][0]
+        torch.testing.assert_close(acts["blocks.1.hook_resid_pre"][row, 0], alone[-1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(acts["blocks.1.hook_resid_pre"][row, 1], alone[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(IndexError, match="out of range for prompt 2"):
+        prompt_activations(model, prompts, "blocks.1.hook_resid_pre", positions=-3, progress=False)
+    with pytest.raises(ValueError, match="closest valid names"):
+        prompt_activations(model, prompts, "blocks.1.hook_resid_prex", progress=False)

@@ -1,5 +1,6 @@
 """Activation analysis: logit lens, direct logit attribution, head characterisation."""
 
+from mechscope.analysis.activations import prompt_activations
 from mechscope.analysis.attribution import DirectLogitAttribution, direct_logit_attribution
 from mechscope.analysis.head_scores import HeadScores, head_scores, repeated_random_tokens
 from mechscope.analysis.logit_lens import LogitLens, logit_lens
@@ -11,5 +12,6 @@ __all__ = [
     "direct_logit_attribution",
     "head_scores",
     "logit_lens",
+    "prompt_activations",
     "repeated_random_tokens",
 ]

@@ -217,6 +217,23 @@ class HookedModel:
                 param.grad = grad
         return value.detach(), ActivationCache(store, self), ActivationCache(grad_store, self)
 
+    def tokenize_prompts(self, prompts: Sequence[str], chat: bool | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(tokens [batch, pos], attention_mask or None) of user prompts, each wrapped in the chat
+        template as one user turn followed by the assistant's generation prompt when ``chat`` is
+        on. ``chat=None`` uses the template when the tokenizer has one; ``chat=True`` on a
+        tokenizer without one is an error. Rows are right-padded."""
+        has_template = getattr(self.tokenizer, "chat_template", None) is not None
+        use_chat = has_template if chat is None else chat
+        if use_chat and not has_template:
+            raise ValueError("chat=True but this tokenizer has no chat template; use chat=False")
+        if not use_chat:
+            return tokenize(self.tokenizer, list(prompts), device=self.device)
+        texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                    add_generation_prompt=True) for prompt in prompts]
+        # The template writes its own special tokens, so the tokenizer must not add a BOS.
+        return tokenize(self.tokenizer, texts, prepend_bos=False, device=self.device)
+
     def generate(
         self,
         prompt: str,
@@ -233,17 +250,7 @@ class HookedModel:
         """
         if not isinstance(prompt, str):
             raise TypeError(f"generate takes one prompt string, got {type(prompt).__name__}")
-        has_template = getattr(self.tokenizer, "chat_template", None) is not None
-        use_chat = has_template if chat is None else chat
-        if use_chat and not has_template:
-            raise ValueError("chat=True but this tokenizer has no chat template; use chat=False")
-        if use_chat:
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
-            tokens = tokenize(self.tokenizer, text, prepend_bos=False, device=self.device)[0]
-        else:
-            tokens = self.to_tokens(prompt)
+        tokens, _ = self.tokenize_prompts([prompt], chat)
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id
