@@ -352,5 +352,5 @@ def test_prompt_activations_reads_each_prompts_own_positions(tiny_models):
         torch.testing.assert_close(acts["blocks.1.hook_resid_pre"][row, 1], alone[0], atol=1e-5, rtol=1e-5)
     with pytest.raises(IndexError, match="out of range for prompt 2"):
         prompt_activations(model, prompts, "blocks.1.hook_resid_pre", positions=-3, progress=False)
-    with pytest.raises(ValueError, match="closest valid names"):
+    with pytest.raises(KeyError, match="closest valid names"):
         prompt_activations(model, prompts, "blocks.1.hook_resid_prex", progress=False)
