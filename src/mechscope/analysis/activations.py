@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from mechscope.models.hooked_model import HookedModel
 
 
-def _row_indices(lengths: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+def token_indices(lengths: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
     """[batch, n_positions] indices into right-padded rows: a negative position counts back from
     each row's own last real token, so -1 is every prompt's last token whatever its length."""
     index = torch.tensor(list(positions), dtype=torch.long, device=lengths.device)
@@ -30,6 +30,7 @@ def prompt_activations(
     hook_names: str | Sequence[str],
     positions: int | Sequence[int] = -1,
     chat: bool | None = False,
+    responses: Sequence[str] | None = None,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -40,12 +41,15 @@ def prompt_activations(
     residual points). ``positions`` index each prompt's own tokens; negative ones count back from
     its last token (padding is never read), so with ``chat=True`` the positions -1 ... -k are the
     chat template's post-instruction tokens (e.g. "<|im_end|>\\n<|im_start|>assistant\\n").
-    ``chat=None`` uses the chat template when the tokenizer has one.
+    ``chat=None`` uses the chat template when the tokenizer has one. ``responses`` (one per
+    prompt) are appended as the start of the assistant's reply, e.g. "(A" to read a CAA answer.
     """
     names = [hook_names] if isinstance(hook_names, str) else list(hook_names)
     position_list = [positions] if isinstance(positions, int) else list(positions)
     if not prompts:
         raise ValueError("no prompts given")
+    if responses is not None and len(responses) != len(prompts):
+        raise ValueError(f"{len(responses)} responses for {len(prompts)} prompts; give one per prompt")
     if not position_list:
         raise ValueError("positions is empty; pass at least one token position (e.g. -1)")
     for name in names:
@@ -53,9 +57,10 @@ def prompt_activations(
     gathered: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     batches = range(0, len(prompts), batch_size)
     for start in tqdm(batches, desc="activations", disable=not progress or len(batches) < 4):
-        tokens, mask = model.tokenize_prompts(list(prompts[start:start + batch_size]), chat)
+        chunk = slice(start, start + batch_size)
+        tokens, mask = model.tokenize_prompts(list(prompts[chunk]), chat, None if responses is None else responses[chunk])
         lengths = mask.sum(1) if mask is not None else torch.full((len(tokens),), tokens.shape[1], device=tokens.device)
-        rows = _row_indices(lengths, position_list)
+        rows = token_indices(lengths, position_list)
         _, cache = model.run_with_cache(tokens, names=names, attention_mask=mask)
         for name in names:
             activation = cache[name]

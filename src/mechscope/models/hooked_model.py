@@ -217,20 +217,25 @@ class HookedModel:
                 param.grad = grad
         return value.detach(), ActivationCache(store, self), ActivationCache(grad_store, self)
 
-    def tokenize_prompts(self, prompts: Sequence[str], chat: bool | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def tokenize_prompts(self, prompts: Sequence[str], chat: bool | None = None,
+                         responses: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(tokens [batch, pos], attention_mask or None) of user prompts, each wrapped in the chat
         template as one user turn followed by the assistant's generation prompt when ``chat`` is
         on. ``chat=None`` uses the template when the tokenizer has one; ``chat=True`` on a
-        tokenizer without one is an error. Rows are right-padded."""
+        tokenizer without one is an error. ``responses`` (one per prompt) are appended as the
+        start of the assistant's reply (e.g. "(A" for an A/B answer). Rows are right-padded."""
+        if responses is not None and len(responses) != len(prompts):
+            raise ValueError(f"{len(responses)} responses for {len(prompts)} prompts; give one per prompt")
         has_template = getattr(self.tokenizer, "chat_template", None) is not None
         use_chat = has_template if chat is None else chat
         if use_chat and not has_template:
             raise ValueError("chat=True but this tokenizer has no chat template; use chat=False")
+        suffixes = list(responses) if responses is not None else [""] * len(prompts)
         if not use_chat:
-            return tokenize(self.tokenizer, list(prompts), device=self.device)
+            return tokenize(self.tokenizer, [p + r for p, r in zip(prompts, suffixes)], device=self.device)
         texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                    add_generation_prompt=True) for prompt in prompts]
+                                                    add_generation_prompt=True) + response
+                 for prompt, response in zip(prompts, suffixes)]
         # The template writes its own special tokens, so the tokenizer must not add a BOS.
         return tokenize(self.tokenizer, texts, prepend_bos=False, device=self.device)
 

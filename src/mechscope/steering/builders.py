@@ -1,0 +1,78 @@
+"""Directions read off the model: differences in means between two prompt sets (per layer and
+position) and CAA's A/B answer contrast."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from mechscope.analysis.activations import prompt_activations
+from mechscope.models.hooked_model import HookedModel
+from mechscope.steering.direction import Direction, diff_in_means
+
+
+def _layer_list(model: HookedModel, layers: int | Sequence[int] | None) -> list[int]:
+    layers = list(range(model.cfg.n_layers)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
+    bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
+    if bad or not layers:
+        raise ValueError(f"layers {bad or layers} invalid; the model has layers 0..{model.cfg.n_layers - 1}")
+    return layers
+
+
+def contrast_directions(
+    model: HookedModel,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    layers: int | Sequence[int] | None = None,
+    positions: int | Sequence[int] = -1,
+    chat: bool | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[tuple[int, int], Direction]:
+    """mean(positive) - mean(negative) of hook_resid_pre activations, for every (layer, position)
+    pair: {(layer, position): Direction}. Negative positions count from each prompt's end (with
+    ``chat``, -1 ... -k are the template's post-instruction tokens)."""
+    layer_list = _layer_list(model, layers)
+    position_list = [positions] if isinstance(positions, int) else list(positions)
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in layer_list]
+    acts_pos = prompt_activations(model, positive, names, position_list, chat, batch_size=batch_size, progress=progress)
+    acts_neg = prompt_activations(model, negative, names, position_list, chat, batch_size=batch_size, progress=progress)
+    directions = {}
+    for layer, name in zip(layer_list, names):
+        for index, position in enumerate(position_list):
+            meta = {"model": model.cfg.name, "position": position, "chat": chat, "hook": name}
+            directions[(layer, position)] = diff_in_means(acts_pos[name][:, index], acts_neg[name][:, index], layer, meta)
+    return directions
+
+
+def caa_direction(
+    model: HookedModel,
+    items: Sequence[Mapping[str, str]],
+    layers: int | Sequence[int] | None = None,
+    chat: bool | None = None,
+    progress: bool = True,
+) -> dict[int, Direction]:
+    """Contrastive activation addition: for each A/B item ({"question",
+    "answer_matching_behavior", "answer_not_matching_behavior"}, answers like "(A)"), the
+    hook_resid_pre activation at the answer letter when the reply starts with the matching
+    answer, minus that with the other answer; averaged over items. {layer: Direction}."""
+    if not items:
+        raise ValueError("no A/B items given")
+    keys = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
+    for index, item in enumerate(items):
+        missing = [key for key in keys if key not in item]
+        if missing:
+            raise ValueError(f"item {index} lacks {missing}; CAA items need {keys}")
+    layer_list = _layer_list(model, layers)
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in layer_list]
+    questions = [item["question"] for item in items]
+
+    def letter(answer: str) -> str:  # "(A)" -> "(A": read at the letter, before the answer is closed
+        return answer.rstrip(")").rstrip()
+
+    matching = prompt_activations(model, questions, names, -1, chat, [letter(i[keys[1]]) for i in items],
+                                  progress=progress)
+    other = prompt_activations(model, questions, names, -1, chat, [letter(i[keys[2]]) for i in items],
+                               progress=progress)
+    return {layer: Direction.from_vector((matching[name][:, 0] - other[name][:, 0]).mean(0), layer, "caa",
+                                         {"model": model.cfg.name, "n_items": len(items), "hook": name})
+            for layer, name in zip(layer_list, names)}

@@ -1,0 +1,131 @@
+"""What an intervention does: a behaviour score (logit- or probe-based, no external judge) against
+its side effects (KL on neutral prompts, perplexity on ordinary text)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from mechscope.analysis.activations import token_indices
+from mechscope.models.hooked_model import HookedModel, HookSpec
+
+
+def _checked_tokens(model: HookedModel, tokens: Sequence[int], what: str) -> torch.Tensor:
+    ids = torch.as_tensor(list(tokens), dtype=torch.long)
+    if ids.numel() == 0:
+        raise ValueError(f"{what} is empty; give at least one token id")
+    if ids.min() < 0 or ids.max() >= model.cfg.d_vocab:
+        raise ValueError(f"{what} has ids outside [0, {model.cfg.d_vocab})")
+    return ids.to(model.device)
+
+
+@torch.no_grad()
+def last_token_logits(model: HookedModel, prompts: Sequence[str], hooks: HookSpec = (), chat: bool | None = None,
+                      batch_size: int = 16) -> torch.Tensor:
+    """Next-token logits [n_prompts, d_vocab] (float32) after each prompt's last token (with
+    ``chat``, the first token of the reply), with ``hooks`` active."""
+    if not prompts:
+        raise ValueError("no prompts given")
+    rows = []
+    for start in range(0, len(prompts), batch_size):
+        tokens, mask = model.tokenize_prompts(list(prompts[start:start + batch_size]), chat)
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks, attention_mask=mask)
+        last = (mask.sum(1) - 1) if mask is not None else torch.full((len(tokens),), tokens.shape[1] - 1)
+        rows.append(logits[torch.arange(len(tokens)), last.to(logits.device)].float())
+    return torch.cat(rows)
+
+
+def token_log_odds(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log(p / (1 - p)) [n] where p is the probability mass of ``tokens`` under logits [n, d_vocab]."""
+    log_probs = logits.float().log_softmax(-1)
+    inside = log_probs[:, tokens].logsumexp(-1)
+    outside = torch.log1p(-inside.exp().clamp(max=1 - 1e-7))
+    return inside - outside
+
+
+class Behaviour(Protocol):
+    """Anything with ``score(model, hooks) -> float``: higher means more of the behaviour."""
+
+    def score(self, model: HookedModel, hooks: HookSpec = ()) -> float: ...
+
+
+@dataclass
+class LogitBehaviour:
+    """Mean over ``prompts`` of the log-odds of the next token being one of ``tokens`` (e.g. the
+    first tokens of refusals), or, with ``versus``, of log p(tokens) - log p(versus)."""
+
+    prompts: Sequence[str]
+    tokens: Sequence[int]
+    versus: Sequence[int] | None = None
+    chat: bool | None = None
+
+    def per_prompt(self, model: HookedModel, hooks: HookSpec = ()) -> torch.Tensor:
+        logits = last_token_logits(model, self.prompts, hooks, self.chat)
+        tokens = _checked_tokens(model, self.tokens, "tokens")
+        if self.versus is None:
+            return token_log_odds(logits, tokens)
+        log_probs = logits.log_softmax(-1)
+        versus = _checked_tokens(model, self.versus, "versus")
+        return log_probs[:, tokens].logsumexp(-1) - log_probs[:, versus].logsumexp(-1)
+
+    def score(self, model: HookedModel, hooks: HookSpec = ()) -> float:
+        return float(self.per_prompt(model, hooks).mean())
+
+
+@dataclass
+class ProbeBehaviour:
+    """Mean probe score of the activation at ``hook_name`` (read after any intervention there),
+    at each prompt's token ``position``. ``probe`` is anything with ``score(x [n, d]) -> [n]``."""
+
+    prompts: Sequence[str]
+    probe: object
+    hook_name: str
+    position: int = -1
+    chat: bool | None = None
+
+    def score(self, model: HookedModel, hooks: HookSpec = ()) -> float:
+        scores = []
+        for start in range(0, len(self.prompts), 16):
+            tokens, mask = model.tokenize_prompts(list(self.prompts[start:start + 16]), self.chat)
+            lengths = mask.sum(1) if mask is not None else torch.full((len(tokens),), tokens.shape[1])
+            rows = token_indices(lengths, [self.position])[:, 0]
+            _, cache = model.run_with_cache(tokens, names=[self.hook_name], attention_mask=mask, fwd_hooks=hooks)
+            activation = cache[self.hook_name]
+            scores.append(self.probe.score(activation[torch.arange(len(tokens)), rows.to(activation.device)].float()))
+        return float(torch.cat(scores).mean())
+
+
+@torch.no_grad()
+def next_token_kl(model: HookedModel, prompts: Sequence[str], hooks: HookSpec, chat: bool | None = None,
+                  reference: torch.Tensor | None = None) -> float:
+    """Mean KL(unsteered || steered) of the next-token distribution after each prompt, in nats.
+    ``reference`` (logits [n, d_vocab] of the unsteered model) saves recomputing it in sweeps."""
+    base = last_token_logits(model, prompts, (), chat) if reference is None else reference
+    steered = last_token_logits(model, prompts, hooks, chat)
+    return float(F.kl_div(steered.log_softmax(-1), base.log_softmax(-1), log_target=True, reduction="batchmean"))
+
+
+@torch.no_grad()
+def perplexity(model: HookedModel, contexts: torch.Tensor, hooks: HookSpec = (), batch_size: int = 8) -> float:
+    """exp(mean next-token NLL) over token contexts [n, pos] with ``hooks`` active."""
+    if contexts.dim() != 2 or contexts.shape[1] < 2:
+        raise ValueError(f"contexts must be token ids [n, pos >= 2], got shape {tuple(contexts.shape)}")
+    total, count = 0.0, 0
+    for start in range(0, len(contexts), batch_size):
+        batch = contexts[start:start + batch_size].to(model.device)
+        logits = model.run_with_hooks(batch, fwd_hooks=hooks).float()
+        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
+        total, count = total + float(nll), count + batch[:, 1:].numel()
+    return math.exp(total / count)
+
+
+def default_contexts(model: HookedModel, n_contexts: int = 16, context_length: int = 128, seed: int = 0) -> torch.Tensor:
+    """Token contexts [n, pos] from the default corpus (standard-library docstrings), for perplexity."""
+    from mechscope.data import pack, stdlib_docstrings
+
+    return pack(model.tokenizer, stdlib_docstrings(), context_length, n_contexts=n_contexts, seed=seed)

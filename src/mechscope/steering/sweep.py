@@ -1,0 +1,96 @@
+"""Sweeps of steering strength and layer, scored for behaviour against side effects, with an
+automatic choice under a KL budget and a plot of the trade-off."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from mechscope.models.hooked_model import HookedModel
+from mechscope.steering.apply import Steering
+from mechscope.steering.direction import Direction
+from mechscope.steering.evaluate import Behaviour, last_token_logits, next_token_kl, perplexity
+
+
+@dataclass
+class SweepPoint:
+    """One (layer, alpha) setting: behaviour score, KL on neutral prompts (nats), perplexity."""
+
+    layer: int
+    alpha: float
+    behaviour: float
+    kl: float
+    perplexity: float | None
+
+
+@dataclass
+class SteeringSweep:
+    """All points of a sweep, plus the unsteered baseline (alpha 0)."""
+
+    points: list[SweepPoint]
+    baseline_behaviour: float
+    baseline_perplexity: float | None
+    metadata: dict = field(default_factory=dict)
+
+    def choose(self, kl_budget: float = 0.1, maximise: bool = True) -> SweepPoint:
+        """The point with the highest (``maximise``) or lowest behaviour score whose KL stays within
+        ``kl_budget``; an error says how close the sweep came if none does."""
+        within = [point for point in self.points if point.kl <= kl_budget]
+        if not within:
+            lowest = min(self.points, key=lambda p: p.kl)
+            raise ValueError(f"no setting keeps KL within {kl_budget}; the lowest KL was {lowest.kl:.4f} "
+                             f"(layer {lowest.layer}, alpha {lowest.alpha})")
+        return (max if maximise else min)(within, key=lambda p: p.behaviour)
+
+    def to_json(self) -> dict:
+        return {"baseline_behaviour": self.baseline_behaviour, "baseline_perplexity": self.baseline_perplexity,
+                "metadata": self.metadata, "points": [asdict(point) for point in self.points]}
+
+    def plot(self, title: str = "steering: behaviour against KL on neutral prompts"):
+        """Plotly figure: behaviour score against KL, one line per layer (points ordered by alpha)."""
+        import plotly.graph_objects as go
+
+        figure = go.Figure()
+        for layer in sorted({point.layer for point in self.points}):
+            row = sorted((p for p in self.points if p.layer == layer), key=lambda p: p.alpha)
+            figure.add_trace(go.Scatter(x=[p.kl for p in row], y=[p.behaviour for p in row], mode="lines+markers",
+                                        name=f"layer {layer}", text=[f"alpha {p.alpha:g}" for p in row]))
+        figure.add_hline(y=self.baseline_behaviour, line_dash="dot", annotation_text="unsteered")
+        figure.update_layout(title=title, xaxis_title="KL on neutral prompts (nats)", yaxis_title="behaviour score",
+                             xaxis_type="log")
+        return figure
+
+
+def sweep(
+    model: HookedModel,
+    direction: Direction,
+    behaviour: Behaviour,
+    neutral_prompts: Sequence[str],
+    layers: Sequence[int],
+    alphas: Sequence[float],
+    contexts: torch.Tensor | None = None,
+    positions: str | Sequence[int] = "all",
+    chat: bool | None = None,
+    progress: bool = True,
+) -> SteeringSweep:
+    """Steer with ``direction`` at each layer and strength; score ``behaviour``, the KL of the
+    next-token distribution on ``neutral_prompts`` and, when ``contexts`` [n, pos] are given
+    (e.g. :func:`default_contexts`), perplexity on them."""
+    if not layers or not alphas:
+        raise ValueError("give at least one layer and one alpha")
+    reference = last_token_logits(model, neutral_prompts, (), chat)
+    baseline_perplexity = None if contexts is None else perplexity(model, contexts)
+    points = []
+    settings = [(layer, alpha) for layer in layers for alpha in alphas]
+    for layer, alpha in tqdm(settings, desc="steering sweep", disable=not progress):
+        hooks = Steering(direction, alpha, layers=layer, positions=positions).hooks(model)
+        points.append(SweepPoint(
+            layer=layer, alpha=float(alpha), behaviour=behaviour.score(model, hooks),
+            kl=next_token_kl(model, neutral_prompts, hooks, chat, reference=reference),
+            perplexity=None if contexts is None else perplexity(model, contexts, hooks),
+        ))
+    metadata = {"direction_method": direction.method, "direction_layer": direction.layer, "positions": positions}
+    return SteeringSweep(points, behaviour.score(model), baseline_perplexity, metadata)
