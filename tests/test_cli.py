@@ -121,3 +121,46 @@ def test_sae_train_eval_dashboard(tmp_path):
     assert len(list((tmp_path / "dash").glob("feature_*.html"))) == 4
     bad = runner.invoke(app, ["sae", "train", "--hook", "blocks.1.hook_resid", "--model", str(folder), "--out", str(out)])
     assert bad.exit_code != 0 and "hook_resid_p" in bad.output
+
+
+def test_steer_prints_both_generations_and_checks_its_options(tmp_path):
+    import torch
+
+    from mechscope.steering import Direction
+
+    _, folder = saved_tiny(tmp_path, "llama")
+    direction = Direction.from_vector(torch.arange(64, dtype=torch.float32) - 30, layer=1)
+    direction.save(tmp_path / "dir")
+    result = runner.invoke(app, ["steer", "--direction", str(tmp_path / "dir.safetensors"), "--alpha", "0.5x",
+                                 "--max-new-tokens", "3", "--model", str(folder), "hello"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert f"steered: alpha {0.5 * direction.scale:.3g} at layer 1" in result.output and "unsteered" in result.output
+    wide = {"COLUMNS": "250"}  # rich wraps error boxes at the terminal width
+    bad = runner.invoke(app, ["steer", "--contrast", "joy", "--layer", "1", "--model", str(folder), "hi"], env=wide)
+    assert bad.exit_code != 0 and "sentiment, refusal, caa-refusal, caa-sycophancy" in bad.output
+    both = runner.invoke(app, ["steer", "--contrast", "sentiment", "--direction", "x", "--model", str(folder), "hi"],
+                         env=wide)
+    assert both.exit_code != 0 and "exactly one" in both.output
+    alpha = runner.invoke(app, ["steer", "--direction", str(tmp_path / "dir"), "--alpha", "big", "--model", str(folder),
+                                "hi"], env=wide)
+    assert alpha.exit_code != 0 and "alpha must be a number" in alpha.output
+
+
+def test_refusal_writes_direction_report_and_generations(tmp_path):
+    tiny, folder = saved_tiny(tmp_path, "llama")
+    tiny.tokenizer.chat_template = ("{% for m in messages %}[user]{{ m['content'] }}[end]{% endfor %}"
+                                    "{% if add_generation_prompt %}[bot]{% endif %}")
+    tiny.tokenizer.save_pretrained(folder)
+    out = tmp_path / "refusal"
+    result = runner.invoke(app, ["refusal", "--n-train", "4", "--n-val", "2", "--n-test", "2", "--max-new-tokens", "3",
+                                 "--kl-bound", "100", "--model", str(folder), "--out", str(out)],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    chosen = report["search"]["chosen"]
+    assert f"chosen direction: layer {chosen['layer']}, position {chosen['position']}" in result.output
+    assert report["n_harmful_test"] == 2 and len(report["conditions"]) == 5
+    assert report["max_logit_gap_orthogonalised_vs_ablation"] < 1e-4
+    from mechscope.steering import Direction
+
+    assert Direction.load(out / "direction").layer == chosen["layer"]

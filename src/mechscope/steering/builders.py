@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
+
 from mechscope.analysis.activations import prompt_activations
 from mechscope.models.hooked_model import HookedModel
 from mechscope.steering.direction import Direction, diff_in_means
@@ -27,10 +29,15 @@ def contrast_directions(
     chat: bool | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    skip_identical: bool = False,
 ) -> dict[tuple[int, int], Direction]:
     """mean(positive) - mean(negative) of hook_resid_pre activations, for every (layer, position)
     pair: {(layer, position): Direction}. Negative positions count from each prompt's end (with
-    ``chat``, -1 ... -k are the template's post-instruction tokens)."""
+    ``chat``, -1 ... -k are the template's post-instruction tokens).
+
+    Where both sets have identical activations (e.g. before block 0 at a template token that
+    every prompt shares) there is no direction: an error, or with ``skip_identical`` the pair is
+    left out of the result."""
     layer_list = _layer_list(model, layers)
     position_list = [positions] if isinstance(positions, int) else list(positions)
     names = [f"blocks.{layer}.hook_resid_pre" for layer in layer_list]
@@ -40,7 +47,14 @@ def contrast_directions(
     for layer, name in zip(layer_list, names):
         for index, position in enumerate(position_list):
             meta = {"model": model.cfg.name, "position": position, "chat": chat, "hook": name}
-            directions[(layer, position)] = diff_in_means(acts_pos[name][:, index], acts_neg[name][:, index], layer, meta)
+            positive_acts, negative_acts = acts_pos[name][:, index], acts_neg[name][:, index]
+            if torch.equal(positive_acts.mean(0), negative_acts.mean(0)):
+                if skip_identical:
+                    continue
+                raise ValueError(f"at layer {layer}, position {position} both prompt sets have the same mean "
+                                 "activation, so there is no direction (e.g. a shared template token before any "
+                                 "attention); choose other layers or positions, or pass skip_identical=True")
+            directions[(layer, position)] = diff_in_means(positive_acts, negative_acts, layer, meta)
     return directions
 
 
