@@ -235,3 +235,18 @@ def test_orthogonalising_a_tied_model_unties_it_and_keeps_the_unembedding(tiny_m
     torch.testing.assert_close(edited(tokens), runtime, atol=1e-4, rtol=0)
     torch.testing.assert_close(edited.hf_model.lm_head.weight, tied.hf_model.lm_head.weight)
     assert edited.hf_model.config.tie_word_embeddings is False
+
+
+def test_probe_direction_takes_a_trained_probe():
+    from mechscope.probes import train_probe
+    from mechscope.steering import probe_direction
+
+    generator = torch.Generator().manual_seed(1)
+    planted = torch.nn.functional.normalize(torch.randn(32, generator=generator), dim=0)
+    features = torch.randn(300, 32, generator=generator)
+    labels = (features @ planted > 0).long()
+    probe = train_probe(features, labels, kind="mass_mean")
+    direction = probe_direction(probe, layer=3)
+    assert direction.method == "probe" and direction.layer == 3
+    torch.testing.assert_close(direction.vector, probe.direction / probe.direction.norm())
+    assert float(direction.vector @ planted) > 0.9  # a random unit vector in 32 dims: |cos| ~ 0.18

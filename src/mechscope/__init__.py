@@ -1,6 +1,6 @@
 """mechscope: mechanistic interpretability for HuggingFace causal language models."""
 
-from mechscope import analysis, circuits, data, datasets, hooks, patching, sae, tasks, toys
+from mechscope import analysis, circuits, data, datasets, hooks, patching, probes, sae, steering, tasks, toys
 from mechscope.analysis import direct_logit_attribution, head_scores, logit_lens
 from mechscope.hooks import ActivationCache, HookPoint
 from mechscope.models import (
@@ -50,7 +50,9 @@ __all__ = [
     "logit_lens",
     "patching",
     "path_patch",
+    "probes",
     "sae",
+    "steering",
     "tasks",
     "toys",
 ]

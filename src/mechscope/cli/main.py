@@ -1,4 +1,4 @@
-"""The ``mechscope`` command line: ``inspect`` a prompt, ``patch``, ``trace``, ``circuit``, ``sae``, ``steer``,
+"""The ``mechscope`` command line: ``inspect`` a prompt, ``patch``, ``trace``, ``circuit``, ``sae``, ``probe``, ``steer``,
 ``refusal``, list ``models``."""
 
 from __future__ import annotations
@@ -161,10 +161,12 @@ def models() -> None:
 
 def _register_commands() -> None:
     from mechscope.cli.circuit import circuit
+    from mechscope.cli.probe import probe
     from mechscope.cli.sae import sae_app
     from mechscope.cli.steer import refusal, steer
 
     app.command()(circuit)
+    app.command()(probe)
     app.command()(steer)
     app.command()(refusal)
     app.add_typer(sae_app, name="sae")

@@ -141,9 +141,12 @@ def pca_direction(positive: torch.Tensor, negative: torch.Tensor, layer: int | N
     return direction
 
 
-def probe_direction(weight: torch.Tensor, layer: int | None = None, metadata: dict[str, Any] | None = None) -> Direction:
-    """The direction of a linear probe's weight [d_model] (in activation space; positive class up)."""
-    return Direction.from_vector(torch.as_tensor(weight).float(), layer, "probe", metadata)
+def probe_direction(probe, layer: int | None = None, metadata: dict[str, Any] | None = None) -> Direction:
+    """The direction of a linear probe, positive class up: a ``mechscope.probes.LinearProbe``
+    (its ``direction``, with its ``info`` as metadata) or a weight vector [d_model]."""
+    vector = getattr(probe, "direction", probe)
+    meta = {**getattr(probe, "info", {}), **(metadata or {})}
+    return Direction.from_vector(torch.as_tensor(vector).float(), layer, "probe", meta)
 
 
 def sae_direction(sae, latent: int, layer: int | None = None) -> Direction:
