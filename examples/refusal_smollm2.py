@@ -62,11 +62,17 @@ def refusal_section(model, out: Path, config: RefusalConfig) -> str:
         ppl = report.perplexity.get(c.name)
         rows.append(f"| {c.prompts} | {c.name} | {c.refusal_rate:.0%} ({round(c.refusal_rate * len(c.generations))}"
                     f"/{len(c.generations)}) | {c.refusal_score:+.2f} | {'' if ppl is None else f'{ppl:.2f}'} |")
-    shortlist = ["| layer | position | refusal score, ablated (harmful) | KL ablated (harmless) | "
-                 "refusal score, added (harmless) | passed |", "|---|---|---|---|---|---|"]
-    shortlist += [f"| {c.layer} | {c.position} | {c.ablated_refusal_score:+.2f} | {c.kl:.3f} | "
-                  f"{c.induced_refusal_score:+.2f} | {'yes' if c.passed else 'no'} |"
-                  for c in search.candidates if c.kl is not None]
+    def candidate_rows(candidates) -> list[str]:
+        rows = ["| layer | position | refusal score, ablated (harmful) | KL ablated (harmless) | "
+                "refusal score, added (harmless) | chosen |", "|---|---|---|---|---|---|"]
+        rows += [f"| {c.layer} | {c.position} | {c.ablated_refusal_score:+.2f} | {c.kl:.3f} | "
+                 f"{'' if c.induced_refusal_score is None else f'{c.induced_refusal_score:+.2f}'} | "
+                 f"{'yes' if c is chosen else ''} |" for c in candidates]
+        return rows
+
+    within = [c for c in search.candidates if c.kl <= config.kl_bound]
+    any_kl = "\n".join(candidate_rows(search.candidates[:5]))
+    shortlist = candidate_rows(within[:config.shortlist])
     harmful = {c.name: c for c in report.conditions if c.prompts == "harmful"}
     harmless = {c.name: c for c in report.conditions if c.prompts == "harmless"}
     harmful_prompts = datasets.load("harmful", "test")[:config.n_test]
@@ -92,13 +98,20 @@ Run: `mechscope refusal --out DIR` (same code, `mechscope.steering.refusal_repor
 {minutes:.1f} minutes here. Candidates were built from {config.n_train} harmful and {config.n_train}
 harmless training prompts, at layers 0 to {int(model.cfg.n_layers * config.max_layer_fraction) - 1} and the
 {len(set(c.position for c in search.candidates))} post-instruction tokens. Each was scored by ablating it
-on {config.n_val} further harmful training prompts; the {config.shortlist} best were checked for KL and
-induced refusal on {config.n_val} harmless training prompts. Test prompts: {report.n_harmful_test} harmful
+on {config.n_val} further harmful training prompts (refusal score) and {config.n_val} harmless ones (KL, bound
+{config.kl_bound} nats); those within the bound were checked, best first, for refusal induced on the
+harmless prompts by adding the direction. Test prompts: {report.n_harmful_test} harmful
 and {report.n_harmless_test} harmless, none seen during the search.
 {notes}
 **Chosen:** layer {chosen.layer}, position {chosen.position} (direction scale {search.direction.scale:.2f}).
 Refusal score on the validation prompts: harmful {search.baseline_harmful_score:+.2f} unedited,
 harmless {search.baseline_harmless_score:+.2f} unedited.
+
+The five candidates whose ablation lowers the refusal score most, at any KL:
+
+{any_kl}
+
+The best of the {len(within)} candidates within the KL bound, checked in this order for induced refusal:
 
 {chr(10).join(shortlist)}
 
@@ -131,20 +144,12 @@ def sentiment_section(model) -> str:
     behaviour = LogitBehaviour(ONE_WORD, sorted(positive - shared), sorted(negative - shared), chat=True)
     neutral = datasets.load("harmless", "test")[:16]
     contexts = default_contexts(model, n_contexts=8)
-    results, lines = [], []
-    for layer in layers:
-        direction = directions[(layer, -1)]
-        alphas = [direction.scale * m for m in (0.5, 1, 2, 4)]
-        results.append(sweep(model, direction, behaviour, neutral, [layer], alphas, contexts, chat=True))
+    merged = sweep(model, {layer: directions[(layer, -1)] for layer in layers}, behaviour, neutral,
+                   alphas=[0.5, 1, 2, 4], relative=True, contexts=contexts, chat=True)
     lines = ["| layer | alpha (x scale) | behaviour (log p(pos) - log p(neg)) | KL neutral | perplexity |",
              "|---|---|---|---|---|"]
-    points = [(result, point) for result in results for point in result.points]
-    for result, point in points:
-        scale = directions[(point.layer, -1)].scale
-        lines.append(f"| {point.layer} | {point.alpha / scale:g} | {point.behaviour:+.2f} | {point.kl:.3f} | "
-                     f"{point.perplexity:.2f} |")
-    merged = results[0]
-    merged.points = [point for _, point in points]
+    lines += [f"| {p.layer} | {p.alpha / p.scale:g} | {p.behaviour:+.2f} | {p.kl:.3f} | {p.perplexity:.2f} |"
+              for p in merged.points]
     budget = 0.1
     best = merged.choose(budget)
     direction = directions[(best.layer, -1)]

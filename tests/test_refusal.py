@@ -56,16 +56,22 @@ def test_search_scores_every_candidate_and_chooses_consistently(chat_model):
     assert len(search.candidates) == (layers - 1) * 10 and search.notes[0].startswith("10 (layer, position) pairs")
     scores = [c.ablated_refusal_score for c in search.candidates]
     assert scores == sorted(scores)  # ranked by the refusal score under ablation
-    checked = [c for c in search.candidates if c.kl is not None]
-    assert len(checked) == 3 and all(c.passed == (c.kl <= 10.0 and c.induced_refusal_score >
-                                                  search.baseline_harmless_score) for c in checked)
-    if any(c.passed for c in checked):
-        assert search.chosen == next(c for c in checked if c.passed) and len(search.notes) == 1
+    within = [c for c in search.candidates if c.kl <= 10.0]
+    checked = [c for c in search.candidates if c.induced_refusal_score is not None]
+    # Induction is checked on the best candidates within the KL bound, in order, up to the first pass.
+    assert checked == within[:len(checked)] and 1 <= len(checked) <= 3
+    assert all(c.passed == (c.induced_refusal_score > search.baseline_harmless_score) for c in checked)
+    if checked[-1].passed:
+        assert search.chosen is checked[-1] and not any(c.passed for c in checked[:-1]) and len(search.notes) == 1
     else:
-        assert search.chosen == search.candidates[0] and "no shortlisted candidate" in search.notes[1]
+        assert len(checked) == 3 and search.chosen is within[0] and "none of the 3 best" in search.notes[1]
     expected = contrast_directions(chat_model, harmful[:4], harmless[:4], search.chosen.layer,
                                    search.chosen.position, chat=True, progress=False)
     torch.testing.assert_close(search.direction.vector, expected[(search.chosen.layer, search.chosen.position)].vector)
+    config.kl_bound = 0.0  # every ablation changes something: nothing is within the bound
+    strict = find_refusal_direction(chat_model, harmful, harmless, config, progress=False)
+    assert strict.notes[1] == "no candidate kept KL within 0.0"
+    assert strict.chosen.kl == min(c.kl for c in strict.candidates) and strict.chosen.induced_refusal_score is None
     with pytest.raises(ValueError, match="need 6 harmful and harmless prompts"):
         find_refusal_direction(chat_model, harmful[:5], harmless, config, progress=False)
     config.max_layer_fraction = 0.4  # layer 0 only, where the template tail is the same for all

@@ -201,8 +201,8 @@ def test_sweep_trades_behaviour_against_kl_and_chooses_under_a_budget(tiny_model
     direction = Direction.from_vector(model.W_U[:, target].detach(), layer=model.cfg.n_layers - 1)
     prompts = ["hello there", "a b c"]
     behaviour = LogitBehaviour(prompts, tokens=[target], chat=False)
-    result = sweep(model, direction, behaviour, ["x y z", "one two"], layers=[model.cfg.n_layers - 1],
-                   alphas=[0.0, 2.0, 8.0, 32.0], chat=False, progress=False)
+    result = sweep(model, direction, behaviour, ["x y z", "one two"], alphas=[0.0, 2.0, 8.0, 32.0],
+                   layers=[model.cfg.n_layers - 1], chat=False, progress=False)
     scores = [point.behaviour for point in result.points]
     assert scores == sorted(scores) and scores[-1] > scores[0] + 1
     assert result.points[0].kl == pytest.approx(0.0, abs=1e-6)
@@ -250,3 +250,19 @@ def test_probe_direction_takes_a_trained_probe():
     assert direction.method == "probe" and direction.layer == 3
     torch.testing.assert_close(direction.vector, probe.direction / probe.direction.norm())
     assert float(direction.vector @ planted) > 0.9  # a random unit vector in 32 dims: |cos| ~ 0.18
+
+
+def test_sweep_over_per_layer_directions_with_relative_alphas(tiny_models):
+    model = tiny_models["llama"]
+    directions = {layer: random_direction(model, seed=layer, layer=layer) for layer in (0, 2)}
+    for layer, direction in directions.items():
+        direction.scale = 3.0 + layer
+    behaviour = LogitBehaviour(["hello there"], tokens=[5], chat=False)
+    result = sweep(model, directions, behaviour, ["x y z"], alphas=[0.5, 2.0], relative=True, chat=False,
+                   progress=False)
+    assert [(p.layer, p.alpha, p.scale) for p in result.points] == [(0, 1.5, 3.0), (0, 6.0, 3.0), (2, 2.5, 5.0),
+                                                                    (2, 10.0, 5.0)]
+    expected = behaviour.score(model, Steering(directions[2], 10.0, layers=2).hooks(model))
+    assert result.points[-1].behaviour == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"no direction for layers \[1\]"):
+        sweep(model, directions, behaviour, ["x"], alphas=[1.0], layers=[1], chat=False, progress=False)

@@ -3,11 +3,12 @@ measure each step against its side effects.
 
 Candidates are mean(harmful) - mean(harmless) residual activations at every layer (before the
 last ``1 - max_layer_fraction`` of them) and every post-instruction token of the chat template.
-Selection runs in two stages to stay affordable on a CPU: every candidate's ablation is scored
-on held-out harmful prompts (refusal score), then the ``shortlist`` best are checked for KL on
-harmless prompts under ablation (must stay within ``kl_bound``) and for refusal induced on
-harmless prompts by adding the direction (must rise above the harmless baseline). The first
-shortlisted candidate passing both, in order of refusal score, is chosen.
+Selection: every candidate is ablated and scored on held-out harmful prompts (refusal score) and
+on held-out harmless prompts (KL of the next-token distribution, which must stay within
+``kl_bound``: an ablation that lowers refusal by breaking the model is no finding). Of those
+within the bound, the ``shortlist`` with the lowest refusal score are checked for refusal
+induced on harmless prompts by adding the direction (it must rise above the harmless
+baseline); the first to pass, in order of refusal score, is chosen.
 
 Refusal score: log-odds that the reply's first token is one of the first tokens of common
 refusal openings (``REFUSAL_OPENINGS``). Refusal rate: fraction of greedy generations
@@ -80,7 +81,7 @@ class RefusalConfig:
     n_train: int = 64  # harmful and harmless prompts each, for the candidate means
     n_val: int = 16  # held-out (from the train split) prompts each, for selection
     max_layer_fraction: float = 0.8  # candidates only from layers < this fraction of depth
-    shortlist: int = 8  # candidates (best ablation score) checked for KL and induction
+    shortlist: int = 8  # candidates within the KL bound (best ablation score first) checked for induction
     kl_bound: float = 0.1  # nats, KL on harmless prompts under ablation
     max_new_tokens: int = 48
     n_test: int | None = None  # held-out test prompts each (None: the whole test split)
@@ -99,7 +100,7 @@ class Candidate:
     layer: int
     position: int
     ablated_refusal_score: float
-    kl: float | None = None
+    kl: float
     induced_refusal_score: float | None = None
     passed: bool | None = None
 
@@ -145,28 +146,32 @@ def find_refusal_direction(model: HookedModel, harmful: Sequence[str], harmless:
                          "there at every post-instruction position; raise max_layer_fraction")
     baseline_harmful = refusal_score(model, val_harmful)
     baseline_harmless = refusal_score(model, val_harmless)
+    reference = last_token_logits(model, val_harmless, (), chat=True)
     candidates = []
     for (layer, position), direction in tqdm(directions.items(), desc="ablating candidates", disable=not progress):
-        score = refusal_score(model, val_harmful, DirectionalAblation(direction).hooks(model))
-        candidates.append(Candidate(layer, position, score))
+        ablation = DirectionalAblation(direction).hooks(model)
+        candidates.append(Candidate(layer, position, refusal_score(model, val_harmful, ablation),
+                                    kl=next_token_kl(model, val_harmless, ablation, chat=True, reference=reference)))
     candidates.sort(key=lambda c: c.ablated_refusal_score)
-    reference = last_token_logits(model, val_harmless, (), chat=True)
+    within = [candidate for candidate in candidates if candidate.kl <= config.kl_bound]
     chosen = None
-    for candidate in tqdm(candidates[:config.shortlist], desc="checking shortlist", disable=not progress):
+    for candidate in tqdm(within[:config.shortlist], desc="checking induction", disable=not progress):
         direction = directions[(candidate.layer, candidate.position)]
-        candidate.kl = next_token_kl(model, val_harmless, DirectionalAblation(direction).hooks(model), chat=True,
-                                     reference=reference)
         induce = Steering(direction, direction.scale, layers=candidate.layer).hooks(model)
         candidate.induced_refusal_score = refusal_score(model, val_harmless, induce)
-        candidate.passed = candidate.kl <= config.kl_bound and candidate.induced_refusal_score > baseline_harmless
-        if candidate.passed and chosen is None:
+        candidate.passed = candidate.induced_refusal_score > baseline_harmless
+        if candidate.passed:
             chosen = candidate
+            break
     skipped = len(layers) * len(positions) - len(directions)
     notes = [f"{skipped} (layer, position) pairs with identical harmful and harmless means (template tokens "
              "before block 0) were skipped"] if skipped else []
     if chosen is None:
-        chosen = candidates[0]
-        notes.append(f"no shortlisted candidate passed both checks (KL <= {config.kl_bound} and induced refusal "
-                     "above the harmless baseline); reporting the best ablation score instead")
+        chosen = within[0] if within else min(candidates, key=lambda c: c.kl)
+        notes.append(f"{len(within)} candidates kept KL within {config.kl_bound}; none of the {config.shortlist} best "
+                     "of them induced refusal above the harmless baseline" if within else
+                     f"no candidate kept KL within {config.kl_bound}")
+        notes.append(f"reporting layer {chosen.layer}, position {chosen.position} "
+                     f"({'the best ablation score within the KL bound' if within else 'the lowest KL'}) instead")
     direction = directions[(chosen.layer, chosen.position)]
     return RefusalSearch(direction, chosen, candidates, baseline_harmful, baseline_harmless, config, notes)

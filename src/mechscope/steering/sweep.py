@@ -3,7 +3,7 @@ automatic choice under a KL budget and a plot of the trade-off."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -17,13 +17,16 @@ from mechscope.steering.evaluate import Behaviour, last_token_logits, next_token
 
 @dataclass
 class SweepPoint:
-    """One (layer, alpha) setting: behaviour score, KL on neutral prompts (nats), perplexity."""
+    """One (layer, alpha) setting: behaviour score, KL on neutral prompts (nats), perplexity.
+    ``alpha`` is absolute; ``scale`` is the steered direction's scale (alpha / scale is the
+    strength in units of the distance between the class means)."""
 
     layer: int
     alpha: float
     behaviour: float
     kl: float
     perplexity: float | None
+    scale: float = 1.0
 
 
 @dataclass
@@ -66,19 +69,32 @@ class SteeringSweep:
 
 def sweep(
     model: HookedModel,
-    direction: Direction,
+    direction: Direction | Mapping[int, Direction],
     behaviour: Behaviour,
     neutral_prompts: Sequence[str],
-    layers: Sequence[int],
     alphas: Sequence[float],
+    layers: Sequence[int] | None = None,
+    relative: bool = False,
     contexts: torch.Tensor | None = None,
     positions: str | Sequence[int] = "all",
     chat: bool | None = None,
     progress: bool = True,
 ) -> SteeringSweep:
-    """Steer with ``direction`` at each layer and strength; score ``behaviour``, the KL of the
-    next-token distribution on ``neutral_prompts`` and, when ``contexts`` [n, pos] are given
-    (e.g. :func:`default_contexts`), perplexity on them."""
+    """Steer at each layer and strength; score ``behaviour``, the KL of the next-token
+    distribution on ``neutral_prompts`` and, when ``contexts`` [n, pos] are given (e.g.
+    :func:`default_contexts`), perplexity on them.
+
+    ``direction``: one Direction for every layer, or {layer: Direction} (e.g. read at each layer
+    by :func:`contrast_directions`), whose keys are the default ``layers``. ``relative=True``
+    reads ``alphas`` as multiples of each direction's scale."""
+    per_layer = dict(direction) if isinstance(direction, Mapping) else None
+    if layers is None:
+        if per_layer is None:
+            raise ValueError("give layers= (or a {layer: Direction} mapping whose keys are the layers)")
+        layers = sorted(per_layer)
+    missing = [layer for layer in layers if per_layer is not None and layer not in per_layer]
+    if missing:
+        raise ValueError(f"no direction for layers {missing}; the mapping has {sorted(per_layer)}")
     if not layers or not alphas:
         raise ValueError("give at least one layer and one alpha")
     reference = last_token_logits(model, neutral_prompts, (), chat)
@@ -86,11 +102,15 @@ def sweep(
     points = []
     settings = [(layer, alpha) for layer in layers for alpha in alphas]
     for layer, alpha in tqdm(settings, desc="steering sweep", disable=not progress):
-        hooks = Steering(direction, alpha, layers=layer, positions=positions).hooks(model)
+        chosen = direction if per_layer is None else per_layer[layer]
+        strength = float(alpha) * (chosen.scale if relative else 1.0)
+        hooks = Steering(chosen, strength, layers=layer, positions=positions).hooks(model)
         points.append(SweepPoint(
-            layer=layer, alpha=float(alpha), behaviour=behaviour.score(model, hooks),
+            layer=layer, alpha=strength, behaviour=behaviour.score(model, hooks),
             kl=next_token_kl(model, neutral_prompts, hooks, chat, reference=reference),
-            perplexity=None if contexts is None else perplexity(model, contexts, hooks),
+            perplexity=None if contexts is None else perplexity(model, contexts, hooks), scale=chosen.scale,
         ))
-    metadata = {"direction_method": direction.method, "direction_layer": direction.layer, "positions": positions}
+    first = direction if per_layer is None else per_layer[layers[0]]
+    metadata = {"direction_method": first.method, "per_layer_directions": per_layer is not None,
+                "relative_alphas": relative, "positions": positions}
     return SteeringSweep(points, behaviour.score(model), baseline_perplexity, metadata)
