@@ -40,6 +40,7 @@ benchmark: install
 	$(PY) benchmarks/known_circuits.py
 	$(PY) benchmarks/sae.py
 	$(PY) benchmarks/sae_recovery.py
+	$(PY) benchmarks/probes.py
 	$(PY) benchmarks/steering.py
 	@if [ -n "$(SAELENS_PYTHON)" ]; then $(PY) benchmarks/sae_vs_saelens.py --saelens-python $(SAELENS_PYTHON); \
 	else echo "skipping benchmarks/sae_vs_saelens.py: set SAELENS_PYTHON to a venv's python that has sae-lens"; fi
