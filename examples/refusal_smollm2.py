@@ -28,7 +28,7 @@ from mechscope.steering import (
     generate,
     sweep,
 )
-from mechscope.steering.refusal import RefusalConfig
+from mechscope.steering.refusal import RefusalConfig, is_refusal
 from mechscope.steering.refusal_report import candidate_figure, rates_figure, run_refusal
 
 ONE_WORD = [
@@ -45,6 +45,11 @@ NEGATIVE_WORDS = ["Terrible", "Awful", "Horrible", "Bad", "Disappointing", "Bori
                   "Gloomy"]
 STORY_PROMPTS = ["Write two sentences about my week.", "Tell me about the city you would like to visit.",
                  "Describe a rainy afternoon."]
+
+
+def clip(text: str, width: int = 200) -> str:
+    """One line of at most ``width`` characters, for quoting a generation."""
+    return " ".join(text.split())[:width]
 
 
 def first_tokens(model, words: list[str]) -> set[int]:
@@ -78,14 +83,12 @@ def refusal_section(model, out: Path, config: RefusalConfig) -> tuple[object, st
     harmful_prompts = datasets.load("harmful", "test")[:config.n_test]
     harmless_prompts = datasets.load("harmless", "test")[:config.n_test]
     flipped = [i for i, text in enumerate(harmful["baseline"].generations)
-               if mechscope.steering.refusal.is_refusal(text) and not mechscope.steering.refusal.is_refusal(
-                   harmful["ablated"].generations[i])][:2]
+               if is_refusal(text) and not is_refusal(harmful["ablated"].generations[i])][:2]
     induced = [i for i, text in enumerate(harmless["added"].generations)
-               if mechscope.steering.refusal.is_refusal(text)][:3]
+               if is_refusal(text)][:3]
 
     def sample(prompt: str, before: str, after: str, label: str) -> str:
-        clip = lambda text: " ".join(text.split())[:220]  # noqa: E731 - one-line formatter
-        return f"- **{prompt}**\n  - unedited: {clip(before)}\n  - {label}: {clip(after)}"
+        return f"- **{prompt}**\n  - unedited: {clip(before, 220)}\n  - {label}: {clip(after, 220)}"
 
     samples = [sample(harmful_prompts[i], harmful["baseline"].generations[i], harmful["ablated"].generations[i],
                       "ablated") for i in flipped]
@@ -156,7 +159,6 @@ def sentiment_section(model) -> tuple[object, str]:
     steer = Steering(direction, best.alpha, layers=best.layer)
     plain = generate(model, STORY_PROMPTS, max_new_tokens=40, progress=False)
     steered = generate(model, STORY_PROMPTS, steer, max_new_tokens=40, progress=False)
-    clip = lambda text: " ".join(text.split())[:200]  # noqa: E731 - one-line formatter
     examples = "\n".join(f"- **{p}**\n  - unsteered: {clip(a)}\n  - steered: {clip(b)}"
                          for p, a, b in zip(STORY_PROMPTS, plain, steered))
     negative_steer = Steering(direction, -best.alpha, layers=best.layer)

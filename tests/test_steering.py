@@ -266,3 +266,21 @@ def test_sweep_over_per_layer_directions_with_relative_alphas(tiny_models):
     assert result.points[-1].behaviour == pytest.approx(expected)
     with pytest.raises(ValueError, match=r"no direction for layers \[1\]"):
         sweep(model, directions, behaviour, ["x"], alphas=[1.0], layers=[1], chat=False, progress=False)
+
+
+def test_probe_behaviour_reads_the_steered_activation(tiny_models):
+    """A probe along the steering direction, read where the steering is added, moves by exactly
+    alpha (its score is linear), while a read before that layer does not move at all."""
+    from types import SimpleNamespace
+
+    from mechscope.steering import ProbeBehaviour
+
+    model = tiny_models["llama"]
+    direction = random_direction(model, layer=1)
+    probe = SimpleNamespace(score=lambda x: x @ direction.vector.to(x.device))
+    prompts = ["hello there", "a b c d"]
+    steer = Steering(direction, 3.0).hooks(model)
+    at_layer = ProbeBehaviour(prompts, probe, "blocks.1.hook_resid_pre", chat=False)
+    assert at_layer.score(model, steer) == pytest.approx(at_layer.score(model) + 3.0, abs=1e-4)
+    before = ProbeBehaviour(prompts, probe, "blocks.0.hook_resid_post", chat=False)
+    assert before.score(model, steer) == pytest.approx(before.score(model), abs=1e-6)

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from mechscope.models.hooked_model import HookedModel
+from mechscope.models.hooked_model import HookedModel, HookSpec
 
 
-def token_indices(lengths: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+def _token_indices(lengths: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
     """[batch, n_positions] indices into right-padded rows: a negative position counts back from
     each row's own last real token, so -1 is every prompt's last token whatever its length."""
     index = torch.tensor(list(positions), dtype=torch.long, device=lengths.device)
@@ -31,6 +31,7 @@ def prompt_activations(
     positions: int | Sequence[int] = -1,
     chat: bool | None = False,
     responses: Sequence[str] | None = None,
+    fwd_hooks: HookSpec = (),
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -43,6 +44,7 @@ def prompt_activations(
     chat template's post-instruction tokens (e.g. "<|im_end|>\\n<|im_start|>assistant\\n").
     ``chat=None`` uses the chat template when the tokenizer has one. ``responses`` (one per
     prompt) are appended as the start of the assistant's reply, e.g. "(A" to read a CAA answer.
+    ``fwd_hooks`` (e.g. a steering intervention) run first, so the activations show their edits.
     """
     names = [hook_names] if isinstance(hook_names, str) else list(hook_names)
     position_list = [positions] if isinstance(positions, int) else list(positions)
@@ -60,8 +62,8 @@ def prompt_activations(
         chunk = slice(start, start + batch_size)
         tokens, mask = model.tokenize_prompts(list(prompts[chunk]), chat, None if responses is None else responses[chunk])
         lengths = mask.sum(1) if mask is not None else torch.full((len(tokens),), tokens.shape[1], device=tokens.device)
-        rows = token_indices(lengths, position_list)
-        _, cache = model.run_with_cache(tokens, names=names, attention_mask=mask)
+        rows = _token_indices(lengths, position_list)
+        _, cache = model.run_with_cache(tokens, names=names, attention_mask=mask, fwd_hooks=fwd_hooks)
         for name in names:
             activation = cache[name]
             pos_axis = model.hook_point(name).position_axis

@@ -16,12 +16,9 @@ from mechscope.steering.direction import Direction
 PHASES = ("all", "prompt", "generated")
 
 
-def _layers(model: HookedModel, layers: int | Sequence[int] | None, direction: Direction) -> list[int]:
-    if layers is None:
-        if direction.layer is None:
-            raise ValueError("the direction records no layer; pass layers=")
-        layers = [direction.layer]
-    layers = [layers] if isinstance(layers, int) else list(layers)
+def checked_layers(model: HookedModel, layers: int | Sequence[int] | None) -> list[int]:
+    """``layers`` as a list (None: every layer), each checked against the model's depth."""
+    layers = list(range(model.cfg.n_layers)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
     bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
     if bad or not layers:
         raise ValueError(f"layers {bad or layers} invalid; the model has layers 0..{model.cfg.n_layers - 1}")
@@ -52,7 +49,9 @@ class Steering:
         """fwd_hooks for ``model``. With ``generating=True`` the hooks count their calls, so a
         fresh set is needed for each generation (``generate`` below makes them)."""
         _check_width(model, self.direction)
-        layers = _layers(model, self.layers, self.direction)
+        if self.layers is None and self.direction.layer is None:
+            raise ValueError("the direction records no layer; pass layers=")
+        layers = checked_layers(model, self.direction.layer if self.layers is None else self.layers)
         if isinstance(self.positions, str) and self.positions not in PHASES:
             raise ValueError(f"positions must be one of {PHASES} or a list of token indices, got {self.positions!r}")
         if self.positions == "generated" and not generating:

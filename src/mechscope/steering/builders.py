@@ -9,15 +9,8 @@ import torch
 
 from mechscope.analysis.activations import prompt_activations
 from mechscope.models.hooked_model import HookedModel
+from mechscope.steering.apply import checked_layers
 from mechscope.steering.direction import Direction, diff_in_means
-
-
-def _layer_list(model: HookedModel, layers: int | Sequence[int] | None) -> list[int]:
-    layers = list(range(model.cfg.n_layers)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
-    bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
-    if bad or not layers:
-        raise ValueError(f"layers {bad or layers} invalid; the model has layers 0..{model.cfg.n_layers - 1}")
-    return layers
 
 
 def contrast_directions(
@@ -38,7 +31,7 @@ def contrast_directions(
     Where both sets have identical activations (e.g. before block 0 at a template token that
     every prompt shares) there is no direction: an error, or with ``skip_identical`` the pair is
     left out of the result."""
-    layer_list = _layer_list(model, layers)
+    layer_list = checked_layers(model, layers)
     position_list = [positions] if isinstance(positions, int) else list(positions)
     names = [f"blocks.{layer}.hook_resid_pre" for layer in layer_list]
     acts_pos = prompt_activations(model, positive, names, position_list, chat, batch_size=batch_size, progress=progress)
@@ -76,7 +69,7 @@ def caa_direction(
         missing = [key for key in keys if key not in item]
         if missing:
             raise ValueError(f"item {index} lacks {missing}; CAA items need {keys}")
-    layer_list = _layer_list(model, layers)
+    layer_list = checked_layers(model, layers)
     names = [f"blocks.{layer}.hook_resid_pre" for layer in layer_list]
     questions = [item["question"] for item in items]
 

@@ -136,9 +136,7 @@ def pca_direction(positive: torch.Tensor, negative: torch.Tensor, layer: int | N
     if projected < 0:
         component, projected = -component, -projected
     meta = {"n_pairs": len(differences), "seed": seed, **(metadata or {})}
-    direction = Direction(component / component.norm(), layer, "pca", 1.0, meta)
-    direction.scale = projected
-    return direction
+    return Direction(component, layer, "pca", projected, meta)  # SVD rows are already unit-norm
 
 
 def probe_direction(probe, layer: int | None = None, metadata: dict[str, Any] | None = None) -> Direction:

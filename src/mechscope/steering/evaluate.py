@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from mechscope.analysis.activations import token_indices
+from mechscope.analysis.activations import prompt_activations
 from mechscope.models.hooked_model import HookedModel, HookSpec
 
 
@@ -89,15 +89,15 @@ class ProbeBehaviour:
     chat: bool | None = None
 
     def score(self, model: HookedModel, hooks: HookSpec = ()) -> float:
-        scores = []
-        for start in range(0, len(self.prompts), 16):
-            tokens, mask = model.tokenize_prompts(list(self.prompts[start:start + 16]), self.chat)
-            lengths = mask.sum(1) if mask is not None else torch.full((len(tokens),), tokens.shape[1])
-            rows = token_indices(lengths, [self.position])[:, 0]
-            _, cache = model.run_with_cache(tokens, names=[self.hook_name], attention_mask=mask, fwd_hooks=hooks)
-            activation = cache[self.hook_name]
-            scores.append(self.probe.score(activation[torch.arange(len(tokens)), rows.to(activation.device)].float()))
-        return float(torch.cat(scores).mean())
+        activations = prompt_activations(model, self.prompts, self.hook_name, self.position, self.chat,
+                                         fwd_hooks=hooks, device=model.device, progress=False)
+        return float(self.probe.score(activations[self.hook_name][:, 0]).mean())
+
+
+def kl_divergence(base: torch.Tensor, other: torch.Tensor) -> float:
+    """Mean KL(base || other) in nats between next-token distributions given as logits [n, d_vocab]."""
+    return float(F.kl_div(other.float().log_softmax(-1), base.float().log_softmax(-1), log_target=True,
+                          reduction="batchmean"))
 
 
 @torch.no_grad()
@@ -107,7 +107,7 @@ def next_token_kl(model: HookedModel, prompts: Sequence[str], hooks: HookSpec, c
     ``reference`` (logits [n, d_vocab] of the unsteered model) saves recomputing it in sweeps."""
     base = last_token_logits(model, prompts, (), chat) if reference is None else reference
     steered = last_token_logits(model, prompts, hooks, chat)
-    return float(F.kl_div(steered.log_softmax(-1), base.log_softmax(-1), log_target=True, reduction="batchmean"))
+    return kl_divergence(base, steered)
 
 
 @torch.no_grad()

@@ -20,13 +20,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import torch
 from tqdm.auto import tqdm
 
 from mechscope.models.hooked_model import HookedModel
 from mechscope.steering.apply import DirectionalAblation, Steering
 from mechscope.steering.builders import contrast_directions
 from mechscope.steering.direction import Direction
-from mechscope.steering.evaluate import LogitBehaviour, last_token_logits, next_token_kl
+from mechscope.steering.evaluate import last_token_logits, next_token_kl, token_log_odds
 
 REFUSAL_OPENINGS = ("I'm sorry", "I cannot", "Sorry", "Unfortunately", "As an AI")
 REFUSAL_PHRASES = (
@@ -54,9 +55,15 @@ def refusal_tokens(model: HookedModel, openings: Sequence[str] = REFUSAL_OPENING
     return sorted({model.tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in openings})
 
 
+def refusal_log_odds(model: HookedModel, logits: torch.Tensor, openings: Sequence[str] = REFUSAL_OPENINGS) -> float:
+    """Mean log-odds, over next-token logits [n, d_vocab], that the reply opens with a refusal token."""
+    tokens = torch.tensor(refusal_tokens(model, openings), device=logits.device)
+    return float(token_log_odds(logits, tokens).mean())
+
+
 def refusal_score(model: HookedModel, prompts: Sequence[str], hooks=(), openings: Sequence[str] = REFUSAL_OPENINGS) -> float:
     """Mean log-odds (over ``prompts``, chat-formatted) that the reply opens with a refusal token."""
-    return LogitBehaviour(prompts, refusal_tokens(model, openings), chat=True).score(model, hooks)
+    return refusal_log_odds(model, last_token_logits(model, prompts, hooks, chat=True), openings)
 
 
 def post_instruction_positions(model: HookedModel) -> list[int]:
@@ -145,8 +152,8 @@ def find_refusal_direction(model: HookedModel, harmful: Sequence[str], harmless:
         raise ValueError(f"no candidate directions in layers {layers}: harmful and harmless means are identical "
                          "there at every post-instruction position; raise max_layer_fraction")
     baseline_harmful = refusal_score(model, val_harmful)
-    baseline_harmless = refusal_score(model, val_harmless)
-    reference = last_token_logits(model, val_harmless, (), chat=True)
+    reference = last_token_logits(model, val_harmless, (), chat=True)  # for every candidate's KL, too
+    baseline_harmless = refusal_log_odds(model, reference)
     candidates = []
     for (layer, position), direction in tqdm(directions.items(), desc="ablating candidates", disable=not progress):
         ablation = DirectionalAblation(direction).hooks(model)

@@ -13,14 +13,14 @@ import torch
 from mechscope.files import atomic_text
 from mechscope.models.hooked_model import HookedModel
 from mechscope.steering.apply import DirectionalAblation, Steering, generate
-from mechscope.steering.evaluate import default_contexts, last_token_logits, perplexity
+from mechscope.steering.evaluate import default_contexts, kl_divergence, last_token_logits, perplexity
 from mechscope.steering.orthogonalise import orthogonalise, save_orthogonalised
 from mechscope.steering.refusal import (
     RefusalConfig,
     RefusalSearch,
     find_refusal_direction,
     is_refusal,
-    refusal_score,
+    refusal_log_odds,
 )
 
 
@@ -64,11 +64,6 @@ class RefusalReport:
         }
 
 
-def _kl(base: torch.Tensor, other: torch.Tensor) -> float:
-    return float(torch.nn.functional.kl_div(other.log_softmax(-1), base.log_softmax(-1), log_target=True,
-                                            reduction="batchmean"))
-
-
 def evaluate_refusal(model: HookedModel, search: RefusalSearch, harmful: Sequence[str], harmless: Sequence[str],
                      progress: bool = True) -> RefusalReport:
     """Refusal rates and scores on held-out ``harmful`` prompts for the unedited model, the runtime
@@ -80,25 +75,35 @@ def evaluate_refusal(model: HookedModel, search: RefusalSearch, harmful: Sequenc
     addition = Steering(direction, direction.scale, layers=search.chosen.layer)
     edited = orthogonalise(model, direction)
     gen = dict(max_new_tokens=config.max_new_tokens, chat=True, progress=progress)
+    runs = {"baseline": (model, None), "ablated": (model, ablation), "orthogonalised": (edited, None),
+            "added": (model, addition)}
+
+    def hooks_of(name: str):
+        runner, intervention = runs[name]
+        return () if intervention is None else intervention.hooks(runner)
+
+    prompt_sets = {"harmful": harmful, "harmless": harmless}
+    logits: dict[tuple[str, str], torch.Tensor] = {}
+
+    def next_token_logits(name: str, label: str) -> torch.Tensor:  # each forward once, shared by score and KL
+        if (name, label) not in logits:
+            logits[(name, label)] = last_token_logits(runs[name][0], prompt_sets[label], hooks_of(name), chat=True)
+        return logits[(name, label)]
+
     conditions = []
-    for name, runner, hooks, prompts, label in (
-        ("baseline", model, None, harmful, "harmful"),
-        ("ablated", model, ablation, harmful, "harmful"),
-        ("orthogonalised", edited, None, harmful, "harmful"),
-        ("baseline", model, None, harmless, "harmless"),
-        ("added", model, addition, harmless, "harmless"),
-    ):
-        texts = generate(runner, prompts, hooks, **gen)
-        score = refusal_score(runner, prompts, [] if hooks is None else hooks.hooks(runner))
+    for name, label in (("baseline", "harmful"), ("ablated", "harmful"), ("orthogonalised", "harmful"),
+                        ("baseline", "harmless"), ("added", "harmless")):
+        runner, intervention = runs[name]
+        texts = generate(runner, prompt_sets[label], intervention, **gen)
+        score = refusal_log_odds(runner, next_token_logits(name, label))
         conditions.append(Condition(name, label, sum(map(is_refusal, texts)) / len(texts), score, texts))
-    base_harmless = last_token_logits(model, harmless, (), chat=True)
-    ablated_harmless = last_token_logits(model, harmless, ablation.hooks(model), chat=True)
-    edited_harmless = last_token_logits(edited, harmless, (), chat=True)
+    base_harmless = next_token_logits("baseline", "harmless")
+    ablated_harmless = next_token_logits("ablated", "harmless")
+    edited_harmless = next_token_logits("orthogonalised", "harmless")
     contexts = default_contexts(model, n_contexts=config.n_perplexity_contexts)
-    ppl = {"baseline": perplexity(model, contexts), "ablated": perplexity(model, contexts, ablation.hooks(model)),
-           "orthogonalised": perplexity(edited, contexts),
-           "added": perplexity(model, contexts, addition.hooks(model))}
-    return RefusalReport(search, conditions, _kl(base_harmless, ablated_harmless), _kl(base_harmless, edited_harmless),
+    ppl = {name: perplexity(runner, contexts, hooks_of(name)) for name, (runner, _) in runs.items()}
+    return RefusalReport(search, conditions, kl_divergence(base_harmless, ablated_harmless),
+                         kl_divergence(base_harmless, edited_harmless),
                          float((edited_harmless - ablated_harmless).abs().max()), ppl, len(harmful), len(harmless))
 
 
