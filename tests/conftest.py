@@ -1,12 +1,26 @@
-"""Shared fixtures: one tiny random model per family, and the bundled SmolLM2 (loaded once)."""
+"""Shared fixtures: one tiny random model per family, and the bundled SmolLM2 (loaded once).
+
+Tests are split by cost: ``tests/unit`` (tiny random models, seconds, no bundled model needed)
+and ``tests/integration`` (the bundled SmolLM2 and the optional Gemma-3-270M). The directory
+sets the ``unit`` / ``integration`` marker, so ``-m unit`` and ``pytest tests/unit`` agree.
+"""
+
+from pathlib import Path
 
 import pytest
-import torch
 
 import mechscope
 from mechscope.models.loading import bundled_available
+from tests.helpers import FAMILIES
 
-FAMILIES = mechscope.SUPPORTED_FAMILIES
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        part = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        if part in ("unit", "integration"):
+            item.add_marker(part)
 
 
 @pytest.fixture(scope="session")
@@ -17,11 +31,6 @@ def tiny_models():
 @pytest.fixture(params=FAMILIES)
 def tiny(request, tiny_models):
     return tiny_models[request.param]
-
-
-def random_tokens(model, batch=2, pos=12, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, min(model.cfg.d_vocab, 256), (batch, pos), generator=generator)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from mechscope.errors import MechscopeError, OutOfRangeError
 from mechscope.models.hooked_model import HookedModel, HookSpec
 
 
@@ -18,7 +19,7 @@ def _token_indices(lengths: torch.Tensor, positions: Sequence[int]) -> torch.Ten
     bad = (rows < 0) | (rows >= lengths.unsqueeze(1))
     if bad.any():
         row = int(bad.any(1).nonzero()[0])
-        raise IndexError(f"positions {list(positions)} out of range for prompt {row}, which has "
+        raise OutOfRangeError(f"positions {list(positions)} out of range for prompt {row}, which has "
                          f"{int(lengths[row])} tokens")
     return rows
 
@@ -49,11 +50,11 @@ def prompt_activations(
     names = [hook_names] if isinstance(hook_names, str) else list(hook_names)
     position_list = [positions] if isinstance(positions, int) else list(positions)
     if not prompts:
-        raise ValueError("no prompts given")
+        raise MechscopeError("no prompts given")
     if responses is not None and len(responses) != len(prompts):
-        raise ValueError(f"{len(responses)} responses for {len(prompts)} prompts; give one per prompt")
+        raise MechscopeError(f"{len(responses)} responses for {len(prompts)} prompts; give one per prompt")
     if not position_list:
-        raise ValueError("positions is empty; pass at least one token position (e.g. -1)")
+        raise MechscopeError("positions is empty; pass at least one token position (e.g. -1)")
     for name in names:
         model.hook_point(name)  # unknown names fail here, with close matches, before any work
     gathered: dict[str, list[torch.Tensor]] = {name: [] for name in names}
@@ -68,7 +69,7 @@ def prompt_activations(
             activation = cache[name]
             pos_axis = model.hook_point(name).position_axis
             if pos_axis != 1:
-                raise ValueError(f"{name!r} has axes {model.hook_point(name).axes}; prompt_activations reads "
+                raise MechscopeError(f"{name!r} has axes {model.hook_point(name).axes}; prompt_activations reads "
                                  "points whose second axis is the token position")
             batch_index = torch.arange(len(tokens), device=activation.device).unsqueeze(1)
             gathered[name].append(activation[batch_index, rows.to(activation.device)].float().to(device))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 
 KINDS = ("previous_token", "induction", "duplicate_token")
@@ -23,7 +24,7 @@ class HeadScores:
 
     def get(self, kind: str) -> torch.Tensor:
         if kind not in KINDS:
-            raise ValueError(f"unknown head score {kind!r}; choose one of: {', '.join(KINDS)}")
+            raise MechscopeError(f"unknown head score {kind!r}; choose one of: {', '.join(KINDS)}")
         return getattr(self, kind)
 
     def ranked(self, kind: str, k: int = 10) -> list[tuple[int, int, float]]:
@@ -52,7 +53,7 @@ def head_scores(model: HookedModel, seq_len: int = 20, n_sequences: int = 8, see
     copy's position i (duplicate token) or i + 1 (induction); previous-token scores use every
     query position after the first."""
     if seq_len < 2:
-        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+        raise MechscopeError(f"seq_len must be at least 2, got {seq_len}")
     tokens = repeated_random_tokens(model, seq_len, n_sequences, seed).to(model.device)
     _, cache = model.run_with_cache(tokens, names=lambda name: name.endswith("attn.hook_pattern"))
     total = tokens.shape[1]

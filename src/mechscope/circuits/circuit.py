@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from mechscope.circuits.graph import ComponentGraph
+from mechscope.errors import MechscopeError
 from mechscope.files import atomic_text
 
 SELECTIONS = ("top_n", "threshold", "greedy")
@@ -111,7 +112,7 @@ def select_nodes(graph: ComponentGraph, node_scores: torch.Tensor, n: int | None
         keep = magnitude >= threshold
     else:
         if n is None:
-            raise ValueError("select_nodes needs n=... (components) or threshold=...")
+            raise MechscopeError("select_nodes needs n=... (components) or threshold=...")
         keep = torch.zeros(graph.n_writers, dtype=torch.bool)
         keep[magnitude.topk(min(graph.n_writers, n + 1)).indices] = True
     return node_edges(graph, keep)
@@ -121,15 +122,15 @@ def select_edges(graph: ComponentGraph, scores: torch.Tensor, selection: str = "
                  threshold: float | None = None) -> torch.Tensor:
     """Edge mask [W, R] chosen from ``scores`` [W, R] by |score| (see the module docstring)."""
     if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        raise MechscopeError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     magnitude = torch.nan_to_num(scores.abs(), nan=-1.0)
     magnitude[~graph.adjacency()] = -1.0
     if selection == "threshold":
         if threshold is None:
-            raise ValueError("selection='threshold' needs threshold=...")
+            raise MechscopeError("selection='threshold' needs threshold=...")
         return magnitude >= threshold
     if n is None:
-        raise ValueError(f"selection={selection!r} needs n=... (the number of edges)")
+        raise MechscopeError(f"selection={selection!r} needs n=... (the number of edges)")
     n = max(0, min(int(n), graph.n_edges))
     if selection == "top_n":
         mask = torch.zeros(magnitude.numel(), dtype=torch.bool)

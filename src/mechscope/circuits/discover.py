@@ -19,6 +19,7 @@ from mechscope.circuits.circuit import (
 from mechscope.circuits.evaluation import DEFAULT_FRACTIONS, faithfulness_curve
 from mechscope.circuits.graph import ComponentGraph
 from mechscope.circuits.scoring import EdgeSetup, eap_ig_scores, eap_scores, edge_setup, exact_scores
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.weights import expand_kv_heads
 from mechscope.tasks.base import Task
@@ -46,11 +47,11 @@ class DiscoveryConfig:
 
     def check(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+            raise MechscopeError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.level not in LEVELS:
-            raise ValueError(f"level must be one of {LEVELS}, got {self.level!r}")
+            raise MechscopeError(f"level must be one of {LEVELS}, got {self.level!r}")
         if self.method == "acdc" and self.threshold is None:
-            raise ValueError("method='acdc' needs threshold=... (the largest damage an edge may do and be pruned)")
+            raise MechscopeError("method='acdc' needs threshold=... (the largest damage an edge may do and be pruned)")
 
 
 def make_config(**options) -> DiscoveryConfig:
@@ -58,7 +59,7 @@ def make_config(**options) -> DiscoveryConfig:
     valid = [f.name for f in fields(DiscoveryConfig)]
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; valid options: {', '.join(valid)}")
+        raise MechscopeError(f"unknown option(s) {unknown}; valid options: {', '.join(valid)}")
     config = DiscoveryConfig(**options)
     config.check()
     return config

@@ -17,6 +17,7 @@ import torch
 
 from mechscope.circuits.circuit import select_edges, select_nodes
 from mechscope.circuits.scoring import EdgeSetup, evaluate_masks
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.tasks.base import Task
 
@@ -106,12 +107,12 @@ def faithfulness_curve(model: HookedModel, task: Task, setup: EdgeSetup, scores:
     ``node_scores`` [W] (node level: fractions of components), all circuits batched."""
     graph = setup.graph
     if any(not 0 < f <= 1 for f in fractions) or list(fractions) != sorted(fractions):
-        raise ValueError(f"fractions must be increasing and in (0, 1], got {fractions}")
+        raise MechscopeError(f"fractions must be increasing and in (0, 1], got {fractions}")
     masks = []
     for fraction in fractions:
         if level == "node":
             if node_scores is None:
-                raise ValueError("level='node' needs node_scores")
+                raise MechscopeError("level='node' needs node_scores")
             masks.append(select_nodes(graph, node_scores, n=max(1, round(fraction * (graph.n_writers - 1)))))
         else:
             masks.append(select_edges(graph, scores, selection, n=max(1, round(fraction * graph.n_edges))))

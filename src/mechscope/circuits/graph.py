@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mechscope.errors import NotFoundError
 from mechscope.models.config import ModelConfig
 
 
@@ -148,4 +149,4 @@ def _lookup(index: dict[str, int], name: str, kind: str) -> int:
 
     close = difflib.get_close_matches(name, list(index), n=5)
     hint = f"; close matches: {', '.join(close)}" if close else ""
-    raise KeyError(f"no {kind} named {name!r}{hint}")
+    raise NotFoundError(f"no {kind} named {name!r}{hint}")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from mechscope.circuits.graph import ComponentGraph
+from mechscope.errors import MechscopeError
 from mechscope.hooks.points import HookPoint
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.weights import input_projection
@@ -58,9 +59,9 @@ class EdgeRun:
 
     def __init__(self, model: HookedModel, graph: ComponentGraph, spec: EdgeSpec, n_prompts: int):
         if spec.masks is not None and spec.writer_weights is not None:
-            raise ValueError("give masks or writer_weights, not both")
+            raise MechscopeError("give masks or writer_weights, not both")
         if (spec.masks is not None or spec.writer_weights is not None) and spec.reference is None:
-            raise ValueError("edge masks need reference writer outputs (corrupted, mean or zero)")
+            raise MechscopeError("edge masks need reference writer outputs (corrupted, mean or zero)")
         self.model, self.graph, self.spec, self.n = model, graph, spec, n_prompts
         # Per-head rebuilding of q / k / v is needed when receivers of one layer read different
         # inputs (masks) or carry their own probes. With writer_weights every receiver of a

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from mechscope.circuits.gradients import receiver_gradients
 from mechscope.circuits.graph import ComponentGraph
 from mechscope.circuits.intervention import EdgeSpec, run_edges, writer_outputs
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.patching.activation import mean_over_prompts
 from mechscope.patching.metrics import row_metric
@@ -44,7 +45,7 @@ def edge_setup(model: HookedModel, task: Task, graph: ComponentGraph, ablation: 
     over ``reference_tokens`` (default: the clean prompts) per position ("mean"), or zeros.
     ``clean=False`` skips the clean forward (EAP gets the clean run from its gradient pass)."""
     if ablation not in ABLATIONS:
-        raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+        raise MechscopeError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
     clean_logits = clean_writers = None
     keep = 1 if task.end_is_last else 0  # only END's logits are used
     if clean or ablation != "patch":
@@ -54,7 +55,7 @@ def edge_setup(model: HookedModel, task: Task, graph: ComponentGraph, ablation: 
     elif ablation == "mean":
         tokens = task.clean_tokens if reference_tokens is None else reference_tokens
         if tokens.shape[1] != task.clean_tokens.shape[1]:
-            raise ValueError(f"reference_tokens have {tokens.shape[1]} positions; the task has "
+            raise MechscopeError(f"reference_tokens have {tokens.shape[1]} positions; the task has "
                              f"{task.clean_tokens.shape[1]} (mean ablation is per position)")
         reference = (clean_writers if reference_tokens is None else writer_outputs(model, graph, tokens)[1]).mean(
             1, keepdim=True)
@@ -73,9 +74,9 @@ def evaluate_masks(model: HookedModel, task: Task, setup: EdgeSetup, masks: torc
     n, positions = task.clean_tokens.shape
     graph = setup.graph
     if masks.dim() != 3 or masks.shape[1:] != (graph.n_writers, graph.n_receivers):
-        raise ValueError(f"masks must be [circuits, {graph.n_writers}, {graph.n_receivers}], got {tuple(masks.shape)}")
+        raise MechscopeError(f"masks must be [circuits, {graph.n_writers}, {graph.n_receivers}], got {tuple(masks.shape)}")
     if metric == "kl" and setup.clean_end_logits is None:
-        raise ValueError("metric='kl' needs the clean run: build the setup with edge_setup(..., clean=True)")
+        raise MechscopeError("metric='kl' needs the clean run: build the setup with edge_setup(..., clean=True)")
     slot_bytes = graph.n_writers * n * positions * model.cfg.d_model * 4 * 2
     per_forward = max(1, int(memory_budget_gb * 2**30 // slot_bytes))
     metric_fn = row_metric(task, metric, setup.clean_end_logits)
@@ -94,7 +95,7 @@ def evaluate_masks(model: HookedModel, task: Task, setup: EdgeSetup, masks: torc
 
 def _check_gradient_metric(metric: str) -> None:
     if metric not in GRADIENT_METRICS:
-        raise ValueError(f"gradient scores need one of {GRADIENT_METRICS} (KL to the clean run has zero "
+        raise MechscopeError(f"gradient scores need one of {GRADIENT_METRICS} (KL to the clean run has zero "
                          f"gradient at the clean run), got {metric!r}")
 
 
@@ -123,9 +124,9 @@ def eap_ig_scores(model: HookedModel, task: Task, setup: EdgeSetup, metric: str 
     points share one batched forward and backward."""
     _check_gradient_metric(metric)
     if variant not in IG_VARIANTS:
-        raise ValueError(f"variant must be one of {IG_VARIANTS}, got {variant!r}")
+        raise MechscopeError(f"variant must be one of {IG_VARIANTS}, got {variant!r}")
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise MechscopeError(f"steps must be >= 1, got {steps}")
     total = None
     per_pass = max(1, min(steps, steps_per_pass))
     for start in tqdm(range(0, steps, per_pass), desc="EAP-IG", disable=not progress, leave=False):

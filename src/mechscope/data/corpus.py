@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from mechscope.errors import MechscopeError, MissingFileError
+
 MIN_CHARS = 200  # shorter docstrings are mostly signatures and one-liners
 
 
@@ -39,7 +41,7 @@ def _docstrings(min_chars: int, limit: int | None, packages: tuple[str, ...]) ->
     for package in packages:
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            raise ValueError(f"package {package!r} is not installed (or is not a package)")
+            raise MechscopeError(f"package {package!r} is not installed (or is not a package)")
         roots.extend(Path(location) for location in spec.submodule_search_locations)
     seen: set[str] = set()
     texts: list[str] = []
@@ -78,19 +80,19 @@ def load_texts(source: str | Path, field: str = "text", split: str = "train") ->
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md", ".rst"))
         if not files:
-            raise ValueError(f"no .txt, .md or .rst files under {path}")
+            raise MechscopeError(f"no .txt, .md or .rst files under {path}")
         return [p.read_text(encoding="utf-8", errors="replace") for p in files]
     if not path.exists() and _looks_like_hub_id(str(source)):
         return _from_hub(str(source), field, split)
     if not path.is_file():
-        raise FileNotFoundError(f"corpus source not found: {path}")
+        raise MissingFileError(f"corpus source not found: {path}")
     if path.suffix == ".jsonl":
         texts = []
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
                 record = json.loads(line)
                 if field not in record:
-                    raise ValueError(f"{path}:{number} has no field {field!r}; its fields: {', '.join(record)}")
+                    raise MechscopeError(f"{path}:{number} has no field {field!r}; its fields: {', '.join(record)}")
                 texts.append(str(record[field]))
         return texts
     if path.suffix == ".parquet":
@@ -100,11 +102,11 @@ def load_texts(source: str | Path, field: str = "text", split: str = "train") ->
             raise ImportError("reading parquet needs pyarrow: pip install pyarrow") from error
         table = parquet.read_table(path)
         if field not in table.column_names:
-            raise ValueError(f"{path} has no column {field!r}; columns: {', '.join(table.column_names)}")
+            raise MechscopeError(f"{path} has no column {field!r}; columns: {', '.join(table.column_names)}")
         return [str(x) for x in table.column(field).to_pylist()]
     if path.suffix in (".txt", ".md", ".rst"):
         return [path.read_text(encoding="utf-8", errors="replace")]
-    raise ValueError(f"unsupported corpus file {path.name!r}: use .txt, .md, .rst, .jsonl, .parquet, a folder, "
+    raise MechscopeError(f"unsupported corpus file {path.name!r}: use .txt, .md, .rst, .jsonl, .parquet, a folder, "
                      "or a datasets folder")
 
 
@@ -124,7 +126,7 @@ def _datasets_module():
 
 def _column(dataset, field: str, source: str) -> list[str]:
     if field not in dataset.column_names:
-        raise ValueError(f"{source} has no column {field!r}; columns: {', '.join(dataset.column_names)}")
+        raise MechscopeError(f"{source} has no column {field!r}; columns: {', '.join(dataset.column_names)}")
     return [str(x) for x in dataset[field]]
 
 
@@ -132,7 +134,7 @@ def _from_datasets(path: Path, field: str, split: str) -> list[str]:
     dataset = _datasets_module().load_from_disk(str(path))
     if hasattr(dataset, "keys"):
         if split not in dataset:
-            raise ValueError(f"split {split!r} not in the dataset; splits: {', '.join(dataset.keys())}")
+            raise MechscopeError(f"split {split!r} not in the dataset; splits: {', '.join(dataset.keys())}")
         dataset = dataset[split]
     return _column(dataset, field, str(path))
 
@@ -142,7 +144,7 @@ def _from_hub(name: str, field: str, split: str) -> list[str]:
     try:
         dataset = datasets.load_dataset(name, split=split)
     except Exception as error:  # offline, unknown name, no such split: all say the same to the user
-        raise FileNotFoundError(f"{name!r} is no local file or folder, and loading it from the HuggingFace hub "
+        raise MissingFileError(f"{name!r} is no local file or folder, and loading it from the HuggingFace hub "
                                 f"failed ({type(error).__name__}: {error})") from error
     return _column(dataset, field, name)
 
@@ -153,11 +155,11 @@ def pack(tokenizer, texts: Iterable[str], context_length: int, n_contexts: int |
     special tokens, joined by EOS, cut into contexts of context_length - 1 tokens, each with BOS
     in front. Deterministic given the texts and the seed; the last partial context is dropped."""
     if context_length < 2:
-        raise ValueError(f"context_length must be at least 2, got {context_length}")
+        raise MechscopeError(f"context_length must be at least 2, got {context_length}")
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else bos
     if bos is None:
-        raise ValueError("the tokenizer has neither a BOS nor an EOS token to start contexts with")
+        raise MechscopeError("the tokenizer has neither a BOS nor an EOS token to start contexts with")
     texts = list(texts)
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
     width = context_length - 1
@@ -171,7 +173,7 @@ def pack(tokenizer, texts: Iterable[str], context_length: int, n_contexts: int |
             if n_contexts is not None and len(contexts) >= n_contexts:
                 return torch.tensor(contexts)
     if not contexts:
-        raise ValueError(f"the texts hold fewer than {width} tokens: not one context of length {context_length}")
+        raise MechscopeError(f"the texts hold fewer than {width} tokens: not one context of length {context_length}")
     return torch.tensor(contexts)
 
 

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from mechscope.errors import MechscopeError, MissingFileError
 from mechscope.files import atomic_file, atomic_text
 from mechscope.models.hooked_model import HookedModel
 
@@ -50,7 +51,7 @@ def harvest(model: HookedModel, contexts: torch.Tensor, folder: str | Path, hook
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         if manifest["contexts_sha256"] != fingerprint or manifest["hook_names"] != list(hook_names):
-            raise ValueError(f"{folder} holds a harvest of other contexts or hook points; use another folder")
+            raise MechscopeError(f"{folder} holds a harvest of other contexts or hook points; use another folder")
     else:
         manifest = {"hook_names": list(hook_names), "contexts_sha256": fingerprint, "total_contexts": len(contexts),
                     "context_length": contexts.shape[1], "shard_contexts": shard_contexts, "model": model.cfg.name,
@@ -88,13 +89,13 @@ class StoredActivations:
         self.folder = Path(folder)
         manifest_path = self.folder / MANIFEST
         if not manifest_path.exists():
-            raise FileNotFoundError(f"no {MANIFEST} in {self.folder}: harvest activations there first")
+            raise MissingFileError(f"no {MANIFEST} in {self.folder}: harvest activations there first")
         self.manifest = json.loads(manifest_path.read_text())
         for name in (hook_name, target_hook):
             if name is not None and name not in self.manifest["hook_names"]:
-                raise ValueError(f"{name!r} was not harvested; harvested: {', '.join(self.manifest['hook_names'])}")
+                raise MechscopeError(f"{name!r} was not harvested; harvested: {', '.join(self.manifest['hook_names'])}")
         if not self.manifest["shards"]:
-            raise ValueError(f"{self.folder} has no complete shard yet")
+            raise MechscopeError(f"{self.folder} has no complete shard yet")
         self.hook_name, self.target_hook, self.batch_size, self.seed = hook_name, target_hook, batch_size, seed
         self.shard_tokens = [shard["tokens"] for shard in self.manifest["shards"]]
         self.total_tokens = sum(self.shard_tokens)
@@ -112,7 +113,7 @@ class StoredActivations:
         path = self.folder / entry["file"]
         if index not in self._verified:
             if _sha256(path) != entry["sha256"]:
-                raise ValueError(f"{path} does not match its checksum in the manifest: the file is corrupt")
+                raise MechscopeError(f"{path} does not match its checksum in the manifest: the file is corrupt")
             self._verified.add(index)
         tensors = load_file(str(path))
         generator = torch.Generator().manual_seed(self.seed * 104729 + epoch * 1009 + index)
@@ -156,7 +157,7 @@ class ModelActivations:
         if target_hook is not None:
             model.hook_point(target_hook)
         if batch_contexts > len(contexts):
-            raise ValueError(f"batch_contexts={batch_contexts} exceeds the {len(contexts)} contexts given")
+            raise MechscopeError(f"batch_contexts={batch_contexts} exceeds the {len(contexts)} contexts given")
         self.model, self.contexts, self.hook_name, self.target_hook = model, contexts, hook_name, target_hook
         self.batch_contexts, self.seed = batch_contexts, seed
         self.steps_per_epoch = len(contexts) // batch_contexts

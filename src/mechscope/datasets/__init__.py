@@ -8,6 +8,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from mechscope.errors import MechscopeError
+
 DATA = Path(__file__).parent / "data"
 DATASETS = {
     "harmful": ("instructions", "harmful"),
@@ -31,9 +33,9 @@ def load(name: str, split: str = "train") -> list:
     "kind"} statements (facts) or {"question", "answer_matching_behavior",
     "answer_not_matching_behavior"} items (caa-*)."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+        raise MechscopeError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise MechscopeError(f"split must be one of {SPLITS}, got {split!r}")
     file_name, key = DATASETS[name]
     content = _file(file_name)
     return list((content[key] if key else content)[split])

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mechscope.hooks.errors import MechscopeError, OutOfRangeError, UnknownHookError
+
 if TYPE_CHECKING:
     from mechscope.models.hooked_model import HookedModel
 
@@ -53,7 +55,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             return position
         length = int(self.attention_mask[batch_index].sum())
         if length + position < 0:
-            raise IndexError(f"position {position} is before the start of prompt {batch_index} ({length} tokens)")
+            raise OutOfRangeError(f"position {position} is before the start of prompt {batch_index} ({length} tokens)")
         return length + position
 
     # ------------------------------------------------------------ mapping
@@ -68,7 +70,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         if name in self._store:
             return self._store[name]
         self.model.catalogue.get(name)  # raises with close matches if the name is invalid
-        raise KeyError(f"{name!r} is a valid hook point but was not cached in this run; pass it in "
+        raise UnknownHookError(f"{name!r} is a valid hook point but was not cached in this run; pass it in "
                        f"names=... (this cache holds {len(self._store)} activations)")
 
     def __iter__(self) -> Iterator[str]:
@@ -118,7 +120,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         its writers: embeddings, then each earlier block's attn_out and/or mlp_out.
         ``mode``: "all", "attn" or "mlp". Shape [components, batch, pos, d_model]."""
         if mode not in ("all", "attn", "mlp"):
-            raise ValueError(f"mode must be 'all', 'attn' or 'mlp', got {mode!r}")
+            raise MechscopeError(f"mode must be 'all', 'attn' or 'mlp', got {mode!r}")
         stop = self.model.cfg.n_layers if layer is None else layer
         labels, parts = [], []
         if incl_embeds:
@@ -206,7 +208,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         ``logit_bias`` add up to the logits before any final soft-capping.
         """
         if stack.dim() != 3:
-            raise ValueError(f"stack must be [components, batch, d_model] at one position, got {tuple(stack.shape)}")
+            raise MechscopeError(f"stack must be [components, batch, d_model] at one position, got {tuple(stack.shape)}")
         directions = self.model.unembed_directions(tokens, incorrect_tokens)  # [1 or batch, d_model], fp32
         normed = self.apply_ln_to_stack(stack.float(), None, pos_slice)
         return (normed * directions.to(normed.device)).sum(-1)

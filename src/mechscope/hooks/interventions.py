@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from mechscope.hooks.errors import MechscopeError, OutOfRangeError
 from mechscope.hooks.points import HookPoint
 from mechscope.hooks.session import HookFn
 
@@ -21,7 +22,7 @@ Indices = int | Sequence[int] | torch.Tensor | None
 def _checked(indices: Indices, size: int, what: str, hook: HookPoint) -> torch.Tensor:
     index = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
     if index.numel() and (index.max() >= size or index.min() < -size):
-        raise IndexError(f"{what} {index.tolist()} out of range for {hook.name!r}: size {size} "
+        raise OutOfRangeError(f"{what} {index.tolist()} out of range for {hook.name!r}: size {size} "
                          f"(valid {-size}..{size - 1})")
     return index % size
 
@@ -38,7 +39,7 @@ def selection_mask(activation: torch.Tensor, hook: HookPoint, positions: Indices
         if indices is None:
             continue
         if axis is None:
-            raise ValueError(f"{hook.name!r} has no {what[:-1]} axis (axes {hook.axes}); drop {what}=")
+            raise MechscopeError(f"{hook.name!r} has no {what[:-1]} axis (axes {hook.axes}); drop {what}=")
         size = activation.shape[axis]
         keep = torch.zeros(size, dtype=torch.bool, device=activation.device)
         keep[_checked(indices, size, what, hook).to(activation.device)] = True
@@ -64,7 +65,7 @@ def patch_from(source: Mapping[str, torch.Tensor] | torch.Tensor, positions: Ind
     def hook_fn(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         value = source[hook.name] if isinstance(source, Mapping) else source
         if value.shape != activation.shape and value.dim() == activation.dim():
-            raise ValueError(f"patch source for {hook.name!r} has shape {tuple(value.shape)}, activation "
+            raise MechscopeError(f"patch source for {hook.name!r} has shape {tuple(value.shape)}, activation "
                              f"has {tuple(activation.shape)}")
         return _blend(activation, value, hook, positions, heads)
 
@@ -77,7 +78,7 @@ def add_vector(vector: torch.Tensor, scale: float = 1.0, positions: Indices = No
 
     def hook_fn(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         if vector.shape[-1] != activation.shape[-1]:
-            raise ValueError(f"vector of size {vector.shape[-1]} cannot be added to {hook.name!r} "
+            raise MechscopeError(f"vector of size {vector.shape[-1]} cannot be added to {hook.name!r} "
                              f"whose last axis is {activation.shape[-1]}")
         shifted = activation + scale * vector.to(activation.dtype).to(activation.device)
         return _blend(activation, shifted, hook, positions, heads)
@@ -109,7 +110,7 @@ def mean_ablate(reference: Mapping[str, torch.Tensor] | torch.Tensor, positions:
             axes = [0] if per_position else [0, hook.axes.index("pos")] if "pos" in hook.axes else [0]
             mean = data.float().mean(dim=axes, keepdim=True)
             if per_position and data.shape[1] != activation.shape[1]:
-                raise ValueError(f"per-position mean for {hook.name!r} has {data.shape[1]} positions, "
+                raise MechscopeError(f"per-position mean for {hook.name!r} has {data.shape[1]} positions, "
                                  f"the run has {activation.shape[1]}")
         else:
             mean = reference
@@ -127,7 +128,7 @@ def resample_ablate(source: Mapping[str, torch.Tensor], seed: int = 0, positions
     def hook_fn(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         donors = source[hook.name]
         if donors.shape[1:] != activation.shape[1:]:
-            raise ValueError(f"resample source for {hook.name!r} has shape {tuple(donors.shape)}, "
+            raise MechscopeError(f"resample source for {hook.name!r} has shape {tuple(donors.shape)}, "
                              f"incompatible with {tuple(activation.shape)}")
         rows = torch.randint(donors.shape[0], (activation.shape[0],), generator=generator)
         return _blend(activation, donors[rows.to(donors.device)], hook, positions, heads)
@@ -141,7 +142,7 @@ def project_out(direction: torch.Tensor, positions: Indices = None, heads: Indic
 
     def hook_fn(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         if unit.shape[-1] != activation.shape[-1]:
-            raise ValueError(f"direction of size {unit.shape[-1]} does not match {hook.name!r} "
+            raise MechscopeError(f"direction of size {unit.shape[-1]} does not match {hook.name!r} "
                              f"(last axis {activation.shape[-1]})")
         d = unit.to(activation.dtype).to(activation.device)
         projected = activation - (activation @ d).unsqueeze(-1) * d

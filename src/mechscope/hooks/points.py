@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mechscope.hooks.errors import HookFunctionError, MechscopeError, UnknownHookError
 from mechscope.hooks.sites import (
     AttentionInternalSite,
     FusedQkvSite,
@@ -54,7 +55,7 @@ class HookPoint:
     def layer(self) -> int:
         """The block index of this hook point (TransformerLens' ``hook.layer()``)."""
         if self.layer_index is None:
-            raise ValueError(f"hook point {self.name!r} does not belong to a block")
+            raise MechscopeError(f"hook point {self.name!r} does not belong to a block")
         return self.layer_index
 
     @property
@@ -69,12 +70,12 @@ class HookPoint:
 
     def check_shape(self, value: torch.Tensor, reference: torch.Tensor) -> None:
         if not isinstance(value, torch.Tensor):
-            raise TypeError(
+            raise HookFunctionError(
                 f"hook on {self.name!r} returned {type(value).__name__}; return a tensor of shape "
                 f"{tuple(reference.shape)} or None"
             )
         if value.shape != reference.shape:
-            raise ValueError(
+            raise MechscopeError(
                 f"hook on {self.name!r} returned shape {tuple(value.shape)}, expected "
                 f"{tuple(reference.shape)} {self.axes}"
             )
@@ -109,7 +110,7 @@ class HookCatalogue:
     def get(self, name: str) -> HookPoint:
         if name in self.points:
             return self.points[name]
-        raise KeyError(self._unknown_message(name))
+        raise UnknownHookError(self._unknown_message(name))
 
     def _unknown_message(self, name: str) -> str:
         match = re.match(r"blocks\.(-?\d+)\.(.*)", name)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from mechscope.errors import HookFunctionError, InputTypeError, MechscopeError
 from mechscope.hooks.cache import ActivationCache
 from mechscope.hooks.points import HookCatalogue, HookPoint, build_catalogue
 from mechscope.hooks.session import HookFn, HookSession
@@ -63,7 +64,7 @@ class HookedModel:
         tokens = text if isinstance(text, torch.Tensor) else self.to_tokens(text, prepend_bos)
         tokens = as_token_tensor(tokens)
         if tokens.shape[0] != 1:
-            raise ValueError(f"to_str_tokens takes one sequence, got a batch of {tokens.shape[0]}")
+            raise MechscopeError(f"to_str_tokens takes one sequence, got a batch of {tokens.shape[0]}")
         return [self.tokenizer.decode([t]) for t in tokens[0].tolist()]
 
     def to_string(self, tokens: torch.Tensor | Sequence[int]) -> str | list[str]:
@@ -76,7 +77,7 @@ class HookedModel:
     def to_single_token(self, text: str) -> int:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
-            raise ValueError(f"{text!r} is {len(ids)} tokens for this tokenizer, expected exactly one")
+            raise MechscopeError(f"{text!r} is {len(ids)} tokens for this tokenizer, expected exactly one")
         return ids[0]
 
     def prepare_input(
@@ -86,7 +87,7 @@ class HookedModel:
         if isinstance(inputs, torch.Tensor):
             tokens = as_token_tensor(inputs).to(self.device)
             if tokens.max() >= self.cfg.d_vocab or tokens.min() < 0:
-                raise ValueError(f"token ids must lie in [0, {self.cfg.d_vocab}); got "
+                raise MechscopeError(f"token ids must lie in [0, {self.cfg.d_vocab}); got "
                                  f"{int(tokens.min())}..{int(tokens.max())}")
         else:
             tokens, mask = tokenize(self.tokenizer, inputs, device=self.device)
@@ -94,7 +95,7 @@ class HookedModel:
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
             if attention_mask.shape != tokens.shape:
-                raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match "
+                raise MechscopeError(f"attention_mask shape {tuple(attention_mask.shape)} does not match "
                                  f"tokens {tuple(tokens.shape)}")
         return tokens, attention_mask
 
@@ -117,13 +118,13 @@ class HookedModel:
         resolved = []
         for spec in specs:
             if not (isinstance(spec, tuple | list) and len(spec) == 2):
-                raise TypeError(f"each hook must be a (name_or_filter, fn) pair, got {spec!r}")
+                raise HookFunctionError(f"each hook must be a (name_or_filter, fn) pair, got {spec!r}")
             selector, fn = spec
             if not callable(fn):
-                raise TypeError(f"hook function for {selector!r} is not callable: {fn!r}")
+                raise HookFunctionError(f"hook function for {selector!r} is not callable: {fn!r}")
             points = self.catalogue.resolve(selector)
             if not points:
-                raise ValueError(f"hook filter {selector!r} matched no hook point")
+                raise MechscopeError(f"hook filter {selector!r} matched no hook point")
             resolved.extend((point, fn) for point in points)
         return resolved
 
@@ -156,7 +157,7 @@ class HookedModel:
 
         points = self.catalogue.resolve(names)
         if not points:
-            raise ValueError(f"names={names!r} matched no hook point; model.hook_names() lists them")
+            raise MechscopeError(f"names={names!r} matched no hook point; model.hook_names() lists them")
         return [(point, save) for point in points]
 
     def run_with_cache(
@@ -209,7 +210,7 @@ class HookedModel:
             with torch.enable_grad(), HookSession(self.hf_model, caching, grad_hooks):
                 value = metric(self.forward(inputs, attention_mask))
                 if value.dim() != 0:
-                    raise ValueError(f"metric must return a scalar, got shape {tuple(value.shape)}")
+                    raise MechscopeError(f"metric must return a scalar, got shape {tuple(value.shape)}")
                 value.backward()
         finally:
             for param, grad in zip(params, saved_grads):
@@ -225,11 +226,11 @@ class HookedModel:
         tokenizer without one is an error. ``responses`` (one per prompt) are appended as the
         start of the assistant's reply (e.g. "(A" for an A/B answer). Rows are right-padded."""
         if responses is not None and len(responses) != len(prompts):
-            raise ValueError(f"{len(responses)} responses for {len(prompts)} prompts; give one per prompt")
+            raise MechscopeError(f"{len(responses)} responses for {len(prompts)} prompts; give one per prompt")
         has_template = getattr(self.tokenizer, "chat_template", None) is not None
         use_chat = has_template if chat is None else chat
         if use_chat and not has_template:
-            raise ValueError("chat=True but this tokenizer has no chat template; use chat=False")
+            raise MechscopeError("chat=True but this tokenizer has no chat template; use chat=False")
         suffixes = list(responses) if responses is not None else [""] * len(prompts)
         if not use_chat:
             return tokenize(self.tokenizer, [p + r for p, r in zip(prompts, suffixes)], device=self.device)
@@ -254,7 +255,7 @@ class HookedModel:
         tokenizer without one is an error. Greedy unless ``do_sample=True``.
         """
         if not isinstance(prompt, str):
-            raise TypeError(f"generate takes one prompt string, got {type(prompt).__name__}")
+            raise InputTypeError(f"generate takes one prompt string, got {type(prompt).__name__}")
         tokens, _ = self.tokenize_prompts([prompt], chat)
         pad = self.tokenizer.pad_token_id
         if pad is None:
@@ -326,7 +327,7 @@ class HookedModel:
     def _token_column(self, tokens: int | torch.Tensor) -> torch.Tensor:
         tokens = torch.as_tensor(tokens, device=self.device).reshape(-1)
         if tokens.numel() and (tokens.max() >= self.cfg.d_vocab or tokens.min() < 0):
-            raise ValueError(f"token ids must lie in [0, {self.cfg.d_vocab})")
+            raise MechscopeError(f"token ids must lie in [0, {self.cfg.d_vocab})")
         return tokens
 
     def unembed_directions(

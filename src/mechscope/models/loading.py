@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from mechscope.errors import MechscopeError, MissingFileError
 from mechscope.models import disk_cache
 from mechscope.models.hooked_model import HookedModel
 
@@ -123,7 +124,7 @@ def load(
     """
     if isinstance(name, torch.nn.Module):
         if tokenizer is None:
-            raise ValueError("pass tokenizer=... together with an already-built transformers model")
+            raise MechscopeError("pass tokenizer=... together with an already-built transformers model")
         name.to(device=device, dtype=dtype).eval()
         return HookedModel(name, tokenizer)
     dtype = dtype or torch.float32
@@ -133,7 +134,7 @@ def load(
     elif label.endswith(".gguf"):
         path = Path(label).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"GGUF file not found: {path}")
+            raise MissingFileError(f"GGUF file not found: {path}")
         model, tok = _from_gguf(path, _gguf_cache_key(path), dtype)
     elif Path(label).expanduser().is_dir():
         model, tok = _load_pretrained(Path(label).expanduser(), dtype)
@@ -141,7 +142,7 @@ def load(
         try:
             model, tok = _load_pretrained(label, dtype)
         except OSError as error:
-            raise ValueError(
+            raise MechscopeError(
                 f"could not load {label!r}: not a bundled model ({', '.join(BUNDLED)}), not a local "
                 f"folder or .gguf file, and the hub could not provide it ({error})"
             ) from error

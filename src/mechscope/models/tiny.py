@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from mechscope.errors import MechscopeError
 from mechscope.models.adapters import SUPPORTED_FAMILIES
 from mechscope.models.hooked_model import HookedModel
 
@@ -63,7 +64,7 @@ def _tiny_config(family: str):
         return tf.GPTNeoXConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                                 num_attention_heads=4, rotary_pct=0.5, max_position_embeddings=256,
                                 use_parallel_residual=True, initializer_range=0.1, **common)
-    raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(SUPPORTED_FAMILIES)}")
+    raise MechscopeError(f"unknown family {family!r}; choose one of: {', '.join(SUPPORTED_FAMILIES)}")
 
 
 def load_tiny(family: str, seed: int = 0, *, attn_implementation: str = "sdpa",

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from mechscope.errors import InputTypeError, MechscopeError
+
 TextInput = str | Sequence[str]
 ModelInput = TextInput | torch.Tensor
 
@@ -25,25 +27,25 @@ def tokenize(
     """
     texts = [text] if isinstance(text, str) else list(text)
     if not texts:
-        raise ValueError("input is empty: pass a prompt, a list of prompts, or a token tensor")
+        raise MechscopeError("input is empty: pass a prompt, a list of prompts, or a token tensor")
     for index, item in enumerate(texts):
         if not isinstance(item, str):
-            raise TypeError(f"prompt {index} is a {type(item).__name__}, expected str")
+            raise InputTypeError(f"prompt {index} is a {type(item).__name__}, expected str")
     encoded = [tokenizer(t, add_special_tokens=prepend_bos is not False)["input_ids"] for t in texts]
     if prepend_bos:
         bos = tokenizer.bos_token_id
         if bos is None:
-            raise ValueError("prepend_bos=True but the tokenizer has no BOS token")
+            raise MechscopeError("prepend_bos=True but the tokenizer has no BOS token")
         encoded = [ids if ids[:1] == [bos] else [bos, *ids] for ids in encoded]
     lengths = [len(ids) for ids in encoded]
     empty = [i for i, n in enumerate(lengths) if n == 0]
     if empty:
-        raise ValueError(f"prompt(s) {empty} tokenize to zero tokens; nothing to run the model on")
+        raise MechscopeError(f"prompt(s) {empty} tokenize to zero tokens; nothing to run the model on")
     longest = max(lengths)
     if all(n == longest for n in lengths):
         return torch.tensor(encoded, device=device), None
     if tokenizer.pad_token_id is None:
-        raise ValueError(
+        raise MechscopeError(
             f"prompts have different token lengths {sorted(set(lengths))} and the tokenizer has no pad "
             "token; set tokenizer.pad_token (e.g. to tokenizer.eos_token) or pass equal-length prompts"
         )
@@ -58,11 +60,11 @@ def tokenize(
 def as_token_tensor(tokens: torch.Tensor) -> torch.Tensor:
     """Validate a token tensor and give it a batch dimension: [pos] -> [1, pos]."""
     if tokens.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"token tensor must be integer, got {tokens.dtype}")
+        raise InputTypeError(f"token tensor must be integer, got {tokens.dtype}")
     if tokens.dim() == 1:
         tokens = tokens.unsqueeze(0)
     if tokens.dim() != 2:
-        raise ValueError(f"token tensor must be [batch, pos] or [pos], got shape {tuple(tokens.shape)}")
+        raise MechscopeError(f"token tensor must be [batch, pos] or [pos], got shape {tuple(tokens.shape)}")
     if tokens.numel() == 0:
-        raise ValueError(f"input is empty: token tensor of shape {tuple(tokens.shape)}")
+        raise MechscopeError(f"input is empty: token tensor of shape {tuple(tokens.shape)}")
     return tokens.long()

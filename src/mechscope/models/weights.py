@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mechscope.errors import MechscopeError
+
 if TYPE_CHECKING:
     from mechscope.models.hooked_model import HookedModel
 
@@ -17,7 +19,7 @@ def input_projection(model: HookedModel, layer: int, part: str) -> tuple[torch.T
     "v") at ``layer``, so that ``hook_{part}[..., h, :] = ln1(x) @ weight[h].T + bias[h]``.
     ``heads`` is n_heads for q and n_kv_heads for k and v. Views, not copies."""
     if part not in PARTS:
-        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+        raise MechscopeError(f"part must be one of {PARTS}, got {part!r}")
     adapter, cfg = model.adapter, model.cfg
     block = model.hf_model.get_submodule(f"{adapter.layers}.{layer}")
     heads = cfg.n_heads if part == "q" else cfg.n_kv_heads
@@ -55,7 +57,7 @@ def expand_kv_heads(model: HookedModel) -> HookedModel:
     if cfg.n_kv_heads == cfg.n_heads:
         return model
     if adapter.fused_qkv or not hasattr(model.hf_model.config, "num_key_value_heads"):
-        raise ValueError(f"expanding kv heads needs separate k/v projections and num_key_value_heads; "
+        raise MechscopeError(f"expanding kv heads needs separate k/v projections and num_key_value_heads; "
                          f"family {cfg.family!r} has neither")
     config = copy.deepcopy(model.hf_model.config)
     config.num_key_value_heads = cfg.n_heads

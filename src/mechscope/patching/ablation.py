@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.patching.activation import PatchingRun, prepare_run, sweep
 from mechscope.patching.result import PatchingResult
@@ -27,7 +28,7 @@ def ablation_values(activations: torch.Tensor, reference: torch.Tensor, method: 
         generator = torch.Generator().manual_seed(seed)
         rows = torch.randint(reference.shape[0], (n,), generator=generator)
         return reference[rows.to(reference.device)]
-    raise ValueError(f"unknown ablation {method!r}; choose one of: {', '.join(METHODS)}")
+    raise MechscopeError(f"unknown ablation {method!r}; choose one of: {', '.join(METHODS)}")
 
 
 @torch.no_grad()
@@ -47,11 +48,11 @@ def ablation_sweep(
     distribution for mean / resample ablation (default: the task's corrupted prompts, which keep
     the template but not the answer). Scores: 1 = clean behaviour kept, 0 = as corrupted."""
     if method not in METHODS:
-        raise ValueError(f"unknown ablation {method!r}; choose one of: {', '.join(METHODS)}")
+        raise MechscopeError(f"unknown ablation {method!r}; choose one of: {', '.join(METHODS)}")
     grid = site_grid(model, sites, task.clean_tokens.shape[1], layers)
     names = grid.hook_names
     if reference is not None and reference.shape[1] != task.clean_tokens.shape[1]:
-        raise ValueError(f"reference prompts have {reference.shape[1]} tokens, the task {task.clean_tokens.shape[1]}")
+        raise MechscopeError(f"reference prompts have {reference.shape[1]} tokens, the task {task.clean_tokens.shape[1]}")
     # Noising's run: base = the clean prompts, source = the corrupted prompts' activations, which
     # are also the default reference and have the clean activations' shape.
     run = prepare_run(model, task, names, "noise", metric)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from mechscope.errors import MechscopeError
 from mechscope.hooks.points import HookPoint
 from mechscope.models.hooked_model import HookedModel
 from mechscope.patching.metrics import RowMetric, row_metric
@@ -90,7 +91,7 @@ def measure_baselines(task: Task, metric: str, clean_logits: torch.Tensor, corru
 def prepare_run(model: HookedModel, task: Task, hook_names: list[str], mode: str, metric: str) -> PatchingRun:
     """Cache the source activations and measure the clean / corrupted baselines."""
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise MechscopeError(f"mode must be one of {MODES}, got {mode!r}")
     source_tokens, base = ((task.clean_tokens, task.corrupted_tokens) if mode == "denoise"
                            else (task.corrupted_tokens, task.clean_tokens))
     source_logits, source_cache = model.run_with_cache(source_tokens, names=hook_names)

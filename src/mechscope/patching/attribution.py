@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.patching.activation import MODES, build_result, position_labels, unit_index
 from mechscope.patching.metrics import row_metric
@@ -28,9 +29,9 @@ def attribution_patch(
     """AtP estimates for every unit of ``sites``, on the same scale as :func:`activation_patch`
     (normalised: corrupted = 0, clean = 1). Cost: two forwards and one backward in all."""
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise MechscopeError(f"mode must be one of {MODES}, got {mode!r}")
     if metric == "kl":
-        raise ValueError("AtP needs a metric with a useful gradient at the base run; KL to clean is flat "
+        raise MechscopeError("AtP needs a metric with a useful gradient at the base run; KL to clean is flat "
                          "(zero gradient) at the clean run: use logit_diff, prob or prob_diff")
     grid = site_grid(model, sites, task.clean_tokens.shape[1], layers)
     names = grid.hook_names
@@ -59,7 +60,7 @@ def attribution_patch(
 def correlation(a: PatchingResult, b: PatchingResult) -> float:
     """Pearson correlation of two results' scores over all sites (e.g. AtP against exact)."""
     if a.scores.shape != b.scores.shape:
-        raise ValueError(f"results cover different sites: {tuple(a.scores.shape)} vs {tuple(b.scores.shape)}")
+        raise MechscopeError(f"results cover different sites: {tuple(a.scores.shape)} vs {tuple(b.scores.shape)}")
     x, y = a.scores.flatten().double(), b.scores.flatten().double()
     x, y = x - x.mean(), y - y.mean()
     return float((x * y).sum() / (x.norm() * y.norm()))

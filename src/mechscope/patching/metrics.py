@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from mechscope.errors import MechscopeError
 from mechscope.tasks.base import Task
 
 METRICS = ("logit_diff", "prob", "prob_diff", "kl")
@@ -17,7 +18,7 @@ def row_metric(task: Task, metric: str, clean_end_logits: torch.Tensor | None = 
     """A per-row metric for batches whose row r runs prompt ``prompt_index[r]`` of ``task``.
     "kl" is KL(clean || run) and needs the clean run's END logits [n, vocab]."""
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+        raise MechscopeError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
 
     def compute(end_logits: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
         rows = task.select(prompt_index)

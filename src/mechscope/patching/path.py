@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from mechscope.errors import MechscopeError
 from mechscope.hooks.points import HookPoint
 from mechscope.models.hooked_model import HookedModel
 from mechscope.patching.activation import (
@@ -77,14 +78,14 @@ def path_patch(
     inputs = (receiver_input,) if isinstance(receiver_input, str) else tuple(receiver_input)
     bad = [name for name in inputs if name not in RECEIVER_INPUTS]
     if bad:
-        raise ValueError(f"receiver_input {bad} unknown; choose from {RECEIVER_INPUTS}")
+        raise MechscopeError(f"receiver_input {bad} unknown; choose from {RECEIVER_INPUTS}")
     to_logits = isinstance(receivers, str)
     if to_logits and receivers != "logits":
-        raise ValueError(f"receivers must be 'logits' or a list of (layer, head), got {receivers!r}")
+        raise MechscopeError(f"receivers must be 'logits' or a list of (layer, head), got {receivers!r}")
     receiver_heads = [] if to_logits else [(int(layer), int(head)) for layer, head in receivers]
     for layer, head in receiver_heads:
         if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
-            raise ValueError(f"receiver head ({layer}, {head}) out of range: {model.cfg.n_layers} layers x "
+            raise MechscopeError(f"receiver head ({layer}, {head}) out of range: {model.cfg.n_layers} layers x "
                              f"{model.cfg.n_heads} heads")
     group = model.cfg.n_query_per_kv
     receiver_units = [PatchUnit(f"blocks.{layer}.attn.hook_{kind}", head // group if kind != "q" else head, None)

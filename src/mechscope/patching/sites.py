@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 
 # site kind -> (hook name template, has positions axis, head kind or None)
@@ -51,14 +52,14 @@ def site_grid(model: HookedModel, kind: str, n_positions: int, layers: list[int]
     """Every unit of ``kind`` over ``layers`` (default all) and ``n_positions`` positions, in
     row-major order of the axes: (layer, position), (layer, head) or (layer, head, position)."""
     if kind not in SITE_KINDS:
-        raise ValueError(f"unknown site kind {kind!r}; choose one of: {', '.join(SITE_KINDS)}")
+        raise MechscopeError(f"unknown site kind {kind!r}; choose one of: {', '.join(SITE_KINDS)}")
     template, by_position, head_kind = SITE_KINDS[kind]
     if kind == "resid_mid" and model.cfg.parallel_residual:
-        raise ValueError(f"{model.cfg.family} runs attention and MLP in parallel: there is no resid_mid")
+        raise MechscopeError(f"{model.cfg.family} runs attention and MLP in parallel: there is no resid_mid")
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
     if bad:
-        raise ValueError(f"layers {bad} out of range for a model with {model.cfg.n_layers} layers")
+        raise MechscopeError(f"layers {bad} out of range for a model with {model.cfg.n_layers} layers")
     n_heads = {"head": model.cfg.n_heads, "kv_head": model.cfg.n_kv_heads, None: 1}[head_kind]
     units = []
     for layer in layers:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from mechscope.errors import MechscopeError
 from mechscope.hooks.points import HookPoint
 from mechscope.models.hooked_model import HookedModel
 from mechscope.patching.activation import resid_post_by_layer, resid_post_names, slot_hooks
@@ -25,12 +26,12 @@ def subject_positions(model: HookedModel, prompt: str, subject: str) -> list[int
     """Token positions of ``subject`` (its first occurrence) in ``prompt``."""
     start = prompt.find(subject)
     if start < 0:
-        raise ValueError(f"subject {subject!r} does not occur in the prompt {prompt!r}")
+        raise MechscopeError(f"subject {subject!r} does not occur in the prompt {prompt!r}")
     end = start + len(subject)
     encoded = model.tokenizer(prompt, return_offsets_mapping=True)
     positions = [i for i, (a, b) in enumerate(encoded["offset_mapping"]) if b > a and a < end and b > start]
     if not positions:
-        raise ValueError(f"no token of the prompt covers the subject {subject!r}")
+        raise MechscopeError(f"no token of the prompt covers the subject {subject!r}")
     return positions
 
 
@@ -60,7 +61,7 @@ def causal_trace(
     state restored, averaged over ``samples`` noise draws; ``scores`` rescale it so the noised
     run is 0 and the clean run 1. ``window`` applies to "attn" / "mlp" (1 restores one block)."""
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        raise MechscopeError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     tokens = model.to_tokens(prompt)
     n_pos, n_layers = tokens.shape[1], model.cfg.n_layers
     noised_positions = subject_positions(model, prompt, subject)

@@ -21,6 +21,7 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
+from mechscope.errors import MechscopeError
 from mechscope.probes.metrics import as_binary_labels
 
 
@@ -43,10 +44,10 @@ def control_labels(labels, keys: Sequence[Hashable] | None = None, seed: int = 0
         return labels[torch.randperm(len(labels), generator=generator)]
     keys = list(keys)
     if len(keys) != len(labels):
-        raise ValueError(f"keys has {len(keys)} entries but labels has {len(labels)}; give one key per example")
+        raise MechscopeError(f"keys has {len(keys)} entries but labels has {len(labels)}; give one key per example")
     distinct = sorted(dict.fromkeys(keys), key=str)  # first appearance breaks ties between equal strs
     if len(distinct) < 2:
-        raise ValueError(f"control task needs at least 2 distinct keys, got {len(distinct)}")
+        raise MechscopeError(f"control task needs at least 2 distinct keys, got {len(distinct)}")
     n_keys = len(distinct)
     balanced = torch.arange(n_keys) % 2  # n_keys // 2 ones, the odd key out a 0 before the coin flip
     if n_keys % 2 and torch.rand(1, generator=generator) < 0.5:

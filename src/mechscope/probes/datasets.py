@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from mechscope import datasets
+from mechscope.errors import MechscopeError
 
 PROBE_DATASETS = {
     "sentiment": "positive (1) / negative (0) review sentences; each pair differs only in the adjective",
@@ -37,7 +38,7 @@ class ProbeDataset:
         """At most ``n`` examples, keeping the class proportions (and at least 2 per class): the
         first ones of each class, in their original order."""
         if n < 4:
-            raise ValueError(f"a probe dataset needs at least 4 examples (2 per class), asked for {n}")
+            raise MechscopeError(f"a probe dataset needs at least 4 examples (2 per class), asked for {n}")
         if n >= len(self):
             return self
         share = int(round(n * float(self.labels.float().mean())))
@@ -61,7 +62,7 @@ def probe_dataset(name: str, split: str = "train") -> ProbeDataset:
     Sentiment pairs become two texts each (positive then negative, so the classes alternate);
     harmful and harmless instructions are interleaved for the same reason."""
     if name not in PROBE_DATASETS:
-        raise ValueError(f"unknown probe dataset {name!r}; choose one of: {', '.join(PROBE_DATASETS)}")
+        raise MechscopeError(f"unknown probe dataset {name!r}; choose one of: {', '.join(PROBE_DATASETS)}")
     if name == "sentiment":
         pairs = datasets.load("sentiment", split)
         texts = [text for pair in pairs for text in (pair["positive"], pair["negative"])]

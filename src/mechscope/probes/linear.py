@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from mechscope.errors import MechscopeError
 from mechscope.files import atomic_file
 from mechscope.probes.metrics import as_binary_labels
 
@@ -60,7 +61,7 @@ class LinearProbe:
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """[...] scores of activations ``x`` [..., d] (computed in float32 on x's device)."""
         if x.shape[-1] != self.d:
-            raise ValueError(f"activations have {x.shape[-1]} features but the probe was trained on {self.d}")
+            raise MechscopeError(f"activations have {x.shape[-1]} features but the probe was trained on {self.d}")
         return x.float() @ self.weight.to(x.device) + self.bias
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +92,7 @@ class LinearProbe:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             if "kind" not in metadata:
-                raise ValueError(f"{path} is not a mechscope probe file (no 'kind' in its metadata)")
+                raise MechscopeError(f"{path} is not a mechscope probe file (no 'kind' in its metadata)")
             return cls(handle.get_tensor("weight"), float(metadata["bias"]), metadata["kind"],
                        handle.get_tensor("direction"), json.loads(metadata.get("info", "{}")))
 
@@ -101,15 +102,15 @@ def check_features(features: torch.Tensor, labels, what: str = "features") -> tu
     2-D or not finite, labels of the wrong length, not binary, or with fewer than 2 of a class."""
     features = torch.as_tensor(features)
     if features.dim() != 2:
-        raise ValueError(f"{what} must be [n_examples, d], got shape {tuple(features.shape)}")
+        raise MechscopeError(f"{what} must be [n_examples, d], got shape {tuple(features.shape)}")
     if not features.dtype.is_floating_point:
         features = features.double()
     if not torch.isfinite(features).all():
-        raise ValueError(f"{what} contain NaN or infinity")
+        raise MechscopeError(f"{what} contain NaN or infinity")
     labels = as_binary_labels(labels, features.shape[0]).cpu()
     counts = torch.bincount(labels, minlength=2)
     if int(counts.min()) < 2:
-        raise ValueError(f"need at least 2 examples of each class to fit a probe; got {int(counts[0])} of class 0 "
+        raise MechscopeError(f"need at least 2 examples of each class to fit a probe; got {int(counts[0])} of class 0 "
                          f"and {int(counts[1])} of class 1")
     return features.detach().cpu().double(), labels
 
@@ -125,12 +126,12 @@ def train_probe(features: torch.Tensor, labels, kind: str = "logistic", l2: floa
     [0, 1] of the scaled identity mixed into the covariance.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown probe kind {kind!r}; choose one of: {', '.join(KINDS)}")
+        raise MechscopeError(f"unknown probe kind {kind!r}; choose one of: {', '.join(KINDS)}")
     x, y = check_features(features, labels)
     if l2 < 0:
-        raise ValueError(f"l2 must be >= 0, got {l2}")
+        raise MechscopeError(f"l2 must be >= 0, got {l2}")
     if not 0 <= shrinkage <= 1:
-        raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
+        raise MechscopeError(f"shrinkage must be in [0, 1], got {shrinkage}")
     if kind == "logistic":
         weight, bias = _fit_logistic(x, y.double(), l2, max_iter)
         direction = weight
@@ -138,7 +139,7 @@ def train_probe(features: torch.Tensor, labels, kind: str = "logistic", l2: floa
         weight, bias, direction = _fit_mass_mean(x, y, whiten=kind == "mass_mean_iid", shrinkage=shrinkage)
     norm = direction.norm()
     if not torch.isfinite(norm) or norm == 0:
-        raise ValueError("the fitted probe has no direction (all-zero weight): "
+        raise MechscopeError("the fitted probe has no direction (all-zero weight): "
                          "are the two classes' features identical?")
     return LinearProbe(weight.float(), float(bias), kind, (direction / norm).float(), dict(info or {}))
 
@@ -176,7 +177,7 @@ def _fit_mass_mean(x: torch.Tensor, y: torch.Tensor, whiten: bool,
     mean_pos, mean_neg = positive.mean(0), negative.mean(0)
     difference = mean_pos - mean_neg
     if float(difference.norm()) == 0.0:
-        raise ValueError("the two classes have identical mean activations; mass-mean probes have no direction")
+        raise MechscopeError("the two classes have identical mean activations; mass-mean probes have no direction")
     weight = difference
     if whiten:
         centred = torch.cat([positive - mean_pos, negative - mean_neg])
@@ -186,7 +187,7 @@ def _fit_mass_mean(x: torch.Tensor, y: torch.Tensor, whiten: bool,
         try:
             weight = torch.linalg.solve((1 - shrinkage) * covariance + shrinkage * identity, difference)
         except torch.linalg.LinAlgError as error:
-            raise ValueError(f"the within-class covariance is singular ({len(x)} examples, {d} features); "
+            raise MechscopeError(f"the within-class covariance is singular ({len(x)} examples, {d} features); "
                              "use shrinkage > 0") from error
     weight = weight / (weight @ difference)  # positive (the shrunk covariance is positive definite)
     return weight, -float(weight @ (mean_pos + mean_neg)) / 2, difference

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from mechscope.errors import MechscopeError
+
 
 def as_binary_labels(labels: torch.Tensor | Sequence, n: int | None = None, what: str = "labels",
                      both_classes: bool = True) -> torch.Tensor:
@@ -13,17 +15,17 @@ def as_binary_labels(labels: torch.Tensor | Sequence, n: int | None = None, what
     (a wrong-length vector, labels other than 0/1, or, with ``both_classes``, only one class)."""
     tensor = torch.as_tensor(labels)
     if tensor.dim() != 1:
-        raise ValueError(f"{what} must be one-dimensional [n], got shape {tuple(tensor.shape)}")
+        raise MechscopeError(f"{what} must be one-dimensional [n], got shape {tuple(tensor.shape)}")
     if n is not None and len(tensor) != n:
-        raise ValueError(f"{what} has {len(tensor)} entries but there are {n} examples")
+        raise MechscopeError(f"{what} has {len(tensor)} entries but there are {n} examples")
     if tensor.dtype.is_floating_point and not torch.isfinite(tensor).all():
-        raise ValueError(f"{what} contain NaN or infinity; labels must be 0 or 1")
+        raise MechscopeError(f"{what} contain NaN or infinity; labels must be 0 or 1")
     values = set(torch.unique(tensor.double()).tolist()) if len(tensor) else set()
     if not values <= {0.0, 1.0}:
         shown = sorted(values)[:6]
-        raise ValueError(f"{what} must be binary (0/1 or False/True); found values {shown}")
+        raise MechscopeError(f"{what} must be binary (0/1 or False/True); found values {shown}")
     if both_classes and len(values) < 2:
-        raise ValueError(f"{what} contain only one class ({'none' if not values else int(values.pop())}); "
+        raise MechscopeError(f"{what} contain only one class ({'none' if not values else int(values.pop())}); "
                          "a probe needs examples of both 0 and 1")
     return tensor.long()
 
@@ -31,11 +33,11 @@ def as_binary_labels(labels: torch.Tensor | Sequence, n: int | None = None, what
 def _check(scores: torch.Tensor, labels, both_classes: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     scores = torch.as_tensor(scores).double()
     if scores.dim() != 1:
-        raise ValueError(f"scores must be one-dimensional [n], got shape {tuple(scores.shape)}")
+        raise MechscopeError(f"scores must be one-dimensional [n], got shape {tuple(scores.shape)}")
     if not torch.isfinite(scores).all():
-        raise ValueError("scores contain NaN or infinity")
+        raise MechscopeError("scores contain NaN or infinity")
     if len(scores) == 0:
-        raise ValueError("no scores given")
+        raise MechscopeError("no scores given")
     return scores, as_binary_labels(labels, len(scores), both_classes=both_classes)
 
 

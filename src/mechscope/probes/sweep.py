@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from mechscope.errors import MechscopeError
 from mechscope.files import atomic_text
 from mechscope.probes.control import control_labels, selectivity
 from mechscope.probes.linear import KINDS, LinearProbe, train_probe
@@ -54,7 +55,7 @@ class ProbeSweep:
     def best(self, metric: str = "test_accuracy") -> ProbeRow:
         """The row with the highest ``metric`` (the earliest on ties)."""
         if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+            raise MechscopeError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
         return max(self.rows, key=lambda row: getattr(row, metric))  # max keeps the first of equals
 
     def table(self) -> list[dict]:
@@ -104,7 +105,7 @@ def stratified_split(labels, test_fraction: float, seed: int = 0) -> tuple[torch
     at least 2 training examples, or this raises."""
     labels = as_binary_labels(labels)
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+        raise MechscopeError(f"test_fraction must be between 0 and 1, got {test_fraction}")
     generator = torch.Generator().manual_seed(seed)
     train, test = [], []
     for value in (0, 1):
@@ -112,7 +113,7 @@ def stratified_split(labels, test_fraction: float, seed: int = 0) -> tuple[torch
         members = members[torch.randperm(len(members), generator=generator)]
         n_test = max(1, round(test_fraction * len(members)))
         if len(members) - n_test < 2:
-            raise ValueError(f"class {value} has {len(members)} examples: too few to hold out "
+            raise MechscopeError(f"class {value} has {len(members)} examples: too few to hold out "
                              f"{test_fraction:.0%} and keep 2 for training")
         test.append(members[:n_test])
         train.append(members[n_test:])
@@ -124,10 +125,10 @@ def _as_feature_dict(features, what: str) -> dict[str, torch.Tensor]:
     if isinstance(features, torch.Tensor):
         features = {"features": features}
     if not isinstance(features, dict) or not features:
-        raise ValueError(f"{what} must be a tensor [n, d] or a non-empty dict {{hook name: tensor [n, d]}}")
+        raise MechscopeError(f"{what} must be a tensor [n, d] or a non-empty dict {{hook name: tensor [n, d]}}")
     rows = {name: len(value) for name, value in features.items()}
     if len(set(rows.values())) > 1:
-        raise ValueError(f"{what} must have the same number of examples at every hook, got {rows}")
+        raise MechscopeError(f"{what} must have the same number of examples at every hook, got {rows}")
     return dict(features)
 
 
@@ -155,17 +156,17 @@ def probe_features(
     test example. Without keys the control labels are a seeded shuffle of the labels.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown probe kind {kind!r}; choose one of: {', '.join(KINDS)}")
+        raise MechscopeError(f"unknown probe kind {kind!r}; choose one of: {', '.join(KINDS)}")
     train_set = _as_feature_dict(features, "features")
     n = len(next(iter(train_set.values())))
     labels = as_binary_labels(labels, n, "labels").cpu()
     if (test_features is None) != (test_labels is None):
-        raise ValueError("give both test_features and test_labels, or neither (to split off test_fraction)")
+        raise MechscopeError("give both test_features and test_labels, or neither (to split off test_fraction)")
     if control_keys is not None and len(control_keys) != n:
-        raise ValueError(f"control_keys has {len(control_keys)} entries but there are {n} examples")
+        raise MechscopeError(f"control_keys has {len(control_keys)} entries but there are {n} examples")
     if test_features is None:
         if test_control_keys is not None:
-            raise ValueError("test_control_keys needs explicit test_features; with a random split, "
+            raise MechscopeError("test_control_keys needs explicit test_features; with a random split, "
                              "control_keys covers every example")
         train_index, test_index = stratified_split(labels, test_fraction, seed)
         combined = train_set
@@ -174,13 +175,13 @@ def probe_features(
     else:
         test_set = _as_feature_dict(test_features, "test_features")
         if set(test_set) != set(train_set):
-            raise ValueError(f"test_features has hooks {sorted(test_set)} but features has {sorted(train_set)}")
+            raise MechscopeError(f"test_features has hooks {sorted(test_set)} but features has {sorted(train_set)}")
         m = len(next(iter(test_set.values())))
         test_labels = as_binary_labels(test_labels, m, "test_labels").cpu()
         if (control_keys is None) != (test_control_keys is None):
-            raise ValueError("with explicit test features, give control_keys and test_control_keys together")
+            raise MechscopeError("with explicit test features, give control_keys and test_control_keys together")
         if test_control_keys is not None and len(test_control_keys) != m:
-            raise ValueError(f"test_control_keys has {len(test_control_keys)} entries but there are {m} test examples")
+            raise MechscopeError(f"test_control_keys has {len(test_control_keys)} entries but there are {m} test examples")
         combined = {name: _concat(train_set[name], test_set[name], name) for name in train_set}
         all_labels = torch.cat([labels, test_labels])
         all_keys = None if control_keys is None else list(control_keys) + list(test_control_keys)
@@ -195,7 +196,7 @@ def probe_features(
         try:
             control_probe = train_probe(x_train, c_train, kind, l2=l2)
         except ValueError as error:
-            raise ValueError(f"control task: {error} (the control labels come from control_keys; "
+            raise MechscopeError(f"control task: {error} (the control labels come from control_keys; "
                              "give more distinct keys or more examples)") from error
         test_accuracy = accuracy(probe.score(x_test), y_test)
         control_accuracy = accuracy(control_probe.score(x_test), c_test)
@@ -214,7 +215,7 @@ def _majority(labels: torch.Tensor) -> float:
 
 def _concat(train: torch.Tensor, test: torch.Tensor, name: str) -> torch.Tensor:
     if train.dim() != 2 or test.dim() != 2 or train.shape[1] != test.shape[1]:
-        raise ValueError(f"{name}: features {tuple(train.shape)} and test features {tuple(test.shape)} must both be "
+        raise MechscopeError(f"{name}: features {tuple(train.shape)} and test features {tuple(test.shape)} must both be "
                          "[n, d] with the same d")
     return torch.cat([train.cpu(), test.cpu()])
 
@@ -247,11 +248,11 @@ def probe_sweep(
     at every hook of ``hook_names`` (default: :func:`resid_post_hooks`). ``labels`` [n] are 0/1.
     Train / test and the control task are as in :func:`probe_features`."""
     if kind not in KINDS:  # checked before the model runs, not after
-        raise ValueError(f"unknown probe kind {kind!r}; choose one of: {', '.join(KINDS)}")
+        raise MechscopeError(f"unknown probe kind {kind!r}; choose one of: {', '.join(KINDS)}")
     texts = list(texts)
     labels = as_binary_labels(labels, len(texts), "labels")
     if (test_texts is None) != (test_labels is None):
-        raise ValueError("give both test_texts and test_labels, or neither (to split off test_fraction)")
+        raise MechscopeError("give both test_texts and test_labels, or neither (to split off test_fraction)")
     test_texts = list(test_texts or [])
     if test_labels is not None:
         test_labels = as_binary_labels(test_labels, len(test_texts), "test_labels")

@@ -14,6 +14,7 @@ from mechscope.analysis import (
     head_scores,
     logit_lens,
 )
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 
 
@@ -57,7 +58,7 @@ class Inspection:
 def inspect_prompt(model: HookedModel, prompt: str, k: int = 10, head_seq_len: int = 20,
                    head_sequences: int = 8) -> Inspection:
     if k < 2:
-        raise ValueError(f"k must be at least 2 (the analysis compares the top two tokens), got {k}")
+        raise MechscopeError(f"k must be at least 2 (the analysis compares the top two tokens), got {k}")
     tokens = model.to_tokens(prompt)
     logits, cache = model.run_with_cache(tokens)
     probs = logits[0, -1].float().softmax(-1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from mechscope.errors import MechscopeError
+
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
 
 
@@ -37,18 +39,18 @@ class SAEConfig:
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+            raise MechscopeError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.d_in < 1 or self.d_sae < 1:
-            raise ValueError(f"d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
+            raise MechscopeError(f"d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
         if self.architecture in ("topk", "batchtopk", "matryoshka") and not 0 < self.k <= self.d_sae:
-            raise ValueError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
+            raise MechscopeError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
         if self.architecture == "matryoshka":
             widths = tuple(self.matryoshka_widths) or (self.d_sae,)
             if list(widths) != sorted(set(widths)) or widths[-1] != self.d_sae:
-                raise ValueError(f"matryoshka_widths must increase and end at d_sae={self.d_sae}, got {widths}")
+                raise MechscopeError(f"matryoshka_widths must increase and end at d_sae={self.d_sae}, got {widths}")
             object.__setattr__(self, "matryoshka_widths", widths)
         if self.skip_connection and self.d_out is None:
-            raise ValueError("skip_connection is for transcoders: set d_out too")
+            raise MechscopeError("skip_connection is for transcoders: set d_out too")
 
     @property
     def is_transcoder(self) -> bool:
@@ -68,7 +70,7 @@ class SAEConfig:
         known = {name for name in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown SAE config keys {unknown}; known: {', '.join(sorted(known))}")
+            raise MechscopeError(f"unknown SAE config keys {unknown}; known: {', '.join(sorted(known))}")
         data = dict(data)
         data["matryoshka_widths"] = tuple(data.get("matryoshka_widths", ()))
         return cls(**data)

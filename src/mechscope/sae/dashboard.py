@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 
 
@@ -161,7 +162,7 @@ def sae_dashboards(model: HookedModel, sae, contexts: torch.Tensor, latents: lis
     """Dashboards for ``latents`` of ``sae`` on ``contexts`` [n, pos]."""
     bad = [i for i in latents if not 0 <= i < sae.cfg.d_sae]
     if bad:
-        raise ValueError(f"latents {bad} out of range: the dictionary has {sae.cfg.d_sae}")
+        raise MechscopeError(f"latents {bad} out of range: the dictionary has {sae.cfg.d_sae}")
     hook = hook_name or sae.cfg.hook_name
     index = torch.tensor(latents)
     values = collect(model, contexts, hook, lambda x: sae.encode(x.to(sae.W_enc.dtype))[..., index], progress=progress)

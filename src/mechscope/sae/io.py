@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from mechscope.errors import MechscopeError, MissingFileError
 from mechscope.files import atomic_file, atomic_text
 from mechscope.sae.config import SAEConfig
 from mechscope.sae.model import SAE
@@ -64,7 +65,7 @@ def load_sae(folder: str | Path) -> SAE:
     folder = Path(folder)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} not found: a dictionary folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+            raise MissingFileError(f"{folder / name} not found: a dictionary folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     config = json.loads((folder / CONFIG_FILE).read_text())
     weights = load_file(folder / WEIGHTS_FILE)
     metadata = config.get("metadata") or {}
@@ -73,17 +74,17 @@ def load_sae(folder: str | Path) -> SAE:
     else:
         architecture = config.get("architecture", "standard")
         if architecture not in FROM_SAELENS:
-            raise ValueError(f"SAELens architecture {architecture!r} is not supported; supported: {', '.join(FROM_SAELENS)}")
+            raise MechscopeError(f"SAELens architecture {architecture!r} is not supported; supported: {', '.join(FROM_SAELENS)}")
         cfg = SAEConfig(d_in=config["d_in"], d_sae=config["d_sae"], architecture=FROM_SAELENS[architecture],
                         k=config.get("k", 32) or 32, d_out=config.get("d_out"),
                         skip_connection=architecture == "skip_transcoder",
                         hook_name=metadata.get("hook_name") or config.get("hook_name", ""),
                         model_name=metadata.get("model_name") or config.get("model_name", ""))
         if not config.get("apply_b_dec_to_input", True) and not cfg.is_transcoder:
-            raise ValueError("SAEs with apply_b_dec_to_input=false are not supported (mechscope subtracts b_dec)")
+            raise MechscopeError("SAEs with apply_b_dec_to_input=false are not supported (mechscope subtracts b_dec)")
         normalisation = config.get("normalize_activations") or "none"
         if normalisation != "none":
-            raise ValueError(f"normalize_activations={normalisation!r} is not supported: fold the scaling into the "
+            raise MechscopeError(f"normalize_activations={normalisation!r} is not supported: fold the scaling into the "
                              "weights first (SAELens does so at the end of training), leaving 'none'")
     sae = SAE(cfg)
     with torch.no_grad():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mechscope.errors import MechscopeError
 from mechscope.sae.config import SAEConfig
 from mechscope.sae.sparse import gathered_pre_activations, sparse_decode, top_k_sparse
 
@@ -110,7 +111,7 @@ class SAE(nn.Module):
         out = latents @ self.W_dec + self.b_dec
         if self.W_skip is not None:
             if x is None:
-                raise ValueError("this transcoder has a skip connection: decode(latents, x) needs its input x")
+                raise MechscopeError("this transcoder has a skip connection: decode(latents, x) needs its input x")
             out = out + x @ self.W_skip
         return out
 

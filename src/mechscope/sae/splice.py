@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from mechscope.errors import MechscopeError
 from mechscope.hooks.points import HookPoint
 from mechscope.sae.model import SAE
 
@@ -24,13 +25,13 @@ def splice_hooks(sae: SAE, hook_name: str | None = None, keep_error: bool = Fals
     cfg = sae.cfg
     read_at = hook_name or cfg.hook_name
     if not read_at:
-        raise ValueError("which hook point? pass hook_name=... or set the SAE config's hook_name")
+        raise MechscopeError("which hook point? pass hook_name=... or set the SAE config's hook_name")
     write_at = (cfg.hook_name_out or None) if cfg.is_transcoder else read_at
     if cfg.is_transcoder and write_at is None:
-        raise ValueError("a transcoder needs cfg.hook_name_out: the activation it predicts")
+        raise MechscopeError("a transcoder needs cfg.hook_name_out: the activation it predicts")
     for index in list(clamp or {}) + list(steer or {}):
         if not 0 <= index < cfg.d_sae:
-            raise ValueError(f"latent {index} out of range: the dictionary has {cfg.d_sae} latents")
+            raise MechscopeError(f"latent {index} out of range: the dictionary has {cfg.d_sae} latents")
     captured: dict[str, torch.Tensor] = {}
 
     def reconstruct(x: torch.Tensor, original: torch.Tensor) -> torch.Tensor:

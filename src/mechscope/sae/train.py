@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from mechscope.errors import MechscopeError
 from mechscope.files import atomic_text
 from mechscope.sae.config import SAEConfig
 from mechscope.sae.model import SAE
@@ -114,7 +115,7 @@ def _load_checkpoint(folder: Path, runs: list[_Run], configs: list[SAEConfig]) -
     meta = json.loads((checkpoint / "state.json").read_text())
     saved = [SAEConfig.from_dict(c) for c in meta["configs"]]
     if saved != list(configs):
-        raise ValueError(f"checkpoint in {folder} was made for other dictionaries ({len(saved)} configs differ "
+        raise MechscopeError(f"checkpoint in {folder} was made for other dictionaries ({len(saved)} configs differ "
                          "from these); use another folder or delete it")
     for index, run in enumerate(runs):
         run.load_tensors(load_file(checkpoint / f"dictionary_{index}.safetensors"))

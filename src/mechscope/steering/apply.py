@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from mechscope.errors import MechscopeError
 from mechscope.hooks.interventions import add_vector, project_out
 from mechscope.models.hooked_model import HookedModel, HookSpec
 from mechscope.steering.direction import Direction
@@ -21,13 +22,13 @@ def checked_layers(model: HookedModel, layers: int | Sequence[int] | None) -> li
     layers = list(range(model.cfg.n_layers)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
     bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
     if bad or not layers:
-        raise ValueError(f"layers {bad or layers} invalid; the model has layers 0..{model.cfg.n_layers - 1}")
+        raise MechscopeError(f"layers {bad or layers} invalid; the model has layers 0..{model.cfg.n_layers - 1}")
     return layers
 
 
 def _check_width(model: HookedModel, direction: Direction) -> None:
     if direction.d_model != model.cfg.d_model:
-        raise ValueError(f"direction has d_model {direction.d_model}, the model {model.cfg.d_model}")
+        raise MechscopeError(f"direction has d_model {direction.d_model}, the model {model.cfg.d_model}")
 
 
 @dataclass
@@ -50,14 +51,14 @@ class Steering:
         fresh set is needed for each generation (``generate`` below makes them)."""
         _check_width(model, self.direction)
         if self.layers is None and self.direction.layer is None:
-            raise ValueError("the direction records no layer; pass layers=")
+            raise MechscopeError("the direction records no layer; pass layers=")
         layers = checked_layers(model, self.direction.layer if self.layers is None else self.layers)
         if isinstance(self.positions, str) and self.positions not in PHASES:
-            raise ValueError(f"positions must be one of {PHASES} or a list of token indices, got {self.positions!r}")
+            raise MechscopeError(f"positions must be one of {PHASES} or a list of token indices, got {self.positions!r}")
         if self.positions == "generated" and not generating:
-            raise ValueError('positions="generated" applies only during generation; use steering.generate')
+            raise MechscopeError('positions="generated" applies only during generation; use steering.generate')
         if not isinstance(self.positions, str) and generating:
-            raise ValueError("explicit token positions apply to forward passes only; in generation use "
+            raise MechscopeError("explicit token positions apply to forward passes only; in generation use "
                              f"one of {PHASES}")
         indices = None if isinstance(self.positions, str) else list(self.positions)
         adder = add_vector(self.direction.vector, self.alpha, positions=indices)
@@ -123,7 +124,7 @@ def generate(
     tokenizer has one."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
-        raise ValueError("no prompts given")
+        raise MechscopeError("no prompts given")
     interventions = [] if intervention is None else (
         [intervention] if isinstance(intervention, Steering | DirectionalAblation) else list(intervention))
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from mechscope.analysis.activations import prompt_activations
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.steering.apply import checked_layers
 from mechscope.steering.direction import Direction, diff_in_means
@@ -44,7 +45,7 @@ def contrast_directions(
             if torch.equal(positive_acts.mean(0), negative_acts.mean(0)):
                 if skip_identical:
                     continue
-                raise ValueError(f"at layer {layer}, position {position} both prompt sets have the same mean "
+                raise MechscopeError(f"at layer {layer}, position {position} both prompt sets have the same mean "
                                  "activation, so there is no direction (e.g. a shared template token before any "
                                  "attention); choose other layers or positions, or pass skip_identical=True")
             directions[(layer, position)] = diff_in_means(positive_acts, negative_acts, layer, meta)
@@ -63,12 +64,12 @@ def caa_direction(
     hook_resid_pre activation at the answer letter when the reply starts with the matching
     answer, minus that with the other answer; averaged over items. {layer: Direction}."""
     if not items:
-        raise ValueError("no A/B items given")
+        raise MechscopeError("no A/B items given")
     keys = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
     for index, item in enumerate(items):
         missing = [key for key in keys if key not in item]
         if missing:
-            raise ValueError(f"item {index} lacks {missing}; CAA items need {keys}")
+            raise MechscopeError(f"item {index} lacks {missing}; CAA items need {keys}")
     layer_list = checked_layers(model, layers)
     names = [f"blocks.{layer}.hook_resid_pre" for layer in layer_list]
     questions = [item["question"] for item in items]

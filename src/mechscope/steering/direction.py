@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from mechscope.errors import MechscopeError, MissingFileError, OutOfRangeError
 from mechscope.files import atomic_file, atomic_text
 
 METHODS = ("diff_in_means", "caa", "pca", "probe", "sae", "user")
@@ -35,14 +36,14 @@ class Direction:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"unknown direction method {self.method!r}; valid: {', '.join(METHODS)}")
+            raise MechscopeError(f"unknown direction method {self.method!r}; valid: {', '.join(METHODS)}")
         if not isinstance(self.vector, torch.Tensor) or self.vector.dim() != 1:
-            raise ValueError(f"a direction is one vector [d_model], got {getattr(self.vector, 'shape', self.vector)!r}")
+            raise MechscopeError(f"a direction is one vector [d_model], got {getattr(self.vector, 'shape', self.vector)!r}")
         if not torch.isfinite(self.vector).all():
-            raise ValueError("direction has NaN or infinite entries")
+            raise MechscopeError("direction has NaN or infinite entries")
         norm = float(self.vector.float().norm())
         if abs(norm - 1.0) > 1e-4:
-            raise ValueError(f"direction vector must be unit-norm (has norm {norm:.6f}); build it with "
+            raise MechscopeError(f"direction vector must be unit-norm (has norm {norm:.6f}); build it with "
                              "Direction.from_vector, which normalises and records the length as scale")
         self.vector = self.vector.detach().float().cpu()
 
@@ -52,10 +53,10 @@ class Direction:
         """Normalise ``vector`` [d_model]; its length becomes ``scale``."""
         vector = torch.as_tensor(vector).detach().float()
         if vector.dim() != 1:
-            raise ValueError(f"a direction is one vector [d_model], got shape {tuple(vector.shape)}")
+            raise MechscopeError(f"a direction is one vector [d_model], got shape {tuple(vector.shape)}")
         norm = float(vector.norm())
         if not (norm > 0 and math.isfinite(norm)):
-            raise ValueError(f"cannot make a direction from a vector of norm {norm}")
+            raise MechscopeError(f"cannot make a direction from a vector of norm {norm}")
         return cls(vector / norm, layer=layer, method=method, scale=norm, metadata=dict(metadata or {}))
 
     @property
@@ -84,13 +85,13 @@ class Direction:
         tensors, meta = base.with_suffix(".safetensors"), base.with_suffix(".json")
         missing = [str(p) for p in (tensors, meta) if not p.exists()]
         if missing:
-            raise FileNotFoundError(f"a saved direction is two files; missing: {', '.join(missing)}")
+            raise MissingFileError(f"a saved direction is two files; missing: {', '.join(missing)}")
         info = json.loads(meta.read_text(encoding="utf-8"))
         if info.get("format") != "mechscope-direction":
-            raise ValueError(f"{meta} is not a mechscope direction (format {info.get('format')!r})")
+            raise MechscopeError(f"{meta} is not a mechscope direction (format {info.get('format')!r})")
         vector = load_file(str(tensors))["direction"]
         if vector.shape != (info["d_model"],):
-            raise ValueError(f"{tensors} holds a vector of shape {tuple(vector.shape)}, the JSON says "
+            raise MechscopeError(f"{tensors} holds a vector of shape {tuple(vector.shape)}, the JSON says "
                              f"d_model {info['d_model']}")
         return cls(vector, layer=info["layer"], method=info["method"], scale=info["scale"], metadata=info["metadata"])
 
@@ -98,7 +99,7 @@ class Direction:
 def _as_matrix(name: str, activations: torch.Tensor) -> torch.Tensor:
     activations = torch.as_tensor(activations).float()
     if activations.dim() != 2 or activations.shape[0] == 0:
-        raise ValueError(f"{name} must be [n, d_model] with n >= 1, got shape {tuple(activations.shape)}")
+        raise MechscopeError(f"{name} must be [n, d_model] with n >= 1, got shape {tuple(activations.shape)}")
     return activations
 
 
@@ -107,7 +108,7 @@ def diff_in_means(positive: torch.Tensor, negative: torch.Tensor, layer: int | N
     """mean(positive) - mean(negative) of activations [n, d_model] and [m, d_model]."""
     positive, negative = _as_matrix("positive", positive), _as_matrix("negative", negative)
     if positive.shape[1] != negative.shape[1]:
-        raise ValueError(f"positive has d_model {positive.shape[1]}, negative {negative.shape[1]}")
+        raise MechscopeError(f"positive has d_model {positive.shape[1]}, negative {negative.shape[1]}")
     meta = {"n_positive": len(positive), "n_negative": len(negative), **(metadata or {})}
     return Direction.from_vector(positive.mean(0) - negative.mean(0), layer, "diff_in_means", meta)
 
@@ -123,10 +124,10 @@ def pca_direction(positive: torch.Tensor, negative: torch.Tensor, layer: int | N
     """
     positive, negative = _as_matrix("positive", positive), _as_matrix("negative", negative)
     if positive.shape != negative.shape:
-        raise ValueError(f"pca_direction takes paired rows; shapes differ: {tuple(positive.shape)} vs "
+        raise MechscopeError(f"pca_direction takes paired rows; shapes differ: {tuple(positive.shape)} vs "
                          f"{tuple(negative.shape)}")
     if len(positive) < 2:
-        raise ValueError("pca_direction needs at least 2 pairs")
+        raise MechscopeError("pca_direction needs at least 2 pairs")
     differences = positive - negative
     signs = torch.randint(0, 2, (len(differences), 1), generator=torch.Generator().manual_seed(seed)) * 2 - 1
     flipped = differences * signs
@@ -150,5 +151,5 @@ def probe_direction(probe, layer: int | None = None, metadata: dict[str, Any] | 
 def sae_direction(sae, latent: int, layer: int | None = None) -> Direction:
     """Decoder row of dictionary latent ``latent``: what the latent writes when it fires."""
     if not 0 <= latent < sae.W_dec.shape[0]:
-        raise IndexError(f"latent {latent} out of range; the dictionary has {sae.W_dec.shape[0]} latents")
+        raise OutOfRangeError(f"latent {latent} out of range; the dictionary has {sae.W_dec.shape[0]} latents")
     return Direction.from_vector(sae.W_dec[latent].detach().float(), layer, "sae", {"latent": latent})

@@ -12,15 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from mechscope.analysis.activations import prompt_activations
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel, HookSpec
 
 
 def _checked_tokens(model: HookedModel, tokens: Sequence[int], what: str) -> torch.Tensor:
     ids = torch.as_tensor(list(tokens), dtype=torch.long)
     if ids.numel() == 0:
-        raise ValueError(f"{what} is empty; give at least one token id")
+        raise MechscopeError(f"{what} is empty; give at least one token id")
     if ids.min() < 0 or ids.max() >= model.cfg.d_vocab:
-        raise ValueError(f"{what} has ids outside [0, {model.cfg.d_vocab})")
+        raise MechscopeError(f"{what} has ids outside [0, {model.cfg.d_vocab})")
     return ids.to(model.device)
 
 
@@ -30,7 +31,7 @@ def last_token_logits(model: HookedModel, prompts: Sequence[str], hooks: HookSpe
     """Next-token logits [n_prompts, d_vocab] (float32) after each prompt's last token (with
     ``chat``, the first token of the reply), with ``hooks`` active."""
     if not prompts:
-        raise ValueError("no prompts given")
+        raise MechscopeError("no prompts given")
     rows = []
     for start in range(0, len(prompts), batch_size):
         tokens, mask = model.tokenize_prompts(list(prompts[start:start + batch_size]), chat)
@@ -114,7 +115,7 @@ def next_token_kl(model: HookedModel, prompts: Sequence[str], hooks: HookSpec, c
 def perplexity(model: HookedModel, contexts: torch.Tensor, hooks: HookSpec = (), batch_size: int = 8) -> float:
     """exp(mean next-token NLL) over token contexts [n, pos] with ``hooks`` active."""
     if contexts.dim() != 2 or contexts.shape[1] < 2:
-        raise ValueError(f"contexts must be token ids [n, pos >= 2], got shape {tuple(contexts.shape)}")
+        raise MechscopeError(f"contexts must be token ids [n, pos >= 2], got shape {tuple(contexts.shape)}")
     total, count = 0.0, 0
     for start in range(0, len(contexts), batch_size):
         batch = contexts[start:start + batch_size].to(model.device)

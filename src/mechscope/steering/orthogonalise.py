@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from mechscope.errors import FolderNotEmptyError, MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.steering.direction import Direction
 
@@ -26,11 +27,11 @@ def _project_rows(module: torch.nn.Module, unit: torch.Tensor, d_model: int) -> 
     with torch.no_grad():
         if isinstance(module, torch.nn.Linear):
             if weight.shape[0] != d_model:
-                raise ValueError(f"{type(module).__name__} writes {weight.shape[0]} features, not d_model {d_model}")
+                raise MechscopeError(f"{type(module).__name__} writes {weight.shape[0]} features, not d_model {d_model}")
             edited = weight.float() - torch.outer(d, d @ weight.float())
         else:  # Embedding and Conv1D keep d_model as the last axis
             if weight.shape[-1] != d_model:
-                raise ValueError(f"{type(module).__name__} weight {tuple(weight.shape)} does not end in d_model {d_model}")
+                raise MechscopeError(f"{type(module).__name__} weight {tuple(weight.shape)} does not end in d_model {d_model}")
             edited = weight.float() - torch.outer(weight.float() @ d, d)
         weight.copy_(edited.to(weight.dtype))
         bias = getattr(module, "bias", None)
@@ -48,9 +49,9 @@ def orthogonalise(model: HookedModel, direction: Direction) -> HookedModel:
     """
     adapter, cfg = model.adapter, model.cfg
     if direction.d_model != cfg.d_model:
-        raise ValueError(f"direction has d_model {direction.d_model}, the model {cfg.d_model}")
+        raise MechscopeError(f"direction has d_model {direction.d_model}, the model {cfg.d_model}")
     if adapter.attn_out_is_norm:
-        raise ValueError(f"family {cfg.family!r} writes to the residual stream through norms after its output "
+        raise MechscopeError(f"family {cfg.family!r} writes to the residual stream through norms after its output "
                          "projections, which re-create the direction; weight orthogonalisation cannot remove it "
                          "(use DirectionalAblation at run time)")
     hf_model = copy.deepcopy(model.hf_model)
@@ -77,7 +78,7 @@ def save_orthogonalised(model: HookedModel, direction: Direction, folder: str | 
     Refuses to write into a non-empty folder, so nothing saved before is overwritten."""
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
-        raise FileExistsError(f"{folder} is not empty; choose a new folder for the orthogonalised model")
+        raise FolderNotEmptyError(f"{folder} is not empty; choose a new folder for the orthogonalised model")
     edited = orthogonalise(model, direction)
     edited.hf_model.save_pretrained(folder, safe_serialization=True)
     model.tokenizer.save_pretrained(folder)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.steering.apply import DirectionalAblation, Steering
 from mechscope.steering.builders import contrast_directions
@@ -46,7 +47,7 @@ def is_refusal(text: str, phrases: Sequence[str] = REFUSAL_PHRASES) -> bool:
 
 def refusal_rate(texts: Sequence[str], phrases: Sequence[str] = REFUSAL_PHRASES) -> float:
     if not texts:
-        raise ValueError("no generations to score")
+        raise MechscopeError("no generations to score")
     return sum(is_refusal(text, phrases) for text in texts) / len(texts)
 
 
@@ -72,12 +73,12 @@ def post_instruction_positions(model: HookedModel) -> list[int]:
     text = model.tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
                                                add_generation_prompt=True)
     if marker not in text:
-        raise ValueError("the chat template does not place the user's text verbatim; cannot locate the "
+        raise MechscopeError("the chat template does not place the user's text verbatim; cannot locate the "
                          "post-instruction tokens")
     tail = text.split(marker, 1)[1]
     count = len(model.tokenizer(tail, add_special_tokens=False)["input_ids"])
     if count == 0:
-        raise ValueError("the chat template adds no tokens after the user's text")
+        raise MechscopeError("the chat template adds no tokens after the user's text")
     return list(range(-count, 0))
 
 
@@ -97,9 +98,9 @@ class RefusalConfig:
     def __post_init__(self) -> None:
         for name in ("n_train", "n_val", "shortlist", "max_new_tokens", "n_perplexity_contexts"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise MechscopeError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.max_layer_fraction <= 1:
-            raise ValueError(f"max_layer_fraction must lie in (0, 1], got {self.max_layer_fraction}")
+            raise MechscopeError(f"max_layer_fraction must lie in (0, 1], got {self.max_layer_fraction}")
 
 
 @dataclass
@@ -138,7 +139,7 @@ def find_refusal_direction(model: HookedModel, harmful: Sequence[str], harmless:
     config = config or RefusalConfig()
     needed = config.n_train + config.n_val
     if len(harmful) < needed or len(harmless) < needed:
-        raise ValueError(f"need {needed} harmful and harmless prompts (n_train + n_val), got {len(harmful)} "
+        raise MechscopeError(f"need {needed} harmful and harmless prompts (n_train + n_val), got {len(harmful)} "
                          f"and {len(harmless)}")
     train_harmful, val_harmful = list(harmful[:config.n_train]), list(harmful[config.n_train:needed])
     train_harmless, val_harmless = list(harmless[:config.n_train]), list(harmless[config.n_train:needed])
@@ -149,7 +150,7 @@ def find_refusal_direction(model: HookedModel, harmful: Sequence[str], harmless:
     directions = contrast_directions(model, train_harmful, train_harmless, layers, positions, chat=True,
                                      progress=progress, skip_identical=True)
     if not directions:
-        raise ValueError(f"no candidate directions in layers {layers}: harmful and harmless means are identical "
+        raise MechscopeError(f"no candidate directions in layers {layers}: harmful and harmless means are identical "
                          "there at every post-instruction position; raise max_layer_fraction")
     baseline_harmful = refusal_score(model, val_harmful)
     reference = last_token_logits(model, val_harmless, (), chat=True)  # for every candidate's KL, too

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from mechscope.errors import NotFoundError
 from mechscope.files import atomic_text
 from mechscope.models.hooked_model import HookedModel
 from mechscope.steering.apply import DirectionalAblation, Steering, generate
@@ -51,7 +52,7 @@ class RefusalReport:
         for item in self.conditions:
             if (item.name, item.prompts) == (name, prompts):
                 return item
-        raise KeyError(f"no condition {name!r} on {prompts!r}")
+        raise NotFoundError(f"no condition {name!r} on {prompts!r}")
 
     def to_json(self) -> dict:
         return {

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.steering.apply import Steering
 from mechscope.steering.direction import Direction
@@ -44,7 +45,7 @@ class SteeringSweep:
         within = [point for point in self.points if point.kl <= kl_budget]
         if not within:
             lowest = min(self.points, key=lambda p: p.kl)
-            raise ValueError(f"no setting keeps KL within {kl_budget}; the lowest KL was {lowest.kl:.4f} "
+            raise MechscopeError(f"no setting keeps KL within {kl_budget}; the lowest KL was {lowest.kl:.4f} "
                              f"(layer {lowest.layer}, alpha {lowest.alpha})")
         return (max if maximise else min)(within, key=lambda p: p.behaviour)
 
@@ -90,13 +91,13 @@ def sweep(
     per_layer = dict(direction) if isinstance(direction, Mapping) else None
     if layers is None:
         if per_layer is None:
-            raise ValueError("give layers= (or a {layer: Direction} mapping whose keys are the layers)")
+            raise MechscopeError("give layers= (or a {layer: Direction} mapping whose keys are the layers)")
         layers = sorted(per_layer)
     missing = [layer for layer in layers if per_layer is not None and layer not in per_layer]
     if missing:
-        raise ValueError(f"no direction for layers {missing}; the mapping has {sorted(per_layer)}")
+        raise MechscopeError(f"no direction for layers {missing}; the mapping has {sorted(per_layer)}")
     if not layers or not alphas:
-        raise ValueError("give at least one layer and one alpha")
+        raise MechscopeError("give at least one layer and one alpha")
     reference = last_token_logits(model, neutral_prompts, (), chat)
     baseline_perplexity = None if contexts is None else perplexity(model, contexts)
     points = []

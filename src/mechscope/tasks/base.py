@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.tokens import tokenize
 
@@ -50,13 +51,13 @@ class Task:
     def __post_init__(self) -> None:
         n = self.clean_tokens.shape[0]
         if self.clean_tokens.shape != self.corrupted_tokens.shape:
-            raise ValueError(f"clean {tuple(self.clean_tokens.shape)} and corrupted "
+            raise MechscopeError(f"clean {tuple(self.clean_tokens.shape)} and corrupted "
                              f"{tuple(self.corrupted_tokens.shape)} token batches must have the same shape")
         for label, tokens in (("answer_tokens", self.answer_tokens), ("wrong_tokens", self.wrong_tokens)):
             if tokens.dim() == 1:
                 setattr(self, label, tokens.unsqueeze(1))
             if getattr(self, label).shape[0] != n or not (getattr(self, label) != PAD).any(1).all():
-                raise ValueError(f"{label} needs at least one token for each of the {n} prompts")
+                raise MechscopeError(f"{label} needs at least one token for each of the {n} prompts")
         if "END" not in self.positions:
             self.positions["END"] = torch.full((n,), self.clean_tokens.shape[1] - 1)
 
@@ -137,7 +138,7 @@ class Task:
         batch, must have the same token length (checked, never truncated); answers are strings
         that must each be one token of the model's tokenizer."""
         if not (len(clean) == len(corrupted) == len(answers) == len(wrong)) or not clean:
-            raise ValueError(f"need equally many clean ({len(clean)}), corrupted ({len(corrupted)}) prompts, "
+            raise MechscopeError(f"need equally many clean ({len(clean)}), corrupted ({len(corrupted)}) prompts, "
                              f"answers ({len(answers)}) and wrong answers ({len(wrong)}), at least one")
         def ids(prompt: str) -> list[int]:  # same BOS handling as HookedModel.to_tokens
             return tokenize(model.tokenizer, prompt, prepend_bos)[0][0].tolist()
@@ -147,7 +148,7 @@ class Task:
         lengths = {len(ids) for ids in clean_ids + corrupt_ids}
         if len(lengths) != 1:
             bad = [i for i, (a, b) in enumerate(zip(clean_ids, corrupt_ids)) if len(a) != len(b)]
-            raise ValueError(f"prompts have different token lengths {sorted(lengths)}"
+            raise MechscopeError(f"prompts have different token lengths {sorted(lengths)}"
                              + (f"; clean/corrupted pairs {bad[:10]} differ" if bad else "")
                              + ": patching needs aligned positions, so reword or drop them")
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.tasks.base import Task, pad_token_lists
 
@@ -31,7 +32,7 @@ Sampler = Callable[[random.Random], PromptPair]
 def _locate(ids: list[int], token: int, occurrence: int) -> int:
     hits = [i for i, t in enumerate(ids) if t == token]
     if len(hits) <= occurrence:
-        raise ValueError("named token not found")
+        raise MechscopeError("named token not found")
     return hits[occurrence]
 
 
@@ -41,7 +42,7 @@ def build_task(model: HookedModel, name: str, sampler: Sampler, n: int, seed: in
     first draws); pairs whose clean and corrupted lengths differ are re-drawn. Fails with a
     clear message instead of truncating when that cannot be reached."""
     if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+        raise MechscopeError(f"n must be at least 1, got {n}")
     rng = random.Random(seed)
     tokenizer = model.tokenizer
     candidates, lengths, draws = [], Counter(), 0
@@ -66,12 +67,12 @@ def build_task(model: HookedModel, name: str, sampler: Sampler, n: int, seed: in
             candidates.append(drawn)
             lengths[len(drawn[1])] += 1
     if not candidates:
-        raise ValueError(f"{name}: no sampled prompt pair had equal clean/corrupted token lengths")
+        raise MechscopeError(f"{name}: no sampled prompt pair had equal clean/corrupted token lengths")
     target = lengths.most_common(1)[0][0]
     rows = [c for c in candidates if len(c[1]) == target][:n]
     while len(rows) < n:
         if draws > max_draws_per_prompt * n:
-            raise ValueError(f"{name}: only {len(rows)} of {n} prompts reach the common length of {target} "
+            raise MechscopeError(f"{name}: only {len(rows)} of {n} prompts reach the common length of {target} "
                              "tokens for this tokenizer; ask for fewer prompts")
         drawn = draw()
         if drawn and len(drawn[1]) == target:

@@ -6,6 +6,7 @@ import random
 
 import torch
 
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.tasks.base import Task
 from mechscope.tasks.words import CAPITALS
@@ -34,7 +35,7 @@ def factual_recall(model: HookedModel, n: int | None = None, seed: int = 0) -> T
     Positions: SUBJECT (the country token), END."""
     known = known_capitals(model)
     if len(known) < 2:
-        raise ValueError(f"the model completes only {len(known)} of mechscope's {len(CAPITALS)} capitals "
+        raise MechscopeError(f"the model completes only {len(known)} of mechscope's {len(CAPITALS)} capitals "
                          "correctly; factual recall needs at least 2")
     rng = random.Random(seed)
     count = len(known) if n is None else n

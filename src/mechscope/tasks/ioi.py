@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.tasks.base import Task
 from mechscope.tasks.builders import PromptPair, build_task
@@ -31,12 +32,12 @@ def ioi(model: HookedModel, n: int = 32, seed: int = 0, order: str = "mixed") ->
     (second subject mention), END. Answer: the IO name; wrong answer: the subject.
     """
     if order not in (*ORDERS, "mixed"):
-        raise ValueError(f"order must be one of BABA, ABBA, mixed; got {order!r}")
+        raise MechscopeError(f"order must be one of BABA, ABBA, mixed; got {order!r}")
     names = single_token_words(model.tokenizer, NAMES)
     places = single_token_words(model.tokenizer, PLACES)
     objects = single_token_words(model.tokenizer, OBJECTS)
     if len(names) < 5 or not places or not objects:
-        raise ValueError(f"the tokenizer has too few single-token names ({len(names)}), places or objects for IOI")
+        raise MechscopeError(f"the tokenizer has too few single-token names ({len(names)}), places or objects for IOI")
 
     def sample(rng: random.Random) -> PromptPair:
         template = rng.choice(TEMPLATES)

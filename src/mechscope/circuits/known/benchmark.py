@@ -11,6 +11,7 @@ from mechscope.circuits.discover import make_config, score_edges
 from mechscope.circuits.graph import ComponentGraph
 from mechscope.circuits.known.registry import BUILDERS, load_known
 from mechscope.circuits.scoring import edge_setup
+from mechscope.errors import MechscopeError
 
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -19,7 +20,7 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     scores, labels = scores.double().flatten(), labels.bool().flatten()
     positives, negatives = int(labels.sum()), int((~labels).sum())
     if positives == 0 or negatives == 0:
-        raise ValueError("ROC AUC needs at least one positive and one negative label")
+        raise MechscopeError("ROC AUC needs at least one positive and one negative label")
     order = scores.argsort()
     ranks = torch.empty_like(scores)
     ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.double)

@@ -22,6 +22,7 @@ from mechscope import tasks
 from mechscope.circuits.graph import ComponentGraph
 from mechscope.circuits.known.hand_induction import hand_induction_model
 from mechscope.circuits.known.trained_induction import trained_induction_model
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.tasks.base import Task
 
@@ -67,7 +68,7 @@ def task_for(model: HookedModel, settings: dict) -> Task:
 def load_known(name: str) -> KnownCircuit:
     """Build the model (hand-set: instant; trained: shipped weights) and read its circuit."""
     if name not in BUILDERS:
-        raise ValueError(f"unknown known-circuit model {name!r}; choose one of: {', '.join(BUILDERS)}")
+        raise MechscopeError(f"unknown known-circuit model {name!r}; choose one of: {', '.join(BUILDERS)}")
     data = json.loads(circuit_file(name).read_text())
     model = BUILDERS[name]()
     edges = tuple((edge["from"], edge["to"]) for edge in data["edges"])

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mechscope.circuits.known.hand_induction import word_tokenizer
+from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 
 DATA = Path(__file__).parent / "data"
@@ -100,7 +101,7 @@ def trained_induction_model() -> HookedModel:
     model = _model(settings)
     missing, unexpected = model.load_state_dict(load_file(DATA / "trained_induction.safetensors"), strict=False)
     if unexpected or any(not name.endswith("attn.bias") and "lm_head" not in name for name in missing):
-        raise ValueError(f"trained_induction.safetensors does not match its settings: missing {missing}, "
+        raise MechscopeError(f"trained_induction.safetensors does not match its settings: missing {missing}, "
                          f"unexpected {unexpected}")
     model.eval()
     return HookedModel(model, word_tokenizer(settings.vocab), name="trained-induction")

@@ -1,5 +1,6 @@
 """One small declarative adapter per architecture family."""
 
+from mechscope.errors import MechscopeError
 from mechscope.models.adapters.base import ArchitectureAdapter
 from mechscope.models.adapters.gemma3 import GEMMA3
 from mechscope.models.adapters.gpt2 import GPT2
@@ -18,14 +19,14 @@ def adapter_for_model_type(model_type: str) -> ArchitectureAdapter:
         if model_type in adapter.model_types:
             return adapter
     supported = ", ".join(t for a in ADAPTERS for t in a.model_types)
-    raise ValueError(f"unsupported model_type {model_type!r}; mechscope supports: {supported}")
+    raise MechscopeError(f"unsupported model_type {model_type!r}; mechscope supports: {supported}")
 
 
 def adapter_for_family(family: str) -> ArchitectureAdapter:
     for adapter in ADAPTERS:
         if adapter.family == family:
             return adapter
-    raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(SUPPORTED_FAMILIES)}")
+    raise MechscopeError(f"unknown family {family!r}; choose one of: {', '.join(SUPPORTED_FAMILIES)}")
 
 
 __all__ = ["ADAPTERS", "SUPPORTED_FAMILIES", "ArchitectureAdapter", "adapter_for_family", "adapter_for_model_type"]

@@ -25,7 +25,7 @@ from mechscope.steering import (
     sweep,
     token_log_odds,
 )
-from tests.conftest import random_tokens
+from tests.helpers import random_tokens
 
 ORTHOGONALISABLE = [family for family in mechscope.SUPPORTED_FAMILIES if family != "gemma3"]
 

@@ -8,7 +8,7 @@ import torch
 
 import mechscope
 from mechscope.hooks import interventions as iv
-from tests.conftest import random_tokens
+from tests.helpers import random_tokens
 
 TYPO = "blocks.0.hook_resid_psot"
 MEANT = "blocks.0.hook_resid_post"

@@ -6,7 +6,7 @@ import torch
 
 import mechscope
 from mechscope.hooks import interventions as iv
-from tests.conftest import random_tokens
+from tests.helpers import random_tokens
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 EXACT = {"atol": 0, "rtol": 0}

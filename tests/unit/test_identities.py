@@ -5,7 +5,7 @@ import copy
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import random_tokens
+from tests.helpers import random_tokens
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 

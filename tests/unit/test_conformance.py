@@ -6,7 +6,7 @@ import torch
 
 import mechscope
 from mechscope.hooks.interventions import patch_from
-from tests.conftest import FAMILIES, random_tokens
+from tests.helpers import FAMILIES, random_tokens
 
 BATCH, POS = 2, 12
 CASES = [(family, name) for family in FAMILIES for name in mechscope.load_tiny(family).hook_names()]

