@@ -30,7 +30,10 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(VENV)/bin/mechscope inspect "$(DEMO_PROMPT)" --out mechscope-report
 
+# The import-layer contract (pyproject.toml [tool.importlinter]) first, then every test:
+# tests/unit (tiny random models) and tests/integration (the bundled models).
 test: install-dev
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 
 benchmark: install

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any, get_args
+from typing import Any, get_args, get_origin
 
 import torch
 
@@ -19,14 +19,16 @@ def literal_choices(alias: Any) -> tuple:
     """The values of a ``Literal[...]`` alias (unions of Literals are flattened)."""
     values: list = []
     for arg in get_args(alias):
-        values.extend(literal_choices(arg) if get_args(arg) else [arg])
+        values.extend(literal_choices(arg) if get_origin(arg) is not None else [arg])
     return tuple(values)
 
 
 def check_choice(field: str, value: Any, choices: Iterable | Any) -> Any:
     """``value`` if it is one of ``choices`` (an iterable or a Literal alias), else a ConfigError
     that lists them."""
-    options = tuple(choices) if isinstance(choices, Iterable) and not isinstance(choices, str) else literal_choices(choices)
+    # A Literal alias is iterable too (for unpacking), so test for it first.
+    is_alias = get_origin(choices) is not None or get_args(choices)
+    options = literal_choices(choices) if is_alias else tuple(choices)
     if value not in options:
         listed = ", ".join(repr(option) for option in options)
         raise ConfigError(f"{field} must be one of {listed}; got {value!r}")

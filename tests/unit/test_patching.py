@@ -112,25 +112,33 @@ def test_ablation_sweep_equals_patching_in_the_ablated_value(setup, method):
     assert result.mode == f"{method}-ablation"
 
 
-def test_prefix_reuse_restores_a_forward_that_was_already_set(setup):
-    """Dispatch wrappers (accelerate) live in a block's instance forward; they must survive."""
-    from mechscope.patching.prefix import reuse_prefix
+def test_prefix_reuse_goes_through_hooks_and_leaves_the_blocks_alone(setup):
+    """Prefix reuse is a hook at the first patched layer's resid_pre: a block's instance forward
+    (accelerate's dispatch wrappers live there) is never replaced, and the logits equal the run
+    that computes the prefix."""
+    from mechscope.hooks.names import resid_post
+    from mechscope.patching.prefix import prefix_hooks
 
     model, task = setup
-    block = model.hf_model.get_submodule(model.adapter.layers)[0]
+    block = model.hf_model.get_submodule(model.adapter.path(0))
     original = block.forward
+    calls = []
 
     def wrapper(*args, **kwargs):
+        calls.append(1)
         return original(*args, **kwargs)
 
     block.forward = wrapper
     try:
-        resid = {0: torch.zeros(1, 2, model.cfg.d_model)}
-        with reuse_prefix(model, 1, resid, 1):
-            assert block.forward is not wrapper
-        assert block.__dict__["forward"] is wrapper
+        tokens = task.clean_tokens
+        names = [resid_post(layer) for layer in range(model.cfg.n_layers)]
+        plain, cache = model.run_with_cache(tokens, names=names)
+        resid = {layer: cache[resid_post(layer)] for layer in range(model.cfg.n_layers)}
+        for start in range(model.cfg.n_layers):
+            hooks = prefix_hooks(model, start, resid, 2)
+            assert len(hooks) == (1 if start > 0 else 0)
+            logits = model.run_with_hooks(tokens.repeat(2, 1), fwd_hooks=hooks)
+            torch.testing.assert_close(logits, plain.repeat(2, 1, 1), atol=1e-5, rtol=1e-5)
+        assert block.__dict__["forward"] is wrapper and calls
     finally:
         block.__dict__.pop("forward", None)
-    with reuse_prefix(model, 1, resid, 1):
-        pass
-    assert "forward" not in block.__dict__

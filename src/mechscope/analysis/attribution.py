@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from mechscope.hooks.cache import ActivationCache
+from mechscope.hooks.names import resid_post
 from mechscope.models.hooked_model import HookedModel
 
 
@@ -65,7 +66,7 @@ def direct_logit_attribution(
     heads = cache.stack_head_results(pos_slice=position)
     by_head = cache.logit_attrs(heads, token, other_token, pos_slice=position)[:, batch_index]
     bias = float(model.logit_bias(token, other_token)[0])
-    final = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"][batch_index, position].to(model.device)
+    final = cache[resid_post(model.cfg.n_layers - 1)][batch_index, position].to(model.device)
     # Soft-capped logits are not linear in the residual: attribute the logits before the cap.
     logits = model.unembed(final, apply_soft_cap=False).float()
     diff = logits[token] - (logits[other_token] if other_token is not None else 0.0)

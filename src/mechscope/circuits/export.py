@@ -15,22 +15,20 @@ def _target(circuit: Circuit, receiver: int) -> tuple[str, str]:
     """(drawn node, edge label) for a receiver: heads and MLPs by name, shared kv heads as
     ``L{l}KV{g}``, the logits as ``logits``; the label names the input (q, k, v, kv, qkv)."""
     spec = circuit.graph.receivers[receiver]
-    if spec.name == "logits" or spec.name.startswith("MLP"):
-        return spec.name, ""
-    base, _, part = spec.name.partition(".")
-    parts = "".join(p for p, _ in spec.feeds)
+    if spec.kind != "attention":
+        return spec.node, ""
     components = circuit.graph.receiver_component(receiver)
-    node = components[0] if len(components) == 1 else base
-    return node, part or parts
+    node = components[0] if len(components) == 1 else spec.node
+    return node, spec.part or "".join(p for p, _ in spec.feeds)
 
 
-def _layer_of(name: str) -> float:
-    if name == "input":
-        return -1
-    if name == "logits":
-        return math.inf
-    digits = name[3:] if name.startswith("MLP") else name[1:].split("H")[0].split("KV")[0]
-    return int(digits) + (0.5 if name.startswith("MLP") else 0)
+def _node_depths(circuit: Circuit) -> dict[str, float]:
+    """Forward-pass depth of every node a drawing can show, from the graph's typed ids."""
+    graph = circuit.graph
+    depths = {writer.label: writer.depth for writer in graph.writer_ids}
+    for receiver in graph.receivers:
+        depths.setdefault(receiver.node, receiver.depth)
+    return depths
 
 
 def _edges(circuit: Circuit) -> list[tuple[str, str, str, float]]:
@@ -44,6 +42,8 @@ def _edges(circuit: Circuit) -> list[tuple[str, str, str, float]]:
 
 def circuit_dot(circuit: Circuit) -> str:
     edges = _edges(circuit)
+    depth = _node_depths(circuit)
+    _layer_of = depth.__getitem__
     nodes = sorted({e[0] for e in edges} | {e[1] for e in edges}, key=_layer_of)
     biggest = max((abs(e[3]) for e in edges), default=1.0) or 1.0
     lines = ["digraph circuit {", "  rankdir=BT;", '  node [shape=box, style="rounded,filled", fillcolor="#eef3fb"];']
@@ -88,6 +88,7 @@ for (const name in data.pos) {{ const [x, y] = data.pos[name];
 
 def circuit_html(circuit: Circuit) -> str:
     edges = _edges(circuit)
+    _layer_of = _node_depths(circuit).__getitem__
     nodes = sorted({e[0] for e in edges} | {e[1] for e in edges}, key=lambda n: (_layer_of(n), n))
     rows: dict[float, list[str]] = {}
     for name in nodes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from mechscope.circuits.intervention import EdgeRun, EdgeSpec
+from mechscope.hooks.names import attn, mlp_in, resid_post
 from mechscope.hooks.points import HookPoint
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.weights import PARTS, input_projection
@@ -41,9 +42,9 @@ def receiver_gradients(model: HookedModel, task: Task, setup, metric: str,
     def keep_grad(grad: torch.Tensor, hook: HookPoint) -> None:
         captured[hook.name] = grad
 
-    last = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
-    names = [f"blocks.{layer}.attn.hook_{part}" for layer in range(cfg.n_layers) for part in PARTS]
-    names += [f"blocks.{layer}.hook_mlp_in" for layer in range(cfg.n_layers)] + [last]
+    last = resid_post(cfg.n_layers - 1)
+    names = [attn(layer, part) for layer in range(cfg.n_layers) for part in PARTS]
+    names += [mlp_in(layer) for layer in range(cfg.n_layers)] + [last]
     metric_fn = row_metric(task, metric, setup.clean_end_logits)
     keep = 1 if task.end_is_last else 0  # unembedding only END saves ~10% of the pass
     params = [p for p in model.hf_model.parameters() if p.requires_grad]
@@ -64,12 +65,12 @@ def receiver_gradients(model: HookedModel, task: Task, setup, metric: str,
         for layer in range(cfg.n_layers):
             pull_back = _Ln1PullBack(model, layer, run.attention_inputs[layer].detach())
             for part in PARTS:
-                grad = captured[f"blocks.{layer}.attn.hook_{part}"]  # [rows, pos, heads, d_head]
+                grad = captured[attn(layer, part)]  # [rows, pos, heads, d_head]
                 weight, _ = input_projection(model, layer, part)
                 pulled = pull_back(grad, weight)
                 for head, receiver in enumerate(graph.feed_map(layer, part, grad.shape[2])):
                     add(receiver, pulled[head])
-            add(graph.receiver_index(f"MLP{layer}"), captured[f"blocks.{layer}.hook_mlp_in"])
+            add(graph.receiver_index(f"MLP{layer}"), captured[mlp_in(layer)])
         add(graph.n_receivers - 1, captured[last])
     finally:
         for param in params:
@@ -89,7 +90,7 @@ class _Ln1PullBack:
 
     def __init__(self, model: HookedModel, layer: int, x: torch.Tensor):
         adapter = model.adapter
-        norm = model.hf_model.get_submodule(f"{adapter.layers}.{layer}.{adapter.ln1}")
+        norm = model.hf_model.get_submodule(adapter.path(layer, "ln1"))
         self.weight, _, eps = model.norm_parameters(norm)
         self.centred = model.cfg.norm_type == "layer"
         x = x.float()

@@ -14,23 +14,68 @@ the shared k and v read ``L{l}KV{g}``.
 
 from __future__ import annotations
 
+import difflib
+import math
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
 
 import torch
 
 from mechscope.errors import NotFoundError
 from mechscope.models.config import ModelConfig
 
+WriterKind = Literal["input", "head", "mlp"]
+ReceiverKind = Literal["attention", "mlp", "logits"]
+
+
+@dataclass(frozen=True)
+class WriterId:
+    """One writer into the residual stream: the input embedding (layer -1), a head, or an MLP."""
+
+    kind: WriterKind
+    layer: int
+    head: int | None = None
+
+    @property
+    def label(self) -> str:
+        """``input``, ``L{layer}H{head}`` or ``MLP{layer}`` (how circuits name it in files and plots)."""
+        if self.kind == "input":
+            return "input"
+        return f"L{self.layer}H{self.head}" if self.kind == "head" else f"MLP{self.layer}"
+
+    @property
+    def depth(self) -> float:
+        """Where it sits in the forward pass: -1 for the input, the layer for heads, layer + 0.5 for MLPs."""
+        return self.layer + (0.5 if self.kind == "mlp" else 0.0)
+
 
 @dataclass(frozen=True)
 class Receiver:
     """One reader of the residual stream. ``feeds``: the (part, head) inputs it provides, with part
-    "q", "k", "v" (head = query head for q, kv head for k / v), "mlp" or "logits" (head -1)."""
+    "q", "k", "v" (head = query head for q, kv head for k / v), "mlp" or "logits" (head -1).
+    ``node`` is the component drawn for it (``L{l}H{h}``, a shared ``L{l}KV{g}``, ``MLP{l}`` or
+    ``logits``) and ``part`` the input it names ("q", "k", "v", or "" when it feeds several)."""
 
     name: str
     layer: int
     feeds: tuple[tuple[str, int], ...]
     n_upstream: int  # writers 0 .. n_upstream-1 are read by this receiver
+    node: str = ""
+    part: str = ""
+
+    @property
+    def kind(self) -> ReceiverKind:
+        first = self.feeds[0][0]
+        return "attention" if first in ("q", "k", "v") else first  # type: ignore[return-value]
+
+    @property
+    def depth(self) -> float:
+        """Position in the forward pass on the writers' scale: the layer for attention inputs,
+        layer + 0.5 for the MLP, infinity for the logits."""
+        if self.kind == "logits":
+            return math.inf
+        return self.layer + (0.5 if self.kind == "mlp" else 0.0)
 
 
 @dataclass(frozen=True)
@@ -42,7 +87,7 @@ class ComponentGraph:
     n_kv_heads: int
     parallel_residual: bool
     qkv: bool
-    writers: tuple[str, ...]
+    writer_ids: tuple[WriterId, ...]
     receivers: tuple[Receiver, ...]
     _writer_index: dict[str, int] = field(repr=False, compare=False, default_factory=dict)
     _receiver_index: dict[str, int] = field(repr=False, compare=False, default_factory=dict)
@@ -50,19 +95,25 @@ class ComponentGraph:
     @classmethod
     def from_config(cls, cfg: ModelConfig, qkv: bool = True) -> ComponentGraph:
         heads, kv_heads = cfg.n_heads, cfg.n_kv_heads
-        writers = ["input"]
+        writers = [WriterId("input", -1)]
         receivers: list[Receiver] = []
         for layer in range(cfg.n_layers):
             upstream = len(writers)
             receivers.extend(_attention_receivers(layer, heads, kv_heads, qkv, upstream))
-            writers.extend(f"L{layer}H{head}" for head in range(heads))
+            writers.extend(WriterId("head", layer, head) for head in range(heads))
             # Parallel blocks (GPT-NeoX) feed the MLP the block input, not the attention output.
-            receivers.append(Receiver(f"MLP{layer}", layer, (("mlp", -1),),
-                                      upstream if cfg.parallel_residual else len(writers)))
-            writers.append(f"MLP{layer}")
-        receivers.append(Receiver("logits", cfg.n_layers, (("logits", -1),), len(writers)))
+            mlp = WriterId("mlp", layer)
+            receivers.append(Receiver(mlp.label, layer, (("mlp", -1),),
+                                      upstream if cfg.parallel_residual else len(writers), node=mlp.label))
+            writers.append(mlp)
+        receivers.append(Receiver("logits", cfg.n_layers, (("logits", -1),), len(writers), node="logits"))
         return cls(cfg.n_layers, heads, kv_heads, cfg.parallel_residual, qkv, tuple(writers), tuple(receivers),
-                   {name: i for i, name in enumerate(writers)}, {r.name: i for i, r in enumerate(receivers)})
+                   {w.label: i for i, w in enumerate(writers)}, {r.name: i for i, r in enumerate(receivers)})
+
+    @cached_property
+    def writers(self) -> tuple[str, ...]:
+        """The writers' labels, in forward order (``writer_ids`` holds them typed)."""
+        return tuple(writer.label for writer in self.writer_ids)
 
     @property
     def n_writers(self) -> int:
@@ -86,10 +137,6 @@ class ComponentGraph:
 
     def receiver_index(self, name: str) -> int:
         return _lookup(self._receiver_index, name, "receiver")
-
-    def writer_layer(self, index: int) -> int:
-        """Layer of writer ``index`` (-1 for the input)."""
-        return -1 if index == 0 else (index - 1) // (self.n_heads + 1)
 
     def writer_range(self, layer: int) -> tuple[int, int]:
         """[start, stop) writer indices of ``layer``'s heads; its MLP is writer ``stop``."""
@@ -115,38 +162,36 @@ class ComponentGraph:
         names = set()
         for part, head in receiver.feeds:
             if part == "q":
-                names.add(f"L{receiver.layer}H{head}")
+                names.add(WriterId("head", receiver.layer, head).label)
             elif part in ("k", "v"):
                 group = self.n_heads // self.n_kv_heads
-                names.update(f"L{receiver.layer}H{h}" for h in range(head * group, (head + 1) * group))
+                names.update(WriterId("head", receiver.layer, h).label for h in range(head * group, (head + 1) * group))
             elif part == "mlp":
-                names.add(f"MLP{receiver.layer}")
+                names.add(WriterId("mlp", receiver.layer).label)
         return sorted(names)
-
-    def edge_names(self, writer: int, receiver: int) -> str:
-        return f"{self.writers[writer]}->{self.receivers[receiver].name}"
 
 
 def _attention_receivers(layer: int, heads: int, kv_heads: int, qkv: bool, upstream: int) -> list[Receiver]:
+    def receiver(node: str, part: str, feeds) -> Receiver:
+        return Receiver(f"{node}.{part}" if part else node, layer, feeds, upstream, node=node, part=part)
+
+    # Without GQA a kv head is the query head of the same index; name it so.
+    kv_node = "L{layer}H{g}" if kv_heads == heads else "L{layer}KV{g}"
     if qkv:
-        out = [Receiver(f"L{layer}H{h}.q", layer, (("q", h),), upstream) for h in range(heads)]
-        # Without GQA a kv head is the query head of the same index; name it so.
-        kv_name = "H" if kv_heads == heads else "KV"
+        out = [receiver(f"L{layer}H{h}", "q", (("q", h),)) for h in range(heads)]
         for part in ("k", "v"):
-            out.extend(Receiver(f"L{layer}{kv_name}{g}.{part}", layer, ((part, g),), upstream) for g in range(kv_heads))
+            out.extend(receiver(kv_node.format(layer=layer, g=g), part, ((part, g),)) for g in range(kv_heads))
         return out
     if kv_heads == heads:
-        return [Receiver(f"L{layer}H{h}", layer, (("q", h), ("k", h), ("v", h)), upstream) for h in range(heads)]
-    out = [Receiver(f"L{layer}H{h}", layer, (("q", h),), upstream) for h in range(heads)]
-    out.extend(Receiver(f"L{layer}KV{g}", layer, (("k", g), ("v", g)), upstream) for g in range(kv_heads))
+        return [receiver(f"L{layer}H{h}", "", (("q", h), ("k", h), ("v", h))) for h in range(heads)]
+    out = [receiver(f"L{layer}H{h}", "", (("q", h),)) for h in range(heads)]
+    out.extend(receiver(kv_node.format(layer=layer, g=g), "", (("k", g), ("v", g))) for g in range(kv_heads))
     return out
 
 
 def _lookup(index: dict[str, int], name: str, kind: str) -> int:
     if name in index:
         return index[name]
-    import difflib
-
     close = difflib.get_close_matches(name, list(index), n=5)
     hint = f"; close matches: {', '.join(close)}" if close else ""
     raise NotFoundError(f"no {kind} named {name!r}{hint}")

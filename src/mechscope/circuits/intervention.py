@@ -28,6 +28,7 @@ import torch
 
 from mechscope.circuits.graph import ComponentGraph
 from mechscope.errors import MechscopeError
+from mechscope.hooks.names import attn, mlp_in, mlp_out, normalized, resid_post, resid_pre
 from mechscope.hooks.points import HookPoint
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.weights import input_projection
@@ -129,19 +130,19 @@ class EdgeRun:
     # ------------------------------------------------------------------ hooks
     def hooks(self) -> list[tuple[str, object]]:
         cfg = self.model.cfg
-        hooks: list[tuple[str, object]] = [("blocks.0.hook_resid_pre", self._read_input)]
+        hooks: list[tuple[str, object]] = [(resid_pre(0), self._read_input)]
         for layer in range(cfg.n_layers):
-            hooks.append((f"blocks.{layer}.hook_resid_pre", self._read_resid))
+            hooks.append((resid_pre(layer), self._read_resid))
             if self.rebuild:
-                hooks.extend((f"blocks.{layer}.attn.hook_{part}", self._write_qkv) for part in ("q", "k", "v"))
+                hooks.extend((attn(layer, part), self._write_qkv) for part in ("q", "k", "v"))
             if self.shared:
-                hooks.append((f"blocks.{layer}.ln1.hook_normalized", self._write_attention_in))
+                hooks.append((normalized(layer, 1), self._write_attention_in))
             if self.rebuild or self.shared:
-                hooks.append((f"blocks.{layer}.hook_mlp_in", self._write_mlp_in))
-            hooks.append((f"blocks.{layer}.attn.hook_result", self._read_heads))
-            hooks.append((f"blocks.{layer}.hook_mlp_out", self._read_mlp))
+                hooks.append((mlp_in(layer), self._write_mlp_in))
+            hooks.append((attn(layer, "result"), self._read_heads))
+            hooks.append((mlp_out(layer), self._read_mlp))
         if self.rebuild or self.shared:
-            hooks.append((f"blocks.{cfg.n_layers - 1}.hook_resid_post", self._write_logits_in))
+            hooks.append((resid_post(cfg.n_layers - 1), self._write_logits_in))
         return hooks
 
     def _read_input(self, activation: torch.Tensor, hook: HookPoint) -> None:
@@ -160,7 +161,7 @@ class EdgeRun:
 
     def _ln1(self, layer: int):
         """ln1's forward without its module hooks (which would re-enter the hook on its output)."""
-        return self.model.hf_model.get_submodule(f"{self.model.adapter.layers}.{layer}.{self.model.adapter.ln1}").forward
+        return self.model.hf_model.get_submodule(self.model.adapter.path(layer, "ln1")).forward
 
     def _write_qkv(self, activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         layer, part = hook.layer(), hook.name.rsplit("_", 1)[-1]

@@ -3,36 +3,23 @@
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from mechscope.hooks.errors import HookFunctionError, MechscopeError, UnknownHookError
-from mechscope.hooks.sites import (
-    AttentionInternalSite,
-    FusedQkvSite,
-    HeadResultSite,
-    ResidMidSite,
-    Site,
-    SplitHeadsSite,
-)
+from mechscope.hooks.names import split_block_name
+from mechscope.hooks.sites import Site
 
-if TYPE_CHECKING:  # models imports hooks; keep this module free of that import cycle
-    from mechscope.models.adapters import ArchitectureAdapter
-    from mechscope.models.config import ModelConfig
 
-# Axis names used in HookPoint.axes; sizes come from the model config (None = any size).
-AXIS_SIZES = {
-    "head": "n_heads",
-    "kv_head": "n_kv_heads",
-    "d_head": "d_head",
-    "d_model": "d_model",
-    "d_mlp": "d_mlp",
-}
-RESID = ("batch", "pos", "d_model")
+class CatalogueDims(Protocol):
+    """What the catalogue needs to know of a model to explain a wrong name (a ModelConfig has it)."""
+
+    n_layers: int
+    parallel_residual: bool
+    family: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,14 +71,10 @@ class HookPoint:
         return f"HookPoint({self.name!r})"
 
 
-def _sizes(cfg: ModelConfig, axes: tuple[str, ...]) -> tuple[int | None, ...]:
-    return tuple(getattr(cfg, AXIS_SIZES[a]) if a in AXIS_SIZES else None for a in axes)
-
-
 class HookCatalogue:
     """All hook points of one model, with name resolution and helpful errors."""
 
-    def __init__(self, points: Iterable[HookPoint], cfg: ModelConfig):
+    def __init__(self, points: Iterable[HookPoint], cfg: CatalogueDims):
         self.cfg = cfg
         self.points: dict[str, HookPoint] = {p.name: p for p in points}
 
@@ -113,15 +96,15 @@ class HookCatalogue:
         raise UnknownHookError(self._unknown_message(name))
 
     def _unknown_message(self, name: str) -> str:
-        match = re.match(r"blocks\.(-?\d+)\.(.*)", name)
-        if match:
-            layer = int(match.group(1))
+        parts = split_block_name(name)
+        if parts:
+            layer, suffix = parts
             if not 0 <= layer < self.cfg.n_layers:
                 return (
                     f"layer {layer} in hook name {name!r} is out of range: the model has "
                     f"{self.cfg.n_layers} layers (0..{self.cfg.n_layers - 1})"
                 )
-            if match.group(2) == "hook_resid_mid" and self.cfg.parallel_residual:
+            if suffix == "hook_resid_mid" and self.cfg.parallel_residual:
                 return (
                     f"{name!r} does not exist: this {self.cfg.family} model runs attention and MLP in "
                     "parallel, so there is no residual stream between them; use hook_resid_pre / "
@@ -142,86 +125,3 @@ class HookCatalogue:
             return [p for p in self.points.values() if selector(p.name)]
         selected = [self.get(name) for name in selector]
         return list({p.name: p for p in selected}.values())
-
-
-def build_catalogue(adapter: ArchitectureAdapter, cfg: ModelConfig, hf_model: torch.nn.Module) -> HookCatalogue:
-    """Every hook point of ``hf_model`` in forward order."""
-    points: list[HookPoint] = []
-
-    def add(name, layer, axes, site, description, opt_in=False):
-        points.append(HookPoint(name, layer, axes, _sizes(cfg, axes), site, description, opt_in))
-
-    add("hook_embed", None, RESID, Site(adapter.embed, "output"), "token embedding (scaled, for Gemma)")
-    if adapter.pos_embed:
-        add("hook_pos_embed", None, RESID, Site(adapter.pos_embed, "output"), "learned position embedding")
-    for layer in range(cfg.n_layers):
-        points.extend(_layer_points(adapter, cfg, hf_model, layer))
-    add("ln_final.hook_normalized", None, RESID, Site(adapter.final_norm, "output"),
-        "final norm output, the input of the unembedding")
-    return HookCatalogue(points, cfg)
-
-
-def _layer_points(adapter: ArchitectureAdapter, cfg: ModelConfig, hf_model: torch.nn.Module, layer: int):
-    prefix = f"blocks.{layer}."
-    base = f"{adapter.layers}.{layer}"
-
-    def path(relative: str) -> str:
-        return f"{base}.{relative}"
-
-    def point(name, axes, site, description, opt_in=False):
-        return HookPoint(prefix + name, layer, axes, _sizes(cfg, axes), site, description, opt_in)
-
-    heads = dict(n_heads=cfg.n_heads, d_head=cfg.d_head)
-    kv_heads = dict(n_heads=cfg.n_kv_heads, d_head=cfg.d_head)
-    q_axes = ("batch", "pos", "head", "d_head")
-    kv_axes = ("batch", "pos", "kv_head", "d_head")
-    pattern_axes = ("batch", "head", "query_pos", "key_pos")
-    o_proj = hf_model.get_submodule(path(adapter.o_proj))
-
-    yield point("hook_resid_pre", RESID, Site(base, "input"), "residual stream entering the block")
-    yield point("ln1.hook_normalized", RESID, Site(path(adapter.ln1), "output"), "attention input after ln1")
-    if adapter.fused_qkv:
-        qkv = path(adapter.qkv_proj)
-        for part, letter in enumerate("qkv"):
-            yield point(f"attn.hook_{letter}", q_axes,
-                        FusedQkvSite(qkv, "output", part, part, adapter.qkv_layout, **heads),
-                        f"{letter} projection output, before rotary")
-    else:
-        yield point("attn.hook_q", q_axes, SplitHeadsSite(path(adapter.q_proj), "output", **heads),
-                    "query projection output, before q-norm and rotary")
-        yield point("attn.hook_k", kv_axes, SplitHeadsSite(path(adapter.k_proj), "output", **kv_heads),
-                    "key projection output (n_kv_heads), before k-norm and rotary")
-        yield point("attn.hook_v", kv_axes, SplitHeadsSite(path(adapter.v_proj), "output", **kv_heads),
-                    "value projection output (n_kv_heads)")
-    attn = path(adapter.attn)
-    yield point("attn.hook_attn_scores", pattern_axes, AttentionInternalSite(attn, "output", 0, "scores", layer),
-                "pre-softmax scores after scaling, soft-capping and masking (opt-in)", opt_in=True)
-    yield point("attn.hook_pattern", pattern_axes, AttentionInternalSite(attn, "output", 1, "pattern", layer),
-                "post-softmax attention pattern (opt-in)", opt_in=True)
-    yield point("attn.hook_z", q_axes, SplitHeadsSite(path(adapter.o_proj), "input", **heads),
-                "per-head attention output: the o_proj input split by head")
-    yield point("attn.hook_result", ("batch", "pos", "head", "d_model"),
-                HeadResultSite(path(adapter.o_proj), "output", 0, o_proj.weight, o_proj.bias,
-                               adapter.o_proj_layout, **heads),
-                "each head's o_proj contribution z @ W_O[head]"
-                + (", before the post-attention norm" if adapter.attn_out_is_norm else
-                   ": its write into the residual") + " (opt-in)", opt_in=True)
-    yield point("hook_attn_out", RESID, Site(path(adapter.attn_out), "output"),
-                "attention output as added to the residual stream")
-    ln2 = path(adapter.ln2)
-    if not cfg.parallel_residual:
-        yield point("hook_resid_mid", RESID, ResidMidSite(ln2, "input", 0, base),
-                    "residual stream between attention and MLP")
-    yield point("hook_mlp_in", RESID, Site(ln2, "input", 1),
-                "MLP branch input before ln2 (writes change only the MLP branch)")
-    yield point("ln2.hook_normalized", RESID, Site(ln2, "output"), "MLP input after ln2")
-    yield point("mlp.hook_pre", ("batch", "pos", "d_mlp"), Site(path(adapter.mlp_in_proj), "output"),
-                "MLP pre-activation (the gate projection for gated MLPs)")
-    if adapter.mlp_up_proj:
-        yield point("mlp.hook_pre_linear", ("batch", "pos", "d_mlp"), Site(path(adapter.mlp_up_proj), "output"),
-                    "linear (up) projection of a gated MLP")
-    yield point("mlp.hook_post", ("batch", "pos", "d_mlp"), Site(path(adapter.mlp_out_proj), "input"),
-                "MLP neurons: the down projection's input")
-    yield point("hook_mlp_out", RESID, Site(path(adapter.mlp_out), "output"),
-                "MLP output as added to the residual stream")
-    yield point("hook_resid_post", RESID, Site(base, "output", 1), "residual stream leaving the block")

@@ -2,20 +2,46 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
 from mechscope.errors import HookFunctionError, InputTypeError, MechscopeError
 from mechscope.hooks.cache import ActivationCache
-from mechscope.hooks.points import HookCatalogue, HookPoint, build_catalogue
+from mechscope.hooks.points import HookCatalogue, HookPoint
 from mechscope.hooks.session import HookFn, HookSession
 from mechscope.models.adapters import adapter_for_model_type
+from mechscope.models.catalogue import build_catalogue
 from mechscope.models.config import ModelConfig
+from mechscope.models.readout import ResidualReadout
 from mechscope.models.tokens import ModelInput, as_token_tensor, tokenize
 
 NameSelector = str | Callable[[str], bool]
 HookSpec = Sequence[tuple[NameSelector, HookFn]]
+
+
+class _PaddingMasks:
+    """The attention masks of the padded batches :meth:`HookedModel.to_tokens` returned, keyed
+    by the returned tensor's identity (held weakly), so passing that tensor back to the model
+    uses its mask as passing the strings would. A tensor derived from it (a slice, a copy) is a
+    new tensor and needs ``attention_mask=`` passed explicitly."""
+
+    def __init__(self):
+        self._masks: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+
+    def remember(self, tokens: torch.Tensor, mask: torch.Tensor) -> None:
+        key = id(tokens)
+        masks = self._masks
+
+        def forget(_reference, key=key):
+            masks.pop(key, None)
+
+        masks[key] = (weakref.ref(tokens, forget), mask)
+
+    def lookup(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        entry = self._masks.get(id(tokens))
+        return entry[1] if entry is not None and entry[0]() is tokens else None
 
 
 class HookedModel:
@@ -31,6 +57,8 @@ class HookedModel:
         self.adapter = adapter_for_model_type(hf_model.config.model_type)
         self.cfg = ModelConfig.from_hf(hf_model.config, self.adapter, name=name)
         self.catalogue: HookCatalogue = build_catalogue(self.adapter, self.cfg, hf_model)
+        self.readout = ResidualReadout(self)
+        self._padding_masks = _PaddingMasks()
 
     def __repr__(self) -> str:
         c = self.cfg
@@ -56,8 +84,18 @@ class HookedModel:
 
     # ----------------------------------------------------------------- tokens
     def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = None) -> torch.Tensor:
-        """[batch, pos] token ids (right-padded if lengths differ)."""
-        return tokenize(self.tokenizer, text, prepend_bos, device=self.device)[0]
+        """[batch, pos] token ids (right-padded if lengths differ). The model remembers the
+        padding mask of a padded batch: passing this tensor (unchanged) to the model, to
+        ``run_with_cache`` or any analysis uses it, so "the last position" is each prompt's own
+        last token. For a tensor derived from it, pass ``attention_mask=`` yourself."""
+        tokens, mask = tokenize(self.tokenizer, text, prepend_bos, device=self.device)
+        if mask is not None:
+            self._padding_masks.remember(tokens, mask)
+        return tokens
+
+    def attention_mask_of(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """The padding mask [batch, pos] of a batch :meth:`to_tokens` padded, else None."""
+        return self._padding_masks.lookup(tokens)
 
     def to_str_tokens(self, text: str | torch.Tensor, prepend_bos: bool | None = None) -> list[str]:
         """The tokens of one prompt (or a 1-D / [1, pos] tensor) as strings."""
@@ -85,6 +123,8 @@ class HookedModel:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(tokens [batch, pos], attention_mask [batch, pos] or None) on the model's device."""
         if isinstance(inputs, torch.Tensor):
+            if attention_mask is None:
+                attention_mask = self._padding_masks.lookup(inputs)
             tokens = as_token_tensor(inputs).to(self.device)
             if tokens.max() >= self.cfg.d_vocab or tokens.min() < 0:
                 raise MechscopeError(f"token ids must lie in [0, {self.cfg.d_vocab}); got "
@@ -200,6 +240,7 @@ class HookedModel:
         Model .grad fields are left as they were."""
         store: dict[str, torch.Tensor] = {}
         grad_store: dict[str, torch.Tensor] = {}
+        tokens, mask = self.prepare_input(inputs, attention_mask)
         caching = self._caching_hooks(names, store, device)
         grad_hooks = self._caching_hooks(names, grad_store, device)
         params = [p for p in self.hf_model.parameters() if p.requires_grad]
@@ -208,7 +249,7 @@ class HookedModel:
             param.requires_grad_(False)
         try:
             with torch.enable_grad(), HookSession(self.hf_model, caching, grad_hooks):
-                value = metric(self.forward(inputs, attention_mask))
+                value = metric(self.forward(tokens, mask))
                 if value.dim() != 0:
                     raise MechscopeError(f"metric must return a scalar, got shape {tuple(value.shape)}")
                 value.backward()
@@ -216,7 +257,8 @@ class HookedModel:
             for param, grad in zip(params, saved_grads):
                 param.requires_grad_(True)
                 param.grad = grad
-        return value.detach(), ActivationCache(store, self), ActivationCache(grad_store, self)
+        return (value.detach(), ActivationCache(store, self, attention_mask=mask),
+                ActivationCache(grad_store, self, attention_mask=mask))
 
     def tokenize_prompts(self, prompts: Sequence[str], chat: bool | None = None,
                          responses: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -279,14 +321,13 @@ class HookedModel:
 
     def W_O(self, layer: int) -> torch.Tensor:
         """Output projection of ``layer`` per head: [n_heads, d_head, d_model]."""
-        module = self.hf_model.get_submodule(f"{self.adapter.layers}.{layer}.{self.adapter.o_proj}")
+        module = self.hf_model.get_submodule(self.adapter.path(layer, "o_proj"))
         if self.adapter.o_proj_layout == "out_in":
             return module.weight.T.unflatten(0, (self.cfg.n_heads, self.cfg.d_head))
         return module.weight.unflatten(0, (self.cfg.n_heads, self.cfg.d_head))
 
     def b_O(self, layer: int) -> torch.Tensor | None:
-        module = self.hf_model.get_submodule(f"{self.adapter.layers}.{layer}.{self.adapter.o_proj}")
-        return module.bias
+        return self.hf_model.get_submodule(self.adapter.path(layer, "o_proj")).bias
 
     def unembed(self, resid: torch.Tensor, apply_final_norm: bool = True, apply_soft_cap: bool = True) -> torch.Tensor:
         """Logits [..., d_vocab] from residual vectors [..., d_model] through the model's real
@@ -300,7 +341,7 @@ class HookedModel:
         """Per-head o_proj contributions [..., head, d_model] mapped through the RMSNorm that
         follows o_proj (Gemma's post-attention norm), linearised at their sum: each head is
         multiplied by weight / rms(sum over heads), so the heads add up to the norm's output."""
-        norm = self.hf_model.get_submodule(f"{self.adapter.layers}.{layer}.{self.adapter.attn_out}")
+        norm = self.hf_model.get_submodule(self.adapter.path(layer, "attn_out"))
         total = result.float().sum(-2)
         if self.b_O(layer) is not None:
             total = total + self.b_O(layer).float()

@@ -21,7 +21,7 @@ def input_projection(model: HookedModel, layer: int, part: str) -> tuple[torch.T
     if part not in PARTS:
         raise MechscopeError(f"part must be one of {PARTS}, got {part!r}")
     adapter, cfg = model.adapter, model.cfg
-    block = model.hf_model.get_submodule(f"{adapter.layers}.{layer}")
+    block = model.hf_model.get_submodule(adapter.path(layer))
     heads = cfg.n_heads if part == "q" else cfg.n_kv_heads
     if not adapter.fused_qkv:
         module = block.get_submodule(getattr(adapter, f"{part}_proj"))
@@ -64,8 +64,8 @@ def expand_kv_heads(model: HookedModel) -> HookedModel:
     expanded = AutoModelForCausalLM.from_config(config, attn_implementation=model.hf_model.config._attn_implementation,
                                                 dtype=model.dtype)
     group = cfg.n_heads // cfg.n_kv_heads
-    kv_names = {f"{adapter.layers}.{layer}.{path}.{kind}" for layer in range(cfg.n_layers)
-                for path in (adapter.k_proj, adapter.v_proj) for kind in ("weight", "bias")}
+    kv_names = {f"{adapter.path(layer, role)}.{kind}" for layer in range(cfg.n_layers)
+                for role in ("k_proj", "v_proj") for kind in ("weight", "bias")}
     state = {}
     for name, tensor in model.hf_model.state_dict().items():
         if name in kv_names:

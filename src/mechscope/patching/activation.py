@@ -15,10 +15,11 @@ import torch
 from tqdm.auto import tqdm
 
 from mechscope.errors import MechscopeError
+from mechscope.hooks.names import resid_post
 from mechscope.hooks.points import HookPoint
 from mechscope.models.hooked_model import HookedModel
 from mechscope.patching.metrics import RowMetric, row_metric
-from mechscope.patching.prefix import reuse_prefix
+from mechscope.patching.prefix import prefix_hooks
 from mechscope.patching.result import PatchingResult
 from mechscope.patching.sites import PatchUnit, SiteGrid, site_grid
 from mechscope.tasks.base import Task
@@ -62,7 +63,7 @@ def estimate_row_bytes(model: HookedModel, n_positions: int, with_patterns: bool
 
 def resid_post_names(model: HookedModel) -> list[str]:
     """Every block's hook_resid_post, in layer order (what prefix reuse needs cached)."""
-    return [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+    return [resid_post(layer) for layer in range(model.cfg.n_layers)]
 
 
 def resid_post_by_layer(model: HookedModel, cache) -> dict[int, torch.Tensor]:
@@ -191,9 +192,8 @@ def sweep(model: HookedModel, task: Task, grid: SiteGrid, run: PatchingRun, mode
     for layer, indices in tqdm(chunks, desc=f"{mode} {sites}", disable=not progress, leave=False):
         units = [grid.units[i] for i in indices]
         tokens = run.base_tokens.repeat(len(units), 1)
-        with reuse_prefix(model, layer, run.base_resid_post, len(units)):
-            logits = model.run_with_hooks(tokens, fwd_hooks=_chunk_hooks(units, run.source, n),
-                                          logits_to_keep=keep)
+        hooks = prefix_hooks(model, layer, run.base_resid_post, len(units)) + _chunk_hooks(units, run.source, n)
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks, logits_to_keep=keep)
         raw[indices] = mean_over_prompts(metric_fn, logits, bool(keep), n)
     return build_result(grid, raw, run.clean_value, run.corrupted_value, mode, metric, position_labels(model, task), info={
         "prompts": n, "forwards": len(chunks), "rows_per_forward": units_per_forward * n})

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mechscope.errors import MechscopeError
+from mechscope.hooks.names import attn, mlp_out
 from mechscope.hooks.points import HookPoint
 from mechscope.models.hooked_model import HookedModel
 from mechscope.patching.activation import (
@@ -29,7 +30,7 @@ from mechscope.patching.activation import (
     resid_post_names,
     slot_hooks,
 )
-from mechscope.patching.prefix import reuse_prefix
+from mechscope.patching.prefix import prefix_hooks
 from mechscope.patching.result import PatchingResult
 from mechscope.patching.sites import PatchUnit, site_grid
 from mechscope.tasks.base import Task
@@ -54,9 +55,9 @@ def _freeze_hooks(model: HookedModel, senders: list[PatchUnit], clean: dict, cor
     def freeze_mlp(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         return clean[hook.name].repeat(slots, 1, 1)
 
-    hooks = [(f"blocks.{layer}.attn.hook_z", freeze_z) for layer in range(first_layer, model.cfg.n_layers)]
+    hooks = [(attn(layer, "z"), freeze_z) for layer in range(first_layer, model.cfg.n_layers)]
     if freeze_mlps:
-        hooks += [(f"blocks.{layer}.hook_mlp_out", freeze_mlp) for layer in range(first_layer, model.cfg.n_layers)]
+        hooks += [(mlp_out(layer), freeze_mlp) for layer in range(first_layer, model.cfg.n_layers)]
     return hooks
 
 
@@ -88,15 +89,15 @@ def path_patch(
             raise MechscopeError(f"receiver head ({layer}, {head}) out of range: {model.cfg.n_layers} layers x "
                              f"{model.cfg.n_heads} heads")
     group = model.cfg.n_query_per_kv
-    receiver_units = [PatchUnit(f"blocks.{layer}.attn.hook_{kind}", head // group if kind != "q" else head, None)
+    receiver_units = [PatchUnit(attn(layer, kind), head // group if kind != "q" else head, None)
                       for layer, head in receiver_heads for kind in inputs]
     receiver_units = list(dict.fromkeys(receiver_units))
     last_sender_layer = model.cfg.n_layers if to_logits else max(layer for layer, _ in receiver_heads)
     grid = site_grid(model, "heads", task.clean_tokens.shape[1], sender_layers)
 
     n = len(task)
-    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
-    mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(model.cfg.n_layers)] if freeze_mlps else []
+    z_names = [attn(layer, "z") for layer in range(model.cfg.n_layers)]
+    mlp_names = [mlp_out(layer) for layer in range(model.cfg.n_layers)] if freeze_mlps else []
     receiver_names = list(dict.fromkeys(unit.hook_name for unit in receiver_units))
     clean_logits, clean = model.run_with_cache(
         task.clean_tokens, names=z_names + resid_post_names(model) + mlp_names + receiver_names)
@@ -121,13 +122,13 @@ def path_patch(
             captured[hook.name] = activation.clone()
 
         capture_hooks = [(name, capture) for name in receiver_names]
-        with reuse_prefix(model, layer, base_resid, len(senders)):
-            logits = model.run_with_hooks(tokens, fwd_hooks=capture_hooks + freeze, logits_to_keep=keep)
+        logits = model.run_with_hooks(tokens, logits_to_keep=keep, fwd_hooks=prefix_hooks(
+            model, layer, base_resid, len(senders)) + capture_hooks + freeze)
         if not to_logits:
             first_receiver = min(layer for layer, _ in receiver_heads)
             hooks = slot_hooks([receiver_units] * len(senders), captured, n)
-            with reuse_prefix(model, first_receiver, base_resid, len(senders)):
-                logits = model.run_with_hooks(tokens, fwd_hooks=hooks, logits_to_keep=keep)
+            logits = model.run_with_hooks(tokens, logits_to_keep=keep, fwd_hooks=prefix_hooks(
+                model, first_receiver, base_resid, len(senders)) + hooks)
         raw[indices] = mean_over_prompts(baselines.metric_fn, logits, bool(keep), n)
     result = build_result(grid, raw, baselines.clean_value, baselines.corrupted_value, "path-noise", metric,
                           position_labels(model, task), info={"prompts": n, "receivers": receivers if to_logits

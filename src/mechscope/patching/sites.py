@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from mechscope.errors import MechscopeError
+from mechscope.hooks.names import block
 from mechscope.models.hooked_model import HookedModel
 
-# site kind -> (hook name template, has positions axis, head kind or None)
+# site kind -> (hook point suffix within a block, has positions axis, head kind or None)
 SITE_KINDS = {
-    "resid_pre": ("blocks.{l}.hook_resid_pre", True, None),
-    "resid_mid": ("blocks.{l}.hook_resid_mid", True, None),
-    "resid_post": ("blocks.{l}.hook_resid_post", True, None),
-    "attn_out": ("blocks.{l}.hook_attn_out", True, None),
-    "mlp_out": ("blocks.{l}.hook_mlp_out", True, None),
-    "heads": ("blocks.{l}.attn.hook_z", False, "head"),
-    "heads_by_pos": ("blocks.{l}.attn.hook_z", True, "head"),
-    "q": ("blocks.{l}.attn.hook_q", False, "head"),
-    "k": ("blocks.{l}.attn.hook_k", False, "kv_head"),
-    "v": ("blocks.{l}.attn.hook_v", False, "kv_head"),
-    "pattern": ("blocks.{l}.attn.hook_pattern", False, "head"),
+    "resid_pre": ("hook_resid_pre", True, None),
+    "resid_mid": ("hook_resid_mid", True, None),
+    "resid_post": ("hook_resid_post", True, None),
+    "attn_out": ("hook_attn_out", True, None),
+    "mlp_out": ("hook_mlp_out", True, None),
+    "heads": ("attn.hook_z", False, "head"),
+    "heads_by_pos": ("attn.hook_z", True, "head"),
+    "q": ("attn.hook_q", False, "head"),
+    "k": ("attn.hook_k", False, "kv_head"),
+    "v": ("attn.hook_v", False, "kv_head"),
+    "pattern": ("attn.hook_pattern", False, "head"),
 }
+SiteKind = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos",
+                   "q", "k", "v", "pattern"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ def site_grid(model: HookedModel, kind: str, n_positions: int, layers: list[int]
     row-major order of the axes: (layer, position), (layer, head) or (layer, head, position)."""
     if kind not in SITE_KINDS:
         raise MechscopeError(f"unknown site kind {kind!r}; choose one of: {', '.join(SITE_KINDS)}")
-    template, by_position, head_kind = SITE_KINDS[kind]
+    suffix, by_position, head_kind = SITE_KINDS[kind]
     if kind == "resid_mid" and model.cfg.parallel_residual:
         raise MechscopeError(f"{model.cfg.family} runs attention and MLP in parallel: there is no resid_mid")
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
@@ -63,7 +67,7 @@ def site_grid(model: HookedModel, kind: str, n_positions: int, layers: list[int]
     n_heads = {"head": model.cfg.n_heads, "kv_head": model.cfg.n_kv_heads, None: 1}[head_kind]
     units = []
     for layer in layers:
-        name = template.format(l=layer)
+        name = block(layer, suffix)
         for head in range(n_heads) if head_kind else [None]:
             for position in range(n_positions) if by_position else [None]:
                 units.append(PatchUnit(name, head, position))

@@ -12,14 +12,15 @@ import torch
 from tqdm.auto import tqdm
 
 from mechscope.errors import MechscopeError
+from mechscope.hooks.names import EMBED, residual
 from mechscope.hooks.points import HookPoint
 from mechscope.models.hooked_model import HookedModel
 from mechscope.patching.activation import resid_post_by_layer, resid_post_names, slot_hooks
-from mechscope.patching.prefix import reuse_prefix
+from mechscope.patching.prefix import prefix_hooks
 from mechscope.patching.result import PatchingResult
 from mechscope.patching.sites import PatchUnit
 
-KINDS = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
+KINDS = {"resid": "resid_post", "attn": "attn_out", "mlp": "mlp_out"}
 
 
 def subject_positions(model: HookedModel, prompt: str, subject: str) -> list[int]:
@@ -65,12 +66,12 @@ def causal_trace(
     tokens = model.to_tokens(prompt)
     n_pos, n_layers = tokens.shape[1], model.cfg.n_layers
     noised_positions = subject_positions(model, prompt, subject)
-    names = [f"blocks.{layer}.{KINDS[kind]}" for layer in range(n_layers)]
+    names = [residual(KINDS[kind], layer) for layer in range(n_layers)]
     resid_names = resid_post_names(model)
-    clean_logits, clean = model.run_with_cache(tokens, names=list(dict.fromkeys(names + resid_names + ["hook_embed"])))
+    clean_logits, clean = model.run_with_cache(tokens, names=list(dict.fromkeys(names + resid_names + [EMBED])))
     answer_id = int(clean_logits[0, -1].argmax()) if answer is None else model.to_single_token(answer)
     # The std of what is noised (hook_embed), which for Gemma includes its sqrt(d_model) scale.
-    scale = 3 * float(clean["hook_embed"].float().std()) if noise_scale is None else noise_scale
+    scale = 3 * float(clean[EMBED].float().std()) if noise_scale is None else noise_scale
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(samples, len(noised_positions), model.cfg.d_model, generator=generator) * scale
     noise = noise.to(model.device, model.dtype)
@@ -85,7 +86,7 @@ def causal_trace(
         return logits[:, -1].float().softmax(-1)[:, answer_id]
 
     noised_logits, noised = model.run_with_cache(tokens.repeat(samples, 1), names=resid_names,
-                                                 fwd_hooks=[("hook_embed", add_noise)])
+                                                 fwd_hooks=[(EMBED, add_noise)])
     base_resid = resid_post_by_layer(model, noised)
     clean_prob = float(answer_prob(clean_logits))
     noised_prob = float(answer_prob(noised_logits).mean())
@@ -98,9 +99,9 @@ def causal_trace(
     for chunk in tqdm(chunks, desc=f"causal trace ({kind})", disable=not progress, leave=False):
         slots = [[PatchUnit(names[restored], None, position) for restored in spans[layer]] for layer, position in chunk]
         first = min(spans[layer][0] for layer, _ in chunk)
-        with reuse_prefix(model, first, base_resid, len(chunk)):
-            logits = model.run_with_hooks(tokens.repeat(len(chunk) * samples, 1), logits_to_keep=1,
-                                          fwd_hooks=[("hook_embed", add_noise)] + slot_hooks(slots, source, samples))
+        hooks = prefix_hooks(model, first, base_resid, len(chunk)) + [(EMBED, add_noise)]
+        logits = model.run_with_hooks(tokens.repeat(len(chunk) * samples, 1), logits_to_keep=1,
+                                      fwd_hooks=hooks + slot_hooks(slots, source, samples))
         probs = answer_prob(logits).view(len(chunk), samples).mean(1).cpu()
         for (layer, position), prob in zip(chunk, probs):
             raw[layer, position] = prob

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from mechscope.errors import MechscopeError
 from mechscope.files import atomic_text
+from mechscope.hooks.names import resid_post
 from mechscope.probes.control import control_labels, selectivity
 from mechscope.probes.linear import KINDS, LinearProbe, train_probe
 from mechscope.probes.metrics import accuracy, as_binary_labels, auroc
@@ -222,7 +223,7 @@ def _concat(train: torch.Tensor, test: torch.Tensor, name: str) -> torch.Tensor:
 
 def resid_post_hooks(model) -> list[str]:
     """The default sweep: the residual stream after every block, ``blocks.{L}.hook_resid_post``."""
-    return [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+    return [resid_post(layer) for layer in range(model.cfg.n_layers)]
 
 
 def probe_sweep(

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from mechscope.errors import MechscopeError
 from mechscope.hooks.interventions import add_vector, project_out
+from mechscope.hooks.names import attn_out, mlp_out, resid_pre
 from mechscope.models.hooked_model import HookedModel, HookSpec
 from mechscope.steering.direction import Direction
 
@@ -63,7 +64,7 @@ class Steering:
         indices = None if isinstance(self.positions, str) else list(self.positions)
         adder = add_vector(self.direction.vector, self.alpha, positions=indices)
         if not generating or self.positions == "all":
-            return [(f"blocks.{layer}.hook_resid_pre", adder) for layer in layers]
+            return [(resid_pre(layer), adder) for layer in layers]
         # With a KV cache, generate runs the whole prompt once (the prefill), then one token per
         # step; counting each hook's calls tells the two apart whatever the prompt's length.
         calls: dict[str, int] = {}
@@ -73,7 +74,7 @@ class Steering:
             calls[hook.name] = calls.get(hook.name, 0) + 1
             return adder(activation, hook) if first == (self.positions == "prompt") else activation
 
-        return [(f"blocks.{layer}.hook_resid_pre", phased) for layer in layers]
+        return [(resid_pre(layer), phased) for layer in layers]
 
 
 @dataclass
@@ -88,8 +89,8 @@ class DirectionalAblation:
     def hooks(self, model: HookedModel, generating: bool = False) -> HookSpec:
         _check_width(model, self.direction)
         remove = project_out(self.direction.vector)
-        names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_{part}_out"
-                                               for layer in range(model.cfg.n_layers) for part in ("attn", "mlp")]
+        # The embeddings enter as block 0's input; every attention and MLP output is a writer.
+        names = [resid_pre(0)] + [writer(layer) for layer in range(model.cfg.n_layers) for writer in (attn_out, mlp_out)]
         return [(name, remove) for name in names]
 
 

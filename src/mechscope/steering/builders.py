@@ -9,6 +9,7 @@ import torch
 
 from mechscope.analysis.activations import prompt_activations
 from mechscope.errors import MechscopeError
+from mechscope.hooks.names import resid_pre
 from mechscope.models.hooked_model import HookedModel
 from mechscope.steering.apply import checked_layers
 from mechscope.steering.direction import Direction, diff_in_means
@@ -34,7 +35,7 @@ def contrast_directions(
     left out of the result."""
     layer_list = checked_layers(model, layers)
     position_list = [positions] if isinstance(positions, int) else list(positions)
-    names = [f"blocks.{layer}.hook_resid_pre" for layer in layer_list]
+    names = [resid_pre(layer) for layer in layer_list]
     acts_pos = prompt_activations(model, positive, names, position_list, chat, batch_size=batch_size, progress=progress)
     acts_neg = prompt_activations(model, negative, names, position_list, chat, batch_size=batch_size, progress=progress)
     directions = {}
@@ -71,7 +72,7 @@ def caa_direction(
         if missing:
             raise MechscopeError(f"item {index} lacks {missing}; CAA items need {keys}")
     layer_list = checked_layers(model, layers)
-    names = [f"blocks.{layer}.hook_resid_pre" for layer in layer_list]
+    names = [resid_pre(layer) for layer in layer_list]
     questions = [item["question"] for item in items]
 
     def letter(answer: str) -> str:  # "(A)" -> "(A": read at the letter, before the answer is closed

@@ -64,8 +64,7 @@ def orthogonalise(model: HookedModel, direction: Direction) -> HookedModel:
             hf_model.config.get_text_config().tie_word_embeddings = False
     unit = direction.vector
     writers = [adapter.embed] + ([adapter.pos_embed] if adapter.pos_embed else [])
-    writers += [f"{adapter.layers}.{layer}.{path}" for layer in range(cfg.n_layers)
-                for path in (adapter.o_proj, adapter.mlp_out_proj)]
+    writers += [adapter.path(layer, role) for layer in range(cfg.n_layers) for role in ("o_proj", "mlp_out_proj")]
     for path in writers:
         _project_rows(hf_model.get_submodule(path), unit, cfg.d_model)
     name = f"{cfg.name or cfg.family}-orthogonalised"

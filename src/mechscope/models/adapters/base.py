@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+from mechscope.errors import MechscopeError
 
 QkvLayout = Literal["concat", "per_head"]
 WeightLayout = Literal["out_in", "in_out"]
 NormType = Literal["rms", "layer"]
+# The per-layer modules an adapter names; ``adapter.path(layer, role)`` gives their dotted path.
+ModuleRole = Literal["block", "ln1", "attn", "ln2", "mlp", "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj",
+                     "mlp_in_proj", "mlp_up_proj", "mlp_out_proj", "attn_out", "mlp_out"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,21 @@ class ArchitectureAdapter:
     @property
     def fused_qkv(self) -> bool:
         return self.qkv_proj is not None
+
+    def path(self, layer: int, role: ModuleRole = "block") -> str:
+        """Dotted module path of ``role`` in decoder layer ``layer`` (``"block"``: the layer itself),
+        the one place module paths are built."""
+        base = f"{self.layers}.{layer}"
+        if role == "block":
+            return base
+        relative = getattr(self, role, None)
+        if not isinstance(relative, str) or role not in _ROLES:
+            raise MechscopeError(f"the {self.family} adapter has no module for role {role!r}; roles: "
+                                 f"{', '.join(r for r in _ROLES if isinstance(getattr(self, r, None), str))}")
+        return f"{base}.{relative}"
+
+
+_ROLES = tuple(get_args(ModuleRole))
 
 
 def standard_dims(config: Any) -> dict[str, Any]:
