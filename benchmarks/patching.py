@@ -26,7 +26,8 @@ def child(variant: str, n: int, seed: int, device: str) -> None:
 
     import mechscope
     from mechscope import tasks
-    from mechscope.patching import activation_patch, activation_patch_naive, attribution_patch
+    from mechscope.patching import activation_patch, attribution_patch
+    from mechscope.patching.reference import activation_patch_naive
 
     model = mechscope.load(device=device)
     task = tasks.ioi(model, n=n, seed=seed).to(device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import fields
 from typing import Any, get_args, get_origin
 
 import torch
@@ -70,3 +71,19 @@ def check_finite(field: str, tensor: torch.Tensor) -> torch.Tensor:
             raise NonFiniteError(f"{field} holds {int(bad.sum())} NaN or infinite value(s) of "
                                  f"{tensor.numel()}; mechscope needs finite values here")
     return tensor
+
+
+def options_from(config_type: type, config: Any, **given: Any) -> Any:
+    """The options of a function that takes either keyword options or one config object: a
+    ``config_type`` built (and so validated) from ``given``, or ``config`` itself when given, in
+    which case every keyword must still have its default (mixing the two is ambiguous)."""
+    if config is None:
+        return config_type(**given)
+    if not isinstance(config, config_type):
+        raise ConfigError(f"config must be a {config_type.__name__}, got {type(config).__name__}")
+    defaults = {field.name: field.default for field in fields(config_type)}
+    changed = sorted(name for name, value in given.items() if value is not defaults[name] and value != defaults[name])
+    if changed:
+        raise ConfigError(f"give either config={config_type.__name__}(...) or the option(s) "
+                          f"{', '.join(changed)}, not both")
+    return config

@@ -5,7 +5,8 @@ import torch
 
 import mechscope
 from mechscope import tasks
-from mechscope.patching import PatchingResult, activation_patch, activation_patch_naive
+from mechscope.patching import PatchingResult, activation_patch
+from mechscope.patching.reference import activation_patch_naive
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2", "gemma3"])

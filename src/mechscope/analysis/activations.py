@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from mechscope.errors import MechscopeError, OutOfRangeError
 from mechscope.models.hooked_model import HookedModel, HookSpec
+from mechscope.validate import check_int
 
 
 def _token_indices(lengths: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
@@ -55,6 +56,7 @@ def prompt_activations(
         raise MechscopeError(f"{len(responses)} responses for {len(prompts)} prompts; give one per prompt")
     if not position_list:
         raise MechscopeError("positions is empty; pass at least one token position (e.g. -1)")
+    check_int("batch_size", batch_size, minimum=1)
     for name in names:
         model.hook_point(name)  # unknown names fail here, with close matches, before any work
     gathered: dict[str, list[torch.Tensor]] = {name: [] for name in names}

@@ -12,6 +12,7 @@ import heapq
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
@@ -19,8 +20,10 @@ from mechscope.circuits.graph import ComponentGraph
 from mechscope.errors import MechscopeError
 from mechscope.files import atomic_text
 
-SELECTIONS = ("top_n", "threshold", "greedy")
-LEVELS = ("edge", "node")
+Selection = Literal["top_n", "threshold", "greedy"]
+SELECTIONS: tuple[str, ...] = get_args(Selection)
+Level = Literal["edge", "node"]
+LEVELS: tuple[str, ...] = get_args(Level)
 
 
 @dataclass
@@ -83,7 +86,7 @@ class Circuit:
 
         html = circuit_html(self)
         if path is not None:
-            Path(path).write_text(html)
+            atomic_text(path, html)
         return html
 
 

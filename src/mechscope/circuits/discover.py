@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, fields
+from typing import Literal, get_args
 
 import torch
 
 from mechscope.circuits.acdc import acdc
 from mechscope.circuits.circuit import (
-    LEVELS,
     Circuit,
+    Level,
+    Selection,
     node_scores_from_edges,
     prune,
     select_edges,
@@ -18,40 +20,64 @@ from mechscope.circuits.circuit import (
 )
 from mechscope.circuits.evaluation import DEFAULT_FRACTIONS, faithfulness_curve
 from mechscope.circuits.graph import ComponentGraph
-from mechscope.circuits.scoring import EdgeSetup, eap_ig_scores, eap_scores, edge_setup, exact_scores
-from mechscope.errors import MechscopeError
+from mechscope.circuits.scoring import (
+    EdgeAblation,
+    EdgeSetup,
+    GradientMetric,
+    IgVariant,
+    eap_ig_scores,
+    eap_scores,
+    edge_setup,
+    exact_scores,
+)
+from mechscope.errors import ConfigError, MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.weights import expand_kv_heads
 from mechscope.tasks.base import Task
+from mechscope.validate import check_choice, check_int, check_number
 
-METHODS = ("eap", "eap-ig", "acdc", "exact")
+DiscoveryMethod = Literal["eap", "eap-ig", "acdc", "exact"]
+AcdcMetric = Literal["kl", "logit_diff", "prob", "prob_diff"]
+METHODS: tuple[str, ...] = get_args(DiscoveryMethod)
 
 
 @dataclass(frozen=True)
 class DiscoveryConfig:
-    """Options of :func:`discover` (all have defaults; see its docstring)."""
+    """Options of :func:`discover` (all have defaults; see its docstring), checked on construction."""
 
-    method: str = "eap-ig"
-    level: str = "edge"
-    ablation: str = "patch"
-    metric: str = "logit_diff"
+    method: DiscoveryMethod = "eap-ig"
+    level: Level = "edge"
+    ablation: EdgeAblation = "patch"
+    metric: GradientMetric = "logit_diff"
     steps: int = 5
-    ig_variant: str = "inputs"
+    ig_variant: IgVariant = "inputs"
     threshold: float | None = None
     n_edges: int | None = None
-    selection: str = "top_n"
+    selection: Selection = "top_n"
     qkv: bool = True
     kv_per_query_head: bool = False
     prune: bool = True
-    acdc_metric: str = "kl"
+    acdc_metric: AcdcMetric = "kl"
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, DiscoveryMethod)
+        check_choice("level", self.level, Level)
+        check_choice("ablation", self.ablation, EdgeAblation)
+        check_choice("metric", self.metric, GradientMetric)
+        check_choice("ig_variant", self.ig_variant, IgVariant)
+        check_choice("selection", self.selection, Selection)
+        check_choice("acdc_metric", self.acdc_metric, AcdcMetric)
+        check_int("steps", self.steps, minimum=1, maximum=1000)
+        if self.n_edges is not None:
+            check_int("n_edges", self.n_edges, minimum=1)
+        if self.threshold is not None:
+            check_number("threshold", self.threshold)
+        if self.method == "acdc" and self.threshold is None:
+            raise ConfigError("method='acdc' needs threshold=... (the largest damage an edge may do and be pruned)")
 
     def check(self) -> None:
-        if self.method not in METHODS:
-            raise MechscopeError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.level not in LEVELS:
-            raise MechscopeError(f"level must be one of {LEVELS}, got {self.level!r}")
-        if self.method == "acdc" and self.threshold is None:
-            raise MechscopeError("method='acdc' needs threshold=... (the largest damage an edge may do and be pruned)")
+        """Kept for callers of the earlier API: a constructed config is already checked."""
+        self.__post_init__()
 
 
 def make_config(**options) -> DiscoveryConfig:
@@ -60,9 +86,7 @@ def make_config(**options) -> DiscoveryConfig:
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise MechscopeError(f"unknown option(s) {unknown}; valid options: {', '.join(valid)}")
-    config = DiscoveryConfig(**options)
-    config.check()
-    return config
+    return DiscoveryConfig(**options)
 
 
 def score_edges(model: HookedModel, task: Task, setup: EdgeSetup, config: DiscoveryConfig,
@@ -79,8 +103,9 @@ def score_edges(model: HookedModel, task: Task, setup: EdgeSetup, config: Discov
     return scores, kept, info
 
 
-def discover(model: HookedModel, task: Task, method: str = "eap-ig", level: str = "edge", ablation: str = "patch",
-             progress: bool = True, **options) -> Circuit:
+def discover(model: HookedModel, task: Task, method: DiscoveryMethod = "eap-ig", level: Level = "edge",
+             ablation: EdgeAblation = "patch", progress: bool = True, config: DiscoveryConfig | None = None,
+             **options) -> Circuit:
     """Find the circuit behind ``task`` (clean prompts run clean, ablated edges take the
     ``ablation`` values: "patch" = corrupted run, "mean", "zero").
 
@@ -92,9 +117,14 @@ def discover(model: HookedModel, task: Task, method: str = "eap-ig", level: str 
     ``kv_per_query_head``: under grouped-query attention, give each query head its own k and v
     receivers (runs on :func:`~mechscope.models.weights.expand_kv_heads`'s equivalent copy).
     At node level, each component's score is the sum of its outgoing edges' scores (ACDC tries
-    components directly) and ``n_edges`` counts components.
+    components directly) and ``n_edges`` counts components. ``config``: a
+    :class:`DiscoveryConfig` holding all of these at once (then give no other options).
     """
-    config = make_config(method=method, level=level, ablation=ablation, **options)
+    if config is None:
+        config = make_config(method=method, level=level, ablation=ablation, **options)
+    elif options or (method, level, ablation) != ("eap-ig", "edge", "patch"):
+        raise ConfigError("give either config=DiscoveryConfig(...) or separate options, not both")
+    method, level, ablation = config.method, config.level, config.ablation
     if config.kv_per_query_head:
         model = expand_kv_heads(model)
     graph = ComponentGraph.from_config(model.cfg, qkv=config.qkv)

@@ -8,6 +8,7 @@ i.e. what ablating the edge alone does; circuits keep the edges with the largest
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
@@ -21,9 +22,12 @@ from mechscope.patching.activation import mean_over_prompts
 from mechscope.patching.metrics import row_metric
 from mechscope.tasks.base import Task
 
-ABLATIONS = ("patch", "mean", "zero")
-GRADIENT_METRICS = ("logit_diff", "prob", "prob_diff")
-IG_VARIANTS = ("inputs", "activations")
+EdgeAblation = Literal["patch", "mean", "zero"]
+ABLATIONS: tuple[str, ...] = get_args(EdgeAblation)
+GradientMetric = Literal["logit_diff", "prob", "prob_diff"]
+GRADIENT_METRICS: tuple[str, ...] = get_args(GradientMetric)
+IgVariant = Literal["inputs", "activations"]
+IG_VARIANTS: tuple[str, ...] = get_args(IgVariant)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, get_args
 
 from mechscope.errors import MechscopeError
 
@@ -19,7 +20,8 @@ DATASETS = {
     "caa-refusal": ("caa", "refusal"),
     "caa-sycophancy": ("caa", "sycophancy"),
 }
-SPLITS = ("train", "test")
+Split = Literal["train", "test"]
+SPLITS: tuple[str, ...] = get_args(Split)
 
 
 @lru_cache(maxsize=None)

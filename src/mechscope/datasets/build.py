@@ -15,6 +15,7 @@ import json
 import random
 from pathlib import Path
 
+from mechscope.files import atomic_text
 from mechscope.tasks.words import CAPITALS
 
 DATA = Path(__file__).parent / "data"
@@ -166,7 +167,7 @@ def build_all() -> dict[str, object]:
 def write(folder: Path = DATA) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, content in build_all().items():
-        (folder / f"{name}.json").write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
+        atomic_text(folder / f"{name}.json", json.dumps(content, indent=1) + "\n")
 
 
 if __name__ == "__main__":

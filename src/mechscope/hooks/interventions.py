@@ -72,9 +72,18 @@ def patch_from(source: Mapping[str, torch.Tensor] | torch.Tensor, positions: Ind
     return hook_fn
 
 
+def _finite(value, what: str) -> None:
+    """Refuse NaN / inf where it enters: inside a forward it would only show as NaN logits."""
+    tensor = torch.as_tensor(value, dtype=torch.float64 if not isinstance(value, torch.Tensor) else None)
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise MechscopeError(f"{what} holds NaN or infinite values; it must be finite")
+
+
 def add_vector(vector: torch.Tensor, scale: float = 1.0, positions: Indices = None,
                heads: Indices = None) -> HookFn:
     """Add ``scale * vector`` (its size is the last axis, e.g. [d_model]) to the activation."""
+    _finite(vector, "the added vector")
+    _finite(scale, "the scale")
 
     def hook_fn(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         if vector.shape[-1] != activation.shape[-1]:
@@ -88,6 +97,7 @@ def add_vector(vector: torch.Tensor, scale: float = 1.0, positions: Indices = No
 
 def scale(factor: float, positions: Indices = None, heads: Indices = None) -> HookFn:
     """Multiply the activation by ``factor``."""
+    _finite(factor, "the factor")
     return lambda activation, hook: _blend(activation, activation * factor, hook, positions, heads)
 
 
@@ -138,6 +148,10 @@ def resample_ablate(source: Mapping[str, torch.Tensor], seed: int = 0, positions
 
 def project_out(direction: torch.Tensor, positions: Indices = None, heads: Indices = None) -> HookFn:
     """Remove the component along ``direction`` (last-axis vector): x - (x . d) d, d unit."""
+    _finite(direction, "the direction")
+    norm = float(direction.norm())
+    if norm == 0:
+        raise MechscopeError("the direction to project out is the zero vector")
     unit = direction / direction.norm()
 
     def hook_fn(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:

@@ -16,6 +16,7 @@ from mechscope.models.catalogue import build_catalogue
 from mechscope.models.config import ModelConfig
 from mechscope.models.readout import ResidualReadout
 from mechscope.models.tokens import ModelInput, as_token_tensor, tokenize
+from mechscope.validate import check_int
 
 NameSelector = str | Callable[[str], bool]
 HookSpec = Sequence[tuple[NameSelector, HookFn]]
@@ -298,16 +299,22 @@ class HookedModel:
         """
         if not isinstance(prompt, str):
             raise InputTypeError(f"generate takes one prompt string, got {type(prompt).__name__}")
+        check_int("max_new_tokens", max_new_tokens, minimum=1)
         tokens, _ = self.tokenize_prompts([prompt], chat)
-        pad = self.tokenizer.pad_token_id
-        if pad is None:
-            pad = self.tokenizer.eos_token_id
+        pad = self.pad_token_id
         with torch.no_grad(), self.hooks(fwd_hooks):
             output = self.hf_model.generate(
                 input_ids=tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=max_new_tokens,
                 do_sample=do_sample, pad_token_id=pad, **generate_kwargs,
             )
         return self.tokenizer.decode(output[0, tokens.shape[1]:], skip_special_tokens=True)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        """The id generation pads with: the tokenizer's pad token, else its EOS token (HF's own
+        fallback, made explicit so every generate path pads the same way)."""
+        pad = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pad is None else pad
 
     # ----------------------------------------------------------------- weights
     @property

@@ -7,7 +7,7 @@ methods here through ``cache.model.readout``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 
@@ -19,7 +19,8 @@ from mechscope.validate import check_choice
 if TYPE_CHECKING:
     from mechscope.models.hooked_model import HookedModel
 
-DECOMPOSE_MODES = ("all", "attn", "mlp")
+DecomposeMode = Literal["all", "attn", "mlp"]
+DECOMPOSE_MODES: tuple[str, ...] = get_args(DecomposeMode)
 
 
 class ResidualReadout:

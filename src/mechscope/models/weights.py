@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 
@@ -11,7 +11,8 @@ from mechscope.errors import MechscopeError
 if TYPE_CHECKING:
     from mechscope.models.hooked_model import HookedModel
 
-PARTS = ("q", "k", "v")
+ProjectionPart = Literal["q", "k", "v"]
+PARTS: tuple[str, ...] = get_args(ProjectionPart)
 
 
 def input_projection(model: HookedModel, layer: int, part: str) -> tuple[torch.Tensor, torch.Tensor | None]:

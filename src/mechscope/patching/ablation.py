@@ -3,6 +3,8 @@ distribution, or resampled from it) and score the behaviour that is lost."""
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
 from mechscope.errors import MechscopeError
@@ -12,7 +14,8 @@ from mechscope.patching.result import PatchingResult
 from mechscope.patching.sites import site_grid
 from mechscope.tasks.base import Task
 
-METHODS = ("zero", "mean", "resample")
+AblationMethod = Literal["zero", "mean", "resample"]
+METHODS: tuple[str, ...] = get_args(AblationMethod)
 
 
 def ablation_values(activations: torch.Tensor, reference: torch.Tensor, method: str, n: int,

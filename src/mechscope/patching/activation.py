@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
@@ -23,8 +24,10 @@ from mechscope.patching.prefix import prefix_hooks
 from mechscope.patching.result import PatchingResult
 from mechscope.patching.sites import PatchUnit, SiteGrid, site_grid
 from mechscope.tasks.base import Task
+from mechscope.validate import check_choice, check_int, check_number
 
-MODES = ("denoise", "noise")
+PatchMode = Literal["denoise", "noise"]
+MODES: tuple[str, ...] = get_args(PatchMode)
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ def slot_hooks(slots: list[list[PatchUnit]], source: dict[str, torch.Tensor], n:
     return [(name, make(entries)) for name, entries in by_hook.items()]
 
 
-def _chunk_hooks(units: list[PatchUnit], source: dict[str, torch.Tensor], n: int):
+def chunk_hooks(units: list[PatchUnit], source: dict[str, torch.Tensor], n: int):
     """Forward hooks patching unit u into rows [u * n, (u + 1) * n)."""
     return slot_hooks([[unit] for unit in units], source, n)
 
@@ -170,6 +173,10 @@ def activation_patch(
     the task ``metric`` (mean over prompts), normalised so corrupted = 0 and clean = 1 (KL is
     reported raw). ``batch_size`` (rows per forward) defaults to what ``memory_budget_gb`` allows.
     """
+    check_choice("mode", mode, PatchMode)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, minimum=1)
+    check_number("memory_budget_gb", memory_budget_gb, minimum=0, strict_minimum=True)
     grid = site_grid(model, sites, task.clean_tokens.shape[1], layers)
     run = prepare_run(model, task, grid.hook_names, mode, metric)
     return sweep(model, task, grid, run, mode, metric, batch_size, memory_budget_gb, progress)
@@ -192,29 +199,11 @@ def sweep(model: HookedModel, task: Task, grid: SiteGrid, run: PatchingRun, mode
     for layer, indices in tqdm(chunks, desc=f"{mode} {sites}", disable=not progress, leave=False):
         units = [grid.units[i] for i in indices]
         tokens = run.base_tokens.repeat(len(units), 1)
-        hooks = prefix_hooks(model, layer, run.base_resid_post, len(units)) + _chunk_hooks(units, run.source, n)
+        hooks = prefix_hooks(model, layer, run.base_resid_post, len(units)) + chunk_hooks(units, run.source, n)
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks, logits_to_keep=keep)
         raw[indices] = mean_over_prompts(metric_fn, logits, bool(keep), n)
     return build_result(grid, raw, run.clean_value, run.corrupted_value, mode, metric, position_labels(model, task), info={
         "prompts": n, "forwards": len(chunks), "rows_per_forward": units_per_forward * n})
-
-
-@torch.no_grad()
-def activation_patch_naive(model: HookedModel, task: Task, sites: str = "resid_pre", mode: str = "denoise",
-                           metric: str = "logit_diff", layers: list[int] | None = None,
-                           progress: bool = True) -> PatchingResult:
-    """Reference implementation: one forward per patched unit (what TransformerLens-style
-    helpers do). Same numbers as :func:`activation_patch`, used to test and benchmark it."""
-    grid = site_grid(model, sites, task.clean_tokens.shape[1], layers)
-    run = prepare_run(model, task, grid.hook_names, mode, metric)
-    metric_fn = row_metric(task, metric, run.clean_end_logits)
-    prompts = torch.arange(len(task))
-    raw = torch.empty(len(grid.units))
-    for index, unit in enumerate(tqdm(grid.units, desc=f"naive {sites}", disable=not progress, leave=False)):
-        logits = model.run_with_hooks(run.base_tokens, fwd_hooks=_chunk_hooks([unit], run.source, len(task)))
-        raw[index] = metric_fn(task.end_logits(logits), prompts).mean().cpu()
-    return build_result(grid, raw, run.clean_value, run.corrupted_value, mode, metric, position_labels(model, task),
-                   info={"prompts": len(task), "forwards": len(grid.units)})
 
 
 def position_labels(model: HookedModel, task: Task) -> list[str]:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 
 from mechscope.errors import MechscopeError
 from mechscope.tasks.base import Task
 
-METRICS = ("logit_diff", "prob", "prob_diff", "kl")
+PatchMetric = Literal["logit_diff", "prob", "prob_diff", "kl"]
+METRICS: tuple[str, ...] = get_args(PatchMetric)
 # fn(end_logits [rows, vocab], prompt_index [rows]) -> [rows]
 RowMetric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -12,6 +12,7 @@ sender -> receiver. Scores: 1 = clean, 0 = corrupted, as in noising.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
@@ -35,7 +36,8 @@ from mechscope.patching.result import PatchingResult
 from mechscope.patching.sites import PatchUnit, site_grid
 from mechscope.tasks.base import Task
 
-RECEIVER_INPUTS = ("q", "k", "v")
+ReceiverInput = Literal["q", "k", "v"]
+RECEIVER_INPUTS: tuple[str, ...] = get_args(ReceiverInput)
 
 
 def _freeze_hooks(model: HookedModel, senders: list[PatchUnit], clean: dict, corrupted: dict, n: int,

@@ -8,6 +8,9 @@ units run batched, with several noise samples per unit.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from tqdm.auto import tqdm
 
@@ -19,7 +22,9 @@ from mechscope.patching.activation import resid_post_by_layer, resid_post_names,
 from mechscope.patching.prefix import prefix_hooks
 from mechscope.patching.result import PatchingResult
 from mechscope.patching.sites import PatchUnit
+from mechscope.validate import check_choice, check_int, check_number, options_from
 
+TraceKind = Literal["resid", "attn", "mlp"]
 KINDS = {"resid": "resid_post", "attn": "attn_out", "mlp": "mlp_out"}
 
 
@@ -42,12 +47,33 @@ def _window(layer: int, window: int, n_layers: int) -> range:
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
 
+@dataclass(frozen=True)
+class TraceConfig:
+    """The options of :func:`causal_trace`, checked on construction (before any model runs)."""
+
+    kind: TraceKind = "resid"
+    window: int = 10
+    noise_scale: float | None = None
+    samples: int = 8
+    seed: int = 0
+    units_per_forward: int = 16
+
+    def __post_init__(self) -> None:
+        check_choice("kind", self.kind, TraceKind)
+        check_int("window", self.window, minimum=1)
+        if self.noise_scale is not None:
+            check_number("noise_scale", self.noise_scale, minimum=0)
+        check_int("samples", self.samples, minimum=1, maximum=4096)
+        check_int("seed", self.seed, minimum=None)
+        check_int("units_per_forward", self.units_per_forward, minimum=1)
+
+
 @torch.no_grad()
 def causal_trace(
     model: HookedModel,
     prompt: str,
     subject: str,
-    kind: str = "resid",
+    kind: TraceKind = "resid",
     answer: str | None = None,
     window: int = 10,
     noise_scale: float | None = None,
@@ -55,14 +81,18 @@ def causal_trace(
     seed: int = 0,
     units_per_forward: int = 16,
     progress: bool = True,
+    config: TraceConfig | None = None,
 ) -> PatchingResult:
     """Trace ``prompt``'s prediction of ``answer`` (default: the clean top token) with the
     ``subject`` tokens noised. ``noise_scale`` defaults to 3x the std of the prompt's token
     embeddings as they enter the residual stream (ROME uses 3x the embeddings' std). Result axes (layer, position); ``raw`` is the answer's probability with that
     state restored, averaged over ``samples`` noise draws; ``scores`` rescale it so the noised
-    run is 0 and the clean run 1. ``window`` applies to "attn" / "mlp" (1 restores one block)."""
-    if kind not in KINDS:
-        raise MechscopeError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    run is 0 and the clean run 1. ``window`` applies to "attn" / "mlp" (1 restores one block).
+    ``config``: a :class:`TraceConfig` in place of the separate options."""
+    options = options_from(TraceConfig, config, kind=kind, window=window, noise_scale=noise_scale, samples=samples,
+                           seed=seed, units_per_forward=units_per_forward)
+    kind, window, noise_scale, samples = options.kind, options.window, options.noise_scale, options.samples
+    seed, units_per_forward = options.seed, options.units_per_forward
     tokens = model.to_tokens(prompt)
     n_pos, n_layers = tokens.shape[1], model.cfg.n_layers
     noised_positions = subject_positions(model, prompt, subject)

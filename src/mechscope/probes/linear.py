@@ -23,6 +23,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from safetensors import safe_open
@@ -32,7 +33,8 @@ from mechscope.errors import MechscopeError
 from mechscope.files import atomic_file
 from mechscope.probes.metrics import as_binary_labels
 
-KINDS = ("logistic", "mass_mean", "mass_mean_iid")
+ProbeKind = Literal["logistic", "mass_mean", "mass_mean_iid"]
+KINDS: tuple[str, ...] = get_args(ProbeKind)
 
 
 @dataclass(eq=False)

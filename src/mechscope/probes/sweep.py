@@ -15,8 +15,9 @@ from mechscope.errors import MechscopeError
 from mechscope.files import atomic_text
 from mechscope.hooks.names import resid_post
 from mechscope.probes.control import control_labels, selectivity
-from mechscope.probes.linear import KINDS, LinearProbe, train_probe
+from mechscope.probes.linear import KINDS, LinearProbe, ProbeKind, train_probe
 from mechscope.probes.metrics import accuracy, as_binary_labels, auroc
+from mechscope.validate import check_choice, check_int, check_number, options_from
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class ProbeSweep:
         opens offline) and ``folder/probes/<hook name>.safetensors`` (see :meth:`LinearProbe.load`)."""
         folder = Path(folder)
         atomic_text(folder / "sweep.json", json.dumps(self.to_json(), indent=1))
-        self.plot().write_html(folder / "sweep.html", include_plotlyjs=True)
+        atomic_text(folder / "sweep.html", self.plot().to_html(include_plotlyjs=True, full_html=True))
         for hook_name, probe in self.probes.items():
             probe.save(folder / "probes" / f"{hook_name}.safetensors")
         return folder
@@ -226,13 +227,34 @@ def resid_post_hooks(model) -> list[str]:
     return [resid_post(layer) for layer in range(model.cfg.n_layers)]
 
 
+@dataclass(frozen=True)
+class ProbeSweepConfig:
+    """The options of :func:`probe_sweep`, checked on construction (before any model runs)."""
+
+    position: int = -1
+    kind: ProbeKind = "logistic"
+    test_fraction: float = 0.2
+    chat: bool | None = False
+    batch_size: int = 16
+    seed: int = 0
+    l2: float = 1e-2
+
+    def __post_init__(self) -> None:
+        check_int("position", self.position, minimum=None)
+        check_choice("kind", self.kind, ProbeKind)
+        check_number("test_fraction", self.test_fraction, minimum=0, maximum=1, strict_minimum=True)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_int("seed", self.seed, minimum=None)
+        check_number("l2", self.l2, minimum=0)
+
+
 def probe_sweep(
     model,
     texts: Sequence[str],
     labels,
     hook_names: str | Sequence[str] | None = None,
     position: int = -1,
-    kind: str = "logistic",
+    kind: ProbeKind = "logistic",
     test_texts: Sequence[str] | None = None,
     test_labels=None,
     test_fraction: float = 0.2,
@@ -243,13 +265,17 @@ def probe_sweep(
     seed: int = 0,
     l2: float = 1e-2,
     progress: bool = True,
+    config: ProbeSweepConfig | None = None,
 ) -> ProbeSweep:
     """Probe ``model``'s activations at token ``position`` of each text (negative positions count
     back from the text's last token; with ``chat=True`` -1 is the chat template's last token)
     at every hook of ``hook_names`` (default: :func:`resid_post_hooks`). ``labels`` [n] are 0/1.
-    Train / test and the control task are as in :func:`probe_features`."""
-    if kind not in KINDS:  # checked before the model runs, not after
-        raise MechscopeError(f"unknown probe kind {kind!r}; choose one of: {', '.join(KINDS)}")
+    Train / test and the control task are as in :func:`probe_features`. ``config``: a
+    :class:`ProbeSweepConfig` in place of the separate options."""
+    options = options_from(ProbeSweepConfig, config, position=position, kind=kind, test_fraction=test_fraction,
+                           chat=chat, batch_size=batch_size, seed=seed, l2=l2)
+    position, kind, test_fraction, chat = options.position, options.kind, options.test_fraction, options.chat
+    batch_size, seed, l2 = options.batch_size, options.seed, options.l2
     texts = list(texts)
     labels = as_binary_labels(labels, len(texts), "labels")
     if (test_texts is None) != (test_labels is None):

@@ -22,7 +22,7 @@ from mechscope.steering.evaluate import (
     token_log_odds,
 )
 from mechscope.steering.orthogonalise import orthogonalise, save_orthogonalised
-from mechscope.steering.sweep import SteeringSweep, SweepPoint, sweep
+from mechscope.steering.sweep import SteeringSweep, SweepConfig, SweepPoint, sweep
 
 __all__ = [
     "METHODS",
@@ -30,6 +30,7 @@ __all__ = [
     "LogitBehaviour",
     "ProbeBehaviour",
     "SteeringSweep",
+    "SweepConfig",
     "SweepPoint",
     "caa_direction",
     "contrast_directions",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
@@ -14,8 +15,10 @@ from mechscope.hooks.interventions import add_vector, project_out
 from mechscope.hooks.names import attn_out, mlp_out, resid_pre
 from mechscope.models.hooked_model import HookedModel, HookSpec
 from mechscope.steering.direction import Direction
+from mechscope.validate import check_choice, check_int, check_number
 
-PHASES = ("all", "prompt", "generated")
+Phase = Literal["all", "prompt", "generated"]
+PHASES: tuple[str, ...] = get_args(Phase)
 
 
 def checked_layers(model: HookedModel, layers: int | Sequence[int] | None) -> list[int]:
@@ -45,7 +48,13 @@ class Steering:
     direction: Direction
     alpha: float
     layers: int | Sequence[int] | None = None
-    positions: str | Sequence[int] = "all"
+    positions: Phase | Sequence[int] = "all"
+
+    def __post_init__(self) -> None:
+        # A NaN or infinite strength would give NaN logits (or garbage text) without an error.
+        self.alpha = check_number("alpha", self.alpha)
+        if isinstance(self.positions, str):
+            check_choice("positions", self.positions, PHASES)
 
     def hooks(self, model: HookedModel, generating: bool = False) -> HookSpec:
         """fwd_hooks for ``model``. With ``generating=True`` the hooks count their calls, so a
@@ -126,9 +135,11 @@ def generate(
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise MechscopeError("no prompts given")
+    check_int("max_new_tokens", max_new_tokens, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
     interventions = [] if intervention is None else (
         [intervention] if isinstance(intervention, Steering | DirectionalAblation) else list(intervention))
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
+    pad = model.pad_token_id
     outputs: list[str] = []
     batches = range(0, len(prompts), batch_size)
     for start in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):

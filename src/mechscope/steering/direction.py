@@ -7,15 +7,17 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from mechscope.errors import MechscopeError, MissingFileError, OutOfRangeError
+from mechscope.errors import MechscopeError, MissingFileError, NonFiniteError, OutOfRangeError
 from mechscope.files import atomic_file, atomic_text
+from mechscope.validate import check_number
 
-METHODS = ("diff_in_means", "caa", "pca", "probe", "sae", "user")
+DirectionMethod = Literal["diff_in_means", "caa", "pca", "probe", "sae", "user"]
+METHODS: tuple[str, ...] = get_args(DirectionMethod)
 
 
 @dataclass
@@ -40,7 +42,8 @@ class Direction:
         if not isinstance(self.vector, torch.Tensor) or self.vector.dim() != 1:
             raise MechscopeError(f"a direction is one vector [d_model], got {getattr(self.vector, 'shape', self.vector)!r}")
         if not torch.isfinite(self.vector).all():
-            raise MechscopeError("direction has NaN or infinite entries")
+            raise NonFiniteError("direction has NaN or infinite entries")
+        self.scale = check_number("scale", self.scale, minimum=0, strict_minimum=True)
         norm = float(self.vector.float().norm())
         if abs(norm - 1.0) > 1e-4:
             raise MechscopeError(f"direction vector must be unit-norm (has norm {norm:.6f}); build it with "

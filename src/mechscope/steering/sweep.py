@@ -9,11 +9,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from mechscope.errors import MechscopeError
+from mechscope.errors import ConfigError, MechscopeError
 from mechscope.models.hooked_model import HookedModel
-from mechscope.steering.apply import Steering
+from mechscope.steering.apply import PHASES, Phase, Steering
 from mechscope.steering.direction import Direction
 from mechscope.steering.evaluate import Behaviour, last_token_logits, next_token_kl, perplexity
+from mechscope.validate import check_choice, check_int, check_number
 
 
 @dataclass
@@ -68,18 +69,42 @@ class SteeringSweep:
         return figure
 
 
+@dataclass(frozen=True)
+class SweepConfig:
+    """The settings of :func:`sweep`, checked on construction: ``alphas`` must be finite (a NaN
+    strength gives NaN logits), ``layers`` None means the keys of a per-layer direction mapping."""
+
+    alphas: tuple[float, ...] = ()
+    layers: tuple[int, ...] | None = None
+    relative: bool = False
+    positions: Phase | tuple[int, ...] = "all"
+    chat: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not self.alphas:
+            raise ConfigError("give at least one alpha")
+        object.__setattr__(self, "alphas", tuple(check_number("alpha", alpha) for alpha in self.alphas))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(check_int("layer", layer, minimum=0) for layer in self.layers))
+        if isinstance(self.positions, str):
+            check_choice("positions", self.positions, PHASES)
+        else:
+            object.__setattr__(self, "positions", tuple(self.positions))
+
+
 def sweep(
     model: HookedModel,
     direction: Direction | Mapping[int, Direction],
     behaviour: Behaviour,
     neutral_prompts: Sequence[str],
-    alphas: Sequence[float],
+    alphas: Sequence[float] = (),
     layers: Sequence[int] | None = None,
     relative: bool = False,
     contexts: torch.Tensor | None = None,
-    positions: str | Sequence[int] = "all",
+    positions: Phase | Sequence[int] = "all",
     chat: bool | None = None,
     progress: bool = True,
+    config: SweepConfig | None = None,
 ) -> SteeringSweep:
     """Steer at each layer and strength; score ``behaviour``, the KL of the next-token
     distribution on ``neutral_prompts`` and, when ``contexts`` [n, pos] are given (e.g.
@@ -87,7 +112,15 @@ def sweep(
 
     ``direction``: one Direction for every layer, or {layer: Direction} (e.g. read at each layer
     by :func:`contrast_directions`), whose keys are the default ``layers``. ``relative=True``
-    reads ``alphas`` as multiples of each direction's scale."""
+    reads ``alphas`` as multiples of each direction's scale. ``config``: a :class:`SweepConfig`
+    in place of ``alphas``, ``layers``, ``relative``, ``positions`` and ``chat``."""
+    if config is None:
+        config = SweepConfig(tuple(alphas), None if layers is None else tuple(layers), relative,
+                             positions if isinstance(positions, str) else tuple(positions), chat)
+    elif alphas or layers is not None or relative or positions != "all" or chat is not None:
+        raise ConfigError("give either config=SweepConfig(...) or alphas / layers / relative / positions / chat")
+    alphas, relative, positions, chat = config.alphas, config.relative, config.positions, config.chat
+    layers = None if config.layers is None else list(config.layers)
     per_layer = dict(direction) if isinstance(direction, Mapping) else None
     if layers is None:
         if per_layer is None:

@@ -10,6 +10,7 @@ from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.tasks.base import Task
 from mechscope.tasks.words import CAPITALS
+from mechscope.validate import check_int
 
 TEMPLATE = "The capital of {country} is"
 
@@ -33,6 +34,8 @@ def factual_recall(model: HookedModel, n: int | None = None, seed: int = 0) -> T
     """Country -> capital prompts the model gets right; each corrupted prompt names another
     known country. Answer: the capital's first token; wrong: the other country's capital's.
     Positions: SUBJECT (the country token), END."""
+    if n is not None:
+        check_int("n", n, minimum=1)
     known = known_capitals(model)
     if len(known) < 2:
         raise MechscopeError(f"the model completes only {len(known)} of mechscope's {len(CAPITALS)} capitals "

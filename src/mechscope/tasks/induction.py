@@ -7,6 +7,7 @@ import torch
 from mechscope.analysis.head_scores import repeated_random_tokens
 from mechscope.models.hooked_model import HookedModel
 from mechscope.tasks.base import Task
+from mechscope.validate import check_int
 
 
 def induction(model: HookedModel, n: int = 32, seq_len: int = 12, seed: int = 0) -> Task:
@@ -15,6 +16,8 @@ def induction(model: HookedModel, n: int = 32, seq_len: int = 12, seed: int = 0)
     is the corrupted first copy's r'_{L-1} (what a copy of the corrupted prefix would predict).
     Positions: END, and "PREV" = the answer's position in the first copy (the induction target).
     """
+    check_int("n", n, minimum=1)
+    check_int("seq_len", seq_len, minimum=2)
     clean = repeated_random_tokens(model, seq_len, n, seed)[:, :-1]  # drop the final answer token
     other = repeated_random_tokens(model, seq_len, n, seed + 1)
     corrupted = clean.clone()

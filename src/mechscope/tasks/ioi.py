@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+from typing import Literal, get_args
 
 from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
@@ -21,7 +22,8 @@ TEMPLATES = (
     "Yesterday {first} and {second} met at the {place}. Later {subject} offered a {object} to",
     "At the {place}, {first} and {second} talked for hours, then {subject} gave a {object} to",
 )
-ORDERS = ("BABA", "ABBA")
+IoiOrder = Literal["BABA", "ABBA"]
+ORDERS: tuple[str, ...] = get_args(IoiOrder)
 
 
 def ioi(model: HookedModel, n: int = 32, seed: int = 0, order: str = "mixed") -> Task:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from mechscope.errors import ConfigError
+from mechscope.validate import check_int, check_number
+
 
 @dataclass(frozen=True)
 class ToyConfig:
@@ -26,6 +29,18 @@ class ToyConfig:
     batch_size: int = 1024
     lr: float = 1e-3
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("n_features", self.n_features, minimum=1)
+        check_int("n_hidden", self.n_hidden, minimum=1)
+        if not self.sparsities:
+            raise ConfigError("sparsities is empty; give at least one sparsity in [0, 1)")
+        for sparsity in self.sparsities:
+            check_number("sparsity", sparsity, minimum=0, maximum=0.9999)
+        check_number("importance_decay", self.importance_decay, minimum=0, maximum=1, strict_minimum=True)
+        check_int("steps", self.steps, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_number("lr", self.lr, minimum=0, strict_minimum=True)
 
 
 @dataclass

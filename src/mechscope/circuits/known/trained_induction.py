@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from mechscope.circuits.known.hand_induction import word_tokenizer
 from mechscope.errors import MechscopeError
+from mechscope.files import atomic_file, atomic_text
 from mechscope.models.hooked_model import HookedModel
 
 DATA = Path(__file__).parent / "data"
@@ -89,8 +90,8 @@ def save_trained(model: HookedModel, settings: InductionTraining, folder: Path =
 
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.hf_model.state_dict().items() if not k.endswith("attn.bias")}
-    save_file(state, folder / "trained_induction.safetensors")
-    (folder / "trained_induction_settings.json").write_text(json.dumps(asdict(settings), indent=1))
+    atomic_file(folder / "trained_induction.safetensors", lambda temporary: save_file(state, str(temporary)))
+    atomic_text(folder / "trained_induction_settings.json", json.dumps(asdict(settings), indent=1))
 
 
 def trained_induction_model() -> HookedModel:
