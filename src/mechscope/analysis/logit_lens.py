@@ -29,10 +29,6 @@ class LogitLens:
         target = self.log_probs[:, token_id : token_id + 1]
         return (self.log_probs > target).sum(-1)
 
-    def prob_of(self, token_id: int) -> torch.Tensor:
-        """[n_points] probability of ``token_id`` at every point."""
-        return self.log_probs[:, token_id].exp()
-
 
 @torch.no_grad()
 def logit_lens(model: HookedModel, cache: ActivationCache, position: int = -1, batch_index: int = 0,
