@@ -28,7 +28,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install
-	$(VENV)/bin/mechscope inspect "$(DEMO_PROMPT)" --out mechscope-report
+	$(VENV)/bin/mechscope inspect "$(DEMO_PROMPT)" --out mechscope-report --overwrite
 
 # The import-layer contract (pyproject.toml [tool.importlinter]) first, then every test:
 # tests/unit (tiny random models) and tests/integration (the bundled models).

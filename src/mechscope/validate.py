@@ -31,8 +31,8 @@ def check_choice(field: str, value: Any, choices: Iterable | Any) -> Any:
     is_alias = get_origin(choices) is not None or get_args(choices)
     options = literal_choices(choices) if is_alias else tuple(choices)
     if value not in options:
-        listed = ", ".join(repr(option) for option in options)
-        raise ConfigError(f"{field} must be one of {listed}; got {value!r}")
+        listed = ", ".join(str(option) for option in options)
+        raise ConfigError(f"unknown {field} {value!r}; {field} must be one of: {listed}")
     return value
 
 

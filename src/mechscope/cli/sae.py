@@ -2,133 +2,113 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-sae_app = typer.Typer(no_args_is_help=True, help="Sparse dictionaries: train, evaluate, dashboards.")
-CONTEXT = 128
+from mechscope import checks
+from mechscope.cli.core import console, load_model, new_app, say
+from mechscope.cli.options import (
+    Contexts,
+    DictionaryFolder,
+    HookName,
+    ModelName,
+    Overwrite,
+    Seed,
+    checked,
+    choice,
+    finite,
+    out_option,
+)
+from mechscope.sae import ARCHITECTURES
+from mechscope.sae.runs import (
+    TrainOptions,
+    load_dictionary,
+    parse_latents,
+    prepare_dashboard_folder,
+    prepare_train_folder,
+    run_dashboard,
+    run_eval,
+    run_train,
+)
+
+sae_app = new_app("Sparse dictionaries: train, evaluate, dashboards.")
 
 
-def _contexts(hooked, n: int, seed: int, skip: int = 0):
-    from mechscope.data import pack, stdlib_docstrings
-
-    contexts = pack(hooked.tokenizer, stdlib_docstrings(), CONTEXT, n_contexts=n + skip, seed=seed)
-    if len(contexts) < n + skip:
-        raise typer.BadParameter(f"the default corpus holds {len(contexts)} contexts of {CONTEXT} tokens; ask for fewer")
-    return contexts[skip:]
-
-
-def _print_eval(console, scored) -> None:
+def _print_eval(scored) -> None:
     table = Table(title="evaluation on held-out contexts")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("l0", "fvu", "fvu_typical", "cosine", "ce_clean", "ce_spliced", "ce_zero", "ce_recovered", "kl", "dead", "dense"):
+    for key in ("l0", "fvu", "fvu_typical", "cosine", "ce_clean", "ce_spliced", "ce_zero", "ce_recovered", "kl",
+                "dead", "dense"):
         table.add_row(key, f"{getattr(scored, key):.4f}")
     console.print(table)
 
 
+def _parse_tokens(text: str) -> int:
+    """``--tokens``: "500k", "2M" or "100000"; zero, negative, NaN and absurd counts are refused."""
+    return checks.parse_count(text, "tokens")
+
+
 @sae_app.command()
 def train(
-    hook: str = typer.Option(..., help="hook point, e.g. blocks.15.hook_resid_post"),
-    arch: str = typer.Option("topk", help="relu, topk, batchtopk, jumprelu or matryoshka"),
-    k: int = typer.Option(32, min=1, help="active latents (TopK family)"),
-    d_sae: int = typer.Option(4608, min=1, help="number of latents"),
-    tokens: str = typer.Option("2M", help="training tokens, e.g. 500k or 2M (the corpus is reused in epochs)"),
-    batch_size: int = typer.Option(4096, min=1),
-    lr: float = typer.Option(1e-3),
-    harvest_contexts: int = typer.Option(1024, min=1, help="contexts of 128 tokens harvested (the rest is reuse)"),
-    model: str = typer.Option(None, "--model", "-m", help="bundled name, .gguf path, local folder or hub id"),
-    out: Path = typer.Option(Path("mechscope-sae"), "--out", "-o", help="folder: store/, checkpoints/, sae/"),
-    seed: int = typer.Option(0),
+    hook: HookName,
+    arch: Annotated[str, typer.Option(help="relu, topk, batchtopk, jumprelu or matryoshka",
+                                      callback=choice("architecture", ARCHITECTURES))] = "topk",
+    k: Annotated[int, typer.Option(min=1, help="active latents (TopK family)")] = 32,
+    d_sae: Annotated[int, typer.Option(min=1, max=checks.MAX_D_SAE, help="number of latents")] = 4608,
+    tokens: Annotated[str, typer.Option(help="training tokens, e.g. 500k or 2M (the corpus is reused in epochs)",
+                                        callback=checked(_parse_tokens))] = "2M",
+    batch_size: Annotated[int, typer.Option(min=1, max=checks.MAX_BATCH)] = 4096,
+    lr: Annotated[float, typer.Option(help="learning rate", callback=finite(minimum=0.0, strictly_above=True))] = 1e-3,
+    harvest_contexts: Annotated[int, typer.Option(min=1, max=checks.MAX_CONTEXTS,
+                                                  help="contexts of 128 tokens harvested (the rest is reuse)")] = 1024,
+    model: ModelName = None,
+    out: Annotated[Path, out_option("folder: store/, checkpoints/, sae/, eval.json; a rerun with the same options "
+                                    "resumes")] = Path("mechscope-sae"),
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
 ) -> None:
     """Harvest activations (resumable), train a dictionary (resumable), save it in SAELens'
     format and evaluate it on held-out contexts."""
-    from mechscope.cli.main import _load, console
-    from mechscope.data import StoredActivations, harvest
-    from mechscope.sae import SAEConfig, TrainConfig, evaluate_sae, save_sae
-    from mechscope.sae import train as train_saes
-
-    count = _parse_tokens(tokens)
-    hooked = _load(model)
-    try:
-        cfg = SAEConfig(hooked.hook_point(hook).shape[-1], d_sae, arch, k=k, hook_name=hook,
-                        model_name=hooked.cfg.name)
-    except (KeyError, ValueError) as error:
-        raise typer.BadParameter(str(error)) from error
-    contexts = _contexts(hooked, harvest_contexts, seed)
-    harvest(hooked, contexts, out / "store", [hook])
-    data = StoredActivations(out / "store", hook, batch_size=batch_size, seed=seed)
-    steps = max(1, count // batch_size)
-    (sae,) = train_saes(cfg, data, TrainConfig(steps=steps, lr=lr, checkpoint_every=max(1, steps // 20), seed=seed),
-                        out / "checkpoints")
-    save_sae(sae, out / "sae")
-    scored = evaluate_sae(hooked, sae, _contexts(hooked, 16, seed + 1))
-    (out / "eval.json").write_text(json.dumps(scored.to_json(), indent=1))
-    _print_eval(console, scored)
-    console.print(f"saved {out / 'sae'} (cfg.json + sae_weights.safetensors) and {out / 'eval.json'}")
+    options = TrainOptions(hook, arch, k, d_sae, _parse_tokens(tokens), batch_size, lr, harvest_contexts, seed)
+    folder = prepare_train_folder(out, options, overwrite, model)
+    say(folder.describe())
+    _, scored = run_train(load_model(model), options, folder)
+    _print_eval(scored)
+    console.print(f"saved {folder / 'sae'} (cfg.json + sae_weights.safetensors) and {folder / 'eval.json'}")
 
 
 @sae_app.command("eval")
 def evaluate(
-    sae: Path = typer.Option(..., help="dictionary folder (cfg.json + sae_weights.safetensors)"),
-    contexts: int = typer.Option(32, min=1, help="held-out contexts of 128 tokens"),
-    model: str = typer.Option(None, "--model", "-m"),
-    seed: int = typer.Option(1),
+    sae: DictionaryFolder,
+    contexts: Contexts = 32,
+    model: ModelName = None,
+    seed: Seed = 1,
 ) -> None:
     """L0, FVU, cosine, CE loss recovered, KL, dead and dense fractions on corpus contexts."""
-    from mechscope.cli.main import _load, console
-    from mechscope.sae import evaluate_sae, load_sae
-
-    dictionary = load_sae(sae)
-    hooked = _load(model)
-    _print_eval(console, evaluate_sae(hooked, dictionary, _contexts(hooked, contexts, seed)))
+    dictionary = load_dictionary(sae)  # before the model: a bad folder costs no load
+    _print_eval(run_eval(load_model(model), dictionary, contexts, seed))
 
 
 @sae_app.command()
 def dashboard(
-    sae: Path = typer.Option(..., help="dictionary folder (cfg.json + sae_weights.safetensors)"),
-    latents: str = typer.Option("0-19", help="latents: e.g. 0-19 or 3,17,256"),
-    contexts: int = typer.Option(64, min=1, help="corpus contexts of 128 tokens to search"),
-    model: str = typer.Option(None, "--model", "-m"),
-    out: Path = typer.Option(Path("mechscope-dashboards"), "--out", "-o"),
-    seed: int = typer.Option(1),
+    sae: DictionaryFolder,
+    latents: Annotated[str, typer.Option(help="latents: e.g. 0-19 or 3,17,256",
+                                         callback=checked(parse_latents))] = "0-19",
+    contexts: Contexts = 64,
+    model: ModelName = None,
+    out: Annotated[Path, out_option("folder for index.html and one page per latent")] = Path("mechscope-dashboards"),
+    seed: Seed = 1,
+    overwrite: Overwrite = False,
 ) -> None:
     """Static HTML dashboards (top contexts, quantile samples, histogram, logit effects) plus an index."""
-    from mechscope.cli.main import _load, console
-    from mechscope.sae import load_sae
-    from mechscope.sae.dashboard import sae_dashboards
-
-    dictionary = load_sae(sae)
-    hooked = _load(model)
-    chosen = _parse_latents(latents)
-    try:
-        index = sae_dashboards(hooked, dictionary, _contexts(hooked, contexts, seed), chosen, out)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
+    dictionary = load_dictionary(sae)
+    chosen = parse_latents(latents, dictionary)  # in range of this dictionary, before the model loads
+    folder = prepare_dashboard_folder(out, chosen, overwrite, {"sae": str(sae), "contexts": contexts,
+                                                               "seed": seed, "model": model})
+    say(folder.describe())
+    index = run_dashboard(load_model(model), dictionary, chosen, folder, contexts, seed)
     console.print(f"wrote {len(chosen)} dashboards; open {index}")
-
-
-def _parse_tokens(text: str) -> int:
-    text = text.strip().lower()
-    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
-    try:
-        return int(float(text[:-1] if scale > 1 else text) * scale)
-    except ValueError as error:
-        raise typer.BadParameter(f"tokens must look like 500k, 2M or 100000, got {text!r}") from error
-
-
-def _parse_latents(text: str) -> list[int]:
-    chosen: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                low, high = part.split("-")
-                chosen.extend(range(int(low), int(high) + 1))
-            elif part.strip():
-                chosen.append(int(part))
-    except ValueError as error:
-        raise typer.BadParameter(f"latents must look like 0-19 or 3,17,256, got {text!r}") from error
-    return chosen

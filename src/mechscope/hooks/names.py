@@ -43,6 +43,14 @@ def short(kind: str, layer: int) -> str:
     return block(layer, SHORT_NAMES.get(kind, kind))
 
 
+def block_hook_name(layer: int, hook: str) -> str:
+    """A point of block ``layer`` as a user types it: a short name (``resid_post``, ``z``), a
+    suffix (``hook_resid_post``, ``attn.hook_z``), or a bare word taken as ``hook_<word>``."""
+    if hook in SHORT_NAMES:
+        return short(hook, layer)
+    return block(layer, hook if hook.startswith("hook_") or "." in hook else f"hook_{hook}")
+
+
 def resid_pre(layer: int) -> str:
     return block(layer, "hook_resid_pre")
 

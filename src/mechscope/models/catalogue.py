@@ -3,8 +3,12 @@ input or output) each TransformerLens-named hook point reads and writes."""
 
 from __future__ import annotations
 
+import difflib
+import functools
+
 import torch
 
+from mechscope.errors import UnknownHookError
 from mechscope.hooks import names
 from mechscope.hooks.points import HookCatalogue, HookPoint
 from mechscope.hooks.sites import (
@@ -112,3 +116,43 @@ def _layer_points(adapter: ArchitectureAdapter, cfg: ModelConfig, hf_model: torc
     yield point("hook_mlp_out", RESID, Site(path("mlp_out"), "output"),
                 "MLP output as added to the residual stream")
     yield point("hook_resid_post", RESID, Site(block, "output", 1), "residual stream leaving the block")
+
+
+_TOP_LEVEL_HOOKS = (names.EMBED, names.POS_EMBED, names.LN_FINAL)
+
+
+@functools.cache
+def known_hook_suffixes() -> tuple[str, ...]:
+    """Every per-block hook suffix of every supported family, read off the tiny models' hook
+    catalogues (milliseconds), so the list never drifts from what the models really have."""
+    from mechscope.models.adapters import SUPPORTED_FAMILIES
+    from mechscope.models.tiny import load_tiny  # tiny builds HookedModels, which import this module
+
+    suffixes: dict[str, None] = {}
+    for family in SUPPORTED_FAMILIES:
+        for point in load_tiny(family).catalogue:
+            if point.layer_index is not None:
+                suffixes[point.name.split(".", 2)[2]] = None  # the part after "blocks.{layer}."
+    return tuple(suffixes)
+
+
+def check_hook_syntax(name: str, field: str = "hook") -> str:
+    """``name`` if it is a hook name some supported model has (``hook_embed``,
+    ``blocks.{L}.<suffix>``, ``ln_final.hook_normalized``), checked without a model, so a typo is
+    refused before one loads; whether layer L exists in *the* model is checked once it loads."""
+    if name in _TOP_LEVEL_HOOKS:
+        return name
+    parts = names.split_block_name(name)
+    suffixes = known_hook_suffixes()
+    if parts is None:
+        close = difflib.get_close_matches(name, [names.block(0, s) for s in suffixes] + list(_TOP_LEVEL_HOOKS), n=3)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise UnknownHookError(f"{field} {name!r} is not a hook name: hook names look like blocks.<layer>.<point>, "
+                               f"e.g. blocks.3.hook_resid_post, or {', '.join(_TOP_LEVEL_HOOKS)}{hint}")
+    layer, suffix = parts
+    if suffix not in suffixes:
+        close = difflib.get_close_matches(suffix, suffixes, n=4, cutoff=0.5)
+        hint = (f"closest valid names: {', '.join(names.block(layer, s) for s in close)}" if close
+                else f"valid points of a block: {', '.join(suffixes)}")
+        raise UnknownHookError(f"unknown hook point {name!r}: no model has a {suffix!r} point; {hint}")
+    return name

@@ -18,7 +18,7 @@ from mechscope.patching.sites import SITE_KINDS
 from mechscope.patching.tracing import KINDS as TRACE_KINDS
 from mechscope.patching.tracing import causal_trace
 from mechscope.tasks.base import Task
-from mechscope.validate import check_int
+from mechscope.validate import check_choice, check_int
 
 PATCH_OUTPUTS = ("result.json", "heatmap.html")
 
@@ -28,14 +28,14 @@ def build_task(model: HookedModel, name: str, n: int, seed: int) -> Task:
     capitals the model knows, however many that is)."""
     from mechscope import tasks
 
-    checks.check_one_of("task", name, tasks.TASKS)
+    check_choice("task", name, tasks.TASKS)
     return tasks.TASKS[name](model) if name == "factual-recall" else tasks.TASKS[name](model, n=n, seed=seed)
 
 
 def check_task_options(task: str, n: int, seed: int) -> None:
     from mechscope import tasks
 
-    checks.check_one_of("task", task, tasks.TASKS)
+    check_choice("task", task, tasks.TASKS)
     check_int("n", n, 1, checks.MAX_PROMPTS)
     check_int("seed", seed, 0, checks.MAX_SEED)
 
@@ -54,9 +54,9 @@ class PatchOptions:
 
     def __post_init__(self) -> None:
         check_task_options(self.task, self.n, self.seed)
-        checks.check_one_of("sites", self.sites, SITE_KINDS)
-        checks.check_one_of("mode", self.mode, MODES)
-        checks.check_one_of("metric", self.metric, METRICS)
+        check_choice("sites", self.sites, SITE_KINDS)
+        check_choice("mode", self.mode, MODES)
+        check_choice("metric", self.metric, METRICS)
         if self.atp and self.metric == "kl":
             raise ConfigError("attribution patching (--atp) needs a metric with a useful gradient; KL to the clean "
                               "run is flat there: use logit_diff, prob or prob_diff")
@@ -101,7 +101,7 @@ class TraceOptions:
         if not self.kinds:
             raise ConfigError(f"kinds must name at least one of {', '.join(TRACE_KINDS)}")
         for kind in self.kinds:
-            checks.check_one_of("kind", kind, TRACE_KINDS)
+            check_choice("kind", kind, TRACE_KINDS)
         check_int("window", self.window, 1, checks.MAX_WINDOW)
         check_int("samples", self.samples, 1, checks.MAX_SAMPLES)
 

@@ -1,0 +1,43 @@
+"""The run behind ``mechscope inspect``: analyse one prompt and write report.html and
+summary.json atomically into a checked output folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mechscope import checks
+from mechscope.files import OutputFolder, atomic_text, prepare_output_folder
+from mechscope.models.hooked_model import HookedModel
+from mechscope.report.html import write_report
+from mechscope.report.inspection import Inspection, inspect_prompt
+from mechscope.validate import check_int
+
+INSPECT_OUTPUTS = ("report.html", "summary.json")
+
+
+def check_inspect_options(prompt: str, top_k: int) -> None:
+    """Before any model loads: a non-blank prompt and 2 <= top_k <= MAX_TOP_K."""
+    checks.check_text("prompt", prompt)
+    check_int("top_k", top_k, 2, checks.MAX_TOP_K)
+
+
+def prepare_inspect_folder(out: str | Path, prompt: str, top_k: int, overwrite: bool = False,
+                           model: str | None = None) -> OutputFolder:
+    return prepare_output_folder(out, "inspect", INSPECT_OUTPUTS, overwrite=overwrite,
+                                 options={"prompt": prompt, "top_k": top_k, "model": model})
+
+
+def run_inspect(model: HookedModel, prompt: str, out: OutputFolder | str | Path, top_k: int = 10,
+                overwrite: bool = False) -> Inspection:
+    """Top next tokens, logit lens, direct logit attribution and head scores of ``prompt``;
+    writes ``report.html`` (plotly.js embedded) and ``summary.json``."""
+    check_inspect_options(prompt, top_k)
+    check_int("top_k", top_k, 2, model.cfg.d_vocab)  # topk beyond the vocabulary is a torch error
+    checks.check_context(model, model.to_tokens(prompt).shape[1], "the prompt")
+    folder = out if isinstance(out, OutputFolder) else prepare_inspect_folder(out, prompt, top_k, overwrite)
+    result = inspect_prompt(model, prompt, k=top_k)
+    write_report(result, folder / "report.html")  # written atomically
+    atomic_text(folder / "summary.json", json.dumps(result.to_json(), indent=2))
+    folder.record()
+    return result
