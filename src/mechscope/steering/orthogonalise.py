@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from mechscope.errors import FolderNotEmptyError, MechscopeError
+from mechscope.files import staged_writes
 from mechscope.models.hooked_model import HookedModel
 from mechscope.steering.direction import Direction
 
@@ -79,7 +80,12 @@ def save_orthogonalised(model: HookedModel, direction: Direction, folder: str | 
     if folder.exists() and any(folder.iterdir()):
         raise FolderNotEmptyError(f"{folder} is not empty; choose a new folder for the orthogonalised model")
     edited = orthogonalise(model, direction)
-    edited.hf_model.save_pretrained(folder, safe_serialization=True)
-    model.tokenizer.save_pretrained(folder)
-    direction.save(folder / "direction")
+
+    def write(staging: Path) -> None:
+        # save_pretrained writes in place; staged, a kill never leaves a half-written model.
+        edited.hf_model.save_pretrained(staging, safe_serialization=True)
+        model.tokenizer.save_pretrained(staging)
+        direction.save(staging / "direction")
+
+    staged_writes(folder, write)
     return folder
