@@ -28,17 +28,27 @@ def inspect(
     model: ModelName = None,
     out: Annotated[Path, out_option("folder for report.html + summary.json")] = Path("mechscope-report"),
     top_k: Annotated[int, typer.Option(min=2, max=MAX_TOP_K, help="how many next tokens to list (at least 2)")] = 10,
+    lens: Annotated[Path | None, typer.Option("--lens", help="a tuned lens from `mechscope lens train` (DIR/lens, "
+                                                            "or its .safetensors / .json): adds it to the report")] = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """Top next tokens, logit lens, direct logit attribution (top vs second token, by layer and
-    by head) and head scores; writes an HTML report and prints a summary."""
+    """Top next tokens, logit lens (and the tuned lens, with --lens), direct logit attribution
+    (top vs second token, by layer and by head) and head scores; writes an HTML report and
+    prints a summary."""
+    from mechscope.analysis import TunedLens
+
     check_inspect_options(prompt, top_k)
-    folder = prepare_inspect_folder(out, prompt, top_k, overwrite, model)
+    tuned = None if lens is None else TunedLens.load(lens)  # a bad file fails before the model loads
+    folder = prepare_inspect_folder(out, prompt, top_k, overwrite, model, lens)
     say(folder.describe())
     hooked = load_model(model)
     with console.status("running the analyses ..."):
-        result = run_inspect(hooked, prompt, folder, top_k)
+        result = run_inspect(hooked, prompt, folder, top_k, tuned_lens=tuned)
     _print_summary(result)
+    if result.lens_kl is not None:
+        from mechscope.cli.lens import kl_table
+
+        console.print(kl_table(result.lens_kl, "KL(model output || lens) on this prompt, nats"))
     console.print(f"\nreport: [bold]{folder / 'report.html'}[/bold]  numbers: {folder / 'summary.json'}")
 
 

@@ -1,18 +1,17 @@
 """The ``mechscope`` command line: the app and its commands.
 
 ``inspect`` a prompt, ``patch``, ``trace``, ``circuit``, ``sae``, ``probe``, ``steer``,
-``refusal``, ``lens`` (when installed), list ``models``. Each command lives in its own module and
+``refusal``, ``lens``, list ``models``. Each command lives in its own module and
 only parses, calls one library run function and prints; the error policy (one line and exit
 status 2 for mechscope's own errors, tracebacks for bugs) is :class:`~mechscope.cli.core.MechscopeGroup`.
 """
 
 from __future__ import annotations
 
-import importlib.util
-
 from mechscope.cli.analysis import inspect, patch, trace
 from mechscope.cli.circuit import circuit
 from mechscope.cli.core import new_app
+from mechscope.cli.lens import lens_app
 from mechscope.cli.models import models
 from mechscope.cli.probe import probe
 from mechscope.cli.sae import sae_app
@@ -24,12 +23,7 @@ for command in (inspect, patch, trace, models, circuit, probe, steer, refusal):
     app.command()(command)
 app.add_typer(sae_app, name="sae")
 
-# `mechscope lens` is written separately; registered once its module exists (find_spec, not a
-# try/except ImportError, so an import error inside that module still shows its traceback).
-if importlib.util.find_spec("mechscope.cli.lens") is not None:
-    from mechscope.cli.lens import lens_app
-
-    app.add_typer(lens_app, name="lens")
+app.add_typer(lens_app, name="lens")
 
 if __name__ == "__main__":
     app()

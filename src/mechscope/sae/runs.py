@@ -8,9 +8,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from mechscope import checks
+from mechscope.data.contexts import default_contexts
 from mechscope.errors import ConfigError, FileFormatError, MechscopeError, MissingFileError, OutOfRangeError
 from mechscope.files import READ_ERRORS, OutputFolder, atomic_text, prepare_output_folder, staged_writes
 from mechscope.models.catalogue import check_hook_syntax
@@ -25,19 +24,6 @@ CONTEXT = 128  # tokens per corpus context
 EVAL_CONTEXTS = 16  # held-out contexts scored after training
 TRAIN_OUTPUTS = ("store", "checkpoints", "sae", "eval.json")
 RESUMABLE = ("store", "checkpoints")  # an interrupted harvest or training continues from these
-
-
-def corpus_contexts(model: HookedModel, n: int, seed: int, skip: int = 0) -> torch.Tensor:
-    """``n`` contexts of ``CONTEXT`` tokens from the default corpus (after ``skip`` others)."""
-    from mechscope.data import pack, stdlib_docstrings
-
-    check_int("contexts", n, 1, checks.MAX_CONTEXTS)
-    checks.check_context(model, CONTEXT, "a corpus context")
-    contexts = pack(model.tokenizer, stdlib_docstrings(), CONTEXT, n_contexts=n + skip, seed=seed)
-    if len(contexts) < n + skip:
-        raise ConfigError(f"the default corpus holds {len(contexts)} contexts of {CONTEXT} tokens for this "
-                          f"tokenizer; {n + skip} were asked for: ask for fewer")
-    return contexts[skip:]
 
 
 def load_dictionary(folder: str | Path) -> SAE:
@@ -128,14 +114,14 @@ def run_train(model: HookedModel, options: TrainOptions, out: OutputFolder | str
                           "(residual, attention or MLP outputs, MLP hidden)")
     cfg = SAEConfig(width, options.d_sae, options.arch, k=options.k, hook_name=options.hook,
                     model_name=model.cfg.name)
-    contexts = corpus_contexts(model, options.harvest_contexts, options.seed)
+    contexts = default_contexts(model, options.harvest_contexts, CONTEXT, options.seed)
     harvest(model, contexts, folder / "store", [options.hook])
     data = StoredActivations(folder / "store", options.hook, batch_size=options.batch_size, seed=options.seed)
     steps = options.steps
     (sae,) = train(cfg, data, TrainConfig(steps=steps, lr=options.lr, checkpoint_every=max(1, steps // 20),
                                           seed=options.seed), folder / "checkpoints")
     save_sae(sae, folder / "sae")
-    scored = evaluate_sae(model, sae, corpus_contexts(model, EVAL_CONTEXTS, options.seed + 1))
+    scored = evaluate_sae(model, sae, default_contexts(model, EVAL_CONTEXTS, CONTEXT, options.seed + 1))
     atomic_text(folder / "eval.json", json.dumps(scored.to_json(), indent=1))
     folder.record()
     return sae, scored
@@ -145,7 +131,7 @@ def run_eval(model: HookedModel, sae: SAE, contexts: int = 32, seed: int = 1) ->
     """L0, FVU, cosine, CE loss recovered, KL, dead and dense fractions on ``contexts`` held-out
     corpus contexts."""
     hook = check_fits(model, sae)
-    return evaluate_sae(model, sae, corpus_contexts(model, contexts, seed), hook_name=hook)
+    return evaluate_sae(model, sae, default_contexts(model, contexts, CONTEXT, seed), hook_name=hook)
 
 
 def dashboard_outputs(latents: list[int]) -> list[str]:
@@ -176,7 +162,7 @@ def run_dashboard(model: HookedModel, sae: SAE, latents: list[int], out: OutputF
                               f"{sae.cfg.d_sae}; got {len(latents)}, out of range: {bad[:8]}")
     folder = out if isinstance(out, OutputFolder) else prepare_dashboard_folder(out, latents, overwrite)
     hook = check_fits(model, sae)
-    tokens = corpus_contexts(model, contexts, seed)
+    tokens = default_contexts(model, contexts, CONTEXT, seed)
     # The dashboard writer opens files in place; staging makes each page appear in one rename.
     index = staged_writes(folder.path, lambda staging: sae_dashboards(model, sae, tokens, latents, staging,
                                                                       hook_name=hook))

@@ -1,6 +1,7 @@
 """Steering: directions in the residual stream, adding them, ablating them, baking the ablation
 into weights, and measuring what that does to behaviour and to everything else."""
 
+from mechscope.data.contexts import default_contexts  # steering's perplexity contexts
 from mechscope.steering.apply import DirectionalAblation, Steering, generate
 from mechscope.steering.builders import caa_direction, contrast_directions
 from mechscope.steering.direction import (
@@ -15,7 +16,6 @@ from mechscope.steering.evaluate import (
     Behaviour,
     LogitBehaviour,
     ProbeBehaviour,
-    default_contexts,
     last_token_logits,
     next_token_kl,
     perplexity,

@@ -125,8 +125,3 @@ def perplexity(model: HookedModel, contexts: torch.Tensor, hooks: HookSpec = (),
     return math.exp(total / count)
 
 
-def default_contexts(model: HookedModel, n_contexts: int = 16, context_length: int = 128, seed: int = 0) -> torch.Tensor:
-    """Token contexts [n, pos] from the default corpus (standard-library docstrings), for perplexity."""
-    from mechscope.data import pack, stdlib_docstrings
-
-    return pack(model.tokenizer, stdlib_docstrings(), context_length, n_contexts=n_contexts, seed=seed)

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import torch
 
+from mechscope.data.contexts import default_contexts
 from mechscope.errors import NotFoundError
 from mechscope.files import atomic_text
 from mechscope.models.hooked_model import HookedModel
 from mechscope.steering.apply import DirectionalAblation, Steering, generate
-from mechscope.steering.evaluate import default_contexts, kl_divergence, last_token_logits, perplexity
+from mechscope.steering.evaluate import kl_divergence, last_token_logits, perplexity
 from mechscope.steering.orthogonalise import orthogonalise, save_orthogonalised
 from mechscope.steering.refusal import (
     RefusalConfig,
