@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mechscope.errors import FolderNotEmptyError, OutputFolderError, ResumeError
+from mechscope.errors import (
+    FileFormatError,
+    FolderNotEmptyError,
+    MissingFileError,
+    OutputFolderError,
+    ResumeError,
+)
 
 try:
     from safetensors import SafetensorError
@@ -243,3 +249,43 @@ def _claim(folder: OutputFolder, options: Mapping[str, Any]) -> None:
     except OSError as error:
         raise OutputFolderError(f"cannot write into output folder {folder.path}: "
                                 f"{error.strerror or error}") from error
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """The JSON in ``path``, or a :class:`MissingFileError` / :class:`FileFormatError` naming the
+    path and ``what`` it should hold (not a bare JSONDecodeError). JSON only: never a pickle."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path} not found (the {what})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FileFormatError(f"{path} is not readable JSON ({type(error).__name__}: {error}); the {what} is "
+                              "corrupt or truncated: delete it and write it again") from error
+
+
+def read_safetensors(path: str | Path, what: str = "file") -> dict:
+    """{name: tensor} from the safetensors file ``path``, or a :class:`MissingFileError` /
+    :class:`FileFormatError` naming the path (a truncated file is reported, not a traceback)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path} not found (the {what})")
+    try:
+        return load_file(str(path))
+    except READ_ERRORS as error:
+        raise FileFormatError(f"{path} is not a readable safetensors file ({type(error).__name__}: {error}); the "
+                              f"{what} is corrupt or truncated: delete it and write it again") from error
+
+
+def required_keys(data: Any, keys: Sequence[str], path: str | Path, what: str = "file") -> Any:
+    """``data`` if it is a JSON object holding every one of ``keys``, else a FileFormatError
+    naming the file and the missing keys (a default would silently change what was saved)."""
+    if not isinstance(data, dict):
+        raise FileFormatError(f"{path} does not hold a JSON object (the {what})")
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise FileFormatError(f"{path} lacks the key(s) {', '.join(missing)} (the {what}); it was not written by "
+                              "this version of mechscope, or it was edited")
+    return data

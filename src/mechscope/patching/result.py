@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from mechscope.files import atomic_text
+from mechscope.errors import FileFormatError
+from mechscope.files import atomic_text, read_json, required_keys
 
 
 @dataclass
@@ -73,7 +74,17 @@ class PatchingResult:
 
     @classmethod
     def load(cls, path: str | Path) -> PatchingResult:
-        data = json.loads(Path(path).read_text())
+        keys = ("kind", "mode", "metric", "axes", "labels", "scores", "raw", "clean_value", "corrupted_value",
+                "normalised")
+        data = required_keys(read_json(path, "patching result"), keys, path, "patching result")
+        try:
+            scores, raw = torch.tensor(data["scores"], dtype=torch.float32), torch.tensor(data["raw"], dtype=torch.float32)
+        except (TypeError, ValueError) as error:
+            raise FileFormatError(f"{path}: scores / raw are not numeric arrays ({error})") from error
+        shape = tuple(len(data["labels"].get(axis, [])) for axis in data["axes"]) if isinstance(data["labels"], dict) else ()
+        if scores.shape != raw.shape or (shape and tuple(scores.shape) != shape):
+            raise FileFormatError(f"{path}: scores {tuple(scores.shape)}, raw {tuple(raw.shape)} and the axes' labels "
+                                  f"{shape} disagree")
         return cls(data["kind"], data["mode"], data["metric"], tuple(data["axes"]), data["labels"],
-                   torch.tensor(data["scores"]), torch.tensor(data["raw"]), data["clean_value"],
+                   scores, raw, data["clean_value"],
                    data["corrupted_value"], data["normalised"], data.get("info", {}))

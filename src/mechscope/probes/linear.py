@@ -29,9 +29,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mechscope.errors import MechscopeError
-from mechscope.files import atomic_file
+from mechscope.errors import FileFormatError, MechscopeError
+from mechscope.files import READ_ERRORS, atomic_file, read_safetensors
 from mechscope.probes.metrics import as_binary_labels
+from mechscope.validate import check_choice, check_finite, check_number
 
 ProbeKind = Literal["logistic", "mass_mean", "mass_mean_iid"]
 KINDS: tuple[str, ...] = get_args(ProbeKind)
@@ -91,12 +92,41 @@ class LinearProbe:
 
     @classmethod
     def load(cls, path: str | Path) -> LinearProbe:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if "kind" not in metadata:
-                raise MechscopeError(f"{path} is not a mechscope probe file (no 'kind' in its metadata)")
-            return cls(handle.get_tensor("weight"), float(metadata["bias"]), metadata["kind"],
-                       handle.get_tensor("direction"), json.loads(metadata.get("info", "{}")))
+        """Read a probe written by :meth:`save`; every tensor and key is checked (a missing or
+        truncated file, a wrong shape or a non-finite weight is a FileFormatError naming it)."""
+        tensors = read_safetensors(path, "probe")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+        except READ_ERRORS as error:
+            raise FileFormatError(f"{path}: unreadable probe metadata ({error})") from error
+        missing = [key for key in ("kind", "bias") if key not in metadata]
+        if missing:
+            raise FileFormatError(f"{path} is not a mechscope probe file (no {', '.join(missing)} in its metadata)")
+        if set(tensors) != {"weight", "direction"}:
+            raise FileFormatError(f"{path} must hold the tensors 'weight' and 'direction'; it holds "
+                                  f"{', '.join(sorted(tensors)) or 'none'}")
+        try:
+            bias, info = float(metadata["bias"]), json.loads(metadata.get("info", "{}"))
+        except ValueError as error:
+            raise FileFormatError(f"{path}: bias or info in the metadata is malformed ({error})") from error
+        try:
+            return cls(tensors["weight"], bias, metadata["kind"], tensors["direction"], info)
+        except MechscopeError as error:
+            raise FileFormatError(f"{path}: {error}") from error
+
+    def __post_init__(self) -> None:
+        check_choice("kind", self.kind, ProbeKind)
+        for name in ("weight", "direction"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor) or value.dim() != 1 or not value.is_floating_point():
+                raise MechscopeError(f"probe {name} must be a float vector [d]; got "
+                                     f"{getattr(value, 'shape', type(value).__name__)}")
+            check_finite(f"probe {name}", value)
+        if self.weight.shape != self.direction.shape:
+            raise MechscopeError(f"probe weight {tuple(self.weight.shape)} and direction "
+                                 f"{tuple(self.direction.shape)} differ in size")
+        self.bias = check_number("probe bias", self.bias)
 
 
 def check_features(features: torch.Tensor, labels, what: str = "features") -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,10 +10,16 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from mechscope.errors import MechscopeError, MissingFileError, NonFiniteError, OutOfRangeError
-from mechscope.files import atomic_file, atomic_text
+from mechscope.errors import (
+    FileFormatError,
+    MechscopeError,
+    MissingFileError,
+    NonFiniteError,
+    OutOfRangeError,
+)
+from mechscope.files import atomic_file, atomic_text, read_json, read_safetensors, required_keys
 from mechscope.validate import check_number
 
 DirectionMethod = Literal["diff_in_means", "caa", "pca", "probe", "sae", "user"]
@@ -89,13 +95,19 @@ class Direction:
         missing = [str(p) for p in (tensors, meta) if not p.exists()]
         if missing:
             raise MissingFileError(f"a saved direction is two files; missing: {', '.join(missing)}")
-        info = json.loads(meta.read_text(encoding="utf-8"))
-        if info.get("format") != "mechscope-direction":
-            raise MechscopeError(f"{meta} is not a mechscope direction (format {info.get('format')!r})")
-        vector = load_file(str(tensors))["direction"]
-        if vector.shape != (info["d_model"],):
-            raise MechscopeError(f"{tensors} holds a vector of shape {tuple(vector.shape)}, the JSON says "
-                             f"d_model {info['d_model']}")
+        info = read_json(meta, "direction's metadata")
+        if not isinstance(info, dict) or info.get("format") != "mechscope-direction":
+            found = info.get("format") if isinstance(info, dict) else type(info).__name__
+            raise FileFormatError(f"{meta} is not a mechscope direction (format {found!r})")
+        required_keys(info, ("d_model", "layer", "method", "scale", "metadata"), meta, "direction's metadata")
+        stored = read_safetensors(tensors, "direction's vector")
+        if set(stored) != {"direction"}:
+            raise FileFormatError(f"{tensors} must hold exactly one tensor named 'direction'; it holds "
+                                  f"{', '.join(sorted(stored)) or 'none'}")
+        vector = stored["direction"]
+        if vector.shape != (info["d_model"],) or not vector.is_floating_point():
+            raise FileFormatError(f"{tensors} holds a {vector.dtype} vector of shape {tuple(vector.shape)}, the JSON "
+                                  f"says a float vector of d_model {info['d_model']}")
         return cls(vector, layer=info["layer"], method=info["method"], scale=info["scale"], metadata=info["metadata"])
 
 
