@@ -251,17 +251,35 @@ def _claim(folder: OutputFolder, options: Mapping[str, Any]) -> None:
                                 f"{error.strerror or error}") from error
 
 
-def read_json(path: str | Path, what: str = "file") -> Any:
-    """The JSON in ``path``, or a :class:`MissingFileError` / :class:`FileFormatError` naming the
-    path and ``what`` it should hold (not a bare JSONDecodeError). JSON only: never a pickle."""
+def read_json(path: str | Path, what: str = "a mechscope file",
+              remedy: str = "delete it and write it again") -> Any:
+    """The JSON in ``path``; a missing file is a MissingFileError, a truncated or corrupt one a
+    FileFormatError that names the path, ``what`` it belongs to and the ``remedy``. JSON only:
+    nothing is ever unpickled."""
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{path} not found (the {what})")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FileFormatError(f"{path} is not readable JSON ({type(error).__name__}: {error}); the {what} is "
-                              "corrupt or truncated: delete it and write it again") from error
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        raise MissingFileError(f"{path} not found ({what}); {remedy}") from error
+    except IsADirectoryError as error:
+        raise FileFormatError(f"{path} is a folder, not the JSON file of {what}; {remedy}") from error
+    except UnicodeDecodeError as error:
+        raise FileFormatError(f"{path} ({what}) is not UTF-8 text: it is corrupt; {remedy}") from error
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise FileFormatError(f"{path} ({what}) is not valid JSON ({error}): it is corrupt or truncated; "
+                              f"{remedy}") from error
+
+
+def plain_name(value: Any, source: Path, key: str) -> str:
+    """``value`` if it names a file directly inside ``source``'s folder (no separators, not
+    absolute, not "." or ".."): files that a folder lists must never lead out of it."""
+    if (not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\\" in value
+            or "\0" in value or Path(value).is_absolute() or Path(value).name != value):
+        raise FileFormatError(f"{source}: {key} must be a plain file name inside {source.parent}; got {value!r}. "
+                              "The file is corrupt or was edited: delete it (and its folder's run) and start again")
+    return value
 
 
 def read_safetensors(path: str | Path, what: str = "file") -> dict:

@@ -30,7 +30,7 @@ def _drop_key(path, key):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda tensors, meta: meta.write_text("{ truncated"), "not readable JSON"),
+    (lambda tensors, meta: meta.write_text("{ truncated"), "not valid JSON"),
     (lambda tensors, meta: _drop_key(meta, "scale"), "lacks the key(s) scale"),
     (lambda tensors, meta: tensors.write_bytes(tensors.read_bytes()[:20]), "not a readable safetensors"),
     (lambda tensors, meta: save_file({"direction": torch.ones(4)}, str(tensors)), "shape (4,)"),
@@ -87,5 +87,5 @@ def test_patching_results_are_checked(tmp_path):
     with pytest.raises(FileFormatError, match="lacks the key\\(s\\) raw"):
         PatchingResult.load(tmp_path / "nokey.json")
     (tmp_path / "cut.json").write_text((tmp_path / "r.json").read_text()[:25])
-    with pytest.raises(FileFormatError, match="cut.json is not readable JSON"):
+    with pytest.raises(FileFormatError, match="cut.json .patching result. is not valid JSON"):
         PatchingResult.load(tmp_path / "cut.json")

@@ -28,16 +28,20 @@ class DirectLogitAttribution:
     by_head: torch.Tensor
     bias: float
     logit_diff: float
+    # The block of each component (None for the embeddings), so nothing parses a label for it.
+    component_layers: list[int | None] | None = None
 
     def by_layer(self) -> tuple[list[str], torch.Tensor]:
         """Attention and MLP contributions summed per block: labels and [n_layers + 1] values
         (first entry: embeddings)."""
         labels, values = ["embed"], [0.0]
-        for label, value in zip(self.component_labels, self.by_component.tolist()):
-            if label.endswith("embed"):
+        layers = self.component_layers if self.component_layers is not None else _layers_of_components(
+            len(self.component_labels), self.by_head.shape[0])
+        for block, value in zip(layers, self.by_component.tolist()):
+            if block is None:
                 values[0] += value
                 continue
-            layer = f"L{label.split('_')[0]}"
+            layer = f"L{block}"
             if labels[-1] != layer:
                 labels.append(layer)
                 values.append(0.0)
@@ -50,6 +54,13 @@ class DirectLogitAttribution:
         order = flat.abs().argsort(descending=True)[:k]
         n_heads = self.by_head.shape[1]
         return [(int(i) // n_heads, int(i) % n_heads, float(flat[i])) for i in order]
+
+
+def _layers_of_components(n_components: int, n_layers: int) -> list[int | None]:
+    """The block of each entry of ``decompose_resid(mode="all")``: the embeddings (1 or 2 of
+    them, None) come first, then attn_out and mlp_out of every block in order."""
+    n_embeds = n_components - 2 * n_layers
+    return [None] * n_embeds + [layer for layer in range(n_layers) for _ in ("attn_out", "mlp_out")]
 
 
 @torch.no_grad()
@@ -78,4 +89,5 @@ def direct_logit_attribution(
         by_head=by_head.float().view(model.cfg.n_layers, model.cfg.n_heads).cpu(),
         bias=bias,
         logit_diff=float(diff),
+        component_layers=_layers_of_components(len(labels), model.cfg.n_layers),
     )

@@ -21,6 +21,7 @@ sum), so the writers of a run add up to the residual stream exactly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -134,7 +135,8 @@ class EdgeRun:
         for layer in range(cfg.n_layers):
             hooks.append((resid_pre(layer), self._read_resid))
             if self.rebuild:
-                hooks.extend((attn(layer, part), self._write_qkv) for part in ("q", "k", "v"))
+                hooks.extend((attn(layer, part), functools.partial(self._write_qkv, part=part))
+                             for part in ("q", "k", "v"))
             if self.shared:
                 hooks.append((normalized(layer, 1), self._write_attention_in))
             if self.rebuild or self.shared:
@@ -163,8 +165,8 @@ class EdgeRun:
         """ln1's forward without its module hooks (which would re-enter the hook on its output)."""
         return self.model.hf_model.get_submodule(self.model.adapter.path(layer, "ln1")).forward
 
-    def _write_qkv(self, activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
-        layer, part = hook.layer(), hook.name.rsplit("_", 1)[-1]
+    def _write_qkv(self, activation: torch.Tensor, hook: HookPoint, part: str) -> torch.Tensor:
+        layer = hook.layer()
         feeding = self.graph.feed_map(layer, part, activation.shape[2])
         inputs = torch.stack([self._attn_inputs[r] for r in feeding], dim=2)  # [rows, pos, heads, d_model]
         weight, bias = input_projection(self.model, layer, part)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from mechscope.errors import MechscopeError, MissingFileError
+from mechscope.errors import FileFormatError, InputTypeError, MechscopeError, MissingFileError
+from mechscope.validate import check_int
 
 MIN_CHARS = 200  # shorter docstrings are mostly signatures and one-liners
 
@@ -30,6 +31,11 @@ def stdlib_docstrings(min_chars: int = MIN_CHARS, limit: int | None = None,
     least ``min_chars`` characters, mostly letters), deduplicated, in a fixed order. The
     standard library alone gives about 2,200 docstrings, ~300k SmolLM2 tokens. Parsed once per
     process (about 9 s on 2 cores)."""
+    check_int("min_chars", min_chars, 0)
+    if limit is not None:
+        check_int("limit", limit, 1)  # 0 would still return one docstring
+    if isinstance(packages, str) or not all(isinstance(package, str) for package in packages):
+        raise InputTypeError(f"packages must be a tuple of package names, e.g. ('torch',); got {packages!r}")
     return list(_docstrings(min_chars, limit, tuple(packages)))
 
 
@@ -90,7 +96,14 @@ def load_texts(source: str | Path, field: str = "text", split: str = "train") ->
         texts = []
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
-                record = json.loads(line)
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise FileFormatError(f"{path}:{number} is not valid JSON ({error}): fix or delete that line"
+                                          ) from error
+                if not isinstance(record, dict):
+                    raise FileFormatError(f"{path}:{number} must be a JSON object with a {field!r} field; got "
+                                          f"{type(record).__name__}")
                 if field not in record:
                     raise MechscopeError(f"{path}:{number} has no field {field!r}; its fields: {', '.join(record)}")
                 texts.append(str(record[field]))
@@ -154,13 +167,20 @@ def pack(tokenizer, texts: Iterable[str], context_length: int, n_contexts: int |
     """[n_contexts, context_length] token ids: texts (shuffled with ``seed``) tokenised without
     special tokens, joined by EOS, cut into contexts of context_length - 1 tokens, each with BOS
     in front. Deterministic given the texts and the seed; the last partial context is dropped."""
-    if context_length < 2:
-        raise MechscopeError(f"context_length must be at least 2, got {context_length}")
+    check_int("context_length", context_length, 2)
+    if n_contexts is not None:
+        check_int("n_contexts", n_contexts, 1)
+    check_int("seed", seed, None)
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else bos
     if bos is None:
         raise MechscopeError("the tokenizer has neither a BOS nor an EOS token to start contexts with")
+    if isinstance(texts, str):  # iterating would pack it character by character
+        raise InputTypeError("texts must be a list of strings; got one string (wrap it in a list)")
     texts = list(texts)
+    bad = next((index for index, text in enumerate(texts) if not isinstance(text, str)), None)
+    if bad is not None:
+        raise InputTypeError(f"texts[{bad}] must be a string; got {type(texts[bad]).__name__}")
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
     width = context_length - 1
     contexts: list[list[int]] = []

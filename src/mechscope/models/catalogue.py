@@ -131,8 +131,9 @@ def known_hook_suffixes() -> tuple[str, ...]:
     suffixes: dict[str, None] = {}
     for family in SUPPORTED_FAMILIES:
         for point in load_tiny(family).catalogue:
-            if point.layer_index is not None:
-                suffixes[point.name.split(".", 2)[2]] = None  # the part after "blocks.{layer}."
+            parts = names.split_block_name(point.name)
+            if parts is not None:
+                suffixes[parts[1]] = None
     return tuple(suffixes)
 
 

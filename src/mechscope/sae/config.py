@@ -1,12 +1,31 @@
-"""Configuration of a sparse dictionary (SAE or transcoder)."""
+"""Configuration of a sparse dictionary (SAE or transcoder), and the fixed sets of choices the
+dictionary code accepts (each a ``Literal`` alias, so type checkers and error messages agree)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
-from mechscope.errors import MechscopeError
+from mechscope.errors import ConfigError, NonFiniteError
+from mechscope.validate import check_choice, check_int, check_number, literal_choices
 
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
+Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "matryoshka"]
+ARCHITECTURES: tuple[str, ...] = literal_choices(Architecture)
+# The architectures whose sparsity is "keep the k largest" (k decides the function).
+TopKArchitecture = Literal["topk", "batchtopk", "matryoshka"]
+TOPK_ARCHITECTURES: tuple[str, ...] = literal_choices(TopKArchitecture)
+# SAELens' on-disk architecture names that mechscope reads and writes.
+SAELensArchitecture = Literal["standard", "topk", "jumprelu", "transcoder", "skip_transcoder"]
+SAELENS_ARCHITECTURES: tuple[str, ...] = literal_choices(SAELensArchitecture)
+# SAELens input normalisation / reshaping that mechscope can apply: none (fold scalings into the
+# weights first; hook_z reshaping is not implemented).
+SAELensNormalisation = Literal["none"]
+SAELensReshape = Literal["none"]
+
+# Keys of SAEConfig.from_dict that decide the function the dictionary computes: a file or
+# checkpoint lacking one of them cannot be loaded by guessing a default.
+REQUIRED_KEYS = ("d_in", "d_sae", "architecture")
 
 
 @dataclass(frozen=True)
@@ -19,11 +38,12 @@ class SAEConfig:
     "matryoshka" (BatchTopK whose nested prefixes of ``matryoshka_widths`` latents must each
     reconstruct on their own). A transcoder (``d_out`` set) reads one activation and predicts
     another (an MLP's input -> its output), optionally with a linear skip connection.
+    Shapes: x [..., d_in] -> latents [..., d_sae] -> output [..., d_out or d_in].
     """
 
     d_in: int
     d_sae: int
-    architecture: str = "topk"
+    architecture: Architecture = "topk"
     k: int = 32
     l1_coefficient: float = 2.0
     l0_coefficient: float = 2.0
@@ -38,19 +58,45 @@ class SAEConfig:
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise MechscopeError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
-        if self.d_in < 1 or self.d_sae < 1:
-            raise MechscopeError(f"d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
-        if self.architecture in ("topk", "batchtopk", "matryoshka") and not 0 < self.k <= self.d_sae:
-            raise MechscopeError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
+        check_choice("architecture", self.architecture, Architecture)
+        check_int("d_in", self.d_in, 1)
+        check_int("d_sae", self.d_sae, 1)
+        if self.architecture in TOPK_ARCHITECTURES:
+            check_int("k", self.k, 1, self.d_sae)
+        else:  # unused by ReLU / JumpReLU, but still a count
+            check_int("k", self.k, 1)
+        check_number("l1_coefficient", self.l1_coefficient, 0)
+        check_number("l0_coefficient", self.l0_coefficient, 0)
+        check_number("jumprelu_bandwidth", self.jumprelu_bandwidth, 0, strict_minimum=True)
+        check_number("jumprelu_init_threshold", self.jumprelu_init_threshold, 0, strict_minimum=True)
+        widths = self.matryoshka_widths
+        if isinstance(widths, str) or not isinstance(widths, tuple | list):
+            raise ConfigError(f"matryoshka_widths must be a tuple of latent counts; got {widths!r}")
+        for index, width in enumerate(widths):
+            check_int(f"matryoshka_widths[{index}]", width, 1, self.d_sae)
         if self.architecture == "matryoshka":
-            widths = tuple(self.matryoshka_widths) or (self.d_sae,)
+            widths = tuple(widths) or (self.d_sae,)
             if list(widths) != sorted(set(widths)) or widths[-1] != self.d_sae:
-                raise MechscopeError(f"matryoshka_widths must increase and end at d_sae={self.d_sae}, got {widths}")
-            object.__setattr__(self, "matryoshka_widths", widths)
+                raise ConfigError(f"matryoshka_widths must increase and end at d_sae={self.d_sae}, got {widths}")
+        elif widths:  # ignored by every other architecture: almost surely a mistake
+            raise ConfigError(f"matryoshka_widths={tuple(widths)} is for architecture='matryoshka'; "
+                              f"got architecture={self.architecture!r}")
+        object.__setattr__(self, "matryoshka_widths", tuple(widths))
+        if self.d_out is not None:
+            check_int("d_out", self.d_out, 1)
+        if not isinstance(self.skip_connection, bool):
+            raise ConfigError(f"skip_connection must be True or False; got {self.skip_connection!r}")
         if self.skip_connection and self.d_out is None:
-            raise MechscopeError("skip_connection is for transcoders: set d_out too")
+            raise ConfigError("skip_connection is for transcoders: set d_out too")
+        for name in ("hook_name", "hook_name_out", "model_name"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string; got {getattr(self, name)!r}")
+        if not isinstance(self.metadata, dict):
+            raise ConfigError(f"metadata must be a dict; got {type(self.metadata).__name__}")
+        try:  # saved in cfg.json and checkpoints: fail here, not halfway through a save
+            json.dumps(self.metadata)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"metadata must be JSON-serialisable (it is saved with the dictionary): {error}") from error
 
     @property
     def is_transcoder(self) -> bool:
@@ -66,11 +112,30 @@ class SAEConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> SAEConfig:
-        known = {name for name in cls.__dataclass_fields__}
+    def from_dict(cls, data: Any, source: str = "SAE config") -> SAEConfig:
+        """The config in ``data`` (as :meth:`to_dict` writes it). Keys that decide the function
+        (d_in, d_sae, architecture; k for the TopK family; matryoshka_widths for Matryoshka)
+        are required: a default there would silently build another dictionary. ``source``
+        names the file in error messages."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: an SAE config must be a JSON object; got {type(data).__name__}")
+        known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise MechscopeError(f"unknown SAE config keys {unknown}; known: {', '.join(sorted(known))}")
+            raise ConfigError(f"{source}: unknown SAE config keys {unknown}; known: {', '.join(sorted(known))}")
+        required = list(REQUIRED_KEYS)
+        if data.get("architecture") in TOPK_ARCHITECTURES:
+            required.append("k")
+        if data.get("architecture") == "matryoshka":
+            required.append("matryoshka_widths")
+        missing = [key for key in required if key not in data]
+        if missing:
+            raise ConfigError(f"{source}: SAE config lacks {', '.join(missing)} (needed to rebuild the dictionary; "
+                              "no default is assumed)")
         data = dict(data)
-        data["matryoshka_widths"] = tuple(data.get("matryoshka_widths", ()))
-        return cls(**data)
+        widths = data.get("matryoshka_widths", ())
+        data["matryoshka_widths"] = tuple(widths) if isinstance(widths, list | tuple) else widths
+        try:
+            return cls(**data)
+        except (ConfigError, NonFiniteError) as error:  # keep the kind, add the file
+            raise type(error)(f"{source}: {error}") from error

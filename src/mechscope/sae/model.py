@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mechscope.errors import MechscopeError
+from mechscope.errors import ConfigError, MechscopeError
 from mechscope.sae.config import SAEConfig
 from mechscope.sae.sparse import gathered_pre_activations, sparse_decode, top_k_sparse
 
@@ -88,8 +88,15 @@ class SAE(nn.Module):
             return self.threshold
         return self.batch_threshold.expand(self.cfg.d_sae)
 
+    def _check_width(self, tensor: torch.Tensor, width: int, what: str) -> None:
+        # A clear message instead of a matmul error (or, for a width of 1, silent broadcasting).
+        if tensor.dim() < 1 or tensor.shape[-1] != width:
+            raise ConfigError(f"{what} must be [..., {width}] for this dictionary ({self.cfg.architecture}, d_in="
+                              f"{self.cfg.d_in}, d_sae={self.cfg.d_sae}); got shape {tuple(tensor.shape)}")
+
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """[..., d_sae] encoder pre-activations (an SAE subtracts b_dec first, as SAELens does)."""
+        self._check_width(x, self.cfg.d_in, "the input x")
         centred = x if self.cfg.is_transcoder else x - self.b_dec
         return centred @ self.W_enc + self.b_enc
 
@@ -108,10 +115,12 @@ class SAE(nn.Module):
 
     def decode(self, latents: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """latents [..., d_sae] -> [..., d_out]; a transcoder with a skip connection needs x."""
+        self._check_width(latents, self.cfg.d_sae, "latents")
         out = latents @ self.W_dec + self.b_dec
         if self.W_skip is not None:
             if x is None:
                 raise MechscopeError("this transcoder has a skip connection: decode(latents, x) needs its input x")
+            self._check_width(x, self.cfg.d_in, "the input x")
             out = out + x @ self.W_skip
         return out
 
@@ -151,6 +160,8 @@ class SAE(nn.Module):
         ``parts`` also holds the batch's mean L0. ``dead`` [d_sae] bool marks latents to revive
         with the AuxK loss (TopK family). TopK trains through the sparse path (sae.sparse)."""
         cfg = self.cfg
+        self._check_width(x, cfg.d_in, "the input x")
+        self._check_width(target, cfg.output_dim, "the target")
         skip = 0 if self.W_skip is None else x @ self.W_skip
         if cfg.architecture == "topk":
             centred = x if cfg.is_transcoder else x - self.b_dec

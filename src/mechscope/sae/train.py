@@ -10,29 +10,57 @@ into the weights at the end. Adam with linear warm-up and a linear decay over th
 
 Checkpoints (every ``checkpoint_every`` steps) are folders of safetensors (weights, Adam state,
 dead-latent counters) and JSON, written to a temporary folder and renamed into place, so a
-kill -9 never leaves a half-written checkpoint; re-running with the same folder resumes.
+kill -9 never leaves a half-written checkpoint; re-running with the same folder resumes. Each
+checkpoint records everything that decides the result: the dictionaries' configs, the full
+TrainConfig and a fingerprint of the data (``data.fingerprint()`` where the data object has
+one, else a hash of its first batch). A resume that differs in any of them is refused, naming
+each difference, so a folder never silently yields another run's dictionary. A lock file keeps
+two runs out of one folder. Non-finite batches, losses or weights stop training before any
+checkpoint could hold them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from mechscope.errors import MechscopeError
-from mechscope.files import atomic_text
+from mechscope.errors import (
+    ConfigError,
+    FileFormatError,
+    InputTypeError,
+    MissingFileError,
+    NonFiniteError,
+    OutputFolderError,
+    ResumeError,
+)
+from mechscope.files import atomic_file, atomic_text, plain_name, read_json
+from mechscope.locks import folder_lock
 from mechscope.sae.config import SAEConfig
 from mechscope.sae.model import SAE
+from mechscope.validate import check_finite, check_int, check_number
+
+CHECKPOINT_FORMAT = 2
+STEP_NAME = re.compile(r"step-(\d+)")
+# TrainConfig fields that do not change the trained weights (only how often they are saved).
+RESUME_FREE_FIELDS = ("checkpoint_every",)
+REMEDY = "delete the checkpoint folder (training starts over) or use another one"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Optimisation settings; all but ``checkpoint_every`` decide the trained weights."""
+
     steps: int
     lr: float = 1e-3
     warmup_steps: int = 50
@@ -44,6 +72,20 @@ class TrainConfig:
     normalise_inputs: bool = True
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps, 1)
+        check_number("lr", self.lr, 0, strict_minimum=True)
+        check_int("warmup_steps", self.warmup_steps, 0)
+        check_number("decay_fraction", self.decay_fraction, 0, 1)
+        check_int("dead_after_tokens", self.dead_after_tokens, 1)
+        if self.aux_k is not None:
+            check_int("aux_k", self.aux_k, 1)
+        check_number("aux_coefficient", self.aux_coefficient, 0)
+        check_int("checkpoint_every", self.checkpoint_every, 0)
+        if not isinstance(self.normalise_inputs, bool):
+            raise ConfigError(f"normalise_inputs must be True or False; got {self.normalise_inputs!r}")
+        check_int("seed", self.seed, None)
+
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
     if step < config.warmup_steps:
@@ -54,8 +96,63 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
     return 1.0
 
 
-def _split(batch) -> tuple[torch.Tensor, torch.Tensor]:
-    return batch if isinstance(batch, tuple | list) else (batch, batch)
+def _checked_batch(data, step: int, configs: list[SAEConfig]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x [batch, d_in], target [batch, d_out] or None) of ``data.batch(step)`` as float32,
+    checked: 2-D floating tensors of every dictionary's widths, pairs for transcoders, finite."""
+    batch = data.batch(step)
+    if isinstance(batch, tuple | list):
+        if len(batch) != 2:
+            raise InputTypeError(f"data.batch({step}) must give x or (x, target); got a sequence of {len(batch)}")
+        x, target = batch
+    else:
+        x, target = batch, None
+    for name, tensor in (("x", x), ("target", target)):
+        if tensor is None:
+            continue
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 2 or not tensor.is_floating_point():
+            described = f"{tensor.dtype} {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise InputTypeError(f"data.batch({step}) {name} must be a floating tensor [batch, d]; got {described}")
+        if tensor.shape[0] < 1:
+            raise ConfigError(f"data.batch({step}) {name} is an empty batch")
+    if target is not None and target.shape[0] != x.shape[0]:
+        raise ConfigError(f"data.batch({step}) gives {x.shape[0]} inputs but {target.shape[0]} targets")
+    for index, cfg in enumerate(configs):
+        if x.shape[1] != cfg.d_in:
+            raise ConfigError(f"data.batch({step}) gives inputs of width {x.shape[1]}, but dictionary {index} has "
+                              f"d_in={cfg.d_in}")
+        if cfg.is_transcoder and (target is None or target.shape[1] != cfg.d_out):
+            got = "no targets" if target is None else f"targets of width {target.shape[1]}"
+            raise ConfigError(f"dictionary {index} is a transcoder with d_out={cfg.d_out}: data.batch({step}) must "
+                              f"give (input, target) pairs with targets of that width; got {got}")
+    for name, tensor in (("inputs", x), ("targets", target)):
+        if tensor is None:
+            continue
+        try:
+            check_finite(f"data.batch({step}) {name}", tensor)
+        except NonFiniteError as error:
+            raise NonFiniteError(f"{error}. Training stopped at step {step}; checkpoints hold only earlier steps. "
+                                 "Find the NaN or inf in the data (a harvest in float16 can overflow)") from error
+    return x.float(), None if target is None else target.float()
+
+
+def _data_fingerprint(data) -> dict:
+    """What identifies the data: ``data.fingerprint()`` if it has one, else the SHA-256 of the
+    first batch (catches another seed, batch size or source, not a change after step 0)."""
+    method = getattr(data, "fingerprint", None)
+    if callable(method):
+        fingerprint = method()
+    else:
+        batch = data.batch(0)
+        digest = hashlib.sha256()
+        for tensor in batch if isinstance(batch, tuple | list) else (batch,):
+            tensor = torch.as_tensor(tensor).detach().cpu().contiguous()
+            digest.update(f"{tuple(tensor.shape)}:{tensor.dtype};".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        fingerprint = {"kind": "first_batch", "first_batch_sha256": digest.hexdigest()}
+    try:  # compared with what a JSON file gives back, so normalise the same way (tuples -> lists)
+        return json.loads(json.dumps(fingerprint))
+    except TypeError as error:
+        raise InputTypeError(f"data.fingerprint() must return a JSON-serialisable dict ({error})") from error
 
 
 class _Run:
@@ -78,78 +175,196 @@ class _Run:
         tensors["since_fired"] = self.since_fired.clone()
         return tensors
 
-    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.sae.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    def load_tensors(self, tensors: dict[str, torch.Tensor], path: Path) -> None:
+        """Restore from a checkpoint file's tensors; anything that does not fit is a FileFormatError."""
+        try:
+            self.sae.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        except RuntimeError as error:
+            raise FileFormatError(f"{path} does not hold this dictionary's weights ({error}); {REMEDY}") from error
         by_name = dict(self.sae.named_parameters())
         for key, value in tensors.items():
             if key.startswith("adam."):
-                name, field = key[5:].rsplit(".", 1)
-                self.optimiser.state.setdefault(by_name[name], {})[field] = value.clone()
-        self.since_fired = tensors["since_fired"].clone()
+                name, field = key[5:].rpartition(".")[::2]
+                parameter = by_name.get(name)
+                fits = field == "step" and value.numel() == 1 or (
+                    field in ("exp_avg", "exp_avg_sq") and parameter is not None and value.shape == parameter.shape)
+                if parameter is None or not fits:
+                    raise FileFormatError(f"{path}: optimiser tensor {key} {tuple(value.shape)} fits no parameter "
+                                          f"of this dictionary; {REMEDY}")
+                self.optimiser.state.setdefault(parameter, {})[field] = value.clone()
+            elif key != "since_fired" and not key.startswith("model."):
+                raise FileFormatError(f"{path}: unexpected tensor {key}; {REMEDY}")
+        since = tensors.get("since_fired")
+        if since is None or since.shape != self.since_fired.shape or since.is_floating_point():
+            raise FileFormatError(f"{path}: since_fired must be an integer tensor [{self.sae.cfg.d_sae}]; {REMEDY}")
+        self.since_fired = since.clone()
 
 
-def _save_checkpoint(folder: Path, step: int, runs: list[_Run], config: TrainConfig) -> None:
+def _check_weights_finite(runs: list[_Run], step: int) -> None:
+    for index, run in enumerate(runs):
+        for name, tensor in run.sae.state_dict().items():
+            check_finite(f"dictionary {index}'s {name} after step {step} (the update diverged: lower lr; no "
+                         "checkpoint or result was written with it)", tensor)
+
+
+def _save_checkpoint(folder: Path, step: int, runs: list[_Run], config: TrainConfig, data_fingerprint: dict) -> None:
+    _check_weights_finite(runs, step)
     temporary = folder / f".step-{step}.tmp"
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
     for index, run in enumerate(runs):
-        save_file(run.state_tensors(), temporary / f"dictionary_{index}.safetensors")
-    meta = {"step": step, "train": asdict(config), "configs": [run.sae.cfg.to_dict() for run in runs],
-            "scales": [[run.scale_in, run.scale_out] for run in runs]}
-    (temporary / "state.json").write_text(json.dumps(meta))
+        tensors = run.state_tensors()
+        atomic_file(temporary / f"dictionary_{index}.safetensors", lambda path, t=tensors: save_file(t, str(path)))
+    meta = {"format": CHECKPOINT_FORMAT, "step": step, "train": asdict(config), "data": data_fingerprint,
+            "configs": [run.sae.cfg.to_dict() for run in runs], "scales": [[run.scale_in, run.scale_out] for run in runs]}
+    atomic_text(temporary / "state.json", json.dumps(meta))
     final = folder / f"step-{step}"
     shutil.rmtree(final, ignore_errors=True)
     os.replace(temporary, final)
     atomic_text(folder / "latest", final.name)
-    for old in folder.glob("step-*"):  # keep the newest complete checkpoint only
-        if old.name != final.name:
+    for old in folder.iterdir():  # keep the newest complete checkpoint only; touch nothing else
+        if old.is_dir() and old.name != final.name and STEP_NAME.fullmatch(old.name.removeprefix(".").removesuffix(".tmp")):
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(folder: Path, runs: list[_Run], configs: list[SAEConfig]) -> int:
-    """Restore the runs from ``folder``'s latest checkpoint; returns the next step (0 if none)."""
+def _differences(label: str, recorded: Any, current: dict, skip: tuple[str, ...] = ()) -> list[str]:
+    """"label key: checkpoint X, this run Y" for every key whose values differ."""
+    if not isinstance(recorded, dict):
+        return [f"{label}: checkpoint records {recorded!r}, this run {current!r}"]
+    keys = sorted(set(recorded) | set(current), key=lambda key: (key not in current, key))
+    return [f"{label}{key}: checkpoint {recorded.get(key, '<not recorded>')!r}, this run {current.get(key, '<none>')!r}"
+            for key in keys if key not in skip and recorded.get(key, object()) != current.get(key, object())]
+
+
+def _read_latest(folder: Path) -> Path | None:
+    """The checkpoint folder that ``folder/latest`` names (a plain ``step-N`` inside ``folder``)."""
     pointer = folder / "latest"
     if not pointer.exists():
+        return None
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (UnicodeDecodeError, IsADirectoryError) as error:
+        raise FileFormatError(f"{pointer} is not the text pointer to a checkpoint: it is corrupt; {REMEDY}") from error
+    plain_name(name, pointer, "the latest pointer")
+    if not STEP_NAME.fullmatch(name):
+        raise FileFormatError(f"{pointer} must name a checkpoint step-N inside {folder}; got {name!r}; {REMEDY}")
+    checkpoint = folder / name
+    if not checkpoint.is_dir():
+        raise MissingFileError(f"{pointer} names {name}, but {checkpoint} is missing; {REMEDY}")
+    return checkpoint
+
+
+def _load_checkpoint(folder: Path, runs: list[_Run], configs: list[SAEConfig], config: TrainConfig,
+                     data_fingerprint: dict) -> int:
+    """Restore the runs from ``folder``'s latest checkpoint; returns the next step (0 if none).
+    Refuses (ResumeError) a checkpoint whose dictionaries, settings or data differ."""
+    checkpoint = _read_latest(folder)
+    if checkpoint is None:
         return 0
-    checkpoint = folder / pointer.read_text().strip()
-    meta = json.loads((checkpoint / "state.json").read_text())
-    saved = [SAEConfig.from_dict(c) for c in meta["configs"]]
-    if saved != list(configs):
-        raise MechscopeError(f"checkpoint in {folder} was made for other dictionaries ({len(saved)} configs differ "
-                         "from these); use another folder or delete it")
+    state = checkpoint / "state.json"
+    meta = read_json(state, "a training checkpoint", REMEDY)
+    if not isinstance(meta, dict) or not {"step", "configs", "scales"} <= set(meta):
+        raise FileFormatError(f"{state} must be an object with step, configs and scales; it is corrupt; {REMEDY}")
+    missing = [key for key in ("train", "data") if key not in meta]
+    if missing:
+        raise ResumeError(f"{state} does not record {' and '.join(missing)} (written by an older mechscope), so a "
+                          f"resume cannot prove it continues the same run; {REMEDY}")
+    if not isinstance(meta["configs"], list):
+        raise FileFormatError(f"{state}: configs must be a list; {REMEDY}")
+    saved = [SAEConfig.from_dict(c, source=f"{state} configs[{i}]") for i, c in enumerate(meta["configs"])]
+    changes: list[str] = []
+    if len(saved) != len(configs):
+        changes.append(f"number of dictionaries: checkpoint {len(saved)}, this run {len(configs)}")
+    else:
+        for index, (old, new) in enumerate(zip(saved, configs)):
+            changes += _differences(f"dictionary {index} ", old.to_dict(), new.to_dict())
+    other_dictionaries = bool(changes)
+    changes += _differences("", meta["train"], asdict(config), skip=RESUME_FREE_FIELDS)
+    changes += _differences("data ", meta["data"], data_fingerprint)
+    if changes:
+        made = "for other dictionaries" if other_dictionaries else "with other settings or data"
+        raise ResumeError(f"the checkpoint in {folder} was made {made}, so resuming would not give this run's "
+                          f"result ({'; '.join(changes)}); {REMEDY}, or repeat the original settings")
+    step, scales = meta["step"], meta["scales"]
+    if isinstance(step, bool) or not isinstance(step, int) or f"step-{step}" != checkpoint.name or step >= config.steps:
+        raise FileFormatError(f"{state}: step {step!r} does not fit its folder {checkpoint.name} and steps="
+                              f"{config.steps}; it is corrupt; {REMEDY}")
+    if not isinstance(scales, list) or len(scales) != len(runs):
+        raise FileFormatError(f"{state}: scales must hold one [in, out] pair per dictionary; {REMEDY}")
     for index, run in enumerate(runs):
-        run.load_tensors(load_file(checkpoint / f"dictionary_{index}.safetensors"))
-        run.scale_in, run.scale_out = meta["scales"][index]
-    return meta["step"] + 1
+        path = checkpoint / f"dictionary_{index}.safetensors"
+        if not path.is_file():
+            raise MissingFileError(f"{path} is missing from the checkpoint; {REMEDY}")
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError) as error:
+            raise FileFormatError(f"{path} is not a readable safetensors file ({error}); {REMEDY}") from error
+        for name, tensor in tensors.items():
+            check_finite(f"{path}: {name}", tensor)
+        run.load_tensors(tensors, path)
+        pair = scales[index]
+        try:
+            run.scale_in, run.scale_out = (check_number(f"{state}: scales[{index}]", value, 0, strict_minimum=True)
+                                           for value in pair)
+        except (TypeError, ValueError) as error:
+            raise FileFormatError(f"{state}: scales[{index}] must be two positive numbers; got {pair!r}; "
+                                  f"{REMEDY}") from error
+    return step + 1
 
 
 def train(configs: SAEConfig | list[SAEConfig], data, config: TrainConfig,
           checkpoint_dir: str | Path | None = None, progress: bool = True) -> list[SAE]:
     """Train one dictionary per config on the same batches; returns them with the input
-    scaling folded into their weights (they take raw activations)."""
+    scaling folded into their weights (they take raw activations). An SAE reconstructs the
+    batch's input; a transcoder predicts its target (data must give pairs)."""
     configs = [configs] if isinstance(configs, SAEConfig) else list(configs)
+    if not configs or not all(isinstance(cfg, SAEConfig) for cfg in configs):
+        raise InputTypeError(f"train needs one or more SAEConfig; got {configs!r}")
+    if not isinstance(config, TrainConfig):
+        raise InputTypeError(f"config must be a TrainConfig; got {type(config).__name__}")
+    if not callable(getattr(data, "batch", None)):
+        raise InputTypeError(f"data must have a batch(step) method; got {type(data).__name__}")
+    if checkpoint_dir is None:
+        return _train(configs, data, config, None, progress)
+    folder = Path(checkpoint_dir)
+    if folder.exists() and not folder.is_dir():
+        raise OutputFolderError(f"{folder} is a file, not a checkpoint folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    with folder_lock(folder, "training run"):
+        return _train(configs, data, config, folder, progress)
+
+
+def _train(configs: list[SAEConfig], data, config: TrainConfig, folder: Path | None, progress: bool) -> list[SAE]:
     runs = [_Run(cfg, seed=config.seed + index, lr=config.lr) for index, cfg in enumerate(configs)]
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    start = _load_checkpoint(folder, runs, configs) if folder is not None else 0
+    fingerprint = _data_fingerprint(data) if folder is not None else {}
+    start = _load_checkpoint(folder, runs, configs, config, fingerprint) if folder is not None else 0
     if start == 0 and config.normalise_inputs:
-        x, target = _split(data.batch(0))
+        x, target = _checked_batch(data, 0, configs)
         for run in runs:
-            run.scale_in = float(run.sae.cfg.d_in**0.5 / x.norm(dim=-1).mean().clamp_min(1e-12))
-            run.scale_out = float(run.sae.cfg.output_dim**0.5 / target.norm(dim=-1).mean().clamp_min(1e-12))
+            goal = target if run.sae.cfg.is_transcoder else x
+            norm_in, norm_out = x.norm(dim=-1).mean(), goal.norm(dim=-1).mean()
+            if float(norm_in) == 0 or float(norm_out) == 0:
+                raise ConfigError("data.batch(0) is all zeros, so inputs cannot be normalised: check the hook point, "
+                                  "or set normalise_inputs=False")
+            run.scale_in = float(run.sae.cfg.d_in**0.5 / norm_in)
+            run.scale_out = float(run.sae.cfg.output_dim**0.5 / norm_out)
     bar = tqdm(range(start, config.steps), desc="training dictionaries", disable=not progress,
                initial=start, total=config.steps)
     for step in bar:
-        x, target = _split(data.batch(step))
-        for run in runs:
-            _train_step(run, x, target, step, config)
+        x, target = _checked_batch(data, step, configs)
+        for index, run in enumerate(runs):
+            _train_step(run, index, x, target if run.sae.cfg.is_transcoder else x, step, config)
         if folder is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
-            _save_checkpoint(folder, step, runs, config)
+            _save_checkpoint(folder, step, runs, config, fingerprint)
         first = runs[0].last
         bar.set_postfix(l0=f"{first.get('l0', 0):.1f}", fvu=f"{first.get('fvu', 0):.3f}")
+    _check_weights_finite(runs, config.steps - 1)
     return [_folded(run) for run in runs]
 
 
-def _train_step(run: _Run, x: torch.Tensor, target: torch.Tensor, step: int, config: TrainConfig) -> None:
+def _train_step(run: _Run, index: int, x: torch.Tensor, target: torch.Tensor, step: int, config: TrainConfig) -> None:
+    """One Adam step on x [batch, d_in] -> target [batch, d_out]; a non-finite loss stops
+    training before the update (so the weights, and every checkpoint, stay finite)."""
     sae, cfg = run.sae, run.sae.cfg
     x_scaled, target_scaled = x * run.scale_in, target * run.scale_out
     for group in run.optimiser.param_groups:
@@ -157,6 +372,10 @@ def _train_step(run: _Run, x: torch.Tensor, target: torch.Tensor, step: int, con
     dead = run.since_fired >= config.dead_after_tokens
     aux_k = config.aux_k if config.aux_k is not None else max(1, cfg.d_in // 2)
     loss, parts, fired = sae.loss(x_scaled, target_scaled, dead, aux_k, config.aux_coefficient)
+    if not bool(torch.isfinite(loss.detach())):
+        raise NonFiniteError(f"the loss of dictionary {index} ({cfg.architecture}) is {float(loss.detach())} at step {step} "
+                             f"(parts: {parts}) though the batch is finite: its values overflow, or lr={config.lr} "
+                             "is too high. Training stopped before this update; checkpoints hold earlier steps")
     run.optimiser.zero_grad(set_to_none=True)
     loss.backward()
     run.optimiser.step()
@@ -180,3 +399,6 @@ def _folded(run: _Run) -> SAE:
         if sae.W_skip is not None:
             sae.W_skip.mul_(s_in / s_out)
     return sae
+
+
+__all__ = ["RESUME_FREE_FIELDS", "TrainConfig", "train"]

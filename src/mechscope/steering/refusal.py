@@ -29,6 +29,7 @@ from mechscope.steering.apply import DirectionalAblation, Steering
 from mechscope.steering.builders import contrast_directions
 from mechscope.steering.direction import Direction
 from mechscope.steering.evaluate import last_token_logits, next_token_kl, token_log_odds
+from mechscope.validate import check_int, check_number
 
 REFUSAL_OPENINGS = ("I'm sorry", "I cannot", "Sorry", "Unfortunately", "As an AI")
 REFUSAL_PHRASES = (
@@ -97,10 +98,11 @@ class RefusalConfig:
 
     def __post_init__(self) -> None:
         for name in ("n_train", "n_val", "shortlist", "max_new_tokens", "n_perplexity_contexts"):
-            if getattr(self, name) < 1:
-                raise MechscopeError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 < self.max_layer_fraction <= 1:
-            raise MechscopeError(f"max_layer_fraction must lie in (0, 1], got {self.max_layer_fraction}")
+            check_int(name, getattr(self, name), minimum=1)
+        if self.n_test is not None:
+            check_int("n_test", self.n_test, minimum=1)
+        check_number("max_layer_fraction", self.max_layer_fraction, minimum=0, maximum=1, strict_minimum=True)
+        check_number("kl_bound", self.kl_bound, minimum=0, strict_minimum=True)
 
 
 @dataclass
