@@ -24,6 +24,7 @@ import torch
 import mechscope
 from mechscope.analysis import TunedLensConfig, compare_lenses, train_tuned_lens
 from mechscope.data import pack, stdlib_docstrings
+from mechscope.files import atomic_text
 
 CONTEXT = 128
 
@@ -73,7 +74,7 @@ def main() -> None:
         lens.save(args.out / "lens")
         summary = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                    "comparison": comparison.to_json(), "seconds": {"train": trained - prepared, "score": scored - trained}}
-        (args.out / "benchmark.json").write_text(json.dumps(summary, indent=1))
+        atomic_text(args.out / "benchmark.json", json.dumps(summary, indent=1))
         print(f"\nsaved {args.out / 'lens'}.safetensors/.json and {args.out / 'benchmark.json'}")
 
 

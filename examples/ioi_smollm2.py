@@ -18,6 +18,7 @@ import torch
 import mechscope
 from mechscope import tasks
 from mechscope.circuits import compare_methods, discover, edge_setup, faithfulness
+from mechscope.files import atomic_text
 from mechscope.patching import activation_patch, attribution_patch, correlation, path_patch
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "case-studies"
@@ -249,7 +250,7 @@ circuit discovery and faithfulness.
 
 {circuit_text}"""
     DOCS.mkdir(parents=True, exist_ok=True)
-    (DOCS / "ioi-smollm2.md").write_text(text)
+    atomic_text(DOCS / "ioi-smollm2.md", text)
     print(text)
 
 

@@ -27,6 +27,7 @@ from mechscope.circuits.known.trained_induction import (
     train_induction_model,
     trained_induction_model,
 )
+from mechscope.files import atomic_text
 
 TASK = {"name": "induction", "n": 32, "seq_len": 8, "seed": 100}
 
@@ -79,7 +80,7 @@ def main() -> None:
         "induction_scores": [round(float(x), 3) for x in heads.induction[1]],
         "motif": checks,
     }
-    circuit_file("trained-induction").write_text(json.dumps(data, indent=1) + "\n")
+    atomic_text(circuit_file("trained-induction"), json.dumps(data, indent=1) + "\n")
     print(f"clean accuracy {accuracy:.3f}, gap {gap:.2f}; {len(edges)} of {graph.n_edges} edges in the circuit")
     print(f"previous-token heads {layer0}, induction heads {layer1}")
     for head, check in checks.items():

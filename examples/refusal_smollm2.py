@@ -20,6 +20,7 @@ from ioi_smollm2 import DOCS, save_figure  # the sibling example's figure writer
 
 import mechscope
 from mechscope import datasets
+from mechscope.files import atomic_text
 from mechscope.steering import (
     LogitBehaviour,
     Steering,
@@ -234,7 +235,7 @@ AI"); and the **refusal rate**, the share of greedy replies containing a refusal
 
 {refusal}
 {sentiment}"""
-    (DOCS / "refusal-smollm2.md").write_text(page, encoding="utf-8")
+    atomic_text(DOCS / "refusal-smollm2.md", page)
     print(page)
 
 

@@ -24,6 +24,7 @@ import torch
 
 import mechscope
 from mechscope.data import StoredActivations, harvest, pack, stdlib_docstrings
+from mechscope.files import atomic_text
 from mechscope.sae import SAEConfig, TrainConfig, evaluate_sae, save_sae, train
 from mechscope.sae.dashboard import collect, logit_effects, summarise, write_dashboards
 
@@ -88,7 +89,7 @@ def main() -> None:
                    args.out / "checkpoints")
     if fresh:
         timings["train_s"] = time.perf_counter() - start
-    timings_path.write_text(json.dumps(timings))
+    atomic_text(timings_path, json.dumps(timings))
     harvest_time = f"{timings['harvest_s']:.0f} s" if "harvest_s" in timings else "(resumed; time unknown)"
     train_time = (f"{timings['train_s']:.0f} s ({steps * 4096 / timings['train_s']:,.0f} tokens/s)"
                   if "train_s" in timings else "(resumed; time unknown)")
@@ -197,7 +198,7 @@ so those lists mostly look like noise. The top contexts say more.
 
 {chr(10).join(section(latent, feature) for latent, feature in zip(chosen, features, strict=True))}
 """
-    DOC.write_text(doc, encoding="utf-8")
+    atomic_text(DOC, doc)
     print(f"wrote {DOC}")
 
 

@@ -11,6 +11,7 @@ import torch
 
 import mechscope
 from mechscope import tasks
+from mechscope.files import atomic_text
 
 
 def main() -> None:
@@ -53,7 +54,7 @@ in 9, so the tens digit alone decides); accuracy there means the top tens digit 
 Factual recall keeps only the capitals the model gets right, so its clean accuracy is 1 by
 construction; the table shows how many survive.
 """
-    args.out.write_text(text)
+    atomic_text(args.out, text)
     print(f"wrote {args.out}")
 
 

@@ -21,9 +21,9 @@ from mechscope.circuits.circuit import (
 from mechscope.circuits.evaluation import DEFAULT_FRACTIONS, faithfulness_curve
 from mechscope.circuits.graph import ComponentGraph
 from mechscope.circuits.scoring import (
+    GRADIENT_METRICS,
     EdgeAblation,
     EdgeSetup,
-    GradientMetric,
     IgVariant,
     eap_ig_scores,
     eap_scores,
@@ -33,6 +33,7 @@ from mechscope.circuits.scoring import (
 from mechscope.errors import ConfigError, MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.weights import expand_kv_heads
+from mechscope.patching.metrics import PatchMetric
 from mechscope.tasks.base import Task
 from mechscope.validate import check_choice, check_int, check_number
 
@@ -48,7 +49,7 @@ class DiscoveryConfig:
     method: DiscoveryMethod = "eap-ig"
     level: Level = "edge"
     ablation: EdgeAblation = "patch"
-    metric: GradientMetric = "logit_diff"
+    metric: PatchMetric = "logit_diff"
     steps: int = 5
     ig_variant: IgVariant = "inputs"
     threshold: float | None = None
@@ -63,7 +64,10 @@ class DiscoveryConfig:
         check_choice("method", self.method, DiscoveryMethod)
         check_choice("level", self.level, Level)
         check_choice("ablation", self.ablation, EdgeAblation)
-        check_choice("metric", self.metric, GradientMetric)
+        check_choice("metric", self.metric, PatchMetric)
+        if self.method in ("eap", "eap-ig") and self.metric not in GRADIENT_METRICS:
+            raise ConfigError(f"method {self.method!r} scores edges by gradients, which need one of "
+                              f"{', '.join(GRADIENT_METRICS)} (KL to the clean run is flat there); got {self.metric!r}")
         check_choice("ig_variant", self.ig_variant, IgVariant)
         check_choice("selection", self.selection, Selection)
         check_choice("acdc_metric", self.acdc_metric, AcdcMetric)
@@ -71,9 +75,11 @@ class DiscoveryConfig:
         if self.n_edges is not None:
             check_int("n_edges", self.n_edges, minimum=1)
         if self.threshold is not None:
-            check_number("threshold", self.threshold)
+            check_number("threshold", self.threshold, minimum=0.0)
         if self.method == "acdc" and self.threshold is None:
             raise ConfigError("method='acdc' needs threshold=... (the largest damage an edge may do and be pruned)")
+        if self.selection == "threshold" and self.threshold is None:
+            raise ConfigError("selection='threshold' needs threshold=... (the |score| cut-off)")
 
     def check(self) -> None:
         """Kept for callers of the earlier API: a constructed config is already checked."""

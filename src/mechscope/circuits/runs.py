@@ -8,17 +8,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mechscope import checks
-from mechscope.circuits.circuit import LEVELS, SELECTIONS, Circuit
-from mechscope.circuits.discover import METHODS, discover
+from mechscope.circuits.circuit import Circuit
+from mechscope.circuits.discover import DiscoveryConfig, discover
 from mechscope.circuits.evaluation import faithfulness, faithfulness_curve
-from mechscope.circuits.scoring import ABLATIONS, GRADIENT_METRICS, edge_setup
-from mechscope.errors import ConfigError
+from mechscope.circuits.scoring import edge_setup
 from mechscope.files import OutputFolder, atomic_figure, atomic_text, prepare_output_folder
 from mechscope.models.hooked_model import HookedModel
-from mechscope.patching.metrics import METRICS
 from mechscope.patching.runs import build_task, check_task_options
 from mechscope.tasks.base import Task
-from mechscope.validate import check_choice, check_int, check_number
+from mechscope.validate import check_int
 
 CIRCUIT_OUTPUTS = ("circuit.json", "circuit.dot", "circuit.html", "summary.json")
 CURVE_OUTPUTS = ("curve.json", "curve.html")
@@ -44,23 +42,14 @@ class CircuitOptions:
 
     def __post_init__(self) -> None:
         check_task_options(self.task, self.n, self.seed)
-        check_choice("method", self.method, METHODS)
-        check_choice("level", self.level, LEVELS)
-        check_choice("ablation", self.ablation, ABLATIONS)
-        check_choice("metric", self.metric, METRICS)
-        check_choice("selection", self.selection, SELECTIONS)
         check_int("steps", self.steps, 1, checks.MAX_STEPS)
-        if self.edges is not None:
-            check_int("edges", self.edges, 1, None)
-        if self.threshold is not None:
-            check_number("threshold", self.threshold, minimum=0.0)
-        if self.method in ("eap", "eap-ig") and self.metric not in GRADIENT_METRICS:
-            raise ConfigError(f"method {self.method!r} scores edges by gradients, which need one of "
-                              f"{', '.join(GRADIENT_METRICS)} (KL to the clean run is flat there); got {self.metric!r}")
-        if self.method == "acdc" and self.threshold is None:
-            raise ConfigError("method 'acdc' needs --threshold (the largest damage an edge may do and be pruned)")
-        if self.selection == "threshold" and self.threshold is None:
-            raise ConfigError("selection 'threshold' needs --threshold (the |score| cut-off)")
+        self.discovery()  # the discovery options are DiscoveryConfig's, checked there
+
+    def discovery(self) -> DiscoveryConfig:
+        """The options of :func:`discover` these stand for."""
+        return DiscoveryConfig(method=self.method, level=self.level, ablation=self.ablation, metric=self.metric,
+                               steps=self.steps, n_edges=self.edges, selection=self.selection,
+                               threshold=self.threshold, kv_per_query_head=self.kv_per_query_head)
 
     @property
     def outputs(self) -> list[str]:
@@ -96,10 +85,7 @@ def run_circuit(model: HookedModel, options: CircuitOptions, out: OutputFolder |
         # Expanded once here: the circuit's edges live on the expanded graph, which the
         # faithfulness runs below need too (discover leaves an already expanded model as it is).
         model = expand_kv_heads(model)
-    found = discover(model, built, method=options.method, level=options.level, ablation=options.ablation,
-                     metric=options.metric, steps=options.steps, n_edges=options.edges,
-                     selection=options.selection, threshold=options.threshold,
-                     kv_per_query_head=options.kv_per_query_head)
+    found = discover(model, built, config=options.discovery())
     found.save(folder / "circuit.json")
     atomic_text(folder / "circuit.dot", found.to_dot())
     atomic_text(folder / "circuit.html", found.to_html())

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mechscope.errors import MechscopeError
+from mechscope.files import atomic_text
 from mechscope.models.hooked_model import HookedModel
 
 
@@ -140,21 +141,23 @@ def write_dashboards(model: HookedModel, contexts: torch.Tensor, values: torch.T
                 f"{feature.max_activation:.3f}</p>{histogram}<table><tr>{effects}</tr></table>"
                 f"<h3>top activations</h3>{top or '<p>never active on these contexts</p>'}"
                 f"<h3>samples by activation quantile</h3>{quantiles}</body></html>")
-        (out / name).write_text(page, encoding="utf-8")
+        atomic_text(out / name, page)
     _write_plotly(out)
     index = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>{style}</head><body>"
              f"<h2>{html.escape(title)}</h2><p>{values.shape[0]} contexts x {values.shape[1] - 1} tokens</p>"
              f"<table><tr><th>feature</th><th>density</th><th>max</th></tr>{''.join(links)}</table></body></html>")
-    (out / "index.html").write_text(index, encoding="utf-8")
+    atomic_text(out / "index.html", index)
     return out / "index.html"
 
 
 def _write_plotly(out: Path) -> None:
     from plotly.offline import get_plotlyjs
 
-    target = out / "plotly.min.js"
-    if not target.exists():
-        target.write_text(get_plotlyjs(), encoding="utf-8")
+    target, script = out / "plotly.min.js", get_plotlyjs()
+    # Written atomically; an existing copy is kept only if it is complete (an older, killed run
+    # could have left a truncated one that every page would load).
+    if not target.exists() or target.stat().st_size != len(script.encode("utf-8")):
+        atomic_text(target, script)
 
 
 def sae_dashboards(model: HookedModel, sae, contexts: torch.Tensor, latents: list[int], out: str | Path,
