@@ -33,6 +33,15 @@ def tiny(request, tiny_models):
     return tiny_models[request.param]
 
 
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A model cache of this test's own, so conversions neither reuse nor touch the user's."""
+    from mechscope.models import disk_cache
+
+    monkeypatch.setenv(disk_cache.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     if not bundled_available("smollm2-135m-instruct"):

@@ -9,12 +9,6 @@ from mechscope.models.loading import BUNDLED
 from tests.helpers import random_tokens
 
 
-@pytest.fixture
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(disk_cache.CACHE_ENV, str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 def test_local_folder_and_built_model_load_to_the_same_logits(tmp_path):
     tiny = mechscope.load_tiny("qwen2")
     folder = tmp_path / "tiny-qwen2"
