@@ -34,12 +34,12 @@ except ImportError:  # pragma: no cover - safetensors comes with transformers
     SafetensorError = OSError
 
 MARKER = "mechscope-run.json"
-# What reading a damaged file raises (truncated safetensors, bad JSON, missing keys, wrong
-# shapes or types): callers that read user files turn these into one FileFormatError naming
-# the file, and keep the original's type and text in the message.
-READ_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, ValueError, KeyError, TypeError, IndexError, EOFError, RuntimeError, struct.error, SafetensorError,
-)
+# What reading a damaged file raises (truncated safetensors or GGUF, bad JSON, bad bytes):
+# callers that read user files turn these into one FileFormatError naming the file, and keep
+# the original's type and text in the message. Only what parsers raise for bad bytes: a
+# KeyError, TypeError or RuntimeError is more often a bug, and keeps its traceback rather than
+# becoming "corrupt file, delete it".
+READ_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError, struct.error, SafetensorError)
 _LISTED = 8  # names quoted in a message before "and N more"
 
 
@@ -47,7 +47,10 @@ def atomic_file(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Run ``write(temporary_path)`` and rename the result to ``path``; creates parent folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
+    # A name of its own, so two writers of the same file never write into one temporary.
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    temporary = Path(name)
     try:
         write(temporary)
         os.replace(temporary, path)

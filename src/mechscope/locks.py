@@ -16,8 +16,6 @@ LOCK_FILE = ".mechscope.lock"
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True  # another thread of this process, or a lock file someone wrote by hand
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -66,7 +64,10 @@ def _acquire(path: Path, purpose: str) -> int:
             holder = int(text) if text.isdigit() else None
         except OSError as error:
             raise OutputFolderError(f"cannot create the lock {path} ({error}): is {path.parent} writable?") from error
-        if not _flock(fd) or (holder is not None and _pid_alive(holder)):
+        # Our own pid with the flock free is a dead earlier process that had the same pid (pid 1
+        # in a container after a kill -9): another holder in this process would hold the flock.
+        live_holder = holder is not None and holder != os.getpid() and _pid_alive(holder)
+        if not _flock(fd) or live_holder:
             os.close(fd)
             owner = f"process {holder}" if holder is not None else "another process"
             raise OutputFolderError(f"{path.parent} is in use by another {purpose} ({owner} holds {path}); two "

@@ -7,6 +7,7 @@ Configs call these from ``__post_init__``; functions call them where a value ent
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from dataclasses import fields
 from typing import Any, get_args, get_origin
@@ -36,10 +37,20 @@ def check_choice(field: str, value: Any, choices: Iterable | Any) -> Any:
     return value
 
 
+def _plain(value: Any) -> Any:
+    """A 0-d tensor as its Python number (numpy scalars are numbers.Integral / Real already)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        return value.item()
+    return value
+
+
 def check_int(field: str, value: Any, minimum: int | None = 1, maximum: int | None = None) -> int:
-    """``value`` if it is an int (not a bool) within [minimum, maximum], else a ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """``value`` as an int if it is an integer (a Python or numpy int or a 0-d integer tensor;
+    not a bool) within [minimum, maximum], else a ConfigError."""
+    value = _plain(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(f"{field} must be an integer; got {value!r}")
+    value = int(value)
     if minimum is not None and value < minimum:
         raise ConfigError(f"{field} must be at least {minimum}; got {value}")
     if maximum is not None and value > maximum:
@@ -50,9 +61,12 @@ def check_int(field: str, value: Any, minimum: int | None = 1, maximum: int | No
 def check_number(field: str, value: Any, minimum: float | None = None, maximum: float | None = None,
                  strict_minimum: bool = False) -> float:
     """``value`` if it is a finite real number within the bounds, else a ConfigError (or a
-    NonFiniteError for NaN / inf). ``strict_minimum`` excludes the minimum itself."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    NonFiniteError for NaN / inf). ``strict_minimum`` excludes the minimum itself. Python and
+    numpy numbers and 0-d tensors are accepted; the result is a Python float."""
+    value = _plain(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(f"{field} must be a number; got {value!r}")
+    value = float(value)
     if not math.isfinite(value):
         raise NonFiniteError(f"{field} must be finite; got {value}")
     if minimum is not None and (value <= minimum if strict_minimum else value < minimum):

@@ -114,19 +114,20 @@ def test_ablation_sweep_equals_patching_in_the_ablated_value(setup, method):
 
 
 def test_prefix_reuse_goes_through_hooks_and_leaves_the_blocks_alone(setup):
-    """Prefix reuse is a hook at the first patched layer's resid_pre: a block's instance forward
-    (accelerate's dispatch wrappers live there) is never replaced, and the logits equal the run
-    that computes the prefix."""
+    """Prefix reuse runs in the hook session: a block's instance forward (accelerate's dispatch
+    wrappers live there) is never replaced, the skipped blocks run on one row only, and the
+    logits equal the run that computes the prefix for every row."""
     from mechscope.hooks.names import resid_post
-    from mechscope.patching.prefix import prefix_hooks
+    from mechscope.patching.prefix import prefix_reuse
 
     model, task = setup
     block = model.hf_model.get_submodule(model.adapter.path(0))
     original = block.forward
-    calls = []
+    rows_seen = []
 
     def wrapper(*args, **kwargs):
-        calls.append(1)
+        hidden = args[0] if args else kwargs["hidden_states"]
+        rows_seen.append(hidden.shape[0])
         return original(*args, **kwargs)
 
     block.forward = wrapper
@@ -135,11 +136,14 @@ def test_prefix_reuse_goes_through_hooks_and_leaves_the_blocks_alone(setup):
         names = [resid_post(layer) for layer in range(model.cfg.n_layers)]
         plain, cache = model.run_with_cache(tokens, names=names)
         resid = {layer: cache[resid_post(layer)] for layer in range(model.cfg.n_layers)}
-        for start in range(model.cfg.n_layers):
-            hooks = prefix_hooks(model, start, resid, 2)
-            assert len(hooks) == (1 if start > 0 else 0)
-            logits = model.run_with_hooks(tokens.repeat(2, 1), fwd_hooks=hooks)
+        for start in range(model.cfg.n_layers + 1):
+            rows_seen.clear()
+            reuse = prefix_reuse(model, start, resid, 2)
+            assert (reuse is None) == (start == 0)
+            logits = model.run_with_hooks(tokens.repeat(2, 1), prefix=reuse)
             torch.testing.assert_close(logits, plain.repeat(2, 1, 1), atol=1e-5, rtol=1e-5)
-        assert block.__dict__["forward"] is wrapper and calls
+            assert rows_seen == [1 if start > 0 else 2 * len(task)]  # skipped: one row, not the batch
+        assert block.__dict__["forward"] is wrapper
+        assert not model.hf_model.get_submodule(model.adapter.path(0))._forward_pre_hooks  # all removed
     finally:
         block.__dict__.pop("forward", None)

@@ -186,3 +186,33 @@ def test_non_finite_strengths_and_directions_are_refused_where_they_enter():
         iv.add_vector(torch.ones(8), float("nan"))
     with pytest.raises(errors.MechscopeError, match="zero vector"):
         iv.project_out(torch.zeros(8))
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_prefix_reuse_equals_the_full_run_on_every_family(tiny, padded):
+    from mechscope.patching.prefix import prefix_reuse
+
+    tokens = tiny.to_tokens(["a b c d e f", "x y"]) if padded else torch.randint(0, 200, (3, 9))
+    mask = tiny.attention_mask_of(tokens)
+    layers = range(tiny.cfg.n_layers)
+    plain, cache = tiny.run_with_cache(tokens, names=[names.resid_post(layer) for layer in layers])
+    resid = {layer: cache[names.resid_post(layer)] for layer in layers}
+    for start in range(1, tiny.cfg.n_layers + 1):
+        logits = tiny.run_with_hooks(tokens.repeat(2, 1), prefix=prefix_reuse(tiny, start, resid, 2),
+                                     attention_mask=None if mask is None else mask.repeat(2, 1))
+        assert torch.equal(logits, plain.repeat(2, 1, 1)), (start, padded)
+
+
+def test_stacks_of_a_padded_batch_read_each_prompts_own_last_token(tiny_models):
+    model = tiny_models["llama"]
+    padded = model.to_tokens(["a much longer prompt here", "hi"])
+    _, batch = model.run_with_cache(padded)
+    _, alone = model.run_with_cache("hi")
+    for method in ("accumulated_resid", "decompose_resid", "stack_head_results"):
+        torch.testing.assert_close(getattr(batch, method)(pos_slice=-1)[:, 1],
+                                   getattr(alone, method)(pos_slice=-1)[:, 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batch.norm_scale(pos_slice=-1)[1], alone.norm_scale(pos_slice=-1)[0])
+    stack = batch.decompose_resid(pos_slice=-1)
+    token = int(model(padded)[1, batch.resolve_position(-1, 1)].argmax())
+    attrs = batch.logit_attrs(stack, token)[:, 1].sum() + model.logit_bias(token)[0]
+    assert abs(float(attrs) - float(model(padded)[1, batch.resolve_position(-1, 1), token])) < 1e-3

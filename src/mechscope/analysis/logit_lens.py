@@ -9,6 +9,7 @@ import torch
 
 from mechscope.hooks.cache import ActivationCache
 from mechscope.models.hooked_model import HookedModel
+from mechscope.validate import check_int
 
 
 @dataclass
@@ -36,6 +37,7 @@ def logit_lens(model: HookedModel, cache: ActivationCache, position: int = -1, b
     """Decode ``cache``'s residual stream at ``position`` of prompt ``batch_index`` (negative
     positions count from the prompt's last real token when the batch was padded).
     ``log_probs`` are returned on the CPU."""
+    check_int("k", k, minimum=1, maximum=model.cfg.d_vocab)
     position = cache.resolve_position(position, batch_index)
     stack, labels = cache.accumulated_resid(pos_slice=position, return_labels=True)  # [n, batch, d]
     resid = stack[:, batch_index].to(model.device)

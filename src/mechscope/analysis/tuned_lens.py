@@ -36,6 +36,7 @@ from mechscope.files import atomic_file, atomic_text
 from mechscope.hooks import names as hook_names
 from mechscope.hooks.cache import ActivationCache
 from mechscope.models.hooked_model import HookedModel
+from mechscope.validate import check_finite, check_int
 
 FORMAT = "mechscope-tuned-lens"
 VERSION = 1
@@ -97,6 +98,8 @@ class TunedLens(nn.Module):
         training metadata), each atomically; returns both paths."""
         base = _stem(path)
         tensors_path, meta_path = base.with_suffix(".safetensors"), base.with_suffix(".json")
+        check_finite("the tuned lens's weight", self.weight.detach())
+        check_finite("the tuned lens's bias", self.bias.detach())
         tensors = {}
         for layer in range(self.n_layers):
             tensors[f"translators.{layer}.weight"] = self.weight[layer].detach().float().cpu().contiguous().clone()
@@ -317,6 +320,7 @@ def compare_lenses(model: HookedModel, lens: TunedLens, contexts: torch.Tensor, 
     ``skip_first``: in packed contexts it is BOS, the same state in every context). "final" is
     the model's output distribution, computed from the last residual through the same final
     norm and unembedding, so both lenses are measured against exactly what they read."""
+    check_int("batch_contexts", batch_contexts, minimum=1)
     contexts = check_contexts(model, contexts, min_positions=2 if skip_first else 1)
     lens.check_model(model, check_name)
     n_layers = model.cfg.n_layers

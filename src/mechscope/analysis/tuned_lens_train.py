@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from mechscope.analysis.tuned_lens import (
@@ -32,10 +32,10 @@ from mechscope.analysis.tuned_lens import (
     residuals_after,
     tuned_lens_logits,
 )
-from mechscope.errors import ConfigError, InputTypeError, ResumeError
-from mechscope.files import atomic_text
+from mechscope.errors import ConfigError, FileFormatError, InputTypeError, NonFiniteError, ResumeError
+from mechscope.files import atomic_text, plain_name, read_json, read_safetensors, required_keys
 from mechscope.models.hooked_model import HookedModel
-from mechscope.validate import check_choice, check_int, check_number
+from mechscope.validate import check_choice, check_finite, check_int, check_number
 
 Optimizer = Literal["adam", "sgd"]
 
@@ -141,9 +141,14 @@ def _train_step(model: HookedModel, lens: TunedLens, optimiser: torch.optim.Opti
         for layer in layers:
             log_q = tuned_lens_logits(model, lens, resids[layer], layer).float().log_softmax(-1)
             kl = kl_to_final(log_p, log_q).mean()
+            if not torch.isfinite(kl):
+                raise NonFiniteError(f"the tuned-lens KL at layer {layer} is {float(kl)} at step {step}: training "
+                                     "stopped before any checkpoint holds it (lower the learning rate)")
             kl.backward()
             kls[layer] = float(kl.detach())
     optimiser.step()
+    for name, param in lens.named_parameters():  # a finite loss can still overflow a weight
+        check_finite(f"tuned lens {name} after step {step}", param.detach())
     return kls
 
 
@@ -193,8 +198,10 @@ def _load_checkpoint(folder: Path, lens: TunedLens, optimiser: torch.optim.Optim
     pointer = folder / "latest"
     if not pointer.exists():
         return 0, None
-    checkpoint = folder / pointer.read_text().strip()
-    saved = json.loads((checkpoint / "state.json").read_text())
+    remedy = "delete the checkpoint folder (training starts over) or use another one"
+    checkpoint = folder / plain_name(pointer.read_text(encoding="utf-8").strip(), pointer, "the latest pointer")
+    saved = required_keys(read_json(checkpoint / "state.json", "a tuned-lens checkpoint", remedy),
+                          ("config", "model", "contexts_sha256", "step", "kl"), checkpoint / "state.json")
     differ = [f"config.{key}" for key in _RESULT_FIELDS if saved["config"].get(key) != meta["config"][key]]
     differ += [f"model.{key}" for key in meta["model"] if saved["model"].get(key) != meta["model"][key]]
     if saved["contexts_sha256"] != meta["contexts_sha256"]:
@@ -202,14 +209,23 @@ def _load_checkpoint(folder: Path, lens: TunedLens, optimiser: torch.optim.Optim
     if differ:
         raise ResumeError(f"the checkpoint in {folder} was made by another run ({', '.join(differ)} differ); "
                           "use another folder, delete it, or pass the same model, contexts and config")
-    tensors = load_file(str(checkpoint / "state.safetensors"))
+    tensors = read_safetensors(checkpoint / "state.safetensors", "a tuned-lens checkpoint")
     by_name = dict(lens.named_parameters())
     with torch.no_grad():
         for name, param in by_name.items():
-            param.copy_(tensors[f"lens.{name}"])
+            saved_param = tensors.get(f"lens.{name}")
+            if saved_param is None or saved_param.shape != param.shape or saved_param.dtype != param.dtype:
+                found = "missing" if saved_param is None else f"{saved_param.dtype} {tuple(saved_param.shape)}"
+                raise FileFormatError(f"{checkpoint / 'state.safetensors'}: lens.{name} is {found}, the lens needs "
+                                      f"{param.dtype} {tuple(param.shape)}; {remedy}")
+            check_finite(f"lens.{name} in {checkpoint}", saved_param)
+            param.copy_(saved_param)
     for key, value in tensors.items():
         if key.startswith("optim."):
             name, slot = key[len("optim."):].rsplit(".", 1)
+            if name not in by_name:
+                raise FileFormatError(f"{checkpoint / 'state.safetensors'}: optimiser state for unknown parameter "
+                                      f"{name!r}; {remedy}")
             param = by_name[name]
             optimiser.state.setdefault(param, {})[slot] = value.to(param.device) if slot != "step" else value.clone()
     return saved["step"] + 1, torch.tensor([math.nan if v is None else v for v in saved["kl"]])

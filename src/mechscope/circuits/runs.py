@@ -12,6 +12,7 @@ from mechscope.circuits.circuit import Circuit
 from mechscope.circuits.discover import DiscoveryConfig, discover
 from mechscope.circuits.evaluation import faithfulness, faithfulness_curve
 from mechscope.circuits.scoring import edge_setup
+from mechscope.errors import ConfigError
 from mechscope.files import OutputFolder, atomic_figure, atomic_text, prepare_output_folder
 from mechscope.models.hooked_model import HookedModel
 from mechscope.patching.runs import build_task, check_task_options
@@ -44,6 +45,8 @@ class CircuitOptions:
         check_task_options(self.task, self.n, self.seed)
         check_int("steps", self.steps, 1, checks.MAX_STEPS)
         self.discovery()  # the discovery options are DiscoveryConfig's, checked there
+        if self.selection == "threshold" and self.threshold is None:
+            raise ConfigError("selection 'threshold' needs --threshold (the |score| cut-off)")
 
     def discovery(self) -> DiscoveryConfig:
         """The options of :func:`discover` these stand for."""

@@ -57,14 +57,26 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             raise OutOfRangeError(f"position {position} is before the start of prompt {batch_index} ({length} tokens)")
         return length + position
 
-    def last_positions(self) -> torch.Tensor:
-        """[batch] index of each row's last real token (the last position when unpadded)."""
-        if self.attention_mask is None:
-            first = next(iter(self._store.values()), None)
-            batch = 1 if first is None else first.shape[0]
-            length = 0 if first is None else first.shape[1]
-            return torch.full((batch,), length - 1, dtype=torch.long)
-        return self.attention_mask.long().sum(-1).cpu() - 1
+    def rows_positions(self, position: PosSelector) -> torch.Tensor | None:
+        """[batch] each row's own index for a negative int ``position`` in a padded run (counted
+        back from that row's last real token), else None (the position applies to every row)."""
+        if not isinstance(position, int) or position >= 0 or self.attention_mask is None:
+            return None
+        indices = self.attention_mask.long().sum(-1).cpu() + position
+        if bool((indices < 0).any()):
+            row = int((indices < 0).nonzero()[0])
+            raise OutOfRangeError(f"position {position} is before the start of prompt {row}")
+        return indices
+
+    def take(self, tensor: torch.Tensor, position: PosSelector, axis: int = 1) -> torch.Tensor:
+        """``tensor`` at ``position`` along ``axis`` (the batch axis is ``axis - 1``); in a padded
+        run a negative int position is each row's own (see :meth:`rows_positions`)."""
+        rows = self.rows_positions(position)
+        if rows is None:
+            return take_positions(tensor, position, axis)
+        moved = tensor.movedim((axis - 1, axis), (0, 1))  # [batch, pos, ...]
+        picked = moved[torch.arange(len(rows)), rows.to(tensor.device)]  # [batch, ...]
+        return picked.movedim(0, axis - 1)
 
     # ------------------------------------------------------------ mapping
     @staticmethod

@@ -16,6 +16,7 @@ from torch.utils.hooks import RemovableHandle
 
 from mechscope.hooks.attention import CaptureConfigView, ensure_capture_registered
 from mechscope.hooks.points import HookPoint
+from mechscope.hooks.prefix import PrefixReuse, return_cached, shrink_to_one_row
 from mechscope.hooks.sites import AttentionInternalSite, ResidMidSite
 
 # TransformerLens' signature: fn(activation, hook) -> replacement | None
@@ -128,10 +129,12 @@ class HookSession:
         hf_model: torch.nn.Module,
         fwd_hooks: Sequence[tuple[HookPoint, HookFn]] = (),
         bwd_hooks: Sequence[tuple[HookPoint, HookFn]] = (),
+        prefix: PrefixReuse | None = None,
     ):
         self.hf_model = hf_model
         self.fwd_hooks = list(fwd_hooks)
         self.bwd_hooks = list(bwd_hooks)
+        self.prefix = prefix
         self.pending_resid_delta: dict[str, torch.Tensor] = {}
         self._handles: list[RemovableHandle] = []
         self._swapped_configs: list[tuple[torch.nn.Module, Any]] = []
@@ -157,6 +160,8 @@ class HookSession:
 
     def __enter__(self) -> HookSession:
         try:
+            if self.prefix is not None:
+                self._reuse_prefix(self.prefix)  # first, so hooks on the same modules see its values
             for (module_path, phase), entries in self._entries().items():
                 module = self.hf_model.get_submodule(module_path)
                 entries.sort(key=lambda e: e.order)
@@ -175,6 +180,15 @@ class HookSession:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+    def _reuse_prefix(self, prefix: PrefixReuse) -> None:
+        rows = prefix.output.shape[0]
+        for path in prefix.block_modules:
+            block = self.hf_model.get_submodule(path)
+            self._handles.append(block.register_forward_pre_hook(shrink_to_one_row(rows), with_kwargs=True))
+        if prefix.block_modules:
+            last = self.hf_model.get_submodule(prefix.block_modules[-1])
+            self._handles.append(last.register_forward_hook(return_cached(prefix.output), with_kwargs=True))
 
     def close(self) -> None:
         for handle in self._handles:

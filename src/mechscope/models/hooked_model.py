@@ -7,9 +7,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from mechscope.errors import HookFunctionError, InputTypeError, MechscopeError
+from mechscope.errors import HookFunctionError, InputTypeError, MechscopeError, OutOfRangeError
 from mechscope.hooks.cache import ActivationCache
 from mechscope.hooks.points import HookCatalogue, HookPoint
+from mechscope.hooks.prefix import PrefixReuse
 from mechscope.hooks.session import HookFn, HookSession
 from mechscope.models.adapters import adapter_for_model_type
 from mechscope.models.catalogue import build_catalogue
@@ -169,9 +170,22 @@ class HookedModel:
             resolved.extend((point, fn) for point in points)
         return resolved
 
-    def hooks(self, fwd_hooks: HookSpec = (), bwd_hooks: HookSpec = ()) -> HookSession:
-        """Context manager: ``with model.hooks(fwd_hooks=[(name, fn)]): model(tokens)``."""
-        return HookSession(self.hf_model, self._resolve(fwd_hooks), self._resolve(bwd_hooks))
+    def hooks(self, fwd_hooks: HookSpec = (), bwd_hooks: HookSpec = (), prefix: PrefixReuse | None = None) -> HookSession:
+        """Context manager: ``with model.hooks(fwd_hooks=[(name, fn)]): model(tokens)``.
+        ``prefix`` (see :meth:`prefix_reuse`) takes the first blocks' output from a cache."""
+        return HookSession(self.hf_model, self._resolve(fwd_hooks), self._resolve(bwd_hooks), prefix)
+
+    def prefix_reuse(self, start_layer: int, resid_post: torch.Tensor) -> PrefixReuse | None:
+        """Blocks 0..start_layer-1 return ``resid_post`` [batch, pos, d_model] (a base run's
+        ``hook_resid_post`` of block start_layer-1, one row per batch row) and compute on one row
+        only; None for ``start_layer <= 0``. Valid only when nothing before ``start_layer`` is
+        patched (hooks there see the single row)."""
+        if start_layer <= 0:
+            return None
+        if start_layer > self.cfg.n_layers:
+            raise OutOfRangeError(f"start_layer {start_layer} is beyond the model's {self.cfg.n_layers} layers")
+        paths = tuple(self.adapter.path(layer) for layer in range(start_layer))
+        return PrefixReuse(paths, resid_post)
 
     def run_with_hooks(
         self,
@@ -180,15 +194,17 @@ class HookedModel:
         bwd_hooks: HookSpec = (),
         attention_mask: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        prefix: PrefixReuse | None = None,
     ) -> torch.Tensor:
-        """Logits [batch, pos, d_vocab] with hooks active for this one forward pass.
+        """Logits [batch, pos, d_vocab] with hooks active for this one forward pass (and
+        ``prefix``, from :meth:`prefix_reuse`, taking the first blocks' output from a cache).
 
         Without ``bwd_hooks`` the pass runs without autograd (interventions rarely need it, and
         it saves the graph's memory). With them, autograd is on and they fire when you later call
         ``.backward()`` on something computed from the returned logits (they are armed on the
         tensors, not left on the model)."""
         grad_mode = torch.enable_grad() if bwd_hooks else torch.no_grad()
-        with grad_mode, self.hooks(fwd_hooks, bwd_hooks):
+        with grad_mode, self.hooks(fwd_hooks, bwd_hooks, prefix):
             return self.forward(inputs, attention_mask, logits_to_keep)
 
     def _caching_hooks(self, names, store: dict, device) -> list[tuple[HookPoint, HookFn]]:

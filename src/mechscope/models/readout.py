@@ -13,7 +13,7 @@ import torch
 
 from mechscope.errors import MechscopeError
 from mechscope.hooks import names
-from mechscope.hooks.cache import ActivationCache, PosSelector, take_positions
+from mechscope.hooks.cache import ActivationCache, PosSelector
 from mechscope.validate import check_choice
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class ResidualReadout:
         if layer is None or layer >= n_layers:
             labels.append("final_post")
             parts.append(self.final_resid(cache))
-        stack = take_positions(torch.stack(parts), pos_slice, axis=2)
+        stack = cache.take(torch.stack(parts), pos_slice, axis=2)
         if apply_ln:
             stack = self.apply_ln_to_stack(cache, stack, layer, pos_slice)
         return (stack, labels) if return_labels else stack
@@ -71,7 +71,7 @@ class ResidualReadout:
             if mode in ("all", "mlp"):
                 labels.append(f"{index}_mlp_out")
                 parts.append(cache[names.mlp_out(index)])
-        stack = take_positions(torch.stack(parts), pos_slice, axis=2)
+        stack = cache.take(torch.stack(parts), pos_slice, axis=2)
         if apply_ln:
             stack = self.apply_ln_to_stack(cache, stack, layer, pos_slice)
         return (stack, labels) if return_labels else stack
@@ -84,9 +84,9 @@ class ResidualReadout:
         for index in range(stop):
             result_name = names.attn(index, "result")
             if result_name in cache:
-                result = take_positions(cache[result_name], pos_slice)
+                result = cache.take(cache[result_name], pos_slice)
             else:
-                z = take_positions(cache[names.attn(index, "z")], pos_slice)
+                z = cache.take(cache[names.attn(index, "z")], pos_slice)
                 w_o = model.W_O(index).to(z.device, z.dtype)
                 result = torch.einsum("...hd,hdm->...hm", z, w_o)
             if model.adapter.attn_out_is_norm:
@@ -105,7 +105,7 @@ class ResidualReadout:
             resid = self.final_resid(cache)
         else:
             resid = cache[names.resid_pre(layer)]
-        resid = take_positions(resid, pos_slice).float()
+        resid = cache.take(resid, pos_slice).float()
         if cfg.norm_type == "layer":
             resid = resid - resid.mean(-1, keepdim=True)
         return (resid.pow(2).mean(-1, keepdim=True) + cfg.norm_eps).sqrt()

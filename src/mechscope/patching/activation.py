@@ -20,7 +20,7 @@ from mechscope.hooks.names import resid_post
 from mechscope.hooks.points import HookPoint
 from mechscope.models.hooked_model import HookedModel
 from mechscope.patching.metrics import RowMetric, row_metric
-from mechscope.patching.prefix import prefix_hooks
+from mechscope.patching.prefix import prefix_reuse
 from mechscope.patching.result import PatchingResult
 from mechscope.patching.sites import PatchUnit, SiteGrid, site_grid
 from mechscope.tasks.base import Task
@@ -199,8 +199,8 @@ def sweep(model: HookedModel, task: Task, grid: SiteGrid, run: PatchingRun, mode
     for layer, indices in tqdm(chunks, desc=f"{mode} {sites}", disable=not progress, leave=False):
         units = [grid.units[i] for i in indices]
         tokens = run.base_tokens.repeat(len(units), 1)
-        hooks = prefix_hooks(model, layer, run.base_resid_post, len(units)) + chunk_hooks(units, run.source, n)
-        logits = model.run_with_hooks(tokens, fwd_hooks=hooks, logits_to_keep=keep)
+        logits = model.run_with_hooks(tokens, fwd_hooks=chunk_hooks(units, run.source, n), logits_to_keep=keep,
+                                      prefix=prefix_reuse(model, layer, run.base_resid_post, len(units)))
         raw[indices] = mean_over_prompts(metric_fn, logits, bool(keep), n)
     return build_result(grid, raw, run.clean_value, run.corrupted_value, mode, metric, position_labels(model, task), info={
         "prompts": n, "forwards": len(chunks), "rows_per_forward": units_per_forward * n})

@@ -31,7 +31,7 @@ from mechscope.patching.activation import (
     resid_post_names,
     slot_hooks,
 )
-from mechscope.patching.prefix import prefix_hooks
+from mechscope.patching.prefix import prefix_reuse
 from mechscope.patching.result import PatchingResult
 from mechscope.patching.sites import PatchUnit, site_grid
 from mechscope.tasks.base import Task
@@ -124,13 +124,13 @@ def path_patch(
             captured[hook.name] = activation.clone()
 
         capture_hooks = [(name, capture) for name in receiver_names]
-        logits = model.run_with_hooks(tokens, logits_to_keep=keep, fwd_hooks=prefix_hooks(
-            model, layer, base_resid, len(senders)) + capture_hooks + freeze)
+        logits = model.run_with_hooks(tokens, logits_to_keep=keep, fwd_hooks=capture_hooks + freeze,
+                                      prefix=prefix_reuse(model, layer, base_resid, len(senders)))
         if not to_logits:
             first_receiver = min(layer for layer, _ in receiver_heads)
             hooks = slot_hooks([receiver_units] * len(senders), captured, n)
-            logits = model.run_with_hooks(tokens, logits_to_keep=keep, fwd_hooks=prefix_hooks(
-                model, first_receiver, base_resid, len(senders)) + hooks)
+            logits = model.run_with_hooks(tokens, logits_to_keep=keep, fwd_hooks=hooks,
+                                          prefix=prefix_reuse(model, first_receiver, base_resid, len(senders)))
         raw[indices] = mean_over_prompts(baselines.metric_fn, logits, bool(keep), n)
     result = build_result(grid, raw, baselines.clean_value, baselines.corrupted_value, "path-noise", metric,
                           position_labels(model, task), info={"prompts": n, "receivers": receivers if to_logits

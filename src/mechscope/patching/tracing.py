@@ -19,7 +19,7 @@ from mechscope.hooks.names import EMBED, residual
 from mechscope.hooks.points import HookPoint
 from mechscope.models.hooked_model import HookedModel
 from mechscope.patching.activation import resid_post_by_layer, resid_post_names, slot_hooks
-from mechscope.patching.prefix import prefix_hooks
+from mechscope.patching.prefix import prefix_reuse
 from mechscope.patching.result import PatchingResult
 from mechscope.patching.sites import PatchUnit
 from mechscope.validate import check_choice, check_int, check_number, options_from
@@ -62,7 +62,7 @@ class TraceConfig:
         check_choice("kind", self.kind, TraceKind)
         check_int("window", self.window, minimum=1)
         if self.noise_scale is not None:
-            check_number("noise_scale", self.noise_scale, minimum=0)
+            check_number("noise_scale", self.noise_scale, minimum=0, strict_minimum=True)  # 0: nothing noised
         check_int("samples", self.samples, minimum=1, maximum=4096)
         check_int("seed", self.seed, minimum=None)
         check_int("units_per_forward", self.units_per_forward, minimum=1)
@@ -129,9 +129,9 @@ def causal_trace(
     for chunk in tqdm(chunks, desc=f"causal trace ({kind})", disable=not progress, leave=False):
         slots = [[PatchUnit(names[restored], None, position) for restored in spans[layer]] for layer, position in chunk]
         first = min(spans[layer][0] for layer, _ in chunk)
-        hooks = prefix_hooks(model, first, base_resid, len(chunk)) + [(EMBED, add_noise)]
         logits = model.run_with_hooks(tokens.repeat(len(chunk) * samples, 1), logits_to_keep=1,
-                                      fwd_hooks=hooks + slot_hooks(slots, source, samples))
+                                      fwd_hooks=[(EMBED, add_noise)] + slot_hooks(slots, source, samples),
+                                      prefix=prefix_reuse(model, first, base_resid, len(chunk)))
         probs = answer_prob(logits).view(len(chunk), samples).mean(1).cpu()
         for (layer, position), prob in zip(chunk, probs):
             raw[layer, position] = prob

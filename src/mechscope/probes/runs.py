@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mechscope import checks
 from mechscope.errors import ConfigError
-from mechscope.files import OutputFolder, atomic_figure, atomic_text, prepare_output_folder
+from mechscope.files import OutputFolder, atomic_figure, atomic_text, plain_name, prepare_output_folder
 from mechscope.hooks.names import block_hook_name
 from mechscope.models.catalogue import check_hook_syntax
 from mechscope.models.hooked_model import HookedModel
@@ -102,6 +102,6 @@ def run_probe(model: HookedModel, options: ProbeOptions, out: OutputFolder | str
         atomic_text(folder / "sweep.json", json.dumps(sweep.to_json(), indent=1))
         atomic_figure(folder / "sweep.html", sweep.plot())
         for name, probe in sweep.probes.items():
-            probe.save(folder / "probes" / f"{name}.safetensors")  # LinearProbe.save is atomic
+            probe.save(folder / "probes" / plain_name(f"{name}.safetensors", folder / "sweep.json", "a probe's name"))  # LinearProbe.save is atomic
         folder.record()
     return sweep

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mechscope.errors import MechscopeError
-from mechscope.files import atomic_text
+from mechscope.files import atomic_text, plain_name
 from mechscope.hooks.names import resid_post
 from mechscope.probes.control import control_labels, selectivity
 from mechscope.probes.linear import KINDS, LinearProbe, ProbeKind, train_probe
@@ -74,7 +74,7 @@ class ProbeSweep:
         atomic_text(folder / "sweep.json", json.dumps(self.to_json(), indent=1))
         atomic_text(folder / "sweep.html", self.plot().to_html(include_plotlyjs=True, full_html=True))
         for hook_name, probe in self.probes.items():
-            probe.save(folder / "probes" / f"{hook_name}.safetensors")
+            probe.save(folder / "probes" / plain_name(f"{hook_name}.safetensors", folder / "sweep.json", "a probe's name"))
         return folder
 
     def plot(self, title: str | None = None):

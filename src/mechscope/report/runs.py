@@ -36,7 +36,9 @@ def run_inspect(model: HookedModel, prompt: str, out: OutputFolder | str | Path,
     the tuned lens with its KL next to the logit lens's, when ``tuned_lens`` is given); writes
     ``report.html`` (plotly.js embedded) and ``summary.json``."""
     if tuned_lens is not None:
-        tuned_lens.check_model(model)
+        # Shapes decide whether a lens applies; a lens trained on a model under another name
+        # (a local copy, a path) is fine, so the name is not compared here.
+        tuned_lens.check_model(model, check_name=False)
     check_inspect_options(prompt, top_k)
     check_int("top_k", top_k, 2, model.cfg.d_vocab)  # topk beyond the vocabulary is a torch error
     checks.check_context(model, model.to_tokens(prompt).shape[1], "the prompt")

@@ -81,10 +81,12 @@ class TrainOptions:
         check_number("lr", self.lr, minimum=0.0, strict_minimum=True)
         check_int("harvest_contexts", self.harvest_contexts, 1, checks.MAX_CONTEXTS)
         check_int("seed", self.seed, 0, checks.MAX_SEED)
+        if self.tokens < self.batch_size:  # one step would train on more tokens than asked for
+            raise ConfigError(f"tokens ({self.tokens:,}) must be at least one batch (--batch-size {self.batch_size:,})")
 
     @property
     def steps(self) -> int:
-        return max(1, self.tokens // self.batch_size)
+        return self.tokens // self.batch_size
 
 
 def prepare_train_folder(out: str | Path, options: TrainOptions, overwrite: bool = False,

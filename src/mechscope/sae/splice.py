@@ -14,6 +14,7 @@ import torch
 from mechscope.errors import MechscopeError
 from mechscope.hooks.points import HookPoint
 from mechscope.sae.model import SAE
+from mechscope.validate import check_int, check_number
 
 
 def splice_hooks(sae: SAE, hook_name: str | None = None, keep_error: bool = False,
@@ -32,6 +33,10 @@ def splice_hooks(sae: SAE, hook_name: str | None = None, keep_error: bool = Fals
     for index in list(clamp or {}) + list(steer or {}):
         if not 0 <= index < cfg.d_sae:
             raise MechscopeError(f"latent {index} out of range: the dictionary has {cfg.d_sae} latents")
+    for kind, values in (("clamp", clamp or {}), ("steer", steer or {})):
+        for index, value in values.items():
+            check_number(f"{kind} value of latent {index}", value)  # NaN would give NaN logits silently
+    check_int("skip_first", skip_first, minimum=0)
     captured: dict[str, torch.Tensor] = {}
 
     def reconstruct(x: torch.Tensor, original: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from mechscope.errors import (
     OutOfRangeError,
 )
 from mechscope.files import atomic_file, atomic_text, read_json, read_safetensors, required_keys
-from mechscope.validate import check_number
+from mechscope.validate import check_int, check_number
 
 DirectionMethod = Literal["diff_in_means", "caa", "pca", "probe", "sae", "user"]
 METHODS: tuple[str, ...] = get_args(DirectionMethod)
@@ -50,6 +50,8 @@ class Direction:
         if not torch.isfinite(self.vector).all():
             raise NonFiniteError("direction has NaN or infinite entries")
         self.scale = check_number("scale", self.scale, minimum=0, strict_minimum=True)
+        if self.layer is not None:
+            self.layer = check_int("layer", self.layer, minimum=0)
         norm = float(self.vector.float().norm())
         if abs(norm - 1.0) > 1e-4:
             raise MechscopeError(f"direction vector must be unit-norm (has norm {norm:.6f}); build it with "
@@ -108,7 +110,11 @@ class Direction:
         if vector.shape != (info["d_model"],) or not vector.is_floating_point():
             raise FileFormatError(f"{tensors} holds a {vector.dtype} vector of shape {tuple(vector.shape)}, the JSON "
                                   f"says a float vector of d_model {info['d_model']}")
-        return cls(vector, layer=info["layer"], method=info["method"], scale=info["scale"], metadata=info["metadata"])
+        try:
+            return cls(vector, layer=info["layer"], method=info["method"], scale=info["scale"],
+                       metadata=info["metadata"])
+        except MechscopeError as error:
+            raise FileFormatError(f"{meta}: {error}") from error
 
 
 def _as_matrix(name: str, activations: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from mechscope.analysis.activations import prompt_activations
+from mechscope.data.contexts import default_contexts  # kept importable from here
 from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel, HookSpec
+from mechscope.validate import check_int
+
+__all__ = ["Behaviour", "LogitBehaviour", "ProbeBehaviour", "default_contexts", "kl_divergence", "last_token_logits",
+           "next_token_kl", "perplexity", "token_log_odds"]
 
 
 def _checked_tokens(model: HookedModel, tokens: Sequence[int], what: str) -> torch.Tensor:
@@ -33,6 +38,7 @@ def last_token_logits(model: HookedModel, prompts: Sequence[str], hooks: HookSpe
     if not prompts:
         raise MechscopeError("no prompts given")
     rows = []
+    check_int("batch_size", batch_size, minimum=1)
     for start in range(0, len(prompts), batch_size):
         tokens, mask = model.tokenize_prompts(list(prompts[start:start + batch_size]), chat)
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks, attention_mask=mask)
@@ -117,6 +123,7 @@ def perplexity(model: HookedModel, contexts: torch.Tensor, hooks: HookSpec = (),
     if contexts.dim() != 2 or contexts.shape[1] < 2:
         raise MechscopeError(f"contexts must be token ids [n, pos >= 2], got shape {tuple(contexts.shape)}")
     total, count = 0.0, 0
+    check_int("batch_size", batch_size, minimum=1)
     for start in range(0, len(contexts), batch_size):
         batch = contexts[start:start + batch_size].to(model.device)
         logits = model.run_with_hooks(batch, fwd_hooks=hooks).float()
