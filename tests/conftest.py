@@ -33,6 +33,16 @@ def tiny(request, tiny_models):
     return tiny_models[request.param]
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_folder(tmp_path_factory):
+    """A tiny random llama saved as a plain HF folder, for commands that take ``--model PATH``."""
+    tiny = mechscope.load_tiny("llama")
+    folder = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    tiny.hf_model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def private_cache(tmp_path, monkeypatch):
     """A model cache of this test's own, so conversions neither reuse nor touch the user's."""

@@ -19,18 +19,15 @@ runner = CliRunner()
 SRC = Path(mechscope.__file__).resolve().parent
 
 
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    tiny = mechscope.load_tiny("llama")
-    folder = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    tiny.hf_model.save_pretrained(folder)
-    tiny.tokenizer.save_pretrained(folder)
-    return folder
+@pytest.fixture
+def model_folder(tiny_llama_folder):
+    return tiny_llama_folder
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path / "cache"))  # never the user's cache
+def _own_cache(private_cache):
+    """Never the user's model cache (conftest's private_cache, for every test here)."""
+    return private_cache
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import mechscope
 from mechscope.cli.probe import _parse_layers, probe
 from mechscope.probes import LinearProbe
 
@@ -21,13 +20,9 @@ def _group() -> None:
     """A throwaway app: with a callback, typer keeps the command's name ("probe") on the line."""
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    tiny = mechscope.load_tiny("llama")
-    folder = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    tiny.hf_model.save_pretrained(folder)
-    tiny.tokenizer.save_pretrained(folder)
-    return folder
+@pytest.fixture
+def tiny_folder(tiny_llama_folder):
+    return tiny_llama_folder
 
 
 def test_probe_prints_and_writes_a_sweep(tiny_folder, tmp_path):

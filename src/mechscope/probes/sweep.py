@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,7 +12,7 @@ from tqdm.auto import tqdm
 
 from mechscope.errors import MechscopeError
 from mechscope.files import atomic_text, plain_name
-from mechscope.hooks.names import resid_post
+from mechscope.hooks.names import resid_post, split_block_name
 from mechscope.probes.control import control_labels, selectivity
 from mechscope.probes.linear import KINDS, LinearProbe, ProbeKind, train_probe
 from mechscope.probes.metrics import accuracy, as_binary_labels, auroc
@@ -82,9 +81,9 @@ class ProbeSweep:
         ``blocks.{L}.*``), with the majority-class chance levels as dotted lines."""
         import plotly.graph_objects as go
 
-        layers = [re.match(r"blocks\.(\d+)\.", row.hook_name) for row in self.rows]
-        by_layer = all(layers) and len({match.group(1) for match in layers}) == len(layers)
-        x = [int(match.group(1)) for match in layers] if by_layer else [row.hook_name for row in self.rows]
+        parts = [split_block_name(row.hook_name) for row in self.rows]  # names are parsed only there
+        by_layer = all(parts) and len({part[0] for part in parts}) == len(parts)
+        x = [part[0] for part in parts] if by_layer else [row.hook_name for row in self.rows]
         figure = go.Figure()
         styles = {"train_accuracy": "dot", "test_accuracy": "solid", "test_auroc": "solid",
                   "control_accuracy": "dash", "selectivity": "solid"}
