@@ -537,3 +537,15 @@ def test_corpus_arguments_and_jsonl_lines_are_checked(tmp_path, tiny_models):
     lines.write_text(json.dumps("a text") + "\n")
     with pytest.raises(FileFormatError, match=r"c.jsonl:1 must be a JSON object"):
         load_texts(lines)  # before: "text" in "a text" was True, then a TypeError
+
+
+def test_an_unfinished_harvest_is_refused_unless_partial_is_allowed(tmp_path):
+    model = mechscope.load_tiny("llama")
+    contexts = torch.randint(0, 200, (8, 6), generator=torch.Generator().manual_seed(0))
+    folder = harvest(model, contexts, tmp_path / "s", [HOOK], shard_contexts=4, progress=False)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["shards"], manifest["contexts_done"] = manifest["shards"][:1], 4  # as if killed after one shard
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MissingFileError, match="incomplete \\(4 of 8 contexts\\)"):
+        StoredActivations(folder, HOOK, batch_size=4)
+    assert StoredActivations(folder, HOOK, batch_size=4, allow_partial=True).batch(0).shape[0] == 4

@@ -268,10 +268,11 @@ def _harvest_shards(model: HookedModel, contexts: torch.Tensor, folder: Path, ma
 class StoredActivations:
     """Batches of stored activations for training: ``batch(step)`` -> [batch_size, d] of
     ``hook_name`` (or ``(input, target)`` when ``target_hook`` is given, for transcoders).
-    Checksums, tensor names, token counts and widths are verified on first use of each shard."""
+    Checksums, tensor names, token counts and widths are verified on first use of each shard.
+    An unfinished harvest is refused unless ``allow_partial=True``."""
 
     def __init__(self, folder: str | Path, hook_name: str, batch_size: int = 4096, seed: int = 0,
-                 target_hook: str | None = None):
+                 target_hook: str | None = None, allow_partial: bool = False):
         self.folder = Path(folder)
         check_int("batch_size", batch_size, 1)
         check_int("seed", seed, None)
@@ -284,6 +285,11 @@ class StoredActivations:
                 raise NotFoundError(f"{name!r} was not harvested in {self.folder}; harvested: {', '.join(harvested)}")
         if not self.manifest["shards"]:
             raise MissingFileError(f"{self.folder} has no complete shard yet: let the harvest run longer")
+        done, total = self.manifest.get("contexts_done"), self.manifest.get("total_contexts")
+        if not allow_partial and isinstance(done, int) and isinstance(total, int) and done < total:
+            # A killed (or still running) harvest: training on it would silently use a prefix.
+            raise MissingFileError(f"the harvest in {self.folder} is incomplete ({done} of {total} contexts): run "
+                                   "harvest again with the same arguments to finish it, or pass allow_partial=True")
         self.hook_name, self.target_hook, self.batch_size, self.seed = hook_name, target_hook, batch_size, seed
         self.shard_tokens = [shard["tokens"] for shard in self.manifest["shards"]]
         self.total_tokens = sum(self.shard_tokens)
