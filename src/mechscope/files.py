@@ -78,7 +78,9 @@ def staged_writes(folder: str | Path, write: Callable[[Path], Any]) -> Any:
     staging folder mapped to their final place."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+    # Staged beside the folder, not in it: a kill leaves no debris inside the results folder
+    # (which would make it look non-empty, or foreign, to the next run).
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging-", dir=folder.parent))
     try:
         result = write(staging)
         for entry in sorted(staging.iterdir()):

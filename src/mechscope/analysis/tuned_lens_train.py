@@ -35,6 +35,7 @@ from mechscope.analysis.tuned_lens import (
 from mechscope.errors import ConfigError, FileFormatError, InputTypeError, NonFiniteError, ResumeError
 from mechscope.files import atomic_text, plain_name, read_json, read_safetensors, required_keys
 from mechscope.models.hooked_model import HookedModel
+from mechscope.models.weights import model_fingerprint
 from mechscope.validate import check_choice, check_finite, check_int, check_number
 
 Optimizer = Literal["adam", "sgd"]
@@ -170,7 +171,9 @@ def _kl_list(kls: torch.Tensor) -> list[float | None]:
 def _checkpoint_meta(model: HookedModel, config: TunedLensConfig, fingerprint: str) -> dict[str, Any]:
     cfg = model.cfg
     return {"config": asdict(config), "contexts_sha256": fingerprint,
-            "model": {"name": cfg.name, "n_layers": cfg.n_layers, "d_model": cfg.d_model, "d_vocab": cfg.d_vocab}}
+            "model": {"name": cfg.name, "n_layers": cfg.n_layers, "d_model": cfg.d_model, "d_vocab": cfg.d_vocab,
+                      # the weights themselves: a fine-tune saved under the same name must not resume
+                      "weights_sha256": model_fingerprint(model)["model_sha256"]}}
 
 
 def _save_checkpoint(folder: Path, step: int, lens: TunedLens, optimiser: torch.optim.Optimizer,

@@ -45,6 +45,7 @@ from mechscope.errors import (
 from mechscope.files import atomic_file, atomic_text, plain_name, read_json
 from mechscope.locks import LOCK_FILE, folder_lock
 from mechscope.models.hooked_model import HookedModel
+from mechscope.models.weights import model_fingerprint
 from mechscope.validate import check_choice, check_finite, check_int, literal_choices
 
 MANIFEST = "manifest.json"
@@ -55,7 +56,6 @@ HARVEST_DTYPES: tuple[str, ...] = literal_choices(HarvestDtype)
 # Manifest fields that decide the stored values: a resume must match every one of them.
 RESUME_FIELDS = ("hook_names", "contexts_sha256", "total_contexts", "context_length", "shard_contexts",
                  "batch_contexts", "model", "model_sha256", "dtype", "dropped_positions")
-FINGERPRINT_SAMPLES = 4096  # elements hashed per parameter tensor (a strided sample)
 
 
 def _sha256(path: Path) -> str:
@@ -73,20 +73,6 @@ def _sha256(path: Path) -> str:
 def contexts_sha256(contexts: torch.Tensor) -> str:
     """SHA-256 of token ids [n, pos] as int64 (so int32 and int64 copies of the same ids agree)."""
     return hashlib.sha256(contexts.detach().to("cpu", torch.int64).contiguous().numpy().tobytes()).hexdigest()
-
-
-def model_fingerprint(model: HookedModel) -> dict[str, str]:
-    """{"model": name, "model_sha256": ...}: SHA-256 over every parameter's name, shape, dtype
-    and a strided sample of at most FINGERPRINT_SAMPLES of its elements' bytes. Cheap (a few
-    thousand values per tensor) yet any fine-tune, other checkpoint or dtype changes it; the
-    same weights give the same value in every process."""
-    digest = hashlib.sha256()
-    for name, parameter in model.hf_model.named_parameters():
-        flat = parameter.detach().reshape(-1)
-        sample = flat[::max(1, flat.numel() // FINGERPRINT_SAMPLES)].contiguous().cpu()
-        digest.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype};".encode())
-        digest.update(sample.view(torch.uint8).numpy().tobytes())
-    return {"model": model.cfg.name, "model_sha256": digest.hexdigest()}
 
 
 def _check_contexts(contexts: Any, model: HookedModel | None = None) -> torch.Tensor:

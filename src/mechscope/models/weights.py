@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
@@ -76,3 +77,20 @@ def expand_kv_heads(model: HookedModel) -> HookedModel:
     expanded.load_state_dict(state, strict=True)
     expanded.to(model.device).eval()
     return Hooked(expanded, model.tokenizer, name=f"{cfg.name or cfg.family}-kv-expanded")
+
+
+FINGERPRINT_SAMPLES = 4096  # elements hashed per parameter tensor (a strided sample)
+
+
+def model_fingerprint(model: HookedModel) -> dict[str, str]:
+    """{"model": name, "model_sha256": ...}: SHA-256 over every parameter's name, shape, dtype
+    and a strided sample of at most FINGERPRINT_SAMPLES of its elements' bytes. Cheap (a few
+    thousand values per tensor) yet any fine-tune, other checkpoint or dtype changes it; the
+    same weights give the same value in every process."""
+    digest = hashlib.sha256()
+    for name, parameter in model.hf_model.named_parameters():
+        flat = parameter.detach().reshape(-1)
+        sample = flat[::max(1, flat.numel() // FINGERPRINT_SAMPLES)].contiguous().cpu()
+        digest.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype};".encode())
+        digest.update(sample.view(torch.uint8).numpy().tobytes())
+    return {"model": model.cfg.name, "model_sha256": digest.hexdigest()}

@@ -22,8 +22,11 @@ def prepare_lens_folder(out: str | Path, config: TunedLensConfig, contexts: int,
     """Check and claim ``out`` before any model loads; a rerun with the same options resumes."""
     check_int("contexts", contexts, 1)
     check_int("held_out", held_out, 0)
+    from mechscope.models.loading import DEFAULT_MODEL
+
+    # The default spelled out, so "no --model" and "--model <the default>" resume each other.
     options = {**asdict(config), "layers": None if config.layers is None else list(config.layers),
-               "contexts": contexts, "held_out": held_out, "model": model}
+               "contexts": contexts, "held_out": held_out, "model": model or DEFAULT_MODEL}
     return prepare_output_folder(out, "lens train", LENS_OUTPUTS, overwrite=overwrite, resumable=LENS_RESUMABLE,
                                  options=options)
 
