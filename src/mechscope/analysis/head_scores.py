@@ -5,6 +5,7 @@ every head, measured on repeated random token sequences."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
@@ -12,8 +13,10 @@ from mechscope.errors import MechscopeError
 from mechscope.hooks import names
 from mechscope.models.hooked_model import HookedModel
 
-ATTENTION_KINDS = ("previous_token", "induction", "duplicate_token")
-KINDS = (*ATTENTION_KINDS, "copy_suppression")
+AttentionScoreKind = Literal["previous_token", "induction", "duplicate_token"]
+HeadScoreKind = Literal["previous_token", "induction", "duplicate_token", "copy_suppression"]
+ATTENTION_KINDS: tuple[str, ...] = get_args(AttentionScoreKind)
+KINDS: tuple[str, ...] = get_args(HeadScoreKind)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from mechscope import checks
 from mechscope.errors import ConfigError
@@ -19,7 +20,8 @@ from mechscope.probes.linear import KINDS
 from mechscope.probes.sweep import ProbeSweep, probe_sweep
 from mechscope.validate import check_choice, check_int
 
-CONTROLS = ("word", "shuffle")
+ControlKind = Literal["word", "shuffle"]
+CONTROLS: tuple[str, ...] = get_args(ControlKind)
 PROBE_OUTPUTS = ("sweep.json", "sweep.html", "probes")
 _LAYERS = re.compile(r"\s*(all|\d+(\s*-\s*\d+)?(\s*,\s*(\d+(\s*-\s*\d+)?)?)*)\s*", re.IGNORECASE)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from mechscope import checks
 from mechscope.errors import ConfigError, FileFormatError, MechscopeError, MissingFileError
@@ -15,6 +16,7 @@ from mechscope.steering.direction import Direction
 from mechscope.steering.refusal import RefusalConfig
 from mechscope.validate import check_choice, check_int, check_number
 
+Contrast = Literal["sentiment", "refusal", "caa-refusal", "caa-sycophancy"]
 CONTRASTS = {
     # name: (how the direction is read, what it points towards)
     "sentiment": "positive minus negative sentences (last token)",
