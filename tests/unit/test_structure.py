@@ -213,6 +213,8 @@ def test_stacks_of_a_padded_batch_read_each_prompts_own_last_token(tiny_models):
                                    getattr(alone, method)(pos_slice=-1)[:, 0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(batch.norm_scale(pos_slice=-1)[1], alone.norm_scale(pos_slice=-1)[0])
     stack = batch.decompose_resid(pos_slice=-1)
-    token = int(model(padded)[1, batch.resolve_position(-1, 1)].argmax())
+    with torch.no_grad():
+        logits = model(padded)[1, batch.resolve_position(-1, 1)]
+    token = int(logits.argmax())
     attrs = batch.logit_attrs(stack, token)[:, 1].sum() + model.logit_bias(token)[0]
-    assert abs(float(attrs) - float(model(padded)[1, batch.resolve_position(-1, 1), token])) < 1e-3
+    assert abs(float(attrs) - float(logits[token])) < 1e-3
