@@ -188,6 +188,16 @@ def test_non_finite_strengths_and_directions_are_refused_where_they_enter():
         iv.project_out(torch.zeros(8))
 
 
+def test_steering_sweep_takes_a_config_or_options_not_both():
+    from mechscope.steering import sweep
+
+    unit = Direction.from_vector(torch.ones(8), layer=0)
+    with pytest.raises(errors.ConfigError, match="not both"):
+        sweep(None, unit, None, ["x"], alphas=[1.0], config=SweepConfig(alphas=(1.0,)))
+    with pytest.raises(errors.ConfigError, match="at least one alpha"):
+        sweep(None, unit, None, ["x"])
+
+
 @pytest.mark.parametrize("padded", [False, True])
 def test_prefix_reuse_equals_the_full_run_on_every_family(tiny, padded):
     from mechscope.patching.prefix import prefix_reuse

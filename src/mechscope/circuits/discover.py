@@ -35,7 +35,7 @@ from mechscope.models.hooked_model import HookedModel
 from mechscope.models.weights import expand_kv_heads
 from mechscope.patching.metrics import PatchMetric
 from mechscope.tasks.base import Task
-from mechscope.validate import check_choice, check_int, check_number
+from mechscope.validate import check_choice, check_int, check_number, options_from
 
 DiscoveryMethod = Literal["eap", "eap-ig", "acdc", "exact"]
 AcdcMetric = Literal["kl", "logit_diff", "prob", "prob_diff"]
@@ -125,9 +125,9 @@ def discover(model: HookedModel, task: Task, method: DiscoveryMethod = "eap-ig",
     :class:`DiscoveryConfig` holding all of these at once (then give no other options).
     """
     if config is None:
-        config = make_config(method=method, level=level, ablation=ablation, **options)
-    elif options or (method, level, ablation) != ("eap-ig", "edge", "patch"):
-        raise ConfigError("give either config=DiscoveryConfig(...) or separate options, not both")
+        config = make_config(method=method, level=level, ablation=ablation, **options)  # names unknown options
+    else:
+        config = options_from(DiscoveryConfig, config, method=method, level=level, ablation=ablation, **options)
     method, level, ablation = config.method, config.level, config.ablation
     if config.kv_per_query_head:
         model = expand_kv_heads(model)

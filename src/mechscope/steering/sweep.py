@@ -14,7 +14,7 @@ from mechscope.models.hooked_model import HookedModel
 from mechscope.steering.apply import PHASES, Phase, Steering
 from mechscope.steering.direction import Direction
 from mechscope.steering.evaluate import Behaviour, last_token_logits, next_token_kl, perplexity
-from mechscope.validate import check_choice, check_int, check_number
+from mechscope.validate import check_choice, check_int, check_number, options_from
 
 
 @dataclass
@@ -114,11 +114,9 @@ def sweep(
     by :func:`contrast_directions`), whose keys are the default ``layers``. ``relative=True``
     reads ``alphas`` as multiples of each direction's scale. ``config``: a :class:`SweepConfig`
     in place of ``alphas``, ``layers``, ``relative``, ``positions`` and ``chat``."""
-    if config is None:
-        config = SweepConfig(tuple(alphas), None if layers is None else tuple(layers), relative,
-                             positions if isinstance(positions, str) else tuple(positions), chat)
-    elif alphas or layers is not None or relative or positions != "all" or chat is not None:
-        raise ConfigError("give either config=SweepConfig(...) or alphas / layers / relative / positions / chat")
+    config = options_from(SweepConfig, config, alphas=tuple(alphas), layers=None if layers is None else tuple(layers),
+                          relative=relative, chat=chat,
+                          positions=positions if isinstance(positions, str) else tuple(positions))
     alphas, relative, positions, chat = config.alphas, config.relative, config.positions, config.chat
     layers = None if config.layers is None else list(config.layers)
     per_layer = dict(direction) if isinstance(direction, Mapping) else None
