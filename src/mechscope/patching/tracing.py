@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from mechscope import checks
 from mechscope.errors import MechscopeError
 from mechscope.hooks.names import EMBED, residual
 from mechscope.hooks.points import HookPoint
@@ -60,10 +61,10 @@ class TraceConfig:
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, TraceKind)
-        check_int("window", self.window, minimum=1)
+        check_int("window", self.window, minimum=1, maximum=checks.MAX_WINDOW)
         if self.noise_scale is not None:
             check_number("noise_scale", self.noise_scale, minimum=0, strict_minimum=True)  # 0: nothing noised
-        check_int("samples", self.samples, minimum=1, maximum=4096)
+        check_int("samples", self.samples, minimum=1, maximum=checks.MAX_SAMPLES)
         check_int("seed", self.seed, minimum=None)
         check_int("units_per_forward", self.units_per_forward, minimum=1)
 

@@ -130,11 +130,11 @@ def run_steer(model: HookedModel, options: SteerOptions, direction: Direction | 
 
 
 def check_refusal_config(config: RefusalConfig) -> RefusalConfig:
-    """Refuse sizes the bundled datasets cannot provide and a non-finite KL bound, before the
-    model loads (the search would otherwise fail, or run on fewer prompts, much later)."""
+    """Refuse sizes the bundled datasets cannot provide, before the model loads (the search
+    would otherwise fail, or run on fewer prompts, much later). The config's own fields are
+    checked when it is built (RefusalConfig.__post_init__)."""
     from mechscope import datasets
 
-    check_number("kl_bound", config.kl_bound, minimum=0.0)
     train = min(len(datasets.load("harmful")), len(datasets.load("harmless")))
     test = min(len(datasets.load("harmful", "test")), len(datasets.load("harmless", "test")))
     if config.n_train + config.n_val > train:
