@@ -32,6 +32,8 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, str(Path(__file__).parent))
 from saelens_child import batch_rows  # noqa: E402  (the shared batch order)
 
+from mechscope.files import atomic_file
+
 HOOK = "blocks.15.hook_resid_post"
 
 
@@ -51,7 +53,7 @@ def prepare(work: Path, n_contexts: int, n_heldout: int) -> Path:
     for name, folder in (("train", train_store), ("heldout", heldout_store)):
         store = StoredActivations(folder, HOOK)
         tensors[name] = store.tokens(0, store.total_tokens)[HOOK].contiguous()
-    save_file(tensors, str(path))
+    atomic_file(path, lambda temporary: save_file(tensors, str(temporary)))
     return path
 
 

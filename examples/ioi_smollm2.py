@@ -28,7 +28,8 @@ FIGURES = DOCS / "figures"
 def save_figure(figure, name: str) -> str:
     """Write figures/NAME.html (and .png when kaleido works); return markdown pointing at it."""
     FIGURES.mkdir(parents=True, exist_ok=True)
-    figure.write_html(FIGURES / f"{name}.html", include_plotlyjs="directory")
+    # The page loads figures/plotly.min.js (committed once); written atomically like every output.
+    atomic_text(FIGURES / f"{name}.html", figure.to_html(include_plotlyjs="directory", full_html=True))
     try:
         figure.write_image(FIGURES / f"{name}.png", width=900, height=600)
         return f"![{name}](figures/{name}.png)\n\n[interactive version](figures/{name}.html)"
