@@ -10,6 +10,7 @@ and claims it with a small marker, ``mechscope-run.json``, naming the kind of ru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -287,19 +288,29 @@ def plain_name(value: Any, source: Path, key: str) -> str:
     return value
 
 
-def read_safetensors(path: str | Path, what: str = "file") -> dict:
+def read_safetensors(path: str | Path, what: str = "file", remedy: str = "delete it and write it again") -> dict:
     """{name: tensor} from the safetensors file ``path``, or a :class:`MissingFileError` /
-    :class:`FileFormatError` naming the path (a truncated file is reported, not a traceback)."""
+    :class:`FileFormatError` naming the path, ``what`` it holds and the ``remedy`` (a truncated
+    file is reported, not a traceback)."""
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(f"{path} not found (the {what})")
+        raise MissingFileError(f"{path} not found (the {what}); {remedy}")
     try:
         return load_file(str(path))
     except READ_ERRORS as error:
         raise FileFormatError(f"{path} is not a readable safetensors file ({type(error).__name__}: {error}); the "
-                              f"{what} is corrupt or truncated: delete it and write it again") from error
+                              f"{what} is corrupt or truncated; {remedy}") from error
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (memory stays flat for large shards)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def required_keys(data: Any, keys: Sequence[str], path: str | Path, what: str = "file") -> Any:

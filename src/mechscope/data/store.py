@@ -42,7 +42,7 @@ from mechscope.errors import (
     OutputFolderError,
     ResumeError,
 )
-from mechscope.files import atomic_file, atomic_text, plain_name, read_json
+from mechscope.files import atomic_file, atomic_text, file_sha256, plain_name, read_json
 from mechscope.locks import LOCK_FILE, folder_lock
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.weights import model_fingerprint
@@ -59,15 +59,11 @@ RESUME_FIELDS = ("hook_names", "contexts_sha256", "total_contexts", "context_len
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        return file_sha256(path)
     except FileNotFoundError as error:
         raise MissingFileError(f"{path} is listed in its folder's {MANIFEST} but missing: the store is incomplete; "
                                "delete the folder and harvest again") from error
-    return digest.hexdigest()
 
 
 def contexts_sha256(contexts: torch.Tensor) -> str:

@@ -15,14 +15,12 @@ present, floating, finite and exactly the shape the config implies, with no extr
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from mechscope.errors import (
     ConfigError,
@@ -33,7 +31,7 @@ from mechscope.errors import (
     NonFiniteError,
     OutputFolderError,
 )
-from mechscope.files import atomic_file, atomic_text, read_json
+from mechscope.files import atomic_file, atomic_text, file_sha256, read_json, read_safetensors
 from mechscope.sae.config import (
     SAELENS_ARCHITECTURES,
     SAEConfig,
@@ -53,14 +51,6 @@ FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "tra
 REMEDY = "delete the dictionary folder and save or download it again"
 FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                 "float64": torch.float64}
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _weights_of(sae: SAE) -> dict[str, torch.Tensor]:
@@ -121,7 +111,7 @@ def save_sae(sae: SAE, folder: str | Path) -> Path:
     except (TypeError, ValueError) as error:
         raise ConfigError(f"the dictionary's config cannot be saved as JSON ({error}); nothing was written") from error
     weights_path = atomic_file(folder / WEIGHTS_FILE, lambda path: save_file(weights, str(path)))
-    config["metadata"]["weights_sha256"] = _file_sha256(weights_path)
+    config["metadata"]["weights_sha256"] = file_sha256(weights_path)
     atomic_text(folder / CONFIG_FILE, json.dumps(config, indent=1))
     return folder
 
@@ -194,14 +184,6 @@ def _check_preprocessing(cfg: SAEConfig, config: dict, path: Path) -> None:
                               "dictionary; SAELens uses it for TopK only")
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as error:
-        raise FileFormatError(f"{path} is not a readable safetensors file ({error}): it is corrupt or truncated; "
-                              f"{REMEDY}") from error
-
-
 def _check_weights(weights: dict[str, torch.Tensor], cfg: SAEConfig, config: dict, path: Path) -> None:
     """Every tensor present, no extra one, floating, of the dtype cfg.json names, exactly the
     config's shape, finite; thresholds non-negative (BatchTopK's: one value for every latent)."""
@@ -258,10 +240,10 @@ def load_sae(folder: str | Path) -> SAE:
         cfg = _config_from_saelens(config, metadata, config_path)
     _check_preprocessing(cfg, config, config_path)
     recorded = metadata.get("weights_sha256")
-    if recorded is not None and recorded != _file_sha256(weights_path):
+    if recorded is not None and recorded != file_sha256(weights_path):
         raise FileFormatError(f"{weights_path} does not match the weights_sha256 that {config_path} records: the two "
                               f"files come from different saves (one was interrupted or replaced); {REMEDY}")
-    weights = _read_weights(weights_path)
+    weights = read_safetensors(weights_path, "a dictionary's weights", REMEDY)
     _check_weights(weights, cfg, config, weights_path)
     sae = SAE(cfg)
     with torch.no_grad():
