@@ -290,16 +290,12 @@ def kl_to_final(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
-def resid_names(model: HookedModel) -> list[str]:
-    return [hook_names.resid_post(layer) for layer in range(model.cfg.n_layers)]
-
-
 def residuals_after(model: HookedModel, tokens: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
     """{layer: the residual after block ``layer``, [batch, pos, d_model]} for ``layers`` and the
     last block, from one forward pass without autograd. The model's own logits are not needed
     (the lenses and their target decode these residuals), so only the last position is
     unembedded: a [pos, d_vocab] matmul saved per context."""
-    names = resid_names(model)
+    names = hook_names.resid_posts(model.cfg.n_layers)
     wanted = sorted({*layers, model.cfg.n_layers - 1})
     store: dict[str, torch.Tensor] = {}
 

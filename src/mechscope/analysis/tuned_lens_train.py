@@ -15,8 +15,6 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -106,20 +104,6 @@ def _optimiser(lens: TunedLens, config: TunedLensConfig) -> torch.optim.Optimize
         return torch.optim.SGD(lens.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
                                weight_decay=config.weight_decay)
     return torch.optim.AdamW(lens.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-
-@contextmanager
-def _frozen(model: HookedModel) -> Iterator[None]:
-    """Gradients flow through the model's final norm and unembedding to the lens, but no model
-    parameter gets a .grad (which would cost a [d_model, d_vocab] matmul per layer and step)."""
-    params = [p for p in model.hf_model.parameters() if p.requires_grad]
-    for param in params:
-        param.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for param in params:
-            param.requires_grad_(True)
 
 
 def _train_step(model: HookedModel, lens: TunedLens, optimiser: torch.optim.Optimizer, tokens: torch.Tensor,
@@ -263,7 +247,9 @@ def train_tuned_lens(model: HookedModel, contexts: torch.Tensor, config: TunedLe
     start, kls = _load_checkpoint(folder, lens, optimiser, meta) if folder is not None else (0, None)
     bar = tqdm(range(start, config.steps), desc="training tuned lens", disable=not progress, initial=start,
                total=config.steps)
-    with _frozen(model):
+    # Gradients flow through the model's final norm and unembedding to the lens, but no model
+    # parameter gets a .grad (which would cost a [d_model, d_vocab] matmul per layer and step).
+    with model.frozen_parameters():
         for step in bar:
             kls = _train_step(model, lens, optimiser, _batch(contexts, step, config), step, config, layers)
             if folder is not None and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):

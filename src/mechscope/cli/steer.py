@@ -11,6 +11,7 @@ from rich.table import Table
 from mechscope.cli.core import console, load_model, say
 from mechscope.cli.options import MaxNewTokens, ModelName, Overwrite, finite, out_option
 from mechscope.files import prepare_output_folder
+from mechscope.steering.direction import Direction
 from mechscope.steering.refusal import RefusalConfig
 from mechscope.steering.refusal_report import run_refusal
 from mechscope.steering.runs import (
@@ -18,7 +19,6 @@ from mechscope.steering.runs import (
     SteerOptions,
     check_refusal_config,
     check_refusal_fits,
-    load_direction,
     refusal_outputs,
     run_steer,
 )
@@ -43,7 +43,7 @@ def steer(
 ) -> None:
     """Generate from PROMPT with and without steering and print both side by side."""
     options = SteerOptions(prompt, direction, contrast, layer, alpha, positions, ablate, max_new_tokens)
-    chosen = load_direction(direction) if direction is not None else None  # file errors before the load
+    chosen = Direction.load(direction) if direction is not None else None  # file errors before the load
     hooked = load_model(model)
     with console.status("reading the direction and generating ..."):
         run = run_steer(hooked, options, chosen)

@@ -63,6 +63,11 @@ def resid_post(layer: int) -> str:
     return block(layer, "hook_resid_post")
 
 
+def resid_posts(n_layers: int) -> list[str]:
+    """``hook_resid_post`` of every block 0..n_layers-1, in layer order."""
+    return [resid_post(layer) for layer in range(n_layers)]
+
+
 def attn_out(layer: int) -> str:
     return block(layer, "hook_attn_out")
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -260,22 +261,29 @@ class HookedModel:
         tokens, mask = self.prepare_input(inputs, attention_mask)
         caching = self._caching_hooks(names, store, device)
         grad_hooks = self._caching_hooks(names, grad_store, device)
+        with self.frozen_parameters(), torch.enable_grad(), HookSession(self.hf_model, caching, grad_hooks):
+            value = metric(self.forward(tokens, mask))
+            if value.dim() != 0:
+                raise MechscopeError(f"metric must return a scalar, got shape {tuple(value.shape)}")
+            value.backward()
+        return (value.detach(), ActivationCache(store, self, attention_mask=mask),
+                ActivationCache(grad_store, self, attention_mask=mask))
+
+    @contextlib.contextmanager
+    def frozen_parameters(self) -> Iterator[None]:
+        """For the block, no model parameter requires grad (so a backward pass propagates through
+        activations only and never computes a weight gradient); on exit each parameter's
+        ``requires_grad`` and ``.grad`` are as they were, also after an exception."""
         params = [p for p in self.hf_model.parameters() if p.requires_grad]
         saved_grads = [p.grad for p in params]
         for param in params:
             param.requires_grad_(False)
         try:
-            with torch.enable_grad(), HookSession(self.hf_model, caching, grad_hooks):
-                value = metric(self.forward(tokens, mask))
-                if value.dim() != 0:
-                    raise MechscopeError(f"metric must return a scalar, got shape {tuple(value.shape)}")
-                value.backward()
+            yield
         finally:
             for param, grad in zip(params, saved_grads):
                 param.requires_grad_(True)
                 param.grad = grad
-        return (value.detach(), ActivationCache(store, self, attention_mask=mask),
-                ActivationCache(grad_store, self, attention_mask=mask))
 
     def tokenize_prompts(self, prompts: Sequence[str], chat: bool | None = None,
                          responses: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

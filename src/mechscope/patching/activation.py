@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mechscope.errors import MechscopeError
-from mechscope.hooks.names import resid_post
+from mechscope.hooks.names import resid_posts
 from mechscope.hooks.points import HookPoint
 from mechscope.models.hooked_model import HookedModel
 from mechscope.patching.metrics import RowMetric, row_metric
@@ -66,7 +66,7 @@ def estimate_row_bytes(model: HookedModel, n_positions: int, with_patterns: bool
 
 def resid_post_names(model: HookedModel) -> list[str]:
     """Every block's hook_resid_post, in layer order (what prefix reuse needs cached)."""
-    return [resid_post(layer) for layer in range(model.cfg.n_layers)]
+    return resid_posts(model.cfg.n_layers)
 
 
 def resid_post_by_layer(model: HookedModel, cache) -> dict[int, torch.Tensor]:

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from mechscope.errors import MechscopeError
 from mechscope.files import atomic_text, plain_name
-from mechscope.hooks.names import resid_post, split_block_name
+from mechscope.hooks.names import resid_posts, split_block_name
 from mechscope.probes.control import control_labels, selectivity
 from mechscope.probes.linear import KINDS, LinearProbe, ProbeKind, train_probe
 from mechscope.probes.metrics import accuracy, as_binary_labels, auroc
@@ -223,7 +223,7 @@ def _concat(train: torch.Tensor, test: torch.Tensor, name: str) -> torch.Tensor:
 
 def resid_post_hooks(model) -> list[str]:
     """The default sweep: the residual stream after every block, ``blocks.{L}.hook_resid_post``."""
-    return [resid_post(layer) for layer in range(model.cfg.n_layers)]
+    return resid_posts(model.cfg.n_layers)
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ class Direction:
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Write ``path``.safetensors (the vector) and ``path``.json (everything else); returns both."""
-        base = Path(path)
+        base = Path(path).expanduser()
         if base.suffix in (".safetensors", ".json"):
             base = base.with_suffix("")
         base.parent.mkdir(parents=True, exist_ok=True)

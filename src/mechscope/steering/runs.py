@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from mechscope import checks
-from mechscope.errors import ConfigError, FileFormatError, MechscopeError, MissingFileError
-from mechscope.files import READ_ERRORS
+from mechscope.errors import ConfigError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.steering.apply import PHASES, DirectionalAblation, Steering, checked_layers, generate
 from mechscope.steering.direction import Direction
@@ -25,23 +24,6 @@ CONTRASTS = {
     "caa-sycophancy": "CAA: sycophantic minus honest A/B answers",
 }
 REFUSAL_OUTPUTS = ("direction.safetensors", "direction.json", "report.json", "generations.json", "refusal.html")
-
-
-def load_direction(path: str | Path) -> Direction:
-    """:meth:`Direction.load` with unreadable files reported as one FileFormatError naming them."""
-    path = Path(path).expanduser()
-    base = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-    missing = [str(p) for p in (base.with_suffix(".safetensors"), base.with_suffix(".json")) if not p.is_file()]
-    if missing:
-        raise MissingFileError(f"a saved direction is two files ({base}.safetensors + .json); missing: "
-                               f"{', '.join(missing)}")
-    try:
-        return Direction.load(base)
-    except MechscopeError:
-        raise
-    except READ_ERRORS as error:
-        raise FileFormatError(f"could not read the direction {base}.safetensors / .json ({type(error).__name__}: "
-                              f"{error}); the files are corrupt or were not written by Direction.save") from error
 
 
 @dataclass(frozen=True)
@@ -107,7 +89,7 @@ def run_steer(model: HookedModel, options: SteerOptions, direction: Direction | 
     """Generate from the prompt without and with the steering (or the ablation). ``direction``
     defaults to ``options.direction``'s file, or the contrast's direction at ``options.layer``."""
     if direction is None:
-        direction = (load_direction(options.direction) if options.direction is not None
+        direction = (Direction.load(options.direction) if options.direction is not None
                      else contrast_direction(model, options.contrast, options.layer))
     if options.ablate:
         intervention, label = DirectionalAblation(direction), "direction ablated"
