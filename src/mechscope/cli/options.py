@@ -7,7 +7,6 @@ A command uses an alias with its own default: ``n: Prompts = 16``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +17,7 @@ from mechscope import checks
 from mechscope.errors import MechscopeError
 from mechscope.hooks.names import block_hook_name
 from mechscope.models.catalogue import check_hook_syntax
-from mechscope.validate import check_choice
+from mechscope.validate import check_choice, check_number
 
 MODEL_HELP = "bundled name, .gguf path, local folder (with config.json) or hub id"
 
@@ -47,19 +46,9 @@ def choice(what: str, choices: Iterable[str] | Callable[[], Iterable[str]]) -> C
 
 def finite(minimum: float | None = None, strictly_above: bool = False) -> Callable[..., Any]:
     """A callback refusing NaN and infinities (which click's float type accepts, and its ranges
-    let through, since NaN compares false), and values below ``minimum``."""
-
-    def check(param: typer.CallbackParam, value: float | None) -> float | None:
-        if value is None:
-            return value
-        if not math.isfinite(value):
-            raise typer.BadParameter(f"must be a finite number, got {value}", param=param)
-        if minimum is not None and (value <= minimum if strictly_above else value < minimum):
-            raise typer.BadParameter(f"must be {'greater than' if strictly_above else 'at least'} {minimum}, "
-                                     f"got {value}", param=param)
-        return value
-
-    return check
+    let through, since NaN compares false), and values below ``minimum``: the library's own
+    :func:`~mechscope.validate.check_number`, as a usage error naming the option."""
+    return checked(lambda value: check_number("the value", value, minimum=minimum, strict_minimum=strictly_above))
 
 
 def _model_name(value: str | None) -> str | None:
