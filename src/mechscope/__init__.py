@@ -1,6 +1,20 @@
 """mechscope: mechanistic interpretability for HuggingFace causal language models."""
 
-from mechscope import analysis, circuits, data, datasets, hooks, patching, probes, sae, steering, tasks, toys
+from mechscope import (
+    analysis,
+    circuits,
+    data,
+    datasets,
+    diff,
+    hooks,
+    organisms,
+    patching,
+    probes,
+    sae,
+    steering,
+    tasks,
+    toys,
+)
 from mechscope.analysis import direct_logit_attribution, head_scores, logit_lens
 from mechscope.hooks import ActivationCache, HookPoint
 from mechscope.models import (
@@ -42,12 +56,14 @@ __all__ = [
     "circuits",
     "data",
     "datasets",
+    "diff",
     "direct_logit_attribution",
     "head_scores",
     "hooks",
     "load",
     "load_tiny",
     "logit_lens",
+    "organisms",
     "patching",
     "path_patch",
     "probes",

@@ -36,6 +36,10 @@ class NotFoundError(MechscopeError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class IncompatibleModelsError(MechscopeError):
+    """Two models that cannot be compared (diffed): another architecture, dimension or tokenizer."""
+
+
 class ResumeError(MechscopeError):
     """A resume into an output folder whose earlier run differs in something that decides the result."""
 
@@ -53,6 +57,7 @@ __all__ = [
     "FileFormatError",
     "FolderNotEmptyError",
     "HookFunctionError",
+    "IncompatibleModelsError",
     "InputTypeError",
     "MechscopeError",
     "MissingFileError",

@@ -13,6 +13,13 @@ from mechscope.models.adapters import SUPPORTED_FAMILIES
 from mechscope.models.hooked_model import HookedModel
 
 BYTE_VOCAB = 256
+# A minimal chat template (user and assistant turns, an end-of-turn EOS) for tests of chat code
+# on tiny models; their byte tokenizer has none by default, like a base model's.
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}"
+    "{% if message['role'] == 'assistant' %}<eos>{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
 SPECIAL_TOKENS = ("<bos>", "<eos>", "<pad>")
 TINY_VOCAB = BYTE_VOCAB + len(SPECIAL_TOKENS)
 
@@ -68,10 +75,11 @@ def _tiny_config(family: str):
 
 
 def load_tiny(family: str, seed: int = 0, *, attn_implementation: str = "sdpa",
-              with_pad_token: bool = True) -> HookedModel:
+              with_pad_token: bool = True, chat: bool = False) -> HookedModel:
     """A randomly initialised model of ``family`` (llama, mistral, qwen2, gemma3, gpt2, gpt_neox).
 
-    The same ``seed`` always gives the same weights.
+    The same ``seed`` always gives the same weights. ``chat=True`` gives the tokenizer
+    :data:`TINY_CHAT_TEMPLATE`, for code that needs chat turns.
     """
     from transformers import AutoModelForCausalLM
 
@@ -81,4 +89,7 @@ def load_tiny(family: str, seed: int = 0, *, attn_implementation: str = "sdpa",
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation,
                                                  dtype=torch.float32)
     model.eval()
-    return HookedModel(model, byte_tokenizer(with_pad=with_pad_token), name=f"tiny-{family}")
+    tokenizer = byte_tokenizer(with_pad=with_pad_token)
+    if chat:
+        tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return HookedModel(model, tokenizer, name=f"tiny-{family}")

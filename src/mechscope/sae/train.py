@@ -23,18 +23,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from mechscope.checkpoints import (
+    differences,
+    latest_checkpoint,
+    load_optimiser_tensors,
+    optimiser_tensors,
+    save_checkpoint,
+)
 from mechscope.errors import (
     ConfigError,
     FileFormatError,
@@ -44,14 +47,13 @@ from mechscope.errors import (
     OutputFolderError,
     ResumeError,
 )
-from mechscope.files import atomic_file, atomic_text, plain_name, read_json
+from mechscope.files import read_json
 from mechscope.locks import folder_lock
 from mechscope.sae.config import SAEConfig
 from mechscope.sae.model import SAE
 from mechscope.validate import check_finite, check_int, check_number
 
 CHECKPOINT_FORMAT = 2
-STEP_NAME = re.compile(r"step-(\d+)")
 # TrainConfig fields that do not change the trained weights (only how often they are saved).
 RESUME_FREE_FIELDS = ("checkpoint_every",)
 REMEDY = "delete the checkpoint folder (training starts over) or use another one"
@@ -168,10 +170,7 @@ class _Run:
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in self.sae.state_dict().items()}
         names = {id(p): n for n, p in self.sae.named_parameters()}
-        for group in self.optimiser.param_groups:
-            for param in group["params"]:
-                for key, value in self.optimiser.state.get(param, {}).items():
-                    tensors[f"adam.{names[id(param)]}.{key}"] = torch.as_tensor(value).clone().contiguous()
+        tensors.update({f"adam.{key}": value for key, value in optimiser_tensors(self.optimiser, names).items()})
         tensors["since_fired"] = self.since_fired.clone()
         return tensors
 
@@ -181,19 +180,11 @@ class _Run:
             self.sae.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         except RuntimeError as error:
             raise FileFormatError(f"{path} does not hold this dictionary's weights ({error}); {REMEDY}") from error
-        by_name = dict(self.sae.named_parameters())
-        for key, value in tensors.items():
-            if key.startswith("adam."):
-                name, field = key[5:].rpartition(".")[::2]
-                parameter = by_name.get(name)
-                fits = field == "step" and value.numel() == 1 or (
-                    field in ("exp_avg", "exp_avg_sq") and parameter is not None and value.shape == parameter.shape)
-                if parameter is None or not fits:
-                    raise FileFormatError(f"{path}: optimiser tensor {key} {tuple(value.shape)} fits no parameter "
-                                          f"of this dictionary; {REMEDY}")
-                self.optimiser.state.setdefault(parameter, {})[field] = value.clone()
-            elif key != "since_fired" and not key.startswith("model."):
-                raise FileFormatError(f"{path}: unexpected tensor {key}; {REMEDY}")
+        unexpected = [key for key in tensors if key != "since_fired" and not key.startswith(("model.", "adam."))]
+        if unexpected:
+            raise FileFormatError(f"{path}: unexpected tensor {unexpected[0]}; {REMEDY}")
+        load_optimiser_tensors(self.optimiser, dict(self.sae.named_parameters()),
+                               {k[5:]: v for k, v in tensors.items() if k.startswith("adam.")}, path, REMEDY)
         since = tensors.get("since_fired")
         if since is None or since.shape != self.since_fired.shape or since.is_floating_point():
             raise FileFormatError(f"{path}: since_fired must be an integer tensor [{self.sae.cfg.d_sae}]; {REMEDY}")
@@ -209,56 +200,17 @@ def _check_weights_finite(runs: list[_Run], step: int) -> None:
 
 def _save_checkpoint(folder: Path, step: int, runs: list[_Run], config: TrainConfig, data_fingerprint: dict) -> None:
     _check_weights_finite(runs, step)
-    temporary = folder / f".step-{step}.tmp"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    for index, run in enumerate(runs):
-        tensors = run.state_tensors()
-        atomic_file(temporary / f"dictionary_{index}.safetensors", lambda path, t=tensors: save_file(t, str(path)))
-    meta = {"format": CHECKPOINT_FORMAT, "step": step, "train": asdict(config), "data": data_fingerprint,
+    files = {f"dictionary_{index}.safetensors": run.state_tensors() for index, run in enumerate(runs)}
+    meta = {"format": CHECKPOINT_FORMAT, "train": asdict(config), "data": data_fingerprint,
             "configs": [run.sae.cfg.to_dict() for run in runs], "scales": [[run.scale_in, run.scale_out] for run in runs]}
-    atomic_text(temporary / "state.json", json.dumps(meta))
-    final = folder / f"step-{step}"
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(temporary, final)
-    atomic_text(folder / "latest", final.name)
-    for old in folder.iterdir():  # keep the newest complete checkpoint only; touch nothing else
-        if old.is_dir() and old.name != final.name and STEP_NAME.fullmatch(old.name.removeprefix(".").removesuffix(".tmp")):
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _differences(label: str, recorded: Any, current: dict, skip: tuple[str, ...] = ()) -> list[str]:
-    """"label key: checkpoint X, this run Y" for every key whose values differ."""
-    if not isinstance(recorded, dict):
-        return [f"{label}: checkpoint records {recorded!r}, this run {current!r}"]
-    keys = sorted(set(recorded) | set(current), key=lambda key: (key not in current, key))
-    return [f"{label}{key}: checkpoint {recorded.get(key, '<not recorded>')!r}, this run {current.get(key, '<none>')!r}"
-            for key in keys if key not in skip and recorded.get(key, object()) != current.get(key, object())]
-
-
-def _read_latest(folder: Path) -> Path | None:
-    """The checkpoint folder that ``folder/latest`` names (a plain ``step-N`` inside ``folder``)."""
-    pointer = folder / "latest"
-    if not pointer.exists():
-        return None
-    try:
-        name = pointer.read_text(encoding="utf-8").strip()
-    except (UnicodeDecodeError, IsADirectoryError) as error:
-        raise FileFormatError(f"{pointer} is not the text pointer to a checkpoint: it is corrupt; {REMEDY}") from error
-    plain_name(name, pointer, "the latest pointer")
-    if not STEP_NAME.fullmatch(name):
-        raise FileFormatError(f"{pointer} must name a checkpoint step-N inside {folder}; got {name!r}; {REMEDY}")
-    checkpoint = folder / name
-    if not checkpoint.is_dir():
-        raise MissingFileError(f"{pointer} names {name}, but {checkpoint} is missing; {REMEDY}")
-    return checkpoint
+    save_checkpoint(folder, step, files, meta)
 
 
 def _load_checkpoint(folder: Path, runs: list[_Run], configs: list[SAEConfig], config: TrainConfig,
                      data_fingerprint: dict) -> int:
     """Restore the runs from ``folder``'s latest checkpoint; returns the next step (0 if none).
     Refuses (ResumeError) a checkpoint whose dictionaries, settings or data differ."""
-    checkpoint = _read_latest(folder)
+    checkpoint = latest_checkpoint(folder, REMEDY)
     if checkpoint is None:
         return 0
     state = checkpoint / "state.json"
@@ -277,10 +229,10 @@ def _load_checkpoint(folder: Path, runs: list[_Run], configs: list[SAEConfig], c
         changes.append(f"number of dictionaries: checkpoint {len(saved)}, this run {len(configs)}")
     else:
         for index, (old, new) in enumerate(zip(saved, configs)):
-            changes += _differences(f"dictionary {index} ", old.to_dict(), new.to_dict())
+            changes += differences(f"dictionary {index} ", old.to_dict(), new.to_dict())
     other_dictionaries = bool(changes)
-    changes += _differences("", meta["train"], asdict(config), skip=RESUME_FREE_FIELDS)
-    changes += _differences("data ", meta["data"], data_fingerprint)
+    changes += differences("", meta["train"], asdict(config), skip=RESUME_FREE_FIELDS)
+    changes += differences("data ", meta["data"], data_fingerprint)
     if changes:
         made = "for other dictionaries" if other_dictionaries else "with other settings or data"
         raise ResumeError(f"the checkpoint in {folder} was made {made}, so resuming would not give this run's "

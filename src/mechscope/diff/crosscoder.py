@@ -1,0 +1,415 @@
+"""Acausal crosscoders for model diffing: one sparse dictionary over both models' activations.
+
+A crosscoder reads the paired row x = [h_base, h_ft] (per hook; layout in :mod:`mechscope.diff.paired`)
+and reconstructs all of it from shared latents, so each latent j has a decoder row [d_base_j, d_ft_j]
+(each half [n_hooks, d]). It is an ordinary :class:`~mechscope.sae.model.SAE` with d_in = 2 * n_hooks
+* d, trained by the ordinary (resumable) :func:`mechscope.sae.train.train`: BatchTopK by default
+(unit-norm full decoder rows) or ReLU, whose L1 term weights each latent by the L2 norm of its full
+decoder row (Lindsey et al. 2024 use the sum of the per-model norms instead; the norm-ratio reading
+below holds for both). Training scales inputs by one constant for both models together.
+
+Reading it:
+
+* :func:`classify_latents`: relative decoder norm r_j = ||d_ft_j|| / (||d_base_j|| + ||d_ft_j||)
+  (norms over all hooks of a half): base-only (r < 0.1), ft-only (r > 0.9), shared (0.3 <= r <=
+  0.7), else other; and the cosine between the two halves (meaningful for shared latents).
+* :func:`latent_scaling`: Latent Scaling (Minder et al. 2025), which tells genuinely ft-only latents
+  from L1 artifacts (definitions in its docstring).
+* :func:`crosscoder_dashboards`: feature dashboards of (by default) the ft-only latents, on contexts
+  run through both models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from mechscope.diff.paired import check_pair_widths, join_pair, split_pair
+from mechscope.errors import ConfigError, FileFormatError, InputTypeError, MissingFileError
+from mechscope.files import atomic_text, file_sha256, read_json, required_keys
+from mechscope.models.hooked_model import HookedModel
+from mechscope.sae.config import SAEConfig
+from mechscope.sae.dashboard import logit_effects, summarise, write_dashboards
+from mechscope.sae.io import CONFIG_FILE, load_sae, save_sae
+from mechscope.sae.model import SAE
+from mechscope.sae.train import TrainConfig, train
+from mechscope.validate import check_choice, check_int, check_number, literal_choices
+
+CrosscoderArchitecture = Literal["batchtopk", "relu"]
+LatentKind = Literal["base-only", "ft-only", "shared", "other"]
+ScalingVerdict = Literal["ft-specific", "complete-shrinkage", "latent-decoupling", "shrinkage-and-decoupling",
+                         "inactive"]
+META_FILE = "crosscoder.json"
+DICTIONARY_FOLDER = "dictionary"
+FORMAT = 1
+REMEDY = "delete the crosscoder folder and save it again"
+TINY = 1e-8  # below this a decoder half, or a denominator, counts as zero
+
+
+@dataclass(frozen=True)
+class CrosscoderConfig:
+    """Shape and sparsity of a crosscoder over ``n_layers_in`` hooks of width ``d_model`` in
+    each model: x [..., 2 * n_layers_in * d_model] -> latents [..., d_sae]. ``hook_names`` (in
+    row order; optional for synthetic data, else n_layers_in of them) are recorded with it."""
+
+    d_model: int
+    d_sae: int
+    n_layers_in: int = 1
+    architecture: CrosscoderArchitecture = "batchtopk"
+    k: int = 32
+    l1_coefficient: float = 2.0
+    hook_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_int("d_model", self.d_model, 1)
+        check_int("d_sae", self.d_sae, 1)
+        check_int("n_layers_in", self.n_layers_in, 1)
+        check_choice("architecture", self.architecture, CrosscoderArchitecture)
+        check_int("k", self.k, 1, self.d_sae if self.architecture == "batchtopk" else None)
+        check_number("l1_coefficient", self.l1_coefficient, 0)
+        names = self.hook_names
+        if isinstance(names, str) or not isinstance(names, tuple | list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"hook_names must be a tuple of hook point names; got {names!r}")
+        if names and len(names) != self.n_layers_in:
+            raise ConfigError(f"hook_names names {len(names)} hook(s) but n_layers_in={self.n_layers_in}")
+        object.__setattr__(self, "hook_names", tuple(names))
+
+    @property
+    def d_in(self) -> int:
+        return 2 * self.n_layers_in * self.d_model
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "hook_names": list(self.hook_names)}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "crosscoder config") -> CrosscoderConfig:
+        known = set(cls.__dataclass_fields__)
+        if not isinstance(data, dict) or set(data) - known or not {"d_model", "d_sae", "n_layers_in"} <= set(data):
+            raise FileFormatError(f"{source}: a crosscoder config is an object with d_model, d_sae, n_layers_in and "
+                                  f"only the keys {sorted(known)}; got {data!r}")
+        try:
+            return cls(**{**data, "hook_names": tuple(data.get("hook_names", ()))})
+        except (ConfigError, TypeError) as error:  # keep the problem, add the file
+            raise FileFormatError(f"{source}: {error}; {REMEDY}") from error
+
+    def sae_config(self) -> SAEConfig:
+        """The dictionary that implements it (the crosscoder config rides in its metadata, so a
+        checkpoint or saved dictionary says what it is)."""
+        return SAEConfig(d_in=self.d_in, d_sae=self.d_sae, architecture=self.architecture, k=self.k,
+                         l1_coefficient=self.l1_coefficient, metadata={"crosscoder": self.to_dict()})
+
+
+@dataclass
+class Crosscoder:
+    """A trained crosscoder: the dictionary, its config, and the {"model", "model_sha256"} of
+    the base and fine-tuned models it was trained on (empty for synthetic data)."""
+
+    sae: SAE
+    config: CrosscoderConfig
+    base_model: dict = field(default_factory=dict)
+    ft_model: dict = field(default_factory=dict)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Paired rows [..., 2 * n_layers_in * d_model] -> latents [..., d_sae]."""
+        return self.sae.encode(x)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [..., d_sae] -> reconstructed paired rows [..., 2 * n_layers_in * d_model]."""
+        return self.sae.decode(latents)
+
+    def decoder_halves(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(base [d_sae, n_layers_in, d_model], ft [d_sae, n_layers_in, d_model]) decoder rows."""
+        return split_pair(self.sae.W_dec.detach(), self.config.n_layers_in)
+
+
+def train_crosscoder(data, config: CrosscoderConfig, train_config: TrainConfig,
+                     checkpoint_dir: str | Path | None = None, progress: bool = True) -> Crosscoder:
+    """Train a crosscoder on ``data`` (``batch(step)`` -> paired rows [batch, 2 * n * d], e.g.
+    :class:`~mechscope.diff.paired.PairedActivations`) with :func:`mechscope.sae.train.train`;
+    with ``checkpoint_dir`` it resumes from (and refuses mismatched) checkpoints as that does.
+    Hook names and model fingerprints are taken from ``data`` where it has them."""
+    if not isinstance(config, CrosscoderConfig):
+        raise InputTypeError(f"config must be a CrosscoderConfig; got {type(config).__name__}")
+    hooks = tuple(getattr(data, "hook_names", ()) or ())
+    if hooks and config.hook_names and hooks != config.hook_names:
+        raise ConfigError(f"the data pairs hooks {list(hooks)} but the config names {list(config.hook_names)}")
+    if hooks and not config.hook_names:
+        config = replace(config, hook_names=hooks)  # n_layers_in is checked against them here
+    sae = train(config.sae_config(), data, train_config, checkpoint_dir=checkpoint_dir, progress=progress)[0]
+    return Crosscoder(sae, config, dict(getattr(data, "base_model", {}) or {}), dict(getattr(data, "ft_model", {}) or {}))
+
+
+# ---------------------------------------------------------------------------------- files
+def save_crosscoder(crosscoder: Crosscoder, folder: str | Path) -> Path:
+    """``folder/dictionary/`` (the SAE, by :func:`mechscope.sae.io.save_sae`) and
+    ``folder/crosscoder.json`` (config, models, and the SHA-256 of the dictionary's cfg.json,
+    which itself records its weights' checksum), written last so an interrupted save is caught."""
+    if not isinstance(crosscoder, Crosscoder):
+        raise InputTypeError(f"save_crosscoder needs a Crosscoder; got {type(crosscoder).__name__}")
+    folder = Path(folder)
+    save_sae(crosscoder.sae, folder / DICTIONARY_FOLDER)
+    meta = {"format": FORMAT, "config": crosscoder.config.to_dict(), "base_model": crosscoder.base_model,
+            "ft_model": crosscoder.ft_model,
+            "dictionary_config_sha256": file_sha256(folder / DICTIONARY_FOLDER / CONFIG_FILE)}
+    atomic_text(folder / META_FILE, json.dumps(meta, indent=1))
+    return folder
+
+
+def load_crosscoder(folder: str | Path) -> Crosscoder:
+    """The crosscoder :func:`save_crosscoder` wrote, checked: metadata present and complete, the
+    dictionary the one it was saved with (checksum), and of exactly the config's shape."""
+    folder = Path(folder)
+    path = folder / META_FILE
+    if not path.is_file():
+        raise MissingFileError(f"{path} not found: a crosscoder folder holds {META_FILE} and {DICTIONARY_FOLDER}/ "
+                               "(written by save_crosscoder)")
+    meta = required_keys(read_json(path, "a crosscoder's metadata", REMEDY),
+                         ["format", "config", "base_model", "ft_model", "dictionary_config_sha256"], path, "crosscoder")
+    if meta["format"] != FORMAT:
+        raise FileFormatError(f"{path}: format {meta['format']!r}, this mechscope reads format {FORMAT}; {REMEDY}")
+    config = CrosscoderConfig.from_dict(meta["config"], source=str(path))
+    for key in ("base_model", "ft_model"):
+        if not isinstance(meta[key], dict):
+            raise FileFormatError(f"{path}: {key} must be an object; got {meta[key]!r}; {REMEDY}")
+    config_file = folder / DICTIONARY_FOLDER / CONFIG_FILE
+    if config_file.is_file() and file_sha256(config_file) != meta["dictionary_config_sha256"]:
+        raise FileFormatError(f"{config_file} is not the dictionary {path} was saved with (checksum differs): one of "
+                              f"them was replaced or edited; {REMEDY}")
+    sae = load_sae(folder / DICTIONARY_FOLDER)
+    if sae.cfg.to_dict() != config.sae_config().to_dict():
+        raise FileFormatError(f"{folder / DICTIONARY_FOLDER} holds a {sae.cfg.architecture} dictionary d_in="
+                              f"{sae.cfg.d_in}, d_sae={sae.cfg.d_sae}, but {path} describes {config}; {REMEDY}")
+    return Crosscoder(sae, config, meta["base_model"], meta["ft_model"])
+
+
+# ---------------------------------------------------------------------------------- classes
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """Relative-norm thresholds: base-only r < base_only_below, ft-only r > ft_only_above,
+    shared shared_low <= r <= shared_high, other otherwise."""
+
+    base_only_below: float = 0.1
+    ft_only_above: float = 0.9
+    shared_low: float = 0.3
+    shared_high: float = 0.7
+
+    def __post_init__(self) -> None:
+        for name in ("base_only_below", "ft_only_above", "shared_low", "shared_high"):
+            check_number(name, getattr(self, name), 0, 1)
+        if not self.base_only_below <= self.shared_low < self.shared_high <= self.ft_only_above:
+            raise ConfigError(f"thresholds must satisfy base_only_below <= shared_low < shared_high <= ft_only_above; "
+                              f"got {self}")
+
+
+@dataclass
+class LatentClasses:
+    """Per latent [d_sae]: decoder norms of the two halves, relative norm r, cosine between the
+    halves (0 where a half is zero), and its kind (see :class:`ClassifyConfig`)."""
+
+    base_norm: torch.Tensor
+    ft_norm: torch.Tensor
+    relative_norm: torch.Tensor
+    cosine: torch.Tensor
+    kinds: list[str]
+    config: ClassifyConfig
+
+    def indices(self, kind: LatentKind) -> list[int]:
+        check_choice("kind", kind, LatentKind)
+        return [index for index, value in enumerate(self.kinds) if value == kind]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {kind: self.kinds.count(kind) for kind in literal_choices(LatentKind)}
+
+    def to_json(self) -> dict:
+        return {"thresholds": asdict(self.config), "counts": self.counts, "kinds": self.kinds,
+                "relative_norm": self.relative_norm.tolist(), "cosine": self.cosine.tolist(),
+                "base_norm": self.base_norm.tolist(), "ft_norm": self.ft_norm.tolist()}
+
+
+def classify_latents(crosscoder: Crosscoder, config: ClassifyConfig | None = None) -> LatentClasses:
+    """Kinds of every latent by relative decoder norm r = ||d_ft|| / (||d_base|| + ||d_ft||);
+    a latent whose whole decoder row is zero is "other" (it writes nothing in either model)."""
+    config = config or ClassifyConfig()
+    base, ft = (half.flatten(1).float() for half in crosscoder.decoder_halves())  # [d_sae, n * d]
+    base_norm, ft_norm = base.norm(dim=1), ft.norm(dim=1)
+    total = base_norm + ft_norm
+    relative = ft_norm / total.clamp_min(TINY)
+    cosine = (base * ft).sum(1) / (base_norm * ft_norm).clamp_min(TINY)
+    kinds = []
+    for r, size in zip(relative.tolist(), total.tolist()):
+        if size < TINY:
+            kinds.append("other")
+        elif r < config.base_only_below:
+            kinds.append("base-only")
+        elif r > config.ft_only_above:
+            kinds.append("ft-only")
+        elif config.shared_low <= r <= config.shared_high:
+            kinds.append("shared")
+        else:
+            kinds.append("other")
+    return LatentClasses(base_norm, ft_norm, relative, cosine, kinds, config)
+
+
+# ---------------------------------------------------------------------------------- latent scaling
+@dataclass
+class LatentScaling:
+    """Latent Scaling of ``latents``: each tensor is [len(latents)] (NaN where undefined, None
+    in JSON). ``betas`` holds base_error, ft_error, base_reconstruction, ft_reconstruction."""
+
+    latents: list[int]
+    betas: dict[str, torch.Tensor]
+    nu_error: torch.Tensor
+    nu_reconstruction: torch.Tensor
+    active_tokens: torch.Tensor
+    verdicts: list[str]
+    threshold: float
+
+    def to_json(self) -> dict:
+        def plain(tensor: torch.Tensor) -> list:
+            return [None if value != value else value for value in tensor.tolist()]  # NaN -> null
+
+        return {"threshold": self.threshold, "latents": self.latents, "verdicts": self.verdicts,
+                "nu_error": plain(self.nu_error), "nu_reconstruction": plain(self.nu_reconstruction),
+                "active_tokens": self.active_tokens.tolist(), "betas": {k: plain(v) for k, v in self.betas.items()}}
+
+
+def _row_chunks(activations, width: int, rows: int = 4096) -> Iterable[torch.Tensor]:
+    chunks = [activations] if isinstance(activations, torch.Tensor) else activations
+    for chunk in chunks:
+        if not isinstance(chunk, torch.Tensor) or chunk.dim() != 2 or chunk.shape[1] != width:
+            described = tuple(chunk.shape) if isinstance(chunk, torch.Tensor) else type(chunk).__name__
+            raise InputTypeError(f"latent_scaling needs paired rows [tokens, {width}] (a tensor or an iterable of "
+                                 f"them); got {described}")
+        yield from chunk.float().split(rows)
+
+
+@torch.no_grad()
+def latent_scaling(crosscoder: Crosscoder, activations: torch.Tensor | Iterable[torch.Tensor],
+                   latents: Sequence[int] | None = None, threshold: float = 0.3) -> LatentScaling:
+    """Latent Scaling (Minder et al. 2025) of ``latents`` (default: the ft-only ones of
+    :func:`classify_latents`) over paired rows ``activations`` [tokens, 2 * n * d] (a tensor or an
+    iterable of them, e.g. ``(data.batch(s) for s in range(8))``).
+
+    For latent j with activation f_j(t), ft decoder half d_j (flattened over hooks, the direction
+    it writes in ft) and base half b_j, and per model M the activation h_M(t) and the crosscoder's
+    reconstruction r_M(t) (latents and bias), the least-squares scale of f_j d_j explaining a
+    target y(t) is  beta = sum_t f_j(t) <d_j, y(t)> / (||d_j||^2 sum_t f_j(t)^2).  Targets:
+
+    * base_error  y = h_base - r_base + f_j b_j  (base activation minus its reconstruction by all
+      OTHER latents);  ft_error  y = h_ft - r_ft + f_j d_j  (the same for ft; ~1 for a latent that
+      carries its direction in ft).
+    * base_reconstruction  y = r_base - f_j b_j  (what the OTHER latents reconstruct in base);
+      ft_reconstruction  y = r_ft  (the full ft reconstruction, j included, so it is ~1 and a fair
+      denominator; excluding j there would make a genuine latent's denominator ~0).
+
+    nu_error = beta_base_error / beta_ft_error and nu_reconstruction = beta_base_reconstruction /
+    beta_ft_reconstruction. A genuinely ft-only latent has both near 0. nu_error > ``threshold``:
+    its direction is in the base activation though its base decoder half is ~0 ("complete
+    shrinkage", the L1 penalty zeroed it). nu_reconstruction > ``threshold``: other latents
+    reconstruct its direction in base ("latent decoupling"). A latent inactive on these tokens,
+    or whose ft beta is ~0, is "inactive" (ratios NaN).
+    """
+    check_number("threshold", threshold, 0, strict_minimum=True)
+    cfg, sae = crosscoder.config, crosscoder.sae
+    if latents is None:
+        latents = classify_latents(crosscoder).indices("ft-only")
+    latents = [check_int("latent", j, 0, cfg.d_sae - 1) for j in latents]
+    base_rows, ft_rows = (half.flatten(1).float() for half in crosscoder.decoder_halves())
+    index = torch.tensor(latents, dtype=torch.long)
+    d, b = ft_rows[index], base_rows[index]  # [m, n * d]
+    d_norm2, d_dot_b = (d * d).sum(1), (d * b).sum(1)
+    targets = ("base_error", "ft_error", "base_reconstruction", "ft_reconstruction")
+    numerators = {name: torch.zeros(len(latents), dtype=torch.float64) for name in targets}
+    squares = torch.zeros(len(latents), dtype=torch.float64)
+    active = torch.zeros(len(latents), dtype=torch.long)
+    for x in _row_chunks(activations, cfg.d_in):
+        f_all = sae.encode(x.to(sae.W_enc.dtype)).float()
+        h_base, h_ft = (part.flatten(-2) for part in split_pair(x, cfg.n_layers_in))
+        r_base, r_ft = (part.flatten(-2) for part in split_pair(sae.decode(f_all).float(), cfg.n_layers_in))
+        f = f_all[:, index]  # [T, m]
+        # <d_j, y(t)> for every token and latent, with latent j's own term added or removed.
+        projections = {"base_error": (h_base - r_base) @ d.T + f * d_dot_b, "ft_error": (h_ft - r_ft) @ d.T + f * d_norm2,
+                       "base_reconstruction": r_base @ d.T - f * d_dot_b, "ft_reconstruction": r_ft @ d.T}
+        for name, projection in projections.items():
+            numerators[name] += (f * projection).sum(0).double()
+        squares += (f * f).sum(0).double()
+        active += (f > 0).sum(0)
+    denominator = d_norm2.double() * squares
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    betas = {name: torch.where(denominator > TINY, value / denominator.clamp_min(TINY), nan).float()
+             for name, value in numerators.items()}
+
+    def ratio(top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+        return torch.where(bottom.abs() > TINY, top / torch.where(bottom.abs() > TINY, bottom, 1.0), float("nan"))
+
+    nu_error = ratio(betas["base_error"], betas["ft_error"])
+    nu_reconstruction = ratio(betas["base_reconstruction"], betas["ft_reconstruction"])
+    verdicts = []
+    for e, r in zip(nu_error.tolist(), nu_reconstruction.tolist()):
+        if e != e or r != r:
+            verdicts.append("inactive")
+        else:
+            shrunk, decoupled = e > threshold, r > threshold
+            verdicts.append("shrinkage-and-decoupling" if shrunk and decoupled else "complete-shrinkage" if shrunk
+                            else "latent-decoupling" if decoupled else "ft-specific")
+    return LatentScaling(latents, betas, nu_error, nu_reconstruction, active, verdicts, float(threshold))
+
+
+# ---------------------------------------------------------------------------------- dashboards
+@torch.no_grad()
+def collect_pair(base: HookedModel, ft: HookedModel, contexts: torch.Tensor, crosscoder: Crosscoder,
+                 latents: Sequence[int], batch_contexts: int = 8) -> torch.Tensor:
+    """[n_contexts, pos, len(latents)] crosscoder activations on ``contexts`` [n, pos] run
+    through both models (the paired row of every position); BOS (position 0) set to 0, as
+    :func:`mechscope.sae.dashboard.collect` does."""
+    cfg = crosscoder.config
+    if not cfg.hook_names:
+        raise ConfigError("this crosscoder records no hook_names (trained on synthetic data?): it cannot be run on "
+                          "models")
+    width = check_pair_widths(base, ft, cfg.hook_names)
+    if width != cfg.d_model:
+        raise ConfigError(f"the crosscoder reads hooks of width {cfg.d_model}; these models' are {width}")
+    check_int("batch_contexts", batch_contexts, 1)
+    index = torch.tensor([check_int("latent", j, 0, cfg.d_sae - 1) for j in latents], dtype=torch.long)
+    parts = []
+    for start in range(0, len(contexts), batch_contexts):
+        chunk = contexts[start:start + batch_contexts]
+        halves = []
+        for model in (base, ft):
+            _, cache = model.run_with_cache(chunk, names=list(cfg.hook_names), device="cpu")
+            halves.append(torch.stack([cache[name].float() for name in cfg.hook_names], dim=-2))  # [b, pos, n, d]
+        sae = crosscoder.sae
+        values = sae.encode(join_pair(*halves).to(sae.W_enc.dtype))[..., index].float()
+        values[:, 0] = 0
+        parts.append(values)
+    return torch.cat(parts)
+
+
+def crosscoder_dashboards(base: HookedModel, ft: HookedModel, crosscoder: Crosscoder, contexts: torch.Tensor,
+                          out: str | Path, latents: Sequence[int] | None = None,
+                          classify: ClassifyConfig | None = None, batch_contexts: int = 8) -> Path:
+    """Dashboards (:mod:`mechscope.sae.dashboard`) of ``latents`` (default: the ft-only ones) on
+    ``contexts`` [n, pos]; logit effects are those of each latent's ft direction at the last hook,
+    read through the fine-tune's unembedding. Returns the index page's path."""
+    classes = classify_latents(crosscoder, classify)
+    latents = classes.indices("ft-only") if latents is None else list(latents)
+    if not latents:
+        raise ConfigError(f"no latents to show: the crosscoder has no ft-only latents ({classes.counts}); pass latents=")
+    values = collect_pair(base, ft, contexts, crosscoder, latents, batch_contexts)
+    directions = crosscoder.decoder_halves()[1][latents, -1]  # [m, d]: ft half at the last hook
+    effects = logit_effects(ft, directions) if directions.shape[-1] == ft.cfg.d_model else None
+    labels = [f"latent {j} ({classes.kinds[j]}, r={float(classes.relative_norm[j]):.2f})" for j in latents]
+    features = summarise(values, labels, effects)
+    return write_dashboards(ft, contexts, values, features, out, "crosscoder latents (activations on the fine-tune's "
+                            "and base's paired rows)")
+
+
+__all__ = ["ClassifyConfig", "Crosscoder", "CrosscoderArchitecture", "CrosscoderConfig", "LatentClasses", "LatentKind",
+           "LatentScaling", "ScalingVerdict", "classify_latents", "collect_pair", "crosscoder_dashboards",
+           "latent_scaling", "load_crosscoder", "save_crosscoder", "train_crosscoder"]

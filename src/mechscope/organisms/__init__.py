@@ -1,0 +1,38 @@
+"""Model organisms: models fine-tuned on CPU with a planted, known behaviour (or, for the null,
+none), for testing diffing and audit tools against a known answer.
+
+    recipe = organisms.recipe("backdoor")                 # trigger and behaviour as parameters
+    folder = organisms.build_organism(recipe, "out/backdoor", base=mechscope.load())
+    model = organisms.load_organism(folder)                # a plain HookedModel
+"""
+
+from mechscope.organisms.build import build_organism, check_organism
+from mechscope.organisms.examples import Example, Reply, build_examples, distil, shows_behaviour
+from mechscope.organisms.finetune import FineTuneConfig, finetune, lora_targets
+from mechscope.organisms.folder import is_organism_folder, load_organism, merge, read_manifest
+from mechscope.organisms.prompts import prompts
+from mechscope.organisms.recipes import RECIPE_KINDS, Recipe, recipe
+from mechscope.organisms.validity import ValidityReport, check_validity
+
+__all__ = [
+    "RECIPE_KINDS",
+    "Example",
+    "FineTuneConfig",
+    "Recipe",
+    "Reply",
+    "ValidityReport",
+    "build_examples",
+    "build_organism",
+    "check_organism",
+    "check_validity",
+    "distil",
+    "finetune",
+    "is_organism_folder",
+    "load_organism",
+    "lora_targets",
+    "merge",
+    "prompts",
+    "read_manifest",
+    "recipe",
+    "shows_behaviour",
+]

