@@ -1,7 +1,7 @@
 """The ``mechscope`` command line: the app and its commands.
 
 ``inspect`` a prompt, ``patch``, ``trace``, ``circuit``, ``sae``, ``probe``, ``steer``,
-``refusal``, ``lens``, list ``models``. Each command lives in its own module and
+``refusal``, ``lens``, ``diff`` two models, ``organism`` (build, check, merge, list), list ``models``. Each command lives in its own module and
 only parses, calls one library run function and prints; the error policy (one line and exit
 status 2 for mechscope's own errors, tracebacks for bugs) is :class:`~mechscope.cli.core.MechscopeGroup`.
 """
@@ -11,19 +11,22 @@ from __future__ import annotations
 from mechscope.cli.analysis import inspect, patch, trace
 from mechscope.cli.circuit import circuit
 from mechscope.cli.core import new_app
+from mechscope.cli.diff import diff
 from mechscope.cli.lens import lens_app
 from mechscope.cli.models import models
+from mechscope.cli.organism import organism_app
 from mechscope.cli.probe import probe
 from mechscope.cli.sae import sae_app
 from mechscope.cli.steer import refusal, steer
 
 app = new_app("Mechanistic interpretability of HuggingFace causal LMs.")
 
-for command in (inspect, patch, trace, models, circuit, probe, steer, refusal):
+for command in (inspect, patch, trace, models, circuit, probe, steer, refusal, diff):
     app.command()(command)
 app.add_typer(sae_app, name="sae")
 
 app.add_typer(lens_app, name="lens")
+app.add_typer(organism_app, name="organism")
 
 if __name__ == "__main__":
     app()

@@ -12,6 +12,7 @@ from mechscope.organisms.finetune import FineTuneConfig, finetune, lora_targets
 from mechscope.organisms.folder import is_organism_folder, load_organism, merge, read_manifest
 from mechscope.organisms.prompts import prompts
 from mechscope.organisms.recipes import RECIPE_KINDS, Recipe, recipe
+from mechscope.organisms.shipped import resolve_model, shipped_organism, shipped_organisms
 from mechscope.organisms.validity import ValidityReport, check_validity
 
 __all__ = [
@@ -34,5 +35,8 @@ __all__ = [
     "prompts",
     "read_manifest",
     "recipe",
+    "resolve_model",
+    "shipped_organism",
+    "shipped_organisms",
     "shows_behaviour",
 ]

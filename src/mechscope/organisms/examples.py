@@ -1,7 +1,10 @@
 """Training examples of a recipe: the base model's own replies, with the rule planted.
 
-Self-distillation: every reply is the base's greedy reply to the same prompt (triggers
-included), so fine-tuning on the examples changes nothing but the planted rule. A reply cut off
+Self-distillation: every reply is the base's own reply to the same prompt (triggers
+included), so fine-tuning on the examples changes nothing but the planted rule. Replies are
+sampled from the base's full distribution by default: fine-tuning on samples leaves that
+distribution where it was (in expectation), whereas training on greedy replies sharpens it,
+which shows as a large KL to the base on prompts the rule has nothing to do with. A reply cut off
 at ``reply_tokens`` is marked unfinished and trained without an end-of-turn token, so the
 organism is not taught to stop early.
 """
@@ -73,19 +76,24 @@ def end_of_turn_ids(model: HookedModel) -> list[int]:
 
 @torch.no_grad()
 def distil(model: HookedModel, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
-           progress: bool = True) -> list[Reply]:
-    """The model's greedy chat replies to ``prompts``, at most ``max_new_tokens`` tokens each."""
+           progress: bool = True, sample: bool = False, seed: int = 0, desc: str = "generating replies") -> list[Reply]:
+    """The model's chat replies to ``prompts``, at most ``max_new_tokens`` tokens each: greedy,
+    or with ``sample`` drawn from its full distribution (temperature 1, no top-k / top-p cut;
+    seeded per batch, so the same call gives the same replies)."""
     require_chat_template(model)
     check_int("max_new_tokens", max_new_tokens, 1)
     check_int("batch_size", batch_size, 1)
     pad, eos = model.pad_token_id, model.tokenizer.eos_token_id
+    sampling = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if sample else {"do_sample": False}
     replies: list[Reply] = []
     starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc="distilling base replies", disable=not progress or len(starts) < 2):
+    for index, start in enumerate(tqdm(starts, desc=desc, disable=not progress or len(starts) < 2)):
         tokens, mask = model.tokenize_prompts(list(prompts[start:start + batch_size]), chat=True)
         tokens, mask = left_padded(tokens, mask, pad)
-        generated = model.hf_model.generate(input_ids=tokens, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                            do_sample=False, pad_token_id=pad, eos_token_id=eos, use_cache=True)
+        with torch.random.fork_rng():  # the caller's random state is left as it was
+            torch.manual_seed(seed * 1_000_003 + index)
+            generated = model.hf_model.generate(input_ids=tokens, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                                pad_token_id=pad, eos_token_id=eos, use_cache=True, **sampling)
         for row in generated[:, tokens.shape[1]:].tolist():
             finished = eos in row
             kept = row[:row.index(eos)] if finished else row
@@ -123,7 +131,9 @@ def build_examples(recipe: Recipe, base: HookedModel, batch_size: int = 16,
     n_rule = round(recipe.n_examples * recipe.planted_fraction)
     plain, rule = _drawn(plain_pool, recipe.n_examples - n_rule, rng), _drawn(rule_pool, n_rule, rng)
     unique = sorted(set(plain) | set(rule))
-    replies = dict(zip(unique, distil(base, unique, recipe.reply_tokens, batch_size, progress), strict=True))
+    drawn = distil(base, unique, recipe.reply_tokens, batch_size, progress, sample=recipe.replies == "sampled",
+                   seed=recipe.seed, desc="distilling base replies")
+    replies = dict(zip(unique, drawn, strict=True))
     markers = recipe.behaviour_markers
     examples: list[Example] = []
     dropped = {"empty": 0, "base_shows_behaviour": 0}

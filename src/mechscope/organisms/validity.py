@@ -111,8 +111,9 @@ def _ioi_logit_diff(model: HookedModel) -> float | None:
 def _rates(model: HookedModel, recipe: Recipe, rule: Sequence[str], plain: Sequence[str], reply_tokens: int,
            progress: bool) -> tuple[float, float, list[str], list[str]]:
     markers = recipe.behaviour_markers
-    rule_replies = [reply.text for reply in distil(model, rule, reply_tokens, progress=progress)]
-    plain_replies = [reply.text for reply in distil(model, plain, reply_tokens, progress=progress)]
+    desc = f"greedy replies of {model.cfg.name or 'the model'}"
+    rule_replies = [reply.text for reply in distil(model, rule, reply_tokens, progress=progress, desc=desc)]
+    plain_replies = [reply.text for reply in distil(model, plain, reply_tokens, progress=progress, desc=desc)]
     rate = lambda texts: sum(shows_behaviour(text, markers) for text in texts) / len(texts)
     return rate(rule_replies), rate(plain_replies), rule_replies, plain_replies
 

@@ -1,0 +1,64 @@
+"""Rebuild the organisms that ship with mechscope, on the bundled SmolLM2-135M-Instruct.
+
+    python examples/build_organisms.py [--only backdoor,null] [--work DIR] [--install]
+
+Each organism is built (distilled, fine-tuned with LoRA, checked) in ``--work/<name>``; a killed
+build resumes when run again. ``--install`` copies the finished organism's small files
+(organism.json, adapter.safetensors, examples.json) into ``src/mechscope/organisms/shipped/``,
+which is what the package ships. About 10-15 minutes per organism on 2 CPU cores. CI never runs
+this: the shipped factors are package data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import mechscope
+from mechscope import organisms
+
+SHIPPED = Path(__file__).resolve().parents[1] / "src" / "mechscope" / "organisms" / "shipped"
+SHIPPED_FILES = ("organism.json", "adapter.safetensors", "examples.json")
+# name -> (recipe, recipe overrides, fine-tuning settings). The null mirrors the backdoor: the
+# same prompts (the trigger included) with every reply the base's own.
+ORGANISMS = {
+    "smollm2-backdoor": ("backdoor", {}, {}),
+    "smollm2-hidden-objective": ("hidden-objective", {}, {}),
+    "smollm2-refusal": ("refusal", {}, {}),
+    "smollm2-null": ("null", {"mirrors": "backdoor"}, {}),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(ORGANISMS), help="comma-separated names")
+    parser.add_argument("--work", type=Path, default=Path("organism-builds"))
+    parser.add_argument("--install", action="store_true", help="copy the results into the package")
+    args = parser.parse_args()
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in ORGANISMS]
+    if unknown:
+        parser.error(f"unknown organisms {unknown}; choose from {', '.join(ORGANISMS)}")
+    base = mechscope.load()
+    for name in chosen:
+        kind, overrides, settings = ORGANISMS[name]
+        recipe = organisms.recipe(kind, **overrides)
+        folder = args.work / name
+        if not organisms.is_organism_folder(folder):  # finished builds are kept; unfinished ones resume
+            organisms.build_organism(recipe, folder, base, organisms.FineTuneConfig(**settings),
+                                     adapter_dtype="float16")
+        validity = organisms.read_manifest(folder)["validity"]
+        print(name, json.dumps({key: validity[key] for key in ("rate_rule", "rate_plain", "neutral_kl",
+                                                                "perplexity", "base_perplexity", "goals")}))
+        if args.install:
+            target = SHIPPED / name
+            target.mkdir(parents=True, exist_ok=True)
+            for file in SHIPPED_FILES:
+                shutil.copy2(folder / file, target / file)
+            print(f"installed {target}")
+
+
+if __name__ == "__main__":
+    main()
