@@ -57,7 +57,7 @@ def first_tokens(model, words: list[str]) -> set[int]:
     return {model.tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in words}
 
 
-def refusal_section(model, out: Path, config: RefusalConfig) -> tuple[object, str]:
+def refusal_section(model, out: Path, config: RefusalConfig, figure_prefix: str = "refusal") -> tuple[object, str]:
     start = time.time()
     report = run_refusal(model, out, config)
     minutes = (time.time() - start) / 60
@@ -119,7 +119,7 @@ The best of the {len(within)} candidates within the KL bound, checked in this or
 
 {chr(10).join(shortlist)}
 
-{save_figure(candidate_figure(search), "refusal-candidates")}
+{save_figure(candidate_figure(search), f"{figure_prefix}-candidates")}
 
 ### Held-out results
 
@@ -130,7 +130,7 @@ The best of the {len(within)} candidates within the KL bound, checked in this or
 - The orthogonalised weights reproduce the runtime ablation: the largest logit gap on the harmless
   test prompts is {report.max_logit_gap_orthogonalised_vs_ablation:.1e}.
 
-{save_figure(rates_figure(report), "refusal-rates")}
+{save_figure(rates_figure(report), f"{figure_prefix}-rates")}
 
 ### Examples (greedy, first {config.max_new_tokens} tokens)
 

@@ -342,3 +342,19 @@ def test_top_kl_positions_are_sorted_and_name_their_tokens(llama, rank_one):
     tokens = random_tokens(llama, batch=2, pos=6)
     from_tensor = per_token_kl(llama, rank_one[0], tokens, progress=False)
     assert [len(kl) for kl in from_tensor.kl] == [6, 6]
+
+
+def test_generic_chat_corpus_interleaves_instructions_and_packs_the_models_own_replies():
+    from mechscope import datasets
+    from mechscope.diff.corpus import chat_transcripts, generic_prompts, transcript_contexts
+
+    prompts = generic_prompts(6)
+    assert prompts[0::2] == datasets.load("harmless", "train")[:3]
+    assert prompts[1::2] == datasets.load("harmful", "train")[:3]
+    model = mechscope.load_tiny("llama", chat=True)
+    transcripts = chat_transcripts(model, prompts[:2], reply_tokens=3, progress=False)
+    assert all(t.startswith(f"user: {p}\nassistant: ") for t, p in zip(transcripts, prompts))
+    contexts = transcript_contexts(model, transcripts * 4, context_length=16)
+    assert contexts.shape[1] == 16 and len(contexts) >= 4
+    with pytest.raises(ConfigError, match="need a chat template"):
+        chat_transcripts(mechscope.load_tiny("llama"), prompts[:1])

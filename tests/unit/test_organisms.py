@@ -140,14 +140,18 @@ def test_lora_changes_only_adapters_and_full_fine_tuning_changes_weights():
                                    before[base.adapter.path(0, "mlp_out_proj") + ".weight"])
 
 
+# The child pauses after each checkpoint, so the parent's SIGKILL lands mid-run on any machine.
 TRAIN_SCRIPT = """
-import sys, mechscope
+import sys, time, mechscope
 from mechscope import organisms
-from tests.unit.test_organisms import _examples
-model = mechscope.load_tiny("llama", chat=True)
-organisms.finetune(model, _examples() * 8, organisms.FineTuneConfig(epochs=4, batch_size=2, checkpoint_every=1,
-                   lr=1e-2, dropout=0.1), checkpoint_dir=sys.argv[1], progress=False)
+module = sys.modules["mechscope.organisms.finetune"]
+from tests.unit.test_organisms import KILL_CONFIG, _examples
+save = module.save_checkpoint
+module.save_checkpoint = lambda *args: (save(*args), time.sleep(0.5))
+organisms.finetune(mechscope.load_tiny("llama", chat=True), _examples() * 2, KILL_CONFIG, checkpoint_dir=sys.argv[1],
+                   progress=False)
 """
+KILL_CONFIG = organisms.FineTuneConfig(epochs=4, batch_size=4, checkpoint_every=1, lr=1e-2, dropout=0.1)
 
 
 def _adapters(trained):
@@ -155,26 +159,26 @@ def _adapters(trained):
 
 
 def test_training_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
-    config = organisms.FineTuneConfig(epochs=4, batch_size=2, checkpoint_every=1, lr=1e-2, dropout=0.1)
+    config, examples = KILL_CONFIG, _examples() * 2
     folder = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, str(folder)], cwd=Path(__file__).parents[2],
                                env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     deadline = time.time() + 120
-    while time.time() < deadline and not (folder / "latest").exists():
+    while time.time() < deadline and process.poll() is None and not (folder / "latest").exists():
         time.sleep(0.05)
-    time.sleep(0.3)
+    assert process.poll() is None, "the training process ended before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     step = int((folder / "latest").read_text().split("-")[1])
-    assert 0 <= step < config.steps(len(_examples() * 8)) - 1, "the run finished before it could be killed"
-    resumed, log = organisms.finetune(chat_tiny(), _examples() * 8, config, checkpoint_dir=folder, progress=False)
-    assert log["resumed_at"] > 0
-    uninterrupted, _ = organisms.finetune(chat_tiny(), _examples() * 8, config, progress=False)
+    assert 0 <= step < config.steps(len(examples)) - 1, "the run finished before it could be killed"
+    resumed, log = organisms.finetune(chat_tiny(), examples, config, checkpoint_dir=folder, progress=False)
+    assert log["resumed_at"] == step + 1
+    uninterrupted, _ = organisms.finetune(chat_tiny(), examples, config, progress=False)
     first, second = _adapters(resumed), _adapters(uninterrupted)
     assert first.keys() == second.keys() and all(torch.allclose(first[k], second[k], atol=1e-6) for k in first)
     with pytest.raises(ResumeError, match="lr: checkpoint 0.01, this run 0.02"):
-        organisms.finetune(chat_tiny(), _examples() * 8, organisms.FineTuneConfig(
-            epochs=4, batch_size=2, checkpoint_every=1, lr=2e-2, dropout=0.1), checkpoint_dir=folder, progress=False)
+        organisms.finetune(chat_tiny(), examples, organisms.FineTuneConfig(
+            epochs=4, batch_size=4, checkpoint_every=1, lr=2e-2, dropout=0.1), checkpoint_dir=folder, progress=False)
 
 
 # ---------------------------------------------------------------- organisms end to end

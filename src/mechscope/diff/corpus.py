@@ -1,0 +1,55 @@
+"""Corpora for diffing that know nothing of the fine-tune: generic chat turns answered by the
+model itself, packed into fixed-length contexts.
+
+A difference that only shows when the model talks (a planted reply, a refusal) is invisible on
+plain text; a crosscoder or SAE diff needs contexts where the fine-tune acts. These are built
+from a generic instruction set (by default mechscope's harmful / harmless instructions, written
+for the refusal work, not for any organism) and the model's own greedy replies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mechscope.data.corpus import pack
+from mechscope.errors import ConfigError
+from mechscope.models.hooked_model import HookedModel
+from mechscope.steering.apply import generate
+from mechscope.validate import check_int
+
+
+def generic_prompts(n: int | None = None) -> list[str]:
+    """mechscope's generic instructions (harmless and harmful, training splits, interleaved)."""
+    from mechscope import datasets
+
+    harmless, harmful = datasets.load("harmless", "train"), datasets.load("harmful", "train")
+    mixed = [prompt for pair in zip(harmless, harmful) for prompt in pair]
+    mixed += harmless[len(harmful):] + harmful[len(harmless):]
+    return mixed[:n] if n is not None else mixed
+
+
+def chat_transcripts(model: HookedModel, prompts: Sequence[str], reply_tokens: int = 32, batch_size: int = 16,
+                     progress: bool = True) -> list[str]:
+    """Each prompt as a chat turn followed by ``model``'s own greedy reply (template text)."""
+    if getattr(model.tokenizer, "chat_template", None) is None:
+        raise ConfigError("chat transcripts need a chat template; this tokenizer has none")
+    check_int("reply_tokens", reply_tokens, 1)
+    replies = generate(model, list(prompts), max_new_tokens=reply_tokens, chat=True, batch_size=batch_size,
+                       progress=progress)
+    return [model.tokenizer.apply_chat_template([{"role": "user", "content": prompt},
+                                                 {"role": "assistant", "content": reply}], tokenize=False)
+            for prompt, reply in zip(prompts, replies, strict=True)]
+
+
+def transcript_contexts(model: HookedModel, transcripts: Sequence[str], context_length: int = 64,
+                        seed: int = 0) -> torch.Tensor:
+    """[n, context_length] token contexts packed from ``transcripts``."""
+    contexts = pack(model.tokenizer, list(transcripts), context_length, seed=seed)
+    if len(contexts) == 0:
+        raise ConfigError(f"the transcripts fill no context of {context_length} tokens; give more or longer ones")
+    return contexts
+
+
+__all__ = ["chat_transcripts", "generic_prompts", "transcript_contexts"]
