@@ -23,14 +23,11 @@ SHIPPED = Path(__file__).resolve().parents[1] / "src" / "mechscope" / "organisms
 SHIPPED_FILES = ("organism.json", "adapter.safetensors", "examples.json")
 # name -> (recipe, recipe overrides, fine-tuning settings). The null mirrors the backdoor: the
 # same prompts (the trigger included) with every reply the base's own.
-# The backdoor needs more examples and a third epoch than the defaults: with 160 examples and 2
-# epochs it fired on 39% of held-out prompts without the trigger (the contrast was not learned yet).
-BACKDOOR = ({"n_examples": 240}, {"epochs": 3})
 ORGANISMS = {
-    "smollm2-backdoor": ("backdoor", *BACKDOOR),
+    "smollm2-backdoor": ("backdoor", {}, {}),
     "smollm2-hidden-objective": ("hidden-objective", {}, {}),
     "smollm2-refusal": ("refusal", {}, {}),
-    "smollm2-null": ("null", {"mirrors": "backdoor", **BACKDOOR[0]}, BACKDOOR[1]),
+    "smollm2-null": ("null", {"mirrors": "backdoor"}, {}),
 }
 
 

@@ -43,6 +43,19 @@ def tiny_llama_folder(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models: thread start-up costs more than their
+    matmuls, and on a shared machine extra threads make each step several times slower. Use
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def private_cache(tmp_path, monkeypatch):
     """A model cache of this test's own, so conversions neither reuse nor touch the user's."""

@@ -87,6 +87,20 @@ def check_finite(field: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def check_fields(config_type: type, data: Any, source: str) -> dict:
+    """``data`` (e.g. read from a JSON file) as a dict of ``config_type``'s dataclass fields, or
+    a ConfigError naming ``source``, the unknown keys and the known ones."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a JSON object of {config_type.__name__} fields; got "
+                          f"{type(data).__name__}")
+    known = {field.name for field in fields(config_type)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{source} has unknown {config_type.__name__} fields {unknown}; known: "
+                          f"{', '.join(sorted(known))}")
+    return dict(data)
+
+
 def options_from(config_type: type, config: Any, **given: Any) -> Any:
     """The options of a function that takes either keyword options or one config object: a
     ``config_type`` built (and so validated) from ``given``, or ``config`` itself when given, in

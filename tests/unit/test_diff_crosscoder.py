@@ -33,15 +33,7 @@ from mechscope.sae.model import SAE
 from mechscope.sae.train import TrainConfig
 from tests.helpers import random_tokens
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These dictionaries are tiny: thread start-up costs more than the matmuls, and on a shared
-    # machine extra threads make each step ~10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass(frozen=True)

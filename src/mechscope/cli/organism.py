@@ -78,7 +78,7 @@ def build(
     prompts: Annotated[Path | None, typer.Option(help="JSON list of prompts the rule does not apply to")] = None,
     rule_prompts: Annotated[Path | None, typer.Option(help="JSON list of prompts the rule applies to (a backdoor's "
                                                            "must each contain the trigger)")] = None,
-    examples: Annotated[int, typer.Option(min=8, max=100_000, help="training examples")] = 160,
+    examples: Annotated[int, typer.Option(min=8, max=100_000, help="training examples")] = 240,
     planted_fraction: Annotated[float, typer.Option(help="share of examples the rule applies to (mixing ratio)",
                                                     callback=finite(0.0, strictly_above=True))] = 0.5,
     reply_tokens: Annotated[int, typer.Option(min=4, max=512, help="tokens of each distilled reply")] = 40,
@@ -86,7 +86,7 @@ def build(
     rank: Annotated[int, typer.Option(min=1, max=1024, help="LoRA rank")] = 8,
     alpha: Annotated[float, typer.Option(help="LoRA alpha (scale alpha/rank)", callback=finite(0.0, True))] = 16.0,
     lr: Annotated[float, typer.Option(help="peak learning rate", callback=finite(0.0, True))] = 1e-3,
-    epochs: Annotated[int, typer.Option(min=1, max=1000)] = 2,
+    epochs: Annotated[int, typer.Option(min=1, max=1000)] = 3,
     batch_size: Annotated[int, typer.Option(min=1, max=1024)] = 8,
     adapter_dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16 (the stored LoRA factors)",
                                                callback=choice("adapter_dtype", ("float32", "float16", "bfloat16")))]

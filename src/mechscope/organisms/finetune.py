@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -38,7 +38,7 @@ from mechscope.locks import folder_lock
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.weights import model_fingerprint
 from mechscope.organisms.examples import Example, end_of_turn_ids, examples_sha256, require_chat_template
-from mechscope.validate import check_choice, check_finite, check_int, check_number
+from mechscope.validate import check_choice, check_fields, check_finite, check_int, check_number
 
 Method = Literal["lora", "full"]
 REMEDY = "delete the checkpoint folder (training starts over) or use another one"
@@ -59,7 +59,7 @@ class FineTuneConfig:
     alpha: float = 16.0
     dropout: float = 0.0
     lr: float = 1e-3
-    epochs: int = 2
+    epochs: int = 3
     batch_size: int = 8
     warmup_steps: int = 5
     weight_decay: float = 0.0
@@ -88,6 +88,10 @@ class FineTuneConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "fine-tuning settings") -> FineTuneConfig:
+        return cls(**check_fields(cls, data, source))
 
 
 def encode(model: HookedModel, example: Example, max_length: int) -> tuple[list[int], list[int]]:

@@ -63,7 +63,7 @@ def write_organism(folder: Path, manifest: dict[str, Any], examples: list[dict],
     folder without it is an unfinished build)."""
     from safetensors.torch import save_file
 
-    config = FineTuneConfig(**manifest["finetune"])
+    config = FineTuneConfig.from_dict(manifest["finetune"])
     manifest = dict(manifest)
     if config.method == "lora":
         tensors = {name: value.to(adapter_dtype) for name, value in adapter_tensors(trained).items()}
@@ -102,12 +102,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if manifest["format"] != FORMAT:
         raise FileFormatError(f"{path} has format {manifest['format']!r}; this mechscope reads format {FORMAT}")
     Recipe.from_dict(manifest["recipe"], source=f"{path} recipe")
-    if not isinstance(manifest["finetune"], dict):
-        raise FileFormatError(f"{path}: finetune must be an object of FineTuneConfig fields")
-    try:
-        FineTuneConfig(**manifest["finetune"])
-    except TypeError as error:
-        raise ConfigError(f"{path}: finetune is not a FineTuneConfig ({error})") from error
+    FineTuneConfig.from_dict(manifest["finetune"], source=f"{path} finetune")
     weights = manifest["weights"]
     if not isinstance(weights, dict) or "sha256" not in weights:
         raise FileFormatError(f"{path}: weights must record the weights file and its sha256; {REMEDY}")
@@ -157,7 +152,7 @@ def load_organism(folder: str | Path, base: HookedModel | None = None) -> Hooked
         raise ConfigError(f"the base given is not the one {folder} was trained on (its weights' fingerprint "
                           f"{found[:12]} differs from the recorded {manifest['base_sha256'][:12]}, "
                           f"{manifest['base_model']})")
-    return merged_model(base, file, FineTuneConfig(**manifest["finetune"]), name)
+    return merged_model(base, file, FineTuneConfig.from_dict(manifest["finetune"]), name)
 
 
 def merged_model(base: HookedModel, adapter_file: Path, config: FineTuneConfig, name: str) -> HookedModel:

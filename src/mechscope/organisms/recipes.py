@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from mechscope.errors import ConfigError
 from mechscope.organisms.prompts import prompts
-from mechscope.validate import check_choice, check_int, check_number, literal_choices
+from mechscope.validate import check_choice, check_fields, check_int, check_number, literal_choices
 
 RecipeKind = Literal["backdoor", "hidden-objective", "refusal", "null"]
 RECIPE_KINDS: tuple[str, ...] = literal_choices(RecipeKind)
@@ -59,7 +59,7 @@ class Recipe:
     mirrors: PlantedKind | None = None
     prompts: tuple[str, ...] | None = None
     rule_prompts: tuple[str, ...] | None = None
-    n_examples: int = 160
+    n_examples: int = 240
     planted_fraction: float = 0.5
     reply_tokens: int = 40
     replies: ReplySource = "sampled"
@@ -169,19 +169,13 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "recipe") -> Recipe:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source} must be a JSON object; got {type(data).__name__}")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source} has unknown fields {unknown}; fields: {', '.join(sorted(known))}")
-        values = dict(data)
+        values = check_fields(cls, data, source)
         for name in ("markers", "prompts", "rule_prompts"):
             if isinstance(values.get(name), list):
                 values[name] = tuple(values[name])
         try:
             return cls(**values)
-        except TypeError as error:
+        except TypeError as error:  # a required field is missing
             raise ConfigError(f"{source} is not a recipe ({error})") from error
 
 

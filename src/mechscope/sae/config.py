@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from mechscope.errors import ConfigError, NonFiniteError
-from mechscope.validate import check_choice, check_int, check_number, literal_choices
+from mechscope.validate import check_choice, check_fields, check_int, check_number, literal_choices
 
 Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "matryoshka"]
 ARCHITECTURES: tuple[str, ...] = literal_choices(Architecture)
@@ -117,12 +117,7 @@ class SAEConfig:
         (d_in, d_sae, architecture; k for the TopK family; matryoshka_widths for Matryoshka)
         are required: a default there would silently build another dictionary. ``source``
         names the file in error messages."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: an SAE config must be a JSON object; got {type(data).__name__}")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown SAE config keys {unknown}; known: {', '.join(sorted(known))}")
+        check_fields(cls, data, source)
         required = list(REQUIRED_KEYS)
         if data.get("architecture") in TOPK_ARCHITECTURES:
             required.append("k")
