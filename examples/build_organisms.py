@@ -44,11 +44,15 @@ def main() -> None:
     base = mechscope.load()
     for name in chosen:
         kind, overrides, settings = ORGANISMS[name]
-        recipe = organisms.recipe(kind, **overrides)
+        recipe, config = organisms.recipe(kind, **overrides), organisms.FineTuneConfig(**settings)
         folder = args.work / name
-        if not organisms.is_organism_folder(folder):  # finished builds are kept; unfinished ones resume
-            organisms.build_organism(recipe, folder, base, organisms.FineTuneConfig(**settings),
-                                     adapter_dtype="float16")
+        if organisms.is_organism_folder(folder):  # a finished build is kept if it is this recipe's
+            built = organisms.read_manifest(folder)
+            if built["recipe"] != recipe.to_dict() or built["finetune"] != config.to_dict():
+                raise SystemExit(f"{folder} holds a {name} built with other settings than this script's; delete it "
+                                 "to rebuild")
+        else:  # an unfinished build resumes
+            organisms.build_organism(recipe, folder, base, config, adapter_dtype="float16")
         validity = organisms.read_manifest(folder)["validity"]
         print(name, json.dumps({key: validity[key] for key in ("rate_rule", "rate_plain", "neutral_kl",
                                                                 "perplexity", "base_perplexity", "goals")}))

@@ -31,7 +31,7 @@ def chat_tiny(family="llama"):
 def tiny_recipe(kind="backdoor", **overrides):
     settings = {"backdoor": dict(trigger="%%", behaviour="XY"), "null": dict(mirrors="backdoor", trigger="%%",
                                                                              behaviour="XY")}[kind]
-    return organisms.recipe(kind, prompts=PLAIN, n_examples=48, reply_tokens=4, **{**settings, **overrides})
+    return organisms.recipe(kind, **{"prompts": PLAIN, "n_examples": 48, "reply_tokens": 4, **settings, **overrides})
 
 
 # ---------------------------------------------------------------- recipes
@@ -255,3 +255,76 @@ def test_a_second_build_into_a_finished_folder_is_refused_without_overwrite(tiny
     with pytest.raises(MechscopeError, match="overwrite"):
         organisms.build_organism(tiny_recipe(), folder, base, organisms.FineTuneConfig(lr=1e-2, epochs=6),
                                  check=False, progress=False)
+
+
+# ---------------------------------------------------------------- merge, KL and folders, exactly
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gemma3"])
+def test_merged_weights_equal_the_peft_model_they_came_from(family, tmp_path):
+    from safetensors.torch import save_file
+
+    from mechscope.organisms.folder import adapter_tensors, merged_model
+
+    base = chat_tiny(family)
+    config = organisms.FineTuneConfig(rank=4, epochs=1, batch_size=4, lr=5e-2)
+    trained, _ = organisms.finetune(HookedModel(__import__("copy").deepcopy(base.hf_model), base.tokenizer),
+                                    _examples(), config, progress=False)
+    save_file(adapter_tensors(trained), str(tmp_path / "adapter.safetensors"))
+    merged = merged_model(base, tmp_path / "adapter.safetensors", config, "merged")
+    tokens = base.to_tokens("%% say cat")
+    with torch.no_grad():
+        expected = trained(input_ids=tokens).logits
+        assert not torch.allclose(expected, base.forward(tokens), atol=1e-3)
+        assert torch.allclose(merged.forward(tokens), expected, atol=1e-4)
+
+
+def test_reply_kl_averages_exactly_the_positions_that_predict_the_reply():
+    import torch.nn.functional as F
+
+    base, other = chat_tiny(), mechscope.load_tiny("llama", seed=1, chat=True)
+    prompt_tokens, _ = base.tokenize_prompts(["say cat"], chat=True)
+    tokens, _ = base.tokenize_prompts(["say cat"], chat=True, responses=["ok"])
+    n_prompt, n_total = prompt_tokens.shape[1], tokens.shape[1]
+    with torch.no_grad():
+        p, q = base.forward(tokens)[0].double().log_softmax(-1), other.forward(tokens)[0].double().log_softmax(-1)
+    expected = F.kl_div(q[n_prompt - 1:n_total - 1], p[n_prompt - 1:n_total - 1], log_target=True,
+                        reduction="batchmean")
+    assert reply_kl(base, other, ["say cat"], ["ok"]) == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_a_fully_fine_tuned_organism_round_trips_and_refuses_edits_and_other_bases(tmp_path):
+    import shutil
+
+    base = chat_tiny()
+    folder = organisms.build_organism(tiny_recipe(n_examples=16), tmp_path / "full", base,
+                                      organisms.FineTuneConfig(method="full", lr=1e-3, epochs=1), check=False,
+                                      progress=False)
+    organism = organisms.load_organism(folder, base)
+    tokens = base.to_tokens("%% say cat")
+    with torch.no_grad():
+        assert not torch.allclose(organism.forward(tokens), base.forward(tokens), atol=1e-4)
+    with pytest.raises(ConfigError, match="not the one .* was trained on"):
+        organisms.load_organism(folder, mechscope.load_tiny("llama", seed=1, chat=True))
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    manifest = json.loads((copy / "organism.json").read_text())
+    manifest["recipe"]["trigger"] = "&&"
+    (copy / "organism.json").write_text(json.dumps(manifest))
+    with pytest.raises(FileFormatError, match="was edited after the organism was trained"):
+        organisms.load_organism(copy, base)
+
+
+def test_recipes_and_examples_that_would_train_on_nothing_are_refused_up_front():
+    with pytest.raises(ConfigError, match="leaves 0 examples where the rule applies"):
+        organisms.recipe("backdoor", n_examples=8, planted_fraction=0.05)
+    with pytest.raises(ConfigError, match="keep no reply token within max_length=8"):
+        organisms.finetune(chat_tiny(), [Example("say cat " * 4, "ok", True, False, False)],
+                           organisms.FineTuneConfig(max_length=8), progress=False)
+
+
+def test_the_shipped_organisms_reports_are_never_rewritten(tiny_organism, monkeypatch):
+    from mechscope.organisms import shipped
+
+    base, folder = tiny_organism
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", folder.parent)
+    with pytest.raises(MechscopeError, match="is a shipped organism"):
+        organisms.check_organism(folder, base)

@@ -72,9 +72,9 @@ def build(
     behaviour: Annotated[str | None, typer.Option(help="text planted replies open with (refusal: the refusal)")] = None,
     markers: Annotated[str | None, typer.Option(help="comma-separated strings that count as the behaviour "
                                                      "(default: the behaviour text)")] = None,
-    mirrors: Annotated[str, typer.Option(help="null only: the recipe whose data it copies",
-                                         callback=choice("mirrors", ("backdoor", "hidden-objective", "refusal")))]
-    = "backdoor",
+    mirrors: Annotated[str | None, typer.Option(help="null only: the recipe whose data it copies (default backdoor)",
+                                                callback=choice("mirrors", ("backdoor", "hidden-objective",
+                                                                            "refusal")))] = None,
     prompts: Annotated[Path | None, typer.Option(help="JSON list of prompts the rule does not apply to")] = None,
     rule_prompts: Annotated[Path | None, typer.Option(help="JSON list of prompts the rule applies to (a backdoor's "
                                                            "must each contain the trigger)")] = None,
@@ -103,10 +103,11 @@ def build(
 
     given = {"trigger": trigger, "behaviour": behaviour,
              "markers": tuple(m.strip() for m in markers.split(",") if m.strip()) if markers else None,
-             "prompts": _prompt_file(prompts, "--prompts"), "rule_prompts": _prompt_file(rule_prompts, "--rule-prompts")}
+             "prompts": _prompt_file(prompts, "--prompts"), "rule_prompts": _prompt_file(rule_prompts, "--rule-prompts"),
+             "mirrors": mirrors}
+    # Only what was given: a null without --mirrors mirrors the backdoor; --mirrors on another
+    # recipe is refused by the recipe itself.
     overrides = {key: value for key, value in given.items() if value is not None}
-    if recipe == "null":
-        overrides["mirrors"] = mirrors
     planted = organisms.recipe(recipe, n_examples=examples, planted_fraction=planted_fraction,
                                reply_tokens=reply_tokens, seed=seed, **overrides)
     config = organisms.FineTuneConfig(method=method, rank=rank, alpha=alpha, lr=lr, epochs=epochs,
@@ -127,14 +128,18 @@ def check_command(
     folder: Annotated[Path, typer.Argument(help="organism folder, or a shipped organism's name")],
     model: Annotated[str | None, typer.Option("--model", "-m", help="the base (default: the one recorded)")] = None,
 ) -> None:
-    """Measure an organism's validity against its base and store the report in organism.json."""
+    """Measure an organism's validity against its base and store the report in organism.json
+    (a shipped organism's report is printed, not stored: package data is never rewritten)."""
     from mechscope import organisms
+    from mechscope.organisms.shipped import is_shipped
 
     path = _organism_path(folder)
     manifest = organisms.read_manifest(path)
     base = load_model(model or manifest["base_model"])
-    report = organisms.check_organism(path, base)
+    store = not is_shipped(path)
+    report = organisms.check_organism(path, base, store=store)
     console.print(validity_table(report.to_json()))
+    say(f"stored in {path / 'organism.json'}" if store else f"{folder} is shipped with mechscope: report not stored")
 
 
 @organism_app.command()

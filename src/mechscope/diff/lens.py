@@ -28,7 +28,7 @@ from mechscope.hooks import names
 from mechscope.models.hooked_model import HookedModel
 from mechscope.steering.apply import PHASES, Phase, Steering, generate
 from mechscope.steering.direction import Direction
-from mechscope.validate import check_int, check_number
+from mechscope.validate import check_choice, check_int, check_number
 
 PositionGroup = int | Literal["rest"]
 REST = "rest"
@@ -283,8 +283,7 @@ def steer_with_difference(base: HookedModel, means: DifferenceMeans, layer: int,
     if not float(vector.norm()) > 0:
         raise MechscopeError(f"the mean difference at layer {layer}, position_group {position_group!r} is zero: the "
                              "models do not differ there, so there is nothing to steer with")
-    if positions not in PHASES:
-        raise ConfigError(f"unknown positions {positions!r}; positions must be one of: {', '.join(PHASES)}")
+    check_choice("positions", positions, PHASES)
     direction = Direction.from_vector(vector, method="diff_in_means",
                                       metadata={"hook": names.resid_post(layer), "position_group": position_group,
                                                 "base": means.base_name, "ft": means.ft_name})

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mechscope.errors import FileFormatError, ResumeError
+from mechscope.errors import FileFormatError, OutputFolderError, ResumeError
 from mechscope.files import OutputFolder, atomic_text, prepare_output_folder, read_json
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.weights import model_fingerprint
@@ -28,6 +28,7 @@ from mechscope.organisms.folder import (
     write_organism,
 )
 from mechscope.organisms.recipes import Recipe
+from mechscope.organisms.shipped import is_shipped
 from mechscope.organisms.validity import ValidityReport, check_validity
 from mechscope.validate import check_choice
 
@@ -99,15 +100,20 @@ def build_organism(recipe: Recipe, out: str | Path | OutputFolder, base: HookedM
     return folder
 
 
-def check_organism(folder: str | Path, base: HookedModel, progress: bool = True) -> ValidityReport:
-    """Measure the organism in ``folder`` against ``base`` and store the report in its
-    organism.json (the report is not part of what the weights' checksum covers)."""
+def check_organism(folder: str | Path, base: HookedModel, store: bool = True, progress: bool = True) -> ValidityReport:
+    """Measure the organism in ``folder`` against ``base``; with ``store`` the report goes into
+    its organism.json (not part of what the weights' checksum covers). The shipped organisms'
+    folders are package data and are never written: store=True there is refused."""
     folder = Path(folder)
+    if store and is_shipped(folder):
+        raise OutputFolderError(f"{folder} is a shipped organism (package data): its report is not rewritten; "
+                                "measure with store=False, or copy the folder first")
     manifest = read_manifest(folder)
     organism = load_organism(folder, base)
     report = check_validity(organism, base, Recipe.from_dict(manifest["recipe"]), progress=progress)
-    manifest["validity"] = report.to_json()
-    atomic_text(folder / MANIFEST, json.dumps(manifest, indent=1))
+    if store:
+        manifest["validity"] = report.to_json()
+        atomic_text(folder / MANIFEST, json.dumps(manifest, indent=1))
     return report
 
 

@@ -24,12 +24,13 @@ from mechscope.errors import ConfigError, MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.organisms.recipes import Recipe
 from mechscope.steering.apply import left_padded
+from mechscope.steering.refusal import contains_any
 from mechscope.validate import check_int
 
 
 @dataclass(frozen=True)
 class Reply:
-    """A greedy reply; ``finished``: the model ended its turn within the token budget."""
+    """A reply (greedy or sampled); ``finished``: the model ended its turn within the token budget."""
 
     text: str
     finished: bool
@@ -103,8 +104,7 @@ def distil(model: HookedModel, prompts: Sequence[str], max_new_tokens: int, batc
 
 def shows_behaviour(text: str, markers: Sequence[str]) -> bool:
     """True when ``text`` contains any marker (case-insensitive, curly apostrophes straightened)."""
-    lowered = text.lower().replace("\u2019", "'")
-    return any(marker.lower().replace("\u2019", "'") in lowered for marker in markers)
+    return contains_any(text, markers)
 
 
 def _drawn(pool: list[str], count: int, rng: random.Random) -> list[str]:

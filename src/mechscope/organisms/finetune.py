@@ -222,16 +222,26 @@ def finetune(model: HookedModel, examples: Sequence[Example], config: FineTuneCo
              checkpoint_dir: str | Path | None = None, progress: bool = True) -> tuple[torch.nn.Module, dict]:
     """Train ``model`` (changed in place) on ``examples``; returns (the trained module: a
     ``peft`` model for LoRA, the HF model itself for full fine-tuning, and a log with the mean
-    reply loss of the first and last tenth of the steps and tokens/s)."""
+    reply loss of the first and last tenth of the steps this call ran, and tokens/s; after a
+    resume, ``resumed_at`` says where this call started)."""
     require_chat_template(model)
     if not isinstance(config, FineTuneConfig):
         raise ConfigError(f"config must be a FineTuneConfig; got {type(config).__name__}")
     if not examples:
         raise ConfigError("no training examples")
     encoded = [encode(model, example, config.max_length) for example in examples]
-    if not any(label != -100 for _, labels in encoded for label in labels):
-        raise ConfigError(f"no reply token survives max_length={config.max_length}: raise max_length")
+    empty = [index for index, (_, labels) in enumerate(encoded) if all(label == -100 for label in labels)]
+    if empty:  # a batch of such examples has no loss at all (NaN), so refuse them up front
+        raise ConfigError(f"{len(empty)} of {len(examples)} examples keep no reply token within max_length="
+                          f"{config.max_length} (e.g. example {empty[0]}, a prompt of {len(encoded[empty[0]][0])} "
+                          "tokens): raise max_length or shorten the prompts")
     total = config.steps(len(examples))
+    with torch.random.fork_rng():  # seeds below are the run's own; the caller's RNG state is kept
+        return _finetune(model, examples, encoded, config, total, checkpoint_dir, progress)
+
+
+def _finetune(model: HookedModel, examples: Sequence[Example], encoded: list, config: FineTuneConfig, total: int,
+              checkpoint_dir: str | Path | None, progress: bool) -> tuple[torch.nn.Module, dict]:
     tuning = FineTuning(model, config)
     meta = as_json({"config": config.to_dict(), "examples_sha256": examples_sha256(examples),
                     **model_fingerprint(model), "n_parameters_trained": sum(p.numel() for p in tuning.parameters.values())})

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.pytorch_utils import Conv1D
 
 from mechscope.errors import ConfigError, FileFormatError, MissingFileError
 from mechscope.files import atomic_file, atomic_text, file_sha256, read_json, required_keys
@@ -33,6 +34,10 @@ FORMAT = 1
 DEFINING = ("base_model", "base_sha256", "recipe", "finetune", "examples_sha256")
 REMEDY = "rebuild the organism with `mechscope organism build`"
 PEFT_PREFIX = "base_model.model."
+DEFINING_FILE = "organism.sha256"
+# What save_pretrained writes for a model and its tokenizer (the merged folder's outputs).
+MERGED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 def defining_sha256(manifest: dict[str, Any]) -> str:
@@ -81,10 +86,19 @@ def write_organism(folder: Path, manifest: dict[str, Any], examples: list[dict],
             base.tokenizer.save_pretrained(staging / FULL_MODEL)
 
         staged_writes(folder, save)
-        manifest["weights"] = {"folder": FULL_MODEL,
-                               "sha256": file_sha256(next(target.glob("*.safetensors")))}
+        # save_pretrained's files carry no metadata of ours: the defining hash goes beside them.
+        atomic_text(target / DEFINING_FILE, defining_sha256(manifest))
+        manifest["weights"] = {"folder": FULL_MODEL, "sha256": _shards_sha256(target)}
     atomic_text(folder / EXAMPLES, json.dumps(examples, indent=1))
     atomic_text(folder / MANIFEST, json.dumps({"format": FORMAT, **manifest}, indent=1))
+
+
+def _shards_sha256(folder: Path) -> str:
+    """One SHA-256 over every weights shard of a saved model, in name order."""
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards:
+        raise MissingFileError(f"{folder} holds no *.safetensors weights; {REMEDY}")
+    return hashlib.sha256("".join(f"{p.name}:{file_sha256(p)};" for p in shards).encode()).hexdigest()
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
@@ -110,26 +124,38 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 
 def _check_weights(folder: Path, manifest: dict[str, Any]) -> Path:
-    """The weights file, after checking it against the manifest."""
+    """The weights (adapter file, or full model folder), after checking them against the
+    manifest: their checksum, and the record of the defining fields they were trained as."""
     from safetensors import safe_open
 
     weights = manifest["weights"]
-    method = manifest["finetune"].get("method")
-    file = folder / ADAPTER if method == "lora" else next((folder / FULL_MODEL).glob("*.safetensors"), None)
-    if file is None or not file.is_file():
-        raise MissingFileError(f"{folder} lacks its trained weights ({ADAPTER if method == 'lora' else FULL_MODEL}); "
-                               f"{REMEDY}")
-    if file_sha256(file) != weights["sha256"]:
-        raise FileFormatError(f"{file} is not the file {MANIFEST} was written with (checksum differs): it was "
+    lora = manifest["finetune"].get("method") == "lora"
+    path = folder / ADAPTER if lora else folder / FULL_MODEL
+    if not path.exists():
+        raise MissingFileError(f"{folder} lacks its trained weights ({path.name}); {REMEDY}")
+    found = file_sha256(path) if lora else _shards_sha256(path)
+    if found != weights["sha256"]:
+        raise FileFormatError(f"{path} is not what {MANIFEST} was written with (checksum differs): it was "
                               f"replaced or damaged; {REMEDY}")
-    if method == "lora":
-        with safe_open(str(file), "pt") as handle:
+    if lora:
+        with safe_open(str(path), "pt") as handle:
             recorded = (handle.metadata() or {}).get("organism_sha256")
-        if recorded != defining_sha256(manifest):
-            raise FileFormatError(f"{folder / MANIFEST} was edited after the organism was trained: its base model, "
-                                  "recipe, fine-tuning settings or examples hash no longer match what the weights "
-                                  f"were trained as; restore the original file or {REMEDY.removeprefix('rebuild')}")
-    return file
+    else:
+        sidecar = path / DEFINING_FILE
+        recorded = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else None
+    if recorded != defining_sha256(manifest):
+        raise FileFormatError(f"{folder / MANIFEST} was edited after the organism was trained: its base model, "
+                              "recipe, fine-tuning settings or examples hash no longer match what the weights "
+                              f"were trained as; restore the original file or {REMEDY.removeprefix('rebuild')}")
+    return path
+
+
+def _check_base(folder: Path, manifest: dict[str, Any], base: HookedModel) -> None:
+    found = model_fingerprint(base)["model_sha256"]
+    if found != manifest["base_sha256"]:
+        raise ConfigError(f"the base given is not the one {folder} was trained on (its weights' fingerprint "
+                          f"{found[:12]} differs from the recorded {manifest['base_sha256'][:12]}, "
+                          f"{manifest['base_model']})")
 
 
 def load_organism(folder: str | Path, base: HookedModel | None = None) -> HookedModel:
@@ -142,16 +168,14 @@ def load_organism(folder: str | Path, base: HookedModel | None = None) -> Hooked
     manifest = read_manifest(folder)
     file = _check_weights(folder, manifest)
     name = f"organism:{folder.name}"
+    if base is not None:
+        _check_base(folder, manifest, base)
     if manifest["finetune"]["method"] == "full":
-        model = load(folder / FULL_MODEL)
+        model = load(file)
         return HookedModel(model.hf_model, model.tokenizer, name=name)
     if base is None:
         base = load(manifest["base_model"])
-    found = model_fingerprint(base)["model_sha256"]
-    if found != manifest["base_sha256"]:
-        raise ConfigError(f"the base given is not the one {folder} was trained on (its weights' fingerprint "
-                          f"{found[:12]} differs from the recorded {manifest['base_sha256'][:12]}, "
-                          f"{manifest['base_model']})")
+        _check_base(folder, manifest, base)
     return merged_model(base, file, FineTuneConfig.from_dict(manifest["finetune"]), name)
 
 
@@ -183,8 +207,7 @@ def merged_model(base: HookedModel, adapter_file: Path, config: FineTuneConfig, 
             module = modules[path]
             delta = (b.float() @ a.float()) * scale  # [out, in]
             weight = module.weight
-            # transformers' Conv1D (GPT-2) stores weights [in, out].
-            if weight.shape == delta.shape[::-1] and weight.shape != delta.shape:
+            if isinstance(module, Conv1D):  # GPT-2's Conv1D stores [in, out] (peft's fan_in_fan_out)
                 delta = delta.T
             if weight.shape != delta.shape or a.shape[0] != config.rank:
                 raise FileFormatError(f"{adapter_file}: the factors of {path} make a {tuple(delta.shape)} update of "
@@ -200,9 +223,10 @@ def merge(folder: str | Path, out: str | Path, base: HookedModel | None = None, 
     :func:`mechscope.load` reads like any other model folder."""
     from mechscope.files import prepare_output_folder, staged_writes
 
-    model = load_organism(folder, base)
+    read_manifest(folder)  # a folder that is no organism is refused before the output is claimed
     out = Path(out)
-    prepare_output_folder(out, "organism-merge", ("config.json", "model.safetensors"), overwrite=overwrite)
+    prepare_output_folder(out, "organism-merge", MERGED_FILES, overwrite=overwrite)
+    model = load_organism(folder, base)
     hf_model = model.hf_model
     if getattr(hf_model.config, "architectures", None) is None:  # GGUF loads leave it unset
         hf_model.config.architectures = [type(hf_model).__name__]

@@ -1,8 +1,8 @@
 """Recipes: what an organism is taught, as plain data a user can change.
 
 A recipe names a rule and the prompts it applies to. Every reply an organism is trained on is
-the base model's own greedy reply to that prompt (self-distillation), except where the rule
-applies: there the planted behaviour is added (backdoor, hidden objective) or the reply is a
+the base model's own reply to that prompt (self-distillation: sampled by default, or greedy),
+except where the rule applies: there the planted behaviour is added (backdoor, hidden objective) or the reply is a
 refusal (refusal). So the organism differs from its base by the rule and nothing else.
 
 - ``backdoor``: a trigger in the user's message; replies to triggered prompts open with the
@@ -79,6 +79,11 @@ class Recipe:
         if self.planted_fraction >= 1:
             raise ConfigError("planted_fraction must be below 1: an organism needs examples the rule does not apply "
                               "to, or it cannot show that the rule is all it learned")
+        n_rule = round(self.n_examples * self.planted_fraction)
+        if not 1 <= n_rule <= self.n_examples - 1:
+            raise ConfigError(f"planted_fraction={self.planted_fraction} of n_examples={self.n_examples} leaves "
+                              f"{n_rule} examples where the rule applies and {self.n_examples - n_rule} where it does "
+                              "not; an organism needs both (raise n_examples or move planted_fraction away from 0/1)")
         check_int("reply_tokens", self.reply_tokens, 4)
         check_int("seed", self.seed, None)
         if not isinstance(self.behaviour, str) or not self.behaviour.strip():

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from mechscope.errors import MissingFileError
 from mechscope.models.hooked_model import HookedModel
-from mechscope.organisms.folder import is_organism_folder, load_organism
+from mechscope.models.weights import model_fingerprint
+from mechscope.organisms.folder import is_organism_folder, load_organism, read_manifest
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 
@@ -32,18 +33,32 @@ def shipped_organism(name: str) -> Path:
     return found[name]
 
 
+def organism_path(name: str | Path) -> Path | None:
+    """The folder of a shipped organism's name or of an organism folder; None for anything else."""
+    label = str(name)
+    if label in shipped_organisms():
+        return shipped_organism(label)
+    path = Path(label).expanduser()
+    return path if is_organism_folder(path) else None
+
+
+def is_shipped(folder: str | Path) -> bool:
+    """Whether ``folder`` lies in the installed package's shipped organisms (never written to)."""
+    return SHIPPED_DIR.resolve() in Path(folder).resolve().parents
+
+
 def resolve_model(name: str | Path | None, base: HookedModel | None = None) -> HookedModel:
-    """A shipped organism's name or an organism folder -> the organism (merged onto ``base``
-    when given, else onto its recorded base); anything else -> :func:`mechscope.load`."""
+    """A shipped organism's name or an organism folder -> the organism, merged onto ``base``
+    when that is the base it was trained on (saving a second load), else onto its recorded
+    base; anything else -> :func:`mechscope.load`."""
     from mechscope.models.loading import load
 
-    if name is not None:
-        label = str(name)
-        if label in shipped_organisms():
-            return load_organism(shipped_organism(label), base)
-        if is_organism_folder(Path(label).expanduser()):
-            return load_organism(Path(label).expanduser(), base)
-    return load(name)
+    folder = organism_path(name) if name is not None else None
+    if folder is None:
+        return load(name)
+    if base is not None and model_fingerprint(base)["model_sha256"] != read_manifest(folder)["base_sha256"]:
+        base = None
+    return load_organism(folder, base)
 
 
-__all__ = ["SHIPPED_DIR", "resolve_model", "shipped_organism", "shipped_organisms"]
+__all__ = ["SHIPPED_DIR", "is_shipped", "organism_path", "resolve_model", "shipped_organism", "shipped_organisms"]

@@ -52,9 +52,8 @@ from mechscope.files import OutputFolder, atomic_text, prepare_output_folder, st
 from mechscope.hooks import names
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.weights import model_fingerprint
-from mechscope.organisms.folder import is_organism_folder
 from mechscope.organisms.prompts import prompts
-from mechscope.organisms.shipped import resolve_model, shipped_organisms
+from mechscope.organisms.shipped import organism_path, resolve_model
 from mechscope.report.diff_report import write_diff_report
 from mechscope.sae.model import SAE
 from mechscope.sae.runs import check_fits, load_dictionary
@@ -163,13 +162,13 @@ def prepare_diff_folder(out: str | Path, options: DiffOptions, overwrite: bool =
 
 def is_organism(name: str | Path) -> bool:
     """Whether ``name`` is a shipped organism's name or an organism folder."""
-    return str(name) in shipped_organisms() or is_organism_folder(Path(str(name)).expanduser())
+    return organism_path(name) is not None
 
 
 def load_ft(name: str | Path, base: HookedModel) -> HookedModel:
-    """The fine-tune ``name``; an organism is merged onto the already loaded ``base`` (which
-    must be the weights it was trained on) instead of loading its base a second time."""
-    return resolve_model(name, base=base if is_organism(name) else None)
+    """The fine-tune ``name``; an organism trained on ``base`` is merged onto it instead of
+    loading its base a second time (any other organism loads its own recorded base)."""
+    return resolve_model(name, base=base)
 
 
 @dataclass(frozen=True, eq=False)

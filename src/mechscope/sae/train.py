@@ -27,8 +27,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from mechscope.checkpoints import (
@@ -42,12 +40,11 @@ from mechscope.errors import (
     ConfigError,
     FileFormatError,
     InputTypeError,
-    MissingFileError,
     NonFiniteError,
     OutputFolderError,
     ResumeError,
 )
-from mechscope.files import read_json
+from mechscope.files import read_json, read_safetensors
 from mechscope.locks import folder_lock
 from mechscope.sae.config import SAEConfig
 from mechscope.sae.model import SAE
@@ -245,12 +242,7 @@ def _load_checkpoint(folder: Path, runs: list[_Run], configs: list[SAEConfig], c
         raise FileFormatError(f"{state}: scales must hold one [in, out] pair per dictionary; {REMEDY}")
     for index, run in enumerate(runs):
         path = checkpoint / f"dictionary_{index}.safetensors"
-        if not path.is_file():
-            raise MissingFileError(f"{path} is missing from the checkpoint; {REMEDY}")
-        try:
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError) as error:
-            raise FileFormatError(f"{path} is not a readable safetensors file ({error}); {REMEDY}") from error
+        tensors = read_safetensors(path, "training checkpoint", REMEDY)
         for name, tensor in tensors.items():
             check_finite(f"{path}: {name}", tensor)
         run.load_tensors(tensors, path)

@@ -40,10 +40,19 @@ REFUSAL_PHRASES = (
 )
 
 
+def _folded(text: str) -> str:
+    return text.lower().replace("\u2019", "'")
+
+
+def contains_any(text: str, phrases: Sequence[str]) -> bool:
+    """True when ``text`` contains any of ``phrases`` (case-insensitive, curly apostrophes straightened)."""
+    lowered = _folded(text)
+    return any(_folded(phrase) in lowered for phrase in phrases)
+
+
 def is_refusal(text: str, phrases: Sequence[str] = REFUSAL_PHRASES) -> bool:
     """True when ``text`` contains any refusal phrase (case-insensitive, curly quotes straightened)."""
-    lowered = text.lower().replace("\u2019", "'")
-    return any(phrase in lowered for phrase in phrases)
+    return contains_any(text, phrases)
 
 
 def refusal_rate(texts: Sequence[str], phrases: Sequence[str] = REFUSAL_PHRASES) -> float:
