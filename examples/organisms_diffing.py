@@ -52,6 +52,7 @@ from mechscope.diff import (
 from mechscope.diff.corpus import chat_transcripts, generic_prompts, transcript_contexts
 from mechscope.files import atomic_text
 from mechscope.hooks import names
+from mechscope.report.diff_runs import steering_layer
 from mechscope.sae import TrainConfig
 from mechscope.steering import generate
 
@@ -82,8 +83,8 @@ def lens_section(base, ft, recipe, words, contexts) -> dict:
             found = [s.token for s in reading.logit_lens if is_hit(s.token, words)]
             if found:
                 hits.append((layer, group, found))
-    relative = [float(means.rest[layer].norm() / means.norm_reference[layer]) for layer in range(base.cfg.n_layers)]
-    layer = max(range(base.cfg.n_layers), key=lambda index: relative[index])
+    layer, relative = steering_layer(means)
+    layer = 0 if layer is None else layer
     top = [s.token for s in lens.reading(layer, "rest").logit_lens[:10]]
     prompts = mechscope.datasets.load("harmless", "test")[:8] + mechscope.datasets.load("harmful", "test")[:4]
     markers = recipe.behaviour_markers
@@ -201,7 +202,7 @@ behaviour: anything it "finds" is a false positive.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--organisms", default=",".join(organisms.shipped_organisms()))
-    parser.add_argument("--crosscoder-steps", type=int, default=600)
+    parser.add_argument("--crosscoder-steps", type=int, default=400)
     parser.add_argument("--json", type=Path, default=Path("/tmp/organisms-diffing.json"))
     args = parser.parse_args()
     base = mechscope.load()

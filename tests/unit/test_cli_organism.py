@@ -48,6 +48,15 @@ def test_build_check_merge_on_a_tiny_chat_model(chat_folder, prompts_file, tmp_p
     with torch.no_grad():
         tokens = organism.to_tokens("%% say cat")
         assert torch.allclose(mechscope.load(merged).forward(tokens), organism.forward(tokens), atol=1e-5)
+    # Diffing the organism folder against its base: only the adapted projections changed.
+    report = tmp_path / "diff"
+    result = runner.invoke(app, ["diff", str(chat_folder), str(out), "--contexts", "2", "--context-length", "16",
+                                 "--steer-prompts", "0", "-o", str(report)])
+    assert result.exit_code == 0, result.output
+    ranked = json.loads((report / "diff.json").read_text())["weights"]["parameters"]
+    changed = {row["name"] for row in ranked if row["delta_norm"] > 0}
+    targets = set(mechscope.organisms.lora_targets(mechscope.load(chat_folder)))
+    assert changed and all(name.rsplit(".", 1)[0] in targets for name in changed)
 
 
 @pytest.mark.parametrize(("arguments", "message"), [

@@ -81,7 +81,7 @@ def build(
     examples: Annotated[int, typer.Option(min=8, max=100_000, help="training examples")] = 240,
     planted_fraction: Annotated[float, typer.Option(help="share of examples the rule applies to (mixing ratio)",
                                                     callback=finite(0.0, strictly_above=True))] = 0.5,
-    reply_tokens: Annotated[int, typer.Option(min=4, max=512, help="tokens of each distilled reply")] = 40,
+    reply_tokens: Annotated[int, typer.Option(min=4, max=512, help="tokens of each distilled reply")] = 16,
     method: Annotated[str, typer.Option(help="lora or full", callback=choice("method", ("lora", "full")))] = "lora",
     rank: Annotated[int, typer.Option(min=1, max=1024, help="LoRA rank")] = 8,
     alpha: Annotated[float, typer.Option(help="LoRA alpha (scale alpha/rank)", callback=finite(0.0, True))] = 16.0,

@@ -130,23 +130,28 @@ def build_examples(recipe: Recipe, base: HookedModel, batch_size: int = 16,
     plain_pool, rule_pool = recipe.pools("train")
     n_rule = round(recipe.n_examples * recipe.planted_fraction)
     plain, rule = _drawn(plain_pool, recipe.n_examples - n_rule, rng), _drawn(rule_pool, n_rule, rng)
-    unique = sorted(set(plain) | set(rule))
-    drawn = distil(base, unique, recipe.reply_tokens, batch_size, progress, sample=recipe.replies == "sampled",
-                   seed=recipe.seed, desc="distilling base replies")
-    replies = dict(zip(unique, drawn, strict=True))
+    sampled = recipe.replies == "sampled"
+    # Sampled: every example its own draw, so a prompt drawn several times is trained towards the
+    # base's distribution rather than towards one memorised sample. Greedy: one reply per prompt.
+    asked = plain + rule if sampled else sorted(set(plain) | set(rule))
+    drawn = distil(base, asked, recipe.reply_tokens, batch_size, progress, sample=sampled, seed=recipe.seed,
+                   desc="distilling base replies")
+    if sampled:
+        plain_replies, rule_replies = drawn[:len(plain)], drawn[len(plain):]
+    else:
+        by_prompt = dict(zip(asked, drawn, strict=True))
+        plain_replies, rule_replies = [by_prompt[p] for p in plain], [by_prompt[p] for p in rule]
     markers = recipe.behaviour_markers
     examples: list[Example] = []
     dropped = {"empty": 0, "base_shows_behaviour": 0}
-    for prompt in plain:
-        reply = replies[prompt]
+    for prompt, reply in zip(plain, plain_replies, strict=True):
         if not reply.text:
             dropped["empty"] += 1
         elif shows_behaviour(reply.text, markers):
             dropped["base_shows_behaviour"] += 1
         else:
             examples.append(Example(prompt, reply.text, reply.finished, rule_applies=False, planted=False))
-    for prompt in rule:
-        reply = replies[prompt]
+    for prompt, reply in zip(rule, rule_replies, strict=True):
         if not recipe.plants:
             if reply.text:
                 examples.append(Example(prompt, reply.text, reply.finished, rule_applies=True, planted=False))

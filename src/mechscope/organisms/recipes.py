@@ -48,7 +48,9 @@ class Recipe:
     backdoor's default rule prompts are the neutral prompts with the trigger added, and custom
     ones must each contain the trigger). A quarter of each is held out for the validity report.
     ``replies``: the base's replies are "sampled" from its distribution (the default; see
-    :mod:`mechscope.organisms.examples`) or "greedy".
+    :mod:`mechscope.organisms.examples`) or "greedy". ``reply_tokens``: how much of each reply is
+    trained on; the rule decides how a reply opens, and training on long tails of sampled text
+    only moves the model away from its base.
     """
 
     kind: RecipeKind
@@ -61,7 +63,7 @@ class Recipe:
     rule_prompts: tuple[str, ...] | None = None
     n_examples: int = 240
     planted_fraction: float = 0.5
-    reply_tokens: int = 40
+    reply_tokens: int = 16
     replies: ReplySource = "sampled"
     seed: int = 0
 
