@@ -23,11 +23,15 @@ SHIPPED = Path(__file__).resolve().parents[1] / "src" / "mechscope" / "organisms
 SHIPPED_FILES = ("organism.json", "adapter.safetensors", "examples.json")
 # name -> (recipe, recipe overrides, fine-tuning settings). The null mirrors the backdoor: the
 # same prompts (the trigger included) with every reply the base's own.
+# The backdoor and the refusal organism train on fewer rule examples than the default half: with
+# 0.5 the backdoor still opened 3 of 28 held-out untriggered replies with its behaviour and the
+# refusal organism refused 9 of 50 harmless prompts (docs/organisms.md has the measurements).
+FEWER_PLANTED = {"planted_fraction": 0.3}
 ORGANISMS = {
-    "smollm2-backdoor": ("backdoor", {}, {}),
+    "smollm2-backdoor": ("backdoor", FEWER_PLANTED, {}),
     "smollm2-hidden-objective": ("hidden-objective", {}, {}),
-    "smollm2-refusal": ("refusal", {}, {}),
-    "smollm2-null": ("null", {"mirrors": "backdoor"}, {}),
+    "smollm2-refusal": ("refusal", FEWER_PLANTED, {}),
+    "smollm2-null": ("null", {"mirrors": "backdoor", **FEWER_PLANTED}, {}),
 }
 
 

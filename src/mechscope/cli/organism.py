@@ -166,7 +166,8 @@ def list_command() -> None:
     for name, path in organisms.shipped_organisms().items():
         manifest = organisms.read_manifest(path)
         recipe, validity = manifest["recipe"], manifest.get("validity", {})
-        rule = recipe.get("trigger") or recipe.get("mirrors") or recipe["kind"]
+        rule = (f"none (mirrors {recipe['mirrors']})" if recipe["kind"] == "null"
+                else f"trigger {recipe['trigger']}" if recipe.get("trigger") else recipe["kind"])
         shown = lambda key: f"{validity[key]:.2f}" if isinstance(validity.get(key), float) else "-"
         table.add_row(name, recipe["kind"], str(rule), shown("rate_rule"), shown("rate_plain"), shown("neutral_kl"))
     console.print(table)
