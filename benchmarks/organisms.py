@@ -27,7 +27,7 @@ import torch
 
 import mechscope
 from mechscope import organisms
-from mechscope.data import default_contexts
+from mechscope.data import StoredActivations, default_contexts
 from mechscope.diff import (
     CrosscoderConfig,
     PairedActivations,
@@ -39,7 +39,7 @@ from mechscope.hooks import names
 from mechscope.models.hooked_model import HookedModel
 from mechscope.organisms.examples import Example
 from mechscope.organisms.finetune import FineTuning, _batch, batch_indices, encode
-from mechscope.sae import SAEConfig, StoredActivations, TrainConfig, train
+from mechscope.sae import SAEConfig, TrainConfig, train
 
 
 def _finetune_rates(base: HookedModel, examples: list[Example], steps: int, batch_size: int) -> dict:
