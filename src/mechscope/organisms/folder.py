@@ -187,8 +187,7 @@ def merged_model(base: HookedModel, adapter_file: Path, config: FineTuneConfig, 
 
     tensors = load_file(str(adapter_file))
     hf_model = copy.deepcopy(base.hf_model)
-    copy_of_base = HookedModel(hf_model, base.tokenizer, name=base.cfg.name)
-    targets = set(lora_targets(copy_of_base))
+    targets = set(lora_targets(base))  # the copy has the same module paths
     modules = dict(hf_model.named_modules())
     scale = config.alpha / config.rank
     seen = set()
