@@ -17,7 +17,7 @@ from mechscope import organisms
 from mechscope.errors import ConfigError, FileFormatError, MechscopeError, ResumeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.organisms.examples import Example, end_of_turn_ids
-from mechscope.organisms.finetune import batch_indices, encode
+from mechscope.organisms.finetune import FineTuning, _batch, batch_indices, encode
 from mechscope.organisms.validity import reply_kl
 
 WORDS = ("cat", "dog", "sun", "sky", "red", "blue", "tree", "fish", "bird", "moon", "star", "rain")
@@ -138,6 +138,28 @@ def test_lora_changes_only_adapters_and_full_fine_tuning_changes_weights():
             assert log["parameters_trained"] == sum(p.numel() for p in base.hf_model.parameters())
             assert not torch.equal(trained.get_submodule(base.adapter.path(0, "mlp_out_proj")).weight,
                                    before[base.adapter.path(0, "mlp_out_proj") + ".weight"])
+
+
+def test_plain_examples_are_distilled_from_the_base_and_so_stay_closer_to_it():
+    """"base-kl" trains plain replies towards the base's whole distribution: zero loss where
+    the model is still the base, and less drift on plain prompts than cross-entropy on replies."""
+    examples, base = _examples(), chat_tiny()
+    plain = [example for example in examples if not example.planted]
+    for method, lr in (("lora", 1e-2), ("full", 1e-3)):
+        drift = {}
+        for plain_loss in ("base-kl", "reply"):
+            model = HookedModel(__import__("copy").deepcopy(base.hf_model), base.tokenizer)
+            config = organisms.FineTuneConfig(method=method, plain_loss=plain_loss, epochs=3, batch_size=4, lr=lr)
+            if plain_loss == "base-kl":
+                tuning = FineTuning(HookedModel(__import__("copy").deepcopy(base.hf_model), base.tokenizer), config)
+                ids, mask, labels = _batch([encode(base, e, 64) for e in plain], range(len(plain)), base.pad_token_id)
+                assert float(tuning.loss(ids, mask, labels, torch.ones(len(plain), dtype=torch.bool))) == 0.0
+                assert float(tuning.loss(ids, mask, labels, torch.zeros(len(plain), dtype=torch.bool))) > 1
+            organisms.finetune(model, examples, config, progress=False)
+            drift[plain_loss] = reply_kl(base, model, [e.prompt for e in plain], [e.reply for e in plain])
+        assert drift["base-kl"] < 0.75 * drift["reply"], (method, drift)
+    with pytest.raises(ConfigError, match="plain_loss must be one of"):
+        organisms.FineTuneConfig(plain_loss="kl")
 
 
 # The child pauses after each checkpoint, so the parent's SIGKILL lands mid-run on any machine.

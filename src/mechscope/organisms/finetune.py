@@ -12,6 +12,7 @@ with other ones is refused, naming each difference.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -41,6 +42,7 @@ from mechscope.organisms.examples import Example, end_of_turn_ids, examples_sha2
 from mechscope.validate import check_choice, check_fields, check_finite, check_int, check_number
 
 Method = Literal["lora", "full"]
+PlainLoss = Literal["base-kl", "reply"]
 REMEDY = "delete the checkpoint folder (training starts over) or use another one"
 # Settings that do not change the trained weights, only how often they are saved.
 RESUME_FREE_FIELDS = ("checkpoint_every",)
@@ -52,7 +54,13 @@ PROJECTION_ROLES = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "mlp_in_
 class FineTuneConfig:
     """``method``: "lora" (rank-``rank`` adapters with scale ``alpha / rank`` on every attention
     and MLP projection) or "full" (every weight). ``lr`` is the peak of a linear warm-up then a
-    linear decay to zero. ``max_length``: conversations longer than this many tokens are cut."""
+    linear decay to zero. ``max_length``: conversations longer than this many tokens are cut.
+
+    ``plain_loss``: what examples without the planted behaviour teach. "base-kl" (default):
+    KL(base || model) of the whole next-token distribution at every reply position, so the
+    model is held to the base's distribution rather than to the one reply sampled from it
+    (cross-entropy on single samples let even the null organism drift 0.15 nats from its base,
+    see docs/organisms.md). "reply": cross-entropy of the reply, as for planted examples."""
 
     method: Method = "lora"
     rank: int = 8
@@ -66,9 +74,11 @@ class FineTuneConfig:
     max_length: int = 160
     seed: int = 0
     checkpoint_every: int = 10
+    plain_loss: PlainLoss = "base-kl"
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, Method)
+        check_choice("plain_loss", self.plain_loss, PlainLoss)
         check_int("rank", self.rank, 1)
         check_number("alpha", self.alpha, 0, strict_minimum=True)
         check_number("dropout", self.dropout, 0, 1)
@@ -170,9 +180,38 @@ class FineTuning:
             self.trained = model.hf_model
             for param in self.trained.parameters():
                 param.requires_grad_(True)
+        # Full fine-tuning changes the weights in place, so the base's distribution (the target
+        # of "base-kl") needs a frozen copy; LoRA gets it by switching its adapters off.
+        self.frozen_base = None
+        if config.method == "full" and config.plain_loss == "base-kl":
+            self.frozen_base = copy.deepcopy(model.hf_model).eval().requires_grad_(False)
         self.parameters = {name: param for name, param in self.trained.named_parameters() if param.requires_grad}
         self.optimiser = torch.optim.AdamW(list(self.parameters.values()), lr=config.lr,
                                            weight_decay=config.weight_decay)
+
+    @torch.no_grad()
+    def base_log_probs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[batch, pos, vocab] log-probabilities of the untrained base."""
+        if self.frozen_base is not None:
+            logits = self.frozen_base(input_ids=ids, attention_mask=mask).logits
+        else:
+            with self.trained.disable_adapter():
+                logits = self.trained(input_ids=ids, attention_mask=mask).logits
+        return logits.float().log_softmax(-1)
+
+    def loss(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+             distilled: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch's reply tokens of the cross-entropy of the reply, or, on rows where
+        ``distilled`` [batch] is True, of KL(base || model) of the next-token distribution."""
+        log_probs = self.trained(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
+        targets = labels[:, 1:]  # position p predicts token p + 1
+        kept = targets != -100
+        per_token = -log_probs.gather(-1, targets.clamp(min=0)[..., None])[..., 0]  # [batch, pos - 1]
+        if bool(distilled.any()):
+            base = self.base_log_probs(ids, mask)[:, :-1]
+            kl = (base.exp() * (base - log_probs)).sum(-1)
+            per_token = torch.where(distilled[:, None], kl, per_token)
+        return per_token[kept].sum() / kept.sum()
 
     def state_files(self) -> dict[str, dict[str, torch.Tensor]]:
         names = {id(param): name for name, param in self.parameters.items()}
@@ -222,7 +261,7 @@ def finetune(model: HookedModel, examples: Sequence[Example], config: FineTuneCo
              checkpoint_dir: str | Path | None = None, progress: bool = True) -> tuple[torch.nn.Module, dict]:
     """Train ``model`` (changed in place) on ``examples``; returns (the trained module: a
     ``peft`` model for LoRA, the HF model itself for full fine-tuning, and a log with the mean
-    reply loss of the first and last tenth of the steps this call ran, and tokens/s; after a
+    loss (reply cross-entropy, or KL to the base; see ``plain_loss``) of the first and last tenth of the steps this call ran, and tokens/s; after a
     resume, ``resumed_at`` says where this call started)."""
     require_chat_template(model)
     if not isinstance(config, FineTuneConfig):
@@ -258,13 +297,15 @@ def _finetune(model: HookedModel, examples: Sequence[Example], encoded: list, co
         bar = tqdm(range(start, total), desc=f"fine-tuning ({config.method})", disable=not progress, initial=start,
                    total=total)
         for step in bar:
-            ids, mask, labels = _batch(encoded, batch_indices(len(examples), step, config), model.pad_token_id)
+            indices = batch_indices(len(examples), step, config)
+            ids, mask, labels = _batch(encoded, indices, model.pad_token_id)
             for group in tuning.optimiser.param_groups:
                 group["lr"] = config.lr * _lr_factor(step, total, config)
             torch.manual_seed(config.seed * 1_000_003 + step)  # dropout masks are a function of the step
-            loss = tuning.trained(input_ids=ids, attention_mask=mask, labels=labels).loss
+            distilled = torch.tensor([config.plain_loss == "base-kl" and not examples[i].planted for i in indices])
+            loss = tuning.loss(ids, mask, labels, distilled)
             if not bool(torch.isfinite(loss.detach())):
-                raise NonFiniteError(f"the reply loss is {float(loss)} at step {step}: lower lr={config.lr}. Training "
+                raise NonFiniteError(f"the loss is {float(loss)} at step {step}: lower lr={config.lr}. Training "
                                      "stopped before this update; checkpoints hold earlier steps")
             tuning.optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -287,4 +328,4 @@ def _finetune(model: HookedModel, examples: Sequence[Example], encoded: list, co
     return tuning.trained, log
 
 
-__all__ = ["FineTuneConfig", "Method", "batch_indices", "encode", "finetune", "lora_targets"]
+__all__ = ["FineTuneConfig", "Method", "PlainLoss", "batch_indices", "encode", "finetune", "lora_targets"]
