@@ -261,8 +261,9 @@ def finetune(model: HookedModel, examples: Sequence[Example], config: FineTuneCo
              checkpoint_dir: str | Path | None = None, progress: bool = True) -> tuple[torch.nn.Module, dict]:
     """Train ``model`` (changed in place) on ``examples``; returns (the trained module: a
     ``peft`` model for LoRA, the HF model itself for full fine-tuning, and a log with the mean
-    loss (reply cross-entropy, or KL to the base; see ``plain_loss``) of the first and last tenth of the steps this call ran, and tokens/s; after a
-    resume, ``resumed_at`` says where this call started)."""
+    loss (reply cross-entropy, or KL to the base; see ``plain_loss``) of the first and last tenth
+    of the steps this call ran, and tokens/s; after a resume, ``resumed_at`` says where this call
+    started)."""
     require_chat_template(model)
     if not isinstance(config, FineTuneConfig):
         raise ConfigError(f"config must be a FineTuneConfig; got {type(config).__name__}")
