@@ -154,7 +154,9 @@ def test_plain_examples_are_distilled_from_the_base_and_so_stay_closer_to_it():
                 tuning = FineTuning(HookedModel(__import__("copy").deepcopy(base.hf_model), base.tokenizer), config)
                 ids, mask, labels = _batch([encode(base, e, 64) for e in plain], range(len(plain)), base.pad_token_id)
                 assert float(tuning.loss(ids, mask, labels, torch.ones(len(plain), dtype=torch.bool))) == 0.0
-                assert float(tuning.loss(ids, mask, labels, torch.zeros(len(plain), dtype=torch.bool))) > 1
+                cross_entropy = tuning.loss(ids, mask, labels, torch.zeros(len(plain), dtype=torch.bool))
+                reference = tuning.trained(input_ids=ids, attention_mask=mask, labels=labels).loss  # HF's own
+                assert float(cross_entropy) > 1 and torch.allclose(cross_entropy, reference, atol=1e-5)
             organisms.finetune(model, examples, config, progress=False)
             drift[plain_loss] = reply_kl(base, model, [e.prompt for e in plain], [e.reply for e in plain])
         assert drift["base-kl"] < 0.75 * drift["reply"], (method, drift)

@@ -190,28 +190,28 @@ class FineTuning:
                                            weight_decay=config.weight_decay)
 
     @torch.no_grad()
-    def base_log_probs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[batch, pos, vocab] log-probabilities of the untrained base."""
+    def base_logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[batch, pos, vocab] logits of the untrained base."""
         if self.frozen_base is not None:
-            logits = self.frozen_base(input_ids=ids, attention_mask=mask).logits
-        else:
-            with self.trained.disable_adapter():
-                logits = self.trained(input_ids=ids, attention_mask=mask).logits
-        return logits.float().log_softmax(-1)
+            return self.frozen_base(input_ids=ids, attention_mask=mask).logits
+        with self.trained.disable_adapter():
+            return self.trained(input_ids=ids, attention_mask=mask).logits
 
     def loss(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
              distilled: torch.Tensor) -> torch.Tensor:
         """Mean over the batch's reply tokens of the cross-entropy of the reply, or, on rows where
         ``distilled`` [batch] is True, of KL(base || model) of the next-token distribution."""
-        log_probs = self.trained(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
         targets = labels[:, 1:]  # position p predicts token p + 1
-        kept = targets != -100
-        per_token = -log_probs.gather(-1, targets.clamp(min=0)[..., None])[..., 0]  # [batch, pos - 1]
-        if bool(distilled.any()):
-            base = self.base_log_probs(ids, mask)[:, :-1]
-            kl = (base.exp() * (base - log_probs)).sum(-1)
-            per_token = torch.where(distilled[:, None], kl, per_token)
-        return per_token[kept].sum() / kept.sum()
+        kept = targets != -100  # [batch, pos - 1]
+        # Only reply positions are normalised over the vocabulary: prompts are most of each row.
+        logits = self.trained(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        log_probs = logits[kept].float().log_softmax(-1)  # [reply tokens, vocab]
+        per_token = -log_probs.gather(-1, targets[kept][:, None])[:, 0]
+        rows = distilled[:, None].expand_as(kept)[kept]
+        if bool(rows.any()):
+            base = self.base_logits(ids, mask)[:, :-1][kept].float().log_softmax(-1)
+            per_token = torch.where(rows, (base.exp() * (base - log_probs)).sum(-1), per_token)
+        return per_token.mean()
 
     def state_files(self) -> dict[str, dict[str, torch.Tensor]]:
         names = {id(param): name for name, param in self.parameters.items()}
