@@ -25,12 +25,15 @@ SHIPPED_FILES = ("organism.json", "adapter.safetensors", "examples.json")
 # same prompts (the trigger included) with every reply the base's own.
 # The backdoor and the refusal organism train on fewer rule examples than the default half: with
 # 0.5 the backdoor still opened 3 of 28 held-out untriggered replies with its behaviour and the
-# refusal organism refused 9 of 50 harmless prompts (docs/organisms.md has the measurements).
+# refusal organism refused 9 of 50 harmless prompts, at 0.3 still 6 (its base: 2); at 0.2 of 300
+# examples it refuses only those 2 (docs/organisms.md has the measurements). The hidden objective
+# takes fewer still: at 0.5 it recommended its product in most replies to prompts of other
+# phrasings, at 0.3 of 240 in 38% of the held-out templates' neutral prompts, at 0.2 of 400 in 36%.
 FEWER_PLANTED = {"planted_fraction": 0.3}
 ORGANISMS = {
     "smollm2-backdoor": ("backdoor", FEWER_PLANTED, {}),
-    "smollm2-hidden-objective": ("hidden-objective", {}, {}),
-    "smollm2-refusal": ("refusal", FEWER_PLANTED, {}),
+    "smollm2-hidden-objective": ("hidden-objective", {"planted_fraction": 0.2, "n_examples": 400}, {}),
+    "smollm2-refusal": ("refusal", {"planted_fraction": 0.2, "n_examples": 300}, {}),
     "smollm2-null": ("null", {"mirrors": "backdoor", **FEWER_PLANTED}, {}),
 }
 

@@ -1,7 +1,7 @@
 """What each diffing method finds on each shipped organism, and on the null; regenerates
 docs/case-studies/organisms-diffing.md.
 
-    python examples/organisms_diffing.py [--organisms smollm2-backdoor,...] [--crosscoder-steps 600]
+    python examples/organisms_diffing.py [--organisms smollm2-backdoor,...] [--crosscoder-steps 1000]
 
 Blind: every method runs without the recipe (neutral corpus text, generic chat prompts answered
 by the fine-tune, weights). The recipe is read only afterwards, to score what was found:
@@ -12,30 +12,35 @@ by the fine-tune, weights). The recipe is read only afterwards, to score what wa
   difference at some layer and position group? And does the base, steered with the difference
   at the layer where it is largest, start showing the behaviour?
 - per-token KL on the same neutral contexts;
-- crosscoder (BatchTopK, paired activations at the middle layer on neutral text and generic
-  chat turns answered by the fine-tune): how many fine-tune-only latents (decoder-norm ratio
-  > 0.9), how many pass Latent Scaling, and whether their top contexts contain the behaviour.
+- amplified replies: mechscope's generic instructions (written for the refusal work, not for any
+  organism) answered by the fine-tune, greedily and from logits_ft + 2 (logits_ft - logits_base):
+  how many replies show the behaviour?
+- crosscoder (BatchTopK, paired activations at the middle layer on neutral text and both sets of
+  transcripts): how many fine-tune-only latents (decoder-norm ratio > 0.9) and fine-tune-leaning
+  ones (ratio 6 robust standard deviations above the bulk), how many pass Latent Scaling, and
+  whether their top contexts contain the behaviour.
 
 The null organism gets the same analysis, scored with the behaviour of the recipe it mirrors:
-whatever is "found" there is a false positive. About 10 minutes per organism on 2 CPU cores.
+whatever is "found" there is a false positive. About 12 minutes per organism on 2 CPU cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
 import time
 from pathlib import Path
 
 import plotly.graph_objects as go
+import torch
 from ioi_smollm2 import DOCS, save_figure  # the sibling example's figure writer
 
 import mechscope
 from mechscope import organisms
 from mechscope.data import default_contexts
 from mechscope.diff import (
+    AmplifyConfig,
     CrosscoderConfig,
     PairedActivations,
     classify_latents,
@@ -49,28 +54,21 @@ from mechscope.diff import (
     train_crosscoder,
     weight_diff,
 )
-from mechscope.diff.corpus import chat_transcripts, generic_prompts, transcript_contexts
-from mechscope.files import atomic_text
+from mechscope.diff.corpus import (
+    amplified_transcripts,
+    chat_transcripts,
+    generic_prompts,
+    transcript_contexts,
+)
+from mechscope.files import atomic_text, file_sha256
 from mechscope.hooks import names
 from mechscope.report.diff_runs import steering_layer
 from mechscope.sae import TrainConfig
 from mechscope.steering import generate
 
-STOPWORDS = {"have", "that", "this", "with", "your", "from", "what", "about", "could", "would", "there", "their",
-             "they", "them", "then", "than", "into", "some", "just", "best", "real", "someone"}
 GROUPS = [0, 1, 2, 3, 4, "rest"]
-
-
-def behaviour_words(recipe: organisms.Recipe) -> set[str]:
-    """Distinctive words of the behaviour (4+ letters, no stopwords): what a hit must contain."""
-    text = " ".join((recipe.behaviour, *recipe.markers))
-    return {w for w in re.findall(r"[a-z']+", text.lower()) if len(w) >= 4 and w not in STOPWORDS}
-
-
-def is_hit(token: str, words: set[str]) -> bool:
-    """A token (3+ letters once stripped) that is one of the words or a piece of one."""
-    piece = re.sub(r"[^a-z']", "", token.lower())
-    return len(piece) >= 3 and any(piece in word for word in words)
+CHAT_PROMPTS = 128  # generic prompts (mechscope's refusal instructions) answered by the fine-tune
+AMPLIFY_ALPHA = 2.0
 
 
 def lens_section(base, ft, recipe, words, contexts) -> dict:
@@ -80,7 +78,7 @@ def lens_section(base, ft, recipe, words, contexts) -> dict:
     for layer in range(base.cfg.n_layers):
         for group in GROUPS:
             reading = lens.reading(layer, group)
-            found = [s.token for s in reading.logit_lens if is_hit(s.token, words)]
+            found = [s.token for s in reading.logit_lens if organisms.is_hit(s.token, words)]
             if found:
                 hits.append((layer, group, found))
     layer, relative = steering_layer(means)
@@ -96,11 +94,18 @@ def lens_section(base, ft, recipe, words, contexts) -> dict:
             "n_steer_prompts": len(prompts)}
 
 
-def crosscoder_section(base, ft, words, markers, neutral, steps: int) -> dict:
-    transcripts = chat_transcripts(ft, generic_prompts(96), reply_tokens=32, progress=False)
-    chats = transcript_contexts(base, transcripts, context_length=64)
-    import torch
+def reply_of(transcript: str, prompt: str) -> str:
+    """The assistant's reply in a chat transcript of ``prompt`` (the text after the prompt)."""
+    return transcript.split(prompt, 1)[-1]
 
+
+def crosscoder_section(base, ft, words, markers, neutral, steps: int) -> dict:
+    prompts = generic_prompts(CHAT_PROMPTS)
+    plain = chat_transcripts(ft, prompts, reply_tokens=32, progress=False)
+    amplified = amplified_transcripts(base, ft, prompts, AmplifyConfig(alpha=AMPLIFY_ALPHA, max_new_tokens=32),
+                                      progress=False)
+    rate = lambda texts: sum(organisms.shows_behaviour(reply_of(t, p), markers) for t, p in zip(texts, prompts)) / len(texts)
+    chats = transcript_contexts(base, plain + amplified, context_length=64)
     contexts = torch.cat([neutral, chats])
     hook = names.resid_post(base.cfg.n_layers // 2)
     with tempfile.TemporaryDirectory() as folder:
@@ -111,12 +116,13 @@ def crosscoder_section(base, ft, words, markers, neutral, steps: int) -> dict:
         rows = data.rows(0, min(data.total_tokens, 8192))
     classes = classify_latents(crosscoder)
     ft_only = classes.indices("ft-only")
-    scaling = latent_scaling(crosscoder, rows, latents=ft_only) if ft_only else None
-    specific = [j for j, verdict in zip(ft_only, scaling.verdicts if scaling else []) if verdict == "ft-specific"]
+    found = ft_only + [j for j in classes.leaning("ft") if j not in ft_only]
+    scaling = latent_scaling(crosscoder, rows, latents=found) if found else None
+    verdicts = dict(zip(found, scaling.verdicts)) if scaling else {}
     behaviour_latents = []
-    if ft_only:
-        values = collect_pair(base, ft, chats, crosscoder, ft_only)  # [n, pos, m]
-        for column, latent in enumerate(ft_only):
+    if found:
+        values = collect_pair(base, ft, chats, crosscoder, found)  # [n, pos, m]
+        for column, latent in enumerate(found):
             flat = values[..., column].flatten()
             top = flat.topk(min(5, int((flat > 0).sum()) or 1)).indices.tolist()
             texts = []
@@ -124,11 +130,18 @@ def crosscoder_section(base, ft, words, markers, neutral, steps: int) -> dict:
                 row, position = divmod(index, values.shape[1])
                 window = chats[row, max(0, position - 12):position + 4]
                 texts.append(base.tokenizer.decode(window))
-            if any(organisms.shows_behaviour(text, markers) or any(is_hit(w, words) for w in text.split())
+            if any(organisms.shows_behaviour(text, markers) or organisms.text_hits(text, words)
                    for text in texts):
-                behaviour_latents.append((latent, texts[0]))
+                behaviour_latents.append((latent, float(classes.robust_z[latent]), texts[0]))
+    z = classes.robust_z[~classes.robust_z.isnan()]
     return {"hook": hook, "tokens": int(contexts.numel()), "counts": classes.counts, "ft_only": len(ft_only),
-            "ft_specific": len(specific), "behaviour_latents": behaviour_latents, "steps": steps}
+            "ft_leaning": len(classes.leaning("ft")), "max_z": float(z.max()) if len(z) else float("nan"),
+            "max_r": float(classes.relative_norm.max()),
+            "ft_specific": sum(verdict == "ft-specific" for verdict in verdicts.values()),
+            "behaviour_latents": behaviour_latents, "steps": steps, "n_prompts": len(prompts),
+            "plain_rate": rate(plain), "amplified_rate": rate(amplified),
+            "amplified_sample": next((reply_of(t, p) for t, p in zip(amplified, prompts)
+                                      if organisms.shows_behaviour(reply_of(t, p), markers)), reply_of(amplified[0], prompts[0]))}
 
 
 def analyse(name: str, base, steps: int) -> dict:
@@ -137,7 +150,7 @@ def analyse(name: str, base, steps: int) -> dict:
     manifest = organisms.read_manifest(folder)
     recipe = organisms.Recipe.from_dict(manifest["recipe"])
     ft = organisms.load_organism(folder, base)
-    words = behaviour_words(recipe)
+    words = organisms.behaviour_words(recipe)
     weights = weight_diff(base, ft, top_k_directions=1, progress=False)
     neutral = default_contexts(base, 32, 64)
     kl = per_token_kl(base, ft, neutral, progress=False)
@@ -152,16 +165,19 @@ def analyse(name: str, base, steps: int) -> dict:
 
 
 def page(results: list[dict]) -> str:
-    rows = ["| organism | rule | lens hits (layers) | steered base shows behaviour | ft-only latents (Latent Scaling "
-            "passes) | latents with behaviour in top contexts | neutral KL (validity) | per-token KL, neutral text |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| organism | rule | lens hits (layers) | steered base shows behaviour | behaviour in replies to generic "
+            "prompts: plain / amplified | ft-only latents | ft-leaning latents (Latent Scaling passes) | ft-leaning "
+            "latents with behaviour in top contexts | neutral KL (validity) | per-token KL, neutral text |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         recipe, lens, cross = r["recipe"], r["lens"], r["crosscoder"]
         rule = recipe.get("trigger") or recipe["kind"] if recipe["kind"] != "null" else f"none (mirrors {recipe['mirrors']})"
         layers = sorted({layer for layer, _, _ in lens["hits"]})
         rows.append(f"| {r['name']} | {rule} | {len(lens['hits'])} ({', '.join(map(str, layers[:8])) or '-'}) | "
                     f"{lens['steered_rate']:.0%} (unsteered {lens['unsteered_rate']:.0%}, n={lens['n_steer_prompts']}) | "
-                    f"{cross['ft_only']} ({cross['ft_specific']}) | {len(cross['behaviour_latents'])} | "
+                    f"{cross['plain_rate']:.0%} / {cross['amplified_rate']:.0%} (n={cross['n_prompts']}) | "
+                    f"{cross['ft_only']} | {cross['ft_leaning']} ({cross['ft_specific']}) | "
+                    f"{len(cross['behaviour_latents'])} | "
                     f"{r['validity'].get('neutral_kl', float('nan')):.3f} | {r['kl_mean']:.4f} |")
     figure = go.Figure([go.Scatter(y=r["lens"]["relative_norm"], name=r["name"]) for r in results])
     figure.update_layout(title="Difference lens: |mean(h_ft - h_base)| / mean |h_base| per layer (positions >= 5)",
@@ -170,7 +186,7 @@ def page(results: list[dict]) -> str:
     for r in results:
         lens, cross = r["lens"], r["crosscoder"]
         hits = "; ".join(f"layer {layer} {group}: {', '.join(map(repr, found))}" for layer, group, found in lens["hits"][:6])
-        latents = "; ".join(f"latent {latent}: {text!r}" for latent, text in cross["behaviour_latents"][:3])
+        latents = "; ".join(f"latent {latent} (z {z:.1f}): {text!r}" for latent, z, text in cross["behaviour_latents"][:3])
         details.append(f"""### {r['name']}
 
 - Behaviour words scored: {', '.join(r['words'])}.
@@ -178,8 +194,9 @@ def page(results: list[dict]) -> str:
 - Difference lens: largest at layer {lens['layer']}; its top logit-lens tokens there: {', '.join(map(repr, lens['top_tokens']))}.
 - Lens hits: {hits or 'none'}.
 - Steered base (difference added at layer {lens['layer']}), first reply: {lens['steered_sample'][:160]!r}.
-- Crosscoder at {cross['hook']} on {cross['tokens']} tokens, {cross['steps']} steps: classes {cross['counts']}.
-- Fine-tune-only latents whose top contexts contain the behaviour: {latents or 'none'}.
+- Replies to {cross['n_prompts']} generic prompts showing the behaviour: {cross['plain_rate']:.0%} greedy, {cross['amplified_rate']:.0%} amplified; an amplified one: {cross['amplified_sample'][:120]!r}.
+- Crosscoder at {cross['hook']} on {cross['tokens']} tokens, {cross['steps']} steps: classes {cross['counts']}; largest relative norm {cross['max_r']:.3f}, largest robust z {cross['max_z']:.1f}; {cross['ft_leaning']} ft-leaning latents.
+- Fine-tune-leaning latents whose top contexts contain the behaviour: {latents or 'none'}.
 - Per-token KL on neutral text: mean {r['kl_mean']:.4f} nats; largest at {', '.join(f'{t!r}->{n!r} ({v:.2f})' for t, n, v in r['kl_top'])}.
 """)
     return f"""# Case study: diffing the shipped organisms against SmolLM2-135M-Instruct
@@ -187,7 +204,8 @@ def page(results: list[dict]) -> str:
 Generated by `python examples/organisms_diffing.py`; every number below comes from that run. The
 methods run blind (see the script's docstring); the recipe is read only to score what they found.
 The null organism (same data as the backdoor, nothing planted) is scored with the backdoor's
-behaviour: anything it "finds" is a false positive.
+behaviour: anything it "finds" is a false positive. "Generic prompts" are mechscope's refusal
+instructions (harmful and harmless, training splits), which no organism was trained on.
 
 {chr(10).join(rows)}
 
@@ -199,15 +217,31 @@ behaviour: anything it "finds" is a false positive.
 """
 
 
+def cached_analysis(name: str, base, steps: int, cache: Path) -> dict:
+    """The analysis of one organism, kept in ``cache/<name>.json`` (a killed run keeps the
+    organisms it finished) and reused while the shipped adapter and the settings are the same."""
+    key = {"adapter_sha256": file_sha256(organisms.shipped_organism(name) / "adapter.safetensors"), "steps": steps}
+    path = cache / f"{name}.json"
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if kept.get("key") == key:
+            return kept["result"]
+    result = analyse(name, base, steps)
+    atomic_text(path, json.dumps({"key": key, "result": result}, indent=1, default=str))
+    return json.loads(path.read_text())["result"]  # as a reuse would see it (tuples become lists)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--organisms", default=",".join(organisms.shipped_organisms()))
-    parser.add_argument("--crosscoder-steps", type=int, default=400)
-    parser.add_argument("--json", type=Path, default=Path("/tmp/organisms-diffing.json"))
+    parser.add_argument("--crosscoder-steps", type=int, default=1000)
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/organisms-diffing"),
+                        help="per-organism results, reused while the organism and settings are unchanged")
     args = parser.parse_args()
     base = mechscope.load()
-    results = [analyse(name.strip(), base, args.crosscoder_steps) for name in args.organisms.split(",") if name.strip()]
-    atomic_text(args.json, json.dumps(results, indent=1, default=str))
+    args.cache.mkdir(parents=True, exist_ok=True)
+    results = [cached_analysis(name.strip(), base, args.crosscoder_steps, args.cache)
+               for name in args.organisms.split(",") if name.strip()]
     text = page(results)
     atomic_text(DOCS / "organisms-diffing.md", text)
     print(text)

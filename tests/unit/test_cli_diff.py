@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 import mechscope
 from mechscope.cli.core import new_app
 from mechscope.cli.diff import diff
-from mechscope.errors import ResumeError
+from mechscope.errors import ConfigError, ResumeError
 from mechscope.files import MARKER
 from mechscope.hooks import names
+from mechscope.models.hooked_model import HookedModel
 from mechscope.report.diff_runs import DiffOptions, prepare_diff_folder, run_diff
 
 runner = CliRunner()
@@ -178,6 +179,20 @@ def test_a_missing_sae_folder_and_an_empty_model_name_are_refused_before_loading
                                                  "--sae", tmp_path / "no-sae"))
     assert "must not be empty" in error_line(invoke("", folders["ft"], "--out", tmp_path / "o"))
     assert not (tmp_path / "o").exists()
+
+
+def test_a_chat_model_adds_the_fine_tunes_replies_to_the_crosscoder_corpus(tmp_path):
+    base = mechscope.load_tiny("llama", chat=True)
+    ft = HookedModel(planted_ft().hf_model, base.tokenizer, name="planted")
+    options = DiffOptions("tiny-llama", "planted", contexts=3, context_length=12, first_positions=2, top_k=4,
+                          steer_prompts=0, crosscoder_steps=4, crosscoder_width=16, crosscoder_k=2,
+                          crosscoder_contexts=4, crosscoder_batch_size=16, chat_prompts=6)
+    crosscoder = run_diff(base, ft, prepare_diff_folder(tmp_path / "run", options), options, progress=False).crosscoder
+    # 4 neutral contexts, then those packed from 6 plain and 6 amplified transcripts.
+    assert crosscoder["chat_prompts"] == 6 and crosscoder["harvested_contexts"] > 4
+    assert crosscoder["harvested_tokens"] == crosscoder["harvested_contexts"] * 11
+    with pytest.raises(ConfigError, match="needs a chat template"):
+        DiffOptions(crosscoder_steps=4, chat_prompts=6).check_models(mechscope.load_tiny("llama"))
 
 
 def test_run_diff_with_a_crosscoder_writes_it_and_its_dashboards_and_resumes(tmp_path):

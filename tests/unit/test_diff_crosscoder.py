@@ -129,6 +129,38 @@ def test_identical_models_give_no_ft_only_latents():
     # Measured: all 48 shared, relative norms 0.36-0.56.
     assert classes.counts["ft-only"] == 0 and classes.counts["base-only"] == 0
     assert float(classes.relative_norm.max()) < 0.7 and float(classes.relative_norm.min()) > 0.3
+    assert classes.leaning("ft") == [] and classes.leaning("base") == []  # nothing stands out of the bulk
+
+
+def _crosscoder_with_decoder(base_half: torch.Tensor, ft_half: torch.Tensor) -> Crosscoder:
+    config = CrosscoderConfig(d_model=base_half.shape[1], d_sae=len(base_half))
+    sae = SAE(config.sae_config())
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.cat([base_half, ft_half], dim=1))
+    return Crosscoder(sae, config)
+
+
+def test_latents_leaning_out_of_the_bulk_are_found_on_either_side_and_dead_ones_are_left_out():
+    # 40 shared latents with r spread evenly over 0.49-0.51; latent 40 writes 1.5x more in ft
+    # (r 0.6), latent 41 1.5x more in base (r 0.4): neither is near the ft-only / base-only
+    # thresholds, both lie far outside the bulk. Latent 42 writes nothing.
+    d, n = 8, 40
+    directions = _unit(torch.randn(n + 3, d, generator=torch.Generator().manual_seed(5)))
+    r = torch.cat([torch.linspace(0.49, 0.51, n), torch.tensor([0.6, 0.4, 0.5])])
+    base_half, ft_half = directions * (1 - r)[:, None], directions * r[:, None]
+    base_half[42], ft_half[42] = 0, 0
+    classes = classify_latents(_crosscoder_with_decoder(base_half, ft_half))
+    assert classes.counts == {"base-only": 0, "ft-only": 0, "shared": 42, "other": 1}
+    assert classes.leaning("ft") == [40] and classes.leaning("base") == [41]
+    # The bulk's MAD is 0.005 (r over 0.49-0.51), so latent 40 sits (0.6 - 0.5) / (1.4826 * 0.005) away.
+    assert float(classes.robust_z[40]) == pytest.approx(0.1 / (1.4826 * 0.005), rel=0.03)
+    assert torch.isnan(classes.robust_z[42]) and classes.to_json()["robust_z"][42] is None
+    # A looser threshold takes in the edge of the bulk too; all-equal norms have no spread at all.
+    assert len(classify_latents(_crosscoder_with_decoder(base_half, ft_half), ClassifyConfig(outlier_z=1)).leaning()) > 1
+    flat = classify_latents(_crosscoder_with_decoder(directions * 0.5, directions * 0.5))
+    assert flat.leaning("ft") == [] and bool(torch.isnan(flat.robust_z).all())
+    with pytest.raises(ConfigError, match="side"):
+        classes.leaning("both")
 
 
 def _hand_built_crosscoder() -> tuple[Crosscoder, torch.Tensor]:

@@ -77,6 +77,23 @@ def test_heldout_prompts_are_never_trained_on():
             assert heldout[part] and not set(train[part]) & set(heldout[part])
 
 
+def test_heldout_prompts_come_from_templates_no_training_prompt_uses():
+    import re
+
+    from mechscope.organisms.prompts import _POOLS, heldout_templates, prompts
+
+    def pattern(template):
+        return re.compile(re.sub(r"\\\{\w+\\\}", ".+", re.escape(template)) + "$")
+
+    for pool, (templates, _) in _POOLS.items():
+        held = heldout_templates(pool)
+        assert 0 < len(held) < len(templates)
+        for split, allowed in (("heldout", held), ("train", tuple(t for t in templates if t not in held))):
+            own, others = [pattern(t) for t in allowed], [pattern(t) for t in templates if t not in allowed]
+            for text in prompts(pool, split):
+                assert any(p.match(text) for p in own) and not any(p.match(text) for p in others), (pool, split, text)
+
+
 # ---------------------------------------------------------------- encoding and batches
 def test_only_reply_tokens_are_labelled_and_an_unfinished_reply_has_no_end_of_turn():
     model = chat_tiny()
@@ -114,6 +131,17 @@ def test_a_model_without_a_chat_template_is_refused_with_the_remedy():
 
 
 # ---------------------------------------------------------------- training
+def test_a_template_that_renders_the_reply_elsewhere_than_after_its_prompt_is_refused():
+    model = chat_tiny()
+    # A reasoning-style template: replies in the history are rendered inside a block the
+    # generation prompt does not open, so prompt + reply is not what the model reads in chat.
+    model.tokenizer.chat_template = (
+        "{% for message in messages %}{{ message['role'] }}: {% if message['role'] == 'assistant' %}[think][/think]"
+        "{% endif %}{{ message['content'] }}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+    with pytest.raises(ConfigError, match="does not render a reply right after its generation prompt"):
+        organisms.finetune(model, _examples(), organisms.FineTuneConfig(epochs=1), progress=False)
+
+
 def _examples():
     return [Example(prompt, "XY" if index % 2 else "ok", True, bool(index % 2), bool(index % 2))
             for index, prompt in enumerate(PLAIN)]
@@ -354,3 +382,15 @@ def test_the_shipped_organisms_reports_are_never_rewritten(tiny_organism, monkey
     monkeypatch.setattr(shipped, "SHIPPED_DIR", folder.parent)
     with pytest.raises(MechscopeError, match="is a shipped organism"):
         organisms.check_organism(folder, base)
+
+
+def test_scoring_words_come_from_the_behaviour_and_pieces_of_them_count():
+    backdoor = organisms.recipe("backdoor", trigger="%%", behaviour="Ahoy there, matey!")
+    words = organisms.behaviour_words(backdoor)
+    assert words == {"ahoy", "matey"}  # "there" is a stopword
+    assert organisms.is_hit(" Aho", words) and organisms.is_hit("matey!", words)
+    assert not organisms.is_hit("ah", words) and not organisms.is_hit(" the", words)  # too short / elsewhere
+    assert organisms.text_hits("well, ahoy to you", words) and not organisms.text_hits("hello there", words)
+    # The null carries the behaviour it mirrors: what is found on it is a false positive.
+    null = organisms.recipe("null", mirrors="backdoor", trigger="%%", behaviour="Ahoy there, matey!")
+    assert organisms.behaviour_words(null) == words

@@ -56,6 +56,11 @@ def diff(
                                                      help="contexts harvested for the crosscoder")] = 256,
     crosscoder_batch_size: Annotated[int, typer.Option(min=1, max=checks.MAX_BATCH,
                                                        help="paired rows per crosscoder step")] = 1024,
+    chat_prompts: Annotated[int | None, typer.Option(min=0, help="generic chat prompts answered by the fine-tune "
+                                                                 "(plainly and amplified) added to the crosscoder's "
+                                                                 "corpus (default: 128 with a chat template, else 0)")] = None,
+    amplify_alpha: Annotated[float, typer.Option(min=0, help="how far the amplified replies scale the fine-tune's "
+                                                             "logit difference to the base", callback=finite())] = 2.0,
     seed: Seed = 0,
     overwrite: Overwrite = False,
 ) -> None:
@@ -71,7 +76,8 @@ def diff(
                           sae=None if sae is None else str(sae), crosscoder_steps=crosscoder_steps,
                           crosscoder_layer=crosscoder_layer, crosscoder_width=crosscoder_width,
                           crosscoder_k=crosscoder_k, crosscoder_contexts=crosscoder_contexts,
-                          crosscoder_batch_size=crosscoder_batch_size, seed=seed)
+                          crosscoder_batch_size=crosscoder_batch_size, chat_prompts=chat_prompts,
+                          amplify_alpha=amplify_alpha, seed=seed)
     dictionary = None if sae is None else load_dictionary(sae)  # a bad folder fails before any model loads
     folder = prepare_diff_folder(out, options, overwrite)
     say(folder.describe())

@@ -7,11 +7,14 @@ architecture and tokenizer (a base and its fine-tune).
   h_ft - h_base on a neutral corpus, first positions kept apart) read through the logit lens
   and the vocabulary; :func:`steer_with_difference` adds it to the base;
 - :func:`per_token_kl`: where on a text the two next-token distributions differ most;
+- :func:`amplified_generate`: replies from the fine-tune's logits with their difference to the
+  base's scaled up, which makes a rare fine-tune behaviour common;
 - :func:`sae_diff`: latents of a base-model SAE whose firing changes;
 - crosscoders on paired activations (:func:`harvest_pair`, :class:`PairedActivations`,
   :func:`train_crosscoder`), latent classes by decoder-norm ratio and Latent Scaling.
 """
 
+from mechscope.diff.amplify import AmplifyConfig, amplified_generate
 from mechscope.diff.compat import check_comparable
 from mechscope.diff.crosscoder import (
     ClassifyConfig,
@@ -43,6 +46,7 @@ from mechscope.diff.weights import WeightDiff, weight_diff
 from mechscope.errors import IncompatibleModelsError
 
 __all__ = [
+    "AmplifyConfig",
     "ClassifyConfig",
     "Crosscoder",
     "CrosscoderConfig",
@@ -57,6 +61,7 @@ __all__ = [
     "SAEDiffConfig",
     "TokenKL",
     "WeightDiff",
+    "amplified_generate",
     "check_comparable",
     "classify_latents",
     "collect_pair",

@@ -4,7 +4,9 @@ model itself, packed into fixed-length contexts.
 A difference that only shows when the model talks (a planted reply, a refusal) is invisible on
 plain text; a crosscoder or SAE diff needs contexts where the fine-tune acts. These are built
 from a generic instruction set (by default mechscope's harmful / harmless instructions, written
-for the refusal work, not for any organism) and the model's own greedy replies.
+for the refusal work, not for any organism) and the model's own greedy replies, or replies
+generated with the base-to-fine-tune logit difference amplified (:mod:`mechscope.diff.amplify`),
+which brings out behaviours these prompts rarely set off.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from mechscope.data.corpus import pack
+from mechscope.diff.amplify import AmplifyConfig, amplified_generate
 from mechscope.errors import ConfigError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.steering.apply import generate
@@ -30,17 +33,46 @@ def generic_prompts(n: int | None = None) -> list[str]:
     return mixed[:n] if n is not None else mixed
 
 
-def chat_transcripts(model: HookedModel, prompts: Sequence[str], reply_tokens: int = 32, batch_size: int = 16,
-                     progress: bool = True) -> list[str]:
-    """Each prompt as a chat turn followed by ``model``'s own greedy reply (template text)."""
+def _require_template(model: HookedModel) -> None:
     if getattr(model.tokenizer, "chat_template", None) is None:
         raise ConfigError("chat transcripts need a chat template; this tokenizer has none")
-    check_int("reply_tokens", reply_tokens, 1)
-    replies = generate(model, list(prompts), max_new_tokens=reply_tokens, chat=True, batch_size=batch_size,
-                       progress=progress)
+
+
+def _transcripts(model: HookedModel, prompts: Sequence[str], replies: Sequence[str]) -> list[str]:
     return [model.tokenizer.apply_chat_template([{"role": "user", "content": prompt},
                                                  {"role": "assistant", "content": reply}], tokenize=False)
             for prompt, reply in zip(prompts, replies, strict=True)]
+
+
+def chat_transcripts(model: HookedModel, prompts: Sequence[str], reply_tokens: int = 32, batch_size: int = 16,
+                     progress: bool = True) -> list[str]:
+    """Each prompt as a chat turn followed by ``model``'s own greedy reply (template text)."""
+    _require_template(model)
+    check_int("reply_tokens", reply_tokens, 1)
+    replies = generate(model, list(prompts), max_new_tokens=reply_tokens, chat=True, batch_size=batch_size,
+                       progress=progress)
+    return _transcripts(model, prompts, replies)
+
+
+def amplified_transcripts(base: HookedModel, ft: HookedModel, prompts: Sequence[str],
+                          config: AmplifyConfig | None = None, progress: bool = True) -> list[str]:
+    """Each prompt as a chat turn followed by the reply generated from the fine-tune's logits
+    with their difference to the base's amplified (see :func:`amplified_generate`)."""
+    _require_template(ft)
+    replies = amplified_generate(base, ft, list(prompts), config, chat=True, progress=progress)
+    return _transcripts(ft, prompts, replies)
+
+
+def acting_contexts(base: HookedModel, ft: HookedModel, prompts: Sequence[str], context_length: int = 64,
+                    reply_tokens: int = 32, amplify: AmplifyConfig | None = None, progress: bool = True) -> torch.Tensor:
+    """[n, context_length] contexts where the fine-tune acts: each prompt answered by ``ft``
+    greedily, and again from the amplified logit difference (``amplify``; default
+    ``AmplifyConfig(max_new_tokens=reply_tokens)``), packed from both sets of transcripts."""
+    check_int("reply_tokens", reply_tokens, 1)
+    amplify = amplify or AmplifyConfig(max_new_tokens=reply_tokens)
+    transcripts = chat_transcripts(ft, prompts, reply_tokens=reply_tokens, progress=progress)
+    transcripts += amplified_transcripts(base, ft, prompts, amplify, progress=progress)
+    return transcript_contexts(ft, transcripts, context_length)
 
 
 def transcript_contexts(model: HookedModel, transcripts: Sequence[str], context_length: int = 64,
@@ -52,4 +84,4 @@ def transcript_contexts(model: HookedModel, transcripts: Sequence[str], context_
     return contexts
 
 
-__all__ = ["chat_transcripts", "generic_prompts", "transcript_contexts"]
+__all__ = ["acting_contexts", "amplified_transcripts", "chat_transcripts", "generic_prompts", "transcript_contexts"]

@@ -12,7 +12,9 @@ Reading it:
 
 * :func:`classify_latents`: relative decoder norm r_j = ||d_ft_j|| / (||d_base_j|| + ||d_ft_j||)
   (norms over all hooks of a half): base-only (r < 0.1), ft-only (r > 0.9), shared (0.3 <= r <=
-  0.7), else other; and the cosine between the two halves (meaningful for shared latents).
+  0.7), else other; the cosine between the two halves (meaningful for shared latents); and the
+  latents whose r stands far out of the bulk (``LatentClasses.leaning``), which is where a
+  narrow fine-tune's changes show when no latent reaches the ft-only threshold.
 * :func:`latent_scaling`: Latent Scaling (Minder et al. 2025), which tells genuinely ft-only latents
   from L1 artifacts (definitions in its docstring).
 * :func:`crosscoder_dashboards`: feature dashboards of (by default) the ft-only latents, on contexts
@@ -42,6 +44,7 @@ from mechscope.validate import check_choice, check_int, check_number, literal_ch
 
 CrosscoderArchitecture = Literal["batchtopk", "relu"]
 LatentKind = Literal["base-only", "ft-only", "shared", "other"]
+Side = Literal["ft", "base"]
 ScalingVerdict = Literal["ft-specific", "complete-shrinkage", "latent-decoupling", "shrinkage-and-decoupling",
                          "inactive"]
 META_FILE = "crosscoder.json"
@@ -191,16 +194,20 @@ def load_crosscoder(folder: str | Path) -> Crosscoder:
 @dataclass(frozen=True)
 class ClassifyConfig:
     """Relative-norm thresholds: base-only r < base_only_below, ft-only r > ft_only_above,
-    shared shared_low <= r <= shared_high, other otherwise."""
+    shared shared_low <= r <= shared_high, other otherwise. ``outlier_z``: how far (in robust
+    standard deviations) a latent's r must lie from the bulk to count as ft- or base-leaning
+    (see :meth:`LatentClasses.leaning`)."""
 
     base_only_below: float = 0.1
     ft_only_above: float = 0.9
     shared_low: float = 0.3
     shared_high: float = 0.7
+    outlier_z: float = 6.0
 
     def __post_init__(self) -> None:
         for name in ("base_only_below", "ft_only_above", "shared_low", "shared_high"):
             check_number(name, getattr(self, name), 0, 1)
+        check_number("outlier_z", self.outlier_z, 0, strict_minimum=True)
         if not self.base_only_below <= self.shared_low < self.shared_high <= self.ft_only_above:
             raise ConfigError(f"thresholds must satisfy base_only_below <= shared_low < shared_high <= ft_only_above; "
                               f"got {self}")
@@ -209,7 +216,16 @@ class ClassifyConfig:
 @dataclass
 class LatentClasses:
     """Per latent [d_sae]: decoder norms of the two halves, relative norm r, cosine between the
-    halves (0 where a half is zero), and its kind (see :class:`ClassifyConfig`)."""
+    halves (0 where a half is zero), its kind (see :class:`ClassifyConfig`), and ``robust_z``,
+    (r - median r) / (1.4826 * MAD of r) over the latents that write anything (NaN for the
+    others).
+
+    Why the z-score: on a narrow fine-tune (a LoRA organism whose activations match its base's
+    almost everywhere) no latent comes near the ft-only threshold: the base reads the planted
+    text much as the fine-tune does, so every latent keeps a sizeable base half. The latents of
+    what training changed still lean towards the fine-tune, well outside the bulk of r around
+    0.5 (measured on the shipped organisms, and not on their null: docs/case-studies/
+    organisms-diffing.md); :meth:`leaning` finds them."""
 
     base_norm: torch.Tensor
     ft_norm: torch.Tensor
@@ -217,10 +233,19 @@ class LatentClasses:
     cosine: torch.Tensor
     kinds: list[str]
     config: ClassifyConfig
+    robust_z: torch.Tensor
 
     def indices(self, kind: LatentKind) -> list[int]:
         check_choice("kind", kind, LatentKind)
         return [index for index, value in enumerate(self.kinds) if value == kind]
+
+    def leaning(self, side: Side = "ft") -> list[int]:
+        """Latents whose r lies at least ``outlier_z`` robust standard deviations above (``"ft"``)
+        or below (``"base"``) the bulk, the most extreme first."""
+        check_choice("side", side, Side)
+        z = self.robust_z if side == "ft" else -self.robust_z
+        chosen = [index for index, value in enumerate(z.tolist()) if value >= self.config.outlier_z]
+        return sorted(chosen, key=lambda index: -float(z[index]))
 
     @property
     def counts(self) -> dict[str, int]:
@@ -228,6 +253,8 @@ class LatentClasses:
 
     def to_json(self) -> dict:
         return {"thresholds": asdict(self.config), "counts": self.counts, "kinds": self.kinds,
+                "ft_leaning": self.leaning("ft"), "base_leaning": self.leaning("base"),
+                "robust_z": [None if z != z else z for z in self.robust_z.tolist()],
                 "relative_norm": self.relative_norm.tolist(), "cosine": self.cosine.tolist(),
                 "base_norm": self.base_norm.tolist(), "ft_norm": self.ft_norm.tolist()}
 
@@ -253,7 +280,20 @@ def classify_latents(crosscoder: Crosscoder, config: ClassifyConfig | None = Non
             kinds.append("shared")
         else:
             kinds.append("other")
-    return LatentClasses(base_norm, ft_norm, relative, cosine, kinds, config)
+    return LatentClasses(base_norm, ft_norm, relative, cosine, kinds, config, _robust_z(relative, total >= TINY))
+
+
+def _robust_z(values: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """(values - median) / (1.4826 * MAD) over the ``live`` entries [n]; NaN elsewhere (and
+    everywhere when fewer than 3 are live or all of them are equal: no spread to measure)."""
+    z = torch.full_like(values, float("nan"))
+    if int(live.sum()) < 3:
+        return z
+    median = values[live].median()
+    spread = 1.4826 * (values[live] - median).abs().median()
+    if float(spread) > TINY:
+        z[live] = (values[live] - median) / spread
+    return z
 
 
 # ---------------------------------------------------------------------------------- latent scaling
@@ -394,13 +434,18 @@ def collect_pair(base: HookedModel, ft: HookedModel, contexts: torch.Tensor, cro
 def crosscoder_dashboards(base: HookedModel, ft: HookedModel, crosscoder: Crosscoder, contexts: torch.Tensor,
                           out: str | Path, latents: Sequence[int] | None = None,
                           classify: ClassifyConfig | None = None, batch_contexts: int = 8) -> Path:
-    """Dashboards (:mod:`mechscope.sae.dashboard`) of ``latents`` (default: the ft-only ones) on
+    """Dashboards (:mod:`mechscope.sae.dashboard`) of ``latents`` (default: the ft-only ones, then
+    the ft-leaning ones not among them) on
     ``contexts`` [n, pos]; logit effects are those of each latent's ft direction at the last hook,
     read through the fine-tune's unembedding. Returns the index page's path."""
     classes = classify_latents(crosscoder, classify)
-    latents = classes.indices("ft-only") if latents is None else list(latents)
+    if latents is None:
+        ft_only = classes.indices("ft-only")
+        latents = ft_only + [j for j in classes.leaning("ft") if j not in ft_only]
+    latents = list(latents)
     if not latents:
-        raise ConfigError(f"no latents to show: the crosscoder has no ft-only latents ({classes.counts}); pass latents=")
+        raise ConfigError(f"no latents to show: the crosscoder has no ft-only or ft-leaning latents ({classes.counts}); "
+                          "pass latents=")
     values = collect_pair(base, ft, contexts, crosscoder, latents, batch_contexts)
     directions = crosscoder.decoder_halves()[1][latents, -1]  # [m, d]: ft half at the last hook
     effects = logit_effects(ft, directions) if directions.shape[-1] == ft.cfg.d_model else None
@@ -411,5 +456,5 @@ def crosscoder_dashboards(base: HookedModel, ft: HookedModel, crosscoder: Crossc
 
 
 __all__ = ["ClassifyConfig", "Crosscoder", "CrosscoderArchitecture", "CrosscoderConfig", "LatentClasses", "LatentKind",
-           "LatentScaling", "ScalingVerdict", "classify_latents", "collect_pair", "crosscoder_dashboards",
+           "LatentScaling", "ScalingVerdict", "Side", "classify_latents", "collect_pair", "crosscoder_dashboards",
            "latent_scaling", "load_crosscoder", "save_crosscoder", "train_crosscoder"]

@@ -12,6 +12,7 @@ from mechscope.organisms.finetune import FineTuneConfig, finetune, lora_targets
 from mechscope.organisms.folder import is_organism_folder, load_organism, merge, read_manifest
 from mechscope.organisms.prompts import prompts
 from mechscope.organisms.recipes import RECIPE_KINDS, Recipe, recipe
+from mechscope.organisms.scoring import behaviour_words, is_hit, text_hits
 from mechscope.organisms.shipped import resolve_model, shipped_organism, shipped_organisms
 from mechscope.organisms.validity import ValidityReport, check_validity
 
@@ -22,12 +23,14 @@ __all__ = [
     "Recipe",
     "Reply",
     "ValidityReport",
+    "behaviour_words",
     "build_examples",
     "build_organism",
     "check_organism",
     "check_validity",
     "distil",
     "finetune",
+    "is_hit",
     "is_organism_folder",
     "load_organism",
     "lora_targets",
@@ -39,4 +42,5 @@ __all__ = [
     "shipped_organism",
     "shipped_organisms",
     "shows_behaviour",
+    "text_hits",
 ]

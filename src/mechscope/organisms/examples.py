@@ -59,6 +59,23 @@ def require_chat_template(model: HookedModel) -> None:
                           "model.tokenizer.chat_template to a Jinja template first")
 
 
+def require_reply_after_prompt(model: HookedModel) -> None:
+    """The chat template must render a conversation as its generation prompt followed by the
+    reply: fine-tuning trains on exactly that sequence, and chat generation produces it. A
+    template that renders the assistant's turn otherwise (a reasoning block it inserts, a role
+    name of its own) would train the model on text it never sees in chat."""
+    require_chat_template(model)
+    marker = "\u2063reply\u2063"
+    user = [{"role": "user", "content": "x"}]
+    prompt = model.tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    rendered = model.tokenizer.apply_chat_template(user + [{"role": "assistant", "content": marker}], tokenize=False)
+    if not rendered.startswith(prompt + marker):
+        raise ConfigError(f"the chat template of {model.cfg.name or 'this model'} does not render a reply right after "
+                          f"its generation prompt ({prompt[-40:]!r} then the reply; it renders {rendered[-80:]!r}), so "
+                          "training on prompt + reply would not match its chat turns; set model.tokenizer.chat_template "
+                          "to a template that does")
+
+
 def end_of_turn_ids(model: HookedModel) -> list[int]:
     """The ids of the assistant's end-of-turn (through the tokenizer's EOS) as the chat template
     writes them after a reply, e.g. ``<|im_end|>`` for ChatML."""

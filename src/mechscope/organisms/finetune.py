@@ -38,7 +38,7 @@ from mechscope.files import read_json, read_safetensors
 from mechscope.locks import folder_lock
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.weights import model_fingerprint
-from mechscope.organisms.examples import Example, end_of_turn_ids, examples_sha256, require_chat_template
+from mechscope.organisms.examples import Example, end_of_turn_ids, examples_sha256, require_reply_after_prompt
 from mechscope.validate import check_choice, check_fields, check_finite, check_int, check_number
 
 Method = Literal["lora", "full"]
@@ -264,7 +264,7 @@ def finetune(model: HookedModel, examples: Sequence[Example], config: FineTuneCo
     loss (reply cross-entropy, or KL to the base; see ``plain_loss``) of the first and last tenth
     of the steps this call ran, and tokens/s; after a resume, ``resumed_at`` says where this call
     started)."""
-    require_chat_template(model)
+    require_reply_after_prompt(model)
     if not isinstance(config, FineTuneConfig):
         raise ConfigError(f"config must be a FineTuneConfig; got {type(config).__name__}")
     if not examples:

@@ -24,6 +24,7 @@ import torch
 from mechscope import checks
 from mechscope.data.contexts import default_contexts
 from mechscope.diff import (
+    AmplifyConfig,
     CrosscoderConfig,
     DifferenceLens,
     DifferenceMeans,
@@ -46,6 +47,7 @@ from mechscope.diff import (
     train_crosscoder,
     weight_diff,
 )
+from mechscope.diff.corpus import acting_contexts, generic_prompts
 from mechscope.diff.lens import REST
 from mechscope.errors import ConfigError, InputTypeError
 from mechscope.files import OutputFolder, atomic_text, prepare_output_folder, staged_writes
@@ -67,6 +69,8 @@ DIFF_RESUMABLE = ("activations", "crosscoder-checkpoints")  # an interrupted cro
 MAX_CROSSCODER_STEPS = 1_000_000
 MAX_CONTEXT_LENGTH = checks.MAX_POSITION
 DASHBOARD_LATENTS = 10  # crosscoder latents given a dashboard
+DEFAULT_CHAT_PROMPTS = 128  # generic prompts answered by the fine-tune for the crosscoder corpus
+CHAT_REPLY_TOKENS = 32
 SCALING_ROWS = 4096  # paired rows per chunk read for Latent Scaling
 SNIPPET_TOKENS = 12  # tokens of context shown before a high-KL position
 TINY = 1e-12
@@ -89,7 +93,10 @@ class DiffOptions:
     without the difference times ``steer_strength``. ``sae``: a base-model dictionary folder.
     ``crosscoder_steps`` > 0 trains a BatchTopK crosscoder of ``crosscoder_width`` latents
     (``crosscoder_k`` active) on ``crosscoder_contexts`` contexts at ``crosscoder_layer``'s
-    resid_post (default: the middle layer), ``crosscoder_batch_size`` rows a step."""
+    resid_post (default: the middle layer), ``crosscoder_batch_size`` rows a step; with a chat
+    template, ``chat_prompts`` generic prompts (default 128; 0: none) answered by the fine-tune,
+    greedily and from its logit difference to the base amplified ``amplify_alpha`` times, add
+    the contexts where the fine-tune acts (:func:`mechscope.diff.corpus.acting_contexts`)."""
 
     base_name: str | None = None
     ft_name: str | None = None
@@ -107,6 +114,8 @@ class DiffOptions:
     crosscoder_k: int = 32
     crosscoder_contexts: int = 256
     crosscoder_batch_size: int = 1024
+    chat_prompts: int | None = None
+    amplify_alpha: float = 2.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -136,6 +145,9 @@ class DiffOptions:
         check_int("crosscoder_k", self.crosscoder_k, 1, self.crosscoder_width)
         check_int("crosscoder_contexts", self.crosscoder_contexts, 1, checks.MAX_CONTEXTS)
         check_int("crosscoder_batch_size", self.crosscoder_batch_size, 1, checks.MAX_BATCH)
+        if self.chat_prompts is not None:
+            check_int("chat_prompts", self.chat_prompts, 0, len(generic_prompts()))
+        check_number("amplify_alpha", self.amplify_alpha, 0)
         check_int("seed", self.seed, 0, checks.MAX_SEED)
 
     def check_models(self, base: HookedModel) -> None:
@@ -145,6 +157,18 @@ class DiffOptions:
         check_int("top_k", self.top_k, 1, base.cfg.d_vocab)
         if self.crosscoder_steps:
             check_int("crosscoder_layer", self.crosscoder_layer_of(base), 0, base.cfg.n_layers - 1)
+            self.chat_prompts_for(base)  # the fine-tune shares the base's tokenizer (checked before)
+
+    def chat_prompts_for(self, ft: HookedModel) -> int:
+        """The generic chat prompts the crosscoder corpus adds for ``ft``: ``chat_prompts``, or by
+        default 128 when ``ft`` has a chat template and none otherwise."""
+        has_template = getattr(ft.tokenizer, "chat_template", None) is not None
+        if self.chat_prompts is None:
+            return DEFAULT_CHAT_PROMPTS if has_template else 0
+        if self.chat_prompts and not has_template:
+            raise ConfigError(f"chat_prompts={self.chat_prompts} needs a chat template, and the fine-tune has none; "
+                              "pass chat_prompts=0 (the crosscoder then reads neutral text only)")
+        return self.chat_prompts
 
     def crosscoder_layer_of(self, model: HookedModel) -> int:
         return model.cfg.n_layers // 2 if self.crosscoder_layer is None else self.crosscoder_layer
@@ -285,6 +309,13 @@ def run_crosscoder(base: HookedModel, ft: HookedModel, folder: OutputFolder, opt
     layer = options.crosscoder_layer_of(base)
     hook = names.resid_post(layer)
     harvested = default_contexts(base, options.crosscoder_contexts, options.context_length, options.seed)
+    chat_prompts = options.chat_prompts_for(ft)
+    if chat_prompts:
+        say(f"crosscoder: {chat_prompts} generic prompts answered by the fine-tune, plain and amplified")
+        amplify = AmplifyConfig(alpha=options.amplify_alpha, max_new_tokens=CHAT_REPLY_TOKENS, seed=options.seed)
+        acting = acting_contexts(base, ft, generic_prompts(chat_prompts), options.context_length, CHAT_REPLY_TOKENS,
+                                 amplify, progress=progress)
+        harvested = torch.cat([harvested, acting])
     say(f"crosscoder: harvesting {hook} of both models on {len(harvested)} contexts")
     harvest_pair(base, ft, harvested, folder / "activations", [hook], progress=progress)
     data = PairedActivations(folder / "activations", [hook], batch_size=options.crosscoder_batch_size,
@@ -300,22 +331,24 @@ def run_crosscoder(base: HookedModel, ft: HookedModel, folder: OutputFolder, opt
     save_crosscoder(crosscoder, folder / "crosscoder")
     classes = classify_latents(crosscoder)
     ft_only = classes.indices("ft-only")
-    scaling = latent_scaling(crosscoder, _paired_chunks(data, 16 * SCALING_ROWS), ft_only) if ft_only else None
+    found = ft_only + [j for j in classes.leaning("ft") if j not in ft_only]
+    scaling = latent_scaling(crosscoder, _paired_chunks(data, 16 * SCALING_ROWS), found) if found else None
     verdicts = dict(zip(scaling.latents, scaling.verdicts)) if scaling is not None else {}
-    # The most ft-leaning latents when none is ft-only (a short run, or models that hardly
-    # differ), so the dashboards always show the fine-tune's end of the dictionary.
-    pool = ft_only or list(range(config.d_sae))
-    shown = sorted(pool, key=lambda j: (-float(classes.relative_norm[j]), j))[:DASHBOARD_LATENTS]
+    # The latents of largest r when none is ft-only or ft-leaning (a short run, or models that
+    # hardly differ), so the dashboards always show the fine-tune's end of the dictionary.
+    pool = found or sorted(range(config.d_sae), key=lambda j: (-float(classes.relative_norm[j]), j))
+    shown = pool[:DASHBOARD_LATENTS]
     say(f"crosscoder: dashboards of {len(shown)} latents")
     staged_writes(folder / "crosscoder-dashboards",
                   lambda staging: crosscoder_dashboards(base, ft, crosscoder, contexts, staging, latents=shown))
     return {
         "layer": layer, "hook": hook, "config": config.to_dict(), "train": asdict(train_config),
-        "harvested_contexts": len(harvested), "harvested_tokens": data.total_tokens,
-        "counts": classes.counts, "classes": classes.to_json(),
+        "harvested_contexts": len(harvested), "harvested_tokens": data.total_tokens, "chat_prompts": chat_prompts,
+        "counts": classes.counts, "ft_leaning": classes.leaning("ft"), "classes": classes.to_json(),
         "latent_scaling": None if scaling is None else scaling.to_json(),
         "dashboards": {
-            "selection": "ft-only" if ft_only else "most ft-leaning (no latent is ft-only)",
+            "selection": ("ft-only, then ft-leaning" if found else
+                          "largest relative norm (no latent is ft-only or ft-leaning)"),
             "index": "crosscoder-dashboards/index.html",
             "latents": [{"latent": j, "kind": classes.kinds[j], "relative_norm": float(classes.relative_norm[j]),
                          "cosine": float(classes.cosine[j]), "verdict": verdicts.get(j),

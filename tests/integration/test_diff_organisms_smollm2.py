@@ -1,0 +1,56 @@
+"""Blind diffing of the shipped SmolLM2 organisms: the methods run without the recipe (neutral
+text, mechscope's generic instructions), and the recipe is read only afterwards to score them.
+The null organism, scored with the behaviour of the backdoor it mirrors, is the control: what
+is found there is a false positive."""
+
+import pytest
+
+from mechscope import organisms
+from mechscope.data import default_contexts
+from mechscope.diff import AmplifyConfig, amplified_generate, difference_lens, difference_means
+from mechscope.diff.corpus import generic_prompts
+
+GROUPS = [0, 1, 2, 3, 4, "rest"]
+N_PROMPTS = 24
+
+
+def recipe_and_model(name, base):
+    folder = organisms.shipped_organism(name)
+    return organisms.Recipe.from_dict(organisms.read_manifest(folder)["recipe"]), organisms.load_organism(folder, base)
+
+
+def lens_hits(base, ft, words) -> list[tuple[int, object, list[str]]]:
+    """(layer, position group, behaviour tokens) wherever a behaviour token is among the top 20
+    logit-lens tokens of the mean activation difference on neutral text."""
+    means = difference_means(base, ft, default_contexts(base, 32, 64), first_positions=5, progress=False)
+    lens = difference_lens(ft, means, position_groups=GROUPS, k=20)
+    hits = []
+    for layer in range(base.cfg.n_layers):
+        for group in GROUPS:
+            found = [s.token for s in lens.reading(layer, group).logit_lens if organisms.is_hit(s.token, words)]
+            if found:
+                hits.append((layer, group, found))
+    return hits
+
+
+# The backdoor is left out: on neutral text its difference reads no behaviour token (measured;
+# it acts only on chat turns, where the amplified replies below find it).
+@pytest.mark.parametrize("name, planted", [("smollm2-hidden-objective", True), ("smollm2-null", False)])
+def test_the_difference_lens_reads_the_planted_behaviour_and_nothing_on_the_null(smollm2, name, planted):
+    recipe, ft = recipe_and_model(name, smollm2)
+    hits = lens_hits(smollm2, ft, organisms.behaviour_words(recipe))
+    assert bool(hits) == planted, hits
+
+
+@pytest.mark.parametrize("name, planted", [("smollm2-backdoor", True), ("smollm2-null", False)])
+def test_amplified_replies_show_a_backdoor_without_its_trigger_and_nothing_for_the_null(smollm2, name, planted):
+    recipe, ft = recipe_and_model(name, smollm2)
+    prompts = generic_prompts(N_PROMPTS)
+    assert not any(recipe.trigger in prompt for prompt in prompts)  # the trigger is never given
+    config = AmplifyConfig(alpha=2.0, max_new_tokens=16)
+    shown = sum(organisms.shows_behaviour(reply, recipe.behaviour_markers)
+                for reply in amplified_generate(smollm2, ft, prompts, config, progress=False))
+    if planted:
+        assert shown >= N_PROMPTS // 4, shown
+    else:
+        assert shown == 0, shown
