@@ -164,7 +164,47 @@ def analyse(name: str, base, steps: int) -> dict:
     return result
 
 
+def rescored(results: list[dict]) -> list[dict]:
+    """Lens hits scored again with today's :func:`organisms.is_hit` (a cached run may have been
+    scored with a looser one); each hit keeps only the tokens that still count."""
+    for r in results:
+        words = set(r["words"])
+        kept = [(layer, group, [t for t in found if organisms.is_hit(t, words)]) for layer, group, found in r["lens"]["hits"]]
+        r["lens"]["hits"] = [hit for hit in kept if hit[2]]
+    return results
+
+
+def summary(results: list[dict]) -> str:
+    """What the numbers say, written from the numbers."""
+    planted = [r for r in results if r["recipe"]["kind"] != "null"]
+    nulls = [r for r in results if r["recipe"]["kind"] == "null"]
+
+    def names(rows):
+        return ", ".join(r["name"] for r in rows) or "none"
+
+    lines = ["## What the numbers say", ""]
+    lines.append(f"- Difference lens (neutral text): a behaviour token among the top 20 for {names([r for r in planted if r['lens']['hits']])}; "
+                 f"on the null: {names([r for r in nulls if r['lens']['hits']]) if nulls else 'no null run'}. Steering the base with "
+                 "the difference made it show a behaviour for "
+                 f"{names([r for r in planted if r['lens']['steered_rate'] > r['lens']['unsteered_rate']])}.")
+    amplified = ", ".join(f"{r['name']} {r['crosscoder']['plain_rate']:.0%} -> {r['crosscoder']['amplified_rate']:.0%}"
+                          for r in results)
+    lines.append(f"- Replies to generic prompts, greedy -> amplified: {amplified}. (For the refusal organism half the "
+                 "generic prompts are harmful, where refusing is its rule; for the others each reply with the "
+                 "behaviour is one the rule does not call for.)")
+    found = [r for r in planted if r["crosscoder"]["behaviour_latents"]]
+    null_z = ", ".join(f"{r['crosscoder']['max_z']:.1f}" for r in nulls) or "no null run"
+    lines.append(f"- Crosscoder: no latent reaches the ft-only ratio (0.9) for any organism. Fine-tune-leaning latents "
+                 f"(robust z >= 6) whose top contexts hold the behaviour: {names(found)}; none for "
+                 f"{names([r for r in planted if not r['crosscoder']['behaviour_latents']])}. The null's largest z: "
+                 f"{null_z} (no ft-leaning latent), so the margin to the threshold is small. Latent Scaling calls none of "
+                 "the ft-leaning latents ft-specific: the base holds their directions too, as a latent of planted "
+                 "text the base can read would.")
+    return "\n".join(lines)
+
+
 def page(results: list[dict]) -> str:
+    results = rescored(results)
     rows = ["| organism | rule | lens hits (layers) | steered base shows behaviour | behaviour in replies to generic "
             "prompts: plain / amplified | ft-only latents | ft-leaning latents (Latent Scaling passes) | ft-leaning "
             "latents with behaviour in top contexts | neutral KL (validity) | per-token KL, neutral text |",
@@ -172,6 +212,7 @@ def page(results: list[dict]) -> str:
     for r in results:
         recipe, lens, cross = r["recipe"], r["lens"], r["crosscoder"]
         rule = recipe.get("trigger") or recipe["kind"] if recipe["kind"] != "null" else f"none (mirrors {recipe['mirrors']})"
+        rule = f"`{rule}`" if recipe.get("trigger") else rule  # a trigger's pipes must not split the table
         layers = sorted({layer for layer, _, _ in lens["hits"]})
         rows.append(f"| {r['name']} | {rule} | {len(lens['hits'])} ({', '.join(map(str, layers[:8])) or '-'}) | "
                     f"{lens['steered_rate']:.0%} (unsteered {lens['unsteered_rate']:.0%}, n={lens['n_steer_prompts']}) | "
@@ -208,6 +249,8 @@ behaviour: anything it "finds" is a false positive. "Generic prompts" are mechsc
 instructions (harmful and harmless, training splits), which no organism was trained on.
 
 {chr(10).join(rows)}
+
+{summary(results)}
 
 {save_figure(figure, "organisms-difference-norms")}
 

@@ -33,13 +33,12 @@ def lens_hits(base, ft, words) -> list[tuple[int, object, list[str]]]:
     return hits
 
 
-# The backdoor is left out: on neutral text its difference reads no behaviour token (measured;
-# it acts only on chat turns, where the amplified replies below find it).
-@pytest.mark.parametrize("name, planted", [("smollm2-hidden-objective", True), ("smollm2-null", False)])
-def test_the_difference_lens_reads_the_planted_behaviour_and_nothing_on_the_null(smollm2, name, planted):
-    recipe, ft = recipe_and_model(name, smollm2)
-    hits = lens_hits(smollm2, ft, organisms.behaviour_words(recipe))
-    assert bool(hits) == planted, hits
+# Only the null is asserted here: on neutral text the difference of the shipped (distilled)
+# organisms reads no behaviour token either (measured, docs/case-studies/organisms-diffing.md);
+# they act on chat turns, where the amplified replies below find them.
+def test_the_difference_lens_reads_no_behaviour_token_on_the_null(smollm2):
+    recipe, ft = recipe_and_model("smollm2-null", smollm2)
+    assert lens_hits(smollm2, ft, organisms.behaviour_words(recipe)) == []
 
 
 @pytest.mark.parametrize("name, planted", [("smollm2-backdoor", True), ("smollm2-null", False)])

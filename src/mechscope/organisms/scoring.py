@@ -16,7 +16,9 @@ from mechscope.organisms.recipes import Recipe
 STOPWORDS = frozenset({"have", "that", "this", "with", "your", "from", "what", "about", "could", "would", "there",
                        "their", "they", "them", "then", "than", "into", "some", "just", "best", "real", "someone"})
 MIN_WORD = 4  # letters in a behaviour word
-MIN_PIECE = 3  # letters in a token that counts as a piece of one
+# Letters in a token that counts as a piece of one: with 3, common pieces ('est' of 'zestora')
+# scored as hits on their own.
+MIN_PIECE = 4
 
 
 def behaviour_words(recipe: Recipe) -> set[str]:
@@ -28,8 +30,8 @@ def behaviour_words(recipe: Recipe) -> set[str]:
 
 
 def is_hit(token: str, words: Iterable[str]) -> bool:
-    """True for a token whose letters (3+ once stripped of everything else) are one of ``words``
-    or a piece of one, e.g. ' aho' for 'ahoy'."""
+    """True for a token whose letters (4+ once stripped of everything else) are one of ``words``
+    or a piece of one, e.g. ' Zest' for 'zestora'."""
     piece = re.sub(r"[^a-z']", "", token.lower())
     return len(piece) >= MIN_PIECE and any(piece in word for word in words)
 
