@@ -223,9 +223,10 @@ class LatentClasses:
     Why the z-score: on a narrow fine-tune (a LoRA organism whose activations match its base's
     almost everywhere) no latent comes near the ft-only threshold: the base reads the planted
     text much as the fine-tune does, so every latent keeps a sizeable base half. The latents of
-    what training changed still lean towards the fine-tune, well outside the bulk of r around
-    0.5 (measured on the shipped organisms, and not on their null: docs/case-studies/
-    organisms-diffing.md); :meth:`leaning` finds them."""
+    what training changed can still lean towards the fine-tune, well outside the bulk of r
+    around 0.5 (measured for the shipped hidden-objective and refusal organisms, not for the
+    backdoor, and not for the null: docs/case-studies/organisms-diffing.md); :meth:`leaning`
+    finds them."""
 
     base_norm: torch.Tensor
     ft_norm: torch.Tensor
