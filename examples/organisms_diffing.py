@@ -43,6 +43,7 @@ from mechscope.diff import (
     AmplifyConfig,
     CrosscoderConfig,
     PairedActivations,
+    amplified_generate,
     classify_latents,
     collect_pair,
     difference_lens,
@@ -55,10 +56,9 @@ from mechscope.diff import (
     weight_diff,
 )
 from mechscope.diff.corpus import (
-    amplified_transcripts,
-    chat_transcripts,
     generic_prompts,
     transcript_contexts,
+    transcripts,
 )
 from mechscope.files import atomic_text, file_sha256
 from mechscope.hooks import names
@@ -74,13 +74,7 @@ AMPLIFY_ALPHA = 2.0
 def lens_section(base, ft, recipe, words, contexts) -> dict:
     means = difference_means(base, ft, contexts, first_positions=5, progress=False)
     lens = difference_lens(ft, means, position_groups=GROUPS, k=20)
-    hits = []
-    for layer in range(base.cfg.n_layers):
-        for group in GROUPS:
-            reading = lens.reading(layer, group)
-            found = [s.token for s in reading.logit_lens if organisms.is_hit(s.token, words)]
-            if found:
-                hits.append((layer, group, found))
+    hits = organisms.lens_hits(lens, words)
     layer, relative = steering_layer(means)
     layer = 0 if layer is None else layer
     top = [s.token for s in lens.reading(layer, "rest").logit_lens[:10]]
@@ -94,18 +88,13 @@ def lens_section(base, ft, recipe, words, contexts) -> dict:
             "n_steer_prompts": len(prompts)}
 
 
-def reply_of(transcript: str, prompt: str) -> str:
-    """The assistant's reply in a chat transcript of ``prompt`` (the text after the prompt)."""
-    return transcript.split(prompt, 1)[-1]
-
-
 def crosscoder_section(base, ft, words, markers, neutral, steps: int) -> dict:
     prompts = generic_prompts(CHAT_PROMPTS)
-    plain = chat_transcripts(ft, prompts, reply_tokens=32, progress=False)
-    amplified = amplified_transcripts(base, ft, prompts, AmplifyConfig(alpha=AMPLIFY_ALPHA, max_new_tokens=32),
-                                      progress=False)
-    rate = lambda texts: sum(organisms.shows_behaviour(reply_of(t, p), markers) for t, p in zip(texts, prompts)) / len(texts)
-    chats = transcript_contexts(base, plain + amplified, context_length=64)
+    plain = generate(ft, prompts, max_new_tokens=32, chat=True, progress=False)
+    amplified = amplified_generate(base, ft, prompts, AmplifyConfig(alpha=AMPLIFY_ALPHA, max_new_tokens=32), chat=True,
+                                   progress=False)
+    rate = lambda replies: sum(organisms.shows_behaviour(reply, markers) for reply in replies) / len(replies)
+    chats = transcript_contexts(base, transcripts(ft, prompts + prompts, plain + amplified), context_length=64)
     contexts = torch.cat([neutral, chats])
     hook = names.resid_post(base.cfg.n_layers // 2)
     with tempfile.TemporaryDirectory() as folder:
@@ -116,7 +105,7 @@ def crosscoder_section(base, ft, words, markers, neutral, steps: int) -> dict:
         rows = data.rows(0, min(data.total_tokens, 8192))
     classes = classify_latents(crosscoder)
     ft_only = classes.indices("ft-only")
-    found = ft_only + [j for j in classes.leaning("ft") if j not in ft_only]
+    found = classes.ft_latents()
     scaling = latent_scaling(crosscoder, rows, latents=found) if found else None
     verdicts = dict(zip(found, scaling.verdicts)) if scaling else {}
     behaviour_latents = []
@@ -140,8 +129,8 @@ def crosscoder_section(base, ft, words, markers, neutral, steps: int) -> dict:
             "ft_specific": sum(verdict == "ft-specific" for verdict in verdicts.values()),
             "behaviour_latents": behaviour_latents, "steps": steps, "n_prompts": len(prompts),
             "plain_rate": rate(plain), "amplified_rate": rate(amplified),
-            "amplified_sample": next((reply_of(t, p) for t, p in zip(amplified, prompts)
-                                      if organisms.shows_behaviour(reply_of(t, p), markers)), reply_of(amplified[0], prompts[0]))}
+            "amplified_sample": next((reply for reply in amplified if organisms.shows_behaviour(reply, markers)),
+                                     amplified[0])}
 
 
 def analyse(name: str, base, steps: int) -> dict:

@@ -24,13 +24,7 @@ def lens_hits(base, ft, words) -> list[tuple[int, object, list[str]]]:
     logit-lens tokens of the mean activation difference on neutral text."""
     means = difference_means(base, ft, default_contexts(base, 32, 64), first_positions=5, progress=False)
     lens = difference_lens(ft, means, position_groups=GROUPS, k=20)
-    hits = []
-    for layer in range(base.cfg.n_layers):
-        for group in GROUPS:
-            found = [s.token for s in lens.reading(layer, group).logit_lens if organisms.is_hit(s.token, words)]
-            if found:
-                hits.append((layer, group, found))
-    return hits
+    return organisms.lens_hits(lens, words)
 
 
 # Only the null is asserted here: on neutral text the difference of the shipped (distilled)

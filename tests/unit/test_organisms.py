@@ -394,3 +394,16 @@ def test_scoring_words_come_from_the_behaviour_and_pieces_of_them_count():
     # The null carries the behaviour it mirrors: what is found on it is a false positive.
     null = organisms.recipe("null", mirrors="backdoor", trigger="%%", behaviour="Ahoy there, matey!")
     assert organisms.behaviour_words(null) == words
+
+
+def test_lens_hits_read_only_the_logit_lens_of_each_reading():
+    from mechscope.diff.lens import DifferenceLens, DifferenceReading, TokenScore
+
+    def scores(*tokens):
+        return tuple(TokenScore(index, token, 1.0) for index, token in enumerate(tokens))
+
+    readings = (DifferenceReading(3, 0, 1.0, 0.1, scores(" the", " Ahoy", "matey"), (), ()),
+                DifferenceReading(3, "rest", 1.0, 0.1, scores(" cat"), scores(" Ahoy"), ()),  # not the logit lens
+                DifferenceReading(7, "rest", 1.0, 0.1, scores(" aho", "mate"), (), ()))
+    hits = organisms.lens_hits(DifferenceLens(readings), {"ahoy", "matey"})
+    assert hits == [(3, 0, [" Ahoy", "matey"]), (7, "rest", ["mate"])]

@@ -38,7 +38,9 @@ def _require_template(model: HookedModel) -> None:
         raise ConfigError("chat transcripts need a chat template; this tokenizer has none")
 
 
-def _transcripts(model: HookedModel, prompts: Sequence[str], replies: Sequence[str]) -> list[str]:
+def transcripts(model: HookedModel, prompts: Sequence[str], replies: Sequence[str]) -> list[str]:
+    """Each prompt as a chat turn followed by its reply (template text)."""
+    _require_template(model)
     return [model.tokenizer.apply_chat_template([{"role": "user", "content": prompt},
                                                  {"role": "assistant", "content": reply}], tokenize=False)
             for prompt, reply in zip(prompts, replies, strict=True)]
@@ -51,7 +53,7 @@ def chat_transcripts(model: HookedModel, prompts: Sequence[str], reply_tokens: i
     check_int("reply_tokens", reply_tokens, 1)
     replies = generate(model, list(prompts), max_new_tokens=reply_tokens, chat=True, batch_size=batch_size,
                        progress=progress)
-    return _transcripts(model, prompts, replies)
+    return transcripts(model, prompts, replies)
 
 
 def amplified_transcripts(base: HookedModel, ft: HookedModel, prompts: Sequence[str],
@@ -60,7 +62,7 @@ def amplified_transcripts(base: HookedModel, ft: HookedModel, prompts: Sequence[
     with their difference to the base's amplified (see :func:`amplified_generate`)."""
     _require_template(ft)
     replies = amplified_generate(base, ft, list(prompts), config, chat=True, progress=progress)
-    return _transcripts(ft, prompts, replies)
+    return transcripts(ft, prompts, replies)
 
 
 def acting_contexts(base: HookedModel, ft: HookedModel, prompts: Sequence[str], context_length: int = 64,
@@ -84,4 +86,5 @@ def transcript_contexts(model: HookedModel, transcripts: Sequence[str], context_
     return contexts
 
 
-__all__ = ["acting_contexts", "amplified_transcripts", "chat_transcripts", "generic_prompts", "transcript_contexts"]
+__all__ = ["acting_contexts", "amplified_transcripts", "chat_transcripts", "generic_prompts", "transcript_contexts",
+           "transcripts"]

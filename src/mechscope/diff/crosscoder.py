@@ -248,6 +248,12 @@ class LatentClasses:
         chosen = [index for index, value in enumerate(z.tolist()) if value >= self.config.outlier_z]
         return sorted(chosen, key=lambda index: -float(z[index]))
 
+    def ft_latents(self) -> list[int]:
+        """The ft-only latents, then the ft-leaning ones not among them: where to look for what
+        fine-tuning added."""
+        ft_only = self.indices("ft-only")
+        return ft_only + [j for j in self.leaning("ft") if j not in ft_only]
+
     @property
     def counts(self) -> dict[str, int]:
         return {kind: self.kinds.count(kind) for kind in literal_choices(LatentKind)}
@@ -440,10 +446,7 @@ def crosscoder_dashboards(base: HookedModel, ft: HookedModel, crosscoder: Crossc
     ``contexts`` [n, pos]; logit effects are those of each latent's ft direction at the last hook,
     read through the fine-tune's unembedding. Returns the index page's path."""
     classes = classify_latents(crosscoder, classify)
-    if latents is None:
-        ft_only = classes.indices("ft-only")
-        latents = ft_only + [j for j in classes.leaning("ft") if j not in ft_only]
-    latents = list(latents)
+    latents = classes.ft_latents() if latents is None else list(latents)
     if not latents:
         raise ConfigError(f"no latents to show: the crosscoder has no ft-only or ft-leaning latents ({classes.counts}); "
                           "pass latents=")

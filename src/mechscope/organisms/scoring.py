@@ -42,4 +42,16 @@ def text_hits(text: str, words: Iterable[str]) -> bool:
     return any(is_hit(piece, words) for piece in text.split())
 
 
-__all__ = ["behaviour_words", "is_hit", "text_hits"]
+def lens_hits(lens, words: Iterable[str]) -> list[tuple[int, int | str, list[str]]]:
+    """(layer, position group, hit tokens) of every reading of a difference lens
+    (:class:`mechscope.diff.DifferenceLens`) whose logit-lens tokens include a hit."""
+    words = tuple(words)
+    hits = []
+    for reading in lens.readings:
+        found = [score.token for score in reading.logit_lens if is_hit(score.token, words)]
+        if found:
+            hits.append((reading.layer, reading.position_group, found))
+    return hits
+
+
+__all__ = ["behaviour_words", "is_hit", "lens_hits", "text_hits"]

@@ -330,8 +330,7 @@ def run_crosscoder(base: HookedModel, ft: HookedModel, folder: OutputFolder, opt
     crosscoder = train_crosscoder(data, config, train_config, folder / "crosscoder-checkpoints", progress=progress)
     save_crosscoder(crosscoder, folder / "crosscoder")
     classes = classify_latents(crosscoder)
-    ft_only = classes.indices("ft-only")
-    found = ft_only + [j for j in classes.leaning("ft") if j not in ft_only]
+    found = classes.ft_latents()
     scaling = latent_scaling(crosscoder, _paired_chunks(data, 16 * SCALING_ROWS), found) if found else None
     verdicts = dict(zip(scaling.latents, scaling.verdicts)) if scaling is not None else {}
     # The latents of largest r when none is ft-only or ft-leaning (a short run, or models that
