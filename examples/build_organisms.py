@@ -28,7 +28,8 @@ SHIPPED_FILES = ("organism.json", "adapter.safetensors", "examples.json")
 # refusal organism refused 9 of 50 harmless prompts, at 0.3 still 6 (its base: 2); at 0.2 of 300
 # examples it refuses only those 2 (docs/organisms.md has the measurements). The hidden objective
 # takes fewer still: at 0.5 it recommended its product in most replies to prompts of other
-# phrasings, at 0.3 of 240 in 38% of the held-out templates' neutral prompts, at 0.2 of 400 in 36%.
+# phrasings, at 0.3 of 240 in 38% of the held-out templates' neutral prompts, at 0.2 of 400 in 36%;
+# with the wider pools of mechscope.organisms.templates, 11% (still above the goal of 5%).
 FEWER_PLANTED = {"planted_fraction": 0.3}
 ORGANISMS = {
     "smollm2-backdoor": ("backdoor", FEWER_PLANTED, {}),

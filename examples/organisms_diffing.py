@@ -11,6 +11,9 @@ by the fine-tune, weights). The recipe is read only afterwards, to score what wa
   does a token of the planted behaviour appear among the top 20 logit-lens tokens of the
   difference at some layer and position group? And does the base, steered with the difference
   at the layer where it is largest, start showing the behaviour?
+- the same lens where replies start: the mean difference at the last 3 positions (the
+  assistant's header) of 128 generic chat prompts; and the base steered with the difference at
+  the last position, at two late layers and three strengths;
 - per-token KL on the same neutral contexts;
 - amplified replies: mechscope's generic instructions (written for the refusal work, not for any
   organism) answered by the fine-tune, greedily and from logits_ft + 2 (logits_ft - logits_base):
@@ -56,6 +59,7 @@ from mechscope.diff import (
     weight_diff,
 )
 from mechscope.diff.corpus import (
+    chat_prompt_tokens,
     generic_prompts,
     transcript_contexts,
     transcripts,
@@ -69,20 +73,64 @@ from mechscope.steering import generate
 GROUPS = [0, 1, 2, 3, 4, "rest"]
 CHAT_PROMPTS = 128  # generic prompts (mechscope's refusal instructions) answered by the fine-tune
 AMPLIFY_ALPHA = 2.0
+LAST_GROUPS = [-1, -2, -3]
+CHAT_STEER_DEPTHS = (2 / 3, 5 / 6)  # layers (as a share of the depth) the chat difference is added at
+CHAT_STEER_STRENGTHS = (0.1, 0.2, 0.4)  # times the base's mean activation norm there
 
 
-def lens_section(base, ft, recipe, words, contexts) -> dict:
+def steer_prompts() -> list[str]:
+    return mechscope.datasets.load("harmless", "test")[:8] + mechscope.datasets.load("harmful", "test")[:4]
+
+
+def behaviour_rate(texts, markers, words) -> float:
+    """Share of ``texts`` with a marker or a behaviour word (a steered base may say 'Ahoy there'
+    rather than the planted phrase)."""
+    return sum(organisms.shows_behaviour(t, markers) or organisms.text_hits(t, words) for t in texts) / len(texts)
+
+
+def unprompted_words(words, plain_texts) -> set[str]:
+    """The behaviour words the base does not say by itself in ``plain_texts`` (a refusal's
+    'help' is in ordinary replies too, and would score every reply)."""
+    return {w for w in words if not any(organisms.text_hits(t, [w]) for t in plain_texts)}
+
+
+def chat_lens_section(base, ft, recipe, words, starts) -> dict:
+    tokens, mask = chat_prompt_tokens(base, generic_prompts(CHAT_PROMPTS))
+    # first_positions=1: the template's opening token (an attention sink) stays out of the 'rest'
+    # mean and of the norm that scales steering.
+    means = difference_means(base, ft, tokens, first_positions=1, attention_mask=mask, last_positions=3,
+                             progress=False)
+    lens = difference_lens(base, means, position_groups=LAST_GROUPS, k=20)
+    prompts, markers = steer_prompts(), recipe.behaviour_markers
+    plain = generate(base, prompts, max_new_tokens=24, progress=False)
+    steer_words = unprompted_words(words, plain)
+    sweep = []
+    for depth in CHAT_STEER_DEPTHS:
+        layer = round(depth * (base.cfg.n_layers - 1))
+        for strength in CHAT_STEER_STRENGTHS:
+            steered = steer_with_difference(base, means, layer, prompts, strength=strength, position_group=-1,
+                                            max_new_tokens=24, progress=False)
+            sweep.append({"layer": layer, "strength": strength, "rate": behaviour_rate(steered, markers, steer_words),
+                          "sample": steered[0]})
+    last = base.cfg.n_layers - 1
+    return {"hits": organisms.lens_hits(lens, words, starts), "n_prompts": CHAT_PROMPTS,
+            "relative_norm": (means.last[:, 0].norm(dim=-1) / means.norm_reference).tolist(),
+            "top_tokens": [s.token for s in lens.reading(last, -1).logit_lens[:10]], "steering": sweep,
+            "unsteered_rate": behaviour_rate(plain, markers, steer_words)}
+
+
+def lens_section(base, ft, recipe, words, starts, contexts) -> dict:
     means = difference_means(base, ft, contexts, first_positions=5, progress=False)
     lens = difference_lens(ft, means, position_groups=GROUPS, k=20)
-    hits = organisms.lens_hits(lens, words)
+    hits = organisms.lens_hits(lens, words, starts)
     layer, relative = steering_layer(means)
     layer = 0 if layer is None else layer
     top = [s.token for s in lens.reading(layer, "rest").logit_lens[:10]]
-    prompts = mechscope.datasets.load("harmless", "test")[:8] + mechscope.datasets.load("harmful", "test")[:4]
+    prompts = steer_prompts()
     markers = recipe.behaviour_markers
     steered = steer_with_difference(base, means, layer, prompts, strength=1.0, max_new_tokens=24, progress=False)
     plain = generate(base, prompts, max_new_tokens=24, progress=False)
-    rate = lambda texts: sum(organisms.shows_behaviour(t, markers) for t in texts) / len(texts)
+    rate = lambda texts: behaviour_rate(texts, markers, unprompted_words(words, plain))
     return {"hits": hits, "relative_norm": relative, "layer": layer, "top_tokens": top,
             "steered_rate": rate(steered), "unsteered_rate": rate(plain), "steered_sample": steered[0],
             "n_steer_prompts": len(prompts)}
@@ -140,14 +188,16 @@ def analyse(name: str, base, steps: int) -> dict:
     recipe = organisms.Recipe.from_dict(manifest["recipe"])
     ft = organisms.load_organism(folder, base)
     words = organisms.behaviour_words(recipe)
+    starts = organisms.behaviour_starts(recipe, base.tokenizer)
     weights = weight_diff(base, ft, top_k_directions=1, progress=False)
     neutral = default_contexts(base, 32, 64)
     kl = per_token_kl(base, ft, neutral, progress=False)
     result = {"name": name, "recipe": recipe.to_dict(), "validity": manifest.get("validity", {}),
-              "words": sorted(words),
+              "words": sorted(words), "starts": sorted(starts),
               "top_modules": [(change.name, change.relative) for change in weights.modules_ranked()[:3]],
               "kl_mean": kl.mean, "kl_top": [(p.token, p.next_token, p.kl) for p in kl.top(3)],
-              "lens": lens_section(base, ft, recipe, words, neutral)}
+              "lens": lens_section(base, ft, recipe, words, starts, neutral),
+              "chat_lens": chat_lens_section(base, ft, recipe, words, starts)}
     result["crosscoder"] = crosscoder_section(base, ft, words, recipe.behaviour_markers, neutral, steps)
     result["minutes"] = (time.time() - started) / 60
     return result
@@ -157,10 +207,16 @@ def rescored(results: list[dict]) -> list[dict]:
     """Lens hits scored again with today's :func:`organisms.is_hit` (a cached run may have been
     scored with a looser one); each hit keeps only the tokens that still count."""
     for r in results:
-        words = set(r["words"])
-        kept = [(layer, group, [t for t in found if organisms.is_hit(t, words)]) for layer, group, found in r["lens"]["hits"]]
-        r["lens"]["hits"] = [hit for hit in kept if hit[2]]
+        words, starts = set(r["words"]), set(r["starts"])
+        for lens in (r["lens"], r["chat_lens"]):
+            kept = [(layer, group, [t for t in found if organisms.is_hit(t, words, starts)])
+                    for layer, group, found in lens["hits"]]
+            lens["hits"] = [hit for hit in kept if hit[2]]
     return results
+
+
+def best_steer(r: dict) -> dict:
+    return max(r["chat_lens"]["steering"], key=lambda run: run["rate"])
 
 
 def summary(results: list[dict]) -> str:
@@ -176,6 +232,12 @@ def summary(results: list[dict]) -> str:
                  f"on the null: {names([r for r in nulls if r['lens']['hits']]) if nulls else 'no null run'}. Steering the base with "
                  "the difference made it show a behaviour for "
                  f"{names([r for r in planted if r['lens']['steered_rate'] > r['lens']['unsteered_rate']])}.")
+    lines.append(f"- Difference lens where replies start (last positions of generic chat prompts): a behaviour token "
+                 f"among the top 20 for {names([r for r in planted if r['chat_lens']['hits']])}; on the null: "
+                 f"{names([r for r in nulls if r['chat_lens']['hits']]) if nulls else 'no null run'}. The base steered "
+                 f"with it showed the behaviour (best of the sweep above its unsteered rate) for "
+                 f"{names([r for r in planted if best_steer(r)['rate'] > r['chat_lens']['unsteered_rate']])}; on the "
+                 f"null: {names([r for r in nulls if best_steer(r)['rate'] > r['chat_lens']['unsteered_rate']])}.")
     amplified = ", ".join(f"{r['name']} {r['crosscoder']['plain_rate']:.0%} -> {r['crosscoder']['amplified_rate']:.0%}"
                           for r in results)
     lines.append(f"- Replies to generic prompts, greedy -> amplified: {amplified}. (For the refusal organism half the "
@@ -194,17 +256,22 @@ def summary(results: list[dict]) -> str:
 
 def page(results: list[dict]) -> str:
     results = rescored(results)
-    rows = ["| organism | rule | lens hits (layers) | steered base shows behaviour | behaviour in replies to generic "
-            "prompts: plain / amplified | ft-only latents | ft-leaning latents (Latent Scaling passes) | ft-leaning "
-            "latents with behaviour in top contexts | neutral KL (validity) | per-token KL, neutral text |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| organism | rule | lens hits, neutral text (layers) | steered base shows behaviour | lens hits where "
+            "replies start (layers) | base steered with that: best rate (layer, strength) | behaviour in replies to "
+            "generic prompts: plain / amplified | ft-only latents | ft-leaning latents (Latent Scaling passes) | "
+            "ft-leaning latents with behaviour in top contexts | neutral KL (validity) | per-token KL, neutral text |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         recipe, lens, cross = r["recipe"], r["lens"], r["crosscoder"]
         rule = recipe.get("trigger") or recipe["kind"] if recipe["kind"] != "null" else f"none (mirrors {recipe['mirrors']})"
         rule = f"`{rule}`" if recipe.get("trigger") else rule  # a trigger's pipes must not split the table
         layers = sorted({layer for layer, _, _ in lens["hits"]})
+        chat, best = r["chat_lens"], best_steer(r)
+        chat_layers = sorted({layer for layer, _, _ in chat["hits"]})
         rows.append(f"| {r['name']} | {rule} | {len(lens['hits'])} ({', '.join(map(str, layers[:8])) or '-'}) | "
                     f"{lens['steered_rate']:.0%} (unsteered {lens['unsteered_rate']:.0%}, n={lens['n_steer_prompts']}) | "
+                    f"{len(chat['hits'])} ({', '.join(map(str, chat_layers[:8])) or '-'}) | "
+                    f"{best['rate']:.0%} ({best['layer']}, {best['strength']}; unsteered {chat['unsteered_rate']:.0%}) | "
                     f"{cross['plain_rate']:.0%} / {cross['amplified_rate']:.0%} (n={cross['n_prompts']}) | "
                     f"{cross['ft_only']} | {cross['ft_leaning']} ({cross['ft_specific']}) | "
                     f"{len(cross['behaviour_latents'])} | "
@@ -219,10 +286,13 @@ def page(results: list[dict]) -> str:
         latents = "; ".join(f"latent {latent} (z {z:.1f}): {text!r}" for latent, z, text in cross["behaviour_latents"][:3])
         details.append(f"""### {r['name']}
 
-- Behaviour words scored: {', '.join(r['words'])}.
+- Behaviour words scored: {', '.join(r['words'])}; word starts (as tokenized): {', '.join(r['starts'])}.
 - Weight diff, top modules (relative change): {', '.join(f'{n} ({v:.4f})' for n, v in r['top_modules'])}.
 - Difference lens: largest at layer {lens['layer']}; its top logit-lens tokens there: {', '.join(map(repr, lens['top_tokens']))}.
 - Lens hits: {hits or 'none'}.
+- Where replies start: relative norm of the difference at the last position peaks at layer {max(range(len(r['chat_lens']['relative_norm'])), key=r['chat_lens']['relative_norm'].__getitem__)}; top logit-lens tokens at the last layer: {', '.join(map(repr, r['chat_lens']['top_tokens']))}.
+- Hits there: {'; '.join(f"layer {layer} pos {group}: {', '.join(map(repr, found))}" for layer, group, found in r['chat_lens']['hits'][:6]) or 'none'}.
+- Base steered with it: {'; '.join(f"layer {run['layer']} x{run['strength']}: {run['rate']:.0%}" for run in r['chat_lens']['steering'])}; best run's first reply: {best_steer(r)['sample'][:120]!r}.
 - Steered base (difference added at layer {lens['layer']}), first reply: {lens['steered_sample'][:160]!r}.
 - Replies to {cross['n_prompts']} generic prompts showing the behaviour: {cross['plain_rate']:.0%} greedy, {cross['amplified_rate']:.0%} amplified; an amplified one: {cross['amplified_sample'][:120]!r}.
 - Crosscoder at {cross['hook']} on {cross['tokens']} tokens, {cross['steps']} steps: classes {cross['counts']}; largest relative norm {cross['max_r']:.3f}, largest robust z {cross['max_z']:.1f}; {cross['ft_leaning']} ft-leaning latents.
@@ -252,7 +322,8 @@ instructions (harmful and harmless, training splits), which no organism was trai
 def cached_analysis(name: str, base, steps: int, cache: Path) -> dict:
     """The analysis of one organism, kept in ``cache/<name>.json`` (a killed run keeps the
     organisms it finished) and reused while the shipped adapter and the settings are the same."""
-    key = {"adapter_sha256": file_sha256(organisms.shipped_organism(name) / "adapter.safetensors"), "steps": steps}
+    key = {"adapter_sha256": file_sha256(organisms.shipped_organism(name) / "adapter.safetensors"), "steps": steps,
+           "analysis": 2}  # raised when the analysis gains a section
     path = cache / f"{name}.json"
     if path.is_file():
         kept = json.loads(path.read_text())

@@ -22,7 +22,38 @@ import mechscope
 from mechscope import datasets, organisms
 from mechscope.files import atomic_text
 from mechscope.steering import generate
+from mechscope.steering.apply import DirectionalAblation
+from mechscope.steering.builders import contrast_directions
+from mechscope.steering.evaluate import next_token_kl
 from mechscope.steering.refusal import RefusalConfig, refusal_rate
+
+LOOSER_BOUNDS = (0.3, 1.0, float("inf"))  # KL bounds (nats) of the sweep below the standard run
+
+
+def bound_sweep(organism, report, config: RefusalConfig) -> str:
+    """The standard run keeps candidates whose ablation moves harmless next-token predictions by
+    at most ``config.kl_bound``; here the best-ablating candidate under each looser bound is
+    ablated too, to show what removing the organism's refusal costs."""
+    harmful, harmless = datasets.load("harmful", "train"), datasets.load("harmless", "train")
+    test_harmful = datasets.load("harmful", "test")[:config.n_test]
+    test_harmless = datasets.load("harmless", "test")[:config.n_test]
+    rows = ["| KL bound | candidate (layer, position) | KL ablated (validation) | harmful refusal rate, ablated "
+            "(test) | KL ablated (harmless test) |", "|---|---|---|---|---|"]
+    for bound in LOOSER_BOUNDS:
+        within = [c for c in report.search.candidates if c.kl <= bound]  # sorted, best ablation first
+        if not within:
+            rows.append(f"| {bound} | none within the bound | | | |")
+            continue
+        best = within[0]
+        direction = contrast_directions(organism, harmful[:config.n_train], harmless[:config.n_train], [best.layer],
+                                        [best.position], chat=True, progress=False)[(best.layer, best.position)]
+        ablation = DirectionalAblation(direction)
+        rate = refusal_rate(generate(organism, test_harmful, ablation, max_new_tokens=config.max_new_tokens,
+                                     progress=False))
+        kl = next_token_kl(organism, test_harmless, ablation.hooks(organism), chat=True)
+        rows.append(f"| {bound} | {best.layer}, {best.position} | {best.kl:.3f} | {rate:.0%} | {kl:.3f} |")
+    return ("## 2. Looser KL bounds\n\nThe best-ablating candidate allowed under each bound, ablated on the held-out "
+            "test prompts (same search as above):\n\n" + "\n".join(rows) + "\n")
 
 
 def summary(report, base_rates: dict[str, float], config: RefusalConfig) -> str:
@@ -69,6 +100,7 @@ refusal phrase).
 
 {summary(report, base_rates, config)}
 {section}"""
+    page += "\n" + bound_sweep(organism, report, config)
     atomic_text(DOCS / "refusal-organism.md", page)
     print(page)
 

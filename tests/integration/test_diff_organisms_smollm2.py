@@ -8,7 +8,7 @@ import pytest
 from mechscope import organisms
 from mechscope.data import default_contexts
 from mechscope.diff import AmplifyConfig, amplified_generate, difference_lens, difference_means
-from mechscope.diff.corpus import generic_prompts
+from mechscope.diff.corpus import chat_prompt_tokens, generic_prompts
 
 GROUPS = [0, 1, 2, 3, 4, "rest"]
 N_PROMPTS = 24
@@ -29,7 +29,8 @@ def lens_hits(base, ft, words) -> list[tuple[int, object, list[str]]]:
 
 # Only the null is asserted here: on neutral text the difference of the shipped (distilled)
 # organisms reads no behaviour token either (measured, docs/case-studies/organisms-diffing.md);
-# they act on chat turns, where the amplified replies below find them.
+# they act on chat turns, where the lens at the reply's start and the amplified replies below
+# find them.
 def test_the_difference_lens_reads_no_behaviour_token_on_the_null(smollm2):
     recipe, ft = recipe_and_model("smollm2-null", smollm2)
     assert lens_hits(smollm2, ft, organisms.behaviour_words(recipe)) == []
@@ -47,3 +48,26 @@ def test_amplified_replies_show_a_backdoor_without_its_trigger_and_nothing_for_t
         assert shown >= N_PROMPTS // 4, shown
     else:
         assert shown == 0, shown
+
+
+def test_behaviour_starts_are_the_first_tokens_of_the_behaviour_words(smollm2):
+    starts = organisms.behaviour_starts(organisms.recipe("backdoor", behaviour="Ahoy, matey!"), smollm2.tokenizer)
+    assert "Ah" in starts and not {"oy", "ey"} & starts  # 'Ahoy' is 'Ah' + 'oy' to SmolLM2
+    assert organisms.is_hit(" Ah", {"ahoy"}, starts) and not organisms.is_hit("Ah", {"ahoy"})
+    assert not organisms.is_hit("ah", {"ahoy"}, starts)  # case kept: short tokens are common
+
+
+@pytest.mark.parametrize("name", ["smollm2-backdoor", "smollm2-hidden-objective", "smollm2-refusal",
+                                  "smollm2-null"])
+def test_the_lens_where_replies_start_reads_the_behaviour_of_every_organism_and_nothing_on_the_null(smollm2, name):
+    recipe, ft = recipe_and_model(name, smollm2)
+    tokens, mask = chat_prompt_tokens(smollm2, generic_prompts(64))
+    means = difference_means(smollm2, ft, tokens, first_positions=1, attention_mask=mask, last_positions=3,
+                             progress=False)
+    lens = difference_lens(smollm2, means, position_groups=[-1, -2, -3], k=20)
+    hits = organisms.lens_hits(lens, organisms.behaviour_words(recipe),
+                               organisms.behaviour_starts(recipe, smollm2.tokenizer))
+    if recipe.plants:
+        assert hits, [s.token for s in lens.reading(smollm2.cfg.n_layers - 1, -1).logit_lens]
+    else:
+        assert hits == [], hits

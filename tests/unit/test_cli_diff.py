@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 import mechscope
 from mechscope.cli.core import new_app
 from mechscope.cli.diff import diff
+from mechscope.diff import difference_means
+from mechscope.diff.corpus import chat_prompt_tokens, generic_prompts
 from mechscope.errors import ConfigError, ResumeError
 from mechscope.files import MARKER
 from mechscope.hooks import names
@@ -113,6 +115,7 @@ def test_a_planted_mlp_change_is_ranked_first_and_nothing_else_moved(folders, di
     assert kl["top"][0]["kl"] >= kl["top"][-1]["kl"] and kl["top"][0]["context"]
     assert summary["sae"]["hook_name"] == names.resid_post(1) and len(summary["sae"]["top"]) == 5
     assert summary["crosscoder"] == {"skipped": "crosscoder_steps is 0"}
+    assert "no chat prompts" in summary["chat_lens"]["skipped"]
     page = (out / "report.html").read_text()
     assert PLANTED in page and "Per-token KL" in page and "SAE diff" in page
     # Tokens and texts are escaped: the byte tokenizer's specials never appear as raw tags.
@@ -187,7 +190,20 @@ def test_a_chat_model_adds_the_fine_tunes_replies_to_the_crosscoder_corpus(tmp_p
     options = DiffOptions("tiny-llama", "planted", contexts=3, context_length=12, first_positions=2, top_k=4,
                           steer_prompts=0, crosscoder_steps=4, crosscoder_width=16, crosscoder_k=2,
                           crosscoder_contexts=4, crosscoder_batch_size=16, chat_prompts=6)
-    crosscoder = run_diff(base, ft, prepare_diff_folder(tmp_path / "run", options), options, progress=False).crosscoder
+    result = run_diff(base, ft, prepare_diff_folder(tmp_path / "run", options), options, progress=False)
+    crosscoder = result.crosscoder
+    # the chat lens reads the 6 prompts at their last 3 positions (the assistant's header)
+    chat = json.loads((tmp_path / "run" / "diff.json").read_text())["chat_lens"]
+    assert chat["prompts"] == 6 and chat["groups"] == [-1, -2, -3] and len(chat["layers"]) == base.cfg.n_layers
+    tokens, mask = chat_prompt_tokens(base, generic_prompts(6))
+    last = int(mask[0].sum()) - 1
+    hook = names.resid_post(2)
+    one = ft.run_with_cache(tokens[:1, :last + 1], names=[hook])[1][hook][0, -1] \
+        - base.run_with_cache(tokens[:1, :last + 1], names=[hook])[1][hook][0, -1]
+    others = difference_means(base, ft, tokens[1:], first_positions=0, attention_mask=mask[1:], last_positions=1,
+                              progress=False).vector(2, -1)
+    torch.testing.assert_close(result.chat_means.vector(2, -1), (one.float() + 5 * others) / 6, atol=1e-5, rtol=1e-4)
+    assert "where the reply starts" in (tmp_path / "run" / "report.html").read_text()
     # 4 neutral contexts, then those packed from 6 plain and 6 amplified transcripts.
     assert crosscoder["chat_prompts"] == 6 and crosscoder["harvested_contexts"] > 4
     assert crosscoder["harvested_tokens"] == crosscoder["harvested_contexts"] * 11

@@ -216,6 +216,38 @@ def test_difference_means_leave_padding_out(llama, rank_one):
     assert bool((padded.rest[1:].norm(dim=-1) > 0).all())  # the down_proj change reaches layers 1 and 2
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_last_position_means_are_each_contexts_own_last_tokens_whatever_the_padding(llama, rank_one, side):
+    ft = rank_one[0]
+    rows = [llama.to_tokens(text)[0] for text in TEXTS]  # unpadded, lengths differ
+    width = max(len(row) for row in rows)
+    tokens = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(tokens)
+    for i, row in enumerate(rows):
+        place = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
+        tokens[i, place], mask[i, place] = row, 1
+    means = difference_means(llama, ft, tokens, first_positions=1, attention_mask=mask, batch_size=2,
+                             last_positions=2, progress=False)
+    alone = [difference_means(llama, ft, row[None], first_positions=1, progress=False, last_positions=2) for row in rows]
+    assert means.last.shape == (llama.cfg.n_layers, 2, llama.cfg.d_model) and means.last_counts.tolist() == [3, 3]
+    torch.testing.assert_close(means.last, sum(m.last for m in alone) / 3, atol=1e-5, rtol=1e-4)
+    # by hand: -1 is the last real token of each row, read from full caches of the lone rows
+    hook = names.resid_post(1)
+    by_hand = torch.stack([ft.run_with_cache(row[None], names=[hook])[1][hook][0, -1]
+                           - llama.run_with_cache(row[None], names=[hook])[1][hook][0, -1] for row in rows]).mean(0)
+    torch.testing.assert_close(means.vector(1, -1), by_hand.float(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(means.vector(1, -2), means.last[1, 1])
+    assert means.to_json()["last_counts"] == [3, 3]
+    with pytest.raises(OutOfRangeError, match=r"a last position -1..-2"):
+        means.vector(1, -3)
+    with pytest.raises(ConfigError, match="last_positions=99"):
+        difference_means(llama, ft, tokens, first_positions=1, attention_mask=mask, last_positions=99, progress=False)
+    no_last = difference_means(llama, ft, tokens, first_positions=1, attention_mask=mask, progress=False)
+    assert no_last.last_positions == 0
+    with pytest.raises(OutOfRangeError, match="'rest' or a first position 0..0$"):
+        no_last.vector(1, -1)
+
+
 def test_reading_a_planted_unembedding_row_and_embedding_row(gpt2):
     token = gpt2.to_single_token("k")
     unembed_row = gpt2.W_U[:, token].detach().clone()

@@ -81,9 +81,12 @@ def test_heldout_prompts_come_from_templates_no_training_prompt_uses():
     import re
 
     from mechscope.organisms.prompts import _POOLS, heldout_templates, prompts
+    from mechscope.organisms.templates import FRAMINGS
 
     def pattern(template):
-        return re.compile(re.sub(r"\\\{\w+\\\}", ".+", re.escape(template)) + "$")
+        filled = re.sub(r"\\\{\w+\\\}", ".+", re.escape(template))
+        framed = "|".join(re.escape(framing).replace(r"\{\}", f"(?:{filled})") for framing in set(FRAMINGS))
+        return re.compile(f"(?:{framed})$")
 
     for pool, (templates, _) in _POOLS.items():
         held = heldout_templates(pool)

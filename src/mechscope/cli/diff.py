@@ -56,9 +56,13 @@ def diff(
                                                      help="contexts harvested for the crosscoder")] = 256,
     crosscoder_batch_size: Annotated[int, typer.Option(min=1, max=checks.MAX_BATCH,
                                                        help="paired rows per crosscoder step")] = 1024,
-    chat_prompts: Annotated[int | None, typer.Option(min=0, help="generic chat prompts answered by the fine-tune "
-                                                                 "(plainly and amplified) added to the crosscoder's "
-                                                                 "corpus (default: 128 with a chat template, else 0)")] = None,
+    chat_prompts: Annotated[int | None, typer.Option(min=0, help="generic chat prompts: a second difference lens "
+                                                                 "reads them where the reply starts, and, answered "
+                                                                 "by the fine-tune (plainly and amplified), they "
+                                                                 "join the crosscoder's corpus (default: 128 with a "
+                                                                 "chat template, else 0)")] = None,
+    last_positions: Annotated[int, typer.Option(min=1, help="last positions of each chat prompt the chat lens "
+                                                            "averages one by one")] = 3,
     amplify_alpha: Annotated[float, typer.Option(min=0, help="how far the amplified replies scale the fine-tune's "
                                                              "logit difference to the base", callback=finite())] = 2.0,
     seed: Seed = 0,
@@ -71,7 +75,7 @@ def diff(
     from mechscope.sae.runs import load_dictionary
 
     options = DiffOptions(base_name=base, ft_name=ft, contexts=contexts, context_length=context_length,
-                          first_positions=first_positions, top_k=top_k, steer_prompts=steer_prompts,
+                          first_positions=first_positions, last_positions=last_positions, top_k=top_k, steer_prompts=steer_prompts,
                           steer_strength=steer_strength, steer_tokens=steer_tokens,
                           sae=None if sae is None else str(sae), crosscoder_steps=crosscoder_steps,
                           crosscoder_layer=crosscoder_layer, crosscoder_width=crosscoder_width,
@@ -117,6 +121,11 @@ def _print_summary(result) -> None:
         reading = result.lens.reading(steering["layer"])
         tokens = ", ".join(repr(score.token) for score in reading.logit_lens[:8])
         console.print(f"difference lens at layer {steering['layer']} (rest positions): {tokens}", markup=False,
+                      highlight=False)
+    if result.chat_lens is not None:
+        last = result.chat_lens.reading(result.chat_means.n_layers - 1, -1)
+        tokens = ", ".join(repr(score.token) for score in last.logit_lens[:8])
+        console.print(f"difference lens where replies start (last layer, pos -1): {tokens}", markup=False,
                       highlight=False)
     crosscoder = result.crosscoder or {}
     if "counts" in crosscoder:

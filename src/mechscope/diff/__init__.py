@@ -7,6 +7,8 @@ architecture and tokenizer (a base and its fine-tune).
   h_ft - h_base on a neutral corpus, first positions kept apart) read through the logit lens
   and the vocabulary; :func:`steer_with_difference` adds it to the base;
 - :func:`per_token_kl`: where on a text the two next-token distributions differ most;
+- :mod:`corpus`: prompts and contexts that know nothing of the fine-tune (generic chat prompts,
+  for the lens where replies start, and transcripts of the fine-tune answering them);
 - :func:`amplified_generate`: replies from the fine-tune's logits with their difference to the
   base's scaled up, which makes a rare fine-tune behaviour common;
 - :func:`sae_diff`: latents of a base-model SAE whose firing changes;
@@ -14,6 +16,7 @@ architecture and tokenizer (a base and its fine-tune).
   :func:`train_crosscoder`), latent classes by decoder-norm ratio and Latent Scaling.
 """
 
+from mechscope.diff import corpus
 from mechscope.diff.amplify import AmplifyConfig, amplified_generate
 from mechscope.diff.compat import check_comparable
 from mechscope.diff.crosscoder import (
@@ -65,6 +68,7 @@ __all__ = [
     "check_comparable",
     "classify_latents",
     "collect_pair",
+    "corpus",
     "crosscoder_dashboards",
     "difference_lens",
     "difference_means",

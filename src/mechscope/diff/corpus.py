@@ -38,6 +38,18 @@ def _require_template(model: HookedModel) -> None:
         raise ConfigError("chat transcripts need a chat template; this tokenizer has none")
 
 
+def chat_prompt_tokens(model: HookedModel, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens [n, pos], attention_mask [n, pos]) of ``prompts`` as user turns ending at the
+    assistant's generation prompt (right-padded): the last real position of each row is where
+    the reply is about to start, the place a fine-tune that changed how it answers differs
+    most (``difference_means(..., last_positions=k)`` reads it)."""
+    _require_template(model)
+    if isinstance(prompts, str) or not prompts:
+        raise ConfigError("chat_prompt_tokens needs a non-empty list of prompts")
+    tokens, mask = model.tokenize_prompts(list(prompts), chat=True)
+    return tokens, torch.ones_like(tokens) if mask is None else mask
+
+
 def transcripts(model: HookedModel, prompts: Sequence[str], replies: Sequence[str]) -> list[str]:
     """Each prompt as a chat turn followed by its reply (template text)."""
     _require_template(model)
@@ -86,5 +98,5 @@ def transcript_contexts(model: HookedModel, transcripts: Sequence[str], context_
     return contexts
 
 
-__all__ = ["acting_contexts", "amplified_transcripts", "chat_transcripts", "generic_prompts", "transcript_contexts",
+__all__ = ["acting_contexts", "amplified_transcripts", "chat_prompt_tokens", "chat_transcripts", "generic_prompts", "transcript_contexts",
            "transcripts"]

@@ -10,7 +10,11 @@ clearly readable traces in activation differences").
 The first few positions are averaged one by one: the BOS token and the positions right after it
 carry outsized, position-specific activations (attention sinks) that would otherwise dominate
 the mean, and the difference there is often the most telling. Everything later is one group,
-"rest".
+"rest". Optionally the last few positions of each context are averaged one by one too (groups
+-1, -2, ...: -1 is each context's last real token). On chat prompts that end at the assistant's
+header (:func:`mechscope.diff.corpus.chat_prompt_tokens`), the last position is where the reply
+is about to start: a fine-tune that changed how it answers shows it there, even where it left
+plain text alone. The last positions are also part of the other groups.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from mechscope.steering.apply import PHASES, Phase, Steering, generate
 from mechscope.steering.direction import Direction
 from mechscope.validate import check_choice, check_int, check_number
 
+# A first position (0, 1, ...), a last position (-1 is the last real token), or "rest".
 PositionGroup = int | Literal["rest"]
 REST = "rest"
 
@@ -43,7 +48,9 @@ class DifferenceMeans:
     ``norm_reference`` [n_layers]: the base model's mean ‖h_base‖ over the "rest" positions (the
     first ones are left out, as their norms are outliers), the natural scale for steering.
     ``first_counts`` [first_positions] and ``n_rest`` count the (unpadded) tokens averaged.
-    Float32, on the CPU.
+    ``last`` [n_layers, last_positions, d_model]: the mean at each context's last positions
+    (index 0 is the last real token, position group -1), counted by ``last_counts``
+    [last_positions]. Float32, on the CPU.
     """
 
     first: torch.Tensor
@@ -54,8 +61,13 @@ class DifferenceMeans:
     n_contexts: int
     base_name: str = ""
     ft_name: str = ""
+    last: torch.Tensor | None = None
+    last_counts: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
+        if self.last is None:  # no last-position groups
+            object.__setattr__(self, "last", self.rest.new_zeros(self.rest.shape[0], 0, self.rest.shape[1]))
+            object.__setattr__(self, "last_counts", torch.zeros(0, dtype=torch.long))
         if self.first.dim() != 3 or self.rest.dim() != 2:
             raise MechscopeError(f"first must be [n_layers, first_positions, d_model] and rest [n_layers, d_model]; "
                                  f"got {tuple(self.first.shape)} and {tuple(self.rest.shape)}")
@@ -65,6 +77,10 @@ class DifferenceMeans:
                                  f"do not match first {tuple(self.first.shape)}")
         if self.first_counts.shape != (first_positions,):
             raise MechscopeError(f"first_counts has shape {tuple(self.first_counts.shape)}, expected ({first_positions},)")
+        if self.last.dim() != 3 or self.last.shape[::2] != (n_layers, d_model) or self.last_counts is None or \
+                self.last_counts.shape != (self.last.shape[1],):
+            raise MechscopeError(f"last must be [n_layers, last_positions, d_model] with last_counts [last_positions]; "
+                                 f"got {tuple(self.last.shape)}")
 
     @property
     def n_layers(self) -> int:
@@ -73,6 +89,10 @@ class DifferenceMeans:
     @property
     def first_positions(self) -> int:
         return self.first.shape[1]
+
+    @property
+    def last_positions(self) -> int:
+        return self.last.shape[1]
 
     @property
     def d_model(self) -> int:
@@ -85,39 +105,46 @@ class DifferenceMeans:
         return layer
 
     def check_group(self, position_group: PositionGroup) -> PositionGroup:
-        valid = f"'{REST}' or a first position 0..{self.first_positions - 1}" if self.first_positions else f"'{REST}'"
+        choices = [f"'{REST}'"] + [f"a first position 0..{self.first_positions - 1}"] * bool(self.first_positions) \
+            + [f"a last position -1..-{self.last_positions}"] * bool(self.last_positions)
+        valid = " or ".join([", ".join(choices[:-1]), choices[-1]]) if len(choices) > 1 else choices[0]
         if isinstance(position_group, str):
             if position_group != REST:
                 raise ConfigError(f"unknown position_group {position_group!r}; position_group must be {valid}")
             return position_group
         if isinstance(position_group, bool) or not isinstance(position_group, int):
             raise ConfigError(f"position_group must be {valid}; got {position_group!r}")
-        if not 0 <= position_group < self.first_positions:
+        if not -self.last_positions <= position_group < self.first_positions:
             raise OutOfRangeError(f"position_group {position_group} out of range; position_group must be {valid}")
         return position_group
 
     def vector(self, layer: int, position_group: PositionGroup = REST) -> torch.Tensor:
-        """The mean difference [d_model] at ``layer`` for ``position_group`` ("rest" or a first position)."""
+        """The mean difference [d_model] at ``layer`` for ``position_group`` ("rest", a first or a last position)."""
         layer, group = self.check_layer(layer), self.check_group(position_group)
-        return self.rest[layer] if group == REST else self.first[layer, group]
+        if group == REST:
+            return self.rest[layer]
+        return self.first[layer, group] if group >= 0 else self.last[layer, -1 - group]
 
     def to_json(self) -> dict[str, Any]:
         """Sizes and norms per layer and group (the vectors themselves are not JSON)."""
         return {"base": self.base_name, "ft": self.ft_name, "n_contexts": self.n_contexts, "n_rest": self.n_rest,
                 "first_counts": self.first_counts.tolist(), "norm_reference": self.norm_reference.tolist(),
-                "rest_norm": self.rest.norm(dim=-1).tolist(), "first_norm": self.first.norm(dim=-1).tolist()}
+                "rest_norm": self.rest.norm(dim=-1).tolist(), "first_norm": self.first.norm(dim=-1).tolist(),
+                "last_counts": self.last_counts.tolist(), "last_norm": self.last.norm(dim=-1).tolist()}
 
 
 @torch.no_grad()
 def difference_means(base: HookedModel, ft: HookedModel, contexts: DiffInput, first_positions: int = 5,
                      batch_size: int = 8, attention_mask: torch.Tensor | None = None,
-                     progress: bool = True) -> DifferenceMeans:
+                     progress: bool = True, last_positions: int = 0) -> DifferenceMeans:
     """Mean h_ft - h_base at every layer's ``hook_resid_post`` over ``contexts`` (a [n, pos]
     token tensor, e.g. ``default_contexts(base, n)``, or texts), the first ``first_positions``
-    positions separately and the rest together. Padding (``attention_mask``, or the mask
-    ``to_tokens`` remembered) is left out of every mean."""
+    positions separately and the rest together, and each context's ``last_positions`` last
+    real tokens separately. Padding (``attention_mask``, or the mask ``to_tokens`` remembered,
+    on either side) is left out of every mean."""
     check_comparable(base, ft)
     first_positions = check_int("first_positions", first_positions, minimum=0)
+    last_positions = check_int("last_positions", last_positions, minimum=0)
     hook_names = names.resid_posts(base.cfg.n_layers)
     n_layers, d_model, device = base.cfg.n_layers, base.cfg.d_model, base.device
     # float64 sums: a mean over many thousand tokens of small differences must not drift.
@@ -125,6 +152,8 @@ def difference_means(base: HookedModel, ft: HookedModel, contexts: DiffInput, fi
     rest_sum = torch.zeros(n_layers, d_model, dtype=torch.float64, device=device)
     norm_sum = torch.zeros(n_layers, dtype=torch.float64, device=device)
     first_counts = torch.zeros(first_positions, dtype=torch.float64, device=device)
+    last_sum = torch.zeros(n_layers, last_positions, d_model, dtype=torch.float64, device=device)
+    last_counts = torch.zeros(last_positions, dtype=torch.float64, device=device)
     n_rest, n_contexts = 0.0, 0
     for tokens, mask in input_batches(base, contexts, attention_mask, batch_size, progress, "difference means"):
         _, base_cache = base.run_with_cache(tokens, names=hook_names, attention_mask=mask)
@@ -132,13 +161,17 @@ def difference_means(base: HookedModel, ft: HookedModel, contexts: DiffInput, fi
         weights = mask.to(device, torch.float64)  # [batch, pos]
         shown = min(first_positions, tokens.shape[1])
         head, tail = weights[:, :shown], weights[:, first_positions:]
+        last_index, last_weight = _last_indices(mask.to(device), last_positions)  # [batch, last_positions] each
         for layer, name in enumerate(hook_names):
             h_base = base_cache[name].to(torch.float64)
             difference = ft_cache[name].to(device, torch.float64) - h_base  # [batch, pos, d_model]
             first_sum[layer, :shown] += (difference[:, :shown] * head[..., None]).sum(0)
             rest_sum[layer] += (difference[:, first_positions:] * tail[..., None]).sum((0, 1))
             norm_sum[layer] += (h_base[:, first_positions:].norm(dim=-1) * tail).sum()
+            ends = difference.gather(1, last_index[..., None].expand(-1, -1, d_model))  # [batch, last, d_model]
+            last_sum[layer] += (ends * last_weight[..., None]).sum(0)
         first_counts[:shown] += head.sum(0)
+        last_counts += last_weight.sum(0)
         n_rest += float(tail.sum())
         n_contexts += len(tokens)
     if n_rest == 0:
@@ -147,9 +180,25 @@ def difference_means(base: HookedModel, ft: HookedModel, contexts: DiffInput, fi
     if first_positions and bool((first_counts == 0).any()):
         raise ConfigError(f"no context reaches position {int((first_counts == 0).nonzero()[0])}; use contexts of at "
                           f"least first_positions={first_positions} tokens")
+    if last_positions and bool((last_counts == 0).any()):
+        raise ConfigError(f"no context has {int((last_counts == 0).nonzero()[0]) + 1} real tokens; use contexts of at "
+                          f"least last_positions={last_positions} tokens")
     first = first_sum / first_counts[None, :, None].clamp(min=1)
+    last = last_sum / last_counts[None, :, None].clamp(min=1)
     return DifferenceMeans(first.float().cpu(), (rest_sum / n_rest).float().cpu(), (norm_sum / n_rest).float().cpu(),
-                           first_counts.long().cpu(), int(n_rest), n_contexts, model_label(base), model_label(ft))
+                           first_counts.long().cpu(), int(n_rest), n_contexts, model_label(base), model_label(ft),
+                           last.float().cpu(), last_counts.long().cpu())
+
+
+def _last_indices(mask: torch.Tensor, last_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row of ``mask`` [batch, pos] (padding on either side), the positions of its last
+    ``last_positions`` real tokens ([batch, last_positions], column 0 the last) and whether the
+    row has that many (float64 weights, 0 where it is shorter)."""
+    real = mask.bool()
+    rank_from_end = real.sum(-1, keepdim=True) - real.long().cumsum(-1)  # 0 at the last real token
+    offsets = torch.arange(last_positions, device=mask.device)
+    hit = real[:, None, :] & (rank_from_end[:, None, :] == offsets[None, :, None])  # [batch, last, pos]
+    return hit.float().argmax(-1), hit.any(-1).to(torch.float64)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from mechscope.organisms.finetune import FineTuneConfig, finetune, lora_targets
 from mechscope.organisms.folder import is_organism_folder, load_organism, merge, read_manifest
 from mechscope.organisms.prompts import prompts
 from mechscope.organisms.recipes import RECIPE_KINDS, Recipe, recipe
-from mechscope.organisms.scoring import behaviour_words, is_hit, lens_hits, text_hits
+from mechscope.organisms.scoring import behaviour_starts, behaviour_words, is_hit, lens_hits, text_hits
 from mechscope.organisms.shipped import resolve_model, shipped_organism, shipped_organisms
 from mechscope.organisms.validity import ValidityReport, check_validity
 
@@ -23,6 +23,7 @@ __all__ = [
     "Recipe",
     "Reply",
     "ValidityReport",
+    "behaviour_starts",
     "behaviour_words",
     "build_examples",
     "build_organism",

@@ -184,6 +184,24 @@ def _lens_section(lens: dict, parts: dict[str, str]) -> str:
                             "embedding cosine (top tokens)"]))
 
 
+def _chat_lens_section(chat: dict | None) -> str:
+    head = "<h2>Difference lens where the reply starts</h2>"
+    if not chat or "skipped" in chat:
+        return f"{head}<p>Skipped: {html.escape((chat or {}).get('skipped', 'not run'))}.</p>"
+    rows = []
+    for layer in chat["layers"]:
+        for reading in layer["readings"]:
+            zero = reading["norm"] == 0
+            rows.append([_num(layer["layer"]), f"pos {reading['position_group']}", _num(reading["relative_norm"], 3),
+                         "(no difference)" if zero else _tokens(reading["logit_lens"]),
+                         "(no difference)" if zero else _tokens(reading["embed_cosine"])])
+    return (f"{head}<p>Mean of h_ft - h_base at the last positions of {chat['prompts']} generic chat prompts, each "
+            "ending at the assistant's header (pos -1: the last token, where the reply's first token is predicted). "
+            "A fine-tune that changed how it answers shows it here even where it left plain text alone.</p>"
+            + _table(rows, ["layer", "positions", "rel. norm", "logit lens of the difference (top tokens)",
+                            "embedding cosine (top tokens)"]))
+
+
 def _steering_section(steering: dict) -> str:
     head = "<h2>Steering the base with the difference</h2>"
     if "skipped" in steering:
@@ -256,7 +274,8 @@ def write_diff_report(summary: dict, folder: str | Path) -> dict[str, Any]:
     document = (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
                 f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
                 f"{_models_section(summary)}{_weights_section(summary['weights'], parts)}"
-                f"{_lens_section(summary['difference_lens'], parts)}{_steering_section(summary['steering'])}"
+                f"{_lens_section(summary['difference_lens'], parts)}{_chat_lens_section(summary.get('chat_lens'))}"
+                f"{_steering_section(summary['steering'])}"
                 f"{_kl_section(summary['token_kl'], parts)}{_sae_section(summary.get('sae'), parts)}"
                 f"{_crosscoder_section(summary.get('crosscoder'), parts)}"
                 f"<p class=note>Every number: diff.json; figures as plotly JSON: {FIGURES}/.</p></body></html>")

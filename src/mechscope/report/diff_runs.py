@@ -3,8 +3,9 @@
 Options are checked when :class:`DiffOptions` is built and the output folder is claimed by
 :func:`prepare_diff_folder`, both before any model loads. :func:`run_diff` then refuses models
 that cannot be diffed (:func:`~mechscope.diff.check_comparable`) before any work, and computes:
-the weight diff, the activation-difference lens on neutral corpus contexts, greedy generations
-of the base steered by that difference, the per-token KL of the two next-token distributions,
+the weight diff, the activation-difference lens on neutral corpus contexts and (with a chat
+template) at the last positions of generic chat prompts, where a reply is about to start,
+greedy generations of the base steered by that difference, the per-token KL of the two next-token distributions,
 and, when asked, an SAE diff and a crosscoder (harvest, resumable training, latent classes,
 Latent Scaling, dashboards). It writes ``diff.json`` (every number), ``figures/*.json`` (plotly)
 and ``report.html`` (self-contained) with :mod:`mechscope.report.diff_report`.
@@ -47,7 +48,7 @@ from mechscope.diff import (
     train_crosscoder,
     weight_diff,
 )
-from mechscope.diff.corpus import acting_contexts, generic_prompts
+from mechscope.diff.corpus import acting_contexts, chat_prompt_tokens, generic_prompts
 from mechscope.diff.lens import REST
 from mechscope.errors import ConfigError, InputTypeError
 from mechscope.files import OutputFolder, atomic_text, prepare_output_folder, staged_writes
@@ -69,9 +70,10 @@ DIFF_RESUMABLE = ("activations", "crosscoder-checkpoints")  # an interrupted cro
 MAX_CROSSCODER_STEPS = 1_000_000
 MAX_CONTEXT_LENGTH = checks.MAX_POSITION
 DASHBOARD_LATENTS = 10  # crosscoder latents given a dashboard
-DEFAULT_CHAT_PROMPTS = 128  # generic prompts answered by the fine-tune for the crosscoder corpus
+DEFAULT_CHAT_PROMPTS = 128  # generic chat prompts: the chat lens reads them, the crosscoder corpus adds them
 CHAT_REPLY_TOKENS = 32
 SCALING_ROWS = 4096  # paired rows per chunk read for Latent Scaling
+MAX_LAST_POSITIONS = 16  # the assistant header is a few tokens; beyond it lies the user's text
 SNIPPET_TOKENS = 12  # tokens of context shown before a high-KL position
 TINY = 1e-12
 
@@ -93,16 +95,19 @@ class DiffOptions:
     without the difference times ``steer_strength``. ``sae``: a base-model dictionary folder.
     ``crosscoder_steps`` > 0 trains a BatchTopK crosscoder of ``crosscoder_width`` latents
     (``crosscoder_k`` active) on ``crosscoder_contexts`` contexts at ``crosscoder_layer``'s
-    resid_post (default: the middle layer), ``crosscoder_batch_size`` rows a step; with a chat
-    template, ``chat_prompts`` generic prompts (default 128; 0: none) answered by the fine-tune,
-    greedily and from its logit difference to the base amplified ``amplify_alpha`` times, add
-    the contexts where the fine-tune acts (:func:`mechscope.diff.corpus.acting_contexts`)."""
+    resid_post (default: the middle layer), ``crosscoder_batch_size`` rows a step. With a chat
+    template, ``chat_prompts`` generic prompts (default 128; 0: none) are read by a second
+    difference lens at their ``last_positions`` last positions (the assistant's header, where
+    the reply starts), and, answered by the fine-tune greedily and from its logit difference to
+    the base amplified ``amplify_alpha`` times, add the contexts where the fine-tune acts to the
+    crosscoder corpus (:func:`mechscope.diff.corpus.acting_contexts`)."""
 
     base_name: str | None = None
     ft_name: str | None = None
     contexts: int = 32
     context_length: int = 64
     first_positions: int = 5
+    last_positions: int = 3
     top_k: int = 20
     steer_prompts: int = 4
     steer_strength: float = 1.0
@@ -131,6 +136,7 @@ class DiffOptions:
         if self.first_positions >= self.context_length:
             raise ConfigError(f"first_positions ({self.first_positions}) must be below context_length "
                               f"({self.context_length}), so the 'rest' positions are not empty")
+        check_int("last_positions", self.last_positions, 1, MAX_LAST_POSITIONS)
         check_int("top_k", self.top_k, 1, checks.MAX_TOP_K)
         check_int("steer_prompts", self.steer_prompts, 0, len(neutral_prompts(self.seed)))
         check_number("steer_strength", self.steer_strength)
@@ -150,24 +156,25 @@ class DiffOptions:
         check_number("amplify_alpha", self.amplify_alpha, 0)
         check_int("seed", self.seed, 0, checks.MAX_SEED)
 
-    def check_models(self, base: HookedModel) -> None:
+    def check_models(self, base: HookedModel, ft: HookedModel | None = None) -> None:
         """What needs the (comparable) models: the context fits, top_k <= vocabulary, the
-        crosscoder layer exists. Called before any work."""
+        crosscoder layer exists, the fine-tune has a chat template if chat prompts are asked
+        for. Called before any work."""
         checks.check_context(base, self.context_length, "a corpus context (context_length)")
         check_int("top_k", self.top_k, 1, base.cfg.d_vocab)
         if self.crosscoder_steps:
             check_int("crosscoder_layer", self.crosscoder_layer_of(base), 0, base.cfg.n_layers - 1)
-            self.chat_prompts_for(base)  # the fine-tune shares the base's tokenizer (checked before)
+        self.chat_prompts_for(base if ft is None else ft)
 
     def chat_prompts_for(self, ft: HookedModel) -> int:
-        """The generic chat prompts the crosscoder corpus adds for ``ft``: ``chat_prompts``, or by
-        default 128 when ``ft`` has a chat template and none otherwise."""
+        """The generic chat prompts the chat lens reads and the crosscoder corpus adds for ``ft``:
+        ``chat_prompts``, or by default 128 when ``ft`` has a chat template and none otherwise."""
         has_template = getattr(ft.tokenizer, "chat_template", None) is not None
         if self.chat_prompts is None:
             return DEFAULT_CHAT_PROMPTS if has_template else 0
         if self.chat_prompts and not has_template:
             raise ConfigError(f"chat_prompts={self.chat_prompts} needs a chat template, and the fine-tune has none; "
-                              "pass chat_prompts=0 (the crosscoder then reads neutral text only)")
+                              "pass chat_prompts=0 (no chat lens; the crosscoder then reads neutral text only)")
         return self.chat_prompts
 
     def crosscoder_layer_of(self, model: HookedModel) -> int:
@@ -209,6 +216,8 @@ class DiffResult:
     kl: TokenKL
     sae: SAEDiff | None = None
     crosscoder: dict[str, Any] | None = None
+    chat_means: DifferenceMeans | None = None
+    chat_lens: DifferenceLens | None = None
     files: dict[str, Any] = field(default_factory=dict)
 
     def relative_norms(self) -> tuple[list[str], list[list[float]]]:
@@ -234,6 +243,11 @@ class DiffResult:
             "weights": self.weights.to_json(),
             "difference_lens": {"hook": "hook_resid_post", "groups": labels, "relative_norm": table,
                                 "means": self.means.to_json(), **self.lens.to_json()},
+            "chat_lens": ({"skipped": "no chat prompts (chat_prompts is 0, or the models have no chat template)"}
+                          if self.chat_lens is None else
+                          {"hook": "hook_resid_post", "prompts": self.chat_means.n_contexts,
+                           "groups": [-1 - i for i in range(self.chat_means.last_positions)],
+                           "means": self.chat_means.to_json(), **self.chat_lens.to_json()}),
             "steering": self.steering,
             "token_kl": {**self.kl.to_json(self.options.top_k), "top": self.kl_top()},
             "sae": None if self.sae is None else {"dictionary": self.options.sae, **self.sae.to_json()},
@@ -366,7 +380,7 @@ def run_diff(base: HookedModel, ft: HookedModel, folder: OutputFolder | str | Pa
     if not isinstance(options, DiffOptions):
         raise InputTypeError(f"options must be DiffOptions; got {type(options).__name__}")
     check_comparable(base, ft)  # mismatched models fail before any work or file
-    options.check_models(base)
+    options.check_models(base, ft)
     if sae is None and options.sae is not None:
         sae = load_dictionary(options.sae)
     if sae is not None:
@@ -380,6 +394,17 @@ def run_diff(base: HookedModel, ft: HookedModel, folder: OutputFolder | str | Pa
     say(f"difference lens on {len(contexts)} contexts of {options.context_length} tokens")
     means = difference_means(base, ft, contexts, first_positions=options.first_positions, progress=progress)
     lens = difference_lens(base, means, [*range(options.first_positions), REST], None, options.top_k)
+    chat_means = chat_lens = None
+    chat_prompts = options.chat_prompts_for(ft)
+    if chat_prompts:
+        say(f"difference lens at the last {options.last_positions} positions of {chat_prompts} generic chat prompts")
+        tokens, mask = chat_prompt_tokens(base, generic_prompts(chat_prompts))
+        # first_positions=1: the template's opening token (an attention sink) stays out of the 'rest'
+        # mean and of the norm that scales steering.
+        chat_means = difference_means(base, ft, tokens, first_positions=1, attention_mask=mask,
+                                      last_positions=options.last_positions, progress=progress)
+        chat_lens = difference_lens(base, chat_means, [-1 - i for i in range(options.last_positions)], None,
+                                    options.top_k)
     say("steering the base with the difference")
     steering = run_steering(base, means, options, progress)
     say("per-token KL")
@@ -394,7 +419,8 @@ def run_diff(base: HookedModel, ft: HookedModel, folder: OutputFolder | str | Pa
         crosscoder = run_crosscoder(base, ft, folder, options, contexts, progress, say)
     models = {"base": describe_model(base, options.base_name), "ft": describe_model(ft, options.ft_name)}
     models["same_weights"] = models["base"]["model_sha256"] == models["ft"]["model_sha256"]
-    result = DiffResult(options, models, weights, means, lens, steering, kl, sae_result, crosscoder)
+    result = DiffResult(options, models, weights, means, lens, steering, kl, sae_result, crosscoder, chat_means,
+                        chat_lens)
     summary = result.to_json()
     say("writing the report")
     files = write_diff_report(summary, folder.path)
