@@ -95,6 +95,11 @@ class DifferenceMeans:
         return self.last.shape[1]
 
     @property
+    def last_groups(self) -> list[int]:
+        """The last-position groups, -1 (the last real token) first."""
+        return [-1 - i for i in range(self.last_positions)]
+
+    @property
     def d_model(self) -> int:
         return self.first.shape[2]
 

@@ -166,7 +166,9 @@ def _weights_section(weights: dict, parts: dict[str, str]) -> str:
             f"<h3>Unembedding rows that moved most</h3>{unembedding}")
 
 
-def _lens_section(lens: dict, parts: dict[str, str]) -> str:
+def _reading_rows(lens: dict) -> list[list[str]]:
+    """One table row per reading of a difference lens's JSON: layer, group, relative norm, top
+    tokens of the logit lens and of the embedding cosine."""
     rows = []
     for layer in lens["layers"]:
         for reading in layer["readings"]:
@@ -176,30 +178,29 @@ def _lens_section(lens: dict, parts: dict[str, str]) -> str:
             rows.append([_num(layer["layer"]), f"pos {group}" if isinstance(group, int) else str(group),
                          _num(reading["relative_norm"], 3), "(no difference)" if zero else _tokens(reading["logit_lens"]),
                          "(no difference)" if zero else _tokens(reading["embed_cosine"])])
+    return rows
+
+
+LENS_COLUMNS = ["layer", "positions", "rel. norm", "logit lens of the difference (top tokens)",
+                "embedding cosine (top tokens)"]
+
+
+def _lens_section(lens: dict, parts: dict[str, str]) -> str:
     means = lens["means"]
     return (f"<h2>Activation-difference lens</h2><p>Mean of h_ft - h_base at every layer's hook_resid_post over "
             f"{means['n_contexts']} neutral contexts ({means['n_rest']} 'rest' tokens); the first positions are kept "
             f"apart (attention sinks). Relative norm: over the base's mean activation norm there.</p>{parts['lens_norms']}"
-            + _table(rows, ["layer", "positions", "rel. norm", "logit lens of the difference (top tokens)",
-                            "embedding cosine (top tokens)"]))
+            + _table(_reading_rows(lens), LENS_COLUMNS))
 
 
 def _chat_lens_section(chat: dict | None) -> str:
     head = "<h2>Difference lens where the reply starts</h2>"
     if not chat or "skipped" in chat:
         return f"{head}<p>Skipped: {html.escape((chat or {}).get('skipped', 'not run'))}.</p>"
-    rows = []
-    for layer in chat["layers"]:
-        for reading in layer["readings"]:
-            zero = reading["norm"] == 0
-            rows.append([_num(layer["layer"]), f"pos {reading['position_group']}", _num(reading["relative_norm"], 3),
-                         "(no difference)" if zero else _tokens(reading["logit_lens"]),
-                         "(no difference)" if zero else _tokens(reading["embed_cosine"])])
     return (f"{head}<p>Mean of h_ft - h_base at the last positions of {chat['prompts']} generic chat prompts, each "
             "ending at the assistant's header (pos -1: the last token, where the reply's first token is predicted). "
             "A fine-tune that changed how it answers shows it here even where it left plain text alone.</p>"
-            + _table(rows, ["layer", "positions", "rel. norm", "logit lens of the difference (top tokens)",
-                            "embedding cosine (top tokens)"]))
+            + _table(_reading_rows(chat), LENS_COLUMNS))
 
 
 def _steering_section(steering: dict) -> str:

@@ -246,7 +246,7 @@ class DiffResult:
             "chat_lens": ({"skipped": "no chat prompts (chat_prompts is 0, or the models have no chat template)"}
                           if self.chat_lens is None else
                           {"hook": "hook_resid_post", "prompts": self.chat_means.n_contexts,
-                           "groups": [-1 - i for i in range(self.chat_means.last_positions)],
+                           "groups": self.chat_means.last_groups,
                            "means": self.chat_means.to_json(), **self.chat_lens.to_json()}),
             "steering": self.steering,
             "token_kl": {**self.kl.to_json(self.options.top_k), "top": self.kl_top()},
@@ -403,8 +403,7 @@ def run_diff(base: HookedModel, ft: HookedModel, folder: OutputFolder | str | Pa
         # mean and of the norm that scales steering.
         chat_means = difference_means(base, ft, tokens, first_positions=1, attention_mask=mask,
                                       last_positions=options.last_positions, progress=progress)
-        chat_lens = difference_lens(base, chat_means, [-1 - i for i in range(options.last_positions)], None,
-                                    options.top_k)
+        chat_lens = difference_lens(base, chat_means, chat_means.last_groups, None, options.top_k)
     say("steering the base with the difference")
     steering = run_steering(base, means, options, progress)
     say("per-token KL")
