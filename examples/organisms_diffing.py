@@ -21,10 +21,11 @@ by the fine-tune, weights). The recipe is read only afterwards, to score what wa
 - crosscoder (BatchTopK, paired activations at the middle layer on neutral text and both sets of
   transcripts): how many fine-tune-only latents (decoder-norm ratio > 0.9) and fine-tune-leaning
   ones (ratio 6 robust standard deviations above the bulk), how many pass Latent Scaling, and
-  whether their top contexts contain the behaviour.
+  whether their top contexts contain the behaviour; once plain, once with the fine-tune's
+  change magnified ten times in the rows it reads (``CrosscoderConfig.delta_scale``).
 
 The null organism gets the same analysis, scored with the behaviour of the recipe it mirrors:
-whatever is "found" there is a false positive. About 12 minutes per organism on 2 CPU cores.
+whatever is "found" there is a false positive. About 15 minutes per organism on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from mechscope.diff.corpus import (
     transcript_contexts,
     transcripts,
 )
+from mechscope.diff.paired import split_pair
 from mechscope.files import atomic_text, file_sha256
 from mechscope.hooks import names
 from mechscope.report.diff_runs import steering_layer
@@ -73,7 +75,8 @@ from mechscope.steering import generate
 GROUPS = [0, 1, 2, 3, 4, "rest"]
 CHAT_PROMPTS = 128  # generic prompts (mechscope's refusal instructions) answered by the fine-tune
 AMPLIFY_ALPHA = 2.0
-LAST_GROUPS = [-1, -2, -3]
+CHAT_LAST_POSITIONS = 3
+DELTA_SCALES = (1.0, 10.0)  # the plain crosscoder, and the fine-tune's change magnified ten times
 CHAT_STEER_DEPTHS = (2 / 3, 5 / 6)  # layers (as a share of the depth) the chat difference is added at
 CHAT_STEER_STRENGTHS = (0.1, 0.2, 0.4)  # times the base's mean activation norm there
 
@@ -98,9 +101,9 @@ def chat_lens_section(base, ft, recipe, words, starts) -> dict:
     tokens, mask = chat_prompt_tokens(base, generic_prompts(CHAT_PROMPTS))
     # first_positions=1: the template's opening token (an attention sink) stays out of the 'rest'
     # mean and of the norm that scales steering.
-    means = difference_means(base, ft, tokens, first_positions=1, attention_mask=mask, last_positions=3,
-                             progress=False)
-    lens = difference_lens(base, means, position_groups=LAST_GROUPS, k=20)
+    means = difference_means(base, ft, tokens, first_positions=1, attention_mask=mask,
+                             last_positions=CHAT_LAST_POSITIONS, progress=False)
+    lens = difference_lens(base, means, position_groups=means.last_groups, k=20)
     prompts, markers = steer_prompts(), recipe.behaviour_markers
     plain = generate(base, prompts, max_new_tokens=24, progress=False)
     steer_words = unprompted_words(words, plain)
@@ -136,23 +139,14 @@ def lens_section(base, ft, recipe, words, starts, contexts) -> dict:
             "n_steer_prompts": len(prompts)}
 
 
-def crosscoder_section(base, ft, words, markers, neutral, steps: int) -> dict:
-    prompts = generic_prompts(CHAT_PROMPTS)
-    plain = generate(ft, prompts, max_new_tokens=32, chat=True, progress=False)
-    amplified = amplified_generate(base, ft, prompts, AmplifyConfig(alpha=AMPLIFY_ALPHA, max_new_tokens=32), chat=True,
-                                   progress=False)
-    rate = lambda replies: sum(organisms.shows_behaviour(reply, markers) for reply in replies) / len(replies)
-    chats = transcript_contexts(base, transcripts(ft, prompts + prompts, plain + amplified), context_length=64)
-    contexts = torch.cat([neutral, chats])
-    hook = names.resid_post(base.cfg.n_layers // 2)
-    with tempfile.TemporaryDirectory() as folder:
-        harvest_pair(base, ft, contexts, folder, [hook], progress=False)
-        data = PairedActivations(folder, [hook], batch_size=512)
-        config = CrosscoderConfig(d_model=base.cfg.d_model, d_sae=2 * base.cfg.d_model, k=16, hook_names=(hook,))
-        crosscoder = train_crosscoder(data, config, TrainConfig(steps=steps, lr=3e-4), progress=False)
-        rows = data.rows(0, min(data.total_tokens, 8192))
+def crosscoder_run(base, ft, data, rows, chats, words, markers, steps: int, scale: float) -> dict:
+    """One crosscoder at ``scale`` (delta_scale) on the harvested pairs: its classes, Latent
+    Scaling of the ft latents, and which of them hold the behaviour in their top 5 contexts."""
+    hook = data.hook_names[0]
+    config = CrosscoderConfig(d_model=base.cfg.d_model, d_sae=2 * base.cfg.d_model, k=16, hook_names=(hook,),
+                              delta_scale=scale)
+    crosscoder = train_crosscoder(data, config, TrainConfig(steps=steps, lr=3e-4), progress=False)
     classes = classify_latents(crosscoder)
-    ft_only = classes.indices("ft-only")
     found = classes.ft_latents()
     scaling = latent_scaling(crosscoder, rows, latents=found) if found else None
     verdicts = dict(zip(found, scaling.verdicts)) if scaling else {}
@@ -169,14 +163,35 @@ def crosscoder_section(base, ft, words, markers, neutral, steps: int) -> dict:
                 texts.append(base.tokenizer.decode(window))
             if any(organisms.shows_behaviour(text, markers) or organisms.text_hits(text, words)
                    for text in texts):
-                behaviour_latents.append((latent, float(classes.robust_z[latent]), texts[0]))
+                behaviour_latents.append((latent, classes.kinds[latent], float(classes.relative_norm[latent]),
+                                          float(classes.robust_z[latent]), verdicts[latent], texts[0]))
     z = classes.robust_z[~classes.robust_z.isnan()]
-    return {"hook": hook, "tokens": int(contexts.numel()), "counts": classes.counts, "ft_only": len(ft_only),
+    return {"delta_scale": scale, "counts": classes.counts, "ft_only": len(classes.indices("ft-only")),
             "ft_leaning": len(classes.leaning("ft")), "max_z": float(z.max()) if len(z) else float("nan"),
             "max_r": float(classes.relative_norm.max()),
             "ft_specific": sum(verdict == "ft-specific" for verdict in verdicts.values()),
-            "behaviour_latents": behaviour_latents, "steps": steps, "n_prompts": len(prompts),
-            "plain_rate": rate(plain), "amplified_rate": rate(amplified),
+            "behaviour_latents": behaviour_latents,
+            "ft_only_with_behaviour": sum(kind == "ft-only" for _, kind, *_ in behaviour_latents)}
+
+
+def crosscoder_section(base, ft, words, markers, neutral, steps: int) -> dict:
+    prompts = generic_prompts(CHAT_PROMPTS)
+    plain = generate(ft, prompts, max_new_tokens=32, chat=True, progress=False)
+    amplified = amplified_generate(base, ft, prompts, AmplifyConfig(alpha=AMPLIFY_ALPHA, max_new_tokens=32), chat=True,
+                                   progress=False)
+    rate = lambda replies: sum(organisms.shows_behaviour(reply, markers) for reply in replies) / len(replies)
+    chats = transcript_contexts(base, transcripts(ft, prompts + prompts, plain + amplified), context_length=64)
+    contexts = torch.cat([neutral, chats])
+    hook = names.resid_post(base.cfg.n_layers // 2)
+    with tempfile.TemporaryDirectory() as folder:
+        harvest_pair(base, ft, contexts, folder, [hook], progress=False)
+        data = PairedActivations(folder, [hook], batch_size=512)
+        rows = data.rows(0, min(data.total_tokens, 8192))
+        base_half, ft_half = split_pair(rows, 1)
+        change = float((ft_half - base_half).norm(dim=-1).mean() / base_half.norm(dim=-1).mean())
+        runs = [crosscoder_run(base, ft, data, rows, chats, words, markers, steps, scale) for scale in DELTA_SCALES]
+    return {"hook": hook, "tokens": int(contexts.numel()), "relative_change": change, "runs": runs, "steps": steps,
+            "n_prompts": len(prompts), "plain_rate": rate(plain), "amplified_rate": rate(amplified),
             "amplified_sample": next((reply for reply in amplified if organisms.shows_behaviour(reply, markers)),
                                      amplified[0])}
 
@@ -243,14 +258,16 @@ def summary(results: list[dict]) -> str:
     lines.append(f"- Replies to generic prompts, greedy -> amplified: {amplified}. (For the refusal organism half the "
                  "generic prompts are harmful, where refusing is its rule; for the others each reply with the "
                  "behaviour is one the rule does not call for.)")
-    found = [r for r in planted if r["crosscoder"]["behaviour_latents"]]
-    null_z = ", ".join(f"{r['crosscoder']['max_z']:.1f}" for r in nulls) or "no null run"
-    lines.append(f"- Crosscoder: no latent reaches the ft-only ratio (0.9) for any organism. Fine-tune-leaning latents "
-                 f"(robust z >= 6) whose top contexts hold the behaviour: {names(found)}; none for "
-                 f"{names([r for r in planted if not r['crosscoder']['behaviour_latents']])}. The null's largest z: "
-                 f"{null_z} (no ft-leaning latent), so the margin to the threshold is small. Latent Scaling calls none of "
-                 "the ft-leaning latents ft-specific: the base holds their directions too, as a latent of planted "
-                 "text the base can read would.")
+    for run_index, label in ((0, "plain crosscoder"), (-1, "crosscoder with the change magnified")):
+        runs = {r["name"]: r["crosscoder"]["runs"][run_index] for r in results}
+        scale = next(iter(runs.values()))["delta_scale"] if runs else 1
+        found = [r for r in planted if runs[r["name"]]["behaviour_latents"]]
+        ft_only = [r for r in planted if runs[r["name"]]["ft_only_with_behaviour"]]
+        null_counts = ", ".join(f"{r['name']}: {runs[r['name']]['ft_only']} ft-only, {runs[r['name']]['ft_leaning']} "
+                                f"ft-leaning (largest r {runs[r['name']]['max_r']:.2f})" for r in nulls) or "no null run"
+        lines.append(f"- {label.capitalize()} (delta_scale {scale:g}): ft-only or ft-leaning latents whose top "
+                     f"contexts hold the behaviour for {names(found)}; ft-only ones (r > 0.9) among them for "
+                     f"{names(ft_only)}. On the null: {null_counts}.")
     return "\n".join(lines)
 
 
@@ -258,9 +275,17 @@ def page(results: list[dict]) -> str:
     results = rescored(results)
     rows = ["| organism | rule | lens hits, neutral text (layers) | steered base shows behaviour | lens hits where "
             "replies start (layers) | base steered with that: best rate (layer, strength) | behaviour in replies to "
-            "generic prompts: plain / amplified | ft-only latents | ft-leaning latents (Latent Scaling passes) | "
-            "ft-leaning latents with behaviour in top contexts | neutral KL (validity) | per-token KL, neutral text |",
+            "generic prompts: plain / amplified | crosscoder ft-only / ft-leaning latents (Latent Scaling passes), "
+            "plain | of them with behaviour in top contexts | the same, change magnified | of them with behaviour | "
+            "neutral KL (validity) | per-token KL, neutral text |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def latents_cell(run: dict) -> str:
+        return f"{run['ft_only']} / {run['ft_leaning']} ({run['ft_specific']})"
+
+    def behaviour_cell(run: dict) -> str:
+        return f"{len(run['behaviour_latents'])} ({run['ft_only_with_behaviour']} ft-only)"
+
     for r in results:
         recipe, lens, cross = r["recipe"], r["lens"], r["crosscoder"]
         rule = recipe.get("trigger") or recipe["kind"] if recipe["kind"] != "null" else f"none (mirrors {recipe['mirrors']})"
@@ -273,8 +298,8 @@ def page(results: list[dict]) -> str:
                     f"{len(chat['hits'])} ({', '.join(map(str, chat_layers[:8])) or '-'}) | "
                     f"{best['rate']:.0%} ({best['layer']}, {best['strength']}; unsteered {chat['unsteered_rate']:.0%}) | "
                     f"{cross['plain_rate']:.0%} / {cross['amplified_rate']:.0%} (n={cross['n_prompts']}) | "
-                    f"{cross['ft_only']} | {cross['ft_leaning']} ({cross['ft_specific']}) | "
-                    f"{len(cross['behaviour_latents'])} | "
+                    f"{latents_cell(cross['runs'][0])} | {behaviour_cell(cross['runs'][0])} | "
+                    f"{latents_cell(cross['runs'][-1])} | {behaviour_cell(cross['runs'][-1])} | "
                     f"{r['validity'].get('neutral_kl', float('nan')):.3f} | {r['kl_mean']:.4f} |")
     figure = go.Figure([go.Scatter(y=r["lens"]["relative_norm"], name=r["name"]) for r in results])
     figure.update_layout(title="Difference lens: |mean(h_ft - h_base)| / mean |h_base| per layer (positions >= 5)",
@@ -283,7 +308,15 @@ def page(results: list[dict]) -> str:
     for r in results:
         lens, cross = r["lens"], r["crosscoder"]
         hits = "; ".join(f"layer {layer} {group}: {', '.join(map(repr, found))}" for layer, group, found in lens["hits"][:6])
-        latents = "; ".join(f"latent {latent} (z {z:.1f}): {text!r}" for latent, z, text in cross["behaviour_latents"][:3])
+        crosscoder_lines = []
+        for run in cross["runs"]:
+            latents = "; ".join(f"latent {latent} ({kind}, r {r_value:.2f}, z {z:.1f}, {verdict}): {text!r}"
+                                for latent, kind, r_value, z, verdict, text in run["behaviour_latents"][:3])
+            crosscoder_lines.append(
+                f"- Crosscoder with delta_scale {run['delta_scale']:g}: classes {run['counts']}; largest relative norm "
+                f"{run['max_r']:.3f}, largest robust z {run['max_z']:.1f}; {run['ft_leaning']} ft-leaning latents; "
+                f"{len(run['behaviour_latents'])} ft latents with the behaviour in their top contexts"
+                f"{': ' + latents if latents else ''}.")
         details.append(f"""### {r['name']}
 
 - Behaviour words scored: {', '.join(r['words'])}; word starts (as tokenized): {', '.join(r['starts'])}.
@@ -295,8 +328,8 @@ def page(results: list[dict]) -> str:
 - Base steered with it: {'; '.join(f"layer {run['layer']} x{run['strength']}: {run['rate']:.0%}" for run in r['chat_lens']['steering'])}; best run's first reply: {best_steer(r)['sample'][:120]!r}.
 - Steered base (difference added at layer {lens['layer']}), first reply: {lens['steered_sample'][:160]!r}.
 - Replies to {cross['n_prompts']} generic prompts showing the behaviour: {cross['plain_rate']:.0%} greedy, {cross['amplified_rate']:.0%} amplified; an amplified one: {cross['amplified_sample'][:120]!r}.
-- Crosscoder at {cross['hook']} on {cross['tokens']} tokens, {cross['steps']} steps: classes {cross['counts']}; largest relative norm {cross['max_r']:.3f}, largest robust z {cross['max_z']:.1f}; {cross['ft_leaning']} ft-leaning latents.
-- Fine-tune-leaning latents whose top contexts contain the behaviour: {latents or 'none'}.
+- Crosscoders at {cross['hook']} on {cross['tokens']} tokens, {cross['steps']} steps; there |h_ft - h_base| is {cross['relative_change']:.1%} of |h_base| on average.
+{chr(10).join(crosscoder_lines)}
 - Per-token KL on neutral text: mean {r['kl_mean']:.4f} nats; largest at {', '.join(f'{t!r}->{n!r} ({v:.2f})' for t, n, v in r['kl_top'])}.
 """)
     return f"""# Case study: diffing the shipped organisms against SmolLM2-135M-Instruct
@@ -323,7 +356,7 @@ def cached_analysis(name: str, base, steps: int, cache: Path) -> dict:
     """The analysis of one organism, kept in ``cache/<name>.json`` (a killed run keeps the
     organisms it finished) and reused while the shipped adapter and the settings are the same."""
     key = {"adapter_sha256": file_sha256(organisms.shipped_organism(name) / "adapter.safetensors"), "steps": steps,
-           "analysis": 2}  # raised when the analysis gains a section
+           "analysis": 3}  # raised when the analysis gains a section
     path = cache / f"{name}.json"
     if path.is_file():
         kept = json.loads(path.read_text())

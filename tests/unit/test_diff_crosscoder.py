@@ -4,7 +4,7 @@ genuine ft-only latents from sparsity artifacts, and an SAE read in both models 
 change first."""
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -40,8 +40,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 class PairedDictionaryData:
     """Synthetic paired rows [base | ft] of width 2 * d: ``n_shared`` unit features written
     identically in both models, and ``n_ft`` features added to ft's half only (absent from base).
-    Each feature is on with probability p (p_ft) with magnitude 1 + |N(0, 0.5)|. ``same``: ft
-    equals base (the ft-only features are never added)."""
+    Each feature is on with probability p (p_ft) with magnitude 1 + |N(0, 0.5)| (times
+    ``ft_magnitude`` for the ft-only ones: a narrow fine-tune's small change). ``same``: ft equals
+    base (the ft-only features are never added)."""
 
     d: int = 16
     n_shared: int = 12
@@ -51,6 +52,7 @@ class PairedDictionaryData:
     batch_size: int = 256
     seed: int = 0
     same: bool = False
+    ft_magnitude: float = 1.0
 
     def directions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(shared [n_shared, d], ft-only [n_ft, d]) unit directions."""
@@ -68,7 +70,7 @@ class PairedDictionaryData:
             return on * (1 + (0.5 * torch.randn(self.batch_size, n, generator=generator)).abs())
 
         base = activations(self.n_shared, self.p) @ shared
-        extra = activations(self.n_ft, self.p_ft) @ ft_only
+        extra = self.ft_magnitude * activations(self.n_ft, self.p_ft) @ ft_only
         return torch.cat([base, base if self.same else base + extra], dim=-1)
 
 
@@ -130,6 +132,53 @@ def test_identical_models_give_no_ft_only_latents():
     assert classes.counts["ft-only"] == 0 and classes.counts["base-only"] == 0
     assert float(classes.relative_norm.max()) < 0.7 and float(classes.relative_norm.min()) > 0.3
     assert classes.leaning("ft") == [] and classes.leaning("base") == []  # nothing stands out of the bulk
+
+
+NARROW = PairedDictionaryData(ft_magnitude=0.03)  # the ft-only features at 3% of the shared ones' size
+NARROW_CONFIG = replace(CONFIG, d_sae=24)  # room for the 15 features, not for spare latents
+
+
+def test_a_narrow_change_gets_ft_only_latents_only_when_magnified():
+    _, planted_directions = NARROW.directions()
+
+    def best_ft_only_cosines(crosscoder):
+        classes = classify_latents(crosscoder)
+        ft_only = classes.indices("ft-only")
+        if not ft_only:
+            return torch.zeros(len(planted_directions))
+        _, ft_half = crosscoder.decoder_halves()
+        return (_unit(ft_half.flatten(1)[ft_only]) @ planted_directions.T).max(dim=0).values
+
+    plain = train_crosscoder(NARROW, NARROW_CONFIG, TRAIN, progress=False)
+    # Measured: no ft-only latent at all (the change is worth ~0.1% of the reconstruction error).
+    assert classify_latents(plain).indices("ft-only") == []
+    magnified = train_crosscoder(NARROW, replace(NARROW_CONFIG, delta_scale=30.0), TRAIN, progress=False)
+    # Measured: each planted direction is an ft-only latent's ft half, cosine 1.00.
+    assert float(best_ft_only_cosines(magnified).min()) > 0.95
+    # The magnified crosscoder reads (and reconstructs) [h_base, h_base + 30 (h_ft - h_base)].
+    x = NARROW.batch(5)
+    base_rows, ft_rows = split_pair(x, 1)
+    torch.testing.assert_close(magnified.rows(x), torch.cat([base_rows, base_rows + 30 * (ft_rows - base_rows)], -1)
+                               .flatten(1))
+    assert torch.equal(plain.rows(x), x) and torch.equal(magnified.encode(x), magnified.sae.encode(magnified.rows(x)))
+    held_out = torch.cat([NARROW.batch(100_000 + step) for step in range(4)])
+    scaling = latent_scaling(magnified, held_out)
+    assert scaling.verdicts and set(scaling.verdicts) <= {"ft-specific", "inactive"}  # the base holds none of them
+
+
+def test_delta_scale_is_checked_and_saved(tmp_path):
+    with pytest.raises(ConfigError, match="delta_scale"):
+        replace(CONFIG, delta_scale=0.5)
+    crosscoder = train_crosscoder(NARROW, replace(CONFIG, delta_scale=4.0), TrainConfig(steps=5, warmup_steps=1),
+                                  progress=False)
+    loaded = load_crosscoder(save_crosscoder(crosscoder, tmp_path / "cc"))
+    assert loaded.config.delta_scale == 4.0 and torch.equal(loaded.encode(NARROW.batch(1)), crosscoder.encode(NARROW.batch(1)))
+    # A checkpoint of one scale does not resume as another.
+    train_crosscoder(NARROW, replace(CONFIG, delta_scale=4.0), TrainConfig(steps=4, warmup_steps=1, checkpoint_every=2),
+                     checkpoint_dir=tmp_path / "ckpt", progress=False)
+    with pytest.raises(ResumeError):
+        train_crosscoder(NARROW, replace(CONFIG, delta_scale=8.0), TrainConfig(steps=4, warmup_steps=1,
+                         checkpoint_every=2), checkpoint_dir=tmp_path / "ckpt", progress=False)
 
 
 def _crosscoder_with_decoder(base_half: torch.Tensor, ft_half: torch.Tensor) -> Crosscoder:

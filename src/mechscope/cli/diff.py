@@ -56,6 +56,11 @@ def diff(
                                                      help="contexts harvested for the crosscoder")] = 256,
     crosscoder_batch_size: Annotated[int, typer.Option(min=1, max=checks.MAX_BATCH,
                                                        help="paired rows per crosscoder step")] = 1024,
+    crosscoder_delta_scale: Annotated[float | None, typer.Option(min=1, help="how many times the crosscoder "
+                                                                             "magnifies the fine-tune's change "
+                                                                             "(h_ft - h_base) in the rows it reads "
+                                                                             "(1: a plain crosscoder; default: 10)",
+                                                                 callback=finite())] = None,
     chat_prompts: Annotated[int | None, typer.Option(min=0, help="generic chat prompts: a second difference lens "
                                                                  "reads them where the reply starts, and, answered "
                                                                  "by the fine-tune (plainly and amplified), they "
@@ -81,7 +86,8 @@ def diff(
                           crosscoder_layer=crosscoder_layer, crosscoder_width=crosscoder_width,
                           crosscoder_k=crosscoder_k, crosscoder_contexts=crosscoder_contexts,
                           crosscoder_batch_size=crosscoder_batch_size, chat_prompts=chat_prompts,
-                          amplify_alpha=amplify_alpha, seed=seed)
+                          amplify_alpha=amplify_alpha, seed=seed,
+                          **({} if crosscoder_delta_scale is None else {"crosscoder_delta_scale": crosscoder_delta_scale}))
     dictionary = None if sae is None else load_dictionary(sae)  # a bad folder fails before any model loads
     folder = prepare_diff_folder(out, options, overwrite)
     say(folder.describe())

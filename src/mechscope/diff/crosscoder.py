@@ -8,6 +8,17 @@ and reconstructs all of it from shared latents, so each latent j has a decoder r
 decoder row (Lindsey et al. 2024 use the sum of the per-model norms instead; the norm-ratio reading
 below holds for both). Training scales inputs by one constant for both models together.
 
+``CrosscoderConfig.delta_scale`` = s > 1 diffs the base with a magnified fine-tune: the dictionary
+reads [h_base, h_base + s (h_ft - h_base)] (:meth:`Crosscoder.rows`), the activation-space twin of
+:func:`mechscope.diff.amplify.amplified_generate`. Why: a narrow fine-tune moves activations by a
+few percent of their norm (4.6% at layer 15 for the shipped backdoor organism), so reconstructing
+the change is worth too little for a BatchTopK dictionary to spend latents on, and every latent
+keeps its base half; magnified, the change costs s^2 as much error and gets latents of its own.
+Measured on the backdoor organism (docs/case-studies/organisms-diffing.md): no fine-tune-leaning
+latent at s = 1; at s = 10, 27, and the top contexts of 26 of them hold the planted reply.
+Everything that reads the crosscoder (classes, Latent Scaling, dashboards) then reads the magnified
+pair; decoder halves are those of the magnified fine-tune.
+
 Reading it:
 
 * :func:`classify_latents`: relative decoder norm r_j = ||d_ft_j|| / (||d_base_j|| + ||d_ft_j||)
@@ -58,7 +69,9 @@ TINY = 1e-8  # below this a decoder half, or a denominator, counts as zero
 class CrosscoderConfig:
     """Shape and sparsity of a crosscoder over ``n_layers_in`` hooks of width ``d_model`` in
     each model: x [..., 2 * n_layers_in * d_model] -> latents [..., d_sae]. ``hook_names`` (in
-    row order; optional for synthetic data, else n_layers_in of them) are recorded with it."""
+    row order; optional for synthetic data, else n_layers_in of them) are recorded with it.
+    ``delta_scale`` (>= 1): how many times the fine-tune's change is magnified in the rows the
+    dictionary reads (module docstring; 1 is the plain crosscoder)."""
 
     d_model: int
     d_sae: int
@@ -67,6 +80,7 @@ class CrosscoderConfig:
     k: int = 32
     l1_coefficient: float = 2.0
     hook_names: tuple[str, ...] = ()
+    delta_scale: float = 1.0
 
     def __post_init__(self) -> None:
         check_int("d_model", self.d_model, 1)
@@ -75,6 +89,7 @@ class CrosscoderConfig:
         check_choice("architecture", self.architecture, CrosscoderArchitecture)
         check_int("k", self.k, 1, self.d_sae if self.architecture == "batchtopk" else None)
         check_number("l1_coefficient", self.l1_coefficient, 0)
+        check_number("delta_scale", self.delta_scale, 1)
         names = self.hook_names
         if isinstance(names, str) or not isinstance(names, tuple | list) or not all(isinstance(n, str) for n in names):
             raise ConfigError(f"hook_names must be a tuple of hook point names; got {names!r}")
@@ -117,17 +132,46 @@ class Crosscoder:
     base_model: dict = field(default_factory=dict)
     ft_model: dict = field(default_factory=dict)
 
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Paired rows [..., 2 * n_layers_in * d_model] of the two models -> the rows the dictionary
+        reads: [h_base, h_base + delta_scale * (h_ft - h_base)] (``x`` itself when delta_scale is 1)."""
+        return magnified_pair(x, self.config.n_layers_in, self.config.delta_scale)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Paired rows [..., 2 * n_layers_in * d_model] -> latents [..., d_sae]."""
-        return self.sae.encode(x)
+        """Paired rows of the two models [..., 2 * n_layers_in * d_model] -> latents [..., d_sae]."""
+        return self.sae.encode(self.rows(x))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents [..., d_sae] -> reconstructed paired rows [..., 2 * n_layers_in * d_model]."""
+        """Latents [..., d_sae] -> reconstructed rows [..., 2 * n_layers_in * d_model], in the space
+        the dictionary reads (:meth:`rows`)."""
         return self.sae.decode(latents)
 
     def decoder_halves(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(base [d_sae, n_layers_in, d_model], ft [d_sae, n_layers_in, d_model]) decoder rows."""
+        """(base [d_sae, n_layers_in, d_model], ft [d_sae, n_layers_in, d_model]) decoder rows (the
+        ft half is that of the magnified fine-tune when delta_scale > 1)."""
         return split_pair(self.sae.W_dec.detach(), self.config.n_layers_in)
+
+
+def magnified_pair(x: torch.Tensor, n_hooks: int, scale: float) -> torch.Tensor:
+    """[h_base, h_base + scale * (h_ft - h_base)] of paired rows x [..., 2 * n_hooks * d]."""
+    if scale == 1:
+        return x
+    base, ft = split_pair(x, n_hooks)
+    return join_pair(base, base + scale * (ft - base))
+
+
+class _MagnifiedData:
+    """Training batches of ``data`` with the fine-tune's change magnified (see :meth:`Crosscoder.rows`).
+    The scale rides in the dictionary's config, so a checkpoint of another scale is refused on
+    resume; the data's own fingerprint, where it has one, still identifies the rows."""
+
+    def __init__(self, data, n_hooks: int, scale: float):
+        self.data, self.n_hooks, self.scale = data, n_hooks, scale
+        if callable(getattr(data, "fingerprint", None)):
+            self.fingerprint = data.fingerprint
+
+    def batch(self, step: int) -> torch.Tensor:
+        return magnified_pair(self.data.batch(step), self.n_hooks, self.scale)
 
 
 def train_crosscoder(data, config: CrosscoderConfig, train_config: TrainConfig,
@@ -143,7 +187,8 @@ def train_crosscoder(data, config: CrosscoderConfig, train_config: TrainConfig,
         raise ConfigError(f"the data pairs hooks {list(hooks)} but the config names {list(config.hook_names)}")
     if hooks and not config.hook_names:
         config = replace(config, hook_names=hooks)  # n_layers_in is checked against them here
-    sae = train(config.sae_config(), data, train_config, checkpoint_dir=checkpoint_dir, progress=progress)[0]
+    rows = _MagnifiedData(data, config.n_layers_in, config.delta_scale) if config.delta_scale != 1 else data
+    sae = train(config.sae_config(), rows, train_config, checkpoint_dir=checkpoint_dir, progress=progress)[0]
     return Crosscoder(sae, config, dict(getattr(data, "base_model", {}) or {}), dict(getattr(data, "ft_model", {}) or {}))
 
 
@@ -224,9 +269,9 @@ class LatentClasses:
     almost everywhere) no latent comes near the ft-only threshold: the base reads the planted
     text much as the fine-tune does, so every latent keeps a sizeable base half. The latents of
     what training changed can still lean towards the fine-tune, well outside the bulk of r
-    around 0.5 (measured for the shipped hidden-objective and refusal organisms, not for the
-    backdoor, and not for the null: docs/case-studies/organisms-diffing.md); :meth:`leaning`
-    finds them."""
+    around 0.5, the more so when the change is magnified (``CrosscoderConfig.delta_scale``;
+    docs/case-studies/organisms-diffing.md has the measurements, the null's included);
+    :meth:`leaning` finds them."""
 
     base_norm: torch.Tensor
     ft_norm: torch.Tensor
@@ -376,6 +421,7 @@ def latent_scaling(crosscoder: Crosscoder, activations: torch.Tensor | Iterable[
     squares = torch.zeros(len(latents), dtype=torch.float64)
     active = torch.zeros(len(latents), dtype=torch.long)
     for x in _row_chunks(activations, cfg.d_in):
+        x = crosscoder.rows(x)  # h_ft below is the magnified fine-tune's where delta_scale > 1
         f_all = sae.encode(x.to(sae.W_enc.dtype)).float()
         h_base, h_ft = (part.flatten(-2) for part in split_pair(x, cfg.n_layers_in))
         r_base, r_ft = (part.flatten(-2) for part in split_pair(sae.decode(f_all).float(), cfg.n_layers_in))
@@ -431,8 +477,7 @@ def collect_pair(base: HookedModel, ft: HookedModel, contexts: torch.Tensor, cro
         for model in (base, ft):
             _, cache = model.run_with_cache(chunk, names=list(cfg.hook_names), device="cpu")
             halves.append(torch.stack([cache[name].float() for name in cfg.hook_names], dim=-2))  # [b, pos, n, d]
-        sae = crosscoder.sae
-        values = sae.encode(join_pair(*halves).to(sae.W_enc.dtype))[..., index].float()
+        values = crosscoder.encode(join_pair(*halves).to(crosscoder.sae.W_enc.dtype))[..., index].float()
         values[:, 0] = 0
         parts.append(values)
     return torch.cat(parts)
@@ -461,4 +506,4 @@ def crosscoder_dashboards(base: HookedModel, ft: HookedModel, crosscoder: Crossc
 
 __all__ = ["ClassifyConfig", "Crosscoder", "CrosscoderArchitecture", "CrosscoderConfig", "LatentClasses", "LatentKind",
            "LatentScaling", "ScalingVerdict", "Side", "classify_latents", "collect_pair", "crosscoder_dashboards",
-           "latent_scaling", "load_crosscoder", "save_crosscoder", "train_crosscoder"]
+           "latent_scaling", "load_crosscoder", "magnified_pair", "save_crosscoder", "train_crosscoder"]

@@ -70,6 +70,9 @@ DIFF_RESUMABLE = ("activations", "crosscoder-checkpoints")  # an interrupted cro
 MAX_CROSSCODER_STEPS = 1_000_000
 MAX_CONTEXT_LENGTH = checks.MAX_POSITION
 DASHBOARD_LATENTS = 10  # crosscoder latents given a dashboard
+# A narrow fine-tune's change is a few percent of the activation; magnified ten times it gets
+# latents of its own (docs/case-studies/organisms-diffing.md has the measurements).
+DEFAULT_DELTA_SCALE = 10.0
 DEFAULT_CHAT_PROMPTS = 128  # generic chat prompts: the chat lens reads them, the crosscoder corpus adds them
 CHAT_REPLY_TOKENS = 32
 SCALING_ROWS = 4096  # paired rows per chunk read for Latent Scaling
@@ -95,7 +98,9 @@ class DiffOptions:
     without the difference times ``steer_strength``. ``sae``: a base-model dictionary folder.
     ``crosscoder_steps`` > 0 trains a BatchTopK crosscoder of ``crosscoder_width`` latents
     (``crosscoder_k`` active) on ``crosscoder_contexts`` contexts at ``crosscoder_layer``'s
-    resid_post (default: the middle layer), ``crosscoder_batch_size`` rows a step. With a chat
+    resid_post (default: the middle layer), ``crosscoder_batch_size`` rows a step, with the
+    fine-tune's change magnified ``crosscoder_delta_scale`` times in the rows it reads
+    (:class:`~mechscope.diff.crosscoder.CrosscoderConfig`; 1: the plain crosscoder). With a chat
     template, ``chat_prompts`` generic prompts (default 128; 0: none) are read by a second
     difference lens at their ``last_positions`` last positions (the assistant's header, where
     the reply starts), and, answered by the fine-tune greedily and from its logit difference to
@@ -119,6 +124,7 @@ class DiffOptions:
     crosscoder_k: int = 32
     crosscoder_contexts: int = 256
     crosscoder_batch_size: int = 1024
+    crosscoder_delta_scale: float = DEFAULT_DELTA_SCALE
     chat_prompts: int | None = None
     amplify_alpha: float = 2.0
     seed: int = 0
@@ -151,6 +157,7 @@ class DiffOptions:
         check_int("crosscoder_k", self.crosscoder_k, 1, self.crosscoder_width)
         check_int("crosscoder_contexts", self.crosscoder_contexts, 1, checks.MAX_CONTEXTS)
         check_int("crosscoder_batch_size", self.crosscoder_batch_size, 1, checks.MAX_BATCH)
+        check_number("crosscoder_delta_scale", self.crosscoder_delta_scale, 1)
         if self.chat_prompts is not None:
             check_int("chat_prompts", self.chat_prompts, 0, len(generic_prompts()))
         check_number("amplify_alpha", self.amplify_alpha, 0)
@@ -335,7 +342,7 @@ def run_crosscoder(base: HookedModel, ft: HookedModel, folder: OutputFolder, opt
     data = PairedActivations(folder / "activations", [hook], batch_size=options.crosscoder_batch_size,
                              seed=options.seed)
     config = CrosscoderConfig(d_model=base.cfg.d_model, d_sae=options.crosscoder_width, k=options.crosscoder_k,
-                              hook_names=(hook,))
+                              hook_names=(hook,), delta_scale=options.crosscoder_delta_scale)
     steps = options.crosscoder_steps
     # Checkpoints every tenth of the run: a kill loses at most that much.
     train_config = TrainConfig(steps=steps, warmup_steps=min(50, steps // 10), checkpoint_every=max(1, steps // 10),
