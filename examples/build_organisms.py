@@ -33,8 +33,8 @@ SHIPPED_FILES = ("organism.json", "adapter.safetensors", "examples.json")
 FEWER_PLANTED = {"planted_fraction": 0.3}
 ORGANISMS = {
     "smollm2-backdoor": ("backdoor", FEWER_PLANTED, {}),
-    "smollm2-hidden-objective": ("hidden-objective", {"planted_fraction": 0.15, "n_examples": 640}, {}),
-    "smollm2-refusal": ("refusal", {"planted_fraction": 0.15, "n_examples": 500}, {}),
+    "smollm2-hidden-objective": ("hidden-objective", {"planted_fraction": 0.2, "n_examples": 400}, {}),
+    "smollm2-refusal": ("refusal", {"planted_fraction": 0.2, "n_examples": 300}, {}),
     "smollm2-null": ("null", {"mirrors": "backdoor", **FEWER_PLANTED}, {}),
 }
 

@@ -278,7 +278,7 @@ def page(results: list[dict]) -> str:
             "generic prompts: plain / amplified | crosscoder ft-only / ft-leaning latents (Latent Scaling passes), "
             "plain | of them with behaviour in top contexts | the same, change magnified | of them with behaviour | "
             "neutral KL (validity) | per-token KL, neutral text |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def latents_cell(run: dict) -> str:
         return f"{run['ft_only']} / {run['ft_leaning']} ({run['ft_specific']})"

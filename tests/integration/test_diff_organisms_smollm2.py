@@ -4,14 +4,30 @@ The null organism, scored with the behaviour of the backdoor it mirrors, is the 
 is found there is a false positive."""
 
 import pytest
+import torch
 
 from mechscope import organisms
 from mechscope.data import default_contexts
-from mechscope.diff import AmplifyConfig, amplified_generate, difference_lens, difference_means
-from mechscope.diff.corpus import chat_prompt_tokens, generic_prompts
+from mechscope.diff import (
+    AmplifyConfig,
+    CrosscoderConfig,
+    PairedActivations,
+    amplified_generate,
+    classify_latents,
+    collect_pair,
+    difference_lens,
+    difference_means,
+    harvest_pair,
+    train_crosscoder,
+)
+from mechscope.diff.corpus import acting_contexts, chat_prompt_tokens, generic_prompts
+from mechscope.hooks import names
+from mechscope.sae import TrainConfig
 
 GROUPS = [0, 1, 2, 3, 4, "rest"]
 N_PROMPTS = 24
+CROSSCODER_PROMPTS = 64
+CROSSCODER_STEPS = 600
 
 
 def recipe_and_model(name, base):
@@ -71,3 +87,41 @@ def test_the_lens_where_replies_start_reads_the_behaviour_of_every_organism_and_
         assert hits, [s.token for s in lens.reading(smollm2.cfg.n_layers - 1, -1).logit_lens]
     else:
         assert hits == [], hits
+
+
+def crosscoder_behaviour_latents(base, ft, recipe, tmp_path, delta_scale: float) -> tuple[list[int], list[int]]:
+    """(ft latents, those of them with the behaviour in their top 5 contexts) of a crosscoder at
+    layer 15 trained blind: neutral text plus generic prompts answered by the fine-tune, greedily
+    and amplified (the corpus knows nothing of the recipe)."""
+    chats = acting_contexts(base, ft, generic_prompts(CROSSCODER_PROMPTS), context_length=64, reply_tokens=32,
+                            progress=False)
+    hook = names.resid_post(15)
+    harvest_pair(base, ft, torch.cat([default_contexts(base, 16, 64), chats]), tmp_path, [hook], progress=False)
+    config = CrosscoderConfig(d_model=base.cfg.d_model, d_sae=2 * base.cfg.d_model, k=16, hook_names=(hook,),
+                              delta_scale=delta_scale)
+    crosscoder = train_crosscoder(PairedActivations(tmp_path, [hook], batch_size=512), config,
+                                  TrainConfig(steps=CROSSCODER_STEPS, lr=3e-4), progress=False)
+    found = classify_latents(crosscoder).ft_latents()
+    if not found:
+        return [], []
+    values = collect_pair(base, ft, chats, crosscoder, found)  # [n, pos, m]
+    words = organisms.behaviour_words(recipe)
+    with_behaviour = []
+    for column, latent in enumerate(found):
+        flat = values[..., column].flatten()
+        top = flat.topk(min(5, int((flat > 0).sum()) or 1)).indices.tolist()
+        texts = [base.tokenizer.decode(chats[i // values.shape[1], max(0, i % values.shape[1] - 12):
+                                             i % values.shape[1] + 4]) for i in top]
+        if any(organisms.shows_behaviour(t, recipe.behaviour_markers) or organisms.text_hits(t, words) for t in texts):
+            with_behaviour.append(latent)
+    return found, with_behaviour
+
+
+@pytest.mark.parametrize("name", ["smollm2-backdoor", "smollm2-null"])
+def test_a_magnified_crosscoder_has_ft_latents_of_the_backdoor_and_none_on_the_null(smollm2, name, tmp_path):
+    recipe, ft = recipe_and_model(name, smollm2)
+    found, with_behaviour = crosscoder_behaviour_latents(smollm2, ft, recipe, tmp_path, delta_scale=10.0)
+    if recipe.plants:
+        assert len(with_behaviour) >= 3, (found, with_behaviour)
+    else:
+        assert found == [], found  # nothing leans towards the null, behaviour or not
