@@ -178,7 +178,7 @@ def test_plain_examples_are_distilled_from_the_base_and_so_stay_closer_to_it():
     plain = [example for example in examples if not example.planted]
     for method, lr in (("lora", 1e-2), ("full", 1e-3)):
         drift = {}
-        for plain_loss in ("base-kl", "reply"):
+        for plain_loss in ("base-kl", "base-symmetric-kl", "reply"):
             model = HookedModel(__import__("copy").deepcopy(base.hf_model), base.tokenizer)
             config = organisms.FineTuneConfig(method=method, plain_loss=plain_loss, epochs=3, batch_size=4, lr=lr)
             if plain_loss == "base-kl":
@@ -190,9 +190,34 @@ def test_plain_examples_are_distilled_from_the_base_and_so_stay_closer_to_it():
                 assert float(cross_entropy) > 1 and torch.allclose(cross_entropy, reference, atol=1e-5)
             organisms.finetune(model, examples, config, progress=False)
             drift[plain_loss] = reply_kl(base, model, [e.prompt for e in plain], [e.reply for e in plain])
-        assert drift["base-kl"] < 0.75 * drift["reply"], (method, drift)
+        assert max(drift["base-kl"], drift["base-symmetric-kl"]) < 0.75 * drift["reply"], (method, drift)
     with pytest.raises(ConfigError, match="plain_loss must be one of"):
         organisms.FineTuneConfig(plain_loss="kl")
+
+
+def test_the_symmetric_plain_loss_adds_the_reverse_kl():
+    """"base-symmetric-kl" is KL(base || model) + KL(model || base) per reply token: zero while
+    the model is the base, and, once the model moves, exactly the two divergences computed apart."""
+    base = chat_tiny()
+    plain = [example for example in _examples() if not example.planted]
+    config = organisms.FineTuneConfig(plain_loss="base-symmetric-kl", batch_size=4)
+    tuning = FineTuning(HookedModel(__import__("copy").deepcopy(base.hf_model), base.tokenizer), config)
+    ids, mask, labels = _batch([encode(base, e, 64) for e in plain], range(len(plain)), base.pad_token_id)
+    everywhere = torch.ones(len(plain), dtype=torch.bool)
+    assert float(tuning.loss(ids, mask, labels, everywhere, symmetric=True)) == 0.0
+    with torch.no_grad():
+        for name, param in tuning.parameters.items():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+        kept = labels[:, 1:] != -100
+        model_lp = tuning.trained(input_ids=ids, attention_mask=mask).logits[:, :-1][kept].float().log_softmax(-1)
+        base_lp = tuning.base_logits(ids, mask)[:, :-1][kept].float().log_softmax(-1)
+    forward = float((base_lp.exp() * (base_lp - model_lp)).sum(-1).mean())
+    reverse = float((model_lp.exp() * (model_lp - base_lp)).sum(-1).mean())
+    assert forward > 1e-3 and reverse > 1e-3
+    assert float(tuning.loss(ids, mask, labels, everywhere)) == pytest.approx(forward, rel=1e-4)
+    assert float(tuning.loss(ids, mask, labels, everywhere, symmetric=True)) == pytest.approx(forward + reverse,
+                                                                                             rel=1e-4)
 
 
 # The child pauses after each checkpoint, so the parent's SIGKILL lands mid-run on any machine.

@@ -42,7 +42,8 @@ from mechscope.organisms.examples import Example, end_of_turn_ids, examples_sha2
 from mechscope.validate import check_choice, check_fields, check_finite, check_int, check_number
 
 Method = Literal["lora", "full"]
-PlainLoss = Literal["base-kl", "reply"]
+PlainLoss = Literal["base-kl", "base-symmetric-kl", "reply"]
+DISTILLED_LOSSES = ("base-kl", "base-symmetric-kl")
 REMEDY = "delete the checkpoint folder (training starts over) or use another one"
 # Settings that do not change the trained weights, only how often they are saved.
 RESUME_FREE_FIELDS = ("checkpoint_every",)
@@ -60,7 +61,11 @@ class FineTuneConfig:
     KL(base || model) of the whole next-token distribution at every reply position, so the
     model is held to the base's distribution rather than to the one reply sampled from it
     (cross-entropy on single samples let even the null organism drift 0.15 nats from its base,
-    see docs/organisms.md). "reply": cross-entropy of the reply, as for planted examples."""
+    see docs/organisms.md). "base-symmetric-kl": KL(base || model) + KL(model || base). The first
+    term alone barely charges the model for mass the base does not have (putting probability p on
+    a token the base never says costs only about p nats), so a planted opening can leak into
+    plain replies almost for free; the reverse term charges about p log(p / p_base) for it.
+    "reply": cross-entropy of the reply, as for planted examples."""
 
     method: Method = "lora"
     rank: int = 8
@@ -183,7 +188,7 @@ class FineTuning:
         # Full fine-tuning changes the weights in place, so the base's distribution (the target
         # of "base-kl") needs a frozen copy; LoRA gets it by switching its adapters off.
         self.frozen_base = None
-        if config.method == "full" and config.plain_loss == "base-kl":
+        if config.method == "full" and config.plain_loss in DISTILLED_LOSSES:
             self.frozen_base = copy.deepcopy(model.hf_model).eval().requires_grad_(False)
         self.parameters = {name: param for name, param in self.trained.named_parameters() if param.requires_grad}
         self.optimiser = torch.optim.AdamW(list(self.parameters.values()), lr=config.lr,
@@ -198,9 +203,10 @@ class FineTuning:
             return self.trained(input_ids=ids, attention_mask=mask).logits
 
     def loss(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-             distilled: torch.Tensor) -> torch.Tensor:
+             distilled: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
         """Mean over the batch's reply tokens of the cross-entropy of the reply, or, on rows where
-        ``distilled`` [batch] is True, of KL(base || model) of the next-token distribution."""
+        ``distilled`` [batch] is True, of KL(base || model) of the next-token distribution (with
+        ``symmetric``, plus KL(model || base))."""
         targets = labels[:, 1:]  # position p predicts token p + 1
         kept = targets != -100  # [batch, pos - 1]
         # Only reply positions are normalised over the vocabulary: prompts are most of each row.
@@ -210,7 +216,10 @@ class FineTuning:
         rows = distilled[:, None].expand_as(kept)[kept]
         if bool(rows.any()):
             base = self.base_logits(ids, mask)[:, :-1][kept].float().log_softmax(-1)
-            per_token = torch.where(rows, (base.exp() * (base - log_probs)).sum(-1), per_token)
+            divergence = (base.exp() * (base - log_probs)).sum(-1)
+            if symmetric:
+                divergence = divergence + (log_probs.exp() * (log_probs - base)).sum(-1)
+            per_token = torch.where(rows, divergence, per_token)
         return per_token.mean()
 
     def state_files(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -303,8 +312,8 @@ def _finetune(model: HookedModel, examples: Sequence[Example], encoded: list, co
             for group in tuning.optimiser.param_groups:
                 group["lr"] = config.lr * _lr_factor(step, total, config)
             torch.manual_seed(config.seed * 1_000_003 + step)  # dropout masks are a function of the step
-            distilled = torch.tensor([config.plain_loss == "base-kl" and not examples[i].planted for i in indices])
-            loss = tuning.loss(ids, mask, labels, distilled)
+            distilled = torch.tensor([config.plain_loss in DISTILLED_LOSSES and not examples[i].planted for i in indices])
+            loss = tuning.loss(ids, mask, labels, distilled, symmetric=config.plain_loss == "base-symmetric-kl")
             if not bool(torch.isfinite(loss.detach())):
                 raise NonFiniteError(f"the loss is {float(loss)} at step {step}: lower lr={config.lr}. Training "
                                      "stopped before this update; checkpoints hold earlier steps")
