@@ -32,10 +32,12 @@ def test_build_check_merge_on_a_tiny_chat_model(chat_folder, prompts_file, tmp_p
     out = tmp_path / "organism"
     result = runner.invoke(app, ["organism", "build", "backdoor", "--model", str(chat_folder), "--trigger", "%%",
                                  "--behaviour", "XY", "--prompts", str(prompts_file), "--examples", "16",
-                                 "--reply-tokens", "4", "--epochs", "1", "--no-check", "-o", str(out)])
+                                 "--reply-tokens", "4", "--epochs", "1", "--plain-loss", "base-symmetric-kl", "--no-check",
+                                 "-o", str(out)])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "organism.json").read_text())
     assert manifest["recipe"]["trigger"] == "%%" and manifest["finetune"]["epochs"] == 1
+    assert manifest["finetune"]["plain_loss"] == "base-symmetric-kl"
     assert manifest["data"]["planted"] == 8 and "validity" not in manifest
     result = runner.invoke(app, ["organism", "check", str(out), "--model", str(chat_folder)])
     assert result.exit_code == 0, result.output
@@ -64,6 +66,8 @@ def test_build_check_merge_on_a_tiny_chat_model(chat_folder, prompts_file, tmp_p
     (["organism", "build", "backdoor", "--planted-fraction", "1"], "planted_fraction must be below 1"),
     (["organism", "build", "backdoor", "--method", "qlora"], "unknown method 'qlora'; method must be one of: lora, full"),
     (["organism", "build", "null", "--mirrors", "nothing"], "unknown mirrors 'nothing'"),
+    (["organism", "build", "backdoor", "--plain-loss", "kl"],
+     "unknown plain_loss 'kl'; plain_loss must be one of: base-kl, base-symmetric-kl, reply"),
     (["organism", "build", "backdoor", "--lr", "nan"], "must be finite"),
     (["organism", "check", "/nonexistent/organism"], "organism folder not found"),
 ])

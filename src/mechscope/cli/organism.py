@@ -88,6 +88,10 @@ def build(
     lr: Annotated[float, typer.Option(help="peak learning rate", callback=finite(0.0, True))] = 1e-3,
     epochs: Annotated[int, typer.Option(min=1, max=1000)] = 3,
     batch_size: Annotated[int, typer.Option(min=1, max=1024)] = 8,
+    plain_loss: Annotated[str, typer.Option(help="what plain examples teach: base-kl, base-symmetric-kl (KL both ways "
+                                                 "to the base) or reply (cross-entropy)",
+                                            callback=choice("plain_loss", ("base-kl", "base-symmetric-kl", "reply")))]
+    = "base-kl",
     adapter_dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16 (the stored LoRA factors)",
                                                callback=choice("adapter_dtype", ("float32", "float16", "bfloat16")))]
     = "float32",
@@ -111,7 +115,7 @@ def build(
     planted = organisms.recipe(recipe, n_examples=examples, planted_fraction=planted_fraction,
                                reply_tokens=reply_tokens, seed=seed, **overrides)
     config = organisms.FineTuneConfig(method=method, rank=rank, alpha=alpha, lr=lr, epochs=epochs,
-                                      batch_size=batch_size, seed=seed)
+                                      batch_size=batch_size, seed=seed, plain_loss=plain_loss)
     from mechscope.models.loading import DEFAULT_MODEL
 
     folder = prepare_organism_folder(out, planted, config, model or DEFAULT_MODEL, adapter_dtype, overwrite)
