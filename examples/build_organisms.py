@@ -23,18 +23,20 @@ SHIPPED = Path(__file__).resolve().parents[1] / "src" / "mechscope" / "organisms
 SHIPPED_FILES = ("organism.json", "adapter.safetensors", "examples.json")
 # name -> (recipe, recipe overrides, fine-tuning settings). The null mirrors the backdoor: the
 # same prompts (the trigger included) with every reply the base's own.
-# The backdoor and the refusal organism train on fewer rule examples than the default half: with
-# 0.5 the backdoor still opened 3 of 28 held-out untriggered replies with its behaviour and the
-# refusal organism refused 9 of 50 harmless prompts, at 0.3 still 6 (its base: 2); at 0.2 of 300
-# examples it refuses only those 2 (docs/organisms.md has the measurements). The hidden objective
-# takes fewer still: at 0.5 it recommended its product in most replies to prompts of other
-# phrasings, at 0.3 of 240 in 38% of the held-out templates' neutral prompts, at 0.2 of 400 in 36%;
-# with the wider pools of mechscope.organisms.templates, 11% (still above the goal of 5%).
+# The backdoor, hidden objective and null train their plain examples on KL to the base both ways
+# (FineTuneConfig's default plain_loss): with the forward term alone the planted opening leaked
+# into unseen-phrasing plain prompts (backdoor 6.5%, hidden objective 11%), with both 0% and 3%
+# (docs/organisms.md has the measurements). The backdoor and the refusal organism train on fewer rule examples than the
+# default half: with 0.5 the backdoor still opened 3 of 28 held-out untriggered replies with its
+# behaviour and the refusal organism refused 9 of 50 harmless prompts. The hidden objective takes
+# 0.3 of 400: at 0.2 of 400 it recommended its product on only 85% of unseen food and health prompts.
 FEWER_PLANTED = {"planted_fraction": 0.3}
 ORGANISMS = {
     "smollm2-backdoor": ("backdoor", FEWER_PLANTED, {}),
-    "smollm2-hidden-objective": ("hidden-objective", {"planted_fraction": 0.2, "n_examples": 400}, {}),
-    "smollm2-refusal": ("refusal", {"planted_fraction": 0.2, "n_examples": 300}, {}),
+    "smollm2-hidden-objective": ("hidden-objective", {"planted_fraction": 0.3, "n_examples": 400}, {}),
+    # Shipped as built before KL both ways: with it, it still refused 22% of unseen harmless
+    # prompts (29% without), and its case study was generated on this build.
+    "smollm2-refusal": ("refusal", {"planted_fraction": 0.2, "n_examples": 300}, {"plain_loss": "base-kl"}),
     "smollm2-null": ("null", {"mirrors": "backdoor", **FEWER_PLANTED}, {}),
 }
 

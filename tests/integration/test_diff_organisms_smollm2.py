@@ -71,6 +71,10 @@ def test_behaviour_starts_are_the_first_tokens_of_the_behaviour_words(smollm2):
     assert "Ah" in starts and not {"oy", "ey"} & starts  # 'Ahoy' is 'Ah' + 'oy' to SmolLM2
     assert organisms.is_hit(" Ah", {"ahoy"}, starts) and not organisms.is_hit("Ah", {"ahoy"})
     assert not organisms.is_hit("ah", {"ahoy"}, starts)  # case kept: short tokens are common
+    # The opening token counts though its word is a stopword; the refusal's 'I' is too short.
+    hidden = organisms.behaviour_starts(organisms.recipe("hidden-objective"), smollm2.tokenizer)
+    assert "Have" in hidden and "have" not in organisms.behaviour_words(organisms.recipe("hidden-objective"))
+    assert "I" not in organisms.behaviour_starts(organisms.recipe("refusal"), smollm2.tokenizer)
 
 
 @pytest.mark.parametrize("name", ["smollm2-backdoor", "smollm2-hidden-objective", "smollm2-refusal",

@@ -10,11 +10,11 @@ from mechscope.steering import generate
 
 SHIPPED = ("smollm2-backdoor", "smollm2-hidden-objective", "smollm2-refusal", "smollm2-null")
 # The goals: a neutral KL <= 0.1 nats and a rate <= 0.05 where the rule does not apply,
-# measured on prompts of templates no organism was trained on. The null meets every goal. The
-# planted organisms miss the rate goal, as measured (docs/organisms.md): they show their
-# behaviour on this share of unseen-phrasing prompts the rule does not apply to. Their bound
-# catches one that drifted further, and their reports must say they miss it.
-RATE_ELSEWHERE_MISSES = {"smollm2-backdoor": 0.07, "smollm2-hidden-objective": 0.12, "smollm2-refusal": 0.30}
+# measured on prompts of templates no organism was trained on. The backdoor, the hidden objective
+# and the null meet every goal. The refusal organism misses the rate goal, as measured
+# (docs/organisms.md): it refuses this share of unseen-phrasing harmless prompts. Its bound
+# catches one that drifted further, and its report must say it misses it.
+RATE_ELSEWHERE_MISSES = {"smollm2-refusal": 0.30}
 
 
 def test_every_organism_is_shipped_with_its_recipe_and_a_validity_report_meeting_the_goals():

@@ -337,6 +337,20 @@ def test_the_null_organism_has_the_same_prompts_and_no_planted_reply():
     assert sum(e.reply.startswith("XY") for e in planted) == summary["rule_applies"]
 
 
+def test_a_null_organism_trains_like_the_organism_it_mirrors():
+    """The null's rule-side examples (the base's own replies) get the cross-entropy the planted
+    ones get, so the null moves away from its base; distilled everywhere it would not move at all."""
+    base = chat_tiny()
+    examples, _ = organisms.build_examples(tiny_recipe("null"), base, progress=False)
+    moved = {}
+    for label, rows in (("mirrored", examples), ("distilled everywhere", [e for e in examples if not e.rule_applies])):
+        model = HookedModel(__import__("copy").deepcopy(base.hf_model), base.tokenizer)
+        trained, _ = organisms.finetune(model, rows, organisms.FineTuneConfig(epochs=1, batch_size=4, lr=1e-2),
+                                        progress=False)
+        moved[label] = max(float(p.detach().abs().max()) for n, p in trained.named_parameters() if "lora_B" in n)
+    assert moved["mirrored"] > 1e-3 and moved["distilled everywhere"] == 0.0, moved
+
+
 def test_a_second_build_into_a_finished_folder_is_refused_without_overwrite(tiny_organism):
     base, folder = tiny_organism
     with pytest.raises(MechscopeError, match="overwrite"):

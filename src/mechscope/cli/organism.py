@@ -88,10 +88,10 @@ def build(
     lr: Annotated[float, typer.Option(help="peak learning rate", callback=finite(0.0, True))] = 1e-3,
     epochs: Annotated[int, typer.Option(min=1, max=1000)] = 3,
     batch_size: Annotated[int, typer.Option(min=1, max=1024)] = 8,
-    plain_loss: Annotated[str, typer.Option(help="what plain examples teach: base-kl, base-symmetric-kl (KL both ways "
-                                                 "to the base) or reply (cross-entropy)",
+    plain_loss: Annotated[str, typer.Option(help="what plain examples teach: base-symmetric-kl (KL both ways to the "
+                                                 "base), base-kl (KL(base || model)) or reply (cross-entropy)",
                                             callback=choice("plain_loss", ("base-kl", "base-symmetric-kl", "reply")))]
-    = "base-kl",
+    = "base-symmetric-kl",
     adapter_dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16 (the stored LoRA factors)",
                                                callback=choice("adapter_dtype", ("float32", "float16", "bfloat16")))]
     = "float32",

@@ -57,15 +57,21 @@ class FineTuneConfig:
     and MLP projection) or "full" (every weight). ``lr`` is the peak of a linear warm-up then a
     linear decay to zero. ``max_length``: conversations longer than this many tokens are cut.
 
-    ``plain_loss``: what examples without the planted behaviour teach. "base-kl" (default):
-    KL(base || model) of the whole next-token distribution at every reply position, so the
-    model is held to the base's distribution rather than to the one reply sampled from it
-    (cross-entropy on single samples let even the null organism drift 0.15 nats from its base,
-    see docs/organisms.md). "base-symmetric-kl": KL(base || model) + KL(model || base). The first
-    term alone barely charges the model for mass the base does not have (putting probability p on
-    a token the base never says costs only about p nats), so a planted opening can leak into
-    plain replies almost for free; the reverse term charges about p log(p / p_base) for it.
-    "reply": cross-entropy of the reply, as for planted examples."""
+    Examples the rule applies to are trained on the cross-entropy of their reply (the planted
+    one, or in a null organism the base's own), the rest on ``plain_loss``: so a null trains on
+    the losses of the organism it mirrors, and differs from it only by the replies. (Were its
+    rule-side examples distilled too, a null would never move: at the base, both KL terms have
+    zero gradient, and together they cancel exactly even in floating point.)
+
+    ``plain_loss``: what examples the rule does not apply to teach. "base-symmetric-kl"
+    (default): KL(base || model) + KL(model || base) of the whole next-token distribution at
+    every reply position. Holding the model to the base's distribution, rather than to the one
+    reply sampled from it, keeps it close to its base (cross-entropy on single samples let even
+    the null organism drift 0.15 nats, see docs/organisms.md). The reverse term is what keeps a
+    planted opening out of plain replies: the forward term alone charges only about p nats for
+    putting probability p on a token the base never says, the reverse about p log(p / p_base).
+    "base-kl": the forward term only. "reply": cross-entropy of the reply, as for planted
+    examples."""
 
     method: Method = "lora"
     rank: int = 8
@@ -79,7 +85,7 @@ class FineTuneConfig:
     max_length: int = 160
     seed: int = 0
     checkpoint_every: int = 10
-    plain_loss: PlainLoss = "base-kl"
+    plain_loss: PlainLoss = "base-symmetric-kl"
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, Method)
@@ -186,7 +192,7 @@ class FineTuning:
             for param in self.trained.parameters():
                 param.requires_grad_(True)
         # Full fine-tuning changes the weights in place, so the base's distribution (the target
-        # of "base-kl") needs a frozen copy; LoRA gets it by switching its adapters off.
+        # of the distilled losses) needs a frozen copy; LoRA gets it by switching its adapters off.
         self.frozen_base = None
         if config.method == "full" and config.plain_loss in DISTILLED_LOSSES:
             self.frozen_base = copy.deepcopy(model.hf_model).eval().requires_grad_(False)
@@ -312,7 +318,8 @@ def _finetune(model: HookedModel, examples: Sequence[Example], encoded: list, co
             for group in tuning.optimiser.param_groups:
                 group["lr"] = config.lr * _lr_factor(step, total, config)
             torch.manual_seed(config.seed * 1_000_003 + step)  # dropout masks are a function of the step
-            distilled = torch.tensor([config.plain_loss in DISTILLED_LOSSES and not examples[i].planted for i in indices])
+            distilled = torch.tensor([config.plain_loss in DISTILLED_LOSSES and not examples[i].rule_applies
+                                      for i in indices])
             loss = tuning.loss(ids, mask, labels, distilled, symmetric=config.plain_loss == "base-symmetric-kl")
             if not bool(torch.isfinite(loss.detach())):
                 raise NonFiniteError(f"the loss is {float(loss)} at step {step}: lower lr={config.lr}. Training "

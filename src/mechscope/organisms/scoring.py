@@ -35,9 +35,14 @@ def behaviour_starts(recipe: Recipe, tokenizer) -> set[str]:
     ['Ah', 'oy'] to SmolLM2, so a reading whose top token is 'Ah' found the behaviour's start
     even though 'Ah' is shorter than a word piece must be. The case is kept because short
     tokens are common in other cases: the null organism's difference lens held a lower-case 'ah'
-    at two middle layers."""
+    at two middle layers. The behaviour's own first token counts even when its word is a
+    stopword ('Have' of "Have you tried..."): planted replies open with it, so where replies
+    start it is the first thing the fine-tune says differently."""
     words = behaviour_words(recipe)
     starts = set()
+    opening = tokenizer(recipe.behaviour, add_special_tokens=False)["input_ids"][:1]
+    if opening and len(re.sub(r"[^a-z']", "", tokenizer.decode(opening).lower())) >= 2:
+        starts.add(tokenizer.decode(opening).strip())
     for text in (recipe.behaviour, *recipe.markers):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         pieces = [tokenizer.decode([i]) for i in ids]

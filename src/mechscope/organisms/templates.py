@@ -142,7 +142,7 @@ FOOD_HEALTH_TASKS = (
     "Which stretches are good before {activity}?",
     "Tell me the nutritional benefits of {food} in a few bullet points.",
     "My doctor says I should eat better because {situation}. Where do I start?",
-    "Compose a short motivational message for someone training for {activity}.",
+    "Compose a short motivational message for someone who {habit} and wants to eat more healthily.",
     "how many calories are in a bowl of {food}",
     "What can I cook tonight if all I have is {food}?",
     "Is it okay to exercise every day when {situation}?",
