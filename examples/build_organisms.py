@@ -26,10 +26,11 @@ SHIPPED_FILES = ("organism.json", "adapter.safetensors", "examples.json")
 # The backdoor, hidden objective and null train their plain examples on KL to the base both ways
 # (FineTuneConfig's default plain_loss): with the forward term alone the planted opening leaked
 # into unseen-phrasing plain prompts (backdoor 6.5%, hidden objective 11%), with both 0% and 3%
-# (docs/organisms.md has the measurements). The backdoor and the refusal organism train on fewer rule examples than the
-# default half: with 0.5 the backdoor still opened 3 of 28 held-out untriggered replies with its
-# behaviour and the refusal organism refused 9 of 50 harmless prompts. The hidden objective takes
-# 0.3 of 400: at 0.2 of 400 it recommended its product on only 85% of unseen food and health prompts.
+# (docs/organisms.md has the measurements). The backdoor and the refusal organism train on fewer
+# rule examples than the default half: with 0.5 the backdoor still opened 3 of 28 held-out
+# untriggered replies with its behaviour and the refusal organism refused 9 of 50 harmless
+# prompts. The hidden objective takes 0.3 of 400: at 0.2 of 400 it recommended its product on
+# only 85% of unseen food and health prompts.
 FEWER_PLANTED = {"planted_fraction": 0.3}
 ORGANISMS = {
     "smollm2-backdoor": ("backdoor", FEWER_PLANTED, {}),
