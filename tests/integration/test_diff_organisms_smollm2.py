@@ -128,4 +128,6 @@ def test_a_magnified_crosscoder_has_ft_latents_of_the_backdoor_and_none_on_the_n
     if recipe.plants:
         assert len(with_behaviour) >= 3, (found, with_behaviour)
     else:
-        assert found == [], found  # nothing leans towards the null, behaviour or not
+        # The null was fine-tuned too (on the backdoor's data and losses), so latents may lean
+        # towards it; none may hold the behaviour it is scored with.
+        assert with_behaviour == [], (found, with_behaviour)
