@@ -40,17 +40,15 @@ def behaviour_starts(recipe: Recipe, tokenizer) -> set[str]:
     start it is the first thing the fine-tune says differently."""
     words = behaviour_words(recipe)
     starts = set()
-    opening = tokenizer(recipe.behaviour, add_special_tokens=False)["input_ids"][:1]
-    if opening and len(re.sub(r"[^a-z']", "", tokenizer.decode(opening).lower())) >= 2:
-        starts.add(tokenizer.decode(opening).strip())
-    for text in (recipe.behaviour, *recipe.markers):
+    for order, text in enumerate((recipe.behaviour, *recipe.markers)):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         pieces = [tokenizer.decode([i]) for i in ids]
         for index, piece in enumerate(pieces):
             letters = re.sub(r"[^a-z']", "", piece.lower())
             begins_word = index == 0 or piece[:1].isspace() or not re.search(r"[a-z]", pieces[index - 1].lower()[-1:])
             rest = re.match(r"[a-z']*", "".join(pieces[index:]).lower().lstrip()).group(0)
-            if begins_word and len(letters) >= 2 and rest in words:
+            opens_behaviour = order == 0 and index == 0
+            if begins_word and len(letters) >= 2 and (rest in words or opens_behaviour):
                 starts.add(piece.strip())
     return starts
 
