@@ -22,7 +22,10 @@ by the fine-tune, weights). The recipe is read only afterwards, to score what wa
   transcripts): how many fine-tune-only latents (decoder-norm ratio > 0.9) and fine-tune-leaning
   ones (ratio 6 robust standard deviations above the bulk), how many pass Latent Scaling, and
   whether their top contexts contain the behaviour; once plain, once with the fine-tune's
-  change magnified ten times in the rows it reads (``CrosscoderConfig.delta_scale``).
+  change magnified ten times in the rows it reads (``CrosscoderConfig.delta_scale``), and once
+  magnified with 64 latents designated fine-tune-exclusive (``CrosscoderConfig.ft_exclusive``:
+  their base decoder half is held at zero, so they are ft-only by construction and Latent
+  Scaling says whether they are genuine).
 
 The null organism gets the same analysis, scored with the behaviour of the recipe it mirrors:
 whatever is "found" there is a false positive. About 15 minutes per organism on 2 CPU cores.
@@ -76,7 +79,9 @@ GROUPS = [0, 1, 2, 3, 4, "rest"]
 CHAT_PROMPTS = 128  # generic prompts (mechscope's refusal instructions) answered by the fine-tune
 AMPLIFY_ALPHA = 2.0
 CHAT_LAST_POSITIONS = 3
-DELTA_SCALES = (1.0, 10.0)  # the plain crosscoder, and the fine-tune's change magnified ten times
+# (delta_scale, designated ft-exclusive latents): the plain crosscoder, the fine-tune's change
+# magnified ten times, and that with 64 designated latents.
+CROSSCODER_RUNS = ((1.0, 0), (10.0, 0), (10.0, 64))
 CHAT_STEER_DEPTHS = (2 / 3, 5 / 6)  # layers (as a share of the depth) the chat difference is added at
 CHAT_STEER_STRENGTHS = (0.1, 0.2, 0.4)  # times the base's mean activation norm there
 
@@ -139,12 +144,13 @@ def lens_section(base, ft, recipe, words, starts, contexts) -> dict:
             "n_steer_prompts": len(prompts)}
 
 
-def crosscoder_run(base, ft, data, rows, chats, words, markers, steps: int, scale: float) -> dict:
-    """One crosscoder at ``scale`` (delta_scale) on the harvested pairs: its classes, Latent
-    Scaling of the ft latents, and which of them hold the behaviour in their top 5 contexts."""
+def crosscoder_run(base, ft, data, rows, chats, words, markers, steps: int, scale: float, exclusive: int) -> dict:
+    """One crosscoder at ``scale`` (delta_scale) with ``exclusive`` designated latents on the
+    harvested pairs: its classes, Latent Scaling of the ft latents, and which of them hold the
+    behaviour in their top 5 contexts."""
     hook = data.hook_names[0]
     config = CrosscoderConfig(d_model=base.cfg.d_model, d_sae=2 * base.cfg.d_model, k=16, hook_names=(hook,),
-                              delta_scale=scale)
+                              delta_scale=scale, ft_exclusive=exclusive)
     crosscoder = train_crosscoder(data, config, TrainConfig(steps=steps, lr=3e-4), progress=False)
     classes = classify_latents(crosscoder)
     found = classes.ft_latents()
@@ -155,7 +161,9 @@ def crosscoder_run(base, ft, data, rows, chats, words, markers, steps: int, scal
         values = collect_pair(base, ft, chats, crosscoder, found)  # [n, pos, m]
         for column, latent in enumerate(found):
             flat = values[..., column].flatten()
-            top = flat.topk(min(5, int((flat > 0).sum()) or 1)).indices.tolist()
+            if not bool((flat > 0).any()):
+                continue  # never active on these contexts: no top contexts to read
+            top = flat.topk(min(5, int((flat > 0).sum()))).indices.tolist()
             texts = []
             for index in top:
                 row, position = divmod(index, values.shape[1])
@@ -166,9 +174,15 @@ def crosscoder_run(base, ft, data, rows, chats, words, markers, steps: int, scal
                 behaviour_latents.append((latent, classes.kinds[latent], float(classes.relative_norm[latent]),
                                           float(classes.robust_z[latent]), verdicts[latent], texts[0]))
     z = classes.robust_z[~classes.robust_z.isnan()]
-    return {"delta_scale": scale, "counts": classes.counts, "ft_only": len(classes.indices("ft-only")),
+    designated = set(config.exclusive_latents)
+    held = [entry for entry in behaviour_latents if entry[0] in designated]
+    return {"delta_scale": scale, "ft_exclusive": exclusive, "counts": classes.counts,
+            "ft_only": len(classes.indices("ft-only")),
+            "designated_ft_specific": sum(verdicts[j] == "ft-specific" for j in designated),
+            "designated_with_behaviour": len(held),
+            "designated_genuine_with_behaviour": sum(entry[4] == "ft-specific" for entry in held),
             "ft_leaning": len(classes.leaning("ft")), "max_z": float(z.max()) if len(z) else float("nan"),
-            "max_r": float(classes.relative_norm.max()),
+            "max_r": float(classes.relative_norm[[j for j in range(config.d_sae) if j not in designated]].max()),
             "ft_specific": sum(verdict == "ft-specific" for verdict in verdicts.values()),
             "behaviour_latents": behaviour_latents,
             "ft_only_with_behaviour": sum(kind == "ft-only" for _, kind, *_ in behaviour_latents)}
@@ -189,7 +203,8 @@ def crosscoder_section(base, ft, words, markers, neutral, steps: int) -> dict:
         rows = data.rows(0, min(data.total_tokens, 8192))
         base_half, ft_half = split_pair(rows, 1)
         change = float((ft_half - base_half).norm(dim=-1).mean() / base_half.norm(dim=-1).mean())
-        runs = [crosscoder_run(base, ft, data, rows, chats, words, markers, steps, scale) for scale in DELTA_SCALES]
+        runs = [crosscoder_run(base, ft, data, rows, chats, words, markers, steps, scale, exclusive)
+                for scale, exclusive in CROSSCODER_RUNS]
     return {"hook": hook, "tokens": int(contexts.numel()), "relative_change": change, "runs": runs, "steps": steps,
             "n_prompts": len(prompts), "plain_rate": rate(plain), "amplified_rate": rate(amplified),
             "amplified_sample": next((reply for reply in amplified if organisms.shows_behaviour(reply, markers)),
@@ -258,7 +273,7 @@ def summary(results: list[dict]) -> str:
     lines.append(f"- Replies to generic prompts, greedy -> amplified: {amplified}. (For the refusal organism half the "
                  "generic prompts are harmful, where refusing is its rule; for the others each reply with the "
                  "behaviour is one the rule does not call for.)")
-    for run_index, label in ((0, "plain crosscoder"), (-1, "crosscoder with the change magnified")):
+    for run_index, label in ((0, "plain crosscoder"), (1, "crosscoder with the change magnified")):
         runs = {r["name"]: r["crosscoder"]["runs"][run_index] for r in results}
         scale = next(iter(runs.values()))["delta_scale"] if runs else 1
         found = [r for r in planted if runs[r["name"]]["behaviour_latents"]]
@@ -268,6 +283,16 @@ def summary(results: list[dict]) -> str:
         lines.append(f"- {label.capitalize()} (delta_scale {scale:g}): ft-only or ft-leaning latents whose top "
                      f"contexts hold the behaviour for {names(found)}; ft-only ones (r > 0.9) among them for "
                      f"{names(ft_only)}. On the null: {null_counts}.")
+    runs = {r["name"]: r["crosscoder"]["runs"][2] for r in results}
+    held = ", ".join(f"{r['name']} {runs[r['name']]['designated_with_behaviour']} "
+                     f"({runs[r['name']]['designated_genuine_with_behaviour']} genuine)" for r in planted) or "none"
+    null_held = ", ".join(f"{r['name']} {runs[r['name']]['designated_with_behaviour']} (of them genuine "
+                          f"{runs[r['name']]['designated_genuine_with_behaviour']}; genuine by Latent Scaling overall "
+                          f"{runs[r['name']]['designated_ft_specific']} of {runs[r['name']]['ft_exclusive']})"
+                          for r in nulls) or "no null run"
+    lines.append(f"- Magnified crosscoder with {next(iter(runs.values()))['ft_exclusive'] if runs else 0} designated "
+                 f"ft-exclusive latents (ft-only by construction): designated latents whose top contexts hold the "
+                 f"behaviour (of them called genuine by Latent Scaling): {held}. On the null: {null_held}.")
     return "\n".join(lines)
 
 
@@ -277,8 +302,9 @@ def page(results: list[dict]) -> str:
             "replies start (layers) | base steered with that: best rate (layer, strength) | behaviour in replies to "
             "generic prompts: plain / amplified | crosscoder ft-only / ft-leaning latents (Latent Scaling passes), "
             "plain | of them with behaviour in top contexts | the same, change magnified | of them with behaviour | "
+            "magnified, 64 designated ft-only latents: with behaviour (genuine by Latent Scaling) | "
             "neutral KL (validity) | per-token KL, neutral text |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def latents_cell(run: dict) -> str:
         return f"{run['ft_only']} / {run['ft_leaning']} ({run['ft_specific']})"
@@ -299,7 +325,8 @@ def page(results: list[dict]) -> str:
                     f"{best['rate']:.0%} ({best['layer']}, {best['strength']}; unsteered {chat['unsteered_rate']:.0%}) | "
                     f"{cross['plain_rate']:.0%} / {cross['amplified_rate']:.0%} (n={cross['n_prompts']}) | "
                     f"{latents_cell(cross['runs'][0])} | {behaviour_cell(cross['runs'][0])} | "
-                    f"{latents_cell(cross['runs'][-1])} | {behaviour_cell(cross['runs'][-1])} | "
+                    f"{latents_cell(cross['runs'][1])} | {behaviour_cell(cross['runs'][1])} | "
+                    f"{cross['runs'][2]['designated_with_behaviour']} ({cross['runs'][2]['designated_genuine_with_behaviour']}) | "
                     f"{r['validity'].get('neutral_kl', float('nan')):.3f} | {r['kl_mean']:.4f} |")
     figure = go.Figure([go.Scatter(y=r["lens"]["relative_norm"], name=r["name"]) for r in results])
     figure.update_layout(title="Difference lens: |mean(h_ft - h_base)| / mean |h_base| per layer (positions >= 5)",
@@ -313,8 +340,9 @@ def page(results: list[dict]) -> str:
             latents = "; ".join(f"latent {latent} ({kind}, r {r_value:.2f}, z {z:.1f}, {verdict}): {text!r}"
                                 for latent, kind, r_value, z, verdict, text in run["behaviour_latents"][:3])
             crosscoder_lines.append(
-                f"- Crosscoder with delta_scale {run['delta_scale']:g}: classes {run['counts']}; largest relative norm "
-                f"{run['max_r']:.3f}, largest robust z {run['max_z']:.1f}; {run['ft_leaning']} ft-leaning latents; "
+                f"- Crosscoder with delta_scale {run['delta_scale']:g}, {run['ft_exclusive']} designated ft-exclusive "
+                f"latents ({run['designated_ft_specific']} genuine by Latent Scaling): classes {run['counts']}; largest relative norm "
+                f"{run['max_r']:.3f} (free latents), largest robust z {run['max_z']:.1f}; {run['ft_leaning']} ft-leaning latents; "
                 f"{len(run['behaviour_latents'])} ft latents with the behaviour in their top contexts"
                 f"{': ' + latents if latents else ''}.")
         details.append(f"""### {r['name']}
@@ -356,7 +384,7 @@ def cached_analysis(name: str, base, steps: int, cache: Path) -> dict:
     """The analysis of one organism, kept in ``cache/<name>.json`` (a killed run keeps the
     organisms it finished) and reused while the shipped adapter and the settings are the same."""
     key = {"adapter_sha256": file_sha256(organisms.shipped_organism(name) / "adapter.safetensors"), "steps": steps,
-           "analysis": 3}  # raised when the analysis gains a section
+           "analysis": 4}  # raised when the analysis gains a section
     path = cache / f"{name}.json"
     if path.is_file():
         kept = json.loads(path.read_text())

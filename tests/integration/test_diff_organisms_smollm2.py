@@ -10,6 +10,7 @@ from mechscope import organisms
 from mechscope.data import default_contexts
 from mechscope.diff import (
     AmplifyConfig,
+    Crosscoder,
     CrosscoderConfig,
     PairedActivations,
     amplified_generate,
@@ -18,6 +19,7 @@ from mechscope.diff import (
     difference_lens,
     difference_means,
     harvest_pair,
+    latent_scaling,
     train_crosscoder,
 )
 from mechscope.diff.corpus import acting_contexts, chat_prompt_tokens, generic_prompts
@@ -93,41 +95,50 @@ def test_the_lens_where_replies_start_reads_the_behaviour_of_every_organism_and_
         assert hits == [], hits
 
 
-def crosscoder_behaviour_latents(base, ft, recipe, tmp_path, delta_scale: float) -> tuple[list[int], list[int]]:
-    """(ft latents, those of them with the behaviour in their top 5 contexts) of a crosscoder at
-    layer 15 trained blind: neutral text plus generic prompts answered by the fine-tune, greedily
-    and amplified (the corpus knows nothing of the recipe)."""
+def crosscoder_behaviour_latents(base, ft, recipe, tmp_path) -> tuple[Crosscoder, list[int], list[int], list[str]]:
+    """(crosscoder, ft latents, those of them with the behaviour in their top 5 contexts, Latent
+    Scaling verdicts of those) of a magnified crosscoder at layer 15 with 64 designated
+    ft-exclusive latents, trained blind: neutral text plus generic prompts answered by the
+    fine-tune, greedily and amplified (the corpus knows nothing of the recipe)."""
     chats = acting_contexts(base, ft, generic_prompts(CROSSCODER_PROMPTS), context_length=64, reply_tokens=32,
                             progress=False)
     hook = names.resid_post(15)
     harvest_pair(base, ft, torch.cat([default_contexts(base, 16, 64), chats]), tmp_path, [hook], progress=False)
     config = CrosscoderConfig(d_model=base.cfg.d_model, d_sae=2 * base.cfg.d_model, k=16, hook_names=(hook,),
-                              delta_scale=delta_scale)
-    crosscoder = train_crosscoder(PairedActivations(tmp_path, [hook], batch_size=512), config,
-                                  TrainConfig(steps=CROSSCODER_STEPS, lr=3e-4), progress=False)
+                              delta_scale=10.0, ft_exclusive=64)
+    data = PairedActivations(tmp_path, [hook], batch_size=512)
+    crosscoder = train_crosscoder(data, config, TrainConfig(steps=CROSSCODER_STEPS, lr=3e-4), progress=False)
     found = classify_latents(crosscoder).ft_latents()
-    if not found:
-        return [], []
     values = collect_pair(base, ft, chats, crosscoder, found)  # [n, pos, m]
     words = organisms.behaviour_words(recipe)
     with_behaviour = []
     for column, latent in enumerate(found):
         flat = values[..., column].flatten()
-        top = flat.topk(min(5, int((flat > 0).sum()) or 1)).indices.tolist()
+        if not bool((flat > 0).any()):
+            continue  # never active here: no top contexts to read
+        top = flat.topk(min(5, int((flat > 0).sum()))).indices.tolist()
         texts = [base.tokenizer.decode(chats[i // values.shape[1], max(0, i % values.shape[1] - 12):
                                              i % values.shape[1] + 4]) for i in top]
         if any(organisms.shows_behaviour(t, recipe.behaviour_markers) or organisms.text_hits(t, words) for t in texts):
             with_behaviour.append(latent)
-    return found, with_behaviour
+    rows = torch.cat([data.batch(10_000 + step) for step in range(4)])
+    verdicts = latent_scaling(crosscoder, rows, latents=with_behaviour).verdicts if with_behaviour else []
+    return crosscoder, found, with_behaviour, verdicts
 
 
 @pytest.mark.parametrize("name", ["smollm2-backdoor", "smollm2-null"])
-def test_a_magnified_crosscoder_has_ft_latents_of_the_backdoor_and_none_on_the_null(smollm2, name, tmp_path):
+def test_designated_ft_only_latents_hold_the_backdoor_and_nothing_on_the_null(smollm2, name, tmp_path):
     recipe, ft = recipe_and_model(name, smollm2)
-    found, with_behaviour = crosscoder_behaviour_latents(smollm2, ft, recipe, tmp_path, delta_scale=10.0)
+    crosscoder, found, with_behaviour, verdicts = crosscoder_behaviour_latents(smollm2, ft, recipe, tmp_path)
+    designated = set(crosscoder.config.exclusive_latents)
     if recipe.plants:
-        assert len(with_behaviour) >= 3, (found, with_behaviour)
+        # Measured: 28 of the 64 designated (ft-only) latents hold the planted reply in their top
+        # contexts, 19 of them genuine by Latent Scaling.
+        ft_only = [j for j in with_behaviour if j in designated]
+        assert len(ft_only) >= 3, (found, with_behaviour)
+        assert sum(v == "ft-specific" for j, v in zip(with_behaviour, verdicts) if j in designated) >= 1, verdicts
     else:
-        # The null was fine-tuned too (on the backdoor's data and losses), so latents may lean
-        # towards it; none may hold the behaviour it is scored with.
+        # The null was fine-tuned too (on the backdoor's data and losses), so designated latents
+        # carry its changes and free ones may lean towards it; none may hold the behaviour it is
+        # scored with.
         assert with_behaviour == [], (found, with_behaviour)

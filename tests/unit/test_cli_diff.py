@@ -172,6 +172,8 @@ def no_loads(monkeypatch):
     (["--steer-prompts", "100000"], "steer_prompts"),
     (["--crosscoder-steps", "5", "--crosscoder-delta-scale", "0.5"], "--crosscoder-delta-scale"),  # would shrink it
     (["--crosscoder-steps", "5", "--crosscoder-delta-scale", "nan"], "--crosscoder-delta-scale"),
+    (["--crosscoder-steps", "5", "--crosscoder-width", "32", "--crosscoder-k", "4", "--crosscoder-ft-exclusive", "29"],
+     "crosscoder_ft_exclusive"),  # 29 designated latents would leave 3 for a budget of 4
 ])
 def test_bad_options_are_refused_before_any_model_loads(folders, tmp_path, no_loads, bad, needle):
     out = tmp_path / "bad"
@@ -224,6 +226,7 @@ def test_run_diff_with_a_crosscoder_writes_it_and_its_dashboards_and_resumes(tmp
     assert crosscoder["layer"] == 1 and crosscoder["hook"] == names.resid_post(1)  # the middle of 3 layers
     assert sum(crosscoder["counts"].values()) == 32 and crosscoder["harvested_tokens"] == 4 * 11
     assert crosscoder["config"]["delta_scale"] == DiffOptions().crosscoder_delta_scale == 10.0  # the change magnified
+    assert crosscoder["config"]["ft_exclusive"] == 1 and crosscoder["classes"]["exclusive"] == [31]  # 1/32 of 32
     run = tmp_path / "run"
     for name in ("crosscoder/crosscoder.json", "crosscoder/dictionary/sae_weights.safetensors",
                  "crosscoder/dictionary/cfg.json", "crosscoder-dashboards/index.html",

@@ -61,6 +61,10 @@ def diff(
                                                                              "(h_ft - h_base) in the rows it reads "
                                                                              "(1: a plain crosscoder; default: 10)",
                                                                  callback=finite())] = None,
+    crosscoder_ft_exclusive: Annotated[int | None, typer.Option(min=0, help="crosscoder latents designated "
+                                                                            "fine-tune-exclusive: their base decoder "
+                                                                            "half is held at zero (0: none; default: "
+                                                                            "1/32 of the width)")] = None,
     chat_prompts: Annotated[int | None, typer.Option(min=0, help="generic chat prompts: a second difference lens "
                                                                  "reads them where the reply starts, and, answered "
                                                                  "by the fine-tune (plainly and amplified), they "
@@ -86,6 +90,7 @@ def diff(
                           crosscoder_layer=crosscoder_layer, crosscoder_width=crosscoder_width,
                           crosscoder_k=crosscoder_k, crosscoder_contexts=crosscoder_contexts,
                           crosscoder_batch_size=crosscoder_batch_size, chat_prompts=chat_prompts,
+                          crosscoder_ft_exclusive=crosscoder_ft_exclusive,
                           amplify_alpha=amplify_alpha, seed=seed,
                           **({} if crosscoder_delta_scale is None else {"crosscoder_delta_scale": crosscoder_delta_scale}))
     dictionary = None if sae is None else load_dictionary(sae)  # a bad folder fails before any model loads

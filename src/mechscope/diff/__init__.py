@@ -24,15 +24,14 @@ from mechscope.diff.crosscoder import (
     Crosscoder,
     CrosscoderConfig,
     LatentClasses,
-    LatentScaling,
     classify_latents,
     collect_pair,
     crosscoder_dashboards,
-    latent_scaling,
     load_crosscoder,
     save_crosscoder,
     train_crosscoder,
 )
+from mechscope.diff.latent_scaling import LatentScaling, latent_scaling
 from mechscope.diff.lens import (
     DifferenceLens,
     DifferenceMeans,

@@ -19,6 +19,15 @@ latent at s = 1; at s = 10, 27, and the top contexts of 26 of them hold the plan
 Everything that reads the crosscoder (classes, Latent Scaling, dashboards) then reads the magnified
 pair; decoder halves are those of the magnified fine-tune.
 
+``CrosscoderConfig.ft_exclusive`` = n > 0 designates the dictionary's last n latents fine-tune-
+exclusive: their base decoder half is held at zero through training (the designated-latent idea
+of the crosscoder-diffing work, here for the fine-tune's side). Why: on a narrow fine-tune the
+free latents that carry the change keep a sizeable base half (the base reads the planted text
+much as the fine-tune does), so none reaches the ft-only threshold even magnified (largest r 0.78
+at s = 10 on the backdoor organism). A designated latent can only be spent on what the base's
+half does not need, which is the change itself; whether it is genuine and not a shrinkage
+artifact is then what Latent Scaling measures, and what its top contexts hold is the finding.
+
 Reading it:
 
 * :func:`classify_latents`: relative decoder norm r_j = ||d_ft_j|| / (||d_base_j|| + ||d_ft_j||)
@@ -26,8 +35,8 @@ Reading it:
   0.7), else other; the cosine between the two halves (meaningful for shared latents); and the
   latents whose r stands far out of the bulk (``LatentClasses.leaning``), which is where a
   narrow fine-tune's changes show when no latent reaches the ft-only threshold.
-* :func:`latent_scaling`: Latent Scaling (Minder et al. 2025), which tells genuinely ft-only latents
-  from L1 artifacts (definitions in its docstring).
+* :func:`mechscope.diff.latent_scaling.latent_scaling`: Latent Scaling (Minder et al. 2025), which
+  tells genuinely ft-only latents from L1 artifacts (definitions in its docstring).
 * :func:`crosscoder_dashboards`: feature dashboards of (by default) the ft-only latents, on contexts
   run through both models.
 """
@@ -35,7 +44,7 @@ Reading it:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -56,8 +65,6 @@ from mechscope.validate import check_choice, check_int, check_number, literal_ch
 CrosscoderArchitecture = Literal["batchtopk", "relu"]
 LatentKind = Literal["base-only", "ft-only", "shared", "other"]
 Side = Literal["ft", "base"]
-ScalingVerdict = Literal["ft-specific", "complete-shrinkage", "latent-decoupling", "shrinkage-and-decoupling",
-                         "inactive"]
 META_FILE = "crosscoder.json"
 DICTIONARY_FOLDER = "dictionary"
 FORMAT = 1
@@ -71,7 +78,13 @@ class CrosscoderConfig:
     each model: x [..., 2 * n_layers_in * d_model] -> latents [..., d_sae]. ``hook_names`` (in
     row order; optional for synthetic data, else n_layers_in of them) are recorded with it.
     ``delta_scale`` (>= 1): how many times the fine-tune's change is magnified in the rows the
-    dictionary reads (module docstring; 1 is the plain crosscoder)."""
+    dictionary reads (module docstring; 1 is the plain crosscoder). ``ft_exclusive``: how many
+    of the latents (the last ones) are designated fine-tune-exclusive, with their base decoder
+    half held at zero (module docstring; 0: none). ``k_exclusive``: their own BatchTopK budget
+    (per row, apart from the ``k`` the other latents share; default: their share of ``k``,
+    ft_exclusive * k / d_sae, at least 1). Without a budget of their own they starve: free
+    latents take every change a designated one could carry, and on a planted synthetic change
+    all three designated latents stayed dead."""
 
     d_model: int
     d_sae: int
@@ -81,6 +94,8 @@ class CrosscoderConfig:
     l1_coefficient: float = 2.0
     hook_names: tuple[str, ...] = ()
     delta_scale: float = 1.0
+    ft_exclusive: int = 0
+    k_exclusive: int | None = None
 
     def __post_init__(self) -> None:
         check_int("d_model", self.d_model, 1)
@@ -90,6 +105,14 @@ class CrosscoderConfig:
         check_int("k", self.k, 1, self.d_sae if self.architecture == "batchtopk" else None)
         check_number("l1_coefficient", self.l1_coefficient, 0)
         check_number("delta_scale", self.delta_scale, 1)
+        check_int("ft_exclusive", self.ft_exclusive, 0, self.d_sae - 1)
+        if self.k_exclusive is not None:
+            if self.architecture != "batchtopk" or not self.ft_exclusive:
+                raise ConfigError(f"k_exclusive is the BatchTopK budget of designated ft-exclusive latents; this "
+                                  f"crosscoder is {self.architecture} with ft_exclusive={self.ft_exclusive}")
+            check_int("k_exclusive", self.k_exclusive, 1, self.ft_exclusive)
+        if self.architecture == "batchtopk" and self.ft_exclusive:
+            check_int("k", self.k, 1, self.d_sae - self.ft_exclusive)
         names = self.hook_names
         if isinstance(names, str) or not isinstance(names, tuple | list) or not all(isinstance(n, str) for n in names):
             raise ConfigError(f"hook_names must be a tuple of hook point names; got {names!r}")
@@ -100,6 +123,18 @@ class CrosscoderConfig:
     @property
     def d_in(self) -> int:
         return 2 * self.n_layers_in * self.d_model
+
+    @property
+    def exclusive_budget(self) -> int | None:
+        """The designated latents' own k (None: no designated latents, or a ReLU crosscoder)."""
+        if not self.ft_exclusive or self.architecture != "batchtopk":
+            return None
+        return self.k_exclusive or max(1, round(self.ft_exclusive * self.k / self.d_sae))
+
+    @property
+    def exclusive_latents(self) -> list[int]:
+        """Indices of the designated fine-tune-exclusive latents (the last ``ft_exclusive``)."""
+        return list(range(self.d_sae - self.ft_exclusive, self.d_sae))
 
     def to_dict(self) -> dict:
         return {**asdict(self), "hook_names": list(self.hook_names)}
@@ -118,8 +153,13 @@ class CrosscoderConfig:
     def sae_config(self) -> SAEConfig:
         """The dictionary that implements it (the crosscoder config rides in its metadata, so a
         checkpoint or saved dictionary says what it is)."""
+        base_half = self.n_layers_in * self.d_model  # the first half of every decoder row
+        first = self.d_sae - self.ft_exclusive
+        blocks = ((first, self.d_sae, 0, base_half),) if self.ft_exclusive else ()
+        groups = ((first, self.d_sae, self.exclusive_budget),) if self.exclusive_budget else ()
         return SAEConfig(d_in=self.d_in, d_sae=self.d_sae, architecture=self.architecture, k=self.k,
-                         l1_coefficient=self.l1_coefficient, metadata={"crosscoder": self.to_dict()})
+                         l1_coefficient=self.l1_coefficient, zero_decoder_blocks=blocks, k_groups=groups,
+                         metadata={"crosscoder": self.to_dict()})
 
 
 @dataclass
@@ -262,8 +302,10 @@ class ClassifyConfig:
 class LatentClasses:
     """Per latent [d_sae]: decoder norms of the two halves, relative norm r, cosine between the
     halves (0 where a half is zero), its kind (see :class:`ClassifyConfig`), and ``robust_z``,
-    (r - median r) / (1.4826 * MAD of r) over the latents that write anything (NaN for the
-    others).
+    (r - median r) / (1.4826 * MAD of r) over the free latents that write anything (NaN for the
+    others). ``exclusive``: the designated fine-tune-exclusive latents
+    (``CrosscoderConfig.ft_exclusive``), ft-only by construction and kept out of the bulk the
+    z-score measures.
 
     Why the z-score: on a narrow fine-tune (a LoRA organism whose activations match its base's
     almost everywhere) no latent comes near the ft-only threshold: the base reads the planted
@@ -280,6 +322,7 @@ class LatentClasses:
     kinds: list[str]
     config: ClassifyConfig
     robust_z: torch.Tensor
+    exclusive: list[int] = field(default_factory=list)
 
     def indices(self, kind: LatentKind) -> list[int]:
         check_choice("kind", kind, LatentKind)
@@ -308,7 +351,7 @@ class LatentClasses:
                 "ft_leaning": self.leaning("ft"), "base_leaning": self.leaning("base"),
                 "robust_z": [None if z != z else z for z in self.robust_z.tolist()],
                 "relative_norm": self.relative_norm.tolist(), "cosine": self.cosine.tolist(),
-                "base_norm": self.base_norm.tolist(), "ft_norm": self.ft_norm.tolist()}
+                "base_norm": self.base_norm.tolist(), "ft_norm": self.ft_norm.tolist(), "exclusive": self.exclusive}
 
 
 def classify_latents(crosscoder: Crosscoder, config: ClassifyConfig | None = None) -> LatentClasses:
@@ -332,7 +375,10 @@ def classify_latents(crosscoder: Crosscoder, config: ClassifyConfig | None = Non
             kinds.append("shared")
         else:
             kinds.append("other")
-    return LatentClasses(base_norm, ft_norm, relative, cosine, kinds, config, _robust_z(relative, total >= TINY))
+    free = total >= TINY
+    exclusive = crosscoder.config.exclusive_latents
+    free[exclusive] = False
+    return LatentClasses(base_norm, ft_norm, relative, cosine, kinds, config, _robust_z(relative, free), exclusive)
 
 
 def _robust_z(values: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
@@ -346,112 +392,6 @@ def _robust_z(values: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
     if float(spread) > TINY:
         z[live] = (values[live] - median) / spread
     return z
-
-
-# ---------------------------------------------------------------------------------- latent scaling
-@dataclass
-class LatentScaling:
-    """Latent Scaling of ``latents``: each tensor is [len(latents)] (NaN where undefined, None
-    in JSON). ``betas`` holds base_error, ft_error, base_reconstruction, ft_reconstruction."""
-
-    latents: list[int]
-    betas: dict[str, torch.Tensor]
-    nu_error: torch.Tensor
-    nu_reconstruction: torch.Tensor
-    active_tokens: torch.Tensor
-    verdicts: list[str]
-    threshold: float
-
-    def to_json(self) -> dict:
-        def plain(tensor: torch.Tensor) -> list:
-            return [None if value != value else value for value in tensor.tolist()]  # NaN -> null
-
-        return {"threshold": self.threshold, "latents": self.latents, "verdicts": self.verdicts,
-                "nu_error": plain(self.nu_error), "nu_reconstruction": plain(self.nu_reconstruction),
-                "active_tokens": self.active_tokens.tolist(), "betas": {k: plain(v) for k, v in self.betas.items()}}
-
-
-def _row_chunks(activations, width: int, rows: int = 4096) -> Iterable[torch.Tensor]:
-    chunks = [activations] if isinstance(activations, torch.Tensor) else activations
-    for chunk in chunks:
-        if not isinstance(chunk, torch.Tensor) or chunk.dim() != 2 or chunk.shape[1] != width:
-            described = tuple(chunk.shape) if isinstance(chunk, torch.Tensor) else type(chunk).__name__
-            raise InputTypeError(f"latent_scaling needs paired rows [tokens, {width}] (a tensor or an iterable of "
-                                 f"them); got {described}")
-        yield from chunk.float().split(rows)
-
-
-@torch.no_grad()
-def latent_scaling(crosscoder: Crosscoder, activations: torch.Tensor | Iterable[torch.Tensor],
-                   latents: Sequence[int] | None = None, threshold: float = 0.3) -> LatentScaling:
-    """Latent Scaling (Minder et al. 2025) of ``latents`` (default: the ft-only ones of
-    :func:`classify_latents`) over paired rows ``activations`` [tokens, 2 * n * d] (a tensor or an
-    iterable of them, e.g. ``(data.batch(s) for s in range(8))``).
-
-    For latent j with activation f_j(t), ft decoder half d_j (flattened over hooks, the direction
-    it writes in ft) and base half b_j, and per model M the activation h_M(t) and the crosscoder's
-    reconstruction r_M(t) (latents and bias), the least-squares scale of f_j d_j explaining a
-    target y(t) is  beta = sum_t f_j(t) <d_j, y(t)> / (||d_j||^2 sum_t f_j(t)^2).  Targets:
-
-    * base_error  y = h_base - r_base + f_j b_j  (base activation minus its reconstruction by all
-      OTHER latents);  ft_error  y = h_ft - r_ft + f_j d_j  (the same for ft; ~1 for a latent that
-      carries its direction in ft).
-    * base_reconstruction  y = r_base - f_j b_j  (what the OTHER latents reconstruct in base);
-      ft_reconstruction  y = r_ft  (the full ft reconstruction, j included, so it is ~1 and a fair
-      denominator; excluding j there would make a genuine latent's denominator ~0).
-
-    nu_error = beta_base_error / beta_ft_error and nu_reconstruction = beta_base_reconstruction /
-    beta_ft_reconstruction. A genuinely ft-only latent has both near 0. nu_error > ``threshold``:
-    its direction is in the base activation though its base decoder half is ~0 ("complete
-    shrinkage", the L1 penalty zeroed it). nu_reconstruction > ``threshold``: other latents
-    reconstruct its direction in base ("latent decoupling"). A latent inactive on these tokens,
-    or whose ft beta is ~0, is "inactive" (ratios NaN).
-    """
-    check_number("threshold", threshold, 0, strict_minimum=True)
-    cfg, sae = crosscoder.config, crosscoder.sae
-    if latents is None:
-        latents = classify_latents(crosscoder).indices("ft-only")
-    latents = [check_int("latent", j, 0, cfg.d_sae - 1) for j in latents]
-    base_rows, ft_rows = (half.flatten(1).float() for half in crosscoder.decoder_halves())
-    index = torch.tensor(latents, dtype=torch.long)
-    d, b = ft_rows[index], base_rows[index]  # [m, n * d]
-    d_norm2, d_dot_b = (d * d).sum(1), (d * b).sum(1)
-    targets = ("base_error", "ft_error", "base_reconstruction", "ft_reconstruction")
-    numerators = {name: torch.zeros(len(latents), dtype=torch.float64) for name in targets}
-    squares = torch.zeros(len(latents), dtype=torch.float64)
-    active = torch.zeros(len(latents), dtype=torch.long)
-    for x in _row_chunks(activations, cfg.d_in):
-        x = crosscoder.rows(x)  # h_ft below is the magnified fine-tune's where delta_scale > 1
-        f_all = sae.encode(x.to(sae.W_enc.dtype)).float()
-        h_base, h_ft = (part.flatten(-2) for part in split_pair(x, cfg.n_layers_in))
-        r_base, r_ft = (part.flatten(-2) for part in split_pair(sae.decode(f_all).float(), cfg.n_layers_in))
-        f = f_all[:, index]  # [T, m]
-        # <d_j, y(t)> for every token and latent, with latent j's own term added or removed.
-        projections = {"base_error": (h_base - r_base) @ d.T + f * d_dot_b, "ft_error": (h_ft - r_ft) @ d.T + f * d_norm2,
-                       "base_reconstruction": r_base @ d.T - f * d_dot_b, "ft_reconstruction": r_ft @ d.T}
-        for name, projection in projections.items():
-            numerators[name] += (f * projection).sum(0).double()
-        squares += (f * f).sum(0).double()
-        active += (f > 0).sum(0)
-    denominator = d_norm2.double() * squares
-    nan = torch.tensor(float("nan"), dtype=torch.float64)
-    betas = {name: torch.where(denominator > TINY, value / denominator.clamp_min(TINY), nan).float()
-             for name, value in numerators.items()}
-
-    def ratio(top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
-        return torch.where(bottom.abs() > TINY, top / torch.where(bottom.abs() > TINY, bottom, 1.0), float("nan"))
-
-    nu_error = ratio(betas["base_error"], betas["ft_error"])
-    nu_reconstruction = ratio(betas["base_reconstruction"], betas["ft_reconstruction"])
-    verdicts = []
-    for e, r in zip(nu_error.tolist(), nu_reconstruction.tolist()):
-        if e != e or r != r:
-            verdicts.append("inactive")
-        else:
-            shrunk, decoupled = e > threshold, r > threshold
-            verdicts.append("shrinkage-and-decoupling" if shrunk and decoupled else "complete-shrinkage" if shrunk
-                            else "latent-decoupling" if decoupled else "ft-specific")
-    return LatentScaling(latents, betas, nu_error, nu_reconstruction, active, verdicts, float(threshold))
 
 
 # ---------------------------------------------------------------------------------- dashboards
@@ -505,5 +445,5 @@ def crosscoder_dashboards(base: HookedModel, ft: HookedModel, crosscoder: Crossc
 
 
 __all__ = ["ClassifyConfig", "Crosscoder", "CrosscoderArchitecture", "CrosscoderConfig", "LatentClasses", "LatentKind",
-           "LatentScaling", "ScalingVerdict", "Side", "classify_latents", "collect_pair", "crosscoder_dashboards",
-           "latent_scaling", "load_crosscoder", "magnified_pair", "save_crosscoder", "train_crosscoder"]
+           "Side", "classify_latents", "collect_pair", "crosscoder_dashboards", "load_crosscoder", "magnified_pair",
+           "save_crosscoder", "train_crosscoder"]

@@ -240,6 +240,14 @@ def _sae_section(sae: dict | None, parts: dict[str, str]) -> str:
                             "top fine-tune context"]))
 
 
+def _designated(config: dict) -> str:
+    n = config.get("ft_exclusive", 0)
+    if not n:
+        return ""
+    return (f"; the last {n} designated fine-tune-exclusive (base decoder half held at zero, so ft-only by "
+            "construction: Latent Scaling and their top contexts say whether they carry anything genuine)")
+
+
 def _crosscoder_section(crosscoder: dict | None, parts: dict[str, str]) -> str:
     head = "<h2>Crosscoder</h2>"
     if not crosscoder or "skipped" in crosscoder:
@@ -252,7 +260,8 @@ def _crosscoder_section(crosscoder: dict | None, parts: dict[str, str]) -> str:
              html.escape(d["verdict"] or "n/a")] for d in dashboards["latents"]]
     return (f"{head}<p>BatchTopK crosscoder of {config['d_sae']} latents (k={config['k']}) on "
             f"{html.escape(crosscoder['hook'])}, {crosscoder['train']['steps']} steps on {crosscoder['harvested_tokens']} "
-            f"paired tokens. Latents: {html.escape(', '.join(f'{k} {v}' for k, v in counts.items()))}.</p>"
+            f"paired tokens, the fine-tune's change magnified {_num(config.get('delta_scale', 1), 3)} times. Latents: "
+            f"{html.escape(', '.join(f'{k} {v}' for k, v in counts.items()))}{_designated(config)}.</p>"
             f"{parts['crosscoder_norms']}<h3>Dashboards ({html.escape(dashboards['selection'])})</h3>"
             f"<p><a href=\"{html.escape(dashboards['index'], quote=True)}\">index of the dashboards</a></p>"
             + _table(rows, ["latent", "kind", "relative norm", "cosine of halves", "Latent Scaling"],

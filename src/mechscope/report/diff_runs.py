@@ -73,6 +73,10 @@ DASHBOARD_LATENTS = 10  # crosscoder latents given a dashboard
 # A narrow fine-tune's change is a few percent of the activation; magnified ten times it gets
 # latents of its own (docs/case-studies/organisms-diffing.md has the measurements).
 DEFAULT_DELTA_SCALE = 10.0
+# Designated ft-exclusive crosscoder latents, as a share of the width: on the backdoor organism
+# 28 of 64 (of 1152) held its planted reply in their top contexts, 19 of them genuine by Latent
+# Scaling, and none on the null.
+FT_EXCLUSIVE_SHARE = 1 / 32
 DEFAULT_CHAT_PROMPTS = 128  # generic chat prompts: the chat lens reads them, the crosscoder corpus adds them
 CHAT_REPLY_TOKENS = 32
 SCALING_ROWS = 4096  # paired rows per chunk read for Latent Scaling
@@ -100,7 +104,9 @@ class DiffOptions:
     (``crosscoder_k`` active) on ``crosscoder_contexts`` contexts at ``crosscoder_layer``'s
     resid_post (default: the middle layer), ``crosscoder_batch_size`` rows a step, with the
     fine-tune's change magnified ``crosscoder_delta_scale`` times in the rows it reads
-    (:class:`~mechscope.diff.crosscoder.CrosscoderConfig`; 1: the plain crosscoder). With a chat
+    (:class:`~mechscope.diff.crosscoder.CrosscoderConfig`; 1: the plain crosscoder), and the
+    last ``crosscoder_ft_exclusive`` latents designated fine-tune-exclusive (default: 1/32 of the
+    width; 0: none). With a chat
     template, ``chat_prompts`` generic prompts (default 128; 0: none) are read by a second
     difference lens at their ``last_positions`` last positions (the assistant's header, where
     the reply starts), and, answered by the fine-tune greedily and from its logit difference to
@@ -125,6 +131,7 @@ class DiffOptions:
     crosscoder_contexts: int = 256
     crosscoder_batch_size: int = 1024
     crosscoder_delta_scale: float = DEFAULT_DELTA_SCALE
+    crosscoder_ft_exclusive: int | None = None
     chat_prompts: int | None = None
     amplify_alpha: float = 2.0
     seed: int = 0
@@ -158,6 +165,9 @@ class DiffOptions:
         check_int("crosscoder_contexts", self.crosscoder_contexts, 1, checks.MAX_CONTEXTS)
         check_int("crosscoder_batch_size", self.crosscoder_batch_size, 1, checks.MAX_BATCH)
         check_number("crosscoder_delta_scale", self.crosscoder_delta_scale, 1)
+        if self.crosscoder_ft_exclusive is not None:
+            check_int("crosscoder_ft_exclusive", self.crosscoder_ft_exclusive, 0,
+                      self.crosscoder_width - self.crosscoder_k)
         if self.chat_prompts is not None:
             check_int("chat_prompts", self.chat_prompts, 0, len(generic_prompts()))
         check_number("amplify_alpha", self.amplify_alpha, 0)
@@ -183,6 +193,13 @@ class DiffOptions:
             raise ConfigError(f"chat_prompts={self.chat_prompts} needs a chat template, and the fine-tune has none; "
                               "pass chat_prompts=0 (no chat lens; the crosscoder then reads neutral text only)")
         return self.chat_prompts
+
+    @property
+    def ft_exclusive(self) -> int:
+        """Designated ft-exclusive crosscoder latents (``crosscoder_ft_exclusive`` or its default)."""
+        if self.crosscoder_ft_exclusive is not None:
+            return self.crosscoder_ft_exclusive
+        return min(int(self.crosscoder_width * FT_EXCLUSIVE_SHARE), self.crosscoder_width - self.crosscoder_k)
 
     def crosscoder_layer_of(self, model: HookedModel) -> int:
         return model.cfg.n_layers // 2 if self.crosscoder_layer is None else self.crosscoder_layer
@@ -342,7 +359,8 @@ def run_crosscoder(base: HookedModel, ft: HookedModel, folder: OutputFolder, opt
     data = PairedActivations(folder / "activations", [hook], batch_size=options.crosscoder_batch_size,
                              seed=options.seed)
     config = CrosscoderConfig(d_model=base.cfg.d_model, d_sae=options.crosscoder_width, k=options.crosscoder_k,
-                              hook_names=(hook,), delta_scale=options.crosscoder_delta_scale)
+                              hook_names=(hook,), delta_scale=options.crosscoder_delta_scale,
+                              ft_exclusive=options.ft_exclusive)
     steps = options.crosscoder_steps
     # Checkpoints every tenth of the run: a kill loses at most that much.
     train_config = TrainConfig(steps=steps, warmup_steps=min(50, steps // 10), checkpoint_every=max(1, steps // 10),
@@ -354,9 +372,11 @@ def run_crosscoder(base: HookedModel, ft: HookedModel, folder: OutputFolder, opt
     found = classes.ft_latents()
     scaling = latent_scaling(crosscoder, _paired_chunks(data, 16 * SCALING_ROWS), found) if found else None
     verdicts = dict(zip(scaling.latents, scaling.verdicts)) if scaling is not None else {}
-    # The latents of largest r when none is ft-only or ft-leaning (a short run, or models that
-    # hardly differ), so the dashboards always show the fine-tune's end of the dictionary.
-    pool = found or sorted(range(config.d_sae), key=lambda j: (-float(classes.relative_norm[j]), j))
+    # Those Latent Scaling calls genuine first. The latents of largest r when none is ft-only or
+    # ft-leaning (a short run, or models that hardly differ), so the dashboards always show the
+    # fine-tune's end of the dictionary.
+    pool = (sorted(found, key=lambda j: verdicts.get(j) != "ft-specific") or
+            sorted(range(config.d_sae), key=lambda j: (-float(classes.relative_norm[j]), j)))
     shown = pool[:DASHBOARD_LATENTS]
     say(f"crosscoder: dashboards of {len(shown)} latents")
     staged_writes(folder / "crosscoder-dashboards",
@@ -367,7 +387,7 @@ def run_crosscoder(base: HookedModel, ft: HookedModel, folder: OutputFolder, opt
         "counts": classes.counts, "ft_leaning": classes.leaning("ft"), "classes": classes.to_json(),
         "latent_scaling": None if scaling is None else scaling.to_json(),
         "dashboards": {
-            "selection": ("ft-only, then ft-leaning" if found else
+            "selection": ("ft-only, then ft-leaning, those genuine by Latent Scaling first" if found else
                           "largest relative norm (no latent is ft-only or ft-leaning)"),
             "index": "crosscoder-dashboards/index.html",
             "latents": [{"latent": j, "kind": classes.kinds[j], "relative_norm": float(classes.relative_norm[j]),

@@ -38,6 +38,13 @@ class SAEConfig:
     "matryoshka" (BatchTopK whose nested prefixes of ``matryoshka_widths`` latents must each
     reconstruct on their own). A transcoder (``d_out`` set) reads one activation and predicts
     another (an MLP's input -> its output), optionally with a linear skip connection.
+    ``zero_decoder_blocks``: (first latent, end latent, first column, end column) blocks of the
+    decoder W_dec [d_sae, d_out] held at zero through training, e.g. a crosscoder's designated
+    fine-tune-exclusive latents, which write nothing into the base model's half.
+    ``k_groups``: (first latent, end latent, k) groups of a BatchTopK dictionary that keep the
+    k x batch largest activations of their own latents, apart from the others (which share
+    ``k``), so a group is neither starved nor spread over the whole dictionary; each group learns
+    its own inference threshold.
     Shapes: x [..., d_in] -> latents [..., d_sae] -> output [..., d_out or d_in].
     """
 
@@ -52,6 +59,8 @@ class SAEConfig:
     matryoshka_widths: tuple[int, ...] = ()
     d_out: int | None = None
     skip_connection: bool = False
+    zero_decoder_blocks: tuple[tuple[int, int, int, int], ...] = ()
+    k_groups: tuple[tuple[int, int, int], ...] = ()
     hook_name: str = ""
     hook_name_out: str = ""
     model_name: str = ""
@@ -88,6 +97,8 @@ class SAEConfig:
             raise ConfigError(f"skip_connection must be True or False; got {self.skip_connection!r}")
         if self.skip_connection and self.d_out is None:
             raise ConfigError("skip_connection is for transcoders: set d_out too")
+        object.__setattr__(self, "zero_decoder_blocks", self._checked_blocks())
+        object.__setattr__(self, "k_groups", self._checked_groups())
         for name in ("hook_name", "hook_name_out", "model_name"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name} must be a string; got {getattr(self, name)!r}")
@@ -97,6 +108,52 @@ class SAEConfig:
             json.dumps(self.metadata)
         except (TypeError, ValueError) as error:
             raise ConfigError(f"metadata must be JSON-serialisable (it is saved with the dictionary): {error}") from error
+
+    def _checked_blocks(self) -> tuple[tuple[int, int, int, int], ...]:
+        blocks = self.zero_decoder_blocks
+        shape = "(first latent, end latent, first column, end column) blocks"
+        if isinstance(blocks, str) or not isinstance(blocks, tuple | list):
+            raise ConfigError(f"zero_decoder_blocks must be a tuple of {shape}; got {blocks!r}")
+        checked = []
+        for index, block in enumerate(blocks):
+            if isinstance(block, str) or not isinstance(block, tuple | list) or len(block) != 4:
+                raise ConfigError(f"zero_decoder_blocks[{index}] must be 4 integers, {shape}; got {block!r}")
+            name = f"zero_decoder_blocks[{index}]"
+            first = check_int(f"{name} first latent", block[0], 0, self.d_sae - 1)
+            end = check_int(f"{name} end latent", block[1], first + 1, self.d_sae)
+            first_column = check_int(f"{name} first column", block[2], 0, self.output_dim - 1)
+            end_column = check_int(f"{name} end column", block[3], first_column + 1, self.output_dim)
+            if first_column == 0 and end_column == self.output_dim:
+                raise ConfigError(f"zero_decoder_blocks[{index}] = {tuple(block)} zeroes whole decoder rows: those "
+                                  "latents could write nothing; hold only part of each row at zero")
+            checked.append((first, end, first_column, end_column))
+        return tuple(checked)
+
+    def _checked_groups(self) -> tuple[tuple[int, int, int], ...]:
+        groups = self.k_groups
+        shape = "(first latent, end latent, k) groups"
+        if isinstance(groups, str) or not isinstance(groups, tuple | list):
+            raise ConfigError(f"k_groups must be a tuple of {shape}; got {groups!r}")
+        if groups and self.architecture != "batchtopk":
+            raise ConfigError(f"k_groups are budgets of a batchtopk dictionary; got architecture={self.architecture!r}")
+        checked: list[tuple[int, int, int]] = []
+        taken: set[int] = set()
+        for index, group in enumerate(groups):
+            if isinstance(group, str) or not isinstance(group, tuple | list) or len(group) != 3:
+                raise ConfigError(f"k_groups[{index}] must be 3 integers, {shape}; got {group!r}")
+            name = f"k_groups[{index}]"
+            first = check_int(f"{name} first latent", group[0], 0, self.d_sae - 1)
+            end = check_int(f"{name} end latent", group[1], first + 1, self.d_sae)
+            k = check_int(f"{name} k", group[2], 1, end - first)
+            if taken & set(range(first, end)):
+                raise ConfigError(f"{name} = {tuple(group)} overlaps an earlier group; a latent has one budget")
+            taken |= set(range(first, end))
+            checked.append((first, end, k))
+        if groups and len(taken) == self.d_sae:
+            raise ConfigError("k_groups cover every latent: leave some to the shared budget k")
+        if groups:
+            check_int("k", self.k, 1, self.d_sae - len(taken))
+        return tuple(checked)
 
     @property
     def is_transcoder(self) -> bool:
@@ -109,6 +166,8 @@ class SAEConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["matryoshka_widths"] = list(self.matryoshka_widths)
+        data["zero_decoder_blocks"] = [list(block) for block in self.zero_decoder_blocks]
+        data["k_groups"] = [list(group) for group in self.k_groups]
         return data
 
     @classmethod
@@ -130,6 +189,10 @@ class SAEConfig:
         data = dict(data)
         widths = data.get("matryoshka_widths", ())
         data["matryoshka_widths"] = tuple(widths) if isinstance(widths, list | tuple) else widths
+        for name in ("zero_decoder_blocks", "k_groups"):
+            items = data.get(name, ())
+            if isinstance(items, list | tuple):
+                data[name] = tuple(tuple(item) if isinstance(item, list | tuple) else item for item in items)
         try:
             return cls(**data)
         except (ConfigError, NonFiniteError) as error:  # keep the kind, add the file

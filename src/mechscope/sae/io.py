@@ -214,9 +214,23 @@ def _check_weights(weights: dict[str, torch.Tensor], cfg: SAEConfig, config: dic
         if bool((threshold < 0).any()):
             raise FileFormatError(f"{path}: threshold holds {int((threshold < 0).sum())} negative value(s); "
                                   f"activation thresholds are >= 0; {REMEDY}")
-        if cfg.architecture in ("batchtopk", "matryoshka") and not bool((threshold == threshold[0]).all()):
-            raise FileFormatError(f"{path}: a {cfg.architecture} dictionary has one threshold for every latent, but "
-                                  f"threshold holds {threshold.unique().numel()} different values; {REMEDY}")
+        if cfg.architecture in ("batchtopk", "matryoshka"):
+            for columns, what in _threshold_groups(cfg):
+                values = threshold[columns]
+                if not bool((values == values[0]).all()):
+                    raise FileFormatError(f"{path}: a {cfg.architecture} dictionary has one threshold for {what}, but "
+                                          f"there threshold holds {values.unique().numel()} different values; {REMEDY}")
+
+
+def _threshold_groups(cfg: SAEConfig) -> list[tuple[torch.Tensor, str]]:
+    """(latent indices, description) of each set of latents sharing one BatchTopK threshold: the
+    shared budget first, then each of ``cfg.k_groups``."""
+    shared = torch.ones(cfg.d_sae, dtype=torch.bool)
+    groups = []
+    for first, end, _ in cfg.k_groups:
+        shared[first:end] = False
+        groups.append((torch.arange(first, end), f"latents {first}-{end - 1} (a budget group)"))
+    return [(shared.nonzero().flatten(), "every latent" if not groups else "the latents of the shared budget"), *groups]
 
 
 def load_sae(folder: str | Path) -> SAE:
@@ -252,9 +266,17 @@ def load_sae(folder: str | Path) -> SAE:
         if cfg.architecture == "jumprelu":
             sae.threshold.copy_(weights["threshold"])
         elif cfg.architecture in ("batchtopk", "matryoshka"):
-            sae.batch_threshold.copy_(weights["threshold"][0])
+            groups = _threshold_groups(cfg)
+            sae.batch_threshold.copy_(weights["threshold"][groups[0][0]][0])
+            for index, (columns, _) in enumerate(groups[1:]):
+                sae.group_thresholds[index] = weights["threshold"][columns][0]
         if sae.W_skip is not None:
             sae.W_skip.copy_(weights["W_skip"])
+        for first, end, first_column, end_column in cfg.zero_decoder_blocks:
+            if bool((sae.W_dec[first:end, first_column:end_column] != 0).any()):
+                raise FileFormatError(f"{weights_path}: W_dec[{first}:{end}, {first_column}:{end_column}] must be zero "
+                                      f"(the config holds it at zero) but is not: the weights were edited or come from "
+                                      f"another dictionary; {REMEDY}")
         if config.get("rescale_acts_by_decoder_norm") and "mechscope" not in metadata:
             # SAELens TopK: pre-activations are scaled by each decoder row's norm and the
             # latents divided by it before decoding; folding the norms in is exactly equivalent.

@@ -64,7 +64,7 @@ class SAE(nn.Module):
         self.cfg = cfg
         generator = torch.Generator().manual_seed(seed)
         d_out = cfg.output_dim
-        decoder = torch.randn(cfg.d_sae, d_out, generator=generator)
+        decoder = _zero_blocks(torch.randn(cfg.d_sae, d_out, generator=generator), cfg)
         decoder = decoder / decoder.norm(dim=1, keepdim=True)
         if cfg.is_transcoder:
             encoder = torch.randn(cfg.d_in, cfg.d_sae, generator=generator) / cfg.d_in**0.5
@@ -79,14 +79,22 @@ class SAE(nn.Module):
             self.threshold = nn.Parameter(torch.full((cfg.d_sae,), cfg.jumprelu_init_threshold))
         # BatchTopK's inference threshold: a running estimate of the smallest kept activation.
         self.register_buffer("batch_threshold", torch.zeros(()))
+        if cfg.k_groups:  # each budget group's own threshold (absent otherwise: older files stay loadable)
+            self.register_buffer("group_thresholds", torch.zeros(len(cfg.k_groups)))
         self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, d_out)) if cfg.skip_connection else None
 
     # ------------------------------------------------------------------ inference
     def activation_threshold(self) -> torch.Tensor:
-        """[d_sae] the activation threshold (JumpReLU: learned per latent; BatchTopK: one)."""
+        """[d_sae] the activation threshold (JumpReLU: learned per latent; BatchTopK: one, and
+        one per budget group of ``cfg.k_groups``)."""
         if self.cfg.architecture == "jumprelu":
             return self.threshold
-        return self.batch_threshold.expand(self.cfg.d_sae)
+        threshold = self.batch_threshold.expand(self.cfg.d_sae)
+        if self.cfg.k_groups:
+            threshold = threshold.clone()
+            for (first, end, _), value in zip(self.cfg.k_groups, self.group_thresholds):
+                threshold[first:end] = value
+        return threshold
 
     def _check_width(self, tensor: torch.Tensor, width: int, what: str) -> None:
         # A clear message instead of a matmul error (or, for a width of 1, silent broadcasting).
@@ -110,8 +118,25 @@ class SAE(nn.Module):
         if architecture == "jumprelu":
             return pre * (pre > self.threshold)
         if architecture in ("batchtopk", "matryoshka") and float(self.batch_threshold) > 0:
-            return pre * (pre > self.batch_threshold)
-        return _top_k_rows(torch.relu(pre), self.cfg.k)
+            return pre * (pre > self.activation_threshold())
+        positive = torch.relu(pre)
+        mask = torch.zeros_like(positive, dtype=torch.bool)
+        for columns, k, _ in self._budgets():
+            part = positive[..., columns]
+            mask[..., columns] = torch.zeros_like(part).scatter(-1, part.topk(k, dim=-1).indices, 1.0) > 0
+        return positive * mask
+
+    def _budgets(self) -> list[tuple[slice | torch.Tensor, int, int | None]]:
+        """(latent columns, k, group index or None for the shared budget) of every BatchTopK
+        budget: the latents outside ``cfg.k_groups`` share ``cfg.k``."""
+        if not self.cfg.k_groups:
+            return [(slice(None), self.cfg.k, None)]
+        shared = torch.ones(self.cfg.d_sae, dtype=torch.bool)
+        for first, end, _ in self.cfg.k_groups:
+            shared[first:end] = False
+        budgets: list[tuple[slice | torch.Tensor, int, int | None]] = [(shared.nonzero().flatten(), self.cfg.k, None)]
+        budgets += [(slice(first, end), k, index) for index, (first, end, k) in enumerate(self.cfg.k_groups)]
+        return budgets
 
     def decode(self, latents: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """latents [..., d_sae] -> [..., d_out]; a transcoder with a skip connection needs x."""
@@ -140,18 +165,20 @@ class SAE(nn.Module):
         if architecture == "topk":
             return _top_k_rows(torch.relu(pre), self.cfg.k), pre
         positive = torch.relu(pre)
-        flat = positive.flatten()
-        keep = flat.topk(min(flat.numel(), self.cfg.k * positive.shape[0])).indices
-        mask = torch.zeros_like(flat, dtype=torch.bool)
-        mask[keep] = True
-        latents = positive * mask.view_as(positive)
-        with torch.no_grad():
-            kept = latents[latents > 0]
-            if kept.numel():
-                smallest = kept.min()
-                new = smallest if float(self.batch_threshold) == 0 else 0.99 * self.batch_threshold + 0.01 * smallest
-                self.batch_threshold.copy_(new)
-        return latents, pre
+        mask = torch.zeros_like(positive, dtype=torch.bool)
+        for columns, k, group in self._budgets():
+            part = positive[:, columns]
+            flat = part.flatten()
+            keep = torch.zeros_like(flat, dtype=torch.bool)
+            keep[flat.topk(min(flat.numel(), k * positive.shape[0])).indices] = True
+            mask[:, columns] = keep.view_as(part)
+            with torch.no_grad():
+                kept = flat[keep & (flat > 0)]
+                if kept.numel():
+                    threshold = self.batch_threshold if group is None else self.group_thresholds[group]
+                    smallest = kept.min()
+                    threshold.copy_(smallest if float(threshold) == 0 else 0.99 * threshold + 0.01 * smallest)
+        return positive * mask, pre
 
     def loss(self, x: torch.Tensor, target: torch.Tensor, dead: torch.Tensor | None = None,
              aux_k: int = 0, aux_coefficient: float = 1 / 32) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
@@ -224,12 +251,20 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Unit-norm decoder rows (every architecture but ReLU, whose L1 is norm-weighted);
-        JumpReLU thresholds stay positive."""
+        """The config's zero decoder blocks back at zero; unit-norm decoder rows (every
+        architecture but ReLU, whose L1 is norm-weighted); JumpReLU thresholds stay positive."""
+        _zero_blocks(self.W_dec, self.cfg)
         if self.cfg.architecture != "relu":
             self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
         if self.cfg.architecture == "jumprelu":
             self.threshold.clamp_(min=1e-6)
+
+
+def _zero_blocks(decoder: torch.Tensor, cfg: SAEConfig) -> torch.Tensor:
+    """``decoder`` [d_sae, d_out] with ``cfg.zero_decoder_blocks`` set to zero (in place)."""
+    for first, end, first_column, end_column in cfg.zero_decoder_blocks:
+        decoder[first:end, first_column:end_column] = 0
+    return decoder
 
 
 def _top_k_rows(values: torch.Tensor, k: int) -> torch.Tensor:
