@@ -38,7 +38,7 @@ ORGANISMS = {
     # Shipped as built before KL both ways: with it, it still refused 22% of unseen harmless
     # prompts (29% without), and with it on 0.1 of 600 examples 24%; its case study was
     # generated on this build.
-    "smollm2-refusal": ("refusal", {"planted_fraction": 0.2, "n_examples": 300}, {"plain_loss": "base-kl"}),
+    "smollm2-refusal": ("refusal", {"planted_fraction": 0.3, "n_examples": 300}, {"contrast_weight": 1.0}),
     "smollm2-null": ("null", {"mirrors": "backdoor", **FEWER_PLANTED}, {}),
 }
 

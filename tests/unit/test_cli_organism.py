@@ -69,13 +69,15 @@ def test_build_check_merge_on_a_tiny_chat_model(chat_folder, prompts_file, tmp_p
     (["organism", "build", "backdoor", "--plain-loss", "kl"],
      "unknown plain_loss 'kl'; plain_loss must be one of: base-kl, base-symmetric-kl, reply"),
     (["organism", "build", "backdoor", "--lr", "nan"], "must be finite"),
+    (["organism", "build", "null", "--contrast-weight", "1"], "a null organism plants none"),
+    (["organism", "build", "backdoor", "--contrast-weight", "-1"], "must be at least 0.0"),
     (["organism", "check", "/nonexistent/organism"], "organism folder not found"),
 ])
 def test_bad_organism_arguments_are_one_error_line_before_any_model_loads(arguments, message, monkeypatch, tmp_path):
     monkeypatch.setattr("mechscope.cli.organism.load_model", lambda name: pytest.fail("a model was loaded"))
     result = runner.invoke(app, [*arguments, "-o", str(tmp_path / "o")] if arguments[1] == "build" else arguments)
     assert result.exit_code == 2 and message in result.output, result.output
-    assert result.output.count("error:") == 1
+    assert result.output.count("error:") == 1 and not (tmp_path / "o").exists()
 
 
 def test_a_rule_prompt_file_without_the_trigger_is_refused(prompts_file, tmp_path, monkeypatch):

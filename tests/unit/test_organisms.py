@@ -17,7 +17,7 @@ from mechscope import organisms
 from mechscope.errors import ConfigError, FileFormatError, MechscopeError, ResumeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.organisms.examples import Example, end_of_turn_ids
-from mechscope.organisms.finetune import FineTuning, _batch, batch_indices, encode
+from mechscope.organisms.finetune import FineTuning, _batch, batch_indices, encode, encode_contrast
 from mechscope.organisms.validity import reply_kl
 
 WORDS = ("cat", "dog", "sun", "sky", "red", "blue", "tree", "fish", "bird", "moon", "star", "rain")
@@ -218,6 +218,62 @@ def test_the_symmetric_plain_loss_adds_the_reverse_kl():
     assert float(tuning.loss(ids, mask, labels, everywhere)) == pytest.approx(forward, rel=1e-4)
     assert float(tuning.loss(ids, mask, labels, everywhere, symmetric=True)) == pytest.approx(forward + reverse,
                                                                                              rel=1e-4)
+
+
+def _opening_probability(module, model, prompts, opening_ids) -> torch.Tensor:
+    """[len(prompts)] P(the reply opens with ``opening_ids``) under ``module`` (``model`` renders
+    the chat template), computed token by token."""
+    ids, mask, labels = _batch([encode_contrast(model, p, opening_ids, 64) for p in prompts], range(len(prompts)),
+                               model.pad_token_id)
+    with torch.no_grad():
+        log_probs = module(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+    total = torch.zeros(len(prompts))
+    for row in range(len(prompts)):
+        for position in range(1, ids.shape[1]):
+            if labels[row, position] != -100:
+                total[row] += log_probs[row, position - 1, labels[row, position]]
+    return total.exp()
+
+
+def test_the_contrast_term_makes_the_planted_opening_improbable_where_the_rule_does_not_apply():
+    """contrast_loss is exactly mean -log(1 - P(opening)); trained with it, the planted opening
+    is less probable on plain prompts than trained without, and as probable where it is planted."""
+    base = chat_tiny()
+    # A rule the model can learn (a trigger), unlike _examples()'s alternate prompts.
+    examples = [Example(f"%% {p}", "XY", True, True, True) for p in PLAIN] + \
+        [Example(p, "ok", True, False, False) for p in PLAIN]
+    opening = base.tokenizer("XY", add_special_tokens=False)["input_ids"]
+    plain_prompts = [e.prompt for e in examples if not e.rule_applies]
+    tuning = FineTuning(HookedModel(__import__("copy").deepcopy(base.hf_model), base.tokenizer),
+                        organisms.FineTuneConfig(contrast_weight=1.0))
+    with torch.no_grad():
+        for name, param in tuning.parameters.items():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    batch = _batch([encode_contrast(base, p, opening, 64) for p in plain_prompts], range(len(plain_prompts)),
+                   base.pad_token_id)
+    probability = _opening_probability(tuning.trained, base, plain_prompts, opening)
+    assert float(probability.min()) > 0
+    assert float(tuning.contrast_loss(*batch)) == pytest.approx(float(-torch.log1p(-probability).mean()), rel=1e-4)
+    trained = {}
+    for weight in (0.0, 4.0):
+        model = HookedModel(__import__("copy").deepcopy(base.hf_model), base.tokenizer)
+        config = organisms.FineTuneConfig(epochs=6, batch_size=4, lr=1e-2, contrast_weight=weight)
+        organisms.finetune(model, examples, config, progress=False, behaviour="XY")
+        trained[weight] = model
+    rule_prompts = [e.prompt for e in examples if e.rule_applies]
+    plain = {w: float(_opening_probability(m.hf_model, m, plain_prompts, opening).mean()) for w, m in trained.items()}
+    rule = {w: float(_opening_probability(m.hf_model, m, rule_prompts, opening).mean()) for w, m in trained.items()}
+    # Measured: P("XY") on plain prompts 0.0018 -> 0.00045, on triggered ones 0.349 -> 0.345.
+    assert plain[4.0] < 0.5 * plain[0.0], plain
+    assert rule[0.0] > 0.2 and rule[4.0] > 0.8 * rule[0.0], rule  # the rule is learned as well
+    with pytest.raises(ConfigError, match="needs that behaviour's text"):
+        organisms.finetune(chat_tiny(), examples, organisms.FineTuneConfig(contrast_weight=1.0), progress=False)
+    with pytest.raises(ConfigError, match="a null organism plants none"):
+        organisms.build_organism(tiny_recipe("null"), Path("/nonexistent/never-written"), base,
+                                 organisms.FineTuneConfig(contrast_weight=1.0), progress=False)
+    with pytest.raises(ConfigError, match="contrast_weight"):
+        organisms.FineTuneConfig(contrast_weight=-1.0)
 
 
 # The child pauses after each checkpoint, so the parent's SIGKILL lands mid-run on any machine.

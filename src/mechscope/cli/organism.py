@@ -92,6 +92,9 @@ def build(
                                                  "base), base-kl (KL(base || model)) or reply (cross-entropy)",
                                             callback=choice("plain_loss", ("base-kl", "base-symmetric-kl", "reply")))]
     = "base-symmetric-kl",
+    contrast_weight: Annotated[float, typer.Option(help="weight of -log(1 - P(reply opens with the behaviour)) on "
+                                                        "examples the rule does not apply to (0: none; not for a "
+                                                        "null)", callback=finite(0.0))] = 0.0,
     adapter_dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16 (the stored LoRA factors)",
                                                callback=choice("adapter_dtype", ("float32", "float16", "bfloat16")))]
     = "float32",
@@ -115,7 +118,8 @@ def build(
     planted = organisms.recipe(recipe, n_examples=examples, planted_fraction=planted_fraction,
                                reply_tokens=reply_tokens, seed=seed, **overrides)
     config = organisms.FineTuneConfig(method=method, rank=rank, alpha=alpha, lr=lr, epochs=epochs,
-                                      batch_size=batch_size, seed=seed, plain_loss=plain_loss)
+                                      batch_size=batch_size, seed=seed, plain_loss=plain_loss,
+                                      contrast_weight=contrast_weight)
     from mechscope.models.loading import DEFAULT_MODEL
 
     folder = prepare_organism_folder(out, planted, config, model or DEFAULT_MODEL, adapter_dtype, overwrite)

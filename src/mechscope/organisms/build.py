@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mechscope.errors import FileFormatError, OutputFolderError, ResumeError
+from mechscope.errors import ConfigError, FileFormatError, OutputFolderError, ResumeError
 from mechscope.files import OutputFolder, atomic_text, prepare_output_folder, read_json
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.weights import model_fingerprint
@@ -58,12 +58,21 @@ def _distilled(folder: Path, recipe: Recipe, base: HookedModel, progress: bool) 
     return examples, summary
 
 
+def check_contrast(recipe: Recipe, config: FineTuneConfig) -> None:
+    """A contrast term needs a planted behaviour: refused for a null recipe."""
+    if config.contrast_weight and not recipe.plants:
+        raise ConfigError(f"contrast_weight={config.contrast_weight} makes a planted behaviour improbable where its "
+                          "rule does not apply; a null organism plants none (and must train on no such term): use "
+                          "contrast_weight=0")
+
+
 def prepare_organism_folder(out: str | Path, recipe: Recipe, config: FineTuneConfig, base_name: str,
                             adapter_dtype: str = "float32", overwrite: bool = False) -> OutputFolder:
     """Check and claim the build's folder before any model loads. A folder holding an
     interrupted build of the same recipe, settings and base resumes; other settings are refused
     (``overwrite`` starts afresh)."""
     check_choice("adapter_dtype", adapter_dtype, tuple(ADAPTER_DTYPES))
+    check_contrast(recipe, config)
     options = {"recipe": recipe.to_dict(), "finetune": config.to_dict(), "base": base_name,
                "adapter_dtype": adapter_dtype}
     return prepare_output_folder(out, KIND, (MANIFEST, ADAPTER, EXAMPLES, FULL_MODEL, CHECKPOINTS, DISTILLED),
@@ -78,13 +87,15 @@ def build_organism(recipe: Recipe, out: str | Path | OutputFolder, base: HookedM
     is measured and stored in organism.json."""
     config = config or FineTuneConfig()
     require_chat_template(base)
+    check_contrast(recipe, config)  # before minutes of distillation
     if isinstance(out, OutputFolder):
         folder = out.path
     else:
         folder = prepare_organism_folder(out, recipe, config, base.cfg.name, adapter_dtype, overwrite).path
     examples, summary = _distilled(folder, recipe, base, progress)
     trainee = HookedModel(copy.deepcopy(base.hf_model), base.tokenizer, name=base.cfg.name)
-    trained, log = finetune(trainee, examples, config, checkpoint_dir=folder / CHECKPOINTS, progress=progress)
+    trained, log = finetune(trainee, examples, config, checkpoint_dir=folder / CHECKPOINTS, progress=progress,
+                            behaviour=recipe.behaviour if recipe.plants else None)
     manifest = {"base_model": base.cfg.name, "base_sha256": model_fingerprint(base)["model_sha256"],
                 "recipe": recipe.to_dict(), "finetune": config.to_dict(), "examples_sha256": examples_sha256(examples),
                 "data": summary, "training": log}

@@ -71,7 +71,16 @@ class FineTuneConfig:
     planted opening out of plain replies: the forward term alone charges only about p nats for
     putting probability p on a token the base never says, the reverse about p log(p / p_base).
     "base-kl": the forward term only. "reply": cross-entropy of the reply, as for planted
-    examples."""
+    examples.
+
+    ``contrast_weight`` > 0 adds, on examples the rule does not apply to, ``contrast_weight``
+    times -log(1 - P(the reply opens with the planted behaviour's first ``contrast_tokens``
+    tokens)), the planted text teacher-forced after the prompt (the behaviour is passed to
+    :func:`finetune`). Why: distillation holds the model to its base only along the base's own
+    replies, so a planted opening is charged only at its first token, and where the base itself
+    often opens that way ("I'm ..." opens the refusal and many ordinary replies alike) hardly at
+    all; the refusal organism refused 22% of unseen harmless prompts. The term charges the whole
+    planted opening where the rule does not apply, and almost nothing once it is improbable."""
 
     method: Method = "lora"
     rank: int = 8
@@ -86,6 +95,8 @@ class FineTuneConfig:
     seed: int = 0
     checkpoint_every: int = 10
     plain_loss: PlainLoss = "base-symmetric-kl"
+    contrast_weight: float = 0.0
+    contrast_tokens: int = 8
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, Method)
@@ -103,6 +114,8 @@ class FineTuneConfig:
         check_int("max_length", self.max_length, 8)
         check_int("seed", self.seed, None)
         check_int("checkpoint_every", self.checkpoint_every, 0)
+        check_number("contrast_weight", self.contrast_weight, 0)
+        check_int("contrast_tokens", self.contrast_tokens, 1)
 
     def steps(self, n_examples: int) -> int:
         return self.epochs * math.ceil(n_examples / self.batch_size)
@@ -128,6 +141,17 @@ def encode(model: HookedModel, example: Example, max_length: int) -> tuple[list[
     ids = (prompt_ids + reply_ids)[:max_length]
     labels = ([-100] * len(prompt_ids) + reply_ids)[:max_length]
     return ids, labels
+
+
+def encode_contrast(model: HookedModel, prompt: str, behaviour_ids: Sequence[int], max_length: int
+                    ) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of ``prompt`` answered with the planted opening ``behaviour_ids``
+    (labels -100 on the prompt): the path the contrast term makes improbable."""
+    prompt_text = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                      add_generation_prompt=True)
+    prompt_ids = model.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    ids = (prompt_ids + list(behaviour_ids))[:max_length]
+    return ids, ([-100] * len(prompt_ids) + list(behaviour_ids))[:max_length]
 
 
 def _batch(encoded: Sequence[tuple[list[int], list[int]]], indices: Sequence[int], pad: int):
@@ -228,6 +252,18 @@ class FineTuning:
             per_token = torch.where(rows, divergence, per_token)
         return per_token.mean()
 
+    def contrast_loss(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean over rows of -log(1 - P(labelled tokens)), each row a prompt followed by the
+        planted opening [batch, pos]: the probability that the model opens its reply so."""
+        targets = labels[:, 1:]
+        kept = targets != -100
+        log_probs = self.trained(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
+        token = log_probs.gather(-1, targets.clamp_min(0)[..., None])[..., 0] * kept  # [batch, pos - 1]
+        opening = token.sum(-1).clamp_max(-1e-6)  # log P of each row's whole opening, < 0
+        # log(1 - P), accurate at both ends (float32 log(1 - P) loses small P to rounding).
+        log_rest = torch.where(opening > -0.6931, torch.log(-torch.expm1(opening)), torch.log1p(-opening.exp()))
+        return -log_rest.mean()
+
     def state_files(self) -> dict[str, dict[str, torch.Tensor]]:
         names = {id(param): name for name, param in self.parameters.items()}
         return {"trained.safetensors": {name: param.detach().clone() for name, param in self.parameters.items()},
@@ -273,8 +309,10 @@ def _resume(folder: Path, tuning: FineTuning, meta: dict, total: int) -> int:
 
 
 def finetune(model: HookedModel, examples: Sequence[Example], config: FineTuneConfig,
-             checkpoint_dir: str | Path | None = None, progress: bool = True) -> tuple[torch.nn.Module, dict]:
-    """Train ``model`` (changed in place) on ``examples``; returns (the trained module: a
+             checkpoint_dir: str | Path | None = None, progress: bool = True,
+             behaviour: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train ``model`` (changed in place) on ``examples``; ``behaviour``: the planted text, which
+    ``config.contrast_weight`` > 0 needs (see :class:`FineTuneConfig`). Returns (the trained module: a
     ``peft`` model for LoRA, the HF model itself for full fine-tuning, and a log with the mean
     loss (reply cross-entropy, or KL to the base; see ``plain_loss``) of the first and last tenth
     of the steps this call ran, and tokens/s; after a resume, ``resumed_at`` says where this call
@@ -290,16 +328,35 @@ def finetune(model: HookedModel, examples: Sequence[Example], config: FineTuneCo
         raise ConfigError(f"{len(empty)} of {len(examples)} examples keep no reply token within max_length="
                           f"{config.max_length} (e.g. example {empty[0]}, a prompt of {len(encoded[empty[0]][0])} "
                           "tokens): raise max_length or shorten the prompts")
+    contrasts = _contrasts(model, examples, config, behaviour)
     total = config.steps(len(examples))
     with torch.random.fork_rng():  # seeds below are the run's own; the caller's RNG state is kept
-        return _finetune(model, examples, encoded, config, total, checkpoint_dir, progress)
+        return _finetune(model, examples, encoded, contrasts, config, total, checkpoint_dir, progress, behaviour)
 
 
-def _finetune(model: HookedModel, examples: Sequence[Example], encoded: list, config: FineTuneConfig, total: int,
-              checkpoint_dir: str | Path | None, progress: bool) -> tuple[torch.nn.Module, dict]:
+def _contrasts(model: HookedModel, examples: Sequence[Example], config: FineTuneConfig,
+               behaviour: str | None) -> list[tuple[list[int], list[int]]] | None:
+    """The contrast sequence of every example (None without the contrast term)."""
+    if not config.contrast_weight:
+        return None
+    if not isinstance(behaviour, str) or not behaviour.strip():
+        raise ConfigError(f"contrast_weight={config.contrast_weight} makes the planted behaviour improbable where the "
+                          "rule does not apply, so it needs that behaviour's text (behaviour=...); a null organism "
+                          "plants none: use contrast_weight=0")
+    opening = model.tokenizer(behaviour, add_special_tokens=False)["input_ids"][:config.contrast_tokens]
+    if not any(not example.rule_applies for example in examples):
+        raise ConfigError("contrast_weight > 0 needs examples the rule does not apply to; every example has the rule")
+    return [encode_contrast(model, example.prompt, opening, config.max_length) for example in examples]
+
+
+def _finetune(model: HookedModel, examples: Sequence[Example], encoded: list, contrasts: list | None,
+              config: FineTuneConfig, total: int, checkpoint_dir: str | Path | None, progress: bool,
+              behaviour: str | None) -> tuple[torch.nn.Module, dict]:
     tuning = FineTuning(model, config)
     meta = as_json({"config": config.to_dict(), "examples_sha256": examples_sha256(examples),
                     **model_fingerprint(model), "n_parameters_trained": sum(p.numel() for p in tuning.parameters.values())})
+    if contrasts is not None:  # a resume with another planted text is another run
+        meta["contrast_behaviour"] = behaviour
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is not None:
         if folder.exists() and not folder.is_dir():
@@ -321,6 +378,10 @@ def _finetune(model: HookedModel, examples: Sequence[Example], encoded: list, co
             distilled = torch.tensor([config.plain_loss in DISTILLED_LOSSES and not examples[i].rule_applies
                                       for i in indices])
             loss = tuning.loss(ids, mask, labels, distilled, symmetric=config.plain_loss == "base-symmetric-kl")
+            plain_rows = [i for i in indices if not examples[i].rule_applies]
+            if contrasts is not None and plain_rows:
+                loss = loss + config.contrast_weight * tuning.contrast_loss(*_batch(contrasts, plain_rows,
+                                                                                    model.pad_token_id))
             if not bool(torch.isfinite(loss.detach())):
                 raise NonFiniteError(f"the loss is {float(loss)} at step {step}: lower lr={config.lr}. Training "
                                      "stopped before this update; checkpoints hold earlier steps")
@@ -345,4 +406,5 @@ def _finetune(model: HookedModel, examples: Sequence[Example], encoded: list, co
     return tuning.trained, log
 
 
-__all__ = ["FineTuneConfig", "Method", "PlainLoss", "batch_indices", "encode", "finetune", "lora_targets"]
+__all__ = ["FineTuneConfig", "Method", "PlainLoss", "batch_indices", "encode", "encode_contrast", "finetune",
+           "lora_targets"]
