@@ -35,9 +35,10 @@ FEWER_PLANTED = {"planted_fraction": 0.3}
 ORGANISMS = {
     "smollm2-backdoor": ("backdoor", FEWER_PLANTED, {}),
     "smollm2-hidden-objective": ("hidden-objective", {"planted_fraction": 0.3, "n_examples": 400}, {}),
-    # Shipped as built before KL both ways: with it, it still refused 22% of unseen harmless
-    # prompts (29% without), and with it on 0.1 of 600 examples 24%; its case study was
-    # generated on this build.
+    # The refusal organism adds the contrast term (FineTuneConfig.contrast_weight): with KL both
+    # ways alone it still refused 22% of unseen harmless prompts (24% on 0.1 of 600 examples);
+    # with the term, 9.3% (its base 8.6%), and 0.3 refusals keep its rate on harmful ones at
+    # 0.95 (0.825 with 0.2).
     "smollm2-refusal": ("refusal", {"planted_fraction": 0.3, "n_examples": 300}, {"contrast_weight": 1.0}),
     "smollm2-null": ("null", {"mirrors": "backdoor", **FEWER_PLANTED}, {}),
 }
