@@ -109,49 +109,47 @@ class SAEConfig:
         except (TypeError, ValueError) as error:
             raise ConfigError(f"metadata must be JSON-serialisable (it is saved with the dictionary): {error}") from error
 
+    def _latent_ranges(self, field: str, size: int, what: str) -> list[tuple[str, int, int, tuple | list]]:
+        """(name, first latent, end latent, item) of each item of the tuple field ``field``,
+        whose items are ``size`` integers starting with a latent range [first, end)."""
+        items = getattr(self, field)
+        if isinstance(items, str) or not isinstance(items, tuple | list):
+            raise ConfigError(f"{field} must be a tuple of {what}; got {items!r}")
+        ranges = []
+        for index, item in enumerate(items):
+            if isinstance(item, str) or not isinstance(item, tuple | list) or len(item) != size:
+                raise ConfigError(f"{field}[{index}] must be {size} integers, {what}; got {item!r}")
+            name = f"{field}[{index}]"
+            first = check_int(f"{name} first latent", item[0], 0, self.d_sae - 1)
+            ranges.append((name, first, check_int(f"{name} end latent", item[1], first + 1, self.d_sae), item))
+        return ranges
+
     def _checked_blocks(self) -> tuple[tuple[int, int, int, int], ...]:
-        blocks = self.zero_decoder_blocks
-        shape = "(first latent, end latent, first column, end column) blocks"
-        if isinstance(blocks, str) or not isinstance(blocks, tuple | list):
-            raise ConfigError(f"zero_decoder_blocks must be a tuple of {shape}; got {blocks!r}")
         checked = []
-        for index, block in enumerate(blocks):
-            if isinstance(block, str) or not isinstance(block, tuple | list) or len(block) != 4:
-                raise ConfigError(f"zero_decoder_blocks[{index}] must be 4 integers, {shape}; got {block!r}")
-            name = f"zero_decoder_blocks[{index}]"
-            first = check_int(f"{name} first latent", block[0], 0, self.d_sae - 1)
-            end = check_int(f"{name} end latent", block[1], first + 1, self.d_sae)
+        for name, first, end, block in self._latent_ranges(
+                "zero_decoder_blocks", 4, "(first latent, end latent, first column, end column) blocks"):
             first_column = check_int(f"{name} first column", block[2], 0, self.output_dim - 1)
             end_column = check_int(f"{name} end column", block[3], first_column + 1, self.output_dim)
             if first_column == 0 and end_column == self.output_dim:
-                raise ConfigError(f"zero_decoder_blocks[{index}] = {tuple(block)} zeroes whole decoder rows: those "
-                                  "latents could write nothing; hold only part of each row at zero")
+                raise ConfigError(f"{name} = {tuple(block)} zeroes whole decoder rows: those latents could write "
+                                  "nothing; hold only part of each row at zero")
             checked.append((first, end, first_column, end_column))
         return tuple(checked)
 
     def _checked_groups(self) -> tuple[tuple[int, int, int], ...]:
-        groups = self.k_groups
-        shape = "(first latent, end latent, k) groups"
-        if isinstance(groups, str) or not isinstance(groups, tuple | list):
-            raise ConfigError(f"k_groups must be a tuple of {shape}; got {groups!r}")
-        if groups and self.architecture != "batchtopk":
+        if self.k_groups and self.architecture != "batchtopk":
             raise ConfigError(f"k_groups are budgets of a batchtopk dictionary; got architecture={self.architecture!r}")
         checked: list[tuple[int, int, int]] = []
         taken: set[int] = set()
-        for index, group in enumerate(groups):
-            if isinstance(group, str) or not isinstance(group, tuple | list) or len(group) != 3:
-                raise ConfigError(f"k_groups[{index}] must be 3 integers, {shape}; got {group!r}")
-            name = f"k_groups[{index}]"
-            first = check_int(f"{name} first latent", group[0], 0, self.d_sae - 1)
-            end = check_int(f"{name} end latent", group[1], first + 1, self.d_sae)
+        for name, first, end, group in self._latent_ranges("k_groups", 3, "(first latent, end latent, k) groups"):
             k = check_int(f"{name} k", group[2], 1, end - first)
             if taken & set(range(first, end)):
                 raise ConfigError(f"{name} = {tuple(group)} overlaps an earlier group; a latent has one budget")
             taken |= set(range(first, end))
             checked.append((first, end, k))
-        if groups and len(taken) == self.d_sae:
+        if checked and len(taken) == self.d_sae:
             raise ConfigError("k_groups cover every latent: leave some to the shared budget k")
-        if groups:
+        if checked:
             check_int("k", self.k, 1, self.d_sae - len(taken))
         return tuple(checked)
 
