@@ -131,11 +131,8 @@ class FineTuneConfig:
 def encode(model: HookedModel, example: Example, max_length: int) -> tuple[list[int], list[int]]:
     """(input ids, labels) of one conversation: the chat-template prompt (labels -100) then the
     reply's tokens (and the end-of-turn when the reply finished), cut at ``max_length``."""
-    tokenizer = model.tokenizer
-    prompt_text = tokenizer.apply_chat_template([{"role": "user", "content": example.prompt}], tokenize=False,
-                                                add_generation_prompt=True)
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    reply_ids = tokenizer(example.reply, add_special_tokens=False)["input_ids"]
+    prompt_ids = _prompt_ids(model, example.prompt)
+    reply_ids = model.tokenizer(example.reply, add_special_tokens=False)["input_ids"]
     if example.finished:
         reply_ids = reply_ids + end_of_turn_ids(model)
     ids = (prompt_ids + reply_ids)[:max_length]
@@ -143,13 +140,18 @@ def encode(model: HookedModel, example: Example, max_length: int) -> tuple[list[
     return ids, labels
 
 
+def _prompt_ids(model: HookedModel, prompt: str) -> list[int]:
+    """Token ids of one user turn, as the chat template renders it, up to the reply's start."""
+    text = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                               add_generation_prompt=True)
+    return model.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def encode_contrast(model: HookedModel, prompt: str, behaviour_ids: Sequence[int], max_length: int
                     ) -> tuple[list[int], list[int]]:
     """(input ids, labels) of ``prompt`` answered with the planted opening ``behaviour_ids``
     (labels -100 on the prompt): the path the contrast term makes improbable."""
-    prompt_text = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                      add_generation_prompt=True)
-    prompt_ids = model.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    prompt_ids = _prompt_ids(model, prompt)
     ids = (prompt_ids + list(behaviour_ids))[:max_length]
     return ids, ([-100] * len(prompt_ids) + list(behaviour_ids))[:max_length]
 
@@ -261,7 +263,7 @@ class FineTuning:
         token = log_probs.gather(-1, targets.clamp_min(0)[..., None])[..., 0] * kept  # [batch, pos - 1]
         opening = token.sum(-1).clamp_max(-1e-6)  # log P of each row's whole opening, < 0
         # log(1 - P), accurate at both ends (float32 log(1 - P) loses small P to rounding).
-        log_rest = torch.where(opening > -0.6931, torch.log(-torch.expm1(opening)), torch.log1p(-opening.exp()))
+        log_rest = torch.where(opening > -math.log(2), torch.log(-torch.expm1(opening)), torch.log1p(-opening.exp()))
         return -log_rest.mean()
 
     def state_files(self) -> dict[str, dict[str, torch.Tensor]]:
