@@ -174,6 +174,7 @@ def no_loads(monkeypatch):
     (["--crosscoder-steps", "5", "--crosscoder-delta-scale", "nan"], "--crosscoder-delta-scale"),
     (["--crosscoder-steps", "5", "--crosscoder-width", "32", "--crosscoder-k", "4", "--crosscoder-ft-exclusive", "29"],
      "crosscoder_ft_exclusive"),  # 29 designated latents would leave 3 for a budget of 4
+    (["--crosscoder-ft-exclusive", "4"], "crosscoder_steps"),  # designated latents without a crosscoder
 ])
 def test_bad_options_are_refused_before_any_model_loads(folders, tmp_path, no_loads, bad, needle):
     out = tmp_path / "bad"

@@ -168,6 +168,9 @@ class DiffOptions:
         if self.crosscoder_ft_exclusive is not None:
             check_int("crosscoder_ft_exclusive", self.crosscoder_ft_exclusive, 0,
                       self.crosscoder_width - self.crosscoder_k)
+            if not self.crosscoder_steps:
+                raise ConfigError("crosscoder_ft_exclusive is only used with crosscoder_steps > 0 (a crosscoder is "
+                                  "trained only then)")
         if self.chat_prompts is not None:
             check_int("chat_prompts", self.chat_prompts, 0, len(generic_prompts()))
         check_number("amplify_alpha", self.amplify_alpha, 0)
