@@ -14,8 +14,9 @@ reads [h_base, h_base + s (h_ft - h_base)] (:meth:`Crosscoder.rows`), the activa
 few percent of their norm (4.6% at layer 15 for the shipped backdoor organism), so reconstructing
 the change is worth too little for a BatchTopK dictionary to spend latents on, and every latent
 keeps its base half; magnified, the change costs s^2 as much error and gets latents of its own.
-Measured on the backdoor organism (docs/case-studies/organisms-diffing.md): no fine-tune-leaning
-latent at s = 1; at s = 10, 27, and the top contexts of 26 of them hold the planted reply.
+Measured on the shipped backdoor organism (docs/case-studies/organisms-diffing.md): no
+fine-tune-leaning latent at s = 1; at s = 10, 14, and the top contexts of all 14 hold the planted
+reply.
 Everything that reads the crosscoder (classes, Latent Scaling, dashboards) then reads the magnified
 pair; decoder halves are those of the magnified fine-tune.
 
