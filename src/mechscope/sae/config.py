@@ -153,6 +153,11 @@ class SAEConfig:
             check_int("k", self.k, 1, self.d_sae - len(taken))
         return tuple(checked)
 
+    def shared_budget_latents(self) -> list[int]:
+        """The latents outside every ``k_groups`` group: those that share ``k``."""
+        grouped = {j for first, end, _ in self.k_groups for j in range(first, end)}
+        return [j for j in range(self.d_sae) if j not in grouped]
+
     @property
     def is_transcoder(self) -> bool:
         return self.d_out is not None

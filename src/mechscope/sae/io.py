@@ -225,12 +225,9 @@ def _check_weights(weights: dict[str, torch.Tensor], cfg: SAEConfig, config: dic
 def _threshold_groups(cfg: SAEConfig) -> list[tuple[torch.Tensor, str]]:
     """(latent indices, description) of each set of latents sharing one BatchTopK threshold: the
     shared budget first, then each of ``cfg.k_groups``."""
-    shared = torch.ones(cfg.d_sae, dtype=torch.bool)
-    groups = []
-    for first, end, _ in cfg.k_groups:
-        shared[first:end] = False
-        groups.append((torch.arange(first, end), f"latents {first}-{end - 1} (a budget group)"))
-    return [(shared.nonzero().flatten(), "every latent" if not groups else "the latents of the shared budget"), *groups]
+    groups = [(torch.arange(first, end), f"latents {first}-{end - 1} (a budget group)") for first, end, _ in cfg.k_groups]
+    shared = torch.tensor(cfg.shared_budget_latents(), dtype=torch.long)
+    return [(shared, "every latent" if not groups else "the latents of the shared budget"), *groups]
 
 
 def load_sae(folder: str | Path) -> SAE:

@@ -131,10 +131,8 @@ class SAE(nn.Module):
         budget: the latents outside ``cfg.k_groups`` share ``cfg.k``."""
         if not self.cfg.k_groups:
             return [(slice(None), self.cfg.k, None)]
-        shared = torch.ones(self.cfg.d_sae, dtype=torch.bool)
-        for first, end, _ in self.cfg.k_groups:
-            shared[first:end] = False
-        budgets: list[tuple[slice | torch.Tensor, int, int | None]] = [(shared.nonzero().flatten(), self.cfg.k, None)]
+        shared = torch.tensor(self.cfg.shared_budget_latents(), dtype=torch.long)
+        budgets: list[tuple[slice | torch.Tensor, int, int | None]] = [(shared, self.cfg.k, None)]
         budgets += [(slice(first, end), k, index) for index, (first, end, k) in enumerate(self.cfg.k_groups)]
         return budgets
 
