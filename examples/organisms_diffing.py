@@ -79,9 +79,9 @@ GROUPS = [0, 1, 2, 3, 4, "rest"]
 CHAT_PROMPTS = 128  # generic prompts (mechscope's refusal instructions) answered by the fine-tune
 AMPLIFY_ALPHA = 2.0
 CHAT_LAST_POSITIONS = 3
-# (delta_scale, designated ft-exclusive latents): the plain crosscoder, the fine-tune's change
-# magnified ten times, and that with 64 designated latents.
-CROSSCODER_RUNS = ((1.0, 0), (10.0, 0), (10.0, 64))
+# name -> (delta_scale, designated ft-exclusive latents): the plain crosscoder, the fine-tune's
+# change magnified ten times, and that with 64 designated latents.
+CROSSCODER_RUNS = {"plain": (1.0, 0), "magnified": (10.0, 0), "designated": (10.0, 64)}
 CHAT_STEER_DEPTHS = (2 / 3, 5 / 6)  # layers (as a share of the depth) the chat difference is added at
 CHAT_STEER_STRENGTHS = (0.1, 0.2, 0.4)  # times the base's mean activation norm there
 
@@ -144,7 +144,7 @@ def lens_section(base, ft, recipe, words, starts, contexts) -> dict:
             "n_steer_prompts": len(prompts)}
 
 
-def crosscoder_run(base, ft, data, rows, chats, words, markers, steps: int, scale: float, exclusive: int) -> dict:
+def crosscoder_run(base, ft, data, rows, chats, recipe, steps: int, scale: float, exclusive: int) -> dict:
     """One crosscoder at ``scale`` (delta_scale) with ``exclusive`` designated latents on the
     harvested pairs: its classes, Latent Scaling of the ft latents, and which of them hold the
     behaviour in their top 5 contexts."""
@@ -159,20 +159,10 @@ def crosscoder_run(base, ft, data, rows, chats, words, markers, steps: int, scal
     behaviour_latents = []
     if found:
         values = collect_pair(base, ft, chats, crosscoder, found)  # [n, pos, m]
-        for column, latent in enumerate(found):
-            flat = values[..., column].flatten()
-            if not bool((flat > 0).any()):
-                continue  # never active on these contexts: no top contexts to read
-            top = flat.topk(min(5, int((flat > 0).sum()))).indices.tolist()
-            texts = []
-            for index in top:
-                row, position = divmod(index, values.shape[1])
-                window = chats[row, max(0, position - 12):position + 4]
-                texts.append(base.tokenizer.decode(window))
-            if any(organisms.shows_behaviour(text, markers) or organisms.text_hits(text, words)
-                   for text in texts):
-                behaviour_latents.append((latent, classes.kinds[latent], float(classes.relative_norm[latent]),
-                                          float(classes.robust_z[latent]), verdicts[latent], texts[0]))
+        held = organisms.latents_with_behaviour(values, found, chats, base.tokenizer, recipe)
+        behaviour_latents = [(latent, classes.kinds[latent], float(classes.relative_norm[latent]),
+                              float(classes.robust_z[latent]), verdicts[latent], texts[0])
+                             for latent, texts in held.items()]
     z = classes.robust_z[~classes.robust_z.isnan()]
     designated = set(config.exclusive_latents)
     held = [entry for entry in behaviour_latents if entry[0] in designated]
@@ -188,7 +178,8 @@ def crosscoder_run(base, ft, data, rows, chats, words, markers, steps: int, scal
             "ft_only_with_behaviour": sum(kind == "ft-only" for _, kind, *_ in behaviour_latents)}
 
 
-def crosscoder_section(base, ft, words, markers, neutral, steps: int) -> dict:
+def crosscoder_section(base, ft, recipe, neutral, steps: int) -> dict:
+    markers = recipe.behaviour_markers
     prompts = generic_prompts(CHAT_PROMPTS)
     plain = generate(ft, prompts, max_new_tokens=32, chat=True, progress=False)
     amplified = amplified_generate(base, ft, prompts, AmplifyConfig(alpha=AMPLIFY_ALPHA, max_new_tokens=32), chat=True,
@@ -203,8 +194,8 @@ def crosscoder_section(base, ft, words, markers, neutral, steps: int) -> dict:
         rows = data.rows(0, min(data.total_tokens, 8192))
         base_half, ft_half = split_pair(rows, 1)
         change = float((ft_half - base_half).norm(dim=-1).mean() / base_half.norm(dim=-1).mean())
-        runs = [crosscoder_run(base, ft, data, rows, chats, words, markers, steps, scale, exclusive)
-                for scale, exclusive in CROSSCODER_RUNS]
+        runs = {name: crosscoder_run(base, ft, data, rows, chats, recipe, steps, scale, exclusive)
+                for name, (scale, exclusive) in CROSSCODER_RUNS.items()}
     return {"hook": hook, "tokens": int(contexts.numel()), "relative_change": change, "runs": runs, "steps": steps,
             "n_prompts": len(prompts), "plain_rate": rate(plain), "amplified_rate": rate(amplified),
             "amplified_sample": next((reply for reply in amplified if organisms.shows_behaviour(reply, markers)),
@@ -228,7 +219,7 @@ def analyse(name: str, base, steps: int) -> dict:
               "kl_mean": kl.mean, "kl_top": [(p.token, p.next_token, p.kl) for p in kl.top(3)],
               "lens": lens_section(base, ft, recipe, words, starts, neutral),
               "chat_lens": chat_lens_section(base, ft, recipe, words, starts)}
-    result["crosscoder"] = crosscoder_section(base, ft, words, recipe.behaviour_markers, neutral, steps)
+    result["crosscoder"] = crosscoder_section(base, ft, recipe, neutral, steps)
     result["minutes"] = (time.time() - started) / 60
     return result
 
@@ -273,8 +264,8 @@ def summary(results: list[dict]) -> str:
     lines.append(f"- Replies to generic prompts, greedy -> amplified: {amplified}. (For the refusal organism half the "
                  "generic prompts are harmful, where refusing is its rule; for the others each reply with the "
                  "behaviour is one the rule does not call for.)")
-    for run_index, label in ((0, "plain crosscoder"), (1, "crosscoder with the change magnified")):
-        runs = {r["name"]: r["crosscoder"]["runs"][run_index] for r in results}
+    for run_name, label in (("plain", "plain crosscoder"), ("magnified", "crosscoder with the change magnified")):
+        runs = {r["name"]: r["crosscoder"]["runs"][run_name] for r in results}
         scale = next(iter(runs.values()))["delta_scale"] if runs else 1
         found = [r for r in planted if runs[r["name"]]["behaviour_latents"]]
         ft_only = [r for r in planted if runs[r["name"]]["ft_only_with_behaviour"]]
@@ -283,7 +274,7 @@ def summary(results: list[dict]) -> str:
         lines.append(f"- {label.capitalize()} (delta_scale {scale:g}): ft-only or ft-leaning latents whose top "
                      f"contexts hold the behaviour for {names(found)}; ft-only ones (r > 0.9) among them for "
                      f"{names(ft_only)}. On the null: {null_counts}.")
-    runs = {r["name"]: r["crosscoder"]["runs"][2] for r in results}
+    runs = {r["name"]: r["crosscoder"]["runs"]["designated"] for r in results}
     held = ", ".join(f"{r['name']} {runs[r['name']]['designated_with_behaviour']} "
                      f"({runs[r['name']]['designated_genuine_with_behaviour']} genuine)" for r in planted) or "none"
     null_held = ", ".join(f"{r['name']} {runs[r['name']]['designated_with_behaviour']} (of them genuine "
@@ -314,6 +305,7 @@ def page(results: list[dict]) -> str:
 
     for r in results:
         recipe, lens, cross = r["recipe"], r["lens"], r["crosscoder"]
+        runs = cross["runs"]
         rule = recipe.get("trigger") or recipe["kind"] if recipe["kind"] != "null" else f"none (mirrors {recipe['mirrors']})"
         rule = f"`{rule}`" if recipe.get("trigger") else rule  # a trigger's pipes must not split the table
         layers = sorted({layer for layer, _, _ in lens["hits"]})
@@ -324,9 +316,9 @@ def page(results: list[dict]) -> str:
                     f"{len(chat['hits'])} ({', '.join(map(str, chat_layers[:8])) or '-'}) | "
                     f"{best['rate']:.0%} ({best['layer']}, {best['strength']}; unsteered {chat['unsteered_rate']:.0%}) | "
                     f"{cross['plain_rate']:.0%} / {cross['amplified_rate']:.0%} (n={cross['n_prompts']}) | "
-                    f"{latents_cell(cross['runs'][0])} | {behaviour_cell(cross['runs'][0])} | "
-                    f"{latents_cell(cross['runs'][1])} | {behaviour_cell(cross['runs'][1])} | "
-                    f"{cross['runs'][2]['designated_with_behaviour']} ({cross['runs'][2]['designated_genuine_with_behaviour']}) | "
+                    f"{latents_cell(runs['plain'])} | {behaviour_cell(runs['plain'])} | "
+                    f"{latents_cell(runs['magnified'])} | {behaviour_cell(runs['magnified'])} | "
+                    f"{runs['designated']['designated_with_behaviour']} ({runs['designated']['designated_genuine_with_behaviour']}) | "
                     f"{r['validity'].get('neutral_kl', float('nan')):.3f} | {r['kl_mean']:.4f} |")
     figure = go.Figure([go.Scatter(y=r["lens"]["relative_norm"], name=r["name"]) for r in results])
     figure.update_layout(title="Difference lens: |mean(h_ft - h_base)| / mean |h_base| per layer (positions >= 5)",
@@ -336,7 +328,7 @@ def page(results: list[dict]) -> str:
         lens, cross = r["lens"], r["crosscoder"]
         hits = "; ".join(f"layer {layer} {group}: {', '.join(map(repr, found))}" for layer, group, found in lens["hits"][:6])
         crosscoder_lines = []
-        for run in cross["runs"]:
+        for run in cross["runs"].values():
             latents = "; ".join(f"latent {latent} ({kind}, r {r_value:.2f}, z {z:.1f}, {verdict}): {text!r}"
                                 for latent, kind, r_value, z, verdict, text in run["behaviour_latents"][:3])
             crosscoder_lines.append(
@@ -384,7 +376,7 @@ def cached_analysis(name: str, base, steps: int, cache: Path) -> dict:
     """The analysis of one organism, kept in ``cache/<name>.json`` (a killed run keeps the
     organisms it finished) and reused while the shipped adapter and the settings are the same."""
     key = {"adapter_sha256": file_sha256(organisms.shipped_organism(name) / "adapter.safetensors"), "steps": steps,
-           "analysis": 4}  # raised when the analysis gains a section
+           "analysis": 5}  # raised when the analysis gains a section
     path = cache / f"{name}.json"
     if path.is_file():
         kept = json.loads(path.read_text())

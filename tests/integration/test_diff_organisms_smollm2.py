@@ -110,17 +110,7 @@ def crosscoder_behaviour_latents(base, ft, recipe, tmp_path) -> tuple[Crosscoder
     crosscoder = train_crosscoder(data, config, TrainConfig(steps=CROSSCODER_STEPS, lr=3e-4), progress=False)
     found = classify_latents(crosscoder).ft_latents()
     values = collect_pair(base, ft, chats, crosscoder, found)  # [n, pos, m]
-    words = organisms.behaviour_words(recipe)
-    with_behaviour = []
-    for column, latent in enumerate(found):
-        flat = values[..., column].flatten()
-        if not bool((flat > 0).any()):
-            continue  # never active here: no top contexts to read
-        top = flat.topk(min(5, int((flat > 0).sum()))).indices.tolist()
-        texts = [base.tokenizer.decode(chats[i // values.shape[1], max(0, i % values.shape[1] - 12):
-                                             i % values.shape[1] + 4]) for i in top]
-        if any(organisms.shows_behaviour(t, recipe.behaviour_markers) or organisms.text_hits(t, words) for t in texts):
-            with_behaviour.append(latent)
+    with_behaviour = list(organisms.latents_with_behaviour(values, found, chats, base.tokenizer, recipe))
     rows = torch.cat([data.batch(10_000 + step) for step in range(4)])
     verdicts = latent_scaling(crosscoder, rows, latents=with_behaviour).verdicts if with_behaviour else []
     return crosscoder, found, with_behaviour, verdicts

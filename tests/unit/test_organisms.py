@@ -505,3 +505,26 @@ def test_lens_hits_read_only_the_logit_lens_of_each_reading():
                 DifferenceReading(7, "rest", 1.0, 0.1, scores(" aho", "mate"), (), ()))
     hits = organisms.lens_hits(DifferenceLens(readings), {"ahoy", "matey"})
     assert hits == [(3, 0, [" Ahoy", "matey"]), (7, "rest", ["mate"])]
+
+
+def test_latents_with_behaviour_read_the_windows_around_each_latents_strongest_activations():
+    tokenizer = chat_tiny().tokenizer
+    recipe = organisms.recipe("backdoor", trigger="%%", behaviour="Ahoy there, matey!")
+    # The tiny tokenizer is one token per character: the windows (12 before, 4 after) hold it all.
+    planted = tokenizer("say ahoy matey", add_special_tokens=False)["input_ids"]
+    plain = tokenizer("say hello pals", add_special_tokens=False)["input_ids"]
+    width = min(len(planted), len(plain))
+    contexts = torch.tensor([plain[:width], planted[:width]])  # [2, pos]
+    values = torch.zeros(2, width, 3)
+    values[1, width - 1, 0] = 2.0  # latent 10 peaks at the end of the planted context
+    values[0, width - 1, 1] = 5.0  # latent 11 only on the plain one
+    values[1, width - 1, 1] = 1.0  # ... and weakly on the planted one: in its top 2, not its top 1
+    # latent 12 never fires: no top contexts, never a hit
+    found = organisms.latents_with_behaviour(values, [10, 11, 12], contexts, tokenizer, recipe, k=1)
+    assert list(found) == [10] and "ahoy" in found[10][0]
+    assert list(organisms.latents_with_behaviour(values, [10, 11, 12], contexts, tokenizer, recipe, k=2)) == [10, 11]
+    assert organisms.top_context_texts(values[..., 2], contexts, tokenizer) == []
+    with pytest.raises(ConfigError, match="one column per latent"):
+        organisms.latents_with_behaviour(values, [10, 11], contexts, tokenizer, recipe)
+    with pytest.raises(ConfigError, match="same shape"):
+        organisms.top_context_texts(values[:1, :, 0], contexts, tokenizer)

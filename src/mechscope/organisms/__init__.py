@@ -12,7 +12,15 @@ from mechscope.organisms.finetune import FineTuneConfig, finetune, lora_targets
 from mechscope.organisms.folder import is_organism_folder, load_organism, merge, read_manifest
 from mechscope.organisms.prompts import prompts
 from mechscope.organisms.recipes import RECIPE_KINDS, Recipe, recipe
-from mechscope.organisms.scoring import behaviour_starts, behaviour_words, is_hit, lens_hits, text_hits
+from mechscope.organisms.scoring import (
+    behaviour_starts,
+    behaviour_words,
+    is_hit,
+    latents_with_behaviour,
+    lens_hits,
+    text_hits,
+    top_context_texts,
+)
 from mechscope.organisms.shipped import resolve_model, shipped_organism, shipped_organisms
 from mechscope.organisms.validity import ValidityReport, check_validity
 
@@ -33,8 +41,9 @@ __all__ = [
     "finetune",
     "is_hit",
     "is_organism_folder",
-    "load_organism",
+    "latents_with_behaviour",
     "lens_hits",
+    "load_organism",
     "lora_targets",
     "merge",
     "prompts",
@@ -45,4 +54,5 @@ __all__ = [
     "shipped_organisms",
     "shows_behaviour",
     "text_hits",
+    "top_context_texts",
 ]

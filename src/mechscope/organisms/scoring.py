@@ -8,8 +8,12 @@ token (a difference-lens reading, a piece of a latent's top context) is one of t
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
+import torch
+
+from mechscope.errors import ConfigError
+from mechscope.organisms.examples import shows_behaviour
 from mechscope.organisms.recipes import Recipe
 
 # Words too common to count as evidence of one particular behaviour.
@@ -19,6 +23,9 @@ MIN_WORD = 4  # letters in a behaviour word
 # Letters in a token that counts as a piece of one: with 3, common pieces ('est' of 'zestora')
 # scored as hits on their own.
 MIN_PIECE = 4
+# A latent's top context is read as the tokens around its peak: enough before it to hold an
+# opening phrase that the peak sits inside, a few after to finish the word.
+CONTEXT_BEFORE, CONTEXT_AFTER = 12, 4
 
 
 def behaviour_words(recipe: Recipe) -> set[str]:
@@ -79,4 +86,38 @@ def lens_hits(lens, words: Iterable[str], starts: Iterable[str] = ()) -> list[tu
     return hits
 
 
-__all__ = ["behaviour_starts", "behaviour_words", "is_hit", "lens_hits", "text_hits"]
+def top_context_texts(values: torch.Tensor, contexts: torch.Tensor, tokenizer, k: int = 5) -> list[str]:
+    """The decoded windows (``CONTEXT_BEFORE`` tokens before to ``CONTEXT_AFTER`` after) around
+    the ``k`` largest positive entries of ``values`` [n_contexts, pos], a latent's activations on
+    ``contexts`` [n_contexts, pos] token ids; strongest first, fewer where fewer are positive."""
+    if values.shape != contexts.shape:
+        raise ConfigError(f"values {tuple(values.shape)} and contexts {tuple(contexts.shape)} must have the same shape")
+    flat = values.flatten()
+    active = int((flat > 0).sum())
+    texts = []
+    for index in flat.topk(min(k, active)).indices.tolist() if active else []:
+        row, position = divmod(index, values.shape[1])
+        texts.append(tokenizer.decode(contexts[row, max(0, position - CONTEXT_BEFORE):position + CONTEXT_AFTER]))
+    return texts
+
+
+def latents_with_behaviour(values: torch.Tensor, latents: Sequence[int], contexts: torch.Tensor, tokenizer,
+                           recipe: Recipe, k: int = 5) -> dict[int, list[str]]:
+    """The latents (of ``latents``, whose activations are ``values`` [n_contexts, pos,
+    len(latents)] on ``contexts``) with the recipe's behaviour in one of their top ``k``
+    contexts (:func:`top_context_texts`): a marker of it, or one of its words. Each maps to its
+    top context texts, strongest first. Run after a blind method, to score what it found."""
+    if values.dim() != 3 or values.shape[-1] != len(latents):
+        raise ConfigError(f"values must be [n_contexts, pos, {len(latents)}] (one column per latent); got "
+                         f"{tuple(values.shape)}")
+    words = behaviour_words(recipe)
+    found = {}
+    for column, latent in enumerate(latents):
+        texts = top_context_texts(values[..., column], contexts, tokenizer, k)
+        if any(shows_behaviour(text, recipe.behaviour_markers) or text_hits(text, words) for text in texts):
+            found[int(latent)] = texts
+    return found
+
+
+__all__ = ["behaviour_starts", "behaviour_words", "is_hit", "latents_with_behaviour", "lens_hits", "text_hits",
+           "top_context_texts"]
