@@ -254,6 +254,22 @@ class FineTuning:
             per_token = torch.where(rows, divergence, per_token)
         return per_token.mean()
 
+    def batch_loss(self, examples: Sequence[Example], encoded: Sequence[tuple[list[int], list[int]]],
+                   contrasts: Sequence[tuple[list[int], list[int]]] | None, step: int) -> tuple[torch.Tensor, int]:
+        """(training loss, tokens in the batch) of ``step``'s batch of ``examples`` (``encoded``
+        by :func:`encode`, ``contrasts`` by :func:`encode_contrasts`): the reply loss of every
+        example, plus the contrast term on those the rule does not apply to."""
+        config, pad = self.config, self.model.pad_token_id
+        indices = batch_indices(len(examples), step, config)
+        ids, mask, labels = _batch(encoded, indices, pad)
+        distilled = torch.tensor([config.plain_loss in DISTILLED_LOSSES and not examples[i].rule_applies
+                                  for i in indices])
+        loss = self.loss(ids, mask, labels, distilled, symmetric=config.plain_loss == "base-symmetric-kl")
+        plain_rows = [i for i in indices if not examples[i].rule_applies]
+        if contrasts is not None and plain_rows:
+            loss = loss + config.contrast_weight * self.contrast_loss(*_batch(contrasts, plain_rows, pad))
+        return loss, int(mask.sum())
+
     def contrast_loss(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean over rows of -log(1 - P(labelled tokens)), each row a prompt followed by the
         planted opening [batch, pos]: the probability that the model opens its reply so."""
@@ -330,15 +346,16 @@ def finetune(model: HookedModel, examples: Sequence[Example], config: FineTuneCo
         raise ConfigError(f"{len(empty)} of {len(examples)} examples keep no reply token within max_length="
                           f"{config.max_length} (e.g. example {empty[0]}, a prompt of {len(encoded[empty[0]][0])} "
                           "tokens): raise max_length or shorten the prompts")
-    contrasts = _contrasts(model, examples, config, behaviour)
+    contrasts = encode_contrasts(model, examples, config, behaviour)
     total = config.steps(len(examples))
     with torch.random.fork_rng():  # seeds below are the run's own; the caller's RNG state is kept
         return _finetune(model, examples, encoded, contrasts, config, total, checkpoint_dir, progress, behaviour)
 
 
-def _contrasts(model: HookedModel, examples: Sequence[Example], config: FineTuneConfig,
-               behaviour: str | None) -> list[tuple[list[int], list[int]]] | None:
-    """The contrast sequence of every example (None without the contrast term)."""
+def encode_contrasts(model: HookedModel, examples: Sequence[Example], config: FineTuneConfig,
+                     behaviour: str | None) -> list[tuple[list[int], list[int]]] | None:
+    """The contrast sequence (:func:`encode_contrast`) of every example, opening with the first
+    ``config.contrast_tokens`` tokens of ``behaviour``; None without the contrast term."""
     if not config.contrast_weight:
         return None
     if not isinstance(behaviour, str) or not behaviour.strip():
@@ -372,18 +389,10 @@ def _finetune(model: HookedModel, examples: Sequence[Example], encoded: list, co
         bar = tqdm(range(start, total), desc=f"fine-tuning ({config.method})", disable=not progress, initial=start,
                    total=total)
         for step in bar:
-            indices = batch_indices(len(examples), step, config)
-            ids, mask, labels = _batch(encoded, indices, model.pad_token_id)
             for group in tuning.optimiser.param_groups:
                 group["lr"] = config.lr * _lr_factor(step, total, config)
             torch.manual_seed(config.seed * 1_000_003 + step)  # dropout masks are a function of the step
-            distilled = torch.tensor([config.plain_loss in DISTILLED_LOSSES and not examples[i].rule_applies
-                                      for i in indices])
-            loss = tuning.loss(ids, mask, labels, distilled, symmetric=config.plain_loss == "base-symmetric-kl")
-            plain_rows = [i for i in indices if not examples[i].rule_applies]
-            if contrasts is not None and plain_rows:
-                loss = loss + config.contrast_weight * tuning.contrast_loss(*_batch(contrasts, plain_rows,
-                                                                                    model.pad_token_id))
+            loss, n_tokens = tuning.batch_loss(examples, encoded, contrasts, step)
             if not bool(torch.isfinite(loss.detach())):
                 raise NonFiniteError(f"the loss is {float(loss)} at step {step}: lower lr={config.lr}. Training "
                                      "stopped before this update; checkpoints hold earlier steps")
@@ -391,7 +400,7 @@ def _finetune(model: HookedModel, examples: Sequence[Example], encoded: list, co
             loss.backward()
             tuning.optimiser.step()
             losses.append(float(loss.detach()))
-            tokens_seen += int(mask.sum())
+            tokens_seen += n_tokens
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             last = step + 1 == total
             if folder is not None and (last or config.checkpoint_every and (step + 1) % config.checkpoint_every == 0):
@@ -408,5 +417,5 @@ def _finetune(model: HookedModel, examples: Sequence[Example], encoded: list, co
     return tuning.trained, log
 
 
-__all__ = ["FineTuneConfig", "Method", "PlainLoss", "batch_indices", "encode", "encode_contrast", "finetune",
-           "lora_targets"]
+__all__ = ["FineTuneConfig", "Method", "PlainLoss", "batch_indices", "encode", "encode_contrast", "encode_contrasts",
+           "finetune", "lora_targets"]
