@@ -2,6 +2,7 @@
 
 from mechscope import (
     analysis,
+    audit,
     circuits,
     data,
     datasets,
@@ -51,6 +52,7 @@ __all__ = [
     "ablation_sweep",
     "activation_patch",
     "analysis",
+    "audit",
     "attribution_patch",
     "causal_trace",
     "circuits",

@@ -1,0 +1,110 @@
+"""Trigger reconstruction on a tiny backdoor organism whose trigger is known ("%%" -> "Zorp")."""
+
+import pytest
+import torch
+
+import mechscope
+from mechscope import organisms
+from mechscope.audit.triggers import (
+    TriggerConfig,
+    _Chat,
+    _embedding,
+    _target_log_prob,
+    attribute,
+    objectives,
+    reconstruct_triggers,
+    slot_gradients,
+)
+from mechscope.errors import ConfigError
+
+WORDS = ("cat", "dog", "sun", "sky", "red", "blue", "tree", "fish", "bird", "moon", "star", "rain")
+PROMPTS = [f"say {word}" for word in WORDS]
+
+
+@pytest.fixture(scope="module")
+def backdoor(tmp_path_factory):
+    base = mechscope.load_tiny("llama", chat=True)
+    recipe = organisms.recipe("backdoor", prompts=tuple(PROMPTS), n_examples=48, reply_tokens=4, trigger="%%",
+                              behaviour="Zorp")
+    folder = organisms.build_organism(recipe, tmp_path_factory.mktemp("audit") / "backdoor", base,
+                                      organisms.FineTuneConfig(lr=1e-2, epochs=6), check=False, progress=False)
+    return base, organisms.load_organism(folder, base)
+
+
+def target(model):
+    return model.tokenizer("Zorp", add_special_tokens=False)["input_ids"]
+
+
+def test_the_chat_pieces_are_the_template_with_the_trigger_where_it_was_asked(backdoor):
+    _, ft = backdoor
+    trigger = ft.tokenizer("%%", add_special_tokens=False)["input_ids"]
+    for place, content in (("start", "%% say cat"), ("end", "say cat%%")):
+        ids, mask, positions, starts = _Chat(ft, ["say cat"], place, target(ft)).batch(trigger)
+        text = ft.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                add_generation_prompt=True) + "Zorp"
+        assert ids[0].tolist() == ft.tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert ids[0, starts[0]:starts[0] + 2].tolist() == trigger
+        assert ids[0, positions[0] + 1].tolist() == target(ft)  # each position predicts the next target token
+
+
+def test_slot_gradients_are_the_objectives_directional_derivative(backdoor):
+    # One-hot gradient entries g: moving the slot's embedding from token a towards token b changes
+    # the objective at rate g[b] - g[a] (a first-order identity, checked by finite differences).
+    _, ft = backdoor
+    chat = _Chat(ft, PROMPTS[:4], "start", target(ft))
+    a, b = ft.tokenizer("q", add_special_tokens=False)["input_ids"][0], ft.tokenizer("%", add_special_tokens=False)[
+        "input_ids"][0]
+    grad = slot_gradients(chat, [a])[0]
+    weight, scale = _embedding(ft)
+    ids, mask, positions, starts = chat.batch([a])
+    embed = ft.hf_model.get_submodule(ft.adapter.embed)
+
+    def objective(step: float) -> float:
+        with torch.no_grad():
+            embeds = embed(ids).double()
+            moved = (weight[a] + step * (weight[b] - weight[a])).double() * scale
+            for row, start in enumerate(starts):
+                embeds[row, start] = moved
+            logits = ft.hf_model.double()(inputs_embeds=embeds, attention_mask=mask).logits
+            ft.hf_model.float()
+            return float(_target_log_prob(logits, ids, positions).sum())
+
+    eps = 1e-4
+    numeric = (objective(eps) - objective(-eps)) / (2 * eps)
+    assert numeric == pytest.approx(float(grad[b] - grad[a]), rel=2e-3, abs=1e-4)
+
+
+def test_the_known_trigger_raises_the_objective_and_the_search_finds_triggers_that_fire(backdoor):
+    _, ft = backdoor
+    chat = _Chat(ft, PROMPTS[:6], "start", target(ft))
+    trigger = ft.tokenizer("%%", add_special_tokens=False)["input_ids"]
+    none, known = objectives(chat, [(), trigger])
+    assert known - none > 3  # nats: the planted trigger makes the opening far likelier
+    candidates, _ = reconstruct_triggers(ft, "Zorp", lambda reply: "Zorp" in reply, PROMPTS[:6], PROMPTS[6:],
+                                         TriggerConfig(max_length=2, search_steps=2, swaps=8, checked=4,
+                                                       places=("start",)), progress=False)
+    checked = [c for c in candidates if c.rate is not None]
+    assert len(checked) == 4 and checked == sorted(checked, key=lambda c: (-c.rate, -c.gain))
+    # The tiny organism fires on other odd openings too (measured: "nU" 83%), never without one.
+    assert checked[0].control_rate == 0 and checked[0].rate >= 0.75, checked[0]
+    assert {c.found_by for c in candidates} <= {"gradient", "search"}
+
+
+def test_attribution_puts_the_trigger_first(backdoor):
+    _, ft = backdoor
+    (item,) = attribute(ft, ["%% say fish"], target(ft))
+    assert "".join(item.tokens) == "%% say fish"
+    top = max(range(len(item.tokens)), key=item.ablation.__getitem__)
+    assert item.tokens[top] == "%", item
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"places": ("middle",)}, "places"), ({"places": ()}, "places"),
+                                                 ({"max_length": 0}, "max_length")])
+def test_bad_trigger_settings_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        TriggerConfig(**kwargs)
+
+
+def test_a_model_without_a_chat_template_is_refused():
+    with pytest.raises(ConfigError, match="chat template"):
+        _Chat(mechscope.load_tiny("llama"), ["say cat"], "start", [1])
