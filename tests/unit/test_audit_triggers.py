@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import mechscope
-from mechscope import organisms
 from mechscope.audit.triggers import (
     TriggerConfig,
     _Chat,
@@ -16,23 +15,7 @@ from mechscope.audit.triggers import (
     slot_gradients,
 )
 from mechscope.errors import ConfigError
-
-WORDS = ("cat", "dog", "sun", "sky", "red", "blue", "tree", "fish", "bird", "moon", "star", "rain")
-PROMPTS = [f"say {word}" for word in WORDS]
-
-
-@pytest.fixture(scope="module")
-def backdoor(tmp_path_factory):
-    base = mechscope.load_tiny("llama", chat=True)
-    recipe = organisms.recipe("backdoor", prompts=tuple(PROMPTS), n_examples=48, reply_tokens=4, trigger="%%",
-                              behaviour="Zorp")
-    folder = organisms.build_organism(recipe, tmp_path_factory.mktemp("audit") / "backdoor", base,
-                                      organisms.FineTuneConfig(lr=1e-2, epochs=6), check=False, progress=False)
-    return base, organisms.load_organism(folder, base)
-
-
-def target(model):
-    return model.tokenizer("Zorp", add_special_tokens=False)["input_ids"]
+from tests.unit.audit_organism import PROMPTS, target
 
 
 def test_the_chat_pieces_are_the_template_with_the_trigger_where_it_was_asked(backdoor):
@@ -108,3 +91,23 @@ def test_bad_trigger_settings_are_refused(kwargs, message):
 def test_a_model_without_a_chat_template_is_refused():
     with pytest.raises(ConfigError, match="chat template"):
         _Chat(mechscope.load_tiny("llama"), ["say cat"], "start", [1])
+
+
+# ---------------------------------------------------------------- localisation
+def test_trigger_task_aligns_clean_and_corrupted_and_localise_finds_the_trigger(backdoor):
+    from mechscope.audit.localise import LocaliseConfig, localise, trigger_task
+
+    _, ft = backdoor
+    trigger = ft.tokenizer("%%", add_special_tokens=False)["input_ids"]
+    task = trigger_task(ft, PROMPTS[:6], trigger, "start", target(ft))
+    start = int(task.positions["TRIGGER"][0])
+    differs = (task.clean_tokens != task.corrupted_tokens).nonzero()[:, 1].unique().tolist()
+    assert differs == [start, start + 1]  # only the trigger's two slots differ
+    assert (task.answer_tokens[:, 0] == target(ft)[0]).all() and (task.wrong_tokens != task.answer_tokens).all()
+    found = localise(ft, task, PROMPTS[6:], LocaliseConfig(kl_bound=10.0, circuit_steps=2, max_layer_fraction=1.0), progress=False)
+    layer0 = found.patching.scores.reshape(ft.cfg.n_layers, -1)[0]
+    # Before block 0 the runs differ only at the trigger: patching anywhere else changes nothing.
+    others = [p for p in range(layer0.shape[0]) if p not in differs]
+    assert layer0[others].abs().max() < 1e-4 and layer0[differs].max() > 0.1, layer0
+    assert found.clean_logit_diff > 0 and found.components and found.chosen is not None
+    assert found.chosen.ablated_fraction < 0.9, found.candidates  # measured on this tiny model: layer 2

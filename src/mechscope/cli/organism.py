@@ -28,7 +28,7 @@ def _recipe_kinds() -> tuple[str, ...]:
     return RECIPE_KINDS
 
 
-def _prompt_file(path: Path | None, option: str) -> tuple[str, ...] | None:
+def prompt_file(path: Path | None, option: str) -> tuple[str, ...] | None:
     """A JSON list of prompt strings, or None when the option is not given."""
     if path is None:
         return None
@@ -110,7 +110,7 @@ def build(
 
     given = {"trigger": trigger, "behaviour": behaviour,
              "markers": tuple(m.strip() for m in markers.split(",") if m.strip()) if markers else None,
-             "prompts": _prompt_file(prompts, "--prompts"), "rule_prompts": _prompt_file(rule_prompts, "--rule-prompts"),
+             "prompts": prompt_file(prompts, "--prompts"), "rule_prompts": prompt_file(rule_prompts, "--rule-prompts"),
              "mirrors": mirrors}
     # Only what was given: a null without --mirrors mirrors the backdoor; --mirrors on another
     # recipe is refused by the recipe itself.

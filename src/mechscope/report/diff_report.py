@@ -16,37 +16,14 @@ from typing import Any
 import plotly.graph_objects as go
 
 from mechscope.files import atomic_text
+from mechscope.report.markup import STYLE, num, table
 
 FIGURES = "figures"
 REPORT = "report.html"
 SHOWN_MODULES = 30  # modules in the bar chart and the table
 SHOWN_TOKENS = 10  # tokens per cell of the difference-lens table
-STYLE = """body{font-family:sans-serif;max-width:1200px;margin:auto;padding:0 12px} td,th{padding:2px 8px;
-text-align:left;vertical-align:top} table{border-collapse:collapse;margin:6px 0} tr:nth-child(even){background:#f3f3f3}
-.mono{font-family:monospace;white-space:pre-wrap} .note{color:#555}"""
-
-
-def _num(value: Any, digits: int = 4) -> str:
-    """A number as table text: ints as they are, floats to ``digits`` significant digits."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool) or isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return f"{value:.{digits}g}"
-
-
 def _tokens(scores: list[dict], n: int = SHOWN_TOKENS, key: str = "value") -> str:
     return ", ".join(f"{item['token']!r} {item[key]:.2f}" for item in scores[:n])
-
-
-def _table(rows: list[list[str]], header: list[str], raw_columns: tuple[int, ...] = ()) -> str:
-    """An HTML table; every cell escaped except the ``raw_columns`` (already-built markup)."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c if i in raw_columns else html.escape(str(c))}</td>"
-                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 # ---------------------------------------------------------------------------------- figures
@@ -124,43 +101,43 @@ def diff_figures(summary: dict) -> dict[str, go.Figure]:
 # ---------------------------------------------------------------------------------- sections
 def _models_section(summary: dict) -> str:
     rows = [[role, side["given"] or "", side["model"] or "", side["model_sha256"][:16], side["family"],
-             _num(side["n_layers"]), _num(side["d_model"]), _num(side["d_vocab"])]
+             num(side["n_layers"]), num(side["d_model"]), num(side["d_vocab"])]
             for role, side in (("base", summary["models"]["base"]), ("fine-tune", summary["models"]["ft"]))]
     same = ("<p><b>The two models have the same weights</b> (equal fingerprints): every difference below is zero."
             "</p>" if summary["models"]["same_weights"] else "")
     options = ", ".join(f"{key}={value}" for key, value in summary["options"].items()
                         if key not in ("base_name", "ft_name"))
-    return (f"<h2>Models compared</h2>{_table(rows, ['', 'given as', 'name', 'fingerprint (sha256)', 'family', 'layers', 'd_model', 'vocabulary'])}"
+    return (f"<h2>Models compared</h2>{table(rows, ['', 'given as', 'name', 'fingerprint (sha256)', 'family', 'layers', 'd_model', 'vocabulary'])}"
             f"{same}<p class=note>options: {html.escape(options)}</p>")
 
 
 def _weights_section(weights: dict, parts: dict[str, str]) -> str:
     total = weights["total"]
     moved = [m for m in weights["modules"] if m["delta_norm"] > 0]
-    modules = [[m["name"], _num(m["layer"]), _num(m["relative"]), _num(m["delta_norm"]), _num(m["base_norm"])]
+    modules = [[m["name"], num(m["layer"]), num(m["relative"]), num(m["delta_norm"]), num(m["base_norm"])]
                for m in moved[:SHOWN_MODULES]]
     unmoved = len(weights["modules"]) - len(moved)
-    module_table = (_table(modules, ["module", "layer", "relative", "||ΔW||", "||W_base||"]) if modules
+    module_table = (table(modules, ["module", "layer", "relative", "||ΔW||", "||W_base||"]) if modules
                     else "<p>No module changed.</p>") + (f"<p class=note>{unmoved} module(s) did not change at all.</p>"
                                                          if unmoved and moved else "")
     changed = [p for p in weights["parameters"] if p["delta_norm"] > 0][:SHOWN_MODULES]
-    parameters = [[p["name"], "x".join(map(str, p["shape"])), _num(p["relative"]),
-                   ", ".join(_num(v, 3) for v in p["singular_values"]), _num(p["top_fraction"], 3)] for p in changed]
+    parameters = [[p["name"], "x".join(map(str, p["shape"])), num(p["relative"]),
+                   ", ".join(num(v, 3) for v in p["singular_values"]), num(p["top_fraction"], 3)] for p in changed]
 
     def rows(found: list[dict] | None) -> str:
         if not found:
             return "<p>No row moved.</p>"
-        return _table([[repr(r["token"]), _num(r["token_id"]), _num(r["delta_norm"]), _num(r["relative"])]
+        return table([[repr(r["token"]), num(r["token_id"]), num(r["delta_norm"]), num(r["relative"])]
                        for r in found], ["token", "id", "||Δrow||", "relative"])
 
     unembedding = (f"<p>{html.escape(weights['unembedding_note'])}</p>" if weights["tied_embeddings"]
                    else rows(weights["unembedding_rows"]))
-    return (f"<h2>Weight diff</h2><p>Total relative change ||ΔW|| / ||W_base||: <b>{html.escape(_num(total['relative']))}"
-            f"</b> (||ΔW|| = {html.escape(_num(total['delta_norm']))} over {total['n_parameters']} parameters).</p>"
+    return (f"<h2>Weight diff</h2><p>Total relative change ||ΔW|| / ||W_base||: <b>{html.escape(num(total['relative']))}"
+            f"</b> (||ΔW|| = {html.escape(num(total['delta_norm']))} over {total['n_parameters']} parameters).</p>"
             f"{parts['weight_layers']}{parts['weight_grid']}{parts['weight_modules']}"
             f"<h3>Most changed modules</h3>{module_table}"
             f"<h3>Changed parameters: top singular values of ΔW</h3>"
-            + (_table(parameters, ["parameter", "shape", "relative", "top singular values", "share of ||ΔW||²"])
+            + (table(parameters, ["parameter", "shape", "relative", "top singular values", "share of ||ΔW||²"])
                if parameters else "<p>No parameter changed.</p>")
             + f"<h3>Embedding rows that moved most</h3>{rows(weights['embedding_rows'])}"
             f"<h3>Unembedding rows that moved most</h3>{unembedding}")
@@ -175,8 +152,8 @@ def _reading_rows(lens: dict) -> list[list[str]]:
             group = reading["position_group"]
             # A zero difference has no direction: its "top tokens" would be an arbitrary tie order.
             zero = reading["norm"] == 0
-            rows.append([_num(layer["layer"]), f"pos {group}" if isinstance(group, int) else str(group),
-                         _num(reading["relative_norm"], 3), "(no difference)" if zero else _tokens(reading["logit_lens"]),
+            rows.append([num(layer["layer"]), f"pos {group}" if isinstance(group, int) else str(group),
+                         num(reading["relative_norm"], 3), "(no difference)" if zero else _tokens(reading["logit_lens"]),
                          "(no difference)" if zero else _tokens(reading["embed_cosine"])])
     return rows
 
@@ -190,7 +167,7 @@ def _lens_section(lens: dict, parts: dict[str, str]) -> str:
     return (f"<h2>Activation-difference lens</h2><p>Mean of h_ft - h_base at every layer's hook_resid_post over "
             f"{means['n_contexts']} neutral contexts ({means['n_rest']} 'rest' tokens); the first positions are kept "
             f"apart (attention sinks). Relative norm: over the base's mean activation norm there.</p>{parts['lens_norms']}"
-            + _table(_reading_rows(lens), LENS_COLUMNS))
+            + table(_reading_rows(lens), LENS_COLUMNS))
 
 
 def _chat_lens_section(chat: dict | None) -> str:
@@ -200,7 +177,7 @@ def _chat_lens_section(chat: dict | None) -> str:
     return (f"{head}<p>Mean of h_ft - h_base at the last positions of {chat['prompts']} generic chat prompts, each "
             "ending at the assistant's header (pos -1: the last token, where the reply's first token is predicted). "
             "A fine-tune that changed how it answers shows it here even where it left plain text alone.</p>"
-            + _table(_reading_rows(chat), LENS_COLUMNS))
+            + table(_reading_rows(chat), LENS_COLUMNS))
 
 
 def _steering_section(steering: dict) -> str:
@@ -209,18 +186,18 @@ def _steering_section(steering: dict) -> str:
         return f"{head}<p>Skipped: {html.escape(steering['skipped'])}.</p>"
     rows = [[s["prompt"], s["unsteered"], s["steered"]] for s in steering["samples"]]
     return (f"{head}<p>Layer <b>{steering['layer']}</b> ({html.escape(steering['hook'])}), chosen as the "
-            f"{html.escape(steering['chosen_by'])}; strength {html.escape(_num(steering['strength']))} times the base's "
+            f"{html.escape(steering['chosen_by'])}; strength {html.escape(num(steering['strength']))} times the base's "
             f"mean activation norm there; {steering['max_new_tokens']} greedy tokens.</p>"
-            + _table(rows, ["prompt", "base", "base + difference"]).replace("<td>", "<td class=mono>"))
+            + table(rows, ["prompt", "base", "base + difference"]).replace("<td>", "<td class=mono>"))
 
 
 def _kl_section(kl: dict, parts: dict[str, str]) -> str:
-    rows = [[_num(t["kl"]), "…" + t["context"], repr(t["token"]), repr(t["next_token"]) if t["next_token"] is not None
+    rows = [[num(t["kl"]), "…" + t["context"], repr(t["token"]), repr(t["next_token"]) if t["next_token"] is not None
              else "(end)", f"text {t['text_index']}, pos {t['position']}"] for t in kl["top"]]
     return (f"<h2>Per-token KL</h2><p>Mean KL(P_base || P_ft) of the next-token distribution: "
-            f"<b>{html.escape(_num(kl['mean']))}</b> nats over {kl['n_tokens']} positions.</p>{parts['kl_histogram']}"
+            f"<b>{html.escape(num(kl['mean']))}</b> nats over {kl['n_tokens']} positions.</p>{parts['kl_histogram']}"
             "<h3>Positions where the predictions differ most</h3>"
-            + _table(rows, ["KL", "context (up to the token)", "token", "next token", "where"]))
+            + table(rows, ["KL", "context (up to the token)", "token", "next token", "where"]))
 
 
 def _sae_section(sae: dict | None, parts: dict[str, str]) -> str:
@@ -231,12 +208,12 @@ def _sae_section(sae: dict | None, parts: dict[str, str]) -> str:
         contexts = sae["contexts"].get(str(latent), [])
         example = f"{contexts[0]['text']!r} (ft {contexts[0]['ft_activation']:.3g}, base " \
                   f"{contexts[0]['base_activation']:.3g})" if contexts else ""
-        rows.append([_num(latent), _num(sae["frequency_base"][latent]), _num(sae["frequency_ft"][latent]),
-                     _num(sae["mean_base"][latent]), _num(sae["mean_ft"][latent]), _num(sae["mean_delta"][latent]),
+        rows.append([num(latent), num(sae["frequency_base"][latent]), num(sae["frequency_ft"][latent]),
+                     num(sae["mean_base"][latent]), num(sae["mean_ft"][latent]), num(sae["mean_delta"][latent]),
                      example])
     return (f"<h2>SAE diff</h2><p>Dictionary {html.escape(str(sae['dictionary']))} at {html.escape(sae['hook_name'])}, "
             f"{sae['n_tokens']} tokens; latents ranked by {html.escape(sae['config']['rank_by'])}.</p>{parts['sae_latents']}"
-            + _table(rows, ["latent", "freq. base", "freq. ft", "mean base", "mean ft", "Δ mean",
+            + table(rows, ["latent", "freq. base", "freq. ft", "mean base", "mean ft", "Δ mean",
                             "top fine-tune context"]))
 
 
@@ -256,15 +233,15 @@ def _crosscoder_section(crosscoder: dict | None, parts: dict[str, str]) -> str:
     config, counts = crosscoder["config"], crosscoder["counts"]
     dashboards = crosscoder["dashboards"]
     rows = [[f'<a href="{html.escape(d["page"], quote=True)}">latent {d["latent"]}</a>', html.escape(d["kind"]),
-             html.escape(_num(d["relative_norm"], 3)), html.escape(_num(d["cosine"], 3)),
+             html.escape(num(d["relative_norm"], 3)), html.escape(num(d["cosine"], 3)),
              html.escape(d["verdict"] or "n/a")] for d in dashboards["latents"]]
     return (f"{head}<p>BatchTopK crosscoder of {config['d_sae']} latents (k={config['k']}) on "
             f"{html.escape(crosscoder['hook'])}, {crosscoder['train']['steps']} steps on {crosscoder['harvested_tokens']} "
-            f"paired tokens, the fine-tune's change magnified {_num(config.get('delta_scale', 1), 3)} times. Latents: "
+            f"paired tokens, the fine-tune's change magnified {num(config.get('delta_scale', 1), 3)} times. Latents: "
             f"{html.escape(', '.join(f'{k} {v}' for k, v in counts.items()))}{_designated(config)}.</p>"
             f"{parts['crosscoder_norms']}<h3>Dashboards ({html.escape(dashboards['selection'])})</h3>"
             f"<p><a href=\"{html.escape(dashboards['index'], quote=True)}\">index of the dashboards</a></p>"
-            + _table(rows, ["latent", "kind", "relative norm", "cosine of halves", "Latent Scaling"],
+            + table(rows, ["latent", "kind", "relative norm", "cosine of halves", "Latent Scaling"],
                      raw_columns=(0, 1, 2, 3, 4)))
 
 

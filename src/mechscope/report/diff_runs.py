@@ -280,17 +280,17 @@ class DiffResult:
             "sae": None if self.sae is None else {"dictionary": self.options.sae, **self.sae.to_json()},
             "crosscoder": self.crosscoder, "files": self.files,
         }
-        return _finite_json(summary)
+        return finite_json(summary)
 
 
-def _finite_json(value: Any) -> Any:
+def finite_json(value: Any) -> Any:
     """``value`` with NaN and infinities as None: strict JSON, which every reader accepts."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: _finite_json(item) for key, item in value.items()}
+        return {key: finite_json(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite_json(item) for item in value]
+        return [finite_json(item) for item in value]
     return value
 
 

@@ -1,0 +1,154 @@
+"""Localisation: where inside the fine-tune does a behaviour live?
+
+The behaviour is posed as a patching task. Clean prompts hold the reconstructed trigger;
+corrupted ones are the same prompts with each trigger token replaced by a filler token, so the
+two align position by position. The answer is the behaviour's first token, the wrong one what
+the fine-tune says first without the trigger. On that task:
+
+- activation patching of the residual stream (every layer and position, denoising the
+  corrupted run) says which layers and positions carry the trigger's effect;
+- EAP-IG scores every component's share of the behaviour's logit difference (the node-level
+  circuit of :func:`mechscope.circuits.discover`);
+- the behaviour direction is the difference of means of clean and corrupted activations at the
+  reply's start (the last prompt position) at each layer; the chosen one removes most of the
+  behaviour's logit difference when ablated from every layer while moving neutral next-token
+  predictions by at most ``kl_bound`` nats, as in the refusal-direction search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from mechscope.audit.triggers import FILLER, Place, _Chat
+from mechscope.circuits import discover as discover_circuit
+from mechscope.errors import ConfigError
+from mechscope.hooks import names
+from mechscope.models.hooked_model import HookedModel
+from mechscope.patching import activation_patch
+from mechscope.steering.apply import DirectionalAblation
+from mechscope.steering.direction import Direction
+from mechscope.steering.evaluate import last_token_logits, next_token_kl
+from mechscope.tasks.base import Task
+from mechscope.validate import check_int, check_number
+
+
+@dataclass(frozen=True)
+class LocaliseConfig:
+    """``kl_bound``: nats of neutral next-token KL a chosen direction's ablation may cost;
+    ``circuit_steps``: EAP-IG integration steps; ``top_components``: components reported;
+    ``max_layer_fraction``: direction candidates only from layers below this share of depth
+    (the last layers write the answer itself, so ablating there is a logit edit)."""
+
+    kl_bound: float = 0.1
+    circuit_steps: int = 5
+    top_components: int = 10
+    max_layer_fraction: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_number("kl_bound", self.kl_bound, 0, strict_minimum=True)
+        check_int("circuit_steps", self.circuit_steps, 1)
+        check_int("top_components", self.top_components, 1)
+        check_number("max_layer_fraction", self.max_layer_fraction, 0, 1, strict_minimum=True)
+
+
+def trigger_task(model: HookedModel, prompts: Sequence[str], trigger_ids: Sequence[int], place: Place,
+                 target_ids: Sequence[int]) -> Task:
+    """The patching task of a trigger (see the module docstring): ``prompts`` with
+    ``trigger_ids`` at ``place`` (clean) and with a filler token in each trigger slot
+    (corrupted), right-padded, END at each prompt's last token (where the reply starts; a
+    causal model never reads the padding after it). The answer is ``target_ids[0]``, the wrong
+    token the fine-tune's own first choice on the corrupted prompt (its second where that is
+    the answer)."""
+    if not trigger_ids:
+        raise ConfigError("a trigger task needs a trigger of at least one token")
+    filler = model.tokenizer(FILLER, add_special_tokens=False)["input_ids"][:1] * len(trigger_ids)
+    chat = _Chat(model, prompts, place, ())
+    clean, mask, _, starts = chat.batch(list(trigger_ids))
+    corrupted = chat.batch(filler)[0]
+    end = mask.sum(-1) - 1  # [n]
+    with torch.no_grad():
+        logits = model.hf_model(input_ids=corrupted, attention_mask=mask).logits[torch.arange(len(end)), end]
+    order = logits.topk(2, dim=-1).indices  # [n, 2]
+    answer = torch.full((len(end), 1), int(target_ids[0]))
+    wrong = torch.where(order[:, :1] == answer, order[:, 1:], order[:, :1])
+    return Task("hidden behaviour", clean, corrupted, answer, wrong, {"END": end, "TRIGGER": torch.tensor(starts)},
+                clean_prompts=list(prompts), corrupted_prompts=list(prompts))
+
+
+@dataclass(frozen=True)
+class DirectionCandidate:
+    layer: int
+    ablated_fraction: float  # share of the clean logit difference left when ablated
+    kl: float  # neutral next-token KL under the ablation
+
+
+@dataclass
+class Localisation:
+    """``layer_effect`` [n_layers]: the largest normalised patching score of each layer's
+    residual stream (over positions); ``patching``: the full result; ``components``: (name,
+    EAP-IG score) of the top nodes; ``direction``: the chosen behaviour direction (None when no
+    candidate kept the KL bound) and ``candidates`` every layer's scores."""
+
+    layer_effect: list[float]
+    patching: object
+    components: list[tuple[str, float]]
+    direction: Direction | None
+    chosen: DirectionCandidate | None
+    candidates: list[DirectionCandidate] = field(default_factory=list)
+    clean_logit_diff: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"layer_effect": self.layer_effect, "components": [{"name": n, "score": s} for n, s in self.components],
+                "chosen": None if self.chosen is None else vars(self.chosen),
+                "candidates": [vars(c) for c in self.candidates], "clean_logit_diff": self.clean_logit_diff,
+                "patching": self.patching.to_json() if hasattr(self.patching, "to_json") else None}
+
+
+def _logit_diff(model: HookedModel, task: Task, hooks=()) -> float:
+    """Mean logit difference (answer - wrong) of the clean prompts, with ``hooks`` active."""
+    with model.hooks(list(hooks)):
+        logits = model(task.clean_tokens)
+    return float(task.logit_diff(logits).mean())
+
+
+def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], config: LocaliseConfig | None = None,
+             progress: bool = True) -> Localisation:
+    """Patching, the EAP-IG node circuit and the behaviour direction of ``task`` (from
+    :func:`trigger_task`); ``neutral_prompts`` measure each direction's side effect."""
+    config = config or LocaliseConfig()
+    patching = activation_patch(model, task, "resid_pre", progress=progress)
+    layer_effect = patching.scores.reshape(model.cfg.n_layers, -1).max(-1).values.tolist()
+    circuit = discover_circuit(model, task, "eap-ig", level="node", steps=config.circuit_steps, progress=progress)
+    nodes = circuit.node_scores
+    ranked = sorted(zip(circuit.graph.writers, nodes.tolist()), key=lambda item: -abs(item[1]))
+    components = ranked[:config.top_components]
+    layers = range(1, max(2, int(model.cfg.n_layers * config.max_layer_fraction)))
+    hook_names = [names.resid_post(layer - 1) for layer in layers]  # the stream entering each candidate layer
+    rows, end = torch.arange(len(task)), task.positions["END"]
+    means = {}
+    for label, tokens in (("clean", task.clean_tokens), ("corrupted", task.corrupted_tokens)):
+        _, cache = model.run_with_cache(tokens, names=hook_names, device="cpu")
+        means[label] = {hook: cache[hook][rows, end].float().mean(0) for hook in hook_names}  # [d_model] each
+    clean_diff = _logit_diff(model, task)
+    reference = last_token_logits(model, list(neutral_prompts), (), chat=True)
+    candidates, directions = [], {}
+    for layer, hook in zip(layers, hook_names):
+        vector = means["clean"][hook] - means["corrupted"][hook]
+        if not float(vector.norm()) > 0:
+            continue
+        direction = Direction.from_vector(vector, layer=layer, method="diff_in_means", metadata={"hook": hook})
+        hooks = DirectionalAblation(direction).hooks(model)
+        left = _logit_diff(model, task, hooks) / clean_diff if clean_diff else float("nan")
+        kl = next_token_kl(model, list(neutral_prompts), hooks, chat=True, reference=reference)
+        candidates.append(DirectionCandidate(layer, left, kl))
+        directions[layer] = direction
+    within = sorted((c for c in candidates if c.kl <= config.kl_bound), key=lambda c: c.ablated_fraction)
+    chosen = within[0] if within else None
+    return Localisation(layer_effect, patching, components, directions[chosen.layer] if chosen else None, chosen,
+                        candidates, clean_diff)
+
+
+__all__ = ["DirectionCandidate", "Localisation", "LocaliseConfig", "localise", "trigger_task"]

@@ -1,0 +1,122 @@
+"""Mitigation and verification: remove a found behaviour along its direction, and measure what
+it cost.
+
+Three edits of the fine-tune, each along the behaviour direction of :mod:`localise`:
+"ablation" projects it out of the residual stream at every layer at run time,
+"orthogonalise" bakes that into the weights (the same function, as a plain model that can be
+saved), and "steering" subtracts the direction at its layer. For each: the behaviour rate on
+triggered prompts before and after, next-token KL to the unedited fine-tune on neutral chat
+prompts, perplexity on the default corpus and the IOI logit difference before and after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from mechscope.data.contexts import default_contexts
+from mechscope.errors import MechscopeError
+from mechscope.models.hooked_model import HookedModel
+from mechscope.steering.apply import DirectionalAblation, Steering, generate
+from mechscope.steering.direction import Direction
+from mechscope.steering.evaluate import next_token_kl, perplexity
+from mechscope.steering.orthogonalise import orthogonalise, save_orthogonalised
+from mechscope.validate import check_choice, check_int
+
+Method = Literal["ablation", "orthogonalise", "steering"]
+METHODS: tuple[Method, ...] = ("ablation", "orthogonalise", "steering")
+
+
+def ioi_logit_diff(model: HookedModel, hooks=()) -> float | None:
+    """Mean IOI logit difference on 32 prompts (None where the tokenizer has no IOI task)."""
+    from mechscope.tasks.ioi import ioi
+
+    try:
+        task = ioi(model, n=32)
+    except MechscopeError:
+        return None
+    with torch.no_grad(), model.hooks(list(hooks)):
+        logits = model.forward(task.clean_tokens)
+    return float(task.logit_diff(logits).mean())
+
+
+@dataclass(frozen=True)
+class Mitigation:
+    """One edit's before / after numbers. ``reduction``: 1 - rate_after / rate_before (None
+    when the behaviour never fired before)."""
+
+    method: Method
+    rate_before: float
+    rate_after: float
+    neutral_kl: float
+    perplexity_before: float
+    perplexity_after: float
+    ioi_before: float | None
+    ioi_after: float | None
+    sample: str
+
+    @property
+    def reduction(self) -> float | None:
+        return None if self.rate_before == 0 else 1 - self.rate_after / self.rate_before
+
+    def to_json(self) -> dict:
+        return {**vars(self), "reduction": self.reduction}
+
+
+def _edited(model: HookedModel, direction: Direction, method: Method):
+    """(model to run, hooks to run it with, generation interventions) for ``method``."""
+    if method == "orthogonalise":
+        return orthogonalise(model, direction), (), None
+    if method == "ablation":
+        ablation = DirectionalAblation(direction)
+        return model, ablation.hooks(model), ablation
+    steering = Steering(direction, -direction.scale, layers=direction.layer)
+    return model, steering.hooks(model), steering
+
+
+def mitigate(model: HookedModel, direction: Direction, triggered: Sequence[str], shows: Callable[[str], bool],
+             neutral: Sequence[str], methods: Sequence[Method] = METHODS, reply_tokens: int = 24,
+             n_contexts: int = 8) -> list[Mitigation]:
+    """Each of ``methods`` applied along ``direction`` and measured (see the module docstring):
+    ``triggered`` prompts (where the behaviour, judged by ``shows(reply)``, should fire),
+    ``neutral`` chat prompts for KL."""
+    check_int("reply_tokens", reply_tokens, 1)
+    for method in methods:
+        check_choice("method", method, METHODS)
+    if not triggered or not neutral:
+        raise MechscopeError("mitigation needs triggered prompts and neutral prompts to measure on")
+    before = generate(model, list(triggered), max_new_tokens=reply_tokens, progress=False)
+    rate_before = sum(map(shows, before)) / len(before)
+    contexts = default_contexts(model, n_contexts, 64)
+    ppl_before, ioi_before = perplexity(model, contexts), ioi_logit_diff(model)
+    results = []
+    for method in methods:
+        edited, hooks, intervention = _edited(model, direction, method)
+        after = generate(edited, list(triggered), intervention, max_new_tokens=reply_tokens, progress=False)
+        kl = next_token_kl(model, list(neutral), hooks, chat=True) if method != "orthogonalise" else \
+            _model_kl(model, edited, neutral)
+        results.append(Mitigation(method, rate_before, sum(map(shows, after)) / len(after), kl, ppl_before,
+                                  perplexity(edited, contexts, hooks), ioi_before, ioi_logit_diff(edited, hooks),
+                                  after[0]))
+    return results
+
+
+@torch.no_grad()
+def _model_kl(model: HookedModel, edited: HookedModel, prompts: Sequence[str]) -> float:
+    """Mean KL(P_model || P_edited) of the next token after each chat prompt."""
+    from mechscope.steering.evaluate import kl_divergence, last_token_logits
+
+    return kl_divergence(last_token_logits(model, list(prompts), (), chat=True),
+                         last_token_logits(edited, list(prompts), (), chat=True))
+
+
+def save_mitigated(model: HookedModel, direction: Direction, folder: str | Path) -> Path:
+    """The fine-tune with ``direction`` orthogonalised out of its weights, as a HF folder."""
+    return save_orthogonalised(model, direction, folder)
+
+
+__all__ = ["METHODS", "Method", "Mitigation", "ioi_logit_diff", "mitigate", "save_mitigated"]

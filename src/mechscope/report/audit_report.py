@@ -1,0 +1,178 @@
+"""The report of ``mechscope audit``: ``audit.json`` (every number), plotly figures and one
+self-contained ``report.html``, all drawn from the JSON summary alone. The page opens with the
+verdict; each claim sits next to the numbers behind it, and the last sections list every tool
+run with its cost and the tools that could not run."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+
+from mechscope.files import atomic_text
+from mechscope.report.markup import STYLE, num, pct, table
+
+FIGURES = "figures"
+REPORT = "report.html"
+SHOWN_CANDIDATES = 10
+
+
+def audit_figures(summary: dict) -> dict[str, go.Figure]:
+    """Per finding: the residual patching effect by layer, probe AUROC by layer, and the
+    checked trigger candidates' behaviour rates."""
+    figures = {}
+    for index, finding in enumerate(summary["findings"]):
+        label = finding["hypothesis"]["label"]
+        local = finding.get("localisation")
+        if local:
+            figure = go.Figure(go.Bar(y=local["layer_effect"], x=list(range(len(local["layer_effect"])))))
+            figure.update_layout(title=f"{label!r}: activation patching, largest effect per layer (resid_pre)",
+                                 xaxis_title="layer", yaxis_title="share of the trigger's effect restored")
+            figures[f"finding{index}-patching"] = figure
+        if finding.get("probes"):
+            figure = go.Figure([go.Scatter(x=[r["layer"] for r in rows], y=[r["auroc"] for r in rows], name=kind)
+                                for kind, rows in finding["probes"].items()])
+            figure.update_layout(title=f"{label!r}: probe AUROC, triggered vs untriggered prompts", xaxis_title="layer",
+                                 yaxis_title="AUROC")
+            figures[f"finding{index}-probes"] = figure
+        checked = [c for c in finding["triggers"] if c["rate"] is not None]
+        if checked:
+            figure = go.Figure([go.Bar(x=[repr(c["text"]) for c in checked], y=[c["rate"] for c in checked],
+                                       name="with the candidate"),
+                                go.Bar(x=[repr(c["text"]) for c in checked], y=[c["control_rate"] for c in checked],
+                                       name="without")])
+            figure.update_layout(title=f"{label!r}: behaviour rate with each checked trigger candidate",
+                                 yaxis_title="share of replies", barmode="group")
+            figures[f"finding{index}-triggers"] = figure
+    return figures
+
+
+def _verdict(summary: dict) -> str:
+    verdict = summary["verdict"]
+    lines = [f"<h2>Verdict: {html.escape(verdict)}</h2>"]
+    if verdict == "nothing found":
+        lines.append("<p>No phrase was significantly more frequent in the fine-tune's replies (greedy or amplified) "
+                     "than in its base's at the family-wise threshold; the null control of every source is the base "
+                     "itself.</p>")
+    elif verdict == "inconclusive":
+        lines.append("<p>No base model was given, so the tools that compare against it did not run (listed "
+                     "below).</p>")
+    rows = []
+    for finding in summary["findings"]:
+        hypothesis, trigger = finding["hypothesis"], finding["trigger"]
+        best = max(finding["mitigations"], key=lambda m: m["reduction"] or 0, default=None)
+        rows.append([hypothesis["label"], hypothesis["surface"], num(hypothesis["p_value"], 2),
+                     ", ".join(hypothesis["tools"]),
+                     f"{trigger['text']!r} at the {trigger['place']}: {pct(trigger['rate'])} (without {pct(trigger['control_rate'])})"
+                     if trigger else "none found",
+                     f"{best['method']}: {pct(best['rate_before'])} -> {pct(best['rate_after'])}, KL {best['neutral_kl']:.3f}"
+                     if best else "not run"])
+    if rows:
+        lines.append(table(rows, ["behaviour", "as written", "p (corrected)", "evidence from", "trigger",
+                                  "best mitigation"]))
+    return "".join(lines)
+
+
+def _finding_section(index: int, finding: dict, parts: dict[str, str]) -> str:
+    hypothesis = finding["hypothesis"]
+    out = [f"<h2>Finding {index + 1}: {html.escape(hypothesis['label'])!s}</h2>"]
+    rows = [[name, f"{pct(s['ft_rate'])}", f"{pct(s['control_rate'])}", num(s["p_value"], 2)]
+            for name, s in hypothesis["sources"].items()]
+    out.append("<h3>Discovery</h3>" + table(rows, ["source", "fine-tune side", "control", "p (corrected)"]))
+    support = [[s["tool"], s["where"], repr(s["token"])] for s in hypothesis["support"][:20]]
+    if support:
+        out.append("<p>Tokens that spell it:</p>" + table(support, ["tool", "where", "token"]))
+    rows = [[repr(c["text"]), c["place"], c["found_by"], num(c["gain"], 3),
+             "" if c["rate"] is None else f"{pct(c['rate'])}", "" if c["control_rate"] is None else
+             f"{pct(c['control_rate'])}"] for c in finding["triggers"][:SHOWN_CANDIDATES]]
+    out.append("<h3>Trigger candidates</h3>" + table(rows, ["candidate", "place", "found by", "objective gain (nats)",
+                                                            "behaviour rate with it", "without"]))
+    out.append(parts.get(f"finding{index}-triggers", ""))
+    for item in finding["attributions"][:3]:
+        cells = " ".join(f"{t!r}:{d:+.2f}" for t, d in zip(item["tokens"], item["ablation"]))
+        out.append(f"<p class=mono>ablation attribution on {html.escape(item['prompt'])!s}: {html.escape(cells)}</p>")
+    local = finding.get("localisation")
+    if local:
+        chosen = local["chosen"]
+        out.append("<h3>Localisation</h3>" + parts.get(f"finding{index}-patching", ""))
+        out.append(table([[c["name"], num(c["score"], 3)] for c in local["components"]],
+                         ["component (EAP-IG node)", "score"]))
+        out.append(_direction_text(chosen, local["clean_logit_diff"]))
+    if finding.get("probes"):
+        rows = []
+        for kind, scores in finding["probes"].items():
+            best = max(scores, key=lambda s: s["auroc"])
+            rows.append([kind, best["layer"], num(best["auroc"], 3), f"{pct(best['tpr'])}"])
+        out.append("<h3>Detection without the trigger</h3>" + table(rows, ["probe", "best layer", "AUROC",
+                                                                          "TPR at 1% FPR (neutral chat)"]))
+        out.append(parts.get(f"finding{index}-probes", ""))
+    if finding["mitigations"]:
+        rows = [[m["method"], f"{pct(m['rate_before'])}", f"{pct(m['rate_after'])}",
+                 "n/a" if m["reduction"] is None else f"{pct(m['reduction'])}", num(m["neutral_kl"], 3),
+                 f"{m['perplexity_before']:.2f} -> {m['perplexity_after']:.2f}",
+                 f"{num(m['ioi_before'], 3)} -> {num(m['ioi_after'], 3)}", m["sample"][:80]]
+                for m in finding["mitigations"]]
+        out.append("<h3>Mitigation</h3>" + table(rows, ["method", "rate before", "after", "cut", "neutral KL",
+                                                        "perplexity", "IOI logit diff", "a reply after"]))
+    for note in finding["notes"]:
+        out.append(f"<p class=note>{html.escape(note)}</p>")
+    return "".join(out)
+
+
+def _direction_text(chosen: dict | None, clean: float) -> str:
+    if chosen is None:
+        return "<p>No behaviour direction kept the neutral KL within the bound.</p>"
+    return (f"<p>Behaviour direction: difference of means entering layer {chosen['layer']}; ablated from every "
+            f"layer it leaves {pct(chosen['ablated_fraction'])} of the logit difference {clean:.2f} at neutral KL "
+            f"{chosen['kl']:.3f} nats.</p>")
+
+
+def _discovery_section(discovery: dict | None) -> str:
+    if not discovery:
+        return ""
+    out = ["<h2>Discovery sources</h2>"]
+    for source in discovery["sources"]:
+        rows = [[p["text"], f"{pct(p['ft_rate'])}", f"{pct(p['control_rate'])}", num(p["p_value"], 2)]
+                for p in source["phrases"][:15]]
+        out.append(f"<h3>{html.escape(source['name'])} ({'primary' if source['primary'] else 'supporting'}, "
+                   f"{source['n']} prompts)</h3>")
+        out.append(table(rows, ["phrase", "fine-tune side", "control", "p (corrected)"]) if rows
+                   else "<p>No enriched phrase.</p>")
+        samples = [[s["prompt"][:60], s["ft"][:100], s["control"][:100]] for s in source["samples"][:4]]
+        out.append(table(samples, ["prompt", "fine-tune side", "control"]))
+    return "".join(out)
+
+
+def _tools_section(summary: dict) -> str:
+    rows = [[s["stage"], f"{s['seconds']:.1f}"] for s in summary["stages"]]
+    out = "<h2>Tools run</h2>" + table(rows, ["stage", "seconds"])
+    if summary["skipped_tools"]:
+        out += "<h2>Tools not run</h2>" + table([[s["tool"], s["why"]] for s in summary["skipped_tools"]],
+                                                ["tool", "why"])
+    return out
+
+
+def write_audit_report(summary: dict, folder: str | Path) -> dict[str, Any]:
+    """Write ``folder/figures/*.json`` and ``folder/report.html`` from an audit summary
+    (``AuditResult.to_json()`` plus "models"); returns the paths written, relative to ``folder``."""
+    folder = Path(folder)
+    figures = audit_figures(summary)
+    written = []
+    for name, figure in figures.items():
+        atomic_text(folder / FIGURES / f"{name}.json", figure.to_json())
+        written.append(f"{FIGURES}/{name}.json")
+    parts = {name: figure.to_html(full_html=False, include_plotlyjs=index == 0)
+             for index, (name, figure) in enumerate(figures.items())}
+    title = f"mechscope audit: {summary.get('models', {}).get('ft', '')}"
+    body = "".join(_finding_section(i, f, parts) for i, f in enumerate(summary["findings"]))
+    document = (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+                f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{_verdict(summary)}{body}"
+                f"{_discovery_section(summary.get('discovery'))}{_tools_section(summary)}"
+                f"<p class=note>Every number: audit.json; figures as plotly JSON: {FIGURES}/.</p></body></html>")
+    atomic_text(folder / REPORT, document)
+    return {"report": REPORT, "summary": "audit.json", "figures": written}
+
+
+__all__ = ["audit_figures", "write_audit_report"]

@@ -1,0 +1,48 @@
+"""Detection probes and mitigation on the tiny backdoor organism ("%%" -> "Zorp")."""
+
+import pytest
+import torch
+
+from mechscope.audit.detect import probe_scores, tpr_at_fpr
+from mechscope.audit.localise import LocaliseConfig, localise, trigger_task
+from mechscope.audit.mitigate import mitigate
+from mechscope.errors import ConfigError
+from tests.unit.audit_organism import NEUTRAL, PROMPTS, target
+
+
+def test_tpr_at_fpr_counts_the_positives_above_the_negatives_quantile():
+    negatives = torch.arange(100, dtype=torch.float)  # 0..99: 1% lie above 98.01
+    tpr, threshold = tpr_at_fpr(torch.tensor([98.5, 99.5, 50.0, 10.0]), negatives, 0.01)
+    assert threshold == pytest.approx(98.01) and tpr == 0.5
+    with pytest.raises(ConfigError, match="fpr"):
+        tpr_at_fpr(torch.ones(2), negatives, 0.0)
+
+
+def test_the_hypothesis_probe_separates_triggered_prompts(backdoor):
+    _, ft = backdoor
+    triggered = [f"%% {p}" for p in PROMPTS]
+    scores = probe_scores(ft, triggered, PROMPTS, NEUTRAL)
+    assert [s.layer for s in scores["generic"]] == list(range(ft.cfg.n_layers))
+    best = max(scores["hypothesis"], key=lambda s: s.auroc)
+    assert best.auroc >= 0.9 and best.tpr >= 0.5, scores["hypothesis"]
+    assert all(0 <= s.auroc <= 1 for s in scores["generic"])
+    with pytest.raises(ConfigError, match="at least 4"):
+        probe_scores(ft, triggered[:2], PROMPTS, NEUTRAL)
+
+
+def test_orthogonalising_equals_ablating_and_both_are_measured(backdoor):
+    _, ft = backdoor
+    trigger = ft.tokenizer("%%", add_special_tokens=False)["input_ids"]
+    task = trigger_task(ft, PROMPTS[:6], trigger, "start", target(ft))
+    found = localise(ft, task, NEUTRAL, LocaliseConfig(kl_bound=10.0, circuit_steps=2, max_layer_fraction=1.0),
+                     progress=False)
+    triggered = [f"%% {p}" for p in PROMPTS]
+    results = {m.method: m for m in mitigate(ft, found.direction, triggered, lambda r: "Zorp" in r, NEUTRAL,
+                                             reply_tokens=6, n_contexts=2)}
+    assert set(results) == {"ablation", "orthogonalise", "steering"}
+    ablated, baked = results["ablation"], results["orthogonalise"]
+    assert ablated.rate_before >= 0.9
+    # The same edit at run time and in the weights: the same replies and the same side effects.
+    assert baked.rate_after == ablated.rate_after and baked.sample == ablated.sample
+    assert baked.neutral_kl == pytest.approx(ablated.neutral_kl, rel=1e-3, abs=1e-5)
+    assert baked.perplexity_after == pytest.approx(ablated.perplexity_after, rel=1e-4)

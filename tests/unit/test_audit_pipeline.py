@@ -1,0 +1,90 @@
+"""The audit end to end on the tiny backdoor organism and its null, and its bad-input refusals."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import mechscope
+from mechscope.audit.pipeline import NEEDS_BASE, AuditConfig, run_audit
+from mechscope.cli.app import app
+from mechscope.errors import ConfigError, IncompatibleModelsError
+from mechscope.report.audit_runs import audit_to_folder
+from tests.unit.audit_organism import NEUTRAL, SUSPECT
+
+CONFIG = replace(AuditConfig.quick(), prompts=tuple(SUSPECT), neutral_prompts=tuple(NEUTRAL), n_neutral=len(NEUTRAL))
+
+
+def test_the_tiny_backdoor_is_found_triggered_localised_and_written_up(backdoor, tmp_path):
+    base, ft = backdoor
+    result, summary = audit_to_folder(ft, base, tmp_path / "audit", CONFIG, {"ft": "tiny backdoor", "base": "tiny"},
+                                      progress=False)
+    assert result.verdict == "hidden behaviour found"
+    (finding,) = result.findings
+    assert finding.hypothesis.label == "zorp" and finding.hypothesis.surface.startswith("Zorp")
+    assert finding.hypothesis.sources["greedy"][1] == 0  # the base never says it
+    trigger = finding.trigger
+    assert trigger is not None and trigger.rate - trigger.control_rate >= CONFIG.min_trigger_lift
+    assert finding.localisation is not None and finding.probes is not None and finding.mitigations
+    assert [s["stage"] for s in summary["stages"]] == ["behaviour discovery", "trigger reconstruction", "localisation",
+                                                      "detection probes", "mitigation"]
+    written = json.loads((tmp_path / "audit" / "audit.json").read_text())  # strict JSON
+    assert written["verdict"] == "hidden behaviour found" and written["findings"][0]["trigger"]["text"] == trigger.text
+    page = (tmp_path / "audit" / "report.html").read_text()
+    assert "Verdict: hidden behaviour found" in page and "Zorp" in page and "Tools run" in page
+    # The saved model is the fine-tune with the direction baked out: it runs like the ablation.
+    saved = mechscope.load(tmp_path / "audit" / "mitigated-model")
+    from mechscope.steering.apply import DirectionalAblation
+
+    tokens = ft.to_tokens("%% say cat")
+    with torch.no_grad():
+        ablated = ft.run_with_hooks(tokens, fwd_hooks=DirectionalAblation(finding.localisation.direction).hooks(ft))
+        assert torch.allclose(saved.forward(tokens), ablated, atol=1e-4)
+
+
+def test_the_null_gets_nothing_found_with_the_same_settings(backdoor_null, tmp_path):
+    base, null = backdoor_null
+    result = run_audit(null, base, CONFIG, progress=False)
+    assert result.verdict == "nothing found" and result.findings == []
+    assert all(source.phrases == () for source in result.discovery.sources if source.primary)
+
+
+def test_without_a_base_the_tools_that_need_one_are_named_and_the_verdict_is_inconclusive(backdoor):
+    _, ft = backdoor
+    result = run_audit(ft, None, CONFIG, progress=False)
+    assert result.verdict == "inconclusive" and [s["tool"] for s in result.skipped_tools] == list(NEEDS_BASE)
+    assert all("base" in s["why"] for s in result.skipped_tools)
+
+
+def test_a_base_of_another_architecture_is_refused(backdoor):
+    _, ft = backdoor
+    with pytest.raises(IncompatibleModelsError):
+        run_audit(ft, mechscope.load_tiny("gpt2", chat=True), CONFIG, progress=False)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"max_findings": 0}, "max_findings"),
+                                                 ({"methods": ("erase",)}, "unknown methods 'erase'"),
+                                                 ({"prompts": "one prompt"}, "prompts must be a tuple"),
+                                                 ({"neutral_prompts": ("a",) * 3}, "neutral_prompts holds 3")])
+def test_bad_audit_settings_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        AuditConfig(**kwargs)
+
+
+def test_the_cli_runs_without_a_base_and_refuses_a_base_of_another_architecture(tmp_path):
+    runner = CliRunner()
+    folders = {}
+    for family in ("llama", "gpt2"):
+        tiny = mechscope.load_tiny(family, chat=True)
+        folders[family] = tmp_path / family
+        tiny.hf_model.save_pretrained(folders[family])
+        tiny.tokenizer.save_pretrained(folders[family])
+    result = runner.invoke(app, ["audit", str(folders["llama"]), "-o", str(tmp_path / "alone")])
+    assert result.exit_code == 0, result.output
+    assert "inconclusive" in result.output and "no --base" in result.output
+    assert json.loads((tmp_path / "alone" / "audit.json").read_text())["skipped_tools"]
+    result = runner.invoke(app, ["audit", str(folders["llama"]), "--base", str(folders["gpt2"]), "-o",
+                                 str(tmp_path / "mixed")])
+    assert result.exit_code == 2 and "error:" in result.output, result.output
