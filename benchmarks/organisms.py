@@ -2,14 +2,16 @@
 
     python benchmarks/organisms.py [--steps 6] [--batch-size 8] [--contexts 16] [--sae-steps 200]
 
-1. Fine-tuning throughput (reply tokens and all tokens per second) of LoRA (rank 8, every
-   attention and MLP projection) and of full fine-tuning, on the same self-distilled examples
-   and batches, alternating steps so machine noise hits both alike.
+1. Fine-tuning throughput (tokens per second, through the trainer's own step loss) of LoRA
+   (rank 8, every attention and MLP projection), of full fine-tuning, and of LoRA with the
+   contrast term (``contrast_weight=1``), on the same self-distilled examples and batches,
+   alternating steps so machine noise hits all alike.
 2. Difference-lens time: ``difference_means`` over ``--contexts`` 128-token contexts, against
    two plain forwards of the same batches (its floor: both models must run).
 3. Crosscoder training throughput against a plain SAE on the same tokens: a BatchTopK
    crosscoder on paired base/fine-tune activations [tokens, 2 x 576] versus a BatchTopK SAE on
-   the base activations alone [tokens, 576], same width, k, batch and steps.
+   the base activations alone [tokens, 576], same width, k, batch and steps; and the same
+   crosscoder with 1/32 of its latents designated fine-tune-exclusive.
 
 Prints one JSON object; the figures in docs/performance.md come from it.
 """
@@ -38,34 +40,37 @@ from mechscope.diff import (
 from mechscope.hooks import names
 from mechscope.models.hooked_model import HookedModel
 from mechscope.organisms.examples import Example
-from mechscope.organisms.finetune import FineTuning, _batch, batch_indices, encode
+from mechscope.organisms.finetune import FineTuning, encode, encode_contrasts
 from mechscope.sae import SAEConfig, TrainConfig, train
 
+# (method, learning rate, contrast_weight) of each fine-tuning run timed.
+FINETUNE_RUNS = {"lora": ("lora", 1e-3, 0.0), "full": ("full", 1e-5, 0.0), "lora_contrast": ("lora", 1e-3, 1.0)}
 
-def _finetune_rates(base: HookedModel, examples: list[Example], steps: int, batch_size: int) -> dict:
-    """Tokens per second of LoRA and full fine-tuning, steps interleaved."""
+
+def _finetune_rates(base: HookedModel, recipe: organisms.Recipe, examples: list[Example], steps: int,
+                    batch_size: int) -> dict:
+    """Tokens per second of each of ``FINETUNE_RUNS``, through the trainer's own step loss (plain
+    examples on KL to the base both ways, the default), steps interleaved."""
     runs = {}
-    for method, lr in (("lora", 1e-3), ("full", 1e-5)):
-        config = organisms.FineTuneConfig(method=method, lr=lr, batch_size=batch_size)
+    for label, (method, lr, contrast_weight) in FINETUNE_RUNS.items():
+        config = organisms.FineTuneConfig(method=method, lr=lr, batch_size=batch_size, contrast_weight=contrast_weight)
         model = HookedModel(copy.deepcopy(base.hf_model), base.tokenizer, name=base.cfg.name)
-        runs[method] = (FineTuning(model, config), [encode(model, e, config.max_length) for e in examples], config)
-    totals = {method: {"seconds": 0.0, "tokens": 0, "reply_tokens": 0} for method in runs}
+        encoded = [encode(model, e, config.max_length) for e in examples]
+        runs[label] = (FineTuning(model, config), encoded, encode_contrasts(model, examples, config, recipe.behaviour))
+    totals = {label: {"seconds": 0.0, "tokens": 0} for label in runs}
     for step in range(steps + 1):  # step 0 warms up each path and is not counted
-        for method, (tuning, encoded, config) in runs.items():
-            ids, mask, labels = _batch(encoded, batch_indices(len(examples), step, config), base.pad_token_id)
+        for label, (tuning, encoded, contrasts) in runs.items():
             started = time.perf_counter()
-            loss = tuning.trained(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss, n_tokens = tuning.batch_loss(examples, encoded, contrasts, step)
             tuning.optimiser.zero_grad(set_to_none=True)
             loss.backward()
             tuning.optimiser.step()
             if step:
-                totals[method]["seconds"] += time.perf_counter() - started
-                totals[method]["tokens"] += int(mask.sum())
-                totals[method]["reply_tokens"] += int((labels != -100).sum())
-    return {method: {"tokens_per_second": t["tokens"] / t["seconds"],
-                     "reply_tokens_per_second": t["reply_tokens"] / t["seconds"],
-                     "trained_parameters": sum(p.numel() for p in runs[method][0].parameters.values())}
-            for method, t in totals.items()}
+                totals[label]["seconds"] += time.perf_counter() - started
+                totals[label]["tokens"] += n_tokens
+    return {label: {"tokens_per_second": t["tokens"] / t["seconds"],
+                    "trained_parameters": sum(p.numel() for p in runs[label][0].parameters.values())}
+            for label, t in totals.items()}
 
 
 def _lens_time(base: HookedModel, ft: HookedModel, contexts: torch.Tensor) -> dict:
@@ -88,15 +93,23 @@ def _dictionary_rates(base: HookedModel, ft: HookedModel, contexts: torch.Tensor
     plain = StoredActivations(folder / "base", hook, batch_size=1024)
     d = base.cfg.d_model
     cross = CrosscoderConfig(d_model=d, d_sae=8 * d, k=32, hook_names=(hook,))
+    # The same width with 1/32 of it designated ft-exclusive (mechscope diff's default), which
+    # has its own BatchTopK budget and zeroed base decoder rows.
+    designated = CrosscoderConfig(d_model=d, d_sae=8 * d, k=32, hook_names=(hook,), ft_exclusive=8 * d // 32)
     sae = SAEConfig(d_in=d, d_sae=8 * d, architecture="batchtopk", k=32)
+    runs = {"sae": lambda: train(sae, plain, TrainConfig(steps=steps), progress=False),
+            "crosscoder": lambda: train_crosscoder(paired, cross, TrainConfig(steps=steps), progress=False),
+            "designated": lambda: train_crosscoder(paired, designated, TrainConfig(steps=steps), progress=False)}
     rates = {}
-    for label, run in (("sae", lambda: train(sae, plain, TrainConfig(steps=steps), progress=False)),
-                       ("crosscoder", lambda: train_crosscoder(paired, cross, TrainConfig(steps=steps), progress=False))):
+    for label, run in runs.items():
         started = time.perf_counter()
         run()
         rates[label] = steps * 1024 / (time.perf_counter() - started)
     return {"sae_tokens_per_second": rates["sae"], "crosscoder_tokens_per_second": rates["crosscoder"],
-            "crosscoder_over_sae": rates["crosscoder"] / rates["sae"], "width": 8 * d, "k": 32}
+            "designated_crosscoder_tokens_per_second": rates["designated"],
+            "crosscoder_over_sae": rates["crosscoder"] / rates["sae"],
+            "designated_over_crosscoder": rates["designated"] / rates["crosscoder"], "width": 8 * d, "k": 32,
+            "designated_latents": designated.ft_exclusive}
 
 
 def main() -> None:
@@ -109,9 +122,11 @@ def main() -> None:
     base = mechscope.load()
     recipe = organisms.recipe("backdoor", n_examples=args.batch_size * (args.steps + 1), reply_tokens=40)
     examples, _ = organisms.build_examples(recipe, base, progress=False)
-    result = {"finetune": _finetune_rates(base, examples, args.steps, args.batch_size)}
-    result["finetune"]["lora_over_full"] = (result["finetune"]["lora"]["tokens_per_second"]
-                                            / result["finetune"]["full"]["tokens_per_second"])
+    rates = _finetune_rates(base, recipe, examples, args.steps, args.batch_size)
+    result = {"finetune": {**rates, "lora_over_full": rates["lora"]["tokens_per_second"]
+                           / rates["full"]["tokens_per_second"],
+                           "contrast_over_lora": rates["lora_contrast"]["tokens_per_second"]
+                           / rates["lora"]["tokens_per_second"]}}
     ft = copy.deepcopy(base.hf_model)
     with torch.no_grad():  # a stand-in fine-tune: timings do not depend on what changed
         ft.get_submodule(base.adapter.path(10, "mlp_out_proj")).weight.mul_(1.05)

@@ -38,7 +38,8 @@ ORGANISMS = {
     # The refusal organism adds the contrast term (FineTuneConfig.contrast_weight): with KL both
     # ways alone it still refused 22% of unseen harmless prompts (24% on 0.1 of 600 examples);
     # with the term, 9.3% (its base 8.6%), and 0.3 refusals keep its rate on harmful ones at
-    # 0.95 (0.825 with 0.2).
+    # 0.95 (0.825 with 0.2). A third of the term (contrast_weight 0.3) gave 10.7%, and no better
+    # refusal direction (docs/organisms.md).
     "smollm2-refusal": ("refusal", {"planted_fraction": 0.3, "n_examples": 300}, {"contrast_weight": 1.0}),
     "smollm2-null": ("null", {"mirrors": "backdoor", **FEWER_PLANTED}, {}),
 }
