@@ -94,7 +94,7 @@ def test_a_model_without_a_chat_template_is_refused():
 
 
 # ---------------------------------------------------------------- localisation
-def test_trigger_task_aligns_clean_and_corrupted_and_localise_finds_the_trigger(backdoor):
+def test_trigger_task_aligns_clean_and_corrupted_and_patching_obeys_its_identities(backdoor):
     from mechscope.audit.localise import LocaliseConfig, localise, trigger_task
 
     _, ft = backdoor
@@ -105,9 +105,11 @@ def test_trigger_task_aligns_clean_and_corrupted_and_localise_finds_the_trigger(
     assert differs == [start, start + 1]  # only the trigger's two slots differ
     assert (task.answer_tokens[:, 0] == target(ft)[0]).all() and (task.wrong_tokens != task.answer_tokens).all()
     found = localise(ft, task, PROMPTS[6:], LocaliseConfig(kl_bound=10.0, circuit_steps=2, max_layer_fraction=1.0), progress=False)
-    layer0 = found.patching.scores.reshape(ft.cfg.n_layers, -1)[0]
-    # Before block 0 the runs differ only at the trigger: patching anywhere else changes nothing.
-    others = [p for p in range(layer0.shape[0]) if p not in differs]
-    assert layer0[others].abs().max() < 1e-4 and layer0[differs].max() > 0.1, layer0
+    # Before block 0 the runs differ only at the trigger: patching its embeddings is the clean run,
+    # patching anything else changes nothing.
+    assert found.patching["trigger"][0] == pytest.approx(1.0, abs=1e-4)
+    assert found.patching["after trigger"][0] == pytest.approx(0.0, abs=1e-4)
+    assert found.patching["reply start"][0] == pytest.approx(0.0, abs=1e-4)
+    assert found.layer_effect == [max(values) for values in zip(*found.patching.values())]
     assert found.clean_logit_diff > 0 and found.components and found.chosen is not None
     assert found.chosen.ablated_fraction < 0.9, found.candidates  # measured on this tiny model: layer 2

@@ -5,8 +5,11 @@ corrupted ones are the same prompts with each trigger token replaced by a filler
 two align position by position. The answer is the behaviour's first token, the wrong one what
 the fine-tune says first without the trigger. On that task:
 
-- activation patching of the residual stream (every layer and position, denoising the
-  corrupted run) says which layers and positions carry the trigger's effect;
+- activation patching of the residual stream says which layers and positions carry the
+  trigger's effect: at every layer, the clean resid_pre is patched into the corrupted run at
+  one group of positions at a time (the trigger's tokens, the message after it, the reply's
+  start), three forwards of the batch per layer instead of one per position (the positions
+  before the trigger are identical in both runs, so patching them changes nothing);
 - EAP-IG scores every component's share of the behaviour's logit difference (the node-level
   circuit of :func:`mechscope.circuits.discover`);
 - the behaviour direction is the difference of means of clean and corrupted activations at the
@@ -27,7 +30,6 @@ from mechscope.circuits import discover as discover_circuit
 from mechscope.errors import ConfigError
 from mechscope.hooks import names
 from mechscope.models.hooked_model import HookedModel
-from mechscope.patching import activation_patch
 from mechscope.steering.apply import DirectionalAblation
 from mechscope.steering.direction import Direction
 from mechscope.steering.evaluate import last_token_logits, next_token_kl
@@ -61,7 +63,7 @@ def trigger_task(model: HookedModel, prompts: Sequence[str], trigger_ids: Sequen
     (corrupted), right-padded, END at each prompt's last token (where the reply starts; a
     causal model never reads the padding after it). The answer is ``target_ids[0]``, the wrong
     token the fine-tune's own first choice on the corrupted prompt (its second where that is
-    the answer)."""
+    the answer). Positions: END, TRIGGER (its first token) and AFTER_TRIGGER."""
     if not trigger_ids:
         raise ConfigError("a trigger task needs a trigger of at least one token")
     filler = model.tokenizer(FILLER, add_special_tokens=False)["input_ids"][:1] * len(trigger_ids)
@@ -74,7 +76,9 @@ def trigger_task(model: HookedModel, prompts: Sequence[str], trigger_ids: Sequen
     order = logits.topk(2, dim=-1).indices  # [n, 2]
     answer = torch.full((len(end), 1), int(target_ids[0]))
     wrong = torch.where(order[:, :1] == answer, order[:, 1:], order[:, :1])
-    return Task("hidden behaviour", clean, corrupted, answer, wrong, {"END": end, "TRIGGER": torch.tensor(starts)},
+    starts = torch.tensor(starts)
+    positions = {"END": end, "TRIGGER": starts, "AFTER_TRIGGER": starts + len(trigger_ids)}
+    return Task("hidden behaviour", clean, corrupted, answer, wrong, positions,
                 clean_prompts=list(prompts), corrupted_prompts=list(prompts))
 
 
@@ -85,15 +89,51 @@ class DirectionCandidate:
     kl: float  # neutral next-token KL under the ablation
 
 
+POSITION_GROUPS = ("trigger", "after trigger", "reply start")
+
+
+def _group_masks(task: Task) -> dict[str, torch.Tensor]:
+    """[n, pos] bool masks of each of ``POSITION_GROUPS``."""
+    positions = torch.arange(task.clean_tokens.shape[1])[None]
+    start, after, end = (task.positions[name][:, None] for name in ("TRIGGER", "AFTER_TRIGGER", "END"))
+    return {"trigger": (positions >= start) & (positions < after), "after trigger": (positions >= after) & (positions < end),
+            "reply start": positions == end}
+
+
+@torch.no_grad()
+def patch_layers(model: HookedModel, task: Task) -> dict[str, list[float]]:
+    """Per position group, per layer: the share of the clean-minus-corrupted logit difference
+    restored by patching the clean resid_pre at that group into the corrupted run (1: all of
+    it, 0: none)."""
+    hooks = [names.resid_pre(layer) for layer in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(task.clean_tokens, names=hooks, device="cpu")
+    clean = float(task.logit_diff(model(task.clean_tokens)).mean())
+    corrupted = float(task.logit_diff(model(task.corrupted_tokens)).mean())
+    span = clean - corrupted
+    masks = _group_masks(task)
+    effects: dict[str, list[float]] = {group: [] for group in POSITION_GROUPS}
+    for layer, hook in enumerate(hooks):
+        source = cache[hook]
+        for group, mask in masks.items():
+            def patch(activation, hook_point, source=source, mask=mask):
+                keep = mask[..., None].to(activation.device)
+                return torch.where(keep, source.to(activation.device, activation.dtype), activation)
+
+            logits = model.run_with_hooks(task.corrupted_tokens, fwd_hooks=[(hook, patch)])
+            value = float(task.logit_diff(logits).mean())
+            effects[group].append((value - corrupted) / span if span else float("nan"))
+    return effects
+
+
 @dataclass
 class Localisation:
-    """``layer_effect`` [n_layers]: the largest normalised patching score of each layer's
-    residual stream (over positions); ``patching``: the full result; ``components``: (name,
-    EAP-IG score) of the top nodes; ``direction``: the chosen behaviour direction (None when no
-    candidate kept the KL bound) and ``candidates`` every layer's scores."""
+    """``patching``: per position group, per layer, the share of the trigger's effect restored
+    (:func:`patch_layers`); ``layer_effect`` [n_layers]: the largest over the groups;
+    ``components``: (name, EAP-IG score) of the top nodes; ``direction``: the chosen behaviour
+    direction (None when no candidate kept the KL bound) and ``candidates`` every layer's scores."""
 
     layer_effect: list[float]
-    patching: object
+    patching: dict[str, list[float]]
     components: list[tuple[str, float]]
     direction: Direction | None
     chosen: DirectionCandidate | None
@@ -101,10 +141,10 @@ class Localisation:
     clean_logit_diff: float = 0.0
 
     def to_json(self) -> dict:
-        return {"layer_effect": self.layer_effect, "components": [{"name": n, "score": s} for n, s in self.components],
+        return {"layer_effect": self.layer_effect, "patching": self.patching,
+                "components": [{"name": n, "score": s} for n, s in self.components],
                 "chosen": None if self.chosen is None else vars(self.chosen),
-                "candidates": [vars(c) for c in self.candidates], "clean_logit_diff": self.clean_logit_diff,
-                "patching": self.patching.to_json() if hasattr(self.patching, "to_json") else None}
+                "candidates": [vars(c) for c in self.candidates], "clean_logit_diff": self.clean_logit_diff}
 
 
 def _logit_diff(model: HookedModel, task: Task, hooks=()) -> float:
@@ -119,8 +159,8 @@ def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], con
     """Patching, the EAP-IG node circuit and the behaviour direction of ``task`` (from
     :func:`trigger_task`); ``neutral_prompts`` measure each direction's side effect."""
     config = config or LocaliseConfig()
-    patching = activation_patch(model, task, "resid_pre", progress=progress)
-    layer_effect = patching.scores.reshape(model.cfg.n_layers, -1).max(-1).values.tolist()
+    patching = patch_layers(model, task)
+    layer_effect = [max(values) for values in zip(*patching.values())]
     circuit = discover_circuit(model, task, "eap-ig", level="node", steps=config.circuit_steps, progress=progress)
     nodes = circuit.node_scores
     ranked = sorted(zip(circuit.graph.writers, nodes.tolist()), key=lambda item: -abs(item[1]))
@@ -151,4 +191,5 @@ def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], con
                         candidates, clean_diff)
 
 
-__all__ = ["DirectionCandidate", "Localisation", "LocaliseConfig", "localise", "trigger_task"]
+__all__ = ["POSITION_GROUPS", "DirectionCandidate", "Localisation", "LocaliseConfig", "localise", "patch_layers",
+           "trigger_task"]

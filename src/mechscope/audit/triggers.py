@@ -172,8 +172,9 @@ def _embedding(model: HookedModel) -> tuple[torch.Tensor, float]:
     weight = module.weight
     probe = torch.tensor([[min(1000, weight.shape[0] - 1)]])
     with torch.no_grad():
-        out, row = module(probe)[0, 0].float(), weight[probe[0, 0]].float()
-    return weight, float((out @ row) / (row @ row).clamp_min(1e-12))
+        out, row = module(probe)[0, 0].float(), weight[probe[0, 0]].detach().float()
+        scale = float((out @ row) / (row @ row).clamp_min(1e-12))
+    return weight, scale
 
 
 def slot_gradients(chat: _Chat, trigger: Sequence[int]) -> torch.Tensor:
