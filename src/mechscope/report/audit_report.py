@@ -125,9 +125,10 @@ def _finding_section(index: int, finding: dict, parts: dict[str, str]) -> str:
 def _direction_text(chosen: dict | None, clean: float) -> str:
     if chosen is None:
         return "<p>No behaviour direction kept the neutral KL within the bound.</p>"
+    after = chosen["ablated_fraction"] * clean if chosen["ablated_fraction"] is not None else None
     return (f"<p>Behaviour direction: difference of means entering layer {chosen['layer']}; ablated from every "
-            f"layer it leaves {pct(chosen['ablated_fraction'])} of the logit difference {clean:.2f} at neutral KL "
-            f"{chosen['kl']:.3f} nats.</p>")
+            f"layer, the behaviour's logit difference (its first token against the untriggered first choice) goes "
+            f"from {clean:.2f} to {num(after, 3)}, at neutral KL {chosen['kl']:.3f} nats.</p>")
 
 
 def _discovery_section(discovery: dict | None) -> str:
