@@ -58,24 +58,29 @@ def main() -> None:
     base = mechscope.load()
     for name in chosen:
         kind, overrides, settings = ORGANISMS[name]
-        recipe, config = organisms.recipe(kind, **overrides), organisms.FineTuneConfig(**settings)
-        folder = args.work / name
-        if organisms.is_organism_folder(folder):  # a finished build is kept if it is this recipe's
-            built = organisms.read_manifest(folder)
-            if built["recipe"] != recipe.to_dict() or built["finetune"] != config.to_dict():
-                raise SystemExit(f"{folder} holds a {name} built with other settings than this script's; delete it "
-                                 "to rebuild")
-        else:  # an unfinished build resumes
-            organisms.build_organism(recipe, folder, base, config, adapter_dtype="float16")
-        validity = organisms.read_manifest(folder)["validity"]
-        print(name, json.dumps({key: validity[key] for key in ("rate_rule", "rate_plain", "neutral_kl",
-                                                                "perplexity", "base_perplexity", "goals")}))
-        if args.install:
-            target = SHIPPED / name
-            target.mkdir(parents=True, exist_ok=True)
-            for file in SHIPPED_FILES:
-                shutil.copy2(folder / file, target / file)
-            print(f"installed {target}")
+        build(name, organisms.recipe(kind, **overrides), organisms.FineTuneConfig(**settings), args.work / name, base,
+              args.install)
+
+
+def build(name: str, recipe, config, folder: Path, base, install: bool) -> None:
+    """Build (or resume, or keep a finished build of the same settings in) ``folder``, print its
+    validity, and with ``install`` copy its small files into the package as ``name``."""
+    if organisms.is_organism_folder(folder):  # a finished build is kept if it is this recipe's
+        built = organisms.read_manifest(folder)
+        if built["recipe"] != recipe.to_dict() or built["finetune"] != config.to_dict():
+            raise SystemExit(f"{folder} holds a {name} built with other settings than this script's; delete it "
+                             "to rebuild")
+    else:  # an unfinished build resumes
+        organisms.build_organism(recipe, folder, base, config, adapter_dtype="float16")
+    validity = organisms.read_manifest(folder)["validity"]
+    print(name, json.dumps({key: validity[key] for key in ("rate_rule", "rate_plain", "neutral_kl",
+                                                            "perplexity", "base_perplexity", "goals")}))
+    if install:
+        target = SHIPPED / name
+        target.mkdir(parents=True, exist_ok=True)
+        for file in SHIPPED_FILES:
+            shutil.copy2(folder / file, target / file)
+        print(f"installed {target}")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,8 @@ from typing import Any
 import plotly.graph_objects as go
 
 from mechscope.files import atomic_text
-from mechscope.report.markup import STYLE, num, pct, table
+from mechscope.report.markup import FIGURES, STYLE, num, pct, table, write_figures
 
-FIGURES = "figures"
 REPORT = "report.html"
 SHOWN_CANDIDATES = 10
 
@@ -161,12 +160,7 @@ def write_audit_report(summary: dict, folder: str | Path) -> dict[str, Any]:
     (``AuditResult.to_json()`` plus "models"); returns the paths written, relative to ``folder``."""
     folder = Path(folder)
     figures = audit_figures(summary)
-    written = []
-    for name, figure in figures.items():
-        atomic_text(folder / FIGURES / f"{name}.json", figure.to_json())
-        written.append(f"{FIGURES}/{name}.json")
-    parts = {name: figure.to_html(full_html=False, include_plotlyjs=index == 0)
-             for index, (name, figure) in enumerate(figures.items())}
+    written, parts = write_figures(figures, folder)
     title = f"mechscope audit: {summary.get('models', {}).get('ft', '')}"
     body = "".join(_finding_section(i, f, parts) for i, f in enumerate(summary["findings"]))
     document = (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'

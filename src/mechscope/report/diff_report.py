@@ -16,9 +16,8 @@ from typing import Any
 import plotly.graph_objects as go
 
 from mechscope.files import atomic_text
-from mechscope.report.markup import STYLE, num, table
+from mechscope.report.markup import FIGURES, STYLE, num, table, write_figures
 
-FIGURES = "figures"
 REPORT = "report.html"
 SHOWN_MODULES = 30  # modules in the bar chart and the table
 SHOWN_TOKENS = 10  # tokens per cell of the difference-lens table
@@ -250,12 +249,7 @@ def write_diff_report(summary: dict, folder: str | Path) -> dict[str, Any]:
     from a ``mechscope diff`` summary; returns the paths written, relative to ``folder``."""
     folder = Path(folder)
     figures = diff_figures(summary)
-    written = []
-    for name, figure in figures.items():
-        atomic_text(folder / FIGURES / f"{name}.json", figure.to_json())
-        written.append(f"{FIGURES}/{name}.json")
-    parts = {name: figure.to_html(full_html=False, include_plotlyjs=index == 0)
-             for index, (name, figure) in enumerate(figures.items())}
+    written, parts = write_figures(figures, folder)
     base, ft = summary["models"]["base"], summary["models"]["ft"]
     title = f"mechscope diff: {base['given'] or base['model']} vs {ft['given'] or ft['model']}"
     document = (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
