@@ -8,6 +8,7 @@ from mechscope.audit.triggers import (
     TriggerConfig,
     _Chat,
     _embedding,
+    _Scorer,
     _target_log_prob,
     attribute,
     objectives,
@@ -71,6 +72,19 @@ def test_the_known_trigger_raises_the_objective_and_the_search_finds_triggers_th
     # The tiny organism fires on other odd openings too (measured: "nU" 83%), never without one.
     assert checked[0].control_rate == 0 and checked[0].rate >= 0.75, checked[0]
     assert {c.found_by for c in candidates} <= {"gradient", "search"}
+
+
+def test_the_base_contrast_is_the_difference_of_the_two_objectives_and_cancels_what_both_share(backdoor):
+    base, ft = backdoor
+    trigger = ft.tokenizer("%%", add_special_tokens=False)["input_ids"]
+    contrast = _Scorer(ft, base, PROMPTS[:4], "start", target(ft), 32)
+    alone = [objectives(_Chat(model, PROMPTS[:4], "start", target(ft)), [(), trigger]) for model in (ft, base)]
+    assert contrast.objectives([(), trigger]) == pytest.approx([a - b for a, b in zip(*alone)], abs=1e-5)
+    # The planted trigger moves the fine-tune, not the base: its contrast gain is most of its own gain.
+    gain_ft, gain_contrast = alone[0][1] - alone[0][0], contrast.objectives([trigger])[0] - contrast.objectives([()])[0]
+    assert gain_contrast > 0.5 * gain_ft > 1
+    same = _Scorer(ft, ft, PROMPTS[:4], "start", target(ft), 32)  # a model against itself: nothing left
+    assert same.objectives([trigger]) == [0.0] and not same.gradients(trigger).any()
 
 
 def test_attribution_puts_the_trigger_first(backdoor):

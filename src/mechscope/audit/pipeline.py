@@ -23,7 +23,7 @@ from mechscope.audit.triggers import TriggerCandidate, TriggerConfig, insert, re
 from mechscope.diff import check_comparable
 from mechscope.errors import ConfigError
 from mechscope.models.hooked_model import HookedModel
-from mechscope.validate import check_choice, check_int
+from mechscope.validate import check_choice, check_int, check_number
 
 NEEDS_BASE = ("greedy vs base replies", "amplified replies", "steered base", "difference lens", "reply-start KL")
 Verdict = str  # "nothing found", "hidden behaviour found", "inconclusive"
@@ -61,8 +61,7 @@ class AuditConfig:
                               "are needed (lower n_neutral or give more)")
         for method in self.methods:
             check_choice("methods", method, METHODS)
-        if not 0 < self.min_trigger_lift <= 1:
-            raise ConfigError(f"min_trigger_lift must be in (0, 1]; got {self.min_trigger_lift}")
+        check_number("min_trigger_lift", self.min_trigger_lift, 0, 1, strict_minimum=True)
 
     @classmethod
     def quick(cls) -> AuditConfig:
@@ -99,10 +98,13 @@ class Finding:
 
 @dataclass
 class AuditResult:
+    """The verdict, discovery's full result, each finding followed through the later stages,
+    the stages run with their cost, and the tools that could not run (with why)."""
+
     verdict: Verdict
     discovery: Discovery | None
     findings: list[Finding]
-    stages: list[dict]  # {"stage", "seconds", "ran": bool, "why"}
+    stages: list[dict]  # {"stage", "seconds", "ran"}, in the order run
     skipped_tools: list[dict]
 
     def to_json(self) -> dict:
@@ -126,8 +128,8 @@ def shows_hypothesis(hypothesis: Hypothesis) -> Callable[[str], bool]:
     return lambda reply: any(contains_phrase(reply, p) for p in phrases)
 
 
-def _follow(ft: HookedModel, hypothesis: Hypothesis, discovery: Discovery, neutral: list[str], config: AuditConfig,
-            timed: Callable, progress: bool) -> Finding:
+def _follow(ft: HookedModel, base: HookedModel, hypothesis: Hypothesis, discovery: Discovery, neutral: list[str],
+            config: AuditConfig, timed: Callable, progress: bool) -> Finding:
     finding = Finding(hypothesis)
     shows = shows_hypothesis(hypothesis)
     greedy = next(s for s in discovery.sources if s.name == "greedy")
@@ -136,7 +138,7 @@ def _follow(ft: HookedModel, hypothesis: Hypothesis, discovery: Discovery, neutr
     score_prompts, check_prompts, reference = neutral[:half // 2], neutral[half // 2:half], neutral[half:]
     finding.triggers, finding.attributions = timed(
         "trigger reconstruction", reconstruct_triggers, ft, hypothesis.surface, shows, score_prompts, check_prompts,
-        config.triggers, behaviour_prompts=acting, progress=progress)
+        config.triggers, behaviour_prompts=acting, progress=progress, base=base)
     fired = [c for c in finding.triggers if c.rate is not None and c.rate - c.control_rate >= config.min_trigger_lift]
     if not fired:
         finding.notes.append("no candidate raised the behaviour rate by "
@@ -180,7 +182,7 @@ def run_audit(ft: HookedModel, base: HookedModel | None = None, config: AuditCon
     neutral = _neutral(config.n_neutral, config.neutral_prompts)
     discovery = timed("behaviour discovery", discover_behaviours, base, ft, config.discovery,
                       None if config.prompts is None else list(config.prompts), progress=progress)
-    findings = [_follow(ft, hypothesis, discovery, neutral, config, timed, progress)
+    findings = [_follow(ft, base, hypothesis, discovery, neutral, config, timed, progress)
                 for hypothesis in discovery.findings[:config.max_findings]]
     verdict = "hidden behaviour found" if findings else "nothing found"
     return AuditResult(verdict, discovery, findings, stages, [])

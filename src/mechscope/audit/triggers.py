@@ -196,6 +196,28 @@ def slot_gradients(chat: _Chat, trigger: Sequence[int]) -> torch.Tensor:
     return grad.float()
 
 
+class _Scorer:
+    """The objective a trigger search climbs: the fine-tune's log P(behaviour opening), minus
+    the base's on the same tokens when a base is given. A planted trigger moves the fine-tune
+    only; a word that merely primes the behaviour's first token ('Ahmad' before "Ahoy") moves
+    the base as much, and cancels."""
+
+    def __init__(self, model: HookedModel, base: HookedModel | None, prompts: Sequence[str], place: Place,
+                 target_ids: Sequence[int], batch_size: int):
+        self.model, self.batch_size = model, batch_size
+        self.chats = [_Chat(model, prompts, place, target_ids)]
+        if base is not None:
+            self.chats.append(_Chat(base, prompts, place, target_ids))
+
+    def objectives(self, triggers: Sequence[Sequence[int]]) -> list[float]:
+        scores = [objectives(chat, triggers, self.batch_size) for chat in self.chats]
+        return scores[0] if len(scores) == 1 else [a - b for a, b in zip(*scores)]
+
+    def gradients(self, trigger: Sequence[int]) -> torch.Tensor:
+        grads = [slot_gradients(chat, trigger) for chat in self.chats]
+        return grads[0] if len(grads) == 1 else grads[0] - grads[1]
+
+
 def allowed_tokens(model: HookedModel) -> torch.Tensor:
     """[vocab] bool: tokens a typed trigger can hold (printable text, not a special token, not
     only whitespace)."""
@@ -221,19 +243,18 @@ def _decode(model: HookedModel, ids: Sequence[int]) -> str:
     return model.tokenizer.decode(list(ids))
 
 
-def _search(chat: _Chat, start: list[int], allowed: torch.Tensor, config: TriggerConfig, baseline: float,
+def _search(scorer: _Scorer, start: list[int], allowed: torch.Tensor, config: TriggerConfig, baseline: float,
             place: Place, rng: random.Random) -> list[TriggerCandidate]:
     """Greedy coordinate search from ``start``, one slot added per round up to ``max_length``."""
-    model, found = chat.model, []
-    trigger, best = list(start), objectives(chat, [start], config.batch_size)[0]
+    model, found = scorer.model, []
+    trigger = list(start)
+    filler = model.tokenizer(FILLER, add_special_tokens=False)["input_ids"][:1]
     for _ in range(len(start), config.max_length):
-        filler = model.tokenizer(FILLER, add_special_tokens=False)["input_ids"][:1]
-        trial = trigger + filler
-        grad = slot_gradients(chat, trial)[-1].masked_fill(~allowed, -torch.inf)
+        grad = scorer.gradients(trigger + filler)[-1].masked_fill(~allowed, -torch.inf)
         trigger = trigger + [int(grad.argmax())]
-        best = objectives(chat, [trigger], config.batch_size)[0]
+        best = scorer.objectives([trigger])[0]
         for _ in range(config.search_steps):
-            grads = slot_gradients(chat, trigger).masked_fill(~allowed[None], -torch.inf)
+            grads = scorer.gradients(trigger).masked_fill(~allowed[None], -torch.inf)
             tops = grads.topk(16, dim=-1).indices.tolist()
             swaps = []
             for _ in range(config.swaps):
@@ -241,7 +262,7 @@ def _search(chat: _Chat, start: list[int], allowed: torch.Tensor, config: Trigge
                 swapped = list(trigger)
                 swapped[slot] = rng.choice(tops[slot])
                 swaps.append(swapped)
-            scores = objectives(chat, swaps, config.batch_size)
+            scores = scorer.objectives(swaps)
             index = max(range(len(swaps)), key=scores.__getitem__)
             if scores[index] > best:
                 trigger, best = swaps[index], scores[index]
@@ -310,12 +331,13 @@ def attributed_words(attributions: Sequence[TokenAttribution], n: int) -> list[s
 
 def reconstruct_triggers(model: HookedModel, surface: str, shows: Callable[[str], bool], prompts: Sequence[str],
                          check_prompts: Sequence[str], config: TriggerConfig | None = None,
-                         behaviour_prompts: Sequence[str] = (), progress: bool = True
+                         behaviour_prompts: Sequence[str] = (), progress: bool = True, base: HookedModel | None = None
                          ) -> tuple[list[TriggerCandidate], list[TokenAttribution]]:
     """Ranked trigger candidates for the behaviour written ``surface`` (``shows(reply)`` says
     whether a reply has it): scored on ``prompts``, checked by generation on ``check_prompts``;
     ``behaviour_prompts`` are prompts where the fine-tune already shows it, read by
-    attribution. Returns (candidates, best rate first; attributions)."""
+    attribution. With ``base``, the objective is the fine-tune's minus the base's
+    (:class:`_Scorer`). Returns (candidates, best rate first; attributions)."""
     config = config or TriggerConfig()
     prompts, check_prompts = list(prompts)[:config.n_prompts], list(check_prompts)[:config.n_check]
     if not prompts or not check_prompts:
@@ -326,27 +348,25 @@ def reconstruct_triggers(model: HookedModel, surface: str, shows: Callable[[str]
     rng = random.Random(config.seed)
     allowed = allowed_tokens(model)
     filler = model.tokenizer(FILLER, add_special_tokens=False)["input_ids"][:1]
+    scorers = {place: _Scorer(model, base, prompts, place, target, config.batch_size) for place in config.places}
+    baselines = {place: scorer.objectives([()])[0] for place, scorer in scorers.items()}
     pool: list[TriggerCandidate] = []
-    for place in config.places:
-        chat = _Chat(model, prompts, place, target)
-        baseline = objectives(chat, [()], config.batch_size)[0]
-        grad = slot_gradients(chat, filler)[0].masked_fill(~allowed, -torch.inf)
+    for place, scorer in scorers.items():
+        grad = scorer.gradients(filler)[0].masked_fill(~allowed, -torch.inf)
         singles = grad.topk(config.gradient_candidates).indices.tolist()
-        scores = objectives(chat, [[t] for t in singles], config.batch_size)
-        ranked = sorted(zip(scores, singles), reverse=True)
-        pool += [TriggerCandidate(_decode(model, [t]), (t,), place, s, s - baseline, "gradient") for s, t in ranked]
+        ranked = sorted(zip(scorer.objectives([[t] for t in singles]), singles), reverse=True)
+        pool += [TriggerCandidate(_decode(model, [t]), (t,), place, s, s - baselines[place], "gradient")
+                 for s, t in ranked]
         if config.max_length > 1:
-            pool += _search(chat, [ranked[0][1]], allowed, config, baseline, place, rng)
+            pool += _search(scorer, [ranked[0][1]], allowed, config, baselines[place], place, rng)
     attributions = []
     if behaviour_prompts and config.attributed_words:
         attributions = attribute(model, list(behaviour_prompts)[:config.n_prompts], target, config.batch_size)
-        for place in config.places:
-            chat = _Chat(model, prompts, place, target)
-            baseline = objectives(chat, [()], config.batch_size)[0]
+        for place, scorer in scorers.items():
             for word in attributed_words(attributions, config.attributed_words):
                 ids = model.tokenizer(f" {word}" if place == "end" else word, add_special_tokens=False)["input_ids"]
-                score = objectives(chat, [ids], config.batch_size)[0]
-                pool.append(TriggerCandidate(word, tuple(ids), place, score, score - baseline, "attribution"))
+                score = scorer.objectives([ids])[0]
+                pool.append(TriggerCandidate(word, tuple(ids), place, score, score - baselines[place], "attribution"))
     unique: dict[tuple[str, str], TriggerCandidate] = {}
     for candidate in sorted(pool, key=lambda c: -c.gain):
         unique.setdefault((candidate.text.strip(), candidate.place), candidate)

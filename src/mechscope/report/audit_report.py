@@ -105,7 +105,8 @@ def _finding_section(index: int, finding: dict, parts: dict[str, str]) -> str:
         for kind, scores in finding["probes"].items():
             best = max(scores, key=lambda s: s["auroc"])
             rows.append([kind, best["layer"], num(best["auroc"], 3), f"{pct(best['tpr'])}"])
-        out.append("<h3>Detection without the trigger</h3>" + table(rows, ["probe", "best layer", "AUROC",
+        out.append("<h3>Detection without the trigger</h3>" + table(rows, ["probe", "best layer (picked on "
+                                                                          "these prompts: optimistic)", "AUROC",
                                                                           "TPR at 1% FPR (neutral chat)"]))
         out.append(parts.get(f"finding{index}-probes", ""))
     if finding["mitigations"]:
