@@ -147,6 +147,7 @@ class Localisation:
                 "candidates": [vars(c) for c in self.candidates], "clean_logit_diff": self.clean_logit_diff}
 
 
+@torch.no_grad()
 def _logit_diff(model: HookedModel, task: Task, hooks=()) -> float:
     """Mean logit difference (answer - wrong) of the clean prompts, with ``hooks`` active."""
     with model.hooks(list(hooks)):
