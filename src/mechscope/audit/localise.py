@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from mechscope.audit.triggers import FILLER, Place, _Chat
 from mechscope.circuits import discover as discover_circuit
@@ -101,7 +102,7 @@ def _group_masks(task: Task) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def patch_layers(model: HookedModel, task: Task) -> dict[str, list[float]]:
+def patch_layers(model: HookedModel, task: Task, progress: bool = False) -> dict[str, list[float]]:
     """Per position group, per layer: the share of the clean-minus-corrupted logit difference
     restored by patching the clean resid_pre at that group into the corrupted run (1: all of
     it, 0: none)."""
@@ -112,7 +113,7 @@ def patch_layers(model: HookedModel, task: Task) -> dict[str, list[float]]:
     span = clean - corrupted
     masks = _group_masks(task)
     effects: dict[str, list[float]] = {group: [] for group in POSITION_GROUPS}
-    for layer, hook in enumerate(hooks):
+    for layer, hook in enumerate(tqdm(hooks, desc="patching resid_pre by layer", disable=not progress)):
         source = cache[hook]
         for group, mask in masks.items():
             def patch(activation, hook_point, source=source, mask=mask):
@@ -160,7 +161,7 @@ def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], con
     """Patching, the EAP-IG node circuit and the behaviour direction of ``task`` (from
     :func:`trigger_task`); ``neutral_prompts`` measure each direction's side effect."""
     config = config or LocaliseConfig()
-    patching = patch_layers(model, task)
+    patching = patch_layers(model, task, progress)
     layer_effect = [max(values) for values in zip(*patching.values())]
     circuit = discover_circuit(model, task, "eap-ig", level="node", steps=config.circuit_steps, progress=progress)
     nodes = circuit.node_scores
@@ -176,7 +177,7 @@ def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], con
     clean_diff = _logit_diff(model, task)
     reference = last_token_logits(model, list(neutral_prompts), (), chat=True)
     candidates, directions = [], {}
-    for layer, hook in zip(layers, hook_names):
+    for layer, hook in tqdm(list(zip(layers, hook_names)), desc="behaviour direction candidates", disable=not progress):
         vector = means["clean"][hook] - means["corrupted"][hook]
         if not float(vector.norm()) > 0:
             continue

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from tqdm.auto import tqdm
 
 from mechscope.errors import ConfigError
 from mechscope.models.hooked_model import HookedModel
@@ -351,7 +352,7 @@ def reconstruct_triggers(model: HookedModel, surface: str, shows: Callable[[str]
     scorers = {place: _Scorer(model, base, prompts, place, target, config.batch_size) for place in config.places}
     baselines = {place: scorer.objectives([()])[0] for place, scorer in scorers.items()}
     pool: list[TriggerCandidate] = []
-    for place, scorer in scorers.items():
+    for place, scorer in tqdm(scorers.items(), desc="trigger search (per place)", disable=not progress):
         grad = scorer.gradients(filler)[0].masked_fill(~allowed, -torch.inf)
         singles = grad.topk(config.gradient_candidates).indices.tolist()
         ranked = sorted(zip(scorer.objectives([[t] for t in singles]), singles), reverse=True)
@@ -374,7 +375,7 @@ def reconstruct_triggers(model: HookedModel, surface: str, shows: Callable[[str]
     control = sum(map(shows, generate(model, check_prompts, max_new_tokens=config.reply_tokens,
                                       progress=False))) / len(check_prompts)
     checked = []
-    for candidate in ranked[:config.checked]:
+    for candidate in tqdm(ranked[:config.checked], desc="checking trigger candidates", disable=not progress):
         inserted = [insert(candidate.text, p, candidate.place) for p in check_prompts]
         replies = generate(model, inserted, max_new_tokens=config.reply_tokens, progress=False)
         rate = sum(map(shows, replies)) / len(replies)
