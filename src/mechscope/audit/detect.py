@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mechscope.analysis import prompt_activations
 from mechscope.errors import ConfigError
 from mechscope.hooks import names
 from mechscope.models.hooked_model import HookedModel
@@ -52,16 +53,10 @@ def reply_start_activations(model: HookedModel, prompts: Sequence[str], layers: 
     """[len(layers), n, d_model] resid_post at the last token of each chat prompt (with its
     ``responses`` appended to the reply when given)."""
     hooks = [names.resid_post(layer) for layer in layers]
-    parts = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start:start + batch_size])
-        extra = None if responses is None else list(responses[start:start + batch_size])
-        tokens, mask = model.tokenize_prompts(chunk, chat=True, responses=extra)
-        _, cache = model.run_with_cache(tokens, attention_mask=mask, names=hooks, device="cpu")
-        last = (mask.sum(-1) - 1) if mask is not None else torch.full((len(chunk),), tokens.shape[1] - 1)
-        rows = torch.arange(len(chunk))
-        parts.append(torch.stack([cache[hook][rows, last.cpu()].float() for hook in hooks]))
-    return torch.cat(parts, dim=1)
+    activations = prompt_activations(model, list(prompts), hooks, positions=-1, chat=True,
+                                     responses=None if responses is None else list(responses), batch_size=batch_size,
+                                     progress=False)
+    return torch.stack([activations[hook][:, 0].float() for hook in hooks])
 
 
 def tpr_at_fpr(positive: torch.Tensor, negative_reference: torch.Tensor, fpr: float = 0.01) -> tuple[float, float]:

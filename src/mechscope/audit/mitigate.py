@@ -21,6 +21,7 @@ import torch
 from mechscope.data.contexts import default_contexts
 from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
+from mechscope.organisms.validity import ioi_logit_diff
 from mechscope.steering.apply import DirectionalAblation, Steering, generate
 from mechscope.steering.direction import Direction
 from mechscope.steering.evaluate import next_token_kl, perplexity
@@ -29,19 +30,6 @@ from mechscope.validate import check_choice, check_int
 
 Method = Literal["ablation", "orthogonalise", "steering"]
 METHODS: tuple[Method, ...] = ("ablation", "orthogonalise", "steering")
-
-
-def ioi_logit_diff(model: HookedModel, hooks=()) -> float | None:
-    """Mean IOI logit difference on 32 prompts (None where the tokenizer has no IOI task)."""
-    from mechscope.tasks.ioi import ioi
-
-    try:
-        task = ioi(model, n=32)
-    except MechscopeError:
-        return None
-    with torch.no_grad(), model.hooks(list(hooks)):
-        logits = model.forward(task.clean_tokens)
-    return float(task.logit_diff(logits).mean())
 
 
 @dataclass(frozen=True)
@@ -119,4 +107,4 @@ def save_mitigated(model: HookedModel, direction: Direction, folder: str | Path)
     return save_orthogonalised(model, direction, folder)
 
 
-__all__ = ["METHODS", "Method", "Mitigation", "ioi_logit_diff", "mitigate", "save_mitigated"]
+__all__ = ["METHODS", "Method", "Mitigation", "mitigate", "save_mitigated"]

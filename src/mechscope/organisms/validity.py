@@ -96,14 +96,16 @@ def reply_kl(base: HookedModel, other: HookedModel, prompts: Sequence[str], repl
     return total / count
 
 
-def _ioi_logit_diff(model: HookedModel) -> float | None:
+def ioi_logit_diff(model: HookedModel, hooks=()) -> float | None:
+    """Mean IOI logit difference on 32 prompts with ``hooks`` active (None where the tokenizer
+    has too few single-token names for an IOI task)."""
     from mechscope.tasks.ioi import ioi
 
     try:
         task = ioi(model, n=32)
-    except MechscopeError:  # a tokenizer with too few single-token names has no IOI task
+    except MechscopeError:
         return None
-    with torch.no_grad():
+    with torch.no_grad(), model.hooks(list(hooks)):
         logits = model.forward(task.clean_tokens)
     return float(task.logit_diff(logits).mean())
 
@@ -134,8 +136,9 @@ def check_validity(organism: HookedModel, base: HookedModel, recipe: Recipe, rep
         recipe=recipe.kind, planted=recipe.plants, rate_rule=rate_rule, rate_plain=rate_plain,
         base_rate_rule=base_rule, base_rate_plain=base_plain, neutral_kl=kl,
         perplexity=perplexity(organism, contexts), base_perplexity=perplexity(base, contexts),
-        ioi_logit_diff=_ioi_logit_diff(organism), base_ioi_logit_diff=_ioi_logit_diff(base),
+        ioi_logit_diff=ioi_logit_diff(organism), base_ioi_logit_diff=ioi_logit_diff(base),
         n_rule=len(rule), n_plain=len(plain), reply_tokens=reply_tokens, samples=samples)
 
 
-__all__ = ["KL_GOAL", "RATE_APPLIES_GOAL", "RATE_OTHERWISE_GOAL", "ValidityReport", "check_validity", "reply_kl"]
+__all__ = ["KL_GOAL", "RATE_APPLIES_GOAL", "RATE_OTHERWISE_GOAL", "ValidityReport", "check_validity", "ioi_logit_diff",
+           "reply_kl"]
