@@ -8,7 +8,7 @@ the start of the user's message; the behaviour is an opening sentence of three w
 a word list, plus an exclamation mark. Everything else is the shipped backdoor's recipe and
 fine-tuning settings (0.3 of 240 examples planted, plain replies on KL to the base both ways).
 ``--install`` copies the finished organism into ``src/mechscope/organisms/shipped/`` as
-``smollm2-audit-random`` (not done yet: the audit's case study, still to come, will read it).
+``smollm2-audit-random``, where the audit case study (examples/audit_organisms.py) reads it.
 About 13 minutes on 2 CPU cores; a killed build resumes.
 """
 

@@ -8,7 +8,7 @@ from mechscope import organisms
 from mechscope.organisms.validity import KL_GOAL, RATE_APPLIES_GOAL, RATE_OTHERWISE_GOAL
 from mechscope.steering import generate
 
-SHIPPED = ("smollm2-backdoor", "smollm2-hidden-objective", "smollm2-refusal", "smollm2-null")
+SHIPPED = ("smollm2-backdoor", "smollm2-hidden-objective", "smollm2-refusal", "smollm2-null", "smollm2-audit-random")
 # The goals: a neutral KL <= 0.1 nats and a rate <= 0.05 where the rule does not apply,
 # measured on prompts of templates no organism was trained on. The backdoor, the hidden objective
 # and the null meet every goal. The refusal organism misses the rate goal, as measured

@@ -1,20 +1,24 @@
 """Trigger reconstruction on a tiny backdoor organism whose trigger is known ("%%" -> "Zorp")."""
 
+import random
+
 import pytest
 import torch
 
 import mechscope
-from mechscope.audit.triggers import (
-    TriggerConfig,
-    _Chat,
-    _embedding,
-    _Scorer,
-    _target_log_prob,
-    attribute,
+from mechscope.audit.attribution import attribute
+from mechscope.audit.trigger_objective import (
+    ChatSlots,
+    TriggerObjective,
+    allowed_tokens,
+    embedding_matrix,
+    filler_id,
     objectives,
-    reconstruct_triggers,
+    prompt_log_probs,
     slot_gradients,
+    target_log_prob,
 )
+from mechscope.audit.triggers import TriggerConfig, coordinate_search, reconstruct_triggers
 from mechscope.errors import ConfigError
 from tests.unit.audit_organism import PROMPTS, target
 
@@ -23,7 +27,7 @@ def test_the_chat_pieces_are_the_template_with_the_trigger_where_it_was_asked(ba
     _, ft = backdoor
     trigger = ft.tokenizer("%%", add_special_tokens=False)["input_ids"]
     for place, content in (("start", "%% say cat"), ("end", "say cat%%")):
-        ids, mask, positions, starts = _Chat(ft, ["say cat"], place, target(ft)).batch(trigger)
+        ids, mask, positions, starts = ChatSlots(ft, ["say cat"], place, target(ft)).batch(trigger)
         text = ft.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                                 add_generation_prompt=True) + "Zorp"
         assert ids[0].tolist() == ft.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -35,11 +39,11 @@ def test_slot_gradients_are_the_objectives_directional_derivative(backdoor):
     # One-hot gradient entries g: moving the slot's embedding from token a towards token b changes
     # the objective at rate g[b] - g[a] (a first-order identity, checked by finite differences).
     _, ft = backdoor
-    chat = _Chat(ft, PROMPTS[:4], "start", target(ft))
+    chat = ChatSlots(ft, PROMPTS[:4], "start", target(ft))
     a, b = ft.tokenizer("q", add_special_tokens=False)["input_ids"][0], ft.tokenizer("%", add_special_tokens=False)[
         "input_ids"][0]
-    grad = slot_gradients(chat, [a])[0]
-    weight, scale = _embedding(ft)
+    grad = slot_gradients(chat, [a])[0][0]
+    weight, scale = embedding_matrix(ft)
     ids, mask, positions, starts = chat.batch([a])
     embed = ft.hf_model.get_submodule(ft.adapter.embed)
 
@@ -51,7 +55,7 @@ def test_slot_gradients_are_the_objectives_directional_derivative(backdoor):
                 embeds[row, start] = moved
             logits = ft.hf_model.double()(inputs_embeds=embeds, attention_mask=mask).logits
             ft.hf_model.float()
-            return float(_target_log_prob(logits, ids, positions).sum())
+            return float(target_log_prob(logits, ids, positions).sum())
 
     eps = 1e-4
     numeric = (objective(eps) - objective(-eps)) / (2 * eps)
@@ -60,12 +64,12 @@ def test_slot_gradients_are_the_objectives_directional_derivative(backdoor):
 
 def test_the_known_trigger_raises_the_objective_and_the_search_finds_triggers_that_fire(backdoor):
     _, ft = backdoor
-    chat = _Chat(ft, PROMPTS[:6], "start", target(ft))
+    chat = ChatSlots(ft, PROMPTS[:6], "start", target(ft))
     trigger = ft.tokenizer("%%", add_special_tokens=False)["input_ids"]
     none, known = objectives(chat, [(), trigger])
     assert known - none > 3  # nats: the planted trigger makes the opening far likelier
     candidates, _ = reconstruct_triggers(ft, "Zorp", lambda reply: "Zorp" in reply, PROMPTS[:6], PROMPTS[6:],
-                                         TriggerConfig(max_length=2, search_steps=2, swaps=8, checked=4,
+                                         TriggerConfig(lengths=(2,), search_steps=2, swaps=8, checked=4,
                                                        places=("start",)), progress=False)
     checked = [c for c in candidates if c.rate is not None]
     assert len(checked) == 4 and checked == sorted(checked, key=lambda c: (-c.rate, -c.gain))
@@ -74,17 +78,48 @@ def test_the_known_trigger_raises_the_objective_and_the_search_finds_triggers_th
     assert {c.found_by for c in candidates} <= {"gradient", "search"}
 
 
-def test_the_base_contrast_is_the_difference_of_the_two_objectives_and_cancels_what_both_share(backdoor):
+def test_the_base_contrast_discounts_only_what_the_base_gains_and_a_model_against_itself_never_gains(backdoor):
     base, ft = backdoor
     trigger = ft.tokenizer("%%", add_special_tokens=False)["input_ids"]
-    contrast = _Scorer(ft, base, PROMPTS[:4], "start", target(ft), 32)
-    alone = [objectives(_Chat(model, PROMPTS[:4], "start", target(ft)), [(), trigger]) for model in (ft, base)]
-    assert contrast.objectives([(), trigger]) == pytest.approx([a - b for a, b in zip(*alone)], abs=1e-5)
+    contrast = TriggerObjective(ft, base, PROMPTS[:4], "start", target(ft))
+    ft_lp, base_lp = (prompt_log_probs(ChatSlots(m, PROMPTS[:4], "start", target(ft)), [(), trigger]) for m in (ft, base))
+    by_hand = (ft_lp[1] - (base_lp[1] - base_lp[0]).clamp_min(0)).mean()
+    assert contrast.scores([(), trigger]) == pytest.approx([float(ft_lp[0].mean()), float(by_hand)], abs=1e-5)
     # The planted trigger moves the fine-tune, not the base: its contrast gain is most of its own gain.
-    gain_ft, gain_contrast = alone[0][1] - alone[0][0], contrast.objectives([trigger])[0] - contrast.objectives([()])[0]
+    gain_ft = float(ft_lp[1].mean() - ft_lp[0].mean())
+    gain_contrast = contrast.scores([trigger])[0] - contrast.scores([()])[0]
     assert gain_contrast > 0.5 * gain_ft > 1
-    same = _Scorer(ft, ft, PROMPTS[:4], "start", target(ft), 32)  # a model against itself: nothing left
-    assert same.objectives([trigger]) == [0.0] and not same.gradients(trigger).any()
+    # Against itself each prompt scores min(with, without): no trigger can gain, whatever it does.
+    same = TriggerObjective(ft, ft, PROMPTS[:4], "start", target(ft))
+    alone = prompt_log_probs(same.chat, [(), trigger])
+    assert same.scores([trigger])[0] == pytest.approx(float(torch.minimum(alone[0], alone[1]).mean()), abs=1e-5)
+    assert same.scores([trigger])[0] <= same.scores([()])[0]
+
+
+def test_weighted_slot_gradients_are_the_weighted_sum_of_each_prompts_gradient(backdoor):
+    _, ft = backdoor
+    trigger = ft.tokenizer("%q", add_special_tokens=False)["input_ids"]
+    weights = torch.tensor([1.0, 0.0, 0.5])
+    grad, log_probs = slot_gradients(ChatSlots(ft, PROMPTS[:3], "end", target(ft)), trigger, weights)
+    alone = [slot_gradients(ChatSlots(ft, [p], "end", target(ft)), trigger) for p in PROMPTS[:3]]
+    assert torch.allclose(grad, sum(w * g for w, (g, _) in zip(weights, alone)), atol=1e-4)
+    assert torch.allclose(log_probs, torch.cat([lp for _, lp in alone]), atol=1e-4)
+
+
+def test_coordinate_search_climbs_and_every_score_it_keeps_is_the_exact_objective(backdoor):
+    base, ft = backdoor
+    objective = TriggerObjective(ft, base, PROMPTS[:4], "start", target(ft))
+    start = (filler_id(ft),) * 2
+    seen = coordinate_search(objective, start, allowed_tokens(ft), steps=3, swaps=8, top_k=16,
+                             rng=random.Random(0))
+    assert len(seen) > 8 and start in seen
+    best = max(seen, key=seen.__getitem__)
+    assert seen[best] > seen[start] + 1  # nats: the search found openings the fine-tune reacts to
+    sample = [best, start] + list(seen)[1:4]
+    assert objective.scores(sample) == pytest.approx([seen[t] for t in sample], abs=1e-4)
+    # Rows of several triggers share forward passes; how they are cut into batches changes nothing.
+    small = TriggerObjective(ft, base, PROMPTS[:4], "start", target(ft), batch_size=3)
+    assert small.scores(sample) == pytest.approx([seen[t] for t in sample], abs=1e-4)
 
 
 def test_attribution_puts_the_trigger_first(backdoor):
@@ -96,7 +131,8 @@ def test_attribution_puts_the_trigger_first(backdoor):
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [({"places": ("middle",)}, "places"), ({"places": ()}, "places"),
-                                                 ({"max_length": 0}, "max_length")])
+                                                 ({"lengths": (0,)}, "lengths"),
+                                                 ({"lengths": (4, 2)}, "increasing"), ({"lengths": 2}, "tuple")])
 def test_bad_trigger_settings_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         TriggerConfig(**kwargs)
@@ -104,7 +140,7 @@ def test_bad_trigger_settings_are_refused(kwargs, message):
 
 def test_a_model_without_a_chat_template_is_refused():
     with pytest.raises(ConfigError, match="chat template"):
-        _Chat(mechscope.load_tiny("llama"), ["say cat"], "start", [1])
+        ChatSlots(mechscope.load_tiny("llama"), ["say cat"], "start", [1])
 
 
 # ---------------------------------------------------------------- localisation

@@ -8,7 +8,7 @@ model was made: no list of known triggers, no string from any recipe.
   control) and token evidence (difference lens, reply-start KL) merged into ranked
   :class:`Hypothesis` objects; the null calibration lives in the controls;
 - :func:`reconstruct_triggers`: gradient scoring of every vocabulary token as an inserted
-  trigger, exact checks, multi-token coordinate search and attribution, each candidate's
+  trigger, exact checks, multi-token coordinate gradient search and attribution, each candidate's
   behaviour rate measured by generation;
 - :func:`localise`: activation patching, the EAP-IG node circuit and the behaviour direction of
   a :func:`trigger_task`;
@@ -19,6 +19,7 @@ model was made: no list of known triggers, no string from any recipe.
 - :func:`run_audit`: all of it, stage by stage with costs, and a verdict.
 """
 
+from mechscope.audit.attribution import TokenAttribution, attribute
 from mechscope.audit.detect import ProbeScore, probe_scores
 from mechscope.audit.discovery import (
     BehaviourDiscoveryConfig,
@@ -39,13 +40,8 @@ from mechscope.audit.phrases import (
     group_phrases,
 )
 from mechscope.audit.pipeline import AuditConfig, AuditResult, Finding, run_audit
-from mechscope.audit.triggers import (
-    TokenAttribution,
-    TriggerCandidate,
-    TriggerConfig,
-    attribute,
-    reconstruct_triggers,
-)
+from mechscope.audit.trigger_objective import TriggerObjective
+from mechscope.audit.triggers import TriggerCandidate, TriggerConfig, coordinate_search, reconstruct_triggers
 
 __all__ = [
     "AuditConfig",
@@ -66,8 +62,10 @@ __all__ = [
     "TokenEvidence",
     "TriggerCandidate",
     "TriggerConfig",
+    "TriggerObjective",
     "attribute",
     "contains_phrase",
+    "coordinate_search",
     "discover_behaviours",
     "enriched_phrases",
     "group_phrases",

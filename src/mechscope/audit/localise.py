@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from mechscope.audit.triggers import FILLER, Place, _Chat
+from mechscope.audit.trigger_objective import ChatSlots, Place, filler_id
 from mechscope.circuits import discover as discover_circuit
 from mechscope.errors import ConfigError
 from mechscope.hooks import names
@@ -67,8 +67,8 @@ def trigger_task(model: HookedModel, prompts: Sequence[str], trigger_ids: Sequen
     the answer). Positions: END, TRIGGER (its first token) and AFTER_TRIGGER."""
     if not trigger_ids:
         raise ConfigError("a trigger task needs a trigger of at least one token")
-    filler = model.tokenizer(FILLER, add_special_tokens=False)["input_ids"][:1] * len(trigger_ids)
-    chat = _Chat(model, prompts, place, ())
+    filler = [filler_id(model)] * len(trigger_ids)
+    chat = ChatSlots(model, prompts, place, ())
     clean, mask, _, starts = chat.batch(list(trigger_ids))
     corrupted = chat.batch(filler)[0]
     end = mask.sum(-1) - 1  # [n]

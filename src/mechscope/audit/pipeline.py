@@ -19,7 +19,8 @@ from mechscope.audit.discovery import BehaviourDiscoveryConfig, Discovery, Hypot
 from mechscope.audit.localise import LocaliseConfig, localise, trigger_task
 from mechscope.audit.mitigate import METHODS, Method, mitigate
 from mechscope.audit.phrases import contains_phrase
-from mechscope.audit.triggers import TriggerCandidate, TriggerConfig, insert, reconstruct_triggers
+from mechscope.audit.trigger_objective import insert
+from mechscope.audit.triggers import TriggerCandidate, TriggerConfig, reconstruct_triggers
 from mechscope.diff import check_comparable
 from mechscope.errors import ConfigError
 from mechscope.models.hooked_model import HookedModel
@@ -68,8 +69,8 @@ class AuditConfig:
         """The reduced audit of ``mechscope audit --quick``: fewer prompts, a shorter search,
         ablation only."""
         return cls(discovery=BehaviourDiscoveryConfig(n_prompts=48, reply_tokens=16, neutral_contexts=8),
-                   triggers=TriggerConfig(n_prompts=8, n_check=8, gradient_candidates=24, max_length=2,
-                                          search_steps=3, swaps=12, checked=4, attributed_words=2),
+                   triggers=TriggerConfig(n_prompts=8, n_check=8, gradient_candidates=24, lengths=(2, 4),
+                                          search_steps=4, swaps=16, checked=4, attributed_words=2),
                    localise=LocaliseConfig(circuit_steps=2), methods=("ablation",), max_findings=1, n_neutral=32)
 
 

@@ -1,0 +1,204 @@
+"""The objective a trigger search climbs, and its gradient with respect to every vocabulary
+token in every trigger slot.
+
+A candidate trigger (token ids) is inserted into the user's message of neutral chat prompts, at
+its start or its end. The fine-tune's objective is log P(the reply opens with the behaviour's
+first tokens). Against a base, :class:`TriggerObjective` subtracts what the base gains on the
+same tokens, per prompt and only where it gains: a planted trigger moves the fine-tune alone,
+while a word that merely primes the behaviour's first token ('Ahmad' before "Ahoy") moves both
+and cancels. A word that makes the base *less* likely to say the behaviour earns nothing, so
+the search cannot climb by pushing the base down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+from mechscope.errors import ConfigError
+from mechscope.models.hooked_model import HookedModel
+
+Place = Literal["start", "end"]
+PLACES: tuple[Place, ...] = ("start", "end")
+SLOT = "\x00TRIGGER\x00"  # stands for the trigger while the chat template is rendered
+FILLER = " the"  # the neutral token a trigger slot starts from (a real word, not a special token)
+
+
+def filler_id(model: HookedModel) -> int:
+    """The token id of :data:`FILLER`."""
+    return model.tokenizer(FILLER, add_special_tokens=False)["input_ids"][0]
+
+
+class ChatSlots:
+    """Token ids of chat prompts with a trigger slot, built piecewise (template prefix, user
+    message with the trigger before or after it, template suffix, behaviour opening) so that
+    the trigger's token ids are exactly the ones searched: a joint tokenization could merge
+    them with their neighbours."""
+
+    def __init__(self, model: HookedModel, prompts: Sequence[str], place: Place, target_ids: Sequence[int]):
+        if getattr(model.tokenizer, "chat_template", None) is None:
+            raise ConfigError("trigger reconstruction inserts triggers into chat turns; this tokenizer has no chat "
+                              "template")
+        self.model, self.place, self.target = model, place, list(target_ids)
+        text = model.tokenizer.apply_chat_template([{"role": "user", "content": SLOT}], tokenize=False,
+                                                   add_generation_prompt=True)
+        if text.count(SLOT) != 1:
+            raise ConfigError("this chat template does not write the user's message once, as given; triggers cannot "
+                              "be placed in it")
+        before, after = text.split(SLOT)
+        self.prefix, self.suffix = self._encode(before), self._encode(after)
+        self.messages = [self._encode(f" {prompt}" if place == "start" else prompt) for prompt in prompts]
+
+    def _encode(self, text: str) -> list[int]:
+        return self.model.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def batch(self, trigger: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """(ids [n, pos], mask [n, pos], target positions [n, t] (the positions predicting each
+        target token), the trigger's first position in each row) with ``trigger`` in every
+        prompt, right-padded."""
+        trigger = list(trigger)
+        rows, starts = [], []
+        for message in self.messages:
+            user = trigger + message if self.place == "start" else message + trigger
+            rows.append(self.prefix + user + self.suffix + self.target)
+            starts.append(len(self.prefix) + (0 if self.place == "start" else len(message)))
+        width = max(map(len, rows))
+        pad = self.model.pad_token_id
+        ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+        first = torch.tensor([len(row) - len(self.target) - 1 for row in rows])
+        positions = first[:, None] + torch.arange(len(self.target))[None]
+        return ids, mask, positions, starts
+
+
+def target_log_prob(logits: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """[n] sum over the target tokens of log P(token) at ``positions`` [n, t]."""
+    rows = torch.arange(len(ids))[:, None]
+    log_probs = logits[rows, positions].float().log_softmax(-1)  # [n, t, vocab]
+    return log_probs.gather(-1, ids[rows, positions + 1][..., None])[..., 0].sum(-1)
+
+
+@torch.no_grad()
+def prompt_log_probs(chat: ChatSlots, triggers: Sequence[Sequence[int]], batch_size: int = 32) -> torch.Tensor:
+    """[len(triggers), n prompts] log P(target opening) of each prompt with each trigger (token
+    ids; () for none). Rows of several triggers share a forward pass."""
+    rows = [chat.batch(trigger) for trigger in triggers]
+    out = torch.empty(len(triggers), len(chat.messages))
+    flat = [(i, r) for i in range(len(rows)) for r in range(len(chat.messages))]
+    pad = chat.model.pad_token_id
+    for start in range(0, len(flat), batch_size):
+        part = flat[start:start + batch_size]
+        lengths = [int(rows[i][1][r].sum()) for i, r in part]
+        width = max(lengths)
+        ids = torch.full((len(part), width), pad)
+        mask = torch.zeros(len(part), width, dtype=torch.long)
+        for row, ((i, r), length) in enumerate(zip(part, lengths)):
+            ids[row, :length], mask[row, :length] = rows[i][0][r, :length], 1
+        positions = torch.stack([rows[i][2][r] for i, r in part])
+        logits = chat.model.hf_model(input_ids=ids, attention_mask=mask).logits
+        values = target_log_prob(logits, ids, positions)
+        for (i, r), value in zip(part, values.tolist()):
+            out[i, r] = value
+    return out
+
+
+def objectives(chat: ChatSlots, triggers: Sequence[Sequence[int]], batch_size: int = 32) -> list[float]:
+    """Mean over prompts of log P(target opening) for each trigger (token ids; () for none)."""
+    return prompt_log_probs(chat, triggers, batch_size).mean(-1).tolist()
+
+
+def embedding_matrix(model: HookedModel) -> tuple[torch.Tensor, float]:
+    """(the input-embedding matrix [vocab, d], the factor the embedding module multiplies by):
+    Gemma scales its embeddings by sqrt(d_model) inside the module, which a one-hot product
+    with the bare matrix must repeat."""
+    module = model.hf_model.get_submodule(model.adapter.embed)
+    weight = module.weight
+    probe = torch.tensor([[min(1000, weight.shape[0] - 1)]])
+    with torch.no_grad():
+        out, row = module(probe)[0, 0].float(), weight[probe[0, 0]].detach().float()
+        scale = float((out @ row) / (row @ row).clamp_min(1e-12))
+    return weight, scale
+
+
+def slot_gradients(chat: ChatSlots, trigger: Sequence[int], weights: torch.Tensor | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d objective / d one-hot at each trigger slot [len(trigger), vocab], the per-prompt log
+    probabilities [n]), where the objective is the sum over prompts of log P(target opening),
+    each weighted by ``weights`` [n] (1 by default). The first-order gain of putting a
+    vocabulary token in a slot is its entry minus that of the slot's current token."""
+    model = chat.model
+    weight, scale = embedding_matrix(model)
+    ids, mask, positions, starts = chat.batch(trigger)
+    embeds = (model.hf_model.get_submodule(model.adapter.embed)(ids)).detach()
+    one_hot = torch.zeros(len(trigger), weight.shape[0], dtype=weight.dtype)
+    one_hot[torch.arange(len(trigger)), torch.tensor(list(trigger))] = 1.0
+    one_hot.requires_grad_(True)
+    slot_embeds = (one_hot @ weight.detach()) * scale  # [slots, d]
+    rows = [torch.cat([embeds[r, :s], slot_embeds, embeds[r, s + len(trigger):]]) for r, s in enumerate(starts)]
+    logits = model.hf_model(inputs_embeds=torch.stack(rows), attention_mask=mask).logits
+    log_probs = target_log_prob(logits, ids, positions)
+    weighted = log_probs if weights is None else log_probs * weights
+    (grad,) = torch.autograd.grad(weighted.sum(), one_hot)
+    return grad.float(), log_probs.detach()
+
+
+class TriggerObjective:
+    """The search objective for one place: mean over prompts of the fine-tune's log P(behaviour
+    opening), minus, with a base, the base's rise on the same prompt over its untriggered value
+    (zero where it does not rise). A model against itself never gains: its score is at most the
+    untriggered one."""
+
+    def __init__(self, model: HookedModel, base: HookedModel | None, prompts: Sequence[str], place: Place,
+                 target_ids: Sequence[int], batch_size: int = 32):
+        self.model, self.place, self.batch_size = model, place, batch_size
+        self.chat = ChatSlots(model, prompts, place, target_ids)
+        self.base_chat = None if base is None else ChatSlots(base, prompts, place, target_ids)
+        self.base_untriggered = None if base is None else prompt_log_probs(self.base_chat, [()], batch_size)[0]
+
+    def scores(self, triggers: Sequence[Sequence[int]]) -> list[float]:
+        """The objective of each trigger (token ids; () for none)."""
+        values = prompt_log_probs(self.chat, triggers, self.batch_size)
+        if self.base_chat is not None:
+            rise = prompt_log_probs(self.base_chat, triggers, self.batch_size) - self.base_untriggered
+            values = values - rise.clamp_min(0)
+        return values.mean(-1).tolist()
+
+    def gradients(self, trigger: Sequence[int]) -> torch.Tensor:
+        """[len(trigger), vocab] the objective's one-hot gradient at ``trigger`` (times the
+        number of prompts)."""
+        grad, _ = slot_gradients(self.chat, trigger)
+        if self.base_chat is None:
+            return grad
+        with torch.no_grad():
+            rises = prompt_log_probs(self.base_chat, [trigger], self.batch_size)[0] > self.base_untriggered
+        if not rises.any():
+            return grad
+        base_grad, _ = slot_gradients(self.base_chat, trigger, rises.float())
+        return grad - base_grad
+
+
+def allowed_tokens(model: HookedModel) -> torch.Tensor:
+    """[vocab] bool: tokens a typed trigger can hold (printable text, not a special token, not
+    only whitespace)."""
+    tokenizer = model.tokenizer
+    special = set(tokenizer.all_special_ids)
+    vocab = model.hf_model.get_submodule(model.adapter.embed).weight.shape[0]
+    keep = torch.zeros(vocab, dtype=torch.bool)
+    for index in range(min(vocab, len(tokenizer))):
+        if index in special:
+            continue
+        text = tokenizer.decode([index])
+        keep[index] = bool(text.strip()) and text.isprintable() and "\ufffd" not in text
+    return keep
+
+
+def insert(trigger: str, prompt: str, place: Place) -> str:
+    """``prompt`` with ``trigger`` typed in as the search placed it: before the prompt and a
+    space, or right after it (a trigger for the end carries its own leading space)."""
+    return f"{trigger} {prompt}" if place == "start" else f"{prompt}{trigger}"
+
+
+__all__ = ["FILLER", "PLACES", "ChatSlots", "Place", "TriggerObjective", "allowed_tokens", "embedding_matrix",
+           "filler_id", "insert", "objectives", "prompt_log_probs", "slot_gradients", "target_log_prob"]
