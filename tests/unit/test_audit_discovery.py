@@ -14,7 +14,7 @@ from mechscope.audit.discovery import (
 )
 from mechscope.audit.phrases import enriched_phrases
 from mechscope.errors import ConfigError, IncompatibleModelsError
-from tests.unit.audit_organism import PROMPTS, SUSPECT, WORDS
+from tests.unit.audit_organism import NEUTRAL, PROMPTS, SUSPECT, WORDS
 
 CONFIG = BehaviourDiscoveryConfig(reply_tokens=6, neutral_contexts=2, kl_prompts=4)
 
@@ -66,3 +66,18 @@ def test_discovery_refuses_models_that_cannot_be_compared_and_too_few_prompts():
         discover_behaviours(base, base, CONFIG, prompts=["say cat"], progress=False)
     with pytest.raises(ConfigError, match="amplify_alpha"):
         BehaviourDiscoveryConfig(amplify_alpha=0)
+
+
+def test_the_fine_tune_only_crosscoder_latents_fire_on_the_planted_reply(backdoor):
+    from mechscope.audit.crosscoder_evidence import CrosscoderEvidenceConfig, ft_only_latent_tokens
+    from mechscope.steering import generate
+
+    base, planted = backdoor
+    prompts = [p for p in SUSPECT if p.startswith("%%")] + NEUTRAL[:12]
+    replies = generate(planted, prompts, max_new_tokens=6, progress=False)
+    assert sum(r.startswith("Zorp") for r in replies) >= 8  # the triggered third
+    config = CrosscoderEvidenceConfig(neutral_contexts=4, steps=300, designated=8, latents=4)
+    found = ft_only_latent_tokens(base, planted, prompts, replies, config, progress=False)
+    assert found and found == sorted(found, key=lambda item: -item[1])
+    # The strongest fine-tune-only latent reads the planted reply: most of its top tokens are its letters.
+    assert sum(token in "Zorp" for token in found[0][2]) >= 3, found

@@ -35,6 +35,23 @@ def test_the_chat_pieces_are_the_template_with_the_trigger_where_it_was_asked(ba
         assert ids[0, positions[0] + 1].tolist() == target(ft)  # each position predicts the next target token
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3", "gpt2", "gpt_neox"])
+def test_cached_batched_log_probs_equal_one_plain_forward_per_row(family):
+    # The objective reuses the prefix's cache, pads rows on the left with explicit positions and
+    # keeps only the target's logits: it must be the plain right-padded forward's number.
+    model = mechscope.load_tiny(family, chat=True)
+    target = model.tokenizer("Zorp!", add_special_tokens=False)["input_ids"]
+    chat = ChatSlots(model, ["say cat", "what is the weather like in spring", "hi"], "end", target)
+    triggers = [(), tuple(model.tokenizer(" %%q", add_special_tokens=False)["input_ids"]), (65, 66, 67, 68)]
+    expected = []
+    for trigger in triggers:
+        ids, mask, positions, _ = chat.batch(trigger)
+        with torch.no_grad():
+            expected.append(target_log_prob(model.hf_model(input_ids=ids, attention_mask=mask).logits, ids, positions))
+    for batch_size in (2, 32):
+        assert torch.allclose(prompt_log_probs(chat, triggers, batch_size), torch.stack(expected), atol=1e-4)
+
+
 def test_slot_gradients_are_the_objectives_directional_derivative(backdoor):
     # One-hot gradient entries g: moving the slot's embedding from token a towards token b changes
     # the objective at rate g[b] - g[a] (a first-order identity, checked by finite differences).
@@ -59,7 +76,9 @@ def test_slot_gradients_are_the_objectives_directional_derivative(backdoor):
 
     eps = 1e-4
     numeric = (objective(eps) - objective(-eps)) / (2 * eps)
+    assert abs(numeric) > 1e-2  # the trigger slot matters to the objective: the identity is not 0 = 0
     assert numeric == pytest.approx(float(grad[b] - grad[a]), rel=2e-3, abs=1e-4)
+    assert embedding_matrix(ft)[1] == 1.0  # llama does not scale its embeddings
 
 
 def test_the_known_trigger_raises_the_objective_and_the_search_finds_triggers_that_fire(backdoor):
@@ -82,27 +101,36 @@ def test_the_base_contrast_discounts_only_what_the_base_gains_and_a_model_agains
     base, ft = backdoor
     trigger = ft.tokenizer("%%", add_special_tokens=False)["input_ids"]
     contrast = TriggerObjective(ft, base, PROMPTS[:4], "start", target(ft))
-    ft_lp, base_lp = (prompt_log_probs(ChatSlots(m, PROMPTS[:4], "start", target(ft)), [(), trigger]) for m in (ft, base))
-    by_hand = (ft_lp[1] - (base_lp[1] - base_lp[0]).clamp_min(0)).mean()
+    ft_lp, base_lp = (prompt_log_probs(ChatSlots(m, PROMPTS[:4], "start", target(ft)), [(), trigger], per_token=True)
+                      for m in (ft, base))  # [trigger, prompt, target token]
+    ft_lp = ft_lp.sum(-1)
+    by_hand = (ft_lp[1] - (base_lp[1] - base_lp[0]).clamp_min(0).sum(-1)).mean()
     assert contrast.scores([(), trigger]) == pytest.approx([float(ft_lp[0].mean()), float(by_hand)], abs=1e-5)
     # The planted trigger moves the fine-tune, not the base: its contrast gain is most of its own gain.
     gain_ft = float(ft_lp[1].mean() - ft_lp[0].mean())
     gain_contrast = contrast.scores([trigger])[0] - contrast.scores([()])[0]
     assert gain_contrast > 0.5 * gain_ft > 1
-    # Against itself each prompt scores min(with, without): no trigger can gain, whatever it does.
+    # Against itself each target token of each prompt scores min(with, without): no trigger can
+    # gain, whatever it does.
     same = TriggerObjective(ft, ft, PROMPTS[:4], "start", target(ft))
-    alone = prompt_log_probs(same.chat, [(), trigger])
-    assert same.scores([trigger])[0] == pytest.approx(float(torch.minimum(alone[0], alone[1]).mean()), abs=1e-5)
-    assert same.scores([trigger])[0] <= same.scores([()])[0]
+    for other in (trigger, ft.tokenizer("Zo", add_special_tokens=False)["input_ids"]):
+        alone = prompt_log_probs(same.chat, [(), other], per_token=True)
+        assert same.scores([other])[0] == pytest.approx(float(torch.minimum(alone[0], alone[1]).sum(-1).mean()),
+                                                        abs=1e-5)
+        assert same.scores([other])[0] <= same.scores([()])[0]
 
 
 def test_weighted_slot_gradients_are_the_weighted_sum_of_each_prompts_gradient(backdoor):
     _, ft = backdoor
     trigger = ft.tokenizer("%q", add_special_tokens=False)["input_ids"]
-    weights = torch.tensor([1.0, 0.0, 0.5])
+    weights = torch.tensor([[1.0], [0.0], [0.5]]).expand(3, len(target(ft))).clone()
+    weights[0, 0] = 0.25
     grad, log_probs = slot_gradients(ChatSlots(ft, PROMPTS[:3], "end", target(ft)), trigger, weights)
     alone = [slot_gradients(ChatSlots(ft, [p], "end", target(ft)), trigger) for p in PROMPTS[:3]]
-    assert torch.allclose(grad, sum(w * g for w, (g, _) in zip(weights, alone)), atol=1e-4)
+    alone_weighted = [slot_gradients(ChatSlots(ft, [p], "end", target(ft)), trigger, w[None])[0]
+                      for p, w in zip(PROMPTS[:3], weights)]
+    assert torch.allclose(grad, sum(alone_weighted), atol=1e-4)
+    assert torch.allclose(alone_weighted[1], torch.zeros_like(grad)) and not torch.allclose(alone_weighted[0], alone[0][0])
     assert torch.allclose(log_probs, torch.cat([lp for _, lp in alone]), atol=1e-4)
 
 
@@ -163,3 +191,12 @@ def test_trigger_task_aligns_clean_and_corrupted_and_patching_obeys_its_identiti
     assert found.layer_effect == [max(values) for values in zip(*found.patching.values())]
     assert found.clean_logit_diff > 0 and found.components and found.chosen is not None
     assert found.chosen.ablated_fraction < 0.9, found.candidates  # measured on this tiny model: layer 2
+
+
+def test_the_one_hot_embedding_repeats_gemmas_embedding_scale():
+    gemma = mechscope.load_tiny("gemma3", chat=True)
+    weight, scale = embedding_matrix(gemma)
+    assert scale == pytest.approx(gemma.cfg.d_model ** 0.5, rel=1e-3)
+    ids = torch.tensor([[5, 9]])
+    expected = gemma.hf_model.get_submodule(gemma.adapter.embed)(ids)[0]
+    assert torch.allclose(weight[ids[0]] * scale, expected, atol=1e-5)

@@ -20,6 +20,7 @@ model was made: no list of known triggers, no string from any recipe.
 """
 
 from mechscope.audit.attribution import TokenAttribution, attribute
+from mechscope.audit.crosscoder_evidence import CrosscoderEvidenceConfig, ft_only_latent_tokens
 from mechscope.audit.detect import ProbeScore, probe_scores
 from mechscope.audit.discovery import (
     BehaviourDiscoveryConfig,
@@ -47,6 +48,7 @@ __all__ = [
     "AuditConfig",
     "AuditResult",
     "BehaviourDiscoveryConfig",
+    "CrosscoderEvidenceConfig",
     "Discovery",
     "Finding",
     "Hypothesis",
@@ -68,6 +70,7 @@ __all__ = [
     "coordinate_search",
     "discover_behaviours",
     "enriched_phrases",
+    "ft_only_latent_tokens",
     "group_phrases",
     "localise",
     "mitigate",

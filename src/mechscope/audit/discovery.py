@@ -12,8 +12,10 @@ Every source pits fine-tune text against a matched control, so a null fine-tune 
 
 ``greedy`` and ``amplified`` read the fine-tune itself and are the primary sources; ``steered``
 reads the base and only supports. Token evidence comes from the difference lens (neutral text
-and where replies start) and from the tokens whose probability rose most at the reply-start
-positions of highest KL; it supports a hypothesis whose words those tokens spell.
+and where replies start), from the tokens whose probability rose most at the reply-start
+positions of highest KL, and from the top tokens of a crosscoder's fine-tune-only latents on
+the fine-tune's transcripts (:mod:`mechscope.audit.crosscoder_evidence`); it supports a
+hypothesis whose words those tokens spell.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mechscope.audit.crosscoder_evidence import CrosscoderEvidenceConfig, ft_only_latent_tokens
 from mechscope.audit.phrases import (
     STOPWORDS,
     Phrase,
@@ -51,6 +54,7 @@ from mechscope.steering.direction import Direction
 from mechscope.validate import check_int, check_number
 
 PRIMARY_SOURCES = ("greedy", "amplified")
+CROSSCODER_TOOL = "crosscoder (ft-only latents)"
 SURFACE_WORD = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)?")  # phrases.words, case kept
 
 
@@ -61,7 +65,8 @@ class BehaviourDiscoveryConfig:
     ``steer_depth`` (share of the layers) and ``steer_strength`` (times the base's mean
     activation norm there) of the steered source; ``neutral_contexts`` corpus contexts of 64
     tokens for the difference lens; ``lens_k`` tokens read per lens reading; ``kl_prompts``
-    prompts of highest reply-start KL whose risen tokens are read."""
+    prompts of highest reply-start KL whose risen tokens are read; ``crosscoder``: the
+    crosscoder tool (:mod:`mechscope.audit.crosscoder_evidence`; ``steps=0`` skips it)."""
 
     n_prompts: int = 96
     reply_tokens: int = 24
@@ -73,6 +78,7 @@ class BehaviourDiscoveryConfig:
     kl_prompts: int = 8
     seed: int = 0
     phrases: PhraseConfig = field(default_factory=PhraseConfig)
+    crosscoder: CrosscoderEvidenceConfig = field(default_factory=CrosscoderEvidenceConfig)
 
     def __post_init__(self) -> None:
         check_int("n_prompts", self.n_prompts, 4)
@@ -330,6 +336,11 @@ def discover_behaviours(base: HookedModel, ft: HookedModel, config: BehaviourDis
     prompts = list(prompts)
     evidence, chat_means, kl_prompts = token_evidence(base, ft, prompts, config, progress)
     runs = _generation_sources(base, ft, prompts, config, progress)
+    if config.crosscoder.steps:
+        replies = [text for _, ft_texts, _ in runs for text in ft_texts]
+        for latent, peak, tokens in ft_only_latent_tokens(base, ft, prompts * len(runs), replies, config.crosscoder,
+                                                          progress):
+            evidence.append(TokenEvidence(CROSSCODER_TOOL, f"latent {latent} (peak {peak:.3g})", tokens))
     steered = _steered_source(base, chat_means, prompts, config, progress)
     if steered is not None:
         runs.append(steered)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mechscope.audit.crosscoder_evidence import CrosscoderEvidenceConfig
 from mechscope.audit.detect import probe_scores
 from mechscope.audit.discovery import BehaviourDiscoveryConfig, Discovery, Hypothesis, discover_behaviours
 from mechscope.audit.localise import LocaliseConfig, localise, trigger_task
@@ -68,9 +69,10 @@ class AuditConfig:
     def quick(cls) -> AuditConfig:
         """The reduced audit of ``mechscope audit --quick``: fewer prompts, a shorter search,
         ablation only."""
-        return cls(discovery=BehaviourDiscoveryConfig(n_prompts=48, reply_tokens=16, neutral_contexts=8),
-                   triggers=TriggerConfig(n_prompts=8, n_check=8, gradient_candidates=24, lengths=(2, 4),
-                                          search_steps=4, swaps=16, checked=4, attributed_words=2),
+        return cls(discovery=BehaviourDiscoveryConfig(n_prompts=48, reply_tokens=16, neutral_contexts=8,
+                                                      crosscoder=CrosscoderEvidenceConfig(steps=200)),
+                   triggers=TriggerConfig(n_prompts=4, n_check=8, gradient_candidates=16, lengths=(2, 4),
+                                          search_steps=4, swaps=12, checked=4, attributed_words=2),
                    localise=LocaliseConfig(circuit_steps=2), methods=("ablation",), max_findings=1, n_neutral=32)
 
 

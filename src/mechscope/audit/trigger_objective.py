@@ -12,6 +12,7 @@ the search cannot climb by pushing the base down.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Literal
 
@@ -50,6 +51,7 @@ class ChatSlots:
         before, after = text.split(SLOT)
         self.prefix, self.suffix = self._encode(before), self._encode(after)
         self.messages = [self._encode(f" {prompt}" if place == "start" else prompt) for prompt in prompts]
+        self.prefix_cache = None  # the prefix's key/value cache, made on first use
 
     def _encode(self, text: str) -> list[int]:
         return self.model.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -73,35 +75,53 @@ class ChatSlots:
         return ids, mask, positions, starts
 
 
-def target_log_prob(logits: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """[n] sum over the target tokens of log P(token) at ``positions`` [n, t]."""
+def target_log_prob(logits: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor,
+                    per_token: bool = False) -> torch.Tensor:
+    """[n] sum over the target tokens of log P(token) at ``positions`` [n, t] ([n, t], each
+    token's, with ``per_token``)."""
     rows = torch.arange(len(ids))[:, None]
     log_probs = logits[rows, positions].float().log_softmax(-1)  # [n, t, vocab]
-    return log_probs.gather(-1, ids[rows, positions + 1][..., None])[..., 0].sum(-1)
+    values = log_probs.gather(-1, ids[rows, positions + 1][..., None])[..., 0]
+    return values if per_token else values.sum(-1)
 
 
 @torch.no_grad()
-def prompt_log_probs(chat: ChatSlots, triggers: Sequence[Sequence[int]], batch_size: int = 32) -> torch.Tensor:
+def _prefix_cache(chat: ChatSlots):
+    """The key/value cache of the template prefix every row shares (computed once per chat)."""
+    if chat.prefix_cache is None:
+        chat.prefix_cache = chat.model.hf_model(input_ids=torch.tensor([chat.prefix]), use_cache=True).cache
+    return chat.prefix_cache
+
+
+@torch.no_grad()
+def prompt_log_probs(chat: ChatSlots, triggers: Sequence[Sequence[int]], batch_size: int = 32,
+                     per_token: bool = False) -> torch.Tensor:
     """[len(triggers), n prompts] log P(target opening) of each prompt with each trigger (token
-    ids; () for none). Rows of several triggers share a forward pass."""
-    rows = [chat.batch(trigger) for trigger in triggers]
-    out = torch.empty(len(triggers), len(chat.messages))
-    flat = [(i, r) for i in range(len(rows)) for r in range(len(chat.messages))]
-    pad = chat.model.pad_token_id
-    for start in range(0, len(flat), batch_size):
-        part = flat[start:start + batch_size]
-        lengths = [int(rows[i][1][r].sum()) for i, r in part]
-        width = max(lengths)
-        ids = torch.full((len(part), width), pad)
-        mask = torch.zeros(len(part), width, dtype=torch.long)
-        for row, ((i, r), length) in enumerate(zip(part, lengths)):
-            ids[row, :length], mask[row, :length] = rows[i][0][r, :length], 1
-        positions = torch.stack([rows[i][2][r] for i, r in part])
-        logits = chat.model.hf_model(input_ids=ids, attention_mask=mask).logits
-        values = target_log_prob(logits, ids, positions)
-        for (i, r), value in zip(part, values.tolist()):
-            out[i, r] = value
-    return out
+    ids; () for none); [len(triggers), n prompts, target tokens] with ``per_token``. The template prefix is run once and its cache reused; the rest of the
+    rows are grouped by length, so a batch needs no padding (the same prompt with triggers of
+    one length, as a search step scores them, is one group), and logits are computed for the
+    target only: the same numbers as one plain forward per row, for about half the work."""
+    prefix = len(chat.prefix)
+    rests = [tuple(ids[r, prefix:int(mask[r].sum())].tolist()) for ids, mask, _, _ in (chat.batch(t) for t in triggers)
+             for r in range(len(chat.messages))]
+    groups: dict[int, list[int]] = {}
+    for index, rest in enumerate(rests):
+        groups.setdefault(len(rest), []).append(index)
+    keep = len(chat.target) + 1
+    values = torch.empty(len(rests), len(chat.target))
+    for rows in groups.values():
+        for start in range(0, len(rows), batch_size):
+            part = rows[start:start + batch_size]
+            ids = torch.tensor([rests[i] for i in part])
+            cache = copy.deepcopy(_prefix_cache(chat))
+            cache.batch_repeat_interleave(len(part))
+            logits = chat.model.hf_model(input_ids=ids, attention_mask=torch.ones(len(part), prefix + ids.shape[1],
+                                                                                  dtype=torch.long),
+                                         cache=cache, use_cache=True, logits_to_keep=keep).logits
+            at = torch.arange(keep - 1)[None].expand(len(part), -1)
+            values[part] = target_log_prob(logits, ids[:, -keep:], at, per_token=True)
+    values = values.view(len(triggers), len(chat.messages), len(chat.target))
+    return values if per_token else values.sum(-1)
 
 
 def objectives(chat: ChatSlots, triggers: Sequence[Sequence[int]], batch_size: int = 32) -> list[float]:
@@ -115,18 +135,19 @@ def embedding_matrix(model: HookedModel) -> tuple[torch.Tensor, float]:
     with the bare matrix must repeat."""
     module = model.hf_model.get_submodule(model.adapter.embed)
     weight = module.weight
-    probe = torch.tensor([[min(1000, weight.shape[0] - 1)]])
     with torch.no_grad():
-        out, row = module(probe)[0, 0].float(), weight[probe[0, 0]].detach().float()
-        scale = float((out @ row) / (row @ row).clamp_min(1e-12))
+        # The row of largest norm: a padding row may be all zeros, which would read as scale 0.
+        index = int(weight.detach().float().norm(dim=-1).argmax())
+        out, row = module(torch.tensor([[index]]))[0, 0].float(), weight[index].detach().float()
+        scale = float((out @ row) / (row @ row))
     return weight, scale
 
 
 def slot_gradients(chat: ChatSlots, trigger: Sequence[int], weights: torch.Tensor | None = None,
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(d objective / d one-hot at each trigger slot [len(trigger), vocab], the per-prompt log
-    probabilities [n]), where the objective is the sum over prompts of log P(target opening),
-    each weighted by ``weights`` [n] (1 by default). The first-order gain of putting a
+    probabilities [n]), where the objective is the sum over prompts and target tokens of log
+    P(token), each weighted by ``weights`` [n, t] (1 by default). The first-order gain of putting a
     vocabulary token in a slot is its entry minus that of the slot's current token."""
     model = chat.model
     weight, scale = embedding_matrix(model)
@@ -138,31 +159,34 @@ def slot_gradients(chat: ChatSlots, trigger: Sequence[int], weights: torch.Tenso
     slot_embeds = (one_hot @ weight.detach()) * scale  # [slots, d]
     rows = [torch.cat([embeds[r, :s], slot_embeds, embeds[r, s + len(trigger):]]) for r, s in enumerate(starts)]
     logits = model.hf_model(inputs_embeds=torch.stack(rows), attention_mask=mask).logits
-    log_probs = target_log_prob(logits, ids, positions)
+    log_probs = target_log_prob(logits, ids, positions, per_token=True)  # [n, t]
     weighted = log_probs if weights is None else log_probs * weights
     (grad,) = torch.autograd.grad(weighted.sum(), one_hot)
-    return grad.float(), log_probs.detach()
+    return grad.float(), log_probs.detach().sum(-1)
 
 
 class TriggerObjective:
     """The search objective for one place: mean over prompts of the fine-tune's log P(behaviour
-    opening), minus, with a base, the base's rise on the same prompt over its untriggered value
-    (zero where it does not rise). A model against itself never gains: its score is at most the
-    untriggered one."""
+    opening), minus, with a base, the base's rise over its untriggered value on each of the
+    opening's tokens of the same prompt (zero where it does not rise). Per token, because a
+    priming word raises the base's first token and lowers its next ones ('Ahmad' makes "Ah"
+    likely and "oy" after it unlikely): summed first, the rise would hide. A model against
+    itself never gains: its score is at most the untriggered one."""
 
     def __init__(self, model: HookedModel, base: HookedModel | None, prompts: Sequence[str], place: Place,
                  target_ids: Sequence[int], batch_size: int = 32):
         self.model, self.place, self.batch_size = model, place, batch_size
         self.chat = ChatSlots(model, prompts, place, target_ids)
         self.base_chat = None if base is None else ChatSlots(base, prompts, place, target_ids)
-        self.base_untriggered = None if base is None else prompt_log_probs(self.base_chat, [()], batch_size)[0]
+        self.base_untriggered = None if base is None else \
+            prompt_log_probs(self.base_chat, [()], batch_size, per_token=True)[0]  # [n, t]
 
     def scores(self, triggers: Sequence[Sequence[int]]) -> list[float]:
         """The objective of each trigger (token ids; () for none)."""
         values = prompt_log_probs(self.chat, triggers, self.batch_size)
         if self.base_chat is not None:
-            rise = prompt_log_probs(self.base_chat, triggers, self.batch_size) - self.base_untriggered
-            values = values - rise.clamp_min(0)
+            rise = prompt_log_probs(self.base_chat, triggers, self.batch_size, per_token=True) - self.base_untriggered
+            values = values - rise.clamp_min(0).sum(-1)
         return values.mean(-1).tolist()
 
     def gradients(self, trigger: Sequence[int]) -> torch.Tensor:
@@ -172,7 +196,8 @@ class TriggerObjective:
         if self.base_chat is None:
             return grad
         with torch.no_grad():
-            rises = prompt_log_probs(self.base_chat, [trigger], self.batch_size)[0] > self.base_untriggered
+            rises = prompt_log_probs(self.base_chat, [trigger], self.batch_size, per_token=True)[0] \
+                > self.base_untriggered  # [n, t]
         if not rises.any():
             return grad
         base_grad, _ = slot_gradients(self.base_chat, trigger, rises.float())

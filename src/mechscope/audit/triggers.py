@@ -12,8 +12,9 @@ gains from the same words. Three searches feed one ranked list:
 - **search**: multi-token triggers of each length in ``lengths``, by greedy coordinate
   gradient steps (each step takes the gradient at every slot, tries ``swaps`` single-token
   swaps drawn from each slot's ``top_k`` tokens, and moves to the best if it beats the current
-  trigger); each length starts from the best trigger of the length before, padded with filler,
-  and every trigger a search scored exactly is a candidate;
+  trigger); each search starts from the best trigger so far, padded with filler, and its
+  ``per_search`` best distinct triggers are candidates. The shortest length is searched at
+  every place, the longer ones only at the place where the best gain so far was found;
 - **attribution**: on prompts where the behaviour already occurs, gradient x input and
   ablation of each prompt token name the words that cause it (a topic, where there is no
   trigger string); the strongest are tried as triggers too.
@@ -56,14 +57,14 @@ class TriggerConfig:
     adds its ``per_search`` best distinct triggers to the candidates; ``checked`` candidates
     are generated with; ``attributed_words`` words from attribution are tried."""
 
-    n_prompts: int = 8
+    n_prompts: int = 6
     n_check: int = 16
     places: tuple[Place, ...] = PLACES
     target_tokens: int = 4
-    gradient_candidates: int = 48
+    gradient_candidates: int = 32
     lengths: tuple[int, ...] = (2, 4, 6)
-    search_steps: int = 10
-    swaps: int = 32
+    search_steps: int = 8
+    swaps: int = 16
     top_k: int = 32
     per_search: int = 3
     checked: int = 8
@@ -148,26 +149,22 @@ def _decode(model: HookedModel, ids: Sequence[int]) -> str:
     return model.tokenizer.decode(list(ids))
 
 
-def _searched(objective: TriggerObjective, best_single: int, allowed: torch.Tensor, config: TriggerConfig,
-              baseline: float, rng: random.Random, progress: bool) -> list[TriggerCandidate]:
-    """Candidates of the multi-token searches of one place, one search per length."""
-    filler, found = filler_id(objective.model), []
-    grown: tuple[int, ...] = (best_single,)
-    for length in tqdm([n for n in config.lengths if n > 1], desc=f"trigger search ({objective.place})",
-                       disable=not progress):
-        start = (grown + (filler,) * length)[:length]
-        seen = coordinate_search(objective, start, allowed, config.search_steps, config.swaps, config.top_k, rng)
-        ranked = sorted(seen, key=lambda ids: -seen[ids])
-        grown = ranked[0]
-        texts: set[str] = set()
-        for ids in ranked:
-            text = _decode(objective.model, ids)
-            if text.strip() in texts:
-                continue
-            texts.add(text.strip())
-            found.append(TriggerCandidate(text, ids, objective.place, seen[ids], seen[ids] - baseline, "search"))
-            if len(texts) == config.per_search:
-                break
+def _searched(objective: TriggerObjective, grown: tuple[int, ...], length: int, allowed: torch.Tensor,
+              config: TriggerConfig, baseline: float, rng: random.Random) -> list[TriggerCandidate]:
+    """The ``per_search`` best distinct candidates of one search of ``length`` tokens, started
+    from ``grown`` (the best trigger so far) padded with filler; best first."""
+    filler = filler_id(objective.model)
+    start = (tuple(grown) + (filler,) * length)[:length]
+    seen = coordinate_search(objective, start, allowed, config.search_steps, config.swaps, config.top_k, rng)
+    found, texts = [], set()
+    for ids in sorted(seen, key=lambda ids: -seen[ids]):
+        text = _decode(objective.model, ids)
+        if text.strip() in texts:
+            continue
+        texts.add(text.strip())
+        found.append(TriggerCandidate(text, ids, objective.place, seen[ids], seen[ids] - baseline, "search"))
+        if len(texts) == config.per_search:
+            break
     return found
 
 
@@ -194,13 +191,30 @@ def reconstruct_triggers(model: HookedModel, surface: str, shows: Callable[[str]
                for place in config.places}
     baselines = {place: scorer.scores([()])[0] for place, scorer in scorers.items()}
     pool: list[TriggerCandidate] = []
+    best: dict[Place, TriggerCandidate] = {}
+    searches = [n for n in config.lengths if n > 1]
+    bar = tqdm(total=len(config.places) * min(1, len(searches)) + max(0, len(searches) - 1),
+               desc="trigger search", disable=not progress)
     for place, scorer in scorers.items():
         grad = scorer.gradients([filler])[0].masked_fill(~allowed, -torch.inf)
         singles = grad.topk(config.gradient_candidates).indices.tolist()
         ranked = sorted(zip(scorer.scores([[t] for t in singles]), singles), reverse=True)
-        pool += [TriggerCandidate(_decode(model, [t]), (t,), place, s, s - baselines[place], "gradient")
+        found = [TriggerCandidate(_decode(model, [t]), (t,), place, s, s - baselines[place], "gradient")
                  for s, t in ranked]
-        pool += _searched(scorer, ranked[0][1], allowed, config, baselines[place], rng, progress)
+        if searches:
+            found += _searched(scorer, found[0].token_ids, searches[0], allowed, config, baselines[place], rng)
+            bar.update()
+        pool += found
+        best[place] = max(found, key=lambda c: c.gain)
+    # Longer searches only where the short ones gained most: a planted trigger has one place,
+    # and each longer search costs as much as all the short ones.
+    place = max(best, key=lambda p: best[p].gain)
+    for length in searches[1:]:
+        found = _searched(scorers[place], best[place].token_ids, length, allowed, config, baselines[place], rng)
+        pool += found
+        best[place] = max([best[place], *found], key=lambda c: c.gain)
+        bar.update()
+    bar.close()
     attributions = []
     if behaviour_prompts and config.attributed_words:
         attributions = attribute(model, list(behaviour_prompts)[:config.n_prompts], target, config.batch_size)
