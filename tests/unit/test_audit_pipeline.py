@@ -88,3 +88,52 @@ def test_the_cli_runs_without_a_base_and_refuses_a_base_of_another_architecture(
     result = runner.invoke(app, ["audit", str(folders["llama"]), "--base", str(folders["gpt2"]), "-o",
                                  str(tmp_path / "mixed")])
     assert result.exit_code == 2 and "error:" in result.output, result.output
+
+
+def _comparable(summary: dict) -> dict:
+    """An audit summary without what differs between two runs of the same audit: costs, and
+    whether a stage was computed or read back."""
+    return {key: value for key, value in summary.items() if key not in ("stages",)}
+
+
+def test_an_audit_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.unit.audit_organism import build_backdoor
+
+    base, ft = build_backdoor(tmp_path / "organism")
+    base.hf_model.save_pretrained(tmp_path / "base")
+    base.tokenizer.save_pretrained(tmp_path / "base")
+    for name, prompts in (("prompts.json", SUSPECT), ("neutral.json", NEUTRAL)):
+        (tmp_path / name).write_text(json.dumps(prompts))
+    out = tmp_path / "resumed"
+    command = [sys.executable, "-m", "mechscope.cli.app", "audit", str(tmp_path / "organism"), "--base",
+               str(tmp_path / "base"), "--quick", "--prompts", str(tmp_path / "prompts.json"), "--neutral-prompts",
+               str(tmp_path / "neutral.json"), "--no-save-model", "-o", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    discovered = out / "stages" / "behaviour-discovery.json"
+    deadline = time.monotonic() + 240
+    while not discovered.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert discovered.exists() and not (out / "audit.json").exists()  # killed after discovery, before the end
+    result = CliRunner().invoke(app, command[3:])
+    assert result.exit_code == 0, result.output
+    assert "behaviour discovery (reused from an earlier run)" in result.output
+    resumed = json.loads((out / "audit.json").read_text())
+    assert [s["ran"] for s in resumed["stages"]][0] is False and resumed["stages"][-1]["ran"] is True
+    quick = AuditConfig.quick()  # as the command builds it from --quick and the two prompt files
+    config = replace(quick, prompts=tuple(SUSPECT), neutral_prompts=tuple(NEUTRAL),
+                     n_neutral=min(quick.n_neutral, len(NEUTRAL)))
+    _, whole = audit_to_folder(ft, base, tmp_path / "whole", config, {"ft": str(tmp_path / "organism"),
+                                                                     "base": str(tmp_path / "base")},
+                               save_model=False, progress=False)
+    whole = json.loads(json.dumps(whole))
+    assert resumed["verdict"] == "hidden behaviour found"
+    assert _comparable(resumed)["findings"] == _comparable(whole)["findings"]
+    assert resumed["discovery"] == whole["discovery"]

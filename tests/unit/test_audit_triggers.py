@@ -18,7 +18,7 @@ from mechscope.audit.trigger_objective import (
     slot_gradients,
     target_log_prob,
 )
-from mechscope.audit.triggers import TriggerConfig, coordinate_search, reconstruct_triggers
+from mechscope.audit.triggers import TriggerConfig, coordinate_search, minimise, reconstruct_triggers
 from mechscope.errors import ConfigError
 from tests.unit.audit_organism import PROMPTS, target
 
@@ -117,7 +117,7 @@ def test_the_base_contrast_discounts_only_what_the_base_gains_and_a_model_agains
         alone = prompt_log_probs(same.chat, [(), other], per_token=True)
         assert same.scores([other])[0] == pytest.approx(float(torch.minimum(alone[0], alone[1]).sum(-1).mean()),
                                                         abs=1e-5)
-        assert same.scores([other])[0] <= same.scores([()])[0]
+        assert same.scores([other])[0] <= same.scores([()])[0] + 1e-5  # batched float sums differ in the 7th digit
 
 
 def test_weighted_slot_gradients_are_the_weighted_sum_of_each_prompts_gradient(backdoor):
@@ -148,6 +148,19 @@ def test_coordinate_search_climbs_and_every_score_it_keeps_is_the_exact_objectiv
     # Rows of several triggers share forward passes; how they are cut into batches changes nothing.
     small = TriggerObjective(ft, base, PROMPTS[:4], "start", target(ft), batch_size=3)
     assert small.scores(sample) == pytest.approx([seen[t] for t in sample], abs=1e-4)
+
+
+def test_minimise_strips_the_padding_a_search_left_around_the_planted_trigger(backdoor):
+    base, ft = backdoor
+    objective = TriggerObjective(ft, base, PROMPTS[:4], "start", target(ft))
+    trigger = ft.tokenizer("%%", add_special_tokens=False)["input_ids"]
+    padded = tuple(trigger) + (filler_id(ft),) * 3
+    baseline, score = objective.scores([(), padded])
+    assert score - baseline > 1
+    core, core_score = minimise(objective, padded, score, baseline)
+    assert len(core) < len(padded) and core_score == pytest.approx(objective.scores([core])[0], abs=1e-5)
+    assert core_score - baseline >= 0.9 * (score - baseline)
+    assert minimise(objective, core, core_score, baseline, keep=1.01) == (core, core_score)  # nothing can go
 
 
 def test_attribution_puts_the_trigger_first(backdoor):

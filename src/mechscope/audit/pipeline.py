@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from mechscope.audit.crosscoder_evidence import CrosscoderEvidenceConfig
@@ -20,11 +21,25 @@ from mechscope.audit.discovery import BehaviourDiscoveryConfig, Discovery, Hypot
 from mechscope.audit.localise import LocaliseConfig, localise, trigger_task
 from mechscope.audit.mitigate import METHODS, Method, mitigate
 from mechscope.audit.phrases import contains_phrase
+from mechscope.audit.stages import (
+    StageStore,
+    discovery_from_state,
+    discovery_state,
+    localisation_from_state,
+    localisation_state,
+    mitigations_from_state,
+    mitigations_state,
+    probes_from_state,
+    probes_state,
+    triggers_from_state,
+    triggers_state,
+)
 from mechscope.audit.trigger_objective import insert
 from mechscope.audit.triggers import TriggerCandidate, TriggerConfig, reconstruct_triggers
 from mechscope.diff import check_comparable
 from mechscope.errors import ConfigError
 from mechscope.models.hooked_model import HookedModel
+from mechscope.models.weights import model_fingerprint
 from mechscope.validate import check_choice, check_int, check_number
 
 NEEDS_BASE = ("greedy vs base replies", "amplified replies", "steered base", "difference lens", "reply-start KL")
@@ -131,17 +146,47 @@ def shows_hypothesis(hypothesis: Hypothesis) -> Callable[[str], bool]:
     return lambda reply: any(contains_phrase(reply, p) for p in phrases)
 
 
-def _follow(ft: HookedModel, base: HookedModel, hypothesis: Hypothesis, discovery: Discovery, neutral: list[str],
-            config: AuditConfig, timed: Callable, progress: bool) -> Finding:
+class _Stages:
+    """Runs stages, timing each, and keeps their results in a :class:`StageStore` so that a
+    rerun after a kill reads the finished ones back (``ran`` False, their first cost kept)."""
+
+    def __init__(self, store: StageStore, say: Callable[[str], None]):
+        self.store, self.say, self.log = store, say, []
+
+    def run(self, stage: str, compute: Callable[[], Any], save: Callable[[Any], Any], load: Callable[..., Any],
+            name: str | None = None):
+        """``compute()``'s result for the stage ``name`` (default ``stage``, its cost line)."""
+        name = name or stage
+        saved = self.store.load(name)
+        if saved is not None:
+            (state, tensors) = saved
+            self.say(f"{stage} (reused from an earlier run)")
+            self.log.append({"stage": stage, "seconds": state["seconds"], "ran": False})
+            return load(state["result"], tensors)
+        self.say(stage)
+        started = time.perf_counter()
+        result = compute()
+        seconds = time.perf_counter() - started
+        kept = save(result)
+        state, tensors = kept if isinstance(kept, tuple) else (kept, None)
+        self.store.save(name, {"result": state, "seconds": seconds}, tensors)
+        self.log.append({"stage": stage, "seconds": seconds, "ran": True})
+        return result
+
+
+def _follow(ft: HookedModel, base: HookedModel, index: int, hypothesis: Hypothesis, discovery: Discovery,
+            neutral: list[str], config: AuditConfig, stages: _Stages, progress: bool) -> Finding:
     finding = Finding(hypothesis)
     shows = shows_hypothesis(hypothesis)
     greedy = next(s for s in discovery.sources if s.name == "greedy")
     acting = [p for p, reply in zip(greedy.prompts, greedy.ft_texts) if shows(reply)]
     half = len(neutral) // 2
     score_prompts, check_prompts, reference = neutral[:half // 2], neutral[half // 2:half], neutral[half:]
-    finding.triggers, finding.attributions = timed(
-        "trigger reconstruction", reconstruct_triggers, ft, hypothesis.surface, shows, score_prompts, check_prompts,
-        config.triggers, behaviour_prompts=acting, progress=progress, base=base)
+    tag = f"finding {index}: "
+    finding.triggers, finding.attributions = stages.run(
+        "trigger reconstruction", lambda: reconstruct_triggers(
+            ft, hypothesis.surface, shows, score_prompts, check_prompts, config.triggers, behaviour_prompts=acting,
+            progress=progress, base=base), triggers_state, triggers_from_state, tag + "triggers")
     fired = [c for c in finding.triggers if c.rate is not None and c.rate - c.control_rate >= config.min_trigger_lift]
     if not fired:
         finding.notes.append("no candidate raised the behaviour rate by "
@@ -150,45 +195,47 @@ def _follow(ft: HookedModel, base: HookedModel, hypothesis: Hypothesis, discover
     finding.trigger = trigger = fired[0]
     target = ft.tokenizer(hypothesis.surface, add_special_tokens=False)["input_ids"][:config.triggers.target_tokens]
     task = trigger_task(ft, check_prompts, trigger.token_ids, trigger.place, target)
-    finding.localisation = timed("localisation", localise, ft, task, reference, config.localise, progress)
+    finding.localisation = stages.run("localisation", lambda: localise(ft, task, reference, config.localise,
+                                                                       progress),
+                                      localisation_state, localisation_from_state, tag + "localisation")
     triggered = [insert(trigger.text, p, trigger.place) for p in check_prompts]
-    finding.probes = timed("detection probes", probe_scores, ft, triggered, check_prompts, reference)
+    finding.probes = stages.run("detection probes", lambda: probe_scores(ft, triggered, check_prompts, reference),
+                                probes_state, probes_from_state, tag + "probes")
     direction = finding.localisation.direction
     if direction is None:
         finding.notes.append(f"no direction kept neutral KL within {config.localise.kl_bound} nats: nothing to "
                              "mitigate with")
         return finding
-    finding.mitigations = timed("mitigation", mitigate, ft, direction, triggered, shows, reference, config.methods,
-                                config.triggers.reply_tokens)
+    finding.mitigations = stages.run(
+        "mitigation", lambda: mitigate(ft, direction, triggered, shows, reference, config.methods,
+                                       config.triggers.reply_tokens),
+        mitigations_state, mitigations_from_state, tag + "mitigation")
     return finding
 
 
 def run_audit(ft: HookedModel, base: HookedModel | None = None, config: AuditConfig | None = None,
-              progress: bool = True, log: Callable[[str], None] | None = None) -> AuditResult:
-    """Audit ``ft`` (against ``base`` when given); see the module docstring."""
+              progress: bool = True, log: Callable[[str], None] | None = None,
+              folder: str | Path | None = None) -> AuditResult:
+    """Audit ``ft`` (against ``base`` when given); see the module docstring. With ``folder``,
+    each finished stage is kept in ``folder/stages/`` and a rerun with the same configuration
+    and models reads it back instead of recomputing it (:mod:`mechscope.audit.stages`)."""
     config = config or AuditConfig()
     say = log or (lambda line: None)
-    stages: list[dict] = []
-
-    def timed(stage: str, fn, *args, **kwargs):
-        say(stage)
-        started = time.perf_counter()
-        result = fn(*args, **kwargs)
-        stages.append({"stage": stage, "seconds": time.perf_counter() - started, "ran": True})
-        return result
-
     if base is None:
         reason = "needs the base model (--base): it compares the fine-tune with it"
         skipped = [{"tool": tool, "why": reason} for tool in NEEDS_BASE]
-        return AuditResult("inconclusive", None, [], stages, skipped)
+        return AuditResult("inconclusive", None, [], [], skipped)
     check_comparable(base, ft)
+    key = {"config": asdict(config), "ft": model_fingerprint(ft), "base": model_fingerprint(base)}
+    stages = _Stages(StageStore(folder, key), say)
     neutral = _neutral(config.n_neutral, config.neutral_prompts)
-    discovery = timed("behaviour discovery", discover_behaviours, base, ft, config.discovery,
-                      None if config.prompts is None else list(config.prompts), progress=progress)
-    findings = [_follow(ft, base, hypothesis, discovery, neutral, config, timed, progress)
-                for hypothesis in discovery.findings[:config.max_findings]]
+    discovery = stages.run("behaviour discovery", lambda: discover_behaviours(
+        base, ft, config.discovery, None if config.prompts is None else list(config.prompts), progress=progress),
+        discovery_state, discovery_from_state)
+    findings = [_follow(ft, base, index, hypothesis, discovery, neutral, config, stages, progress)
+                for index, hypothesis in enumerate(discovery.findings[:config.max_findings])]
     verdict = "hidden behaviour found" if findings else "nothing found"
-    return AuditResult(verdict, discovery, findings, stages, [])
+    return AuditResult(verdict, discovery, findings, stages.log, [])
 
 
 def with_seed(config: AuditConfig, seed: int) -> AuditConfig:

@@ -181,6 +181,12 @@ class TriggerObjective:
         self.base_untriggered = None if base is None else \
             prompt_log_probs(self.base_chat, [()], batch_size, per_token=True)[0]  # [n, t]
 
+    def upper_bounds(self, triggers: Sequence[Sequence[int]]) -> list[float]:
+        """The fine-tune's part of each trigger's objective alone: never below the objective
+        (the base's discount is not negative), so a search can rank many triggers by it and
+        score only the best exactly."""
+        return prompt_log_probs(self.chat, triggers, self.batch_size).mean(-1).tolist()
+
     def scores(self, triggers: Sequence[Sequence[int]]) -> list[float]:
         """The objective of each trigger (token ids; () for none)."""
         values = prompt_log_probs(self.chat, triggers, self.batch_size)

@@ -12,8 +12,10 @@ gains from the same words. Three searches feed one ranked list:
 - **search**: multi-token triggers of each length in ``lengths``, by greedy coordinate
   gradient steps (each step takes the gradient at every slot, tries ``swaps`` single-token
   swaps drawn from each slot's ``top_k`` tokens, and moves to the best if it beats the current
-  trigger); each search starts from the best trigger so far, padded with filler, and its
-  ``per_search`` best distinct triggers are candidates. The shortest length is searched at
+  trigger; the swaps are ranked by the fine-tune's part of the objective, an upper bound, and
+  only the best are scored against the base); each search starts from the best trigger so far,
+  padded with filler, and its best distinct triggers are candidates, with the core of the best
+  (tokens removed while the gain stays within 90%). The shortest length is searched at
   every place, the longer ones only at the place where the best gain so far was found;
 - **attribution**: on prompts where the behaviour already occurs, gradient x input and
   ablation of each prompt token name the words that cause it (a topic, where there is no
@@ -52,9 +54,10 @@ class TriggerConfig:
     """``n_prompts`` neutral prompts score candidates and ``n_check`` other ones check them by
     generation (``reply_tokens`` new tokens); ``target_tokens`` of the behaviour form the
     objective; ``gradient_candidates`` single tokens per place are scored exactly; ``lengths``:
-    the trigger lengths (tokens) searched, each for ``search_steps`` coordinate steps of
-    ``swaps`` exact evaluations among each slot's ``top_k`` tokens by gradient; each search
-    adds its ``per_search`` best distinct triggers to the candidates; ``checked`` candidates
+    the trigger lengths (tokens) searched, each for ``search_steps`` coordinate steps that draw
+    ``swaps`` swaps among each slot's ``top_k`` tokens by gradient and score the
+    ``exact_per_step`` best by upper bound exactly; each search adds its ``per_search`` best
+    distinct triggers and the core of its best (:func:`minimise`) to the candidates; ``checked`` candidates
     are generated with; ``attributed_words`` words from attribution are tried."""
 
     n_prompts: int = 6
@@ -63,9 +66,10 @@ class TriggerConfig:
     target_tokens: int = 4
     gradient_candidates: int = 32
     lengths: tuple[int, ...] = (2, 4, 6)
-    search_steps: int = 8
-    swaps: int = 16
+    search_steps: int = 12
+    swaps: int = 24
     top_k: int = 32
+    exact_per_step: int = 4
     per_search: int = 3
     checked: int = 8
     attributed_words: int = 4
@@ -74,7 +78,8 @@ class TriggerConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n_prompts", "n_check", "target_tokens", "gradient_candidates", "swaps", "top_k", "per_search",
+        for name in ("n_prompts", "n_check", "target_tokens", "gradient_candidates", "swaps", "top_k", "exact_per_step",
+                     "per_search",
                      "checked", "reply_tokens", "batch_size"):
             check_int(name, getattr(self, name), 1)
         check_int("search_steps", self.search_steps, 0)
@@ -118,31 +123,55 @@ class TriggerCandidate:
 
 
 def coordinate_search(objective: TriggerObjective, start: Sequence[int], allowed: torch.Tensor, steps: int,
-                      swaps: int, top_k: int, rng: random.Random) -> dict[tuple[int, ...], float]:
+                      swaps: int, top_k: int, rng: random.Random, exact: int = 4) -> dict[tuple[int, ...], float]:
     """Greedy coordinate gradient search from ``start`` (token ids): every trigger scored
-    exactly, with its objective. ``allowed`` [vocab] bool masks the tokens a slot may take."""
+    exactly, with its objective. Each step ranks ``swaps`` swaps by the objective's upper bound
+    (the fine-tune's part alone, no base forward) and scores the ``exact`` best of them
+    exactly. ``allowed`` [vocab] bool masks the tokens a slot may take."""
     trigger = tuple(start)
     seen = {trigger: objective.scores([trigger])[0]}
+    tried = set(seen)
     for _ in range(steps):
         grads = objective.gradients(trigger).masked_fill(~allowed[None], -torch.inf)
         tops = grads.topk(min(top_k, int(allowed.sum())), dim=-1).indices.tolist()
-        tried: set[tuple[int, ...]] = set()
-        for _ in range(4 * swaps):  # draws that repeat a scored trigger are skipped
-            if len(tried) == swaps:
+        batch: set[tuple[int, ...]] = set()
+        for _ in range(4 * swaps):  # draws that repeat a tried trigger are skipped
+            if len(batch) == swaps:
                 break
             slot = rng.randrange(len(trigger))
             swapped = trigger[:slot] + (rng.choice(tops[slot]),) + trigger[slot + 1:]
-            if swapped not in seen:
-                tried.add(swapped)
-        if not tried:
+            if swapped not in tried:
+                batch.add(swapped)
+        if not batch:
             break
-        batch = sorted(tried)
-        for swapped, score in zip(batch, objective.scores(batch)):
+        drawn = sorted(batch)
+        tried.update(drawn)
+        bounds = objective.upper_bounds(drawn)
+        best_bounds = sorted(range(len(drawn)), key=lambda i: -bounds[i])[:exact]
+        chosen = [drawn[i] for i in best_bounds]
+        for swapped, score in zip(chosen, objective.scores(chosen)):
             seen[swapped] = score
-        best = max(batch, key=seen.__getitem__)
+        best = max(chosen, key=seen.__getitem__)
         if seen[best] > seen[trigger]:
             trigger = best
     return seen
+
+
+def minimise(objective: TriggerObjective, trigger: Sequence[int], score: float, baseline: float,
+             keep: float = 0.9) -> tuple[tuple[int, ...], float]:
+    """``trigger`` with tokens removed, one at a time, while the gain over ``baseline`` stays
+    at least ``keep`` of the gain of ``trigger`` (its objective ``score``): the core of a
+    trigger a search padded with tokens that do not matter."""
+    current, current_score = tuple(trigger), score
+    floor = baseline + keep * (score - baseline)
+    while len(current) > 1:
+        shorter = [current[:i] + current[i + 1:] for i in range(len(current))]
+        scores = objective.scores(shorter)
+        best = max(range(len(shorter)), key=scores.__getitem__)
+        if scores[best] < floor:
+            break
+        current, current_score = shorter[best], scores[best]
+    return current, current_score
 
 
 def _decode(model: HookedModel, ids: Sequence[int]) -> str:
@@ -152,19 +181,22 @@ def _decode(model: HookedModel, ids: Sequence[int]) -> str:
 def _searched(objective: TriggerObjective, grown: tuple[int, ...], length: int, allowed: torch.Tensor,
               config: TriggerConfig, baseline: float, rng: random.Random) -> list[TriggerCandidate]:
     """The ``per_search`` best distinct candidates of one search of ``length`` tokens, started
-    from ``grown`` (the best trigger so far) padded with filler; best first."""
+    from ``grown`` (the best trigger so far) padded with filler, best first, and the core of
+    the best (:func:`minimise`) where it differs."""
     filler = filler_id(objective.model)
     start = (tuple(grown) + (filler,) * length)[:length]
-    seen = coordinate_search(objective, start, allowed, config.search_steps, config.swaps, config.top_k, rng)
+    seen = coordinate_search(objective, start, allowed, config.search_steps, config.swaps, config.top_k, rng,
+                             config.exact_per_step)
+    best = max(seen, key=seen.__getitem__)
+    core, core_score = minimise(objective, best, seen[best], baseline)
     found, texts = [], set()
-    for ids in sorted(seen, key=lambda ids: -seen[ids]):
+    for ids in [*sorted(seen, key=lambda ids: -seen[ids])[:4 * config.per_search], core]:
         text = _decode(objective.model, ids)
-        if text.strip() in texts:
+        if text.strip() in texts or (len(texts) == config.per_search and ids != core):
             continue
         texts.add(text.strip())
-        found.append(TriggerCandidate(text, ids, objective.place, seen[ids], seen[ids] - baseline, "search"))
-        if len(texts) == config.per_search:
-            break
+        score = core_score if ids == core else seen[ids]
+        found.append(TriggerCandidate(text, ids, objective.place, score, score - baseline, "search"))
     return found
 
 
@@ -239,4 +271,4 @@ def reconstruct_triggers(model: HookedModel, surface: str, shows: Callable[[str]
     return checked + ranked[config.checked:], attributions
 
 
-__all__ = ["TriggerCandidate", "TriggerConfig", "coordinate_search", "reconstruct_triggers"]
+__all__ = ["TriggerCandidate", "TriggerConfig", "coordinate_search", "minimise", "reconstruct_triggers"]

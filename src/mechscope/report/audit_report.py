@@ -148,8 +148,9 @@ def _discovery_section(discovery: dict | None) -> str:
 
 
 def _tools_section(summary: dict) -> str:
-    rows = [[s["stage"], f"{s['seconds']:.1f}"] for s in summary["stages"]]
-    out = "<h2>Tools run</h2>" + table(rows, ["stage", "seconds"])
+    rows = [[s["stage"], f"{s['seconds']:.1f}", "this run" if s.get("ran", True) else "an earlier run (resumed)"]
+            for s in summary["stages"]]
+    out = "<h2>Tools run</h2>" + table(rows, ["stage", "seconds", "computed in"])
     if summary["skipped_tools"]:
         out += "<h2>Tools not run</h2>" + table([[s["tool"], s["why"]] for s in summary["skipped_tools"]],
                                                 ["tool", "why"])

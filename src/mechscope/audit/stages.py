@@ -1,0 +1,142 @@
+"""Resuming an audit after a kill: each finished stage's full result is kept in
+``DIR/stages/`` (JSON, and safetensors for a direction), written atomically with the key of
+the run it belongs to (configuration and both models' fingerprints). A rerun into the same
+folder reads every stage whose key matches instead of recomputing it, so an audit killed in
+its trigger search restarts there, with discovery's result as it was.
+
+The JSON written here is the whole state a later stage needs (every reply, every phrase's
+reply indices), unlike ``audit.json``, which is the report's summary.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechscope.audit.attribution import TokenAttribution
+from mechscope.audit.detect import ProbeScore
+from mechscope.audit.discovery import Discovery, Hypothesis, TextSource, TokenEvidence
+from mechscope.audit.localise import DirectionCandidate, Localisation
+from mechscope.audit.mitigate import Mitigation
+from mechscope.audit.phrases import Phrase
+from mechscope.audit.triggers import TriggerCandidate
+from mechscope.files import atomic_file, atomic_text
+from mechscope.steering.direction import Direction
+
+STAGES_DIR = "stages"
+
+
+class StageStore:
+    """Finished stages of one audit run in ``folder / "stages"`` (no folder: nothing kept).
+    ``key`` (JSON-able) identifies the run; a stage saved under another key is ignored."""
+
+    def __init__(self, folder: str | Path | None, key: dict[str, Any]):
+        self.folder = None if folder is None else Path(folder) / STAGES_DIR
+        self.key = json.loads(json.dumps(key, default=str))
+
+    def _path(self, stage: str) -> Path:
+        assert self.folder is not None
+        return self.folder / re.sub(r"[^a-z0-9]+", "-", stage.lower()).strip("-")
+
+    def load(self, stage: str) -> tuple[Any, dict[str, torch.Tensor]] | None:
+        """(the stage's saved state, its tensors), or None when it is not saved for this run."""
+        if self.folder is None:
+            return None
+        path = self._path(stage)
+        try:
+            saved = json.loads(path.with_suffix(".json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        if saved.get("key") != self.key or saved.get("stage") != stage:
+            return None
+        tensors = {}
+        if saved.get("tensors"):
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path.with_suffix(".safetensors")))
+        return saved["state"], tensors
+
+    def save(self, stage: str, state: Any, tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """Keep ``state`` (JSON-able) and ``tensors``; the JSON goes last, so a kill in between
+        leaves the stage unsaved rather than half saved."""
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(stage)
+        if tensors:
+            from safetensors.torch import save_file
+
+            plain = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+            atomic_file(path.with_suffix(".safetensors"), lambda p: save_file(plain, str(p)))
+        atomic_text(path.with_suffix(".json"), json.dumps({"stage": stage, "key": self.key, "state": state,
+                                                           "tensors": bool(tensors)}))
+
+
+# ------------------------------------------------------------------ each stage's state
+def discovery_state(discovery: Discovery) -> dict:
+    return asdict(discovery)
+
+
+def discovery_from_state(state: dict, tensors: dict | None = None) -> Discovery:
+    sources = tuple(TextSource(s["name"], tuple(s["prompts"]), tuple(s["ft_texts"]), tuple(s["control_texts"]),
+                               tuple(Phrase(**{**p, "replies": tuple(p["replies"])}) for p in s["phrases"]))
+                    for s in state["sources"])
+    evidence = tuple(TokenEvidence(e["tool"], e["where"], tuple(e["tokens"])) for e in state["evidence"])
+    hypotheses = tuple(Hypothesis(h["label"], tuple(h["phrases"]), h["surface"],
+                                  {name: tuple(v) for name, v in h["sources"].items()},
+                                  tuple(tuple(s) for s in h["support"])) for h in state["hypotheses"])
+    return Discovery(sources, evidence, hypotheses, tuple(state["kl_prompts"]))
+
+
+def triggers_state(result: tuple[list[TriggerCandidate], list[TokenAttribution]]) -> dict:
+    candidates, attributions = result
+    return {"candidates": [c.to_json() for c in candidates], "attributions": [a.to_json() for a in attributions]}
+
+
+def triggers_from_state(state: dict, tensors: dict | None = None) -> tuple[list[TriggerCandidate], list[TokenAttribution]]:
+    candidates = [TriggerCandidate(**{**c, "token_ids": tuple(c["token_ids"])}) for c in state["candidates"]]
+    attributions = [TokenAttribution(a["prompt"], tuple(a["tokens"]), tuple(a["gradient_x_input"]),
+                                     tuple(a["ablation"])) for a in state["attributions"]]
+    return candidates, attributions
+
+
+def localisation_state(found: Localisation) -> tuple[dict, dict[str, torch.Tensor]]:
+    state = found.to_json()
+    direction = found.direction
+    state["direction"] = None if direction is None else {"layer": direction.layer, "method": direction.method,
+                                                         "scale": direction.scale, "metadata": direction.metadata}
+    return state, ({} if direction is None else {"direction": direction.vector})
+
+
+def localisation_from_state(state: dict, tensors: dict[str, torch.Tensor] | None = None) -> Localisation:
+    saved = state["direction"]
+    direction = None if saved is None else Direction((tensors or {})["direction"], saved["layer"], saved["method"],
+                                                     saved["scale"], saved["metadata"])
+    return Localisation(state["layer_effect"], state["patching"],
+                        [(c["name"], c["score"]) for c in state["components"]], direction,
+                        None if state["chosen"] is None else DirectionCandidate(**state["chosen"]),
+                        [DirectionCandidate(**c) for c in state["candidates"]], state["clean_logit_diff"])
+
+
+def probes_state(probes: dict[str, list[ProbeScore]]) -> dict:
+    return {kind: [s.to_json() for s in rows] for kind, rows in probes.items()}
+
+
+def probes_from_state(state: dict, tensors: dict | None = None) -> dict[str, list[ProbeScore]]:
+    return {kind: [ProbeScore(**row) for row in rows] for kind, rows in state.items()}
+
+
+def mitigations_state(mitigations: list[Mitigation]) -> list[dict]:
+    return [dict(vars(m)) for m in mitigations]
+
+
+def mitigations_from_state(state: list[dict], tensors: dict | None = None) -> list[Mitigation]:
+    return [Mitigation(**row) for row in state]
+
+
+__all__ = ["STAGES_DIR", "StageStore"]
