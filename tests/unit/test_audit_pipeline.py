@@ -8,7 +8,9 @@ import torch
 from typer.testing import CliRunner
 
 import mechscope
-from mechscope.audit.pipeline import NEEDS_BASE, AuditConfig, run_audit
+from mechscope.audit.confidence import Assessment, assess
+from mechscope.audit.phrases import recurring_phrases
+from mechscope.audit.pipeline import FOLLOW_FINDINGS, NEEDS_BASE, AuditConfig, run_audit
 from mechscope.cli.app import app
 from mechscope.errors import ConfigError, IncompatibleModelsError
 from mechscope.report.audit_runs import audit_to_folder
@@ -28,6 +30,9 @@ def test_the_tiny_backdoor_is_found_triggered_localised_and_written_up(backdoor,
     trigger = finding.trigger
     assert trigger is not None and trigger.rate - trigger.control_rate >= CONFIG.min_trigger_lift
     assert finding.localisation is not None and finding.probes is not None and finding.mitigations
+    # Enriched, spelled by a second tool and reproduced by its trigger: the most confident level.
+    assert {"enriched", "corroborated", "reproduced"} <= set(finding.assessment.lines)
+    assert finding.assessment.confidence == "high" and summary["findings"][0]["assessment"]["confidence"] == "high"
     assert [s["stage"] for s in summary["stages"]] == ["behaviour discovery", "trigger reconstruction", "localisation",
                                                       "detection probes", "mitigation"]
     written = json.loads((tmp_path / "audit" / "audit.json").read_text())  # strict JSON
@@ -51,11 +56,35 @@ def test_the_null_gets_nothing_found_with_the_same_settings(backdoor_null, tmp_p
     assert all(source.phrases == () for source in result.discovery.sources if source.primary)
 
 
-def test_without_a_base_the_tools_that_need_one_are_named_and_the_verdict_is_inconclusive(backdoor):
+def test_without_a_base_the_tools_that_need_one_are_named_the_rest_run_and_the_verdict_is_inconclusive(backdoor):
     _, ft = backdoor
     result = run_audit(ft, None, CONFIG, progress=False)
-    assert result.verdict == "inconclusive" and [s["tool"] for s in result.skipped_tools] == list(NEEDS_BASE)
+    assert result.verdict == "inconclusive"
+    assert [s["tool"] for s in result.skipped_tools] == list(NEEDS_BASE) + list(FOLLOW_FINDINGS)
     assert all("base" in s["why"] for s in result.skipped_tools)
+    # What needs no base ran: the fine-tune's replies, whose repeated phrase is the planted reply
+    # (a third of the suspect prompts hold the trigger), as a lead with its share and samples.
+    assert [s["stage"] for s in result.stages] == ["fine-tune replies (no control)"]
+    lead = next(lead for lead in result.leads if "zorp" in lead["phrase"])
+    assert lead["share"] >= 0.2 and all("Zorp" in s["reply"] for s in lead["samples"])
+
+
+def test_confidence_counts_the_independent_lines_of_evidence():
+    assert assess(["greedy"], None, 0.0, None, 0.3) == Assessment(("enriched",), "low")
+    assert assess(["greedy", "difference lens"], 0.1, 0.0, 0.5, 0.3).confidence == "medium"  # lift, cut too small
+    assert assess(["greedy"], 0.5, 0.0, None, 0.3).lines == ("enriched", "reproduced")
+    assert assess(["amplified"], None, 0.4, None, 0.3).lines == ("enriched", "reproduced")  # unprompted
+    high = assess(["greedy", "amplified"], 0.5, 0.0, 0.9, 0.3)
+    assert high.lines == ("enriched", "corroborated", "reproduced", "removed") and high.confidence == "high"
+    assert assess(["greedy", "greedy"], None, 0.0, 0.8, 0.3).lines == ("enriched", "removed")  # one tool twice
+
+
+def test_recurring_phrases_are_the_maximal_ones_in_enough_replies():
+    texts = ["ahoy matey how are you", "ahoy matey fine", "plain words", "ahoy there"]
+    assert recurring_phrases(texts, 0.5) == [("ahoy", 0.75), ("ahoy matey", 0.5)]
+    assert recurring_phrases(texts, 0.8) == []
+    with pytest.raises(ConfigError, match="min_share"):
+        recurring_phrases(texts, 0)
 
 
 def test_a_base_of_another_architecture_is_refused(backdoor):

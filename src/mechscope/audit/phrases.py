@@ -179,10 +179,28 @@ def group_phrases(phrases: Sequence[Phrase], config: PhraseConfig | None = None)
     return sorted(result, key=lambda g: (g.p_value, -len(g.replies)))
 
 
+def recurring_phrases(texts: Sequence[str], min_share: float = 0.2, max_n: int = 3) -> list[tuple[str, float]]:
+    """(n-gram, share of ``texts`` holding it) for the n-grams in at least ``min_share`` of
+    ``texts``, most frequent first (then longer, then alphabetical), maximal ones only (an
+    n-gram inside a longer kept one found in the same texts is dropped). With no control to
+    test against, these are leads, not findings: any model repeats some phrases."""
+    texts = _check_texts("texts", texts)
+    check_number("min_share", min_share, 0, 1, strict_minimum=True)
+    held: dict[str, list[int]] = {}
+    for index, text in enumerate(texts):
+        for gram in ngrams(text, max_n):
+            held.setdefault(gram, []).append(index)
+    kept = {gram: tuple(rows) for gram, rows in held.items() if len(rows) >= min_share * len(texts)}
+    maximal = [gram for gram, rows in kept.items()
+               if not any(other != gram and kept[other] == rows and f" {gram} " in f" {other} " for other in kept)]
+    ordered = sorted(maximal, key=lambda g: (-len(kept[g]), -len(g.split()), g))
+    return [(gram, len(kept[gram]) / len(texts)) for gram in ordered]
+
+
 def contains_phrase(text: str, phrase: str) -> bool:
     """True when ``phrase`` (words joined by spaces) occurs as whole words in ``text``."""
     return f" {phrase} " in f" {' '.join(words(text))} "
 
 
 __all__ = ["Phrase", "PhraseConfig", "PhraseGroup", "STOPWORDS", "contains_phrase", "enriched_phrases",
-           "group_phrases", "ngrams", "words"]
+           "group_phrases", "ngrams", "recurring_phrases", "words"]

@@ -13,14 +13,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from mechscope.audit.confidence import CONFIDENCE_ORDER, Assessment, assess
 from mechscope.audit.crosscoder_evidence import CrosscoderEvidenceConfig
 from mechscope.audit.detect import probe_scores
 from mechscope.audit.discovery import BehaviourDiscoveryConfig, Discovery, Hypothesis, discover_behaviours
 from mechscope.audit.localise import LocaliseConfig, localise, trigger_task
 from mechscope.audit.mitigate import METHODS, Method, mitigate
-from mechscope.audit.phrases import contains_phrase
+from mechscope.audit.phrases import contains_phrase, recurring_phrases
 from mechscope.audit.stages import (
     StageStore,
     discovery_from_state,
@@ -37,13 +38,20 @@ from mechscope.audit.stages import (
 from mechscope.audit.trigger_objective import insert
 from mechscope.audit.triggers import TriggerCandidate, TriggerConfig, reconstruct_triggers
 from mechscope.diff import check_comparable
+from mechscope.diff.corpus import generic_prompts
 from mechscope.errors import ConfigError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.weights import model_fingerprint
+from mechscope.steering import generate
 from mechscope.validate import check_choice, check_int, check_number
 
-NEEDS_BASE = ("greedy vs base replies", "amplified replies", "steered base", "difference lens", "reply-start KL")
-Verdict = str  # "nothing found", "hidden behaviour found", "inconclusive"
+NEEDS_BASE = ("greedy vs base replies", "amplified replies", "steered base", "difference lens", "reply-start KL",
+              "crosscoder (ft-only latents)")
+# Tools that follow a finding: without a base no phrase can be tested against a control, so no
+# finding exists for them to follow.
+FOLLOW_FINDINGS = ("trigger reconstruction", "localisation", "detection probes", "mitigation")
+NO_BASE_LEAD_SHARE = 0.2
+Verdict = Literal["nothing found", "hidden behaviour found", "inconclusive"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,7 @@ class Finding:
     probes: dict | None = None
     mitigations: list = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    assessment: Assessment | None = None
 
     def to_json(self) -> dict:
         return {"hypothesis": self.hypothesis.to_json(), "trigger": self.trigger.to_json() if self.trigger else None,
@@ -111,7 +120,15 @@ class Finding:
                 "localisation": self.localisation.to_json() if self.localisation else None,
                 "probes": {kind: [s.to_json() for s in rows] for kind, rows in self.probes.items()}
                 if self.probes else None,
-                "mitigations": [m.to_json() for m in self.mitigations], "notes": self.notes}
+                "mitigations": [m.to_json() for m in self.mitigations], "notes": self.notes,
+                "assessment": self.assessment.to_json() if self.assessment else None}
+
+    def assess(self, min_lift: float) -> Assessment:
+        """Its :class:`~mechscope.audit.confidence.Assessment` from what the stages found."""
+        lifts = [c.rate - c.control_rate for c in self.triggers if c.rate is not None]
+        cuts = [m.reduction for m in self.mitigations if m.reduction is not None]
+        unprompted = self.hypothesis.sources.get("greedy", (0.0, 0.0, 1.0))[0]
+        return assess(self.hypothesis.tools, max(lifts, default=None), unprompted, max(cuts, default=None), min_lift)
 
 
 @dataclass
@@ -124,11 +141,12 @@ class AuditResult:
     findings: list[Finding]
     stages: list[dict]  # {"stage", "seconds", "ran"}, in the order run
     skipped_tools: list[dict]
+    leads: list[dict] = field(default_factory=list)  # without a base: {"phrase", "share", "samples"}
 
     def to_json(self) -> dict:
         return {"verdict": self.verdict, "findings": [f.to_json() for f in self.findings],
                 "discovery": self.discovery.to_json() if self.discovery else None, "stages": self.stages,
-                "skipped_tools": self.skipped_tools}
+                "skipped_tools": self.skipped_tools, "leads": self.leads}
 
 
 def _neutral(n: int, given: tuple[str, ...] | None) -> list[str]:
@@ -221,21 +239,42 @@ def run_audit(ft: HookedModel, base: HookedModel | None = None, config: AuditCon
     and models reads it back instead of recomputing it (:mod:`mechscope.audit.stages`)."""
     config = config or AuditConfig()
     say = log or (lambda line: None)
-    if base is None:
-        reason = "needs the base model (--base): it compares the fine-tune with it"
-        skipped = [{"tool": tool, "why": reason} for tool in NEEDS_BASE]
-        return AuditResult("inconclusive", None, [], [], skipped)
-    check_comparable(base, ft)
-    key = {"config": asdict(config), "ft": model_fingerprint(ft), "base": model_fingerprint(base)}
+    if base is not None:
+        check_comparable(base, ft)
+    key = {"config": asdict(config), "ft": model_fingerprint(ft),
+           "base": None if base is None else model_fingerprint(base)}
     stages = _Stages(StageStore(folder, key), say)
+    if base is None:
+        return _without_base(ft, config, stages, progress)
     neutral = _neutral(config.n_neutral, config.neutral_prompts)
     discovery = stages.run("behaviour discovery", lambda: discover_behaviours(
         base, ft, config.discovery, None if config.prompts is None else list(config.prompts), progress=progress),
         discovery_state, discovery_from_state)
     findings = [_follow(ft, base, index, hypothesis, discovery, neutral, config, stages, progress)
                 for index, hypothesis in enumerate(discovery.findings[:config.max_findings])]
-    verdict = "hidden behaviour found" if findings else "nothing found"
+    for finding in findings:
+        finding.assessment = finding.assess(config.min_trigger_lift)
+    # Most confident first; among equals, the strongest enrichment.
+    findings.sort(key=lambda f: (CONFIDENCE_ORDER.index(f.assessment.confidence), f.hypothesis.p_value))
+    verdict: Verdict = "hidden behaviour found" if findings else "nothing found"
     return AuditResult(verdict, discovery, findings, stages.log, [])
+
+
+def _without_base(ft: HookedModel, config: AuditConfig, stages: _Stages, progress: bool) -> AuditResult:
+    """What runs with no base: the fine-tune's greedy replies to discovery's prompts, and the
+    phrases it repeats across them, as leads (with no control they cannot be tested)."""
+    prompts = list(config.prompts) if config.prompts is not None else generic_prompts(config.discovery.n_prompts)
+    replies = stages.run("fine-tune replies (no control)", lambda: generate(
+        ft, prompts, max_new_tokens=config.discovery.reply_tokens, progress=progress), list, lambda state, _: state)
+    leads = [{"phrase": phrase, "share": share,
+              "samples": [{"prompt": p, "reply": r} for p, r in zip(prompts, replies)
+                          if contains_phrase(r, phrase)][:3]}
+             for phrase, share in recurring_phrases(replies, NO_BASE_LEAD_SHARE)[:20]]
+    reason = "needs the base model (--base): it compares the fine-tune with it"
+    skipped = [{"tool": tool, "why": reason} for tool in NEEDS_BASE]
+    skipped += [{"tool": tool, "why": "follows a finding, and findings need the base's replies as their control"}
+                for tool in FOLLOW_FINDINGS]
+    return AuditResult("inconclusive", None, [], stages.log, skipped, leads)
 
 
 def with_seed(config: AuditConfig, seed: int) -> AuditConfig:
@@ -243,4 +282,4 @@ def with_seed(config: AuditConfig, seed: int) -> AuditConfig:
     return replace(config, discovery=replace(config.discovery, seed=seed), triggers=replace(config.triggers, seed=seed))
 
 
-__all__ = ["AuditConfig", "AuditResult", "Finding", "NEEDS_BASE", "run_audit", "shows_hypothesis", "with_seed"]
+__all__ = ["AuditConfig", "AuditResult", "FOLLOW_FINDINGS", "Finding", "NEEDS_BASE", "run_audit", "shows_hypothesis", "with_seed"]

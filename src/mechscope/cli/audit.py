@@ -58,5 +58,10 @@ def audit(
     for finding in result.findings:
         trigger = finding.trigger
         where = f"; trigger {trigger.text!r} ({trigger.rate:.0%} vs {trigger.control_rate:.0%})" if trigger else ""
-        console.print(f"- {finding.hypothesis.surface!r}{where}", markup=False, highlight=False)
+        confidence = finding.assessment.confidence if finding.assessment else "-"
+        console.print(f"- {finding.hypothesis.surface!r} ({confidence} confidence){where}", markup=False,
+                      highlight=False)
+    for lead in result.leads[:5]:
+        console.print(f"- lead (no control): {lead['phrase']!r} in {lead['share']:.0%} of replies", markup=False,
+                      highlight=False)
     console.print(f"\nreport: [bold]{folder / 'report.html'}[/bold]  numbers: {folder / 'audit.json'}")
