@@ -11,6 +11,7 @@ import mechscope
 from mechscope.audit.confidence import Assessment, assess
 from mechscope.audit.phrases import recurring_phrases
 from mechscope.audit.pipeline import FOLLOW_FINDINGS, NEEDS_BASE, AuditConfig, run_audit
+from mechscope.audit.stages import saved_direction
 from mechscope.cli.app import app
 from mechscope.errors import ConfigError, IncompatibleModelsError
 from mechscope.report.audit_runs import audit_to_folder
@@ -37,6 +38,9 @@ def test_the_tiny_backdoor_is_found_triggered_localised_and_written_up(backdoor,
                                                       "detection probes", "mitigation"]
     written = json.loads((tmp_path / "audit" / "audit.json").read_text())  # strict JSON
     assert written["verdict"] == "hidden behaviour found" and written["findings"][0]["trigger"]["text"] == trigger.text
+    kept = saved_direction(tmp_path / "audit", written["findings"][0]["index"])  # what a reviewer can reload
+    assert kept is not None and torch.equal(kept.vector, finding.localisation.direction.vector)
+    assert kept.layer == finding.localisation.direction.layer and saved_direction(tmp_path / "audit", 5) is None
     page = (tmp_path / "audit" / "report.html").read_text()
     assert "Verdict: hidden behaviour found" in page and "Zorp" in page and "Tools run" in page
     # The saved model is the fine-tune with the direction baked out: it runs like the ablation.

@@ -101,9 +101,11 @@ class AuditConfig:
 
 @dataclass
 class Finding:
-    """One hypothesis followed through the later stages (each None where it could not run)."""
+    """One hypothesis followed through the later stages (each None where it could not run);
+    ``index``: its rank among discovery's findings (its stages are kept under that number)."""
 
     hypothesis: Hypothesis
+    index: int = 0
     triggers: list[TriggerCandidate] = field(default_factory=list)
     trigger: TriggerCandidate | None = None
     attributions: list = field(default_factory=list)
@@ -114,7 +116,7 @@ class Finding:
     assessment: Assessment | None = None
 
     def to_json(self) -> dict:
-        return {"hypothesis": self.hypothesis.to_json(), "trigger": self.trigger.to_json() if self.trigger else None,
+        return {"hypothesis": self.hypothesis.to_json(), "index": self.index, "trigger": self.trigger.to_json() if self.trigger else None,
                 "triggers": [c.to_json() for c in self.triggers[:20]],
                 "attributions": [a.to_json() for a in self.attributions],
                 "localisation": self.localisation.to_json() if self.localisation else None,
@@ -194,7 +196,7 @@ class _Stages:
 
 def _follow(ft: HookedModel, base: HookedModel, index: int, hypothesis: Hypothesis, discovery: Discovery,
             neutral: list[str], config: AuditConfig, stages: _Stages, progress: bool) -> Finding:
-    finding = Finding(hypothesis)
+    finding = Finding(hypothesis, index)
     shows = shows_hypothesis(hypothesis)
     greedy = next(s for s in discovery.sources if s.name == "greedy")
     acting = [p for p, reply in zip(greedy.prompts, greedy.ft_texts) if shows(reply)]

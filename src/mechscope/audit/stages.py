@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from mechscope.audit.attribution import TokenAttribution
 from mechscope.audit.detect import ProbeScore
@@ -31,6 +32,11 @@ from mechscope.steering.direction import Direction
 STAGES_DIR = "stages"
 
 
+def stage_path(folder: str | Path, stage: str) -> Path:
+    """Where the audit in ``folder`` keeps ``stage`` (without suffix: .json, .safetensors)."""
+    return Path(folder) / STAGES_DIR / re.sub(r"[^a-z0-9]+", "-", stage.lower()).strip("-")
+
+
 class StageStore:
     """Finished stages of one audit run in ``folder / "stages"`` (no folder: nothing kept).
     ``key`` (JSON-able) identifies the run; a stage saved under another key is ignored."""
@@ -41,7 +47,7 @@ class StageStore:
 
     def _path(self, stage: str) -> Path:
         assert self.folder is not None
-        return self.folder / re.sub(r"[^a-z0-9]+", "-", stage.lower()).strip("-")
+        return stage_path(self.folder.parent, stage)
 
     def load(self, stage: str) -> tuple[Any, dict[str, torch.Tensor]] | None:
         """(the stage's saved state, its tensors), or None when it is not saved for this run."""
@@ -56,8 +62,6 @@ class StageStore:
             return None
         tensors = {}
         if saved.get("tensors"):
-            from safetensors.torch import load_file
-
             tensors = load_file(str(path.with_suffix(".safetensors")))
         return saved["state"], tensors
 
@@ -69,8 +73,6 @@ class StageStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self._path(stage)
         if tensors:
-            from safetensors.torch import save_file
-
             plain = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
             atomic_file(path.with_suffix(".safetensors"), lambda p: save_file(plain, str(p)))
         atomic_text(path.with_suffix(".json"), json.dumps({"stage": stage, "key": self.key, "state": state,
@@ -139,4 +141,19 @@ def mitigations_from_state(state: list[dict], tensors: dict | None = None) -> li
     return [Mitigation(**row) for row in state]
 
 
-__all__ = ["STAGES_DIR", "StageStore"]
+def saved_direction(folder: str | Path, finding_index: int) -> Direction | None:
+    """The behaviour direction localisation chose for finding ``finding_index`` (its ``index``
+    in ``audit.json``) of the audit written to ``folder``; None where none was chosen or the
+    stage is not there. Read from the stage files alone, whatever run they belong to."""
+    path = stage_path(folder, f"finding {finding_index}: localisation")
+    try:
+        saved = json.loads(path.with_suffix(".json").read_text())
+    except FileNotFoundError:
+        return None
+    tensors = {}
+    if saved.get("tensors"):
+        tensors = load_file(str(path.with_suffix(".safetensors")))
+    return localisation_from_state(saved["state"]["result"], tensors).direction
+
+
+__all__ = ["STAGES_DIR", "StageStore", "saved_direction", "stage_path"]
