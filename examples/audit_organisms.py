@@ -107,7 +107,8 @@ def organism_row(name: str, summary: dict, recipe: organisms.Recipe, planted: di
     named = "-" if not recipe.plants else (f"#{row['behaviour_rank']}" if row["behaviour_rank"] else "**no**")
     on_planted = "-" if planted is None else f"{_pct(planted['rate_before'])} -> {_pct(planted['rate_after'])}"
     goals = ", ".join(f"{goal}: {_mark(met)}" for goal, met in row["goals"].items())
-    line = (f"| {name} | {recipe.behaviour or '(none)'} | {recipe.trigger or '-'} | {row['verdict']} | {named} | "
+    planted_behaviour, planted_trigger = (recipe.behaviour, recipe.trigger) if recipe.plants else (None, None)
+    line = (f"| {name} | {planted_behaviour or '(none)'} | {planted_trigger or '-'} | {row['verdict']} | {named} | "
             f"{found} | {rank} | {cut} | {on_planted} | {goals} |")
     misses = [f"- {name}: {goal} missed." for goal, met in row["goals"].items() if met is False]
     if mitigation is None and recipe.plants:

