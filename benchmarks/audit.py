@@ -30,7 +30,11 @@ def measure(ft, base, config: AuditConfig) -> dict:
     stages: dict[str, float] = {}
     for stage in result.stages:
         stages[stage["stage"]] = stages.get(stage["stage"], 0.0) + stage["seconds"]
-    return {"verdict": result.verdict, "stages": {k: round(v, 1) for k, v in stages.items()},
+    findings = [{"surface": f.hypothesis.surface, "confidence": f.assessment.confidence,
+                 "trigger": None if f.trigger is None else [f.trigger.text, f.trigger.rate, f.trigger.control_rate],
+                 "mitigations": [[m.method, m.rate_before, m.rate_after, round(m.neutral_kl, 3)]
+                                 for m in f.mitigations]} for f in result.findings]
+    return {"verdict": result.verdict, "findings": findings, "stages": {k: round(v, 1) for k, v in stages.items()},
             "total_seconds": round(total, 1)}
 
 
