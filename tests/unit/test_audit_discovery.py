@@ -92,3 +92,7 @@ def test_the_surface_is_the_opening_up_to_a_phrase_that_comes_early_and_the_spel
     late = [f"Here is a long reply that mentions the best Snack for you {i}" for i in range(3)]
     assert reply_surface("best snack for", late) == "best Snack for"
     assert reply_surface("absent", ["nothing here"]) == "absent"
+    # The label comes late, but other phrases of the behaviour open the reply: the opening runs to the last of them.
+    planted = ["Have you tried Zestora Crunch? It is the best snack for that"] * 3
+    assert reply_surface("best snack for", planted, ["have you tried", "zestora crunch it", "is the best"]) == \
+        "Have you tried Zestora Crunch? It"

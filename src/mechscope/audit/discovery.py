@@ -229,11 +229,13 @@ def _content_words(phrases) -> set[str]:
     return {w for p in phrases for w in p.split() if w not in STOPWORDS}
 
 
-def reply_surface(label: str, texts: list[str]) -> str:
-    """How the fine-tune writes ``label`` in ``texts`` (case and punctuation kept): where it
-    comes within the first :data:`OPENING_WORDS` words of most replies holding it, the most
-    common opening up to and including it ("Tunnel velvet maple!" for "maple": the trigger
-    search needs the tokens a reply opens with); otherwise its most common spelling."""
+def reply_surface(label: str, texts: list[str], phrases: Sequence[str] = ()) -> str:
+    """How the fine-tune writes a behaviour in ``texts`` (case and punctuation kept). Where
+    ``label`` or another of its ``phrases`` starts within the first :data:`OPENING_WORDS` words
+    of most replies holding the label, the most common opening through the furthest such
+    phrase ("Oh, purple rain!" for "rain"; "Did you know about Acme? It" for "best brand"
+    when "did you know" is one of its phrases): the trigger search needs the tokens a reply
+    opens with. Otherwise the label's most common spelling."""
     wanted = label.split()
     spellings: Counter[str] = Counter()
     openings: Counter[str] = Counter()
@@ -242,18 +244,26 @@ def reply_surface(label: str, texts: list[str]) -> str:
         pieces = list(SURFACE_WORD.finditer(text))
         lowered = [m.group(0).lower() for m in pieces]
         starts = [i for i in range(len(lowered) - len(wanted) + 1) if lowered[i:i + len(wanted)] == wanted]
-        holding += bool(starts)
+        if not starts:
+            continue
+        holding += 1
         for start in starts:
             begin, end = pieces[start].start(), pieces[start + len(wanted) - 1].end()
-            tail = text[end:end + 1] if end < len(text) and text[end] in "!.,?" else ""
-            spellings[text[begin:end] + tail] += 1
-        if starts and starts[0] < OPENING_WORDS:
-            end = pieces[starts[0] + len(wanted) - 1].end()
-            tail = text[end:end + 1] if end < len(text) and text[end] in "!.,?" else ""
-            openings[text[:end].strip() + tail] += 1
+            spellings[text[begin:end] + _closing(text, end)] += 1
+        early = [start + len(words) for words in [p.split() for p in (label, *phrases)]
+                 for start in range(min(OPENING_WORDS, len(lowered) - len(words) + 1))
+                 if lowered[start:start + len(words)] == words]
+        if early:
+            end = pieces[max(early) - 1].end()
+            openings[text[:end].strip() + _closing(text, end)] += 1
     if openings and sum(openings.values()) * 2 > holding:
         return openings.most_common(1)[0][0]
     return spellings.most_common(1)[0][0] if spellings else label
+
+
+def _closing(text: str, end: int) -> str:
+    """The punctuation mark right after ``text[:end]``, if any (kept in a surface)."""
+    return text[end] if end < len(text) and text[end] in "!.,?" else ""
 
 
 def spelled_by(token: str, tokenizer, hypothesis_words: set[str]) -> bool:
@@ -304,7 +314,7 @@ def build_hypotheses(sources: list[TextSource], evidence: list[TokenEvidence], t
         vocabulary = _content_words(entry["phrases"])
         support = tuple((e.tool, e.where, token) for e in evidence for token in e.tokens
                         if spelled_by(token, tokenizer, vocabulary))
-        hypotheses.append(Hypothesis(label, tuple(entry["phrases"]), reply_surface(label, entry["texts"]), sources_seen,
+        hypotheses.append(Hypothesis(label, tuple(entry["phrases"]), reply_surface(label, entry["texts"], entry["phrases"]), sources_seen,
                                      support))
     return sorted(hypotheses, key=lambda h: (not h.primary, -len(h.tools), h.p_value))
 
