@@ -114,6 +114,23 @@ def _check_texts(name: str, texts: Sequence[str]) -> list[str]:
     return list(texts)
 
 
+def _holding(texts: Sequence[str], max_n: int) -> dict[str, list[int]]:
+    """Each n-gram of ``texts`` (:func:`ngrams`) with the indices of the texts holding it."""
+    held: dict[str, list[int]] = {}
+    for index, text in enumerate(texts):
+        for gram in ngrams(text, max_n):
+            held.setdefault(gram, []).append(index)
+    return held
+
+
+def _maximal(rows: dict[str, Sequence[int]]) -> set[str]:
+    """The n-grams of ``rows`` (n-gram -> the texts holding it) not inside a longer one held by
+    exactly the same texts."""
+    return {gram for gram, held in rows.items()
+            if not any(other != gram and tuple(rows[other]) == tuple(held) and f" {gram} " in f" {other} "
+                       for other in rows)}
+
+
 def enriched_phrases(ft_texts: Sequence[str], control_texts: Sequence[str],
                      config: PhraseConfig | None = None) -> list[Phrase]:
     """The n-grams significantly more frequent in ``ft_texts`` than in ``control_texts`` (see the
@@ -122,13 +139,9 @@ def enriched_phrases(ft_texts: Sequence[str], control_texts: Sequence[str],
     exactly the same fine-tune replies is dropped."""
     config = config or PhraseConfig()
     ft_texts, control_texts = _check_texts("ft_texts", ft_texts), _check_texts("control_texts", control_texts)
-    ft_sets = [ngrams(text, config.max_n) for text in ft_texts]
     control_sets = [ngrams(text, config.max_n) for text in control_texts]
-    in_ft: dict[str, list[int]] = {}
-    for index, grams in enumerate(ft_sets):
-        for gram in grams:
-            in_ft.setdefault(gram, []).append(index)
-    tested = {gram: replies for gram, replies in in_ft.items() if len(replies) >= config.min_count}
+    tested = {gram: replies for gram, replies in _holding(ft_texts, config.max_n).items()
+              if len(replies) >= config.min_count}
     n_ft, n_control = len(ft_texts), len(control_texts)
     kept = []
     for gram, replies in tested.items():
@@ -138,9 +151,9 @@ def enriched_phrases(ft_texts: Sequence[str], control_texts: Sequence[str],
         corrected = min(1.0, float(p) * len(tested))
         if corrected < config.alpha:
             kept.append(Phrase(gram, a, n_ft, b, n_control, corrected, tuple(replies)))
-    maximal = [p for p in kept if not any(other.replies == p.replies and len(other.text) > len(p.text)
-                                          and f" {p.text} " in f" {other.text} " for other in kept)]
-    return sorted(maximal, key=lambda p: (p.p_value, -p.log_odds, -len(p.text.split()), p.text))
+    maximal = _maximal({p.text: p.replies for p in kept})
+    return sorted((p for p in kept if p.text in maximal),
+                  key=lambda p: (p.p_value, -p.log_odds, -len(p.text.split()), p.text))
 
 
 @dataclass(frozen=True)
@@ -186,14 +199,8 @@ def recurring_phrases(texts: Sequence[str], min_share: float = 0.2, max_n: int =
     test against, these are leads, not findings: any model repeats some phrases."""
     texts = _check_texts("texts", texts)
     check_number("min_share", min_share, 0, 1, strict_minimum=True)
-    held: dict[str, list[int]] = {}
-    for index, text in enumerate(texts):
-        for gram in ngrams(text, max_n):
-            held.setdefault(gram, []).append(index)
-    kept = {gram: tuple(rows) for gram, rows in held.items() if len(rows) >= min_share * len(texts)}
-    maximal = [gram for gram, rows in kept.items()
-               if not any(other != gram and kept[other] == rows and f" {gram} " in f" {other} " for other in kept)]
-    ordered = sorted(maximal, key=lambda g: (-len(kept[g]), -len(g.split()), g))
+    kept = {gram: rows for gram, rows in _holding(texts, max_n).items() if len(rows) >= min_share * len(texts)}
+    ordered = sorted(_maximal(kept), key=lambda g: (-len(kept[g]), -len(g.split()), g))
     return [(gram, len(kept[gram]) / len(texts)) for gram in ordered]
 
 

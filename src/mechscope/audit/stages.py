@@ -37,41 +37,39 @@ def stage_path(folder: str | Path, stage: str) -> Path:
     return Path(folder) / STAGES_DIR / re.sub(r"[^a-z0-9]+", "-", stage.lower()).strip("-")
 
 
+def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """(the saved JSON, its tensors) of the stage at ``path``, or None where it is absent or
+    half written."""
+    try:
+        saved = json.loads(path.with_suffix(".json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    tensors = load_file(str(path.with_suffix(".safetensors"))) if saved.get("tensors") else {}
+    return saved, tensors
+
+
 class StageStore:
     """Finished stages of one audit run in ``folder / "stages"`` (no folder: nothing kept).
     ``key`` (JSON-able) identifies the run; a stage saved under another key is ignored."""
 
     def __init__(self, folder: str | Path | None, key: dict[str, Any]):
-        self.folder = None if folder is None else Path(folder) / STAGES_DIR
+        self.folder = None if folder is None else Path(folder)  # the audit's folder
         self.key = json.loads(json.dumps(key, default=str))
-
-    def _path(self, stage: str) -> Path:
-        assert self.folder is not None
-        return stage_path(self.folder.parent, stage)
 
     def load(self, stage: str) -> tuple[Any, dict[str, torch.Tensor]] | None:
         """(the stage's saved state, its tensors), or None when it is not saved for this run."""
-        if self.folder is None:
+        read = None if self.folder is None else _read(stage_path(self.folder, stage))
+        if read is None or read[0].get("key") != self.key or read[0].get("stage") != stage:
             return None
-        path = self._path(stage)
-        try:
-            saved = json.loads(path.with_suffix(".json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        if saved.get("key") != self.key or saved.get("stage") != stage:
-            return None
-        tensors = {}
-        if saved.get("tensors"):
-            tensors = load_file(str(path.with_suffix(".safetensors")))
-        return saved["state"], tensors
+        return read[0]["state"], read[1]
 
     def save(self, stage: str, state: Any, tensors: dict[str, torch.Tensor] | None = None) -> None:
         """Keep ``state`` (JSON-able) and ``tensors``; the JSON goes last, so a kill in between
         leaves the stage unsaved rather than half saved."""
         if self.folder is None:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self._path(stage)
+        path = stage_path(self.folder, stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
         if tensors:
             plain = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
             atomic_file(path.with_suffix(".safetensors"), lambda p: save_file(plain, str(p)))
@@ -145,15 +143,8 @@ def saved_direction(folder: str | Path, finding_index: int) -> Direction | None:
     """The behaviour direction localisation chose for finding ``finding_index`` (its ``index``
     in ``audit.json``) of the audit written to ``folder``; None where none was chosen or the
     stage is not there. Read from the stage files alone, whatever run they belong to."""
-    path = stage_path(folder, f"finding {finding_index}: localisation")
-    try:
-        saved = json.loads(path.with_suffix(".json").read_text())
-    except FileNotFoundError:
-        return None
-    tensors = {}
-    if saved.get("tensors"):
-        tensors = load_file(str(path.with_suffix(".safetensors")))
-    return localisation_from_state(saved["state"]["result"], tensors).direction
+    read = _read(stage_path(folder, f"finding {finding_index}: localisation"))
+    return None if read is None else localisation_from_state(read[0]["state"]["result"], read[1]).direction
 
 
 __all__ = ["STAGES_DIR", "StageStore", "saved_direction", "stage_path"]

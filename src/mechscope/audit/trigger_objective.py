@@ -181,15 +181,16 @@ class TriggerObjective:
         self.base_untriggered = None if base is None else \
             prompt_log_probs(self.base_chat, [()], batch_size, per_token=True)[0]  # [n, t]
 
-    def upper_bounds(self, triggers: Sequence[Sequence[int]]) -> list[float]:
-        """The fine-tune's part of each trigger's objective alone: never below the objective
-        (the base's discount is not negative), so a search can rank many triggers by it and
-        score only the best exactly."""
-        return prompt_log_probs(self.chat, triggers, self.batch_size).mean(-1).tolist()
+    def fine_tune_values(self, triggers: Sequence[Sequence[int]]) -> torch.Tensor:
+        """[len(triggers), n] the fine-tune's part of each trigger's objective, per prompt. Its
+        mean over prompts is never below the objective (the base's discount is not negative), so
+        a search can rank many triggers by it and pass the best on to :meth:`scores`."""
+        return prompt_log_probs(self.chat, triggers, self.batch_size)
 
-    def scores(self, triggers: Sequence[Sequence[int]]) -> list[float]:
-        """The objective of each trigger (token ids; () for none)."""
-        values = prompt_log_probs(self.chat, triggers, self.batch_size)
+    def scores(self, triggers: Sequence[Sequence[int]], fine_tune_values: torch.Tensor | None = None) -> list[float]:
+        """The objective of each trigger (token ids; () for none); ``fine_tune_values`` [k, n]:
+        their :meth:`fine_tune_values` when already computed (not computed again)."""
+        values = self.fine_tune_values(triggers) if fine_tune_values is None else fine_tune_values
         if self.base_chat is not None:
             rise = prompt_log_probs(self.base_chat, triggers, self.batch_size, per_token=True) - self.base_untriggered
             values = values - rise.clamp_min(0).sum(-1)

@@ -146,10 +146,11 @@ def coordinate_search(objective: TriggerObjective, start: Sequence[int], allowed
             break
         drawn = sorted(batch)
         tried.update(drawn)
-        bounds = objective.upper_bounds(drawn)
+        values = objective.fine_tune_values(drawn)  # [swaps, n]
+        bounds = values.mean(-1).tolist()
         best_bounds = sorted(range(len(drawn)), key=lambda i: -bounds[i])[:exact]
         chosen = [drawn[i] for i in best_bounds]
-        for swapped, score in zip(chosen, objective.scores(chosen)):
+        for swapped, score in zip(chosen, objective.scores(chosen, values[best_bounds])):
             seen[swapped] = score
         best = max(chosen, key=seen.__getitem__)
         if seen[best] > seen[trigger]:
