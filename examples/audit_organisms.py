@@ -29,7 +29,7 @@ from mechscope.errors import ResumeError
 from mechscope.files import atomic_text
 from mechscope.organisms.examples import shows_behaviour
 from mechscope.report.audit_runs import audit_to_folder, prepare_audit_folder
-from mechscope.report.audit_scoreboard import names_behaviour, score_audit, tool_scoreboard
+from mechscope.report.audit_scoreboard import MITIGATION_GOAL, names_behaviour, score_audit, tool_scoreboard
 from mechscope.steering import DirectionalAblation, generate
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "case-studies"
@@ -123,7 +123,7 @@ def contradicted(results) -> list[str]:
     lines = []
     for name, summary, recipe, planted in results:
         best = score_audit(summary, recipe)["mitigation"]
-        if best is None or planted is None or best["reduction"] is None or best["reduction"] < 0.8:
+        if best is None or planted is None or best["reduction"] is None or best["reduction"] < MITIGATION_GOAL:
             continue
         if planted["rate_after"] >= 0.5 * planted["rate_before"]:
             lines.append(f"- {name}: the edit removes the behaviour for the trigger the audit found "
