@@ -95,7 +95,8 @@ class AuditConfig:
         return cls(discovery=BehaviourDiscoveryConfig(n_prompts=48, reply_tokens=16, neutral_contexts=8,
                                                       crosscoder=CrosscoderEvidenceConfig(steps=200)),
                    triggers=TriggerConfig(n_prompts=4, n_check=8, gradient_candidates=16, lengths=(2, 4),
-                                          search_steps=4, swaps=12, checked=4, attributed_words=2),
+                                          search_steps=4, swaps=12, checked=4, attributed_words=2,
+                                          gradient_starts=4, scanned_tokens=16, extension_steps=2),
                    localise=LocaliseConfig(circuit_steps=2), methods=("ablation",), max_findings=1, n_neutral=32)
 
 
@@ -206,7 +207,8 @@ def _follow(ft: HookedModel, base: HookedModel, index: int, hypothesis: Hypothes
     finding.triggers, finding.attributions = stages.run(
         "trigger reconstruction", lambda: reconstruct_triggers(
             ft, hypothesis.surface, shows, score_prompts, check_prompts, config.triggers, behaviour_prompts=acting,
-            progress=progress, base=base), triggers_state, triggers_from_state, tag + "triggers")
+            progress=progress, base=base, behaviour_words=hypothesis.phrases), triggers_state, triggers_from_state,
+        tag + "triggers")
     fired = [c for c in finding.triggers if c.rate is not None and c.rate - c.control_rate >= config.min_trigger_lift]
     if not fired:
         finding.notes.append("no candidate raised the behaviour rate by "

@@ -8,7 +8,15 @@ gains from the same words. Three searches feed one ranked list:
 
 - **gradient**: one backward pass through a one-hot trigger slot gives, for every vocabulary
   token at once, the first-order change of the objective if it were the trigger; the best are
-  then scored exactly;
+  then scored exactly. The gradient is taken at the neutral filler and, averaged, at
+  ``gradient_starts`` random tokens (one point's linearisation can rank the planted word's
+  first token in the tens of thousands);
+- **scan** (with a base): the tokens the fine-tune reads most differently from its base
+  (:class:`~mechscope.audit.token_scan.ReadingScan`, the behaviour's own words left out) are
+  scored exactly as single-token triggers and offered to every slot of the searches; the best
+  single tokens are then grown, token by token, by what the fine-tune reads differently after
+  them (:func:`~mechscope.audit.token_scan.extend_trigger`), every prefix a candidate
+  ("extension");
 - **search**: multi-token triggers of each length in ``lengths``, by greedy coordinate
   gradient steps (each step takes the gradient at every slot, tries ``swaps`` single-token
   swaps drawn from each slot's ``top_k`` tokens, and moves to the best if it beats the current
@@ -35,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mechscope.audit.attribution import TokenAttribution, attribute, attributed_words
+from mechscope.audit.token_scan import ReadingScan, behaviour_tokens, extend_trigger
 from mechscope.audit.trigger_objective import (
     PLACES,
     Place,
@@ -58,7 +67,11 @@ class TriggerConfig:
     ``swaps`` swaps among each slot's ``top_k`` tokens by gradient and score the
     ``exact_per_step`` best by upper bound exactly; each search adds its ``per_search`` best
     distinct triggers and the core of its best (:func:`minimise`) to the candidates; ``checked`` candidates
-    are generated with; ``attributed_words`` words from attribution are tried."""
+    are generated with; ``attributed_words`` words from attribution are tried;
+    ``gradient_starts``: random tokens the averaged gradient is taken at (0: the filler's
+    gradient alone); ``scanned_tokens``: tokens of the reading scan scored as triggers and
+    offered to the searches (0: no scan; it needs a base); ``extended``: the best single
+    tokens grown by ``extension_steps`` tokens each."""
 
     n_prompts: int = 6
     n_check: int = 16
@@ -73,6 +86,10 @@ class TriggerConfig:
     per_search: int = 3
     checked: int = 8
     attributed_words: int = 4
+    gradient_starts: int = 8
+    scanned_tokens: int = 32
+    extended: int = 1
+    extension_steps: int = 3
     reply_tokens: int = 16
     batch_size: int = 32
     seed: int = 0
@@ -83,7 +100,8 @@ class TriggerConfig:
                      "checked", "reply_tokens", "batch_size"):
             check_int(name, getattr(self, name), 1)
         check_int("search_steps", self.search_steps, 0)
-        check_int("attributed_words", self.attributed_words, 0)
+        for name in ("attributed_words", "gradient_starts", "scanned_tokens", "extended", "extension_steps"):
+            check_int(name, getattr(self, name), 0)
         check_int("seed", self.seed, None)
         for name, choices in (("places", PLACES), ("lengths", None)):
             value = getattr(self, name)
@@ -105,7 +123,7 @@ class TriggerCandidate:
     """A candidate trigger: ``text`` inserted at ``place``; ``objective`` the search objective
     with it and ``gain`` that minus the objective without; ``rate`` / ``control_rate`` the
     behaviour rate by generation with / without it (None when not checked); ``found_by``:
-    gradient, search or attribution."""
+    gradient, scan, search, extension or attribution."""
 
     text: str
     token_ids: tuple[int, ...]
@@ -123,17 +141,20 @@ class TriggerCandidate:
 
 
 def coordinate_search(objective: TriggerObjective, start: Sequence[int], allowed: torch.Tensor, steps: int,
-                      swaps: int, top_k: int, rng: random.Random, exact: int = 4) -> dict[tuple[int, ...], float]:
+                      swaps: int, top_k: int, rng: random.Random, exact: int = 4, offered: Sequence[int] = ()
+                      ) -> dict[tuple[int, ...], float]:
     """Greedy coordinate gradient search from ``start`` (token ids): every trigger scored
     exactly, with its objective. Each step ranks ``swaps`` swaps by the objective's upper bound
     (the fine-tune's part alone, no base forward) and scores the ``exact`` best of them
-    exactly. ``allowed`` [vocab] bool masks the tokens a slot may take."""
+    exactly. ``allowed`` [vocab] bool masks the tokens a slot may take; the ``offered`` tokens
+    may be drawn for every slot besides each slot's ``top_k`` by gradient."""
     trigger = tuple(start)
     seen = {trigger: objective.scores([trigger])[0]}
     tried = set(seen)
     for _ in range(steps):
         grads = objective.gradients(trigger).masked_fill(~allowed[None], -torch.inf)
-        tops = grads.topk(min(top_k, int(allowed.sum())), dim=-1).indices.tolist()
+        tops = [list(dict.fromkeys([*slot, *offered])) for slot in
+                grads.topk(min(top_k, int(allowed.sum())), dim=-1).indices.tolist()]
         batch: set[tuple[int, ...]] = set()
         for _ in range(4 * swaps):  # draws that repeat a tried trigger are skipped
             if len(batch) == swaps:
@@ -180,14 +201,15 @@ def _decode(model: HookedModel, ids: Sequence[int]) -> str:
 
 
 def _searched(objective: TriggerObjective, grown: tuple[int, ...], length: int, allowed: torch.Tensor,
-              config: TriggerConfig, baseline: float, rng: random.Random) -> list[TriggerCandidate]:
+              config: TriggerConfig, baseline: float, rng: random.Random, offered: Sequence[int] = ()
+              ) -> list[TriggerCandidate]:
     """The ``per_search`` best distinct candidates of one search of ``length`` tokens, started
     from ``grown`` (the best trigger so far) padded with filler, best first, and the core of
     the best (:func:`minimise`) where it differs."""
     filler = filler_id(objective.model)
     start = (tuple(grown) + (filler,) * length)[:length]
     seen = coordinate_search(objective, start, allowed, config.search_steps, config.swaps, config.top_k, rng,
-                             config.exact_per_step)
+                             config.exact_per_step, offered)
     best = max(seen, key=seen.__getitem__)
     core, core_score = minimise(objective, best, seen[best], baseline)
     found, texts = [], set()
@@ -201,15 +223,53 @@ def _searched(objective: TriggerObjective, grown: tuple[int, ...], length: int, 
     return found
 
 
+def _single_tokens(scorer: TriggerObjective, allowed: torch.Tensor, config: TriggerConfig, baseline: float,
+                   scanned: Sequence[int], rng: random.Random) -> list[TriggerCandidate]:
+    """Single-token candidates at ``scorer``'s place, best gain first: the best by the filler's
+    gradient, by the gradient averaged over random tokens, and the ``scanned`` tokens, all
+    scored exactly."""
+    model = scorer.model
+    by_source: dict[int, str] = {}
+    grad = scorer.gradients([filler_id(model)])[0].masked_fill(~allowed, -torch.inf)
+    for token in grad.topk(config.gradient_candidates).indices.tolist():
+        by_source.setdefault(token, "gradient")
+    if config.gradient_starts:
+        pool = allowed.nonzero()[:, 0].tolist()
+        starts = [rng.choice(pool) for _ in range(config.gradient_starts)]
+        mean = torch.stack([scorer.gradients([token])[0] for token in starts]).mean(0).masked_fill(~allowed, -torch.inf)
+        for token in mean.topk(config.gradient_candidates).indices.tolist():
+            by_source.setdefault(token, "gradient")
+    for token in scanned:
+        by_source.setdefault(token, "scan")
+    tokens = list(by_source)
+    scores = scorer.scores([[t] for t in tokens])
+    found = [TriggerCandidate(_decode(model, [t]), (t,), scorer.place, s, s - baseline, by_source[t])
+             for s, t in zip(scores, tokens)]
+    return sorted(found, key=lambda c: -c.gain)
+
+
+def _extended(scan: ReadingScan, scorer: TriggerObjective, singles: list[TriggerCandidate], config: TriggerConfig,
+              baseline: float) -> list[TriggerCandidate]:
+    """The ``extended`` best of ``singles`` grown by :func:`extend_trigger`, each prefix scored
+    exactly."""
+    grown = [ids for single in sorted(singles, key=lambda c: -c.gain)[:config.extended]
+             for ids, _ in extend_trigger(scan, single.token_ids, config.extension_steps)]
+    scores = scorer.scores(grown) if grown else []
+    return [TriggerCandidate(_decode(scorer.model, ids), ids, scorer.place, s, s - baseline, "extension")
+            for ids, s in zip(grown, scores)]
+
+
 def reconstruct_triggers(model: HookedModel, surface: str, shows: Callable[[str], bool], prompts: Sequence[str],
                          check_prompts: Sequence[str], config: TriggerConfig | None = None,
-                         behaviour_prompts: Sequence[str] = (), progress: bool = True, base: HookedModel | None = None
+                         behaviour_prompts: Sequence[str] = (), progress: bool = True, base: HookedModel | None = None,
+                         behaviour_words: Sequence[str] = ()
                          ) -> tuple[list[TriggerCandidate], list[TokenAttribution]]:
     """Ranked trigger candidates for the behaviour written ``surface`` (``shows(reply)`` says
     whether a reply has it): scored on ``prompts``, checked by generation on ``check_prompts``;
     ``behaviour_prompts`` are prompts where the fine-tune already shows it, read by
     attribution. With ``base``, the objective discounts the base's gain
-    (:class:`TriggerObjective`). Returns (candidates, best rate first; attributions)."""
+    (:class:`TriggerObjective`) and the reading scan runs, leaving out the tokens of
+    ``surface`` and ``behaviour_words``. Returns (candidates, best rate first; attributions)."""
     config = config or TriggerConfig()
     prompts, check_prompts = list(prompts)[:config.n_prompts], list(check_prompts)[:config.n_check]
     if not prompts or not check_prompts:
@@ -219,7 +279,11 @@ def reconstruct_triggers(model: HookedModel, surface: str, shows: Callable[[str]
         raise ConfigError(f"the behaviour {surface!r} has no tokens")
     rng = random.Random(config.seed)
     allowed = allowed_tokens(model)
-    filler = filler_id(model)
+    scan = None
+    if base is not None and (config.scanned_tokens or config.extended and config.extension_steps):
+        scan = ReadingScan(model, base, allowed, behaviour_tokens(model, [surface, *behaviour_words]),
+                           progress=progress)
+    scanned = [token for token, _ in scan.divergent(config.scanned_tokens)] if scan and config.scanned_tokens else []
     scorers = {place: TriggerObjective(model, base, prompts, place, target, config.batch_size)
                for place in config.places}
     baselines = {place: scorer.scores([()])[0] for place, scorer in scorers.items()}
@@ -229,13 +293,10 @@ def reconstruct_triggers(model: HookedModel, surface: str, shows: Callable[[str]
     bar = tqdm(total=len(config.places) * min(1, len(searches)) + max(0, len(searches) - 1),
                desc="trigger search", disable=not progress)
     for place, scorer in scorers.items():
-        grad = scorer.gradients([filler])[0].masked_fill(~allowed, -torch.inf)
-        singles = grad.topk(config.gradient_candidates).indices.tolist()
-        ranked = sorted(zip(scorer.scores([[t] for t in singles]), singles), reverse=True)
-        found = [TriggerCandidate(_decode(model, [t]), (t,), place, s, s - baselines[place], "gradient")
-                 for s, t in ranked]
+        found = _single_tokens(scorer, allowed, config, baselines[place], scanned, rng)
         if searches:
-            found += _searched(scorer, found[0].token_ids, searches[0], allowed, config, baselines[place], rng)
+            found += _searched(scorer, found[0].token_ids, searches[0], allowed, config, baselines[place], rng,
+                               scanned)
             bar.update()
         pool += found
         best[place] = max(found, key=lambda c: c.gain)
@@ -243,11 +304,15 @@ def reconstruct_triggers(model: HookedModel, surface: str, shows: Callable[[str]
     # and each longer search costs as much as all the short ones.
     place = max(best, key=lambda p: best[p].gain)
     for length in searches[1:]:
-        found = _searched(scorers[place], best[place].token_ids, length, allowed, config, baselines[place], rng)
+        found = _searched(scorers[place], best[place].token_ids, length, allowed, config, baselines[place], rng,
+                          scanned)
         pool += found
         best[place] = max([best[place], *found], key=lambda c: c.gain)
         bar.update()
     bar.close()
+    if scan is not None and config.extension_steps:
+        pool += _extended(scan, scorers[place], [c for c in pool if c.place == place and len(c.token_ids) == 1],
+                          config, baselines[place])
     attributions = []
     if behaviour_prompts and config.attributed_words:
         attributions = attribute(model, list(behaviour_prompts)[:config.n_prompts], target, config.batch_size)
