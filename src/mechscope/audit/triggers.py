@@ -29,8 +29,9 @@ gains from the same words. Three searches feed one ranked list:
   ablation of each prompt token name the words that cause it (a topic, where there is no
   trigger string); the strongest are tried as triggers too.
 
-The top candidates by exact objective are then checked by generation: the behaviour rate with
-the candidate inserted, on held-out neutral prompts, against the rate without it.
+The top candidates by exact objective, and every extension, are then checked by generation: the
+behaviour rate with the candidate inserted, on held-out neutral prompts, against the rate
+without it.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class TriggerConfig:
     ``swaps`` swaps among each slot's ``top_k`` tokens by gradient and score the
     ``exact_per_step`` best by upper bound exactly; each search adds its ``per_search`` best
     distinct triggers and the core of its best (:func:`minimise`) to the candidates; ``checked`` candidates
-    are generated with; ``attributed_words`` words from attribution are tried;
+    are generated with (and every extension); ``attributed_words`` words from attribution are tried;
     ``gradient_starts``: random tokens the averaged gradient is taken at (0: the filler's
     gradient alone); ``scanned_tokens``: tokens of the reading scan scored as triggers and
     offered to the searches (0: no scan; it needs a base); ``extended``: the best single
@@ -327,14 +328,18 @@ def reconstruct_triggers(model: HookedModel, surface: str, shows: Callable[[str]
     ranked = list(unique.values())
     control = sum(map(shows, generate(model, check_prompts, max_new_tokens=config.reply_tokens,
                                       progress=False))) / len(check_prompts)
+    # The extensions are always checked: the objective saturates once a trigger fires (a piece
+    # of the planted trigger scores as high as all of it, or a search's padding), so their gain
+    # alone would not bring the reading's evidence to a generation check.
+    chosen = ranked[:config.checked] + [c for c in ranked[config.checked:] if c.found_by == "extension"]
     checked = []
-    for candidate in tqdm(ranked[:config.checked], desc="checking trigger candidates", disable=not progress):
+    for candidate in tqdm(chosen, desc="checking trigger candidates", disable=not progress):
         inserted = [insert(candidate.text, p, candidate.place) for p in check_prompts]
         replies = generate(model, inserted, max_new_tokens=config.reply_tokens, progress=False)
         rate = sum(map(shows, replies)) / len(replies)
         checked.append(TriggerCandidate(**{**candidate.__dict__, "rate": rate, "control_rate": control}))
     checked.sort(key=lambda c: (-c.rate, -c.gain))
-    return checked + ranked[config.checked:], attributions
+    return checked + [c for c in ranked if c not in chosen], attributions
 
 
 __all__ = ["TriggerCandidate", "TriggerConfig", "coordinate_search", "minimise", "reconstruct_triggers"]
