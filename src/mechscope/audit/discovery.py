@@ -69,7 +69,7 @@ class BehaviourDiscoveryConfig:
     prompts of highest reply-start KL whose risen tokens are read; ``crosscoder``: the
     crosscoder tool (:mod:`mechscope.audit.crosscoder_evidence`; ``steps=0`` skips it)."""
 
-    n_prompts: int = 96
+    n_prompts: int = 64
     reply_tokens: int = 24
     amplify_alpha: float = 2.0
     steer_depth: float = 2 / 3

@@ -31,7 +31,7 @@ from mechscope.circuits import discover as discover_circuit
 from mechscope.errors import ConfigError
 from mechscope.hooks import names
 from mechscope.models.hooked_model import HookedModel
-from mechscope.steering.apply import DirectionalAblation
+from mechscope.steering.apply import DirectionalAblation, checked_layers
 from mechscope.steering.direction import Direction
 from mechscope.steering.evaluate import last_token_logits, next_token_kl
 from mechscope.tasks.base import Task
@@ -43,17 +43,22 @@ class LocaliseConfig:
     """``kl_bound``: nats of neutral next-token KL a chosen direction's ablation may cost;
     ``circuit_steps``: EAP-IG integration steps; ``top_components``: components reported;
     ``max_layer_fraction``: direction candidates only from layers below this share of depth
-    (the last layers write the answer itself, so ablating there is a logit edit)."""
+    (the last layers write the answer itself, so ablating there is a logit edit);
+    ``layer_stride``: patch, and try directions at, every ``layer_stride``-th layer only (each
+    layer costs three patched forwards and a direction's two measurements; neighbouring layers
+    carry much the same; 1: every layer)."""
 
     kl_bound: float = 0.1
     circuit_steps: int = 5
     top_components: int = 10
     max_layer_fraction: float = 0.9
+    layer_stride: int = 2
 
     def __post_init__(self) -> None:
         check_number("kl_bound", self.kl_bound, 0, strict_minimum=True)
         check_int("circuit_steps", self.circuit_steps, 1)
         check_int("top_components", self.top_components, 1)
+        check_int("layer_stride", self.layer_stride, 1)
         check_number("max_layer_fraction", self.max_layer_fraction, 0, 1, strict_minimum=True)
 
 
@@ -102,18 +107,20 @@ def _group_masks(task: Task) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def patch_layers(model: HookedModel, task: Task, progress: bool = False) -> dict[str, list[float]]:
-    """Per position group, per layer: the share of the clean-minus-corrupted logit difference
-    restored by patching the clean resid_pre at that group into the corrupted run (1: all of
-    it, 0: none)."""
-    hooks = [names.resid_pre(layer) for layer in range(model.cfg.n_layers)]
+def patch_layers(model: HookedModel, task: Task, progress: bool = False, layers: Sequence[int] | None = None
+                 ) -> dict[str, list[float]]:
+    """Per position group, per layer of ``layers`` (default: all): the share of the
+    clean-minus-corrupted logit difference restored by patching the clean resid_pre at that
+    group into the corrupted run (1: all of it, 0: none)."""
+    layers = checked_layers(model, None if layers is None else list(layers))
+    hooks = [names.resid_pre(layer) for layer in layers]
     _, cache = model.run_with_cache(task.clean_tokens, names=hooks, device="cpu")
     clean = float(task.logit_diff(model(task.clean_tokens)).mean())
     corrupted = float(task.logit_diff(model(task.corrupted_tokens)).mean())
     span = clean - corrupted
     masks = _group_masks(task)
     effects: dict[str, list[float]] = {group: [] for group in POSITION_GROUPS}
-    for layer, hook in enumerate(tqdm(hooks, desc="patching resid_pre by layer", disable=not progress)):
+    for hook in tqdm(hooks, desc="patching resid_pre by layer", disable=not progress):
         source = cache[hook]
         for group, mask in masks.items():
             def patch(activation, hook_point, source=source, mask=mask):
@@ -128,8 +135,9 @@ def patch_layers(model: HookedModel, task: Task, progress: bool = False) -> dict
 
 @dataclass
 class Localisation:
-    """``patching``: per position group, per layer, the share of the trigger's effect restored
-    (:func:`patch_layers`); ``layer_effect`` [n_layers]: the largest over the groups;
+    """``patching``: per position group, per layer of ``layers`` (the patched ones), the share
+    of the trigger's effect restored (:func:`patch_layers`); ``layer_effect``: the largest over
+    the groups, per layer of ``layers``;
     ``components``: (name, EAP-IG score) of the top nodes; ``direction``: the chosen behaviour
     direction (None when no candidate kept the KL bound) and ``candidates`` every layer's scores."""
 
@@ -140,9 +148,15 @@ class Localisation:
     chosen: DirectionCandidate | None
     candidates: list[DirectionCandidate] = field(default_factory=list)
     clean_logit_diff: float = 0.0
+    layers: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.layers = list(self.layers) or list(range(len(self.layer_effect)))
+        if len(self.layers) != len(self.layer_effect):
+            raise ConfigError(f"{len(self.layer_effect)} layer effects for {len(self.layers)} layers")
 
     def to_json(self) -> dict:
-        return {"layer_effect": self.layer_effect, "patching": self.patching,
+        return {"layers": self.layers, "layer_effect": self.layer_effect, "patching": self.patching,
                 "components": [{"name": n, "score": s} for n, s in self.components],
                 "chosen": None if self.chosen is None else vars(self.chosen),
                 "candidates": [vars(c) for c in self.candidates], "clean_logit_diff": self.clean_logit_diff}
@@ -161,13 +175,14 @@ def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], con
     """Patching, the EAP-IG node circuit and the behaviour direction of ``task`` (from
     :func:`trigger_task`); ``neutral_prompts`` measure each direction's side effect."""
     config = config or LocaliseConfig()
-    patching = patch_layers(model, task, progress)
+    patched = list(range(0, model.cfg.n_layers, config.layer_stride))
+    patching = patch_layers(model, task, progress, patched)
     layer_effect = [max(values) for values in zip(*patching.values())]
     circuit = discover_circuit(model, task, "eap-ig", level="node", steps=config.circuit_steps, progress=progress)
     nodes = circuit.node_scores
     ranked = sorted(zip(circuit.graph.writers, nodes.tolist()), key=lambda item: -abs(item[1]))
     components = ranked[:config.top_components]
-    layers = range(1, max(2, int(model.cfg.n_layers * config.max_layer_fraction)))
+    layers = range(1, max(2, int(model.cfg.n_layers * config.max_layer_fraction)), config.layer_stride)
     hook_names = [names.resid_post(layer - 1) for layer in layers]  # the stream entering each candidate layer
     rows, end = torch.arange(len(task)), task.positions["END"]
     means = {}
@@ -190,7 +205,7 @@ def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], con
     within = sorted((c for c in candidates if c.kl <= config.kl_bound), key=lambda c: c.ablated_fraction)
     chosen = within[0] if within else None
     return Localisation(layer_effect, patching, components, directions[chosen.layer] if chosen else None, chosen,
-                        candidates, clean_diff)
+                        candidates, clean_diff, patched)
 
 
 __all__ = ["POSITION_GROUPS", "DirectionCandidate", "Localisation", "LocaliseConfig", "localise", "patch_layers",

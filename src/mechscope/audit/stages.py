@@ -120,7 +120,8 @@ def localisation_from_state(state: dict, tensors: dict[str, torch.Tensor] | None
     return Localisation(state["layer_effect"], state["patching"],
                         [(c["name"], c["score"]) for c in state["components"]], direction,
                         None if state["chosen"] is None else DirectionCandidate(**state["chosen"]),
-                        [DirectionCandidate(**c) for c in state["candidates"]], state["clean_logit_diff"])
+                        [DirectionCandidate(**c) for c in state["candidates"]], state["clean_logit_diff"],
+                        state.get("layers", []))
 
 
 def probes_state(probes: dict[str, list[ProbeScore]]) -> dict:

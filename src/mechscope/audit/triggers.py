@@ -79,8 +79,8 @@ class TriggerConfig:
     places: tuple[Place, ...] = PLACES
     target_tokens: int = 4
     gradient_candidates: int = 32
-    lengths: tuple[int, ...] = (2, 4, 6)
-    search_steps: int = 12
+    lengths: tuple[int, ...] = (2, 4)
+    search_steps: int = 6
     swaps: int = 24
     top_k: int = 32
     exact_per_step: int = 4

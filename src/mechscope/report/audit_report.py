@@ -26,7 +26,8 @@ def audit_figures(summary: dict) -> dict[str, go.Figure]:
         label = finding["hypothesis"]["label"]
         local = finding.get("localisation")
         if local:
-            figure = go.Figure([go.Scatter(y=values, x=list(range(len(values))), name=group)
+            layers = local.get("layers") or list(range(len(local["layer_effect"])))
+            figure = go.Figure([go.Scatter(y=values, x=layers, name=group)
                                 for group, values in local["patching"].items()])
             figure.update_layout(title=f"{label!r}: activation patching of resid_pre, by layer and position group",
                                  xaxis_title="layer", yaxis_title="share of the trigger's effect restored")
