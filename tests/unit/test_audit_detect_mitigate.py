@@ -34,7 +34,7 @@ def test_orthogonalising_equals_ablating_and_both_are_measured(backdoor):
     _, ft = backdoor
     trigger = ft.tokenizer("%%", add_special_tokens=False)["input_ids"]
     task = trigger_task(ft, PROMPTS[:6], trigger, "start", target(ft))
-    found = localise(ft, task, NEUTRAL, LocaliseConfig(kl_bound=10.0, circuit_steps=2, max_layer_fraction=1.0, layer_stride=1),
+    found = localise(ft, task, NEUTRAL, LocaliseConfig(kl_bound=10.0, circuit_steps=2, max_layer_fraction=1.0, patch_stride=1),
                      progress=False)
     triggered = [f"%% {p}" for p in PROMPTS]
     results = {m.method: m for m in mitigate(ft, found.direction, triggered, lambda r: "Zorp" in r, NEUTRAL,

@@ -195,7 +195,7 @@ def test_trigger_task_aligns_clean_and_corrupted_and_patching_obeys_its_identiti
     differs = (task.clean_tokens != task.corrupted_tokens).nonzero()[:, 1].unique().tolist()
     assert differs == [start, start + 1]  # only the trigger's two slots differ
     assert (task.answer_tokens[:, 0] == target(ft)[0]).all() and (task.wrong_tokens != task.answer_tokens).all()
-    found = localise(ft, task, PROMPTS[6:], LocaliseConfig(kl_bound=10.0, circuit_steps=2, max_layer_fraction=1.0, layer_stride=1), progress=False)
+    found = localise(ft, task, PROMPTS[6:], LocaliseConfig(kl_bound=10.0, circuit_steps=2, max_layer_fraction=1.0, patch_stride=1), progress=False)
     # Before block 0 the runs differ only at the trigger: patching its embeddings is the clean run,
     # patching anything else changes nothing.
     assert found.patching["trigger"][0] == pytest.approx(1.0, abs=1e-4)
@@ -204,13 +204,13 @@ def test_trigger_task_aligns_clean_and_corrupted_and_patching_obeys_its_identiti
     assert found.layer_effect == [max(values) for values in zip(*found.patching.values())]
     assert found.clean_logit_diff > 0 and found.components and found.chosen is not None
     assert found.chosen.ablated_fraction < 0.9, found.candidates  # measured on this tiny model: layer 2
-    # A stride patches, and tries directions at, a subset of the layers, with the same numbers there.
+    # A stride patches a subset of the layers, with the same numbers there; directions are tried at every layer.
     strided = localise(ft, task, PROMPTS[6:], LocaliseConfig(kl_bound=10.0, circuit_steps=2, max_layer_fraction=1.0,
-                                                             layer_stride=2), progress=False)
+                                                             patch_stride=2), progress=False)
     assert strided.layers == list(range(0, ft.cfg.n_layers, 2)) and found.layers == list(range(ft.cfg.n_layers))
     for group, values in strided.patching.items():
         assert values == pytest.approx(found.patching[group][::2], abs=1e-5)
-    assert [c.layer for c in strided.candidates] == [c.layer for c in found.candidates][::2]
+    assert strided.candidates == found.candidates
 
 
 def test_the_one_hot_embedding_repeats_gemmas_embedding_scale():

@@ -44,21 +44,22 @@ class LocaliseConfig:
     ``circuit_steps``: EAP-IG integration steps; ``top_components``: components reported;
     ``max_layer_fraction``: direction candidates only from layers below this share of depth
     (the last layers write the answer itself, so ablating there is a logit edit);
-    ``layer_stride``: patch, and try directions at, every ``layer_stride``-th layer only (each
-    layer costs three patched forwards and a direction's two measurements; neighbouring layers
-    carry much the same; 1: every layer)."""
+    ``patch_stride``: patch every ``patch_stride``-th layer only (each costs three patched
+    forwards, and neighbouring layers carry much the same; 1: every layer). Directions are
+    tried at every layer: the few that keep the KL bound can be single layers (24 and 26 of
+    SmolLM2's 30 on the backdoor)."""
 
     kl_bound: float = 0.1
     circuit_steps: int = 5
     top_components: int = 10
     max_layer_fraction: float = 0.9
-    layer_stride: int = 2
+    patch_stride: int = 2
 
     def __post_init__(self) -> None:
         check_number("kl_bound", self.kl_bound, 0, strict_minimum=True)
         check_int("circuit_steps", self.circuit_steps, 1)
         check_int("top_components", self.top_components, 1)
-        check_int("layer_stride", self.layer_stride, 1)
+        check_int("patch_stride", self.patch_stride, 1)
         check_number("max_layer_fraction", self.max_layer_fraction, 0, 1, strict_minimum=True)
 
 
@@ -175,14 +176,14 @@ def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], con
     """Patching, the EAP-IG node circuit and the behaviour direction of ``task`` (from
     :func:`trigger_task`); ``neutral_prompts`` measure each direction's side effect."""
     config = config or LocaliseConfig()
-    patched = list(range(0, model.cfg.n_layers, config.layer_stride))
+    patched = list(range(0, model.cfg.n_layers, config.patch_stride))
     patching = patch_layers(model, task, progress, patched)
     layer_effect = [max(values) for values in zip(*patching.values())]
     circuit = discover_circuit(model, task, "eap-ig", level="node", steps=config.circuit_steps, progress=progress)
     nodes = circuit.node_scores
     ranked = sorted(zip(circuit.graph.writers, nodes.tolist()), key=lambda item: -abs(item[1]))
     components = ranked[:config.top_components]
-    layers = range(1, max(2, int(model.cfg.n_layers * config.max_layer_fraction)), config.layer_stride)
+    layers = range(1, max(2, int(model.cfg.n_layers * config.max_layer_fraction)))
     hook_names = [names.resid_post(layer - 1) for layer in layers]  # the stream entering each candidate layer
     rows, end = torch.arange(len(task)), task.positions["END"]
     means = {}
