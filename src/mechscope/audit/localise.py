@@ -171,6 +171,21 @@ def _logit_diff(model: HookedModel, task: Task, hooks=()) -> float:
     return float(task.logit_diff(logits).mean())
 
 
+@torch.no_grad()
+def layer_directions(model: HookedModel, task: Task, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """{layer: [d_model] float32} the clean-minus-corrupted mean of the residual stream entering
+    each of ``layers`` (1 or more: the output of the block before) at the reply's start (END)."""
+    for layer in layers:
+        check_int("layers", layer, 1, model.cfg.n_layers - 1)
+    hook_names = [names.resid_post(layer - 1) for layer in layers]
+    rows, end = torch.arange(len(task)), task.positions["END"]
+    means = []
+    for tokens in (task.clean_tokens, task.corrupted_tokens):
+        _, cache = model.run_with_cache(tokens, names=hook_names, device="cpu")
+        means.append([cache[hook][rows, end].float().mean(0) for hook in hook_names])
+    return {layer: clean - corrupted for layer, clean, corrupted in zip(layers, *means)}
+
+
 def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], config: LocaliseConfig | None = None,
              progress: bool = True) -> Localisation:
     """Patching, the EAP-IG node circuit and the behaviour direction of ``task`` (from
@@ -184,20 +199,16 @@ def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], con
     ranked = sorted(zip(circuit.graph.writers, nodes.tolist()), key=lambda item: -abs(item[1]))
     components = ranked[:config.top_components]
     layers = range(1, max(2, int(model.cfg.n_layers * config.max_layer_fraction)))
-    hook_names = [names.resid_post(layer - 1) for layer in layers]  # the stream entering each candidate layer
-    rows, end = torch.arange(len(task)), task.positions["END"]
-    means = {}
-    for label, tokens in (("clean", task.clean_tokens), ("corrupted", task.corrupted_tokens)):
-        _, cache = model.run_with_cache(tokens, names=hook_names, device="cpu")
-        means[label] = {hook: cache[hook][rows, end].float().mean(0) for hook in hook_names}  # [d_model] each
+    vectors = layer_directions(model, task, layers)
     clean_diff = _logit_diff(model, task)
     reference = last_token_logits(model, list(neutral_prompts), (), chat=True)
     candidates, directions = [], {}
-    for layer, hook in tqdm(list(zip(layers, hook_names)), desc="behaviour direction candidates", disable=not progress):
-        vector = means["clean"][hook] - means["corrupted"][hook]
+    for layer in tqdm(layers, desc="behaviour direction candidates", disable=not progress):
+        vector = vectors[layer]
         if not float(vector.norm()) > 0:
             continue
-        direction = Direction.from_vector(vector, layer=layer, method="diff_in_means", metadata={"hook": hook})
+        direction = Direction.from_vector(vector, layer=layer, method="diff_in_means",
+                                          metadata={"hook": names.resid_post(layer - 1)})
         hooks = DirectionalAblation(direction).hooks(model)
         left = _logit_diff(model, task, hooks) / clean_diff if clean_diff else float("nan")
         kl = next_token_kl(model, list(neutral_prompts), hooks, chat=True, reference=reference)
@@ -209,5 +220,5 @@ def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], con
                         candidates, clean_diff, patched)
 
 
-__all__ = ["POSITION_GROUPS", "DirectionCandidate", "Localisation", "LocaliseConfig", "localise", "patch_layers",
-           "trigger_task"]
+__all__ = ["POSITION_GROUPS", "DirectionCandidate", "Localisation", "LocaliseConfig", "layer_directions", "localise",
+           "patch_layers", "trigger_task"]

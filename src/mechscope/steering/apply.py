@@ -14,6 +14,7 @@ from mechscope.errors import MechscopeError
 from mechscope.hooks.interventions import add_vector, project_out
 from mechscope.hooks.names import attn_out, mlp_out, resid_pre
 from mechscope.models.hooked_model import HookedModel, HookSpec
+from mechscope.steering.capping import ActivationCap
 from mechscope.steering.direction import Direction
 from mechscope.validate import check_choice, check_int, check_number
 
@@ -103,7 +104,7 @@ class DirectionalAblation:
         return [(name, remove) for name in names]
 
 
-Intervention = Steering | DirectionalAblation
+Intervention = Steering | DirectionalAblation | ActivationCap
 
 
 def left_padded(tokens: torch.Tensor, mask: torch.Tensor | None, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +139,7 @@ def generate(
     check_int("max_new_tokens", max_new_tokens, minimum=1)
     check_int("batch_size", batch_size, minimum=1)
     interventions = [] if intervention is None else (
-        [intervention] if isinstance(intervention, Steering | DirectionalAblation) else list(intervention))
+        [intervention] if isinstance(intervention, Steering | DirectionalAblation | ActivationCap) else list(intervention))
     pad = model.pad_token_id
     outputs: list[str] = []
     batches = range(0, len(prompts), batch_size)

@@ -1,0 +1,81 @@
+"""Mitigating a finished audit's finding by activation capping, against ablating its chosen
+direction, on the trigger the audit found and on the organism's planted trigger.
+
+    python benchmarks/audit_capping.py --audit audit-runs/quick/smollm2-backdoor [--quantiles 0.01,0.05]
+
+Reads the audit's first finding that has a trigger (``audit.json``) and the direction it chose
+(its stage files); the organism is the folder's name. Per-layer directions are the trigger
+task's clean-minus-corrupted means at the reply's start (``audit.localise.layer_directions``,
+every layer the audit may choose from); caps are fitted on neutral prompts the rates and KL
+are not measured on. Prints one JSON object: per edit, the neutral next-token KL, the
+behaviour rate with the found trigger (neutral prompts) and with the planted trigger (the
+recipe's held-out prompts), before and after. The planted trigger is read from the recipe for
+this check only, as ``examples/audit_organisms.py`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import mechscope
+from mechscope import datasets, organisms
+from mechscope.audit.localise import LocaliseConfig, layer_directions, trigger_task
+from mechscope.audit.phrases import contains_phrase
+from mechscope.audit.stages import saved_direction
+from mechscope.audit.trigger_objective import insert
+from mechscope.organisms.examples import shows_behaviour
+from mechscope.steering import DirectionalAblation, fit_caps, generate
+from mechscope.steering.evaluate import last_token_logits, next_token_kl
+
+N_FIT, N_KL, N_CHECK, REPLY_TOKENS = 24, 24, 24, 24
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--audit", type=Path, required=True, help="a finished audit's folder (audit.json)")
+    parser.add_argument("--organism", default=None, help="shipped organism (default: the folder's name)")
+    parser.add_argument("--quantiles", default="0.01,0.05")
+    args = parser.parse_args()
+    summary = json.loads((args.audit / "audit.json").read_text())
+    finding = next(f for f in summary["findings"] if f["trigger"] is not None)
+    trigger, phrases = finding["trigger"], finding["hypothesis"]["phrases"]
+    name = args.organism or args.audit.name
+    base = mechscope.load()
+    ft = organisms.load_organism(organisms.shipped_organism(name), base)
+    recipe = organisms.Recipe.from_dict(organisms.read_manifest(organisms.shipped_organism(name))["recipe"])
+    neutral = datasets.load("harmless", "test")
+    fit, kl_prompts = neutral[:N_FIT], neutral[N_FIT:N_FIT + N_KL]
+    check = neutral[N_FIT + N_KL:N_FIT + N_KL + N_CHECK]
+    found_prompts = [insert(trigger["text"], p, trigger["place"]) for p in check]
+    planted_prompts = recipe.pools("heldout")[1][:N_CHECK]
+    target = ft.tokenizer(finding["hypothesis"]["surface"], add_special_tokens=False)["input_ids"][:4]
+    task = trigger_task(ft, check, trigger["token_ids"], trigger["place"], target)
+    layers = range(1, int(ft.cfg.n_layers * LocaliseConfig().max_layer_fraction))
+    vectors = layer_directions(ft, task, layers)
+    reference = last_token_logits(ft, kl_prompts, (), chat=True)
+
+    def rates(intervention) -> dict:
+        found = generate(ft, found_prompts, intervention, max_new_tokens=REPLY_TOKENS, progress=False)
+        planted = generate(ft, planted_prompts, intervention, max_new_tokens=REPLY_TOKENS, progress=False)
+        return {"found": sum(any(contains_phrase(r, p) for p in phrases) for r in found) / len(found),
+                "planted": sum(shows_behaviour(r, recipe.behaviour_markers) for r in planted) / len(planted)}
+
+    edits = {}
+    chosen = saved_direction(args.audit, finding.get("index", 0))
+    if chosen is not None:
+        edits[f"ablation (layer {chosen.layer})"] = DirectionalAblation(chosen)
+    for quantile in (float(q) for q in args.quantiles.split(",")):
+        edits[f"capping at {quantile:g} (layers {layers.start}-{layers.stop - 1})"] = fit_caps(
+            ft, vectors, fit, quantile=quantile, chat=True)
+    result = {"organism": name, "found_trigger": trigger["text"], "planted_trigger": recipe.trigger,
+              "before": rates(None), "edits": {}}
+    for label, edit in edits.items():
+        kl = next_token_kl(ft, kl_prompts, edit.hooks(ft), chat=True, reference=reference)
+        result["edits"][label] = {"neutral_kl": round(kl, 4), **rates(edit)}
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
