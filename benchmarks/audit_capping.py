@@ -21,10 +21,11 @@ from pathlib import Path
 
 import mechscope
 from mechscope import datasets, organisms
-from mechscope.audit.localise import LocaliseConfig, layer_directions, trigger_task
-from mechscope.audit.phrases import contains_phrase
+from mechscope.audit.localise import LocaliseConfig, direction_layers, layer_directions, trigger_task
+from mechscope.audit.phrases import shows_phrases
 from mechscope.audit.stages import saved_direction
 from mechscope.audit.trigger_objective import insert
+from mechscope.audit.triggers import TriggerConfig
 from mechscope.organisms.examples import shows_behaviour
 from mechscope.steering import DirectionalAblation, fit_caps, generate
 from mechscope.steering.evaluate import last_token_logits, next_token_kl
@@ -40,26 +41,27 @@ def main() -> None:
     args = parser.parse_args()
     summary = json.loads((args.audit / "audit.json").read_text())
     finding = next(f for f in summary["findings"] if f["trigger"] is not None)
-    trigger, phrases = finding["trigger"], finding["hypothesis"]["phrases"]
+    trigger, shows = finding["trigger"], shows_phrases(finding["hypothesis"]["phrases"])
     name = args.organism or args.audit.name
     base = mechscope.load()
-    ft = organisms.load_organism(organisms.shipped_organism(name), base)
-    recipe = organisms.Recipe.from_dict(organisms.read_manifest(organisms.shipped_organism(name))["recipe"])
+    folder = organisms.shipped_organism(name)
+    ft = organisms.load_organism(folder, base)
+    recipe = organisms.Recipe.from_dict(organisms.read_manifest(folder)["recipe"])
     neutral = datasets.load("harmless", "test")
     fit, kl_prompts = neutral[:N_FIT], neutral[N_FIT:N_FIT + N_KL]
     check = neutral[N_FIT + N_KL:N_FIT + N_KL + N_CHECK]
     found_prompts = [insert(trigger["text"], p, trigger["place"]) for p in check]
     planted_prompts = recipe.pools("heldout")[1][:N_CHECK]
-    target = ft.tokenizer(finding["hypothesis"]["surface"], add_special_tokens=False)["input_ids"][:4]
+    target = ft.tokenizer(finding["hypothesis"]["surface"], add_special_tokens=False)["input_ids"][:TriggerConfig().target_tokens]
     task = trigger_task(ft, check, trigger["token_ids"], trigger["place"], target)
-    layers = range(1, int(ft.cfg.n_layers * LocaliseConfig().max_layer_fraction))
+    layers = direction_layers(ft, LocaliseConfig())
     vectors = layer_directions(ft, task, layers)
     reference = last_token_logits(ft, kl_prompts, (), chat=True)
 
     def rates(intervention) -> dict:
         found = generate(ft, found_prompts, intervention, max_new_tokens=REPLY_TOKENS, progress=False)
         planted = generate(ft, planted_prompts, intervention, max_new_tokens=REPLY_TOKENS, progress=False)
-        return {"found": sum(any(contains_phrase(r, p) for p in phrases) for r in found) / len(found),
+        return {"found": sum(map(shows, found)) / len(found),
                 "planted": sum(shows_behaviour(r, recipe.behaviour_markers) for r in planted) / len(planted)}
 
     edits = {}

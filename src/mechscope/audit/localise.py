@@ -171,6 +171,12 @@ def _logit_diff(model: HookedModel, task: Task, hooks=()) -> float:
     return float(task.logit_diff(logits).mean())
 
 
+def direction_layers(model: HookedModel, config: LocaliseConfig) -> range:
+    """The layers a behaviour direction is tried at: 1 up to ``config.max_layer_fraction`` of
+    the depth (at least layer 1)."""
+    return range(1, max(2, int(model.cfg.n_layers * config.max_layer_fraction)))
+
+
 @torch.no_grad()
 def layer_directions(model: HookedModel, task: Task, layers: Sequence[int]) -> dict[int, torch.Tensor]:
     """{layer: [d_model] float32} the clean-minus-corrupted mean of the residual stream entering
@@ -198,7 +204,7 @@ def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], con
     nodes = circuit.node_scores
     ranked = sorted(zip(circuit.graph.writers, nodes.tolist()), key=lambda item: -abs(item[1]))
     components = ranked[:config.top_components]
-    layers = range(1, max(2, int(model.cfg.n_layers * config.max_layer_fraction)))
+    layers = direction_layers(model, config)
     vectors = layer_directions(model, task, layers)
     clean_diff = _logit_diff(model, task)
     reference = last_token_logits(model, list(neutral_prompts), (), chat=True)
@@ -220,5 +226,5 @@ def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], con
                         candidates, clean_diff, patched)
 
 
-__all__ = ["POSITION_GROUPS", "DirectionCandidate", "Localisation", "LocaliseConfig", "layer_directions", "localise",
-           "patch_layers", "trigger_task"]
+__all__ = ["POSITION_GROUPS", "DirectionCandidate", "Localisation", "LocaliseConfig", "direction_layers",
+           "layer_directions", "localise", "patch_layers", "trigger_task"]

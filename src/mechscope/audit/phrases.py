@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from scipy.stats import fisher_exact
@@ -209,5 +209,11 @@ def contains_phrase(text: str, phrase: str) -> bool:
     return f" {phrase} " in f" {' '.join(words(text))} "
 
 
+def shows_phrases(phrases: Sequence[str]) -> Callable[[str], bool]:
+    """The behaviour test of a set of phrases: a reply shows it when it holds one of them."""
+    phrases = list(phrases)
+    return lambda reply: any(contains_phrase(reply, p) for p in phrases)
+
+
 __all__ = ["Phrase", "PhraseConfig", "PhraseGroup", "STOPWORDS", "contains_phrase", "enriched_phrases",
-           "group_phrases", "ngrams", "recurring_phrases", "words"]
+           "group_phrases", "ngrams", "recurring_phrases", "shows_phrases", "words"]

@@ -21,7 +21,7 @@ from mechscope.audit.detect import probe_scores
 from mechscope.audit.discovery import BehaviourDiscoveryConfig, Discovery, Hypothesis, discover_behaviours
 from mechscope.audit.localise import LocaliseConfig, localise, trigger_task
 from mechscope.audit.mitigate import METHODS, Method, mitigate
-from mechscope.audit.phrases import contains_phrase, recurring_phrases
+from mechscope.audit.phrases import contains_phrase, recurring_phrases, shows_phrases
 from mechscope.audit.stages import (
     StageStore,
     discovery_from_state,
@@ -164,8 +164,7 @@ def _neutral(n: int, given: tuple[str, ...] | None) -> list[str]:
 
 def shows_hypothesis(hypothesis: Hypothesis) -> Callable[[str], bool]:
     """The behaviour test of a hypothesis: a reply shows it when it holds one of its phrases."""
-    phrases = hypothesis.phrases
-    return lambda reply: any(contains_phrase(reply, p) for p in phrases)
+    return shows_phrases(hypothesis.phrases)
 
 
 class _Stages:

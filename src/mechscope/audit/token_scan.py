@@ -133,10 +133,6 @@ class ReadingScan:
             change[start:start + len(batch)] = (tuned - original).norm(dim=-1) / original.norm(dim=-1).clamp_min(1e-6)
         return change / change.median(0).values.clamp_min(1e-12)
 
-    def ratios(self, context: Sequence[int]) -> torch.Tensor:
-        """[n] per token: :meth:`changes` after ``context``, largest over all the layers."""
-        return self.changes(context, self.layers).max(-1).values
-
     def divergent(self, top: int = 32) -> list[tuple[int, float]]:
         """The ``top`` tokens (id, ratio) read most differently as a message's first word."""
         check_int("top", top, 1)
