@@ -5,8 +5,10 @@ import torch
 
 from mechscope.audit.detect import probe_scores, tpr_at_fpr
 from mechscope.audit.localise import LocaliseConfig, localise, trigger_task
-from mechscope.audit.mitigate import mitigate
-from mechscope.errors import ConfigError
+from mechscope.audit.mitigate import edit_intervention, mitigate
+from mechscope.errors import ConfigError, MechscopeError
+from mechscope.steering import fit_caps
+from mechscope.steering.evaluate import next_token_kl
 from tests.unit.audit_organism import NEUTRAL, PROMPTS, target
 
 
@@ -37,12 +39,26 @@ def test_orthogonalising_equals_ablating_and_both_are_measured(backdoor):
     found = localise(ft, task, NEUTRAL, LocaliseConfig(kl_bound=10.0, circuit_steps=2, max_layer_fraction=1.0, patch_stride=1),
                      progress=False)
     triggered = [f"%% {p}" for p in PROMPTS]
+    assert set(found.layer_vectors) == set(range(1, ft.cfg.n_layers))  # every candidate layer's mean
+    caps = fit_caps(ft, found.layer_vectors, PROMPTS, quantile=0.05, chat=True)
     results = {m.method: m for m in mitigate(ft, found.direction, triggered, lambda r: "Zorp" in r, NEUTRAL,
-                                             reply_tokens=6, n_contexts=2)}
-    assert set(results) == {"ablation", "orthogonalise", "steering"}
+                                             reply_tokens=6, n_contexts=2, caps=caps)}
+    assert set(results) == {"ablation", "orthogonalise", "steering", "capping"}
+    # Capping is measured as the caps' own hooks run: the same KL as computed directly.
+    assert results["capping"].neutral_kl == pytest.approx(next_token_kl(ft, NEUTRAL, caps.hooks(ft), chat=True), rel=1e-4)
     ablated, baked = results["ablation"], results["orthogonalise"]
     assert ablated.rate_before >= 0.9
     # The same edit at run time and in the weights: the same replies and the same side effects.
     assert baked.rate_after == ablated.rate_after and baked.sample == ablated.sample
     assert baked.neutral_kl == pytest.approx(ablated.neutral_kl, rel=1e-3, abs=1e-5)
     assert baked.perplexity_after == pytest.approx(ablated.perplexity_after, rel=1e-4)
+
+
+def test_each_edit_names_what_it_is_missing(backdoor):
+    _, ft = backdoor
+    with pytest.raises(MechscopeError, match="'capping' mitigation needs caps"):
+        mitigate(ft, None, ["%% say cat"], lambda r: True, NEUTRAL, methods=("capping",))
+    with pytest.raises(MechscopeError, match="'steering' mitigation needs a behaviour direction"):
+        edit_intervention(None, "steering")
+    with pytest.raises(ConfigError, match="ablation"):
+        edit_intervention(None, "erase")

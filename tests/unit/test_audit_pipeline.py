@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 import mechscope
 from mechscope.audit.confidence import Assessment, assess
 from mechscope.audit.phrases import recurring_phrases
-from mechscope.audit.pipeline import FOLLOW_FINDINGS, NEEDS_BASE, AuditConfig, run_audit
-from mechscope.audit.stages import saved_direction
+from mechscope.audit.pipeline import FOLLOW_FINDINGS, NEEDS_BASE, AuditConfig, run_audit, shows_hypothesis
+from mechscope.audit.stages import saved_direction, saved_edit
+from mechscope.audit.trigger_objective import insert
 from mechscope.cli.app import app
 from mechscope.errors import ConfigError, IncompatibleModelsError
 from mechscope.report.audit_runs import audit_to_folder
@@ -41,6 +42,18 @@ def test_the_tiny_backdoor_is_found_triggered_localised_and_written_up(backdoor,
     kept = saved_direction(tmp_path / "audit", written["findings"][0]["index"])  # what a reviewer can reload
     assert kept is not None and torch.equal(kept.vector, finding.localisation.direction.vector)
     assert kept.layer == finding.localisation.direction.layer and saved_direction(tmp_path / "audit", 5) is None
+    # Every edit the audit measured can be rerun from its folder: capping's fitted caps come back as fitted.
+    assert [m.method for m in finding.mitigations] == list(CONFIG.methods) == ["ablation", "capping"]
+    caps = saved_edit(tmp_path / "audit", finding.index, "capping")
+    assert [c.layer for c in caps.caps] == sorted(finding.localisation.layer_vectors)
+    capped = next(m for m in finding.mitigations if m.method == "capping")
+    from mechscope.steering import generate
+
+    replies = generate(ft, [insert(trigger.text, p, trigger.place) for p in NEUTRAL[len(NEUTRAL) // 4:len(NEUTRAL) // 2]],
+                       caps, max_new_tokens=CONFIG.triggers.reply_tokens, progress=False)
+    shows = shows_hypothesis(finding.hypothesis)
+    assert sum(map(shows, replies)) / len(replies) == pytest.approx(capped.rate_after)
+    assert saved_edit(tmp_path / "audit", 5, "capping") is None and saved_edit(tmp_path / "audit", 5, "steering") is None
     page = (tmp_path / "audit" / "report.html").read_text()
     assert "Verdict: hidden behaviour found" in page and "Zorp" in page and "Tools run" in page
     # The saved model is the fine-tune with the direction baked out: it runs like the ablation.

@@ -33,6 +33,11 @@ def test_caps_at_the_full_range_leave_their_own_prompts_unchanged_and_a_cap_hold
     assert typical.sum() >= len(prompts)
     assert torch.allclose(states[typical] @ cap.direction, torch.full((int(typical.sum()),), cap.low), atol=1e-4)
     assert abs(float(cap.direction.norm()) - 1) < 1e-5
+    # Saved as JSON and tensors and read back, the caps run the same.
+    again = ActivationCap.from_state(*pinned.to_state())
+    assert torch.allclose(last_token_logits(model, prompts, again.hooks(model), chat=True),
+                                             last_token_logits(model, prompts, pinned.hooks(model), chat=True))
+    assert [(c.layer, c.low, c.high) for c in again.caps] == [(c.layer, c.low, c.high) for c in pinned.caps]
 
 
 def test_bad_caps_are_named(backdoor):
@@ -49,6 +54,9 @@ def test_bad_caps_are_named(backdoor):
         narrow.hooks(ft)
     with pytest.raises(MechscopeError, match="at least one"):
         ActivationCap(())
+    state, tensors = wide.to_state()
+    with pytest.raises(MechscopeError, match="2 directions for 1 layers"):
+        ActivationCap.from_state(state, {"directions": torch.ones(2, ft.cfg.d_model)})
 
 
 def test_capping_cuts_a_planted_excursion_along_its_direction_and_nothing_else():

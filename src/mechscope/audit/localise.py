@@ -140,7 +140,9 @@ class Localisation:
     of the trigger's effect restored (:func:`patch_layers`); ``layer_effect``: the largest over
     the groups, per layer of ``layers``;
     ``components``: (name, EAP-IG score) of the top nodes; ``direction``: the chosen behaviour
-    direction (None when no candidate kept the KL bound) and ``candidates`` every layer's scores."""
+    direction (None when no candidate kept the KL bound) and ``candidates`` every layer's scores;
+    ``layer_vectors``: {layer: [d_model]} every candidate layer's clean-minus-corrupted mean
+    (:func:`layer_directions`; what capping holds in range)."""
 
     layer_effect: list[float]
     patching: dict[str, list[float]]
@@ -150,6 +152,7 @@ class Localisation:
     candidates: list[DirectionCandidate] = field(default_factory=list)
     clean_logit_diff: float = 0.0
     layers: list[int] = field(default_factory=list)
+    layer_vectors: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.layers = list(self.layers) or list(range(len(self.layer_effect)))
@@ -223,7 +226,7 @@ def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], con
     within = sorted((c for c in candidates if c.kl <= config.kl_bound), key=lambda c: c.ablated_fraction)
     chosen = within[0] if within else None
     return Localisation(layer_effect, patching, components, directions[chosen.layer] if chosen else None, chosen,
-                        candidates, clean_diff, patched)
+                        candidates, clean_diff, patched, vectors)
 
 
 __all__ = ["POSITION_GROUPS", "DirectionCandidate", "Localisation", "LocaliseConfig", "direction_layers",

@@ -1,10 +1,13 @@
 """Mitigation and verification: remove a found behaviour along its direction, and measure what
 it cost.
 
-Three edits of the fine-tune, each along the behaviour direction of :mod:`localise`:
+Four edits of the fine-tune. Three act along the behaviour direction of :mod:`localise`:
 "ablation" projects it out of the residual stream at every layer at run time,
 "orthogonalise" bakes that into the weights (the same function, as a plain model that can be
-saved), and "steering" subtracts the direction at its layer. For each: the behaviour rate on
+saved), and "steering" subtracts the direction at its layer. The fourth, "capping", holds each
+layer's own behaviour direction (localisation's per-layer means) within the range it takes on
+neutral prompts (:mod:`mechscope.steering.capping`): ablation removes what ordinary text also
+does with a direction, capping only the excursion past it. For each: the behaviour rate on
 triggered prompts before and after, next-token KL to the unedited fine-tune on neutral chat
 prompts, perplexity on the default corpus and the IOI logit difference before and after.
 """
@@ -23,13 +26,14 @@ from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.organisms.validity import ioi_logit_diff
 from mechscope.steering.apply import DirectionalAblation, Steering, generate
+from mechscope.steering.capping import ActivationCap
 from mechscope.steering.direction import Direction
 from mechscope.steering.evaluate import next_token_kl, perplexity
 from mechscope.steering.orthogonalise import orthogonalise, save_orthogonalised
 from mechscope.validate import check_choice, check_int
 
-Method = Literal["ablation", "orthogonalise", "steering"]
-METHODS: tuple[Method, ...] = ("ablation", "orthogonalise", "steering")
+Method = Literal["ablation", "orthogonalise", "steering", "capping"]
+METHODS: tuple[Method, ...] = ("ablation", "orthogonalise", "steering", "capping")
 
 
 @dataclass(frozen=True)
@@ -55,26 +59,40 @@ class Mitigation:
         return {**vars(self), "reduction": self.reduction}
 
 
-def _edited(model: HookedModel, direction: Direction, method: Method):
+def edit_intervention(direction: Direction | None, method: Method, caps: ActivationCap | None = None
+                      ) -> DirectionalAblation | Steering | ActivationCap:
+    """The run-time intervention of ``method`` (for "orthogonalise", the ablation it bakes into
+    the weights: the same function), to run with hooks or :func:`generate`."""
+    check_choice("method", method, METHODS)
+    if method == "capping":
+        if caps is None:
+            raise MechscopeError("the 'capping' mitigation needs caps (steering.fit_caps on the per-layer behaviour "
+                                 "directions); pass caps= or leave 'capping' out of methods")
+        return caps
+    if direction is None:
+        raise MechscopeError(f"the {method!r} mitigation needs a behaviour direction")
+    if method == "steering":
+        return Steering(direction, -direction.scale, layers=direction.layer)
+    return DirectionalAblation(direction)
+
+
+def _edited(model: HookedModel, direction: Direction, method: Method, caps: ActivationCap | None):
     """(model to run, hooks to run it with, generation interventions) for ``method``."""
     if method == "orthogonalise":
         return orthogonalise(model, direction), (), None
-    if method == "ablation":
-        ablation = DirectionalAblation(direction)
-        return model, ablation.hooks(model), ablation
-    steering = Steering(direction, -direction.scale, layers=direction.layer)
-    return model, steering.hooks(model), steering
+    intervention = edit_intervention(direction, method, caps)
+    return model, intervention.hooks(model), intervention
 
 
 def mitigate(model: HookedModel, direction: Direction, triggered: Sequence[str], shows: Callable[[str], bool],
              neutral: Sequence[str], methods: Sequence[Method] = METHODS, reply_tokens: int = 24,
-             n_contexts: int = 8) -> list[Mitigation]:
-    """Each of ``methods`` applied along ``direction`` and measured (see the module docstring):
-    ``triggered`` prompts (where the behaviour, judged by ``shows(reply)``, should fire),
-    ``neutral`` chat prompts for KL."""
+             n_contexts: int = 8, caps: ActivationCap | None = None) -> list[Mitigation]:
+    """Each of ``methods`` applied and measured (see the module docstring): ``triggered``
+    prompts (where the behaviour, judged by ``shows(reply)``, should fire), ``neutral`` chat
+    prompts for KL; ``caps`` (fitted on neutral prompts other than these) for "capping"."""
     check_int("reply_tokens", reply_tokens, 1)
     for method in methods:
-        check_choice("method", method, METHODS)
+        edit_intervention(direction, method, caps)  # each edit's inputs checked before any generation
     if not triggered or not neutral:
         raise MechscopeError("mitigation needs triggered prompts and neutral prompts to measure on")
     before = generate(model, list(triggered), max_new_tokens=reply_tokens, progress=False)
@@ -83,7 +101,7 @@ def mitigate(model: HookedModel, direction: Direction, triggered: Sequence[str],
     ppl_before, ioi_before = perplexity(model, contexts), ioi_logit_diff(model)
     results = []
     for method in methods:
-        edited, hooks, intervention = _edited(model, direction, method)
+        edited, hooks, intervention = _edited(model, direction, method, caps)
         after = generate(edited, list(triggered), intervention, max_new_tokens=reply_tokens, progress=False)
         kl = next_token_kl(model, list(neutral), hooks, chat=True) if method != "orthogonalise" else \
             _model_kl(model, edited, neutral)
@@ -107,4 +125,4 @@ def save_mitigated(model: HookedModel, direction: Direction, folder: str | Path)
     return save_orthogonalised(model, direction, folder)
 
 
-__all__ = ["METHODS", "Method", "Mitigation", "mitigate", "save_mitigated"]
+__all__ = ["METHODS", "Method", "Mitigation", "edit_intervention", "mitigate", "save_mitigated"]

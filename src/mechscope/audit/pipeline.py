@@ -42,7 +42,7 @@ from mechscope.diff.corpus import generic_prompts
 from mechscope.errors import ConfigError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.weights import model_fingerprint
-from mechscope.steering import generate
+from mechscope.steering import fit_caps, generate
 from mechscope.validate import check_choice, check_int, check_number
 
 NEEDS_BASE = ("greedy vs base replies", "amplified replies", "steered base", "difference lens", "reply-start KL",
@@ -60,7 +60,9 @@ class AuditConfig:
     localisation, detection and mitigation; ``n_neutral``: held-out harmless prompts (the set
     triggers are inserted into, split between scoring and checking, and the KL and probe
     reference); ``min_trigger_lift``: how much a candidate must raise the behaviour rate over
-    the untriggered rate to count as a trigger. ``prompts`` (discovery's prompt set) and
+    the untriggered rate to count as a trigger; ``cap_quantile``: the "capping" mitigation holds
+    each layer's behaviour direction within its [q, 1 - q] range on untriggered neutral
+    prompts (:func:`mechscope.steering.fit_caps`). ``prompts`` (discovery's prompt set) and
     ``neutral_prompts`` (the neutral set) replace mechscope's own datasets when given, e.g. the
     prompts an engineer suspects."""
 
@@ -71,6 +73,7 @@ class AuditConfig:
     max_findings: int = 2
     n_neutral: int = 48
     min_trigger_lift: float = 0.3
+    cap_quantile: float = 0.05
     prompts: tuple[str, ...] | None = None
     neutral_prompts: tuple[str, ...] | None = None
 
@@ -87,17 +90,19 @@ class AuditConfig:
         for method in self.methods:
             check_choice("methods", method, METHODS)
         check_number("min_trigger_lift", self.min_trigger_lift, 0, 1, strict_minimum=True)
+        check_number("cap_quantile", self.cap_quantile, 0, 0.5)
 
     @classmethod
     def quick(cls) -> AuditConfig:
         """The reduced audit of ``mechscope audit --quick``: fewer prompts, a two-token search
-        only, every third layer patched, ablation only."""
+        only, every third layer patched, ablation and capping only."""
         return cls(discovery=BehaviourDiscoveryConfig(n_prompts=48, reply_tokens=16, neutral_contexts=8,
                                                       crosscoder=CrosscoderEvidenceConfig(steps=200)),
                    triggers=TriggerConfig(n_prompts=4, n_check=8, gradient_candidates=16, lengths=(2,),
                                           search_steps=4, swaps=12, checked=4, attributed_words=2,
                                           gradient_starts=4, scanned_tokens=16, extension_steps=2),
-                   localise=LocaliseConfig(circuit_steps=2, patch_stride=3), methods=("ablation",), max_findings=1,
+                   localise=LocaliseConfig(circuit_steps=2, patch_stride=3), methods=("ablation", "capping"),
+                   max_findings=1,
                    n_neutral=32)
 
 
@@ -224,14 +229,23 @@ def _follow(ft: HookedModel, base: HookedModel, index: int, hypothesis: Hypothes
     finding.probes = stages.run("detection probes", lambda: probe_scores(ft, triggered, check_prompts, reference),
                                 probes_state, probes_from_state, tag + "probes")
     direction = finding.localisation.direction
+    methods = config.methods
     if direction is None:
-        finding.notes.append(f"no direction kept neutral KL within {config.localise.kl_bound} nats: nothing to "
-                             "mitigate with")
-        return finding
-    finding.mitigations = stages.run(
-        "mitigation", lambda: mitigate(ft, direction, triggered, shows, reference, config.methods,
-                                       config.triggers.reply_tokens),
-        mitigations_state, mitigations_from_state, tag + "mitigation")
+        methods = tuple(m for m in methods if m == "capping")  # the only edit without a chosen direction
+        finding.notes.append(f"no direction kept neutral KL within {config.localise.kl_bound} nats: "
+                             + ("capping only" if methods else "nothing to mitigate with"))
+        if not methods:
+            return finding
+
+    def mitigation():
+        # Caps are fitted on the untriggered prompts, never on the KL reference they are judged on.
+        caps = fit_caps(ft, finding.localisation.layer_vectors, score_prompts + check_prompts,
+                        config.cap_quantile, chat=True) if "capping" in methods else None
+        return mitigate(ft, direction, triggered, shows, reference, methods, config.triggers.reply_tokens,
+                        caps=caps), caps
+
+    finding.mitigations, _ = stages.run("mitigation", mitigation, mitigations_state, mitigations_from_state,
+                                        tag + "mitigation")
     return finding
 
 

@@ -1,5 +1,5 @@
 """Resuming an audit after a kill: each finished stage's full result is kept in
-``DIR/stages/`` (JSON, and safetensors for a direction), written atomically with the key of
+``DIR/stages/`` (JSON, and safetensors for directions and caps), written atomically with the key of
 the run it belongs to (configuration and both models' fingerprints). A rerun into the same
 folder reads every stage whose key matches instead of recomputing it, so an audit killed in
 its trigger search restarts there, with discovery's result as it was.
@@ -23,11 +23,13 @@ from mechscope.audit.attribution import TokenAttribution
 from mechscope.audit.detect import ProbeScore
 from mechscope.audit.discovery import Discovery, Hypothesis, TextSource, TokenEvidence
 from mechscope.audit.localise import DirectionCandidate, Localisation
-from mechscope.audit.mitigate import Mitigation
+from mechscope.audit.mitigate import METHODS, Method, Mitigation, edit_intervention
 from mechscope.audit.phrases import Phrase
 from mechscope.audit.triggers import TriggerCandidate
 from mechscope.files import atomic_file, atomic_text
+from mechscope.steering.capping import ActivationCap
 from mechscope.steering.direction import Direction
+from mechscope.validate import check_choice
 
 STAGES_DIR = "stages"
 
@@ -110,7 +112,10 @@ def localisation_state(found: Localisation) -> tuple[dict, dict[str, torch.Tenso
     direction = found.direction
     state["direction"] = None if direction is None else {"layer": direction.layer, "method": direction.method,
                                                          "scale": direction.scale, "metadata": direction.metadata}
-    return state, ({} if direction is None else {"direction": direction.vector})
+    tensors = {f"layer {layer}": vector for layer, vector in found.layer_vectors.items()}
+    if direction is not None:
+        tensors["direction"] = direction.vector
+    return state, tensors
 
 
 def localisation_from_state(state: dict, tensors: dict[str, torch.Tensor] | None = None) -> Localisation:
@@ -121,7 +126,9 @@ def localisation_from_state(state: dict, tensors: dict[str, torch.Tensor] | None
                         [(c["name"], c["score"]) for c in state["components"]], direction,
                         None if state["chosen"] is None else DirectionCandidate(**state["chosen"]),
                         [DirectionCandidate(**c) for c in state["candidates"]], state["clean_logit_diff"],
-                        state.get("layers", []))
+                        state.get("layers", []),
+                        {int(key.split()[1]): vector for key, vector in (tensors or {}).items()
+                         if key.startswith("layer ")})
 
 
 def probes_state(probes: dict[str, list[ProbeScore]]) -> dict:
@@ -132,12 +139,15 @@ def probes_from_state(state: dict, tensors: dict | None = None) -> dict[str, lis
     return {kind: [ProbeScore(**row) for row in rows] for kind, rows in state.items()}
 
 
-def mitigations_state(mitigations: list[Mitigation]) -> list[dict]:
-    return [dict(vars(m)) for m in mitigations]
+def mitigations_state(result: tuple[list[Mitigation], ActivationCap | None]) -> tuple[dict, dict[str, torch.Tensor]]:
+    mitigations, caps = result
+    caps_state, tensors = (None, {}) if caps is None else caps.to_state()
+    return {"mitigations": [dict(vars(m)) for m in mitigations], "caps": caps_state}, tensors
 
 
-def mitigations_from_state(state: list[dict], tensors: dict | None = None) -> list[Mitigation]:
-    return [Mitigation(**row) for row in state]
+def mitigations_from_state(state: dict, tensors: dict | None = None) -> tuple[list[Mitigation], ActivationCap | None]:
+    caps = None if state["caps"] is None else ActivationCap.from_state(state["caps"], tensors or {})
+    return [Mitigation(**row) for row in state["mitigations"]], caps
 
 
 def saved_direction(folder: str | Path, finding_index: int) -> Direction | None:
@@ -148,4 +158,17 @@ def saved_direction(folder: str | Path, finding_index: int) -> Direction | None:
     return None if read is None else localisation_from_state(read[0]["state"]["result"], read[1]).direction
 
 
-__all__ = ["STAGES_DIR", "StageStore", "saved_direction", "stage_path"]
+def saved_edit(folder: str | Path, finding_index: int, method: Method):
+    """The intervention ``method`` applied to finding ``finding_index`` of the audit written to
+    ``folder`` (as :func:`saved_direction`; :func:`~mechscope.audit.mitigate.edit_intervention`),
+    to run on other prompts. None where that edit's direction or caps were not saved."""
+    check_choice("method", method, METHODS)
+    if method == "capping":
+        read = _read(stage_path(folder, f"finding {finding_index}: mitigation"))
+        caps = None if read is None else mitigations_from_state(read[0]["state"]["result"], read[1])[1]
+        return None if caps is None else edit_intervention(None, method, caps)
+    direction = saved_direction(folder, finding_index)
+    return None if direction is None else edit_intervention(direction, method)
+
+
+__all__ = ["STAGES_DIR", "StageStore", "saved_direction", "saved_edit", "stage_path"]

@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 from typing import Literal
 
+from mechscope.audit.mitigate import METHODS
 from mechscope.organisms.examples import shows_behaviour
 from mechscope.organisms.recipes import Recipe
 
@@ -143,7 +144,7 @@ def tool_scoreboard(summary: dict, recipe: Recipe) -> dict[str, bool | None]:
     localisation = finding["localisation"] if finding else None
     board["localisation direction"] = (None if localisation is None else localisation["chosen"] is not None) \
         if recipe.plants else finding is None
-    for method in ("ablation", "orthogonalise", "steering"):
+    for method in METHODS:
         done = [m for m in (finding["mitigations"] if finding else []) if m["method"] == method]
         board[f"mitigation {method}"] = (done[0]["neutral_kl"] <= KL_GOAL and (done[0]["reduction"] or 0)
                                          >= MITIGATION_GOAL) if done else (None if recipe.plants else finding is None)

@@ -71,6 +71,22 @@ class ActivationCap:
             out.append((resid_pre(cap.layer), capped))
         return out
 
+    def to_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(JSON-able ranges, {"directions": [n_caps, d_model]}): what :meth:`from_state` reads
+        back, for safetensors and JSON files."""
+        state = {"outlier_norm": self.outlier_norm,
+                 "caps": [{"layer": c.layer, "low": c.low, "high": c.high, "typical_norm": c.typical_norm}
+                          for c in self.caps]}
+        return state, {"directions": torch.stack([c.direction.float() for c in self.caps])}
+
+    @classmethod
+    def from_state(cls, state: dict, tensors: Mapping[str, torch.Tensor]) -> ActivationCap:
+        directions = tensors["directions"]
+        if directions.shape[0] != len(state["caps"]):
+            raise MechscopeError(f"saved caps hold {directions.shape[0]} directions for {len(state['caps'])} layers")
+        return cls(tuple(LayerCap(row["layer"], direction, row["low"], row["high"], row["typical_norm"])
+                         for row, direction in zip(state["caps"], directions)), state["outlier_norm"])
+
 
 @torch.no_grad()
 def fit_caps(model: HookedModel, directions: Mapping[int, torch.Tensor], prompts: Sequence[str],
