@@ -220,3 +220,22 @@ def test_the_one_hot_embedding_repeats_gemmas_embedding_scale():
     ids = torch.tensor([[5, 9]])
     expected = gemma.hf_model.get_submodule(gemma.adapter.embed)(ids)[0]
     assert torch.allclose(weight[ids[0]] * scale, expected, atol=1e-5)
+
+
+def test_scan_pairs_hold_the_planted_two_token_trigger_and_score_it_best(backdoor):
+    base, ft = backdoor
+    trigger = tuple(ft.tokenizer("%%", add_special_tokens=False)["input_ids"])  # '%' twice
+    assert len(trigger) == 2
+    config = TriggerConfig(lengths=(1,), checked=2, places=("start",), scanned_tokens=4, paired_tokens=3,
+                           extension_steps=0, gradient_candidates=4, gradient_starts=0, attributed_words=0)
+    candidates, _ = reconstruct_triggers(ft, "Zorp", lambda reply: "Zorp" in reply, PROMPTS[:4], PROMPTS[4:8],
+                                         config, progress=False, base=base)
+    pairs = [c for c in candidates if c.found_by == "scan pair"]
+    # 3 scanned tokens, every ordered pair (a token twice included); duplicates of other candidates' text dropped.
+    assert 1 <= len(pairs) <= 9 and all(len(c.token_ids) == 2 for c in pairs)
+    best = max(pairs, key=lambda c: c.gain)
+    assert best.token_ids == trigger, [(c.text, round(c.gain, 2)) for c in pairs]
+    objective = TriggerObjective(ft, base, PROMPTS[:4], "start", target(ft))
+    assert best.objective == pytest.approx(objective.scores([trigger])[0], abs=1e-4)
+    with pytest.raises(ConfigError, match="paired_tokens"):
+        TriggerConfig(paired_tokens=-1)

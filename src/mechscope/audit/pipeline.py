@@ -100,7 +100,7 @@ class AuditConfig:
                                                       crosscoder=CrosscoderEvidenceConfig(steps=200)),
                    triggers=TriggerConfig(n_prompts=4, n_check=8, gradient_candidates=16, lengths=(2,),
                                           search_steps=4, swaps=12, checked=4, attributed_words=2,
-                                          gradient_starts=4, scanned_tokens=16, extension_steps=2),
+                                          gradient_starts=4, scanned_tokens=16, paired_tokens=6, extension_steps=2),
                    localise=LocaliseConfig(circuit_steps=2, patch_stride=3), methods=("ablation", "capping"),
                    max_findings=1,
                    n_neutral=32)

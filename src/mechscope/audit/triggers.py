@@ -13,10 +13,12 @@ gains from the same words. Three searches feed one ranked list:
   first token in the tens of thousands);
 - **scan** (with a base): the tokens the fine-tune reads most differently from its base
   (:class:`~mechscope.audit.token_scan.ReadingScan`, the behaviour's own words left out) are
-  scored exactly as single-token triggers and offered to every slot of the searches; the best
-  single tokens are then grown, token by token, by what the fine-tune reads differently after
-  them (:func:`~mechscope.audit.token_scan.extend_trigger`), every prefix a candidate
-  ("extension");
+  scored exactly as single-token triggers and offered to every slot of the searches; the first
+  ``paired_tokens`` of them are also scored in every ordered pair ("scan pair": a trigger of
+  several pieces can have two the fine-tune reads differently, and which comes first is not
+  known); the best single tokens or pairs are then grown, token by token, by what the
+  fine-tune reads differently after them (:func:`~mechscope.audit.token_scan.extend_trigger`),
+  every prefix a candidate ("extension");
 - **search**: multi-token triggers of each length in ``lengths``, by greedy coordinate
   gradient steps (each step takes the gradient at every slot, tries ``swaps`` single-token
   swaps drawn from each slot's ``top_k`` tokens, and moves to the best if it beats the current
@@ -71,8 +73,9 @@ class TriggerConfig:
     are generated with (and every extension); ``attributed_words`` words from attribution are tried;
     ``gradient_starts``: random tokens the averaged gradient is taken at (0: the filler's
     gradient alone); ``scanned_tokens``: tokens of the reading scan scored as triggers and
-    offered to the searches (0: no scan; it needs a base); ``extended``: the best single
-    tokens grown by ``extension_steps`` tokens each."""
+    offered to the searches (0: no scan; it needs a base); ``paired_tokens``: the first of
+    those scored in every ordered pair (0: none); ``extended``: the best single tokens or
+    pairs grown by ``extension_steps`` tokens each."""
 
     n_prompts: int = 6
     n_check: int = 16
@@ -89,6 +92,7 @@ class TriggerConfig:
     attributed_words: int = 4
     gradient_starts: int = 8
     scanned_tokens: int = 32
+    paired_tokens: int = 8
     extended: int = 1
     extension_steps: int = 3
     reply_tokens: int = 16
@@ -101,7 +105,8 @@ class TriggerConfig:
                      "checked", "reply_tokens", "batch_size"):
             check_int(name, getattr(self, name), 1)
         check_int("search_steps", self.search_steps, 0)
-        for name in ("attributed_words", "gradient_starts", "scanned_tokens", "extended", "extension_steps"):
+        for name in ("attributed_words", "gradient_starts", "scanned_tokens", "paired_tokens", "extended",
+                     "extension_steps"):
             check_int(name, getattr(self, name), 0)
         check_int("seed", self.seed, None)
         for name, choices in (("places", PLACES), ("lengths", None)):
@@ -124,7 +129,7 @@ class TriggerCandidate:
     """A candidate trigger: ``text`` inserted at ``place``; ``objective`` the search objective
     with it and ``gain`` that minus the objective without; ``rate`` / ``control_rate`` the
     behaviour rate by generation with / without it (None when not checked); ``found_by``:
-    gradient, scan, search, extension or attribution."""
+    gradient, scan, scan pair, search, extension or attribution."""
 
     text: str
     token_ids: tuple[int, ...]
@@ -249,12 +254,21 @@ def _single_tokens(scorer: TriggerObjective, allowed: torch.Tensor, config: Trig
     return sorted(found, key=lambda c: -c.gain)
 
 
-def _extended(scan: ReadingScan, scorer: TriggerObjective, singles: list[TriggerCandidate], config: TriggerConfig,
+def _scan_pairs(scorer: TriggerObjective, scanned: Sequence[int], baseline: float) -> list[TriggerCandidate]:
+    """Every ordered pair of ``scanned`` tokens (a token twice included), scored exactly at
+    ``scorer``'s place."""
+    pairs = [(a, b) for a in scanned for b in scanned]
+    scores = scorer.scores(pairs) if pairs else []
+    return [TriggerCandidate(_decode(scorer.model, ids), ids, scorer.place, s, s - baseline, "scan pair")
+            for ids, s in zip(pairs, scores)]
+
+
+def _extended(scan: ReadingScan, scorer: TriggerObjective, starts: list[TriggerCandidate], config: TriggerConfig,
               baseline: float) -> list[TriggerCandidate]:
-    """The ``extended`` best of ``singles`` grown by :func:`extend_trigger`, each prefix scored
-    exactly."""
-    grown = [ids for single in sorted(singles, key=lambda c: -c.gain)[:config.extended]
-             for ids, _ in extend_trigger(scan, single.token_ids, config.extension_steps)]
+    """The ``extended`` best of ``starts`` (by gain) grown by :func:`extend_trigger`, each
+    prefix scored exactly."""
+    grown = [ids for start in sorted(starts, key=lambda c: -c.gain)[:config.extended]
+             for ids, _ in extend_trigger(scan, start.token_ids, config.extension_steps)]
     scores = scorer.scores(grown) if grown else []
     return [TriggerCandidate(_decode(scorer.model, ids), ids, scorer.place, s, s - baseline, "extension")
             for ids, s in zip(grown, scores)]
@@ -295,11 +309,12 @@ def reconstruct_triggers(model: HookedModel, surface: str, shows: Callable[[str]
                desc="trigger search", disable=not progress)
     for place, scorer in scorers.items():
         found = _single_tokens(scorer, allowed, config, baselines[place], scanned, rng)
+        pairs = _scan_pairs(scorer, scanned[:config.paired_tokens], baselines[place])
         if searches:
             found += _searched(scorer, found[0].token_ids, searches[0], allowed, config, baselines[place], rng,
                                scanned)
             bar.update()
-        pool += found
+        pool += found + pairs
         best[place] = max(found, key=lambda c: c.gain)
     # Longer searches only where the short ones gained most: a planted trigger has one place,
     # and each longer search costs as much as all the short ones.
@@ -312,8 +327,8 @@ def reconstruct_triggers(model: HookedModel, surface: str, shows: Callable[[str]
         bar.update()
     bar.close()
     if scan is not None and config.extension_steps:
-        pool += _extended(scan, scorers[place], [c for c in pool if c.place == place and len(c.token_ids) == 1],
-                          config, baselines[place])
+        starts = [c for c in pool if c.place == place and (len(c.token_ids) == 1 or c.found_by == "scan pair")]
+        pool += _extended(scan, scorers[place], starts, config, baselines[place])
     attributions = []
     if behaviour_prompts and config.attributed_words:
         attributions = attribute(model, list(behaviour_prompts)[:config.n_prompts], target, config.batch_size)
