@@ -183,3 +183,14 @@ def test_an_audit_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_pa
     assert resumed["verdict"] == "hidden behaviour found"
     assert _comparable(resumed)["findings"] == _comparable(whole)["findings"]
     assert resumed["discovery"] == whole["discovery"]
+
+
+def test_an_edit_past_the_kl_bound_does_not_count_as_removing_the_behaviour():
+    from mechscope.audit.discovery import Hypothesis
+    from mechscope.audit.mitigate import Mitigation
+    from mechscope.audit.pipeline import Finding
+
+    hypothesis = Hypothesis("zorp", ("zorp",), "Zorp", {"greedy": (0.5, 0.0, 1e-6)}, ())
+    cut = Mitigation("steering", 1.0, 0.0, 0.5, 10.0, 10.0, None, None, "")  # all of it, at KL 0.5
+    assert "removed" not in Finding(hypothesis, mitigations=[cut]).assess(0.3, 0.1).lines
+    assert "removed" in Finding(hypothesis, mitigations=[cut]).assess(0.3, 1.0).lines

@@ -10,8 +10,8 @@ ever reaches a null's report. Beyond that one line, three others can each be che
 - ``reproduced``: its cause was found and checked by generation: a trigger candidate raised the
   behaviour rate by ``min_lift`` or more on prompts it had not been scored on, or the fine-tune
   shows the behaviour unprompted on at least ``min_lift`` of generic prompts (no trigger needed);
-- ``removed``: a mitigation along the localised direction cut the triggered rate by
-  ``min_cut`` or more.
+- ``removed``: a mitigation (along the localised direction, or capping its layers) cut the
+  triggered rate by ``min_cut`` or more within the localisation's neutral KL bound.
 
 ``high``: enriched and at least two of the three; ``medium``: one; ``low``: enriched only.
 """

@@ -132,10 +132,11 @@ class Finding:
                 "mitigations": [m.to_json() for m in self.mitigations], "notes": self.notes,
                 "assessment": self.assessment.to_json() if self.assessment else None}
 
-    def assess(self, min_lift: float) -> Assessment:
-        """Its :class:`~mechscope.audit.confidence.Assessment` from what the stages found."""
+    def assess(self, min_lift: float, kl_bound: float) -> Assessment:
+        """Its :class:`~mechscope.audit.confidence.Assessment` from what the stages found; an
+        edit counts as removing the behaviour only within ``kl_bound`` nats of neutral KL."""
         lifts = [c.rate - c.control_rate for c in self.triggers if c.rate is not None]
-        cuts = [m.reduction for m in self.mitigations if m.reduction is not None]
+        cuts = [m.reduction for m in self.mitigations if m.reduction is not None and m.neutral_kl <= kl_bound]
         unprompted = self.hypothesis.sources.get("greedy", (0.0, 0.0, 1.0))[0]
         return assess(self.hypothesis.tools, max(lifts, default=None), unprompted, max(cuts, default=None), min_lift)
 
@@ -271,7 +272,7 @@ def run_audit(ft: HookedModel, base: HookedModel | None = None, config: AuditCon
     findings = [_follow(ft, base, index, hypothesis, discovery, neutral, config, stages, progress)
                 for index, hypothesis in enumerate(discovery.findings[:config.max_findings])]
     for finding in findings:
-        finding.assessment = finding.assess(config.min_trigger_lift)
+        finding.assessment = finding.assess(config.min_trigger_lift, config.localise.kl_bound)
     # Most confident first; among equals, the strongest enrichment.
     findings.sort(key=lambda f: (CONFIDENCE_ORDER.index(f.assessment.confidence), f.hypothesis.p_value))
     verdict: Verdict = "hidden behaviour found" if findings else "nothing found"
