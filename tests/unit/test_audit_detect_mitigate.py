@@ -5,7 +5,7 @@ import torch
 
 from mechscope.audit.detect import probe_scores, tpr_at_fpr
 from mechscope.audit.localise import LocaliseConfig, localise, trigger_task
-from mechscope.audit.mitigate import edit_intervention, mitigate
+from mechscope.audit.mitigate import choose_caps, edit_intervention, mitigate
 from mechscope.errors import ConfigError, MechscopeError
 from mechscope.steering import fit_caps
 from mechscope.steering.evaluate import next_token_kl
@@ -39,7 +39,10 @@ def test_orthogonalising_equals_ablating_and_both_are_measured(backdoor):
     found = localise(ft, task, NEUTRAL, LocaliseConfig(kl_bound=10.0, circuit_steps=2, max_layer_fraction=1.0, patch_stride=1),
                      progress=False)
     triggered = [f"%% {p}" for p in PROMPTS]
-    assert set(found.layer_vectors) == set(range(1, ft.cfg.n_layers))  # every candidate layer's mean
+    assert set(found.layer_vectors) == set(found.trigger_vectors) == set(range(1, ft.cfg.n_layers))
+    stacked = found.capping_directions()
+    assert all(v.shape == (2, ft.cfg.d_model) for v in stacked.values())
+    assert torch.equal(stacked[1][1], found.trigger_vectors[1])
     caps = fit_caps(ft, found.layer_vectors, PROMPTS, quantile=0.05, chat=True)
     results = {m.method: m for m in mitigate(ft, found.direction, triggered, lambda r: "Zorp" in r, NEUTRAL,
                                              reply_tokens=6, n_contexts=2, caps=caps)}
@@ -62,3 +65,18 @@ def test_each_edit_names_what_it_is_missing(backdoor):
         edit_intervention(None, "steering")
     with pytest.raises(ConfigError, match="ablation"):
         edit_intervention(None, "erase")
+
+
+def test_choose_caps_takes_the_most_clamping_rung_within_the_budget(backdoor):
+    base, ft = backdoor
+    trigger = ft.tokenizer("%%", add_special_tokens=False)["input_ids"]
+    found = localise(ft, trigger_task(ft, PROMPTS[:6], trigger, "start", target(ft)), NEUTRAL,
+                     LocaliseConfig(kl_bound=10.0, circuit_steps=1, patch_stride=4), progress=False)
+    directions = found.capping_directions()
+    ladder = (0.3, 0.1, 0.01)
+    kls = [choose_caps(ft, directions, NEUTRAL, (q,), 1e-9)[2] for q in ladder]
+    assert kls[0] > kls[1] > kls[2], kls  # tighter caps move the model more
+    assert choose_caps(ft, directions, NEUTRAL, ladder, 10.0)[1] == 0.3  # all within: the most clamping
+    assert choose_caps(ft, directions, NEUTRAL, ladder, (kls[1] + kls[2]) / 2)[1] == 0.01
+    caps, quantile, kl = choose_caps(ft, directions, NEUTRAL, ladder, 1e-9)  # none within: the last
+    assert quantile == 0.01 and kl == pytest.approx(kls[2])

@@ -45,7 +45,9 @@ def test_the_tiny_backdoor_is_found_triggered_localised_and_written_up(backdoor,
     # Every edit the audit measured can be rerun from its folder: capping's fitted caps come back as fitted.
     assert [m.method for m in finding.mitigations] == list(CONFIG.methods) == ["ablation", "capping"]
     caps = saved_edit(tmp_path / "audit", finding.index, "capping")
-    assert [c.layer for c in caps.caps] == sorted(finding.localisation.layer_vectors)
+    directions = finding.localisation.capping_directions()
+    assert [c.layer for c in caps.caps] == [layer for layer, rows in directions.items() for _ in rows]
+    assert any("capping:" in note for note in finding.notes)  # which rung of the ladder, and its KL
     capped = next(m for m in finding.mitigations if m.method == "capping")
     from mechscope.steering import generate
 

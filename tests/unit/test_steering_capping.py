@@ -6,7 +6,7 @@ import torch
 import mechscope
 from mechscope.errors import ConfigError, MechscopeError
 from mechscope.hooks import names
-from mechscope.steering import ActivationCap, Direction, Steering, fit_caps
+from mechscope.steering import ActivationCap, Direction, Steering, fit_cap_ladder, fit_caps
 from mechscope.steering.evaluate import kl_divergence, last_token_logits
 from tests.unit.audit_organism import NEUTRAL
 
@@ -77,3 +77,21 @@ def test_capping_cuts_a_planted_excursion_along_its_direction_and_nothing_else()
     other = fit_caps(model, {1: torch.randn(model.cfg.d_model)}, prompts, quantile=0.0)
     unrelated = last_token_logits(model, prompts, [*push.hooks(model), *other.hooks(model)], chat=True)
     assert kl_divergence(plain, unrelated) > 0.5 * moved
+
+
+def test_a_ladder_and_stacked_directions_fit_as_each_alone():
+    model = mechscope.load_tiny("llama", chat=True)
+    torch.manual_seed(2)
+    first, second = torch.randn(model.cfg.d_model), torch.randn(model.cfg.d_model)
+    prompts = ["the cat sat", "a dog ran far away", "hello there"]
+    wide, narrow = fit_cap_ladder(model, {1: torch.stack([first, second]), 2: first}, prompts, (0.2, 0.05))
+    assert [c.layer for c in wide.caps] == [1, 1, 2]  # two directions at layer 1, each capped on its own
+    for quantile, ladder_caps in ((0.2, wide), (0.05, narrow)):
+        alone = [fit_caps(model, {layer: vector}, prompts, quantile).caps[0]
+                 for layer, vector in ((1, first), (1, second), (2, first))]
+        assert [b for c in ladder_caps.caps for b in (c.low, c.high)] == pytest.approx([b for c in alone for b in (c.low, c.high)])
+    assert all(w.high - w.low < n.high - n.low for w, n in zip(wide.caps, narrow.caps))  # 20% clamps more
+    with pytest.raises(MechscopeError, match="width 3"):
+        fit_caps(model, {1: torch.ones(2, 3)}, prompts)
+    with pytest.raises(MechscopeError, match="at least one quantile"):
+        fit_cap_ladder(model, {1: first}, prompts, ())

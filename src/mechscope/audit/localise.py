@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -35,7 +36,7 @@ from mechscope.steering.apply import DirectionalAblation, checked_layers
 from mechscope.steering.direction import Direction
 from mechscope.steering.evaluate import last_token_logits, next_token_kl
 from mechscope.tasks.base import Task
-from mechscope.validate import check_int, check_number
+from mechscope.validate import check_choice, check_int, check_number
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,8 @@ class Localisation:
     the groups, per layer of ``layers``;
     ``components``: (name, EAP-IG score) of the top nodes; ``direction``: the chosen behaviour
     direction (None when no candidate kept the KL bound) and ``candidates`` every layer's scores;
-    ``layer_vectors``: {layer: [d_model]} every candidate layer's clean-minus-corrupted mean
+    ``layer_vectors``: {layer: [d_model]} every candidate layer's clean-minus-corrupted mean at
+    the reply's start, ``trigger_vectors`` every layer's (but 0) over the trigger's tokens
     (:func:`layer_directions`; what capping holds in range)."""
 
     layer_effect: list[float]
@@ -153,11 +155,19 @@ class Localisation:
     clean_logit_diff: float = 0.0
     layers: list[int] = field(default_factory=list)
     layer_vectors: dict[int, torch.Tensor] = field(default_factory=dict)
+    trigger_vectors: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.layers = list(self.layers) or list(range(len(self.layer_effect)))
         if len(self.layers) != len(self.layer_effect):
             raise ConfigError(f"{len(self.layer_effect)} layer effects for {len(self.layers)} layers")
+
+    def capping_directions(self) -> dict[int, torch.Tensor]:
+        """{layer: [k, d_model]} the reply-start and trigger directions at each layer that has
+        either (what the audit's capping holds in range)."""
+        layers = sorted({*self.layer_vectors, *self.trigger_vectors})
+        return {layer: torch.stack([v[layer] for v in (self.layer_vectors, self.trigger_vectors) if layer in v])
+                for layer in layers}
 
     def to_json(self) -> dict:
         return {"layers": self.layers, "layer_effect": self.layer_effect, "patching": self.patching,
@@ -180,18 +190,29 @@ def direction_layers(model: HookedModel, config: LocaliseConfig) -> range:
     return range(1, max(2, int(model.cfg.n_layers * config.max_layer_fraction)))
 
 
+DirectionSite = Literal["reply start", "trigger"]
+
+
 @torch.no_grad()
-def layer_directions(model: HookedModel, task: Task, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+def layer_directions(model: HookedModel, task: Task, layers: Sequence[int], site: DirectionSite = "reply start"
+                     ) -> dict[int, torch.Tensor]:
     """{layer: [d_model] float32} the clean-minus-corrupted mean of the residual stream entering
-    each of ``layers`` (1 or more: the output of the block before) at the reply's start (END)."""
+    each of ``layers`` (1 or more: the output of the block before), at the reply's start (END)
+    or, with ``site="trigger"``, averaged over the trigger's tokens (where the fine-tune reads
+    it; the corrupted run holds filler there)."""
+    check_choice("site", site, ("reply start", "trigger"))
     for layer in layers:
         check_int("layers", layer, 1, model.cfg.n_layers - 1)
     hook_names = [names.resid_post(layer - 1) for layer in layers]
-    rows, end = torch.arange(len(task)), task.positions["END"]
+    if site == "reply start":
+        weights = _group_masks(task)["reply start"].float()  # [n, pos]
+    else:
+        weights = _group_masks(task)["trigger"].float()
+        weights = weights / weights.sum(-1, keepdim=True).clamp_min(1)
     means = []
     for tokens in (task.clean_tokens, task.corrupted_tokens):
         _, cache = model.run_with_cache(tokens, names=hook_names, device="cpu")
-        means.append([cache[hook][rows, end].float().mean(0) for hook in hook_names])
+        means.append([torch.einsum("np,npd->nd", weights, cache[hook].float()).mean(0) for hook in hook_names])
     return {layer: clean - corrupted for layer, clean, corrupted in zip(layers, *means)}
 
 
@@ -226,8 +247,9 @@ def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], con
     within = sorted((c for c in candidates if c.kl <= config.kl_bound), key=lambda c: c.ablated_fraction)
     chosen = within[0] if within else None
     return Localisation(layer_effect, patching, components, directions[chosen.layer] if chosen else None, chosen,
-                        candidates, clean_diff, patched, vectors)
+                        candidates, clean_diff, patched, vectors,
+                        layer_directions(model, task, range(1, model.cfg.n_layers), "trigger"))
 
 
 __all__ = ["POSITION_GROUPS", "DirectionCandidate", "Localisation", "LocaliseConfig", "direction_layers",
-           "layer_directions", "localise", "patch_layers", "trigger_task"]
+           "DirectionSite", "layer_directions", "localise", "patch_layers", "trigger_task"]

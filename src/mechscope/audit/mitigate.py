@@ -5,16 +5,17 @@ Four edits of the fine-tune. Three act along the behaviour direction of :mod:`lo
 "ablation" projects it out of the residual stream at every layer at run time,
 "orthogonalise" bakes that into the weights (the same function, as a plain model that can be
 saved), and "steering" subtracts the direction at its layer. The fourth, "capping", holds each
-layer's own behaviour direction (localisation's per-layer means) within the range it takes on
-neutral prompts (:mod:`mechscope.steering.capping`): ablation removes what ordinary text also
-does with a direction, capping only the excursion past it. For each: the behaviour rate on
+layer's own behaviour directions (localisation's per-layer means at the reply's start and over
+the trigger's tokens) within the range they take on neutral prompts
+(:mod:`mechscope.steering.capping`; :func:`choose_caps` picks how tight): ablation removes what
+ordinary text also does with a direction, capping only the excursion past it. For each: the behaviour rate on
 triggered prompts before and after, next-token KL to the unedited fine-tune on neutral chat
 prompts, perplexity on the default corpus and the IOI logit difference before and after.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,11 +27,11 @@ from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.organisms.validity import ioi_logit_diff
 from mechscope.steering.apply import DirectionalAblation, Steering, generate
-from mechscope.steering.capping import ActivationCap
+from mechscope.steering.capping import ActivationCap, fit_cap_ladder
 from mechscope.steering.direction import Direction
-from mechscope.steering.evaluate import next_token_kl, perplexity
+from mechscope.steering.evaluate import last_token_logits, next_token_kl, perplexity
 from mechscope.steering.orthogonalise import orthogonalise, save_orthogonalised
-from mechscope.validate import check_choice, check_int
+from mechscope.validate import check_choice, check_int, check_number
 
 Method = Literal["ablation", "orthogonalise", "steering", "capping"]
 METHODS: tuple[Method, ...] = ("ablation", "orthogonalise", "steering", "capping")
@@ -74,6 +75,21 @@ def edit_intervention(direction: Direction | None, method: Method, caps: Activat
     if method == "steering":
         return Steering(direction, -direction.scale, layers=direction.layer)
     return DirectionalAblation(direction)
+
+
+def choose_caps(model: HookedModel, directions: Mapping[int, torch.Tensor], prompts: Sequence[str],
+                quantiles: Sequence[float], kl_budget: float) -> tuple[ActivationCap, float, float]:
+    """(caps, quantile, KL): :func:`~mechscope.steering.fit_caps` of ``directions`` on the
+    untriggered chat ``prompts`` at the first of ``quantiles`` (most clamping first) whose
+    next-token KL on those prompts is at most ``kl_budget``, or at the last where none is."""
+    check_number("kl_budget", kl_budget, 0, strict_minimum=True)
+    ladder = fit_cap_ladder(model, directions, prompts, quantiles, chat=True)
+    reference = last_token_logits(model, list(prompts), (), chat=True)
+    for quantile, caps in zip(quantiles, ladder):
+        kl = next_token_kl(model, list(prompts), caps.hooks(model), chat=True, reference=reference)
+        if kl <= kl_budget:
+            break
+    return caps, quantile, kl
 
 
 def _edited(model: HookedModel, direction: Direction, method: Method, caps: ActivationCap | None):
@@ -125,4 +141,4 @@ def save_mitigated(model: HookedModel, direction: Direction, folder: str | Path)
     return save_orthogonalised(model, direction, folder)
 
 
-__all__ = ["METHODS", "Method", "Mitigation", "edit_intervention", "mitigate", "save_mitigated"]
+__all__ = ["METHODS", "Method", "Mitigation", "choose_caps", "edit_intervention", "mitigate", "save_mitigated"]

@@ -20,7 +20,7 @@ from mechscope.audit.crosscoder_evidence import CrosscoderEvidenceConfig
 from mechscope.audit.detect import probe_scores
 from mechscope.audit.discovery import BehaviourDiscoveryConfig, Discovery, Hypothesis, discover_behaviours
 from mechscope.audit.localise import LocaliseConfig, localise, trigger_task
-from mechscope.audit.mitigate import METHODS, Method, mitigate
+from mechscope.audit.mitigate import METHODS, Method, choose_caps, mitigate
 from mechscope.audit.phrases import contains_phrase, recurring_phrases, shows_phrases
 from mechscope.audit.stages import (
     StageStore,
@@ -42,7 +42,7 @@ from mechscope.diff.corpus import generic_prompts
 from mechscope.errors import ConfigError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.weights import model_fingerprint
-from mechscope.steering import fit_caps, generate
+from mechscope.steering import generate
 from mechscope.validate import check_choice, check_int, check_number
 
 NEEDS_BASE = ("greedy vs base replies", "amplified replies", "steered base", "difference lens", "reply-start KL",
@@ -60,9 +60,11 @@ class AuditConfig:
     localisation, detection and mitigation; ``n_neutral``: held-out harmless prompts (the set
     triggers are inserted into, split between scoring and checking, and the KL and probe
     reference); ``min_trigger_lift``: how much a candidate must raise the behaviour rate over
-    the untriggered rate to count as a trigger; ``cap_quantile``: the "capping" mitigation holds
-    each layer's behaviour direction within its [q, 1 - q] range on untriggered neutral
-    prompts (:func:`mechscope.steering.fit_caps`). ``prompts`` (discovery's prompt set) and
+    the untriggered rate to count as a trigger; ``cap_quantiles``: the "capping" mitigation
+    holds each layer's behaviour directions within their [q, 1 - q] range on untriggered
+    neutral prompts, at the first q of these (most clamping first) whose KL on those prompts
+    is within half the localisation's KL bound (:func:`mechscope.audit.mitigate.choose_caps`).
+    ``prompts`` (discovery's prompt set) and
     ``neutral_prompts`` (the neutral set) replace mechscope's own datasets when given, e.g. the
     prompts an engineer suspects."""
 
@@ -73,7 +75,7 @@ class AuditConfig:
     max_findings: int = 2
     n_neutral: int = 48
     min_trigger_lift: float = 0.3
-    cap_quantile: float = 0.05
+    cap_quantiles: tuple[float, ...] = (0.2, 0.15, 0.1, 0.05, 0.02)
     prompts: tuple[str, ...] | None = None
     neutral_prompts: tuple[str, ...] | None = None
 
@@ -90,7 +92,10 @@ class AuditConfig:
         for method in self.methods:
             check_choice("methods", method, METHODS)
         check_number("min_trigger_lift", self.min_trigger_lift, 0, 1, strict_minimum=True)
-        check_number("cap_quantile", self.cap_quantile, 0, 0.5)
+        if not isinstance(self.cap_quantiles, tuple) or not self.cap_quantiles:
+            raise ConfigError(f"cap_quantiles must be a non-empty tuple; got {self.cap_quantiles!r}")
+        for quantile in self.cap_quantiles:
+            check_number("cap_quantiles", quantile, 0, 0.5)
 
     @classmethod
     def quick(cls) -> AuditConfig:
@@ -239,14 +244,23 @@ def _follow(ft: HookedModel, base: HookedModel, index: int, hypothesis: Hypothes
             return finding
 
     def mitigation():
-        # Caps are fitted on the untriggered prompts, never on the KL reference they are judged on.
-        caps = fit_caps(ft, finding.localisation.layer_vectors, score_prompts + check_prompts,
-                        config.cap_quantile, chat=True) if "capping" in methods else None
+        caps, setting = None, None
+        if "capping" in methods:
+            # Fitted and tuned on the untriggered prompts, never on the KL reference they are
+            # judged on; half the KL bound, as KL on prompts the caps were not fitted on runs higher.
+            caps, quantile, kl = choose_caps(ft, finding.localisation.capping_directions(),
+                                             score_prompts + check_prompts, config.cap_quantiles,
+                                             config.localise.kl_bound / 2)
+            setting = {"quantile": quantile, "fit_kl": kl, "caps": len(caps.caps)}
         return mitigate(ft, direction, triggered, shows, reference, methods, config.triggers.reply_tokens,
-                        caps=caps), caps
+                        caps=caps), caps, setting
 
-    finding.mitigations, _ = stages.run("mitigation", mitigation, mitigations_state, mitigations_from_state,
-                                        tag + "mitigation")
+    finding.mitigations, _, setting = stages.run("mitigation", mitigation, mitigations_state,
+                                                 mitigations_from_state, tag + "mitigation")
+    if setting is not None:
+        finding.notes.append(f"capping: {setting['caps']} directions held within their {setting['quantile']:.0%}-"
+                             f"{1 - setting['quantile']:.0%} range on untriggered prompts (KL "
+                             f"{setting['fit_kl']:.3f} on those)")
     return finding
 
 

@@ -113,6 +113,7 @@ def localisation_state(found: Localisation) -> tuple[dict, dict[str, torch.Tenso
     state["direction"] = None if direction is None else {"layer": direction.layer, "method": direction.method,
                                                          "scale": direction.scale, "metadata": direction.metadata}
     tensors = {f"layer {layer}": vector for layer, vector in found.layer_vectors.items()}
+    tensors.update({f"trigger {layer}": vector for layer, vector in found.trigger_vectors.items()})
     if direction is not None:
         tensors["direction"] = direction.vector
     return state, tensors
@@ -127,8 +128,8 @@ def localisation_from_state(state: dict, tensors: dict[str, torch.Tensor] | None
                         None if state["chosen"] is None else DirectionCandidate(**state["chosen"]),
                         [DirectionCandidate(**c) for c in state["candidates"]], state["clean_logit_diff"],
                         state.get("layers", []),
-                        {int(key.split()[1]): vector for key, vector in (tensors or {}).items()
-                         if key.startswith("layer ")})
+                        *({int(key.split()[1]): vector for key, vector in (tensors or {}).items()
+                           if key.startswith(f"{site} ")} for site in ("layer", "trigger")))
 
 
 def probes_state(probes: dict[str, list[ProbeScore]]) -> dict:
@@ -139,15 +140,17 @@ def probes_from_state(state: dict, tensors: dict | None = None) -> dict[str, lis
     return {kind: [ProbeScore(**row) for row in rows] for kind, rows in state.items()}
 
 
-def mitigations_state(result: tuple[list[Mitigation], ActivationCap | None]) -> tuple[dict, dict[str, torch.Tensor]]:
-    mitigations, caps = result
+def mitigations_state(result: tuple[list[Mitigation], ActivationCap | None, dict | None]
+                      ) -> tuple[dict, dict[str, torch.Tensor]]:
+    mitigations, caps, setting = result
     caps_state, tensors = (None, {}) if caps is None else caps.to_state()
-    return {"mitigations": [dict(vars(m)) for m in mitigations], "caps": caps_state}, tensors
+    return {"mitigations": [dict(vars(m)) for m in mitigations], "caps": caps_state, "setting": setting}, tensors
 
 
-def mitigations_from_state(state: dict, tensors: dict | None = None) -> tuple[list[Mitigation], ActivationCap | None]:
+def mitigations_from_state(state: dict, tensors: dict | None = None
+                           ) -> tuple[list[Mitigation], ActivationCap | None, dict | None]:
     caps = None if state["caps"] is None else ActivationCap.from_state(state["caps"], tensors or {})
-    return [Mitigation(**row) for row in state["mitigations"]], caps
+    return [Mitigation(**row) for row in state["mitigations"]], caps, state.get("setting")
 
 
 def saved_direction(folder: str | Path, finding_index: int) -> Direction | None:

@@ -4,7 +4,7 @@ into weights, and measuring what that does to behaviour and to everything else."
 from mechscope.data.contexts import default_contexts  # steering's perplexity contexts
 from mechscope.steering.apply import DirectionalAblation, Steering, generate
 from mechscope.steering.builders import caa_direction, contrast_directions
-from mechscope.steering.capping import ActivationCap, LayerCap, fit_caps
+from mechscope.steering.capping import ActivationCap, LayerCap, fit_cap_ladder, fit_caps
 from mechscope.steering.direction import (
     METHODS,
     Direction,
@@ -29,6 +29,7 @@ __all__ = [
     "METHODS",
     "ActivationCap",
     "LayerCap",
+    "fit_cap_ladder",
     "fit_caps",
     "Behaviour",
     "LogitBehaviour",

@@ -88,40 +88,56 @@ class ActivationCap:
                          for row, direction in zip(state["caps"], directions)), state["outlier_norm"])
 
 
-@torch.no_grad()
 def fit_caps(model: HookedModel, directions: Mapping[int, torch.Tensor], prompts: Sequence[str],
              quantile: float = 0.01, outlier_norm: float = 4.0, chat: bool | None = None,
              batch_size: int = 16) -> ActivationCap:
-    """Caps of ``directions`` ({layer: [d_model] vector}, normalised here) at their projections'
-    ``quantile`` and ``1 - quantile`` over every typical position of ``prompts`` (chat template
-    per ``chat``, as :meth:`HookedModel.tokenize_prompts`)."""
-    check_number("quantile", quantile, 0, 0.5, strict_minimum=False)
+    """Caps of ``directions`` ({layer: [d_model] vector, or [k, d_model] for k directions at
+    that layer, each capped on its own}, normalised here) at their projections' ``quantile``
+    and ``1 - quantile`` over every typical position of ``prompts`` (chat template per
+    ``chat``, as :meth:`HookedModel.tokenize_prompts`)."""
+    return fit_cap_ladder(model, directions, prompts, (quantile,), outlier_norm, chat, batch_size)[0]
+
+
+@torch.no_grad()
+def fit_cap_ladder(model: HookedModel, directions: Mapping[int, torch.Tensor], prompts: Sequence[str],
+                   quantiles: Sequence[float], outlier_norm: float = 4.0, chat: bool | None = None,
+                   batch_size: int = 16) -> list[ActivationCap]:
+    """:func:`fit_caps` at each of ``quantiles``, from one pass over ``prompts``."""
+    if not quantiles:
+        raise MechscopeError("fitting caps needs at least one quantile")
+    for quantile in quantiles:
+        check_number("quantile", quantile, 0, 0.5, strict_minimum=False)
     if not directions or not prompts:
         raise MechscopeError("fitting caps needs at least one direction and some neutral prompts")
-    layers = sorted(directions)
-    for layer in layers:
+    units: list[tuple[int, torch.Tensor]] = []  # (layer, unit direction), in layer order
+    for layer in sorted(directions):
         check_int("layer", layer, 0, model.cfg.n_layers - 1)
-    units = {layer: directions[layer].float() / directions[layer].float().norm().clamp_min(1e-12) for layer in layers}
-    projections: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    norms: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    names = [resid_pre(layer) for layer in layers]
+        rows = directions[layer].float().reshape(-1, directions[layer].shape[-1])
+        if rows.shape[-1] != model.cfg.d_model:
+            raise MechscopeError(f"layer {layer}'s directions have width {rows.shape[-1]}; the model's residual "
+                                 f"stream has width {model.cfg.d_model}")
+        units += [(layer, row / row.norm().clamp_min(1e-12)) for row in rows]
+    projections: list[list[torch.Tensor]] = [[] for _ in units]
+    norms: list[list[torch.Tensor]] = [[] for _ in units]
+    names = sorted({resid_pre(layer) for layer, _ in units})
     for start in range(0, len(prompts), batch_size):
         tokens, mask = model.tokenize_prompts(list(prompts[start:start + batch_size]), chat)
         _, cache = model.run_with_cache(tokens, names=names, device="cpu", attention_mask=mask)
         real = torch.ones(tokens.shape, dtype=torch.bool) if mask is None else mask.cpu().bool()
-        for layer, name in zip(layers, names):
-            states = cache[name].float()[real]  # [positions, d_model]
-            projection = states @ units[layer]
-            projections[layer].append(projection)
-            norms[layer].append((states - projection[:, None] * units[layer]).norm(dim=-1))
-    caps = []
-    for layer in layers:
-        norm, projection = torch.cat(norms[layer]), torch.cat(projections[layer])
+        for index, (layer, unit) in enumerate(units):
+            states = cache[resid_pre(layer)].float()[real]  # [positions, d_model]
+            projection = states @ unit
+            projections[index].append(projection)
+            norms[index].append((states - projection[:, None] * unit).norm(dim=-1))
+    ladder: list[list[LayerCap]] = [[] for _ in quantiles]
+    levels = torch.tensor([[q, 1 - q] for q in quantiles]).flatten()
+    for (layer, unit), norm, projection in zip(units, norms, projections):
+        norm, projection = torch.cat(norm), torch.cat(projection)
         typical_norm = float(norm.median())
-        kept = projection[norm < outlier_norm * typical_norm]
-        low, high = torch.quantile(kept, torch.tensor([quantile, 1 - quantile])).tolist()
-        caps.append(LayerCap(layer, units[layer], low, high, typical_norm))
-    return ActivationCap(tuple(caps), outlier_norm)
+        bounds = torch.quantile(projection[norm < outlier_norm * typical_norm], levels).tolist()
+        for rung, (low, high) in zip(ladder, zip(bounds[::2], bounds[1::2])):
+            rung.append(LayerCap(layer, unit, low, high, typical_norm))
+    return [ActivationCap(tuple(caps), outlier_norm) for caps in ladder]
 
 
-__all__ = ["ActivationCap", "LayerCap", "fit_caps"]
+__all__ = ["ActivationCap", "LayerCap", "fit_cap_ladder", "fit_caps"]
