@@ -11,7 +11,7 @@ import mechscope
 from mechscope.audit.confidence import Assessment, assess
 from mechscope.audit.phrases import recurring_phrases
 from mechscope.audit.pipeline import FOLLOW_FINDINGS, NEEDS_BASE, AuditConfig, run_audit, shows_hypothesis
-from mechscope.audit.stages import saved_direction, saved_edit
+from mechscope.audit.stages import saved_direction, saved_edit, saved_localisation
 from mechscope.audit.trigger_objective import insert
 from mechscope.cli.app import app
 from mechscope.errors import ConfigError, IncompatibleModelsError
@@ -46,6 +46,8 @@ def test_the_tiny_backdoor_is_found_triggered_localised_and_written_up(backdoor,
     assert [m.method for m in finding.mitigations] == list(CONFIG.methods) == ["ablation", "capping"]
     caps = saved_edit(tmp_path / "audit", finding.index, "capping")
     directions = finding.localisation.capping_directions()
+    reloaded = saved_localisation(tmp_path / "audit", finding.index).capping_directions()
+    assert list(reloaded) == list(directions) and all(torch.equal(reloaded[k], directions[k]) for k in directions)
     assert [c.layer for c in caps.caps] == [layer for layer, rows in directions.items() for _ in rows]
     assert any("capping:" in note for note in finding.notes)  # which rung of the ladder, and its KL
     capped = next(m for m in finding.mitigations if m.method == "capping")

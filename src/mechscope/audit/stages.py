@@ -153,12 +153,20 @@ def mitigations_from_state(state: dict, tensors: dict | None = None
     return [Mitigation(**row) for row in state["mitigations"]], caps, state.get("setting")
 
 
-def saved_direction(folder: str | Path, finding_index: int) -> Direction | None:
-    """The behaviour direction localisation chose for finding ``finding_index`` (its ``index``
-    in ``audit.json``) of the audit written to ``folder``; None where none was chosen or the
-    stage is not there. Read from the stage files alone, whatever run they belong to."""
+def saved_localisation(folder: str | Path, finding_index: int) -> Localisation | None:
+    """The localisation of finding ``finding_index`` (its ``index`` in ``audit.json``) of the
+    audit written to ``folder``, with its direction and per-layer vectors; None where the stage
+    is not there. Read from the stage files alone, whatever run they belong to."""
     read = _read(stage_path(folder, f"finding {finding_index}: localisation"))
-    return None if read is None else localisation_from_state(read[0]["state"]["result"], read[1]).direction
+    return None if read is None else localisation_from_state(read[0]["state"]["result"], read[1])
+
+
+def saved_direction(folder: str | Path, finding_index: int) -> Direction | None:
+    """The behaviour direction localisation chose for finding ``finding_index`` of the audit
+    written to ``folder`` (:func:`saved_localisation`); None where none was chosen or the stage
+    is not there."""
+    found = saved_localisation(folder, finding_index)
+    return None if found is None else found.direction
 
 
 def saved_edit(folder: str | Path, finding_index: int, method: Method):
@@ -174,4 +182,4 @@ def saved_edit(folder: str | Path, finding_index: int, method: Method):
     return None if direction is None else edit_intervention(direction, method)
 
 
-__all__ = ["STAGES_DIR", "StageStore", "saved_direction", "saved_edit", "stage_path"]
+__all__ = ["STAGES_DIR", "StageStore", "saved_direction", "saved_edit", "saved_localisation", "stage_path"]
