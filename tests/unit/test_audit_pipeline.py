@@ -117,7 +117,10 @@ def test_a_base_of_another_architecture_is_refused(backdoor):
 @pytest.mark.parametrize(("kwargs", "message"), [({"max_findings": 0}, "max_findings"),
                                                  ({"methods": ("erase",)}, "unknown methods 'erase'"),
                                                  ({"prompts": "one prompt"}, "prompts must be a tuple"),
-                                                 ({"neutral_prompts": ("a",) * 3}, "neutral_prompts holds 3")])
+                                                 ({"neutral_prompts": ("a",) * 3}, "neutral_prompts holds 3"),
+                                                 ({"cap_quantiles": ()}, "cap_quantiles must be a non-empty"),
+                                                 ({"cap_quantiles": (0.1, 0.7)}, "cap_quantiles"),
+                                                 ({"cap_kl": 0.0}, "cap_kl")])
 def test_bad_audit_settings_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         AuditConfig(**kwargs)

@@ -63,7 +63,8 @@ class AuditConfig:
     the untriggered rate to count as a trigger; ``cap_quantiles``: the "capping" mitigation
     holds each layer's behaviour directions within their [q, 1 - q] range on untriggered
     neutral prompts, at the first q of these (most clamping first) whose KL on those prompts
-    is within half the localisation's KL bound (:func:`mechscope.audit.mitigate.choose_caps`).
+    is at most ``cap_kl`` (:func:`mechscope.audit.mitigate.choose_caps`; below the
+    localisation's KL bound, a margin for the sampling noise of KL on 16-24 prompts).
     ``prompts`` (discovery's prompt set) and
     ``neutral_prompts`` (the neutral set) replace mechscope's own datasets when given, e.g. the
     prompts an engineer suspects."""
@@ -76,6 +77,7 @@ class AuditConfig:
     n_neutral: int = 48
     min_trigger_lift: float = 0.3
     cap_quantiles: tuple[float, ...] = (0.2, 0.15, 0.1, 0.05, 0.02)
+    cap_kl: float = 0.075
     prompts: tuple[str, ...] | None = None
     neutral_prompts: tuple[str, ...] | None = None
 
@@ -96,6 +98,7 @@ class AuditConfig:
             raise ConfigError(f"cap_quantiles must be a non-empty tuple; got {self.cap_quantiles!r}")
         for quantile in self.cap_quantiles:
             check_number("cap_quantiles", quantile, 0, 0.5)
+        check_number("cap_kl", self.cap_kl, 0, strict_minimum=True)
 
     @classmethod
     def quick(cls) -> AuditConfig:
@@ -246,11 +249,9 @@ def _follow(ft: HookedModel, base: HookedModel, index: int, hypothesis: Hypothes
     def mitigation():
         caps, setting = None, None
         if "capping" in methods:
-            # Fitted and tuned on the untriggered prompts, never on the KL reference they are
-            # judged on; half the KL bound, as KL on prompts the caps were not fitted on runs higher.
+            # Fitted and tuned on the untriggered prompts, never on the KL reference they are judged on.
             caps, quantile, kl = choose_caps(ft, finding.localisation.capping_directions(),
-                                             score_prompts + check_prompts, config.cap_quantiles,
-                                             config.localise.kl_bound / 2)
+                                             score_prompts + check_prompts, config.cap_quantiles, config.cap_kl)
             setting = {"quantile": quantile, "fit_kl": kl, "caps": len(caps.caps)}
         return mitigate(ft, direction, triggered, shows, reference, methods, config.triggers.reply_tokens,
                         caps=caps), caps, setting
