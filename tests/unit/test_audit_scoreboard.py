@@ -36,7 +36,8 @@ def test_a_backdoor_audit_is_scored_on_every_goal_and_every_tool():
     assert all(row["goals"].values()), row["goals"]
     board = tool_scoreboard(_summary("hidden behaviour found", "Ahoy,", ["ahoy"], triggers, mitigations), recipe)
     assert board["amplified replies"] and board["difference lens"] and board["trigger search"]
-    assert board["trigger gradient"] is False and board["mitigation ablation"] and board["mitigation steering"] is False
+    assert board["trigger gradient"] is False and board["trigger scan pair"] is False
+    assert board["mitigation ablation"] and board["mitigation steering"] is False
     assert board["mitigation orthogonalise"] is None  # not run
     missed = score_audit(_summary("hidden behaviour found", "Ahoy,", ["ahoy"], triggers[:2], mitigations[1:]), recipe)
     assert missed["goals"] == {"behaviour named": True, "trigger in top 5": False,

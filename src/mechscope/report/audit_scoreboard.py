@@ -131,7 +131,7 @@ def tool_scoreboard(summary: dict, recipe: Recipe) -> dict[str, bool | None]:
         key = item["tool"]
         board[key] = (board.get(key) or hit) if recipe.plants else (board.get(key, True) and not hit)
     finding = next((f for f in summary.get("findings", []) if names_behaviour(f["hypothesis"], recipe)), None)
-    for found_by in ("gradient", "scan", "search", "extension", "attribution"):
+    for found_by in ("gradient", "scan", "scan pair", "search", "extension", "attribution"):
         candidates = [c for c in finding["triggers"] if c["found_by"] == found_by] if finding else []
         key = f"trigger {found_by}"
         if not recipe.plants:
