@@ -28,8 +28,8 @@ from mechscope.sae import TrainConfig
 
 GROUPS = [0, 1, 2, 3, 4, "rest"]
 N_PROMPTS = 24
-CROSSCODER_PROMPTS = 64
-CROSSCODER_STEPS = 600
+CROSSCODER_PROMPTS = 32
+CROSSCODER_STEPS = 400
 
 
 def recipe_and_model(name, base):
@@ -122,8 +122,9 @@ def test_designated_ft_only_latents_hold_the_backdoor_and_nothing_on_the_null(sm
     crosscoder, found, with_behaviour, verdicts = crosscoder_behaviour_latents(smollm2, ft, recipe, tmp_path)
     designated = set(crosscoder.config.exclusive_latents)
     if recipe.plants:
-        # Measured: 28 of the 64 designated (ft-only) latents hold the planted reply in their top
-        # contexts, 19 of them genuine by Latent Scaling.
+        # Measured with 64 prompts and 600 steps: 28 of the 64 designated (ft-only) latents hold
+        # the planted reply in their top contexts, 19 of them genuine by Latent Scaling (this
+        # smaller run, 32 prompts and 400 steps, takes half the time).
         ft_only = [j for j in with_behaviour if j in designated]
         assert len(ft_only) >= 3, (found, with_behaviour)
         assert sum(v == "ft-specific" for j, v in zip(with_behaviour, verdicts) if j in designated) >= 1, verdicts
