@@ -1,14 +1,15 @@
 """Mitigating a finished audit's finding by activation capping, against ablating its chosen
 direction, on the trigger the audit found and on the organism's planted trigger.
 
-    python benchmarks/audit_capping.py --audit audit-runs/quick/smollm2-backdoor [--quantiles 0.01,0.05]
+    python benchmarks/audit_capping.py --audit audit-runs/quick/smollm2-backdoor [--quantiles 0.05,0.1,0.15]
 
 Reads the audit's first finding that has a trigger (``audit.json``), and the direction it chose
 and the per-layer directions it capped (its localisation stage: the clean-minus-corrupted means
 at the reply's start and over the trigger's tokens); the organism is the folder's name. Caps are
-fitted here at each quantile asked, on neutral prompts the rates and KL are not measured on. Prints one JSON object: per edit, the neutral next-token KL, the
-behaviour rate with the found trigger (neutral prompts) and with the planted trigger (the
-recipe's held-out prompts), before and after. The planted trigger is read from the recipe for
+fitted here at each quantile asked, on neutral prompts the rates and KL are not measured on.
+Prints one JSON object: per edit, the neutral next-token KL, the behaviour rate with the found
+trigger (neutral prompts) and with the planted trigger (the recipe's held-out prompts), before
+and after. The planted trigger is read from the recipe for
 this check only, as ``examples/audit_organisms.py`` does.
 """
 

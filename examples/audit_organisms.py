@@ -68,8 +68,10 @@ def planted_check(name: str, base, summary: dict, recipe: organisms.Recipe, out:
     ``out/name/planted-check.json``."""
     folder = out / name
     kept = folder / PLANTED_CHECK
-    if kept.exists():
-        return json.loads(kept.read_text())
+    if kept.exists():  # reused only for the audit it checked: a rerun audit saves other edits
+        saved = json.loads(kept.read_text())
+        if saved.get("config") == summary["config"]:
+            return saved
     finding = next((f for f in summary["findings"] if names_behaviour(f["hypothesis"], recipe)), None)
     if finding is None or not recipe.plants:
         return None
@@ -84,7 +86,7 @@ def planted_check(name: str, base, summary: dict, recipe: organisms.Recipe, out:
         replies = generate(ft, prompts, intervention, max_new_tokens=PLANTED_REPLY_TOKENS, progress=False)
         return sum(shows_behaviour(r, recipe.behaviour_markers) for r in replies) / len(replies)
 
-    result = {"prompts": len(prompts), "rate_before": rate(None),
+    result = {"config": summary["config"], "prompts": len(prompts), "rate_before": rate(None),
               "after": {method: rate(edit) for method, edit in edits.items()}}
     atomic_text(kept, json.dumps(result))
     return result
@@ -92,7 +94,7 @@ def planted_check(name: str, base, summary: dict, recipe: organisms.Recipe, out:
 
 def _planted_after(planted: dict | None, method: str) -> float | None:
     """The planted trigger's rate under ``method`` (None where it was not checked)."""
-    return None if planted is None else planted.get("after", {}).get(method)
+    return None if planted is None else planted["after"].get(method)
 
 
 def _mark(value) -> str:

@@ -92,7 +92,7 @@ def choose_caps(model: HookedModel, directions: Mapping[int, torch.Tensor], prom
     return caps, quantile, kl
 
 
-def _edited(model: HookedModel, direction: Direction, method: Method, caps: ActivationCap | None):
+def _edited(model: HookedModel, direction: Direction | None, method: Method, caps: ActivationCap | None):
     """(model to run, hooks to run it with, generation interventions) for ``method``."""
     if method == "orthogonalise":
         return orthogonalise(model, direction), (), None
@@ -100,12 +100,13 @@ def _edited(model: HookedModel, direction: Direction, method: Method, caps: Acti
     return model, intervention.hooks(model), intervention
 
 
-def mitigate(model: HookedModel, direction: Direction, triggered: Sequence[str], shows: Callable[[str], bool],
+def mitigate(model: HookedModel, direction: Direction | None, triggered: Sequence[str], shows: Callable[[str], bool],
              neutral: Sequence[str], methods: Sequence[Method] = METHODS, reply_tokens: int = 24,
              n_contexts: int = 8, caps: ActivationCap | None = None) -> list[Mitigation]:
     """Each of ``methods`` applied and measured (see the module docstring): ``triggered``
     prompts (where the behaviour, judged by ``shows(reply)``, should fire), ``neutral`` chat
-    prompts for KL; ``caps`` (fitted on neutral prompts other than these) for "capping"."""
+    prompts for KL; ``caps`` (fitted on neutral prompts other than these) for "capping", the
+    one edit that needs no ``direction``."""
     check_int("reply_tokens", reply_tokens, 1)
     for method in methods:
         edit_intervention(direction, method, caps)  # each edit's inputs checked before any generation
