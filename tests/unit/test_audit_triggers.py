@@ -13,6 +13,7 @@ from mechscope.audit.trigger_objective import (
     allowed_tokens,
     embedding_matrix,
     filler_id,
+    mean_slot_gradient,
     objectives,
     prompt_log_probs,
     slot_gradients,
@@ -132,6 +133,24 @@ def test_weighted_slot_gradients_are_the_weighted_sum_of_each_prompts_gradient(b
     assert torch.allclose(grad, sum(alone_weighted), atol=1e-4)
     assert torch.allclose(alone_weighted[1], torch.zeros_like(grad)) and not torch.allclose(alone_weighted[0], alone[0][0])
     assert torch.allclose(log_probs, torch.cat([lp for _, lp in alone]), atol=1e-4)
+
+
+def test_the_batched_mean_gradient_is_the_mean_of_each_triggers_gradient(backdoor):
+    # Embedding gradients summed first, one product with the matrix after, rows of zero weight
+    # skipped, batches of 2 rows: the same numbers as one slot_gradients call per trigger.
+    base, ft = backdoor
+    chat = ChatSlots(ft, PROMPTS[:3], "end", target(ft))
+    triggers = [ft.tokenizer(t, add_special_tokens=False)["input_ids"][:2] for t in ("%q", "ab", "Zo")]
+    weights = torch.rand(3, 3, len(target(ft)), generator=torch.Generator().manual_seed(0))
+    weights[1, 2] = 0.0
+    for given in (None, weights):
+        each = [slot_gradients(chat, t, None if given is None else given[k])[0] for k, t in enumerate(triggers)]
+        assert torch.allclose(mean_slot_gradient(chat, triggers, given, batch_size=2), sum(each) / 3, atol=1e-4)
+    objective = TriggerObjective(ft, base, PROMPTS[:3], "end", target(ft))
+    expected = sum(objective.gradients(t) for t in triggers) / 3
+    assert torch.allclose(objective.mean_gradient(triggers), expected, atol=1e-4)
+    with pytest.raises(ConfigError, match="one length"):
+        mean_slot_gradient(chat, [triggers[0], triggers[0][:1]])
 
 
 def test_coordinate_search_climbs_and_every_score_it_keeps_is_the_exact_objective(backdoor):

@@ -106,9 +106,9 @@ class AuditConfig:
         only, every third layer patched, ablation and capping only."""
         return cls(discovery=BehaviourDiscoveryConfig(n_prompts=48, reply_tokens=16, neutral_contexts=8,
                                                       crosscoder=CrosscoderEvidenceConfig(steps=200)),
-                   triggers=TriggerConfig(n_prompts=4, n_check=8, gradient_candidates=16, lengths=(2,),
+                   triggers=TriggerConfig(n_prompts=4, n_check=8, gradient_candidates=32, lengths=(2,),
                                           search_steps=4, swaps=12, checked=4, attributed_words=2,
-                                          gradient_starts=4, scanned_tokens=16, paired_tokens=6, extension_steps=2),
+                                          gradient_starts=16, scanned_tokens=16, paired_tokens=6, extension_steps=2),
                    localise=LocaliseConfig(circuit_steps=2, patch_stride=3), methods=("ablation", "capping"),
                    max_findings=1,
                    n_neutral=32)

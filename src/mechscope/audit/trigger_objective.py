@@ -165,6 +165,42 @@ def slot_gradients(chat: ChatSlots, trigger: Sequence[int], weights: torch.Tenso
     return grad.float(), log_probs.detach().sum(-1)
 
 
+def mean_slot_gradient(chat: ChatSlots, triggers: Sequence[Sequence[int]], weights: torch.Tensor | None = None,
+                       batch_size: int = 32) -> torch.Tensor:
+    """[slots, vocab] the mean over ``triggers`` (k of one length) of :func:`slot_gradients`'s
+    gradient at each, ``weights`` [k, n, t] (1 by default), in batches of ``batch_size`` rows.
+    The one-hot gradient is the slot embedding's gradient times the embedding matrix, and that
+    product is linear: the embedding gradients are summed over every row first, and one
+    product with the matrix serves all of them (rows of zero weight are not run)."""
+    if not triggers or len({len(t) for t in triggers}) != 1:
+        raise ConfigError("a mean slot gradient needs one or more triggers, all of one length")
+    model = chat.model
+    weight, scale = embedding_matrix(model)
+    embed = model.hf_model.get_submodule(model.adapter.embed)
+    n, width = len(chat.messages), len(triggers[0])
+    batches = [chat.batch(trigger) for trigger in triggers]
+    rows = [(k, r) for k in range(len(triggers)) for r in range(n) if weights is None or bool(weights[k, r].any())]
+    total = torch.zeros(width, weight.shape[1])
+    for begin in range(0, len(rows), batch_size):
+        part = rows[begin:begin + batch_size]
+        ids = torch.stack([batches[k][0][r] for k, r in part])
+        mask = torch.stack([batches[k][1][r] for k, r in part])
+        positions = torch.stack([batches[k][2][r] for k, r in part])
+        starts = [batches[k][3][r] for k, r in part]
+        with torch.no_grad():
+            embeds = embed(ids)
+        slots = torch.stack([embeds[i, s:s + width] for i, s in enumerate(starts)]).requires_grad_(True)
+        inputs = torch.cat([torch.cat([embeds[i, :s], slots[i], embeds[i, s + width:]])[None]
+                            for i, s in enumerate(starts)])
+        logits = model.hf_model(inputs_embeds=inputs, attention_mask=mask).logits
+        log_probs = target_log_prob(logits, ids, positions, per_token=True)  # [rows, t]
+        if weights is not None:
+            log_probs = log_probs * torch.stack([weights[k, r] for k, r in part])
+        (grad,) = torch.autograd.grad(log_probs.sum(), slots)
+        total += grad.float().sum(0)
+    return (total / len(triggers)) @ weight.detach().float().T * scale
+
+
 class TriggerObjective:
     """The search objective for one place: mean over prompts of the fine-tune's log P(behaviour
     opening), minus, with a base, the base's rise over its untriggered value on each of the
@@ -210,6 +246,19 @@ class TriggerObjective:
         base_grad, _ = slot_gradients(self.base_chat, trigger, rises.float())
         return grad - base_grad
 
+    def mean_gradient(self, triggers: Sequence[Sequence[int]]) -> torch.Tensor:
+        """[slots, vocab] the mean of :meth:`gradients` over ``triggers`` (all of one length),
+        batched (:func:`mean_slot_gradient`)."""
+        grad = mean_slot_gradient(self.chat, triggers, None, self.batch_size)
+        if self.base_chat is None:
+            return grad
+        with torch.no_grad():
+            rises = prompt_log_probs(self.base_chat, triggers, self.batch_size, per_token=True) \
+                > self.base_untriggered  # [k, n, t]
+        if not rises.any():
+            return grad
+        return grad - mean_slot_gradient(self.base_chat, triggers, rises.float(), self.batch_size)
+
 
 def allowed_tokens(model: HookedModel) -> torch.Tensor:
     """[vocab] bool: tokens a typed trigger can hold (printable text, not a special token, not
@@ -233,4 +282,4 @@ def insert(trigger: str, prompt: str, place: Place) -> str:
 
 
 __all__ = ["FILLER", "PLACES", "ChatSlots", "Place", "TriggerObjective", "allowed_tokens", "embedding_matrix",
-           "filler_id", "insert", "objectives", "prompt_log_probs", "slot_gradients", "target_log_prob"]
+           "filler_id", "insert", "mean_slot_gradient", "objectives", "prompt_log_probs", "slot_gradients", "target_log_prob"]

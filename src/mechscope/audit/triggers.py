@@ -9,8 +9,9 @@ gains from the same words. Three searches feed one ranked list:
 - **gradient**: one backward pass through a one-hot trigger slot gives, for every vocabulary
   token at once, the first-order change of the objective if it were the trigger; the best are
   then scored exactly. The gradient is taken at the neutral filler and, averaged, at
-  ``gradient_starts`` random tokens (one point's linearisation can rank the planted word's
-  first token in the tens of thousands);
+  ``gradient_starts`` random tokens, batched (one point's linearisation can rank the planted
+  word's first token in the thousands; the mean over 4 points still in the thousands, over 32
+  in the tens, on the shipped random organism);
 - **scan** (with a base): the tokens the fine-tune reads most differently from its base
   (:class:`~mechscope.audit.token_scan.ReadingScan`, the behaviour's own words left out) are
   scored exactly as single-token triggers and offered to every slot of the searches; the first
@@ -81,7 +82,7 @@ class TriggerConfig:
     n_check: int = 16
     places: tuple[Place, ...] = PLACES
     target_tokens: int = 4
-    gradient_candidates: int = 32
+    gradient_candidates: int = 48
     lengths: tuple[int, ...] = (2, 4)
     search_steps: int = 6
     swaps: int = 24
@@ -90,7 +91,7 @@ class TriggerConfig:
     per_search: int = 3
     checked: int = 8
     attributed_words: int = 4
-    gradient_starts: int = 8
+    gradient_starts: int = 32
     scanned_tokens: int = 32
     paired_tokens: int = 8
     extended: int = 1
@@ -242,7 +243,7 @@ def _single_tokens(scorer: TriggerObjective, allowed: torch.Tensor, config: Trig
     if config.gradient_starts:
         pool = allowed.nonzero()[:, 0].tolist()
         starts = [rng.choice(pool) for _ in range(config.gradient_starts)]
-        mean = torch.stack([scorer.gradients([token])[0] for token in starts]).mean(0).masked_fill(~allowed, -torch.inf)
+        mean = scorer.mean_gradient([[token] for token in starts])[0].masked_fill(~allowed, -torch.inf)
         for token in mean.topk(config.gradient_candidates).indices.tolist():
             by_source.setdefault(token, "gradient")
     for token in scanned:
