@@ -55,7 +55,7 @@ def test_bad_caps_are_named(backdoor):
     with pytest.raises(MechscopeError, match="at least one"):
         ActivationCap(())
     state, tensors = wide.to_state()
-    with pytest.raises(MechscopeError, match="2 directions for 1 layers"):
+    with pytest.raises(MechscopeError, match="2 directions for 1 caps"):
         ActivationCap.from_state(state, {"directions": torch.ones(2, ft.cfg.d_model)})
 
 

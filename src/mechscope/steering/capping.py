@@ -83,7 +83,8 @@ class ActivationCap:
     def from_state(cls, state: dict, tensors: Mapping[str, torch.Tensor]) -> ActivationCap:
         directions = tensors["directions"]
         if directions.shape[0] != len(state["caps"]):
-            raise MechscopeError(f"saved caps hold {directions.shape[0]} directions for {len(state['caps'])} layers")
+            raise MechscopeError(f"saved caps hold {directions.shape[0]} directions for {len(state['caps'])} caps "
+                                 "(one direction per cap; the file is damaged or from another run)")
         return cls(tuple(LayerCap(row["layer"], direction, row["low"], row["high"], row["typical_norm"])
                          for row, direction in zip(state["caps"], directions)), state["outlier_norm"])
 
