@@ -282,4 +282,5 @@ def insert(trigger: str, prompt: str, place: Place) -> str:
 
 
 __all__ = ["FILLER", "PLACES", "ChatSlots", "Place", "TriggerObjective", "allowed_tokens", "embedding_matrix",
-           "filler_id", "insert", "mean_slot_gradient", "objectives", "prompt_log_probs", "slot_gradients", "target_log_prob"]
+           "filler_id", "insert", "mean_slot_gradient", "objectives", "prompt_log_probs", "slot_gradients",
+           "target_log_prob"]
