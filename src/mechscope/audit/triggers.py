@@ -82,7 +82,7 @@ class TriggerConfig:
     n_check: int = 16
     places: tuple[Place, ...] = PLACES
     target_tokens: int = 4
-    gradient_candidates: int = 48
+    gradient_candidates: int = 32
     lengths: tuple[int, ...] = (2, 4)
     search_steps: int = 6
     swaps: int = 24
@@ -91,7 +91,7 @@ class TriggerConfig:
     per_search: int = 3
     checked: int = 8
     attributed_words: int = 4
-    gradient_starts: int = 32
+    gradient_starts: int = 8
     scanned_tokens: int = 32
     paired_tokens: int = 8
     extended: int = 1
