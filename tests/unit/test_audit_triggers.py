@@ -146,9 +146,16 @@ def test_the_batched_mean_gradient_is_the_mean_of_each_triggers_gradient(backdoo
     for given in (None, weights):
         each = [slot_gradients(chat, t, None if given is None else given[k])[0] for k, t in enumerate(triggers)]
         assert torch.allclose(mean_slot_gradient(chat, triggers, given, batch_size=2), sum(each) / 3, atol=1e-4)
+    # Against the base: the fine-tune's gradient less the base's where the base rises, by hand.
     objective = TriggerObjective(ft, base, PROMPTS[:3], "end", target(ft))
-    expected = sum(objective.gradients(t) for t in triggers) / 3
+    rises = prompt_log_probs(objective.base_chat, triggers, per_token=True) > objective.base_untriggered
+    assert rises.any() and not rises.all()  # both branches of the discount are exercised
+    expected = sum(slot_gradients(objective.chat, t)[0] - slot_gradients(objective.base_chat, t, rises[k].float())[0]
+                   for k, t in enumerate(triggers)) / 3
     assert torch.allclose(objective.mean_gradient(triggers), expected, atol=1e-4)
+    assert torch.allclose(objective.gradients(triggers[0]),
+                          slot_gradients(objective.chat, triggers[0])[0]
+                          - slot_gradients(objective.base_chat, triggers[0], rises[0].float())[0], atol=1e-4)
     with pytest.raises(ConfigError, match="one length"):
         mean_slot_gradient(chat, [triggers[0], triggers[0][:1]])
 

@@ -235,20 +235,13 @@ class TriggerObjective:
     def gradients(self, trigger: Sequence[int]) -> torch.Tensor:
         """[len(trigger), vocab] the objective's one-hot gradient at ``trigger`` (times the
         number of prompts)."""
-        grad, _ = slot_gradients(self.chat, trigger)
-        if self.base_chat is None:
-            return grad
-        with torch.no_grad():
-            rises = prompt_log_probs(self.base_chat, [trigger], self.batch_size, per_token=True)[0] \
-                > self.base_untriggered  # [n, t]
-        if not rises.any():
-            return grad
-        base_grad, _ = slot_gradients(self.base_chat, trigger, rises.float())
-        return grad - base_grad
+        return self.mean_gradient([trigger])
 
     def mean_gradient(self, triggers: Sequence[Sequence[int]]) -> torch.Tensor:
-        """[slots, vocab] the mean of :meth:`gradients` over ``triggers`` (all of one length),
-        batched (:func:`mean_slot_gradient`)."""
+        """[slots, vocab] the mean over ``triggers`` (all of one length) of the objective's
+        one-hot gradient at each (times the number of prompts), batched
+        (:func:`mean_slot_gradient`): the fine-tune's gradient less the base's on the prompt's
+        target tokens where the base rises."""
         grad = mean_slot_gradient(self.chat, triggers, None, self.batch_size)
         if self.base_chat is None:
             return grad
