@@ -1,6 +1,7 @@
 """Trigger reconstruction on a tiny backdoor organism whose trigger is known ("%%" -> "Zorp")."""
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -237,6 +238,36 @@ def test_trigger_task_aligns_clean_and_corrupted_and_patching_obeys_its_identiti
     for group, values in strided.patching.items():
         assert values == pytest.approx(found.patching[group][::2], abs=1e-5)
     assert strided.candidates == found.candidates
+
+
+def test_kl_is_measured_in_order_of_ablation_and_the_choice_is_the_exhaustive_one(backdoor):
+    from mechscope.audit.localise import LocaliseConfig, localise, trigger_task
+    from mechscope.steering.apply import DirectionalAblation
+    from mechscope.steering.direction import Direction
+    from mechscope.steering.evaluate import next_token_kl
+
+    _, ft = backdoor
+    task = trigger_task(ft, PROMPTS[:6], ft.tokenizer("%%", add_special_tokens=False)["input_ids"], "start", target(ft))
+    config = dict(circuit_steps=1, max_layer_fraction=1.0, patch_stride=4)
+    loose = localise(ft, task, PROMPTS[6:], LocaliseConfig(kl_bound=10.0, **config), progress=False)
+    order = sorted(loose.candidates, key=lambda c: c.ablated_fraction)
+    # A loose bound keeps the first candidate tried: one KL measured, the rest not.
+    assert loose.chosen == replace(order[0], kl=loose.chosen.kl) and loose.chosen.kl is not None
+    assert sum(c.kl is not None for c in loose.candidates) == 1
+    every = {c.layer: next_token_kl(ft, PROMPTS[6:], DirectionalAblation(Direction.from_vector(
+        loose.layer_vectors[c.layer], layer=c.layer)).hooks(ft), chat=True) for c in order}
+    # A bound between the lowest KL and the first candidate's: the exhaustive choice is a later one.
+    bound = (min(every.values()) + every[order[0].layer]) / 2
+    assert every[order[0].layer] > bound
+    tight = localise(ft, task, PROMPTS[6:], LocaliseConfig(kl_bound=bound, **config), progress=False)
+    expected = next(c for c in order if every[c.layer] <= bound)
+    assert tight.chosen.layer == expected.layer and tight.chosen.kl == pytest.approx(every[expected.layer], rel=1e-4)
+    for candidate in tight.candidates:
+        if candidate.kl is not None:
+            assert candidate.kl == pytest.approx(every[candidate.layer], rel=1e-4)
+            assert candidate.ablated_fraction <= expected.ablated_fraction
+        else:
+            assert candidate.ablated_fraction >= expected.ablated_fraction
 
 
 def test_the_one_hot_embedding_repeats_gemmas_embedding_scale():

@@ -43,7 +43,7 @@ class CrosscoderEvidenceConfig:
     k: int = 16
     designated: int = 32
     delta_scale: float = 10.0
-    steps: int = 400
+    steps: int = 200
     latents: int = 16
     tokens: int = 5
     neutral_contexts: int = 16

@@ -69,12 +69,12 @@ class BehaviourDiscoveryConfig:
     prompts of highest reply-start KL whose risen tokens are read; ``crosscoder``: the
     crosscoder tool (:mod:`mechscope.audit.crosscoder_evidence`; ``steps=0`` skips it)."""
 
-    n_prompts: int = 64
-    reply_tokens: int = 24
+    n_prompts: int = 48
+    reply_tokens: int = 16
     amplify_alpha: float = 2.0
     steer_depth: float = 2 / 3
     steer_strength: float = 0.4
-    neutral_contexts: int = 16
+    neutral_contexts: int = 8
     lens_k: int = 20
     kl_prompts: int = 8
     seed: int = 0

@@ -20,8 +20,9 @@ the fine-tune says first without the trigger. On that task:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -94,7 +95,7 @@ def trigger_task(model: HookedModel, prompts: Sequence[str], trigger_ids: Sequen
 class DirectionCandidate:
     layer: int
     ablated_fraction: float  # share of the clean logit difference left when ablated
-    kl: float  # neutral next-token KL under the ablation
+    kl: float | None  # neutral next-token KL under the ablation (None: not measured, see _within_kl)
 
 
 POSITION_GROUPS = ("trigger", "after trigger", "reply start")
@@ -216,6 +217,27 @@ def layer_directions(model: HookedModel, task: Task, layers: Sequence[int], site
     return {layer: clean - corrupted for layer, clean, corrupted in zip(layers, *means)}
 
 
+def _within_kl(model: HookedModel, candidates: list[DirectionCandidate], directions: dict[int, Direction],
+               neutral_prompts: Sequence[str], kl_bound: float
+               ) -> tuple[list[DirectionCandidate], DirectionCandidate | None]:
+    """(``candidates`` with their neutral KL measured, the chosen one or None): the chosen one
+    removes most of the behaviour among those within ``kl_bound``, so KL is measured in that
+    order (least of the logit difference left first) and stops at the first within the bound;
+    the candidates after it keep ``kl`` None (a KL costs a forward of every neutral prompt,
+    the logit difference one of the few task prompts)."""
+    reference = last_token_logits(model, list(neutral_prompts), (), chat=True)
+    measured: dict[int, DirectionCandidate] = {}
+    chosen = None
+    for candidate in sorted(candidates, key=lambda c: (math.isnan(c.ablated_fraction), c.ablated_fraction)):
+        hooks = DirectionalAblation(directions[candidate.layer]).hooks(model)
+        kl = next_token_kl(model, list(neutral_prompts), hooks, chat=True, reference=reference)
+        measured[candidate.layer] = replace(candidate, kl=kl)
+        if kl <= kl_bound:
+            chosen = measured[candidate.layer]
+            break
+    return [measured.get(c.layer, c) for c in candidates], chosen
+
+
 def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], config: LocaliseConfig | None = None,
              progress: bool = True) -> Localisation:
     """Patching, the EAP-IG node circuit and the behaviour direction of ``task`` (from
@@ -231,7 +253,6 @@ def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], con
     layers = direction_layers(model, config)
     vectors = layer_directions(model, task, layers)
     clean_diff = _logit_diff(model, task)
-    reference = last_token_logits(model, list(neutral_prompts), (), chat=True)
     candidates, directions = [], {}
     for layer in tqdm(layers, desc="behaviour direction candidates", disable=not progress):
         vector = vectors[layer]
@@ -241,11 +262,9 @@ def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], con
                                           metadata={"hook": names.resid_post(layer - 1)})
         hooks = DirectionalAblation(direction).hooks(model)
         left = _logit_diff(model, task, hooks) / clean_diff if clean_diff else float("nan")
-        kl = next_token_kl(model, list(neutral_prompts), hooks, chat=True, reference=reference)
-        candidates.append(DirectionCandidate(layer, left, kl))
+        candidates.append(DirectionCandidate(layer, left, None))
         directions[layer] = direction
-    within = sorted((c for c in candidates if c.kl <= config.kl_bound), key=lambda c: c.ablated_fraction)
-    chosen = within[0] if within else None
+    candidates, chosen = _within_kl(model, candidates, directions, neutral_prompts, config.kl_bound)
     return Localisation(layer_effect, patching, components, directions[chosen.layer] if chosen else None, chosen,
                         candidates, clean_diff, patched, vectors,
                         layer_directions(model, task, range(1, model.cfg.n_layers), "trigger"))

@@ -74,7 +74,7 @@ class AuditConfig:
     localise: LocaliseConfig = field(default_factory=LocaliseConfig)
     methods: tuple[Method, ...] = METHODS
     max_findings: int = 2
-    n_neutral: int = 48
+    n_neutral: int = 32
     min_trigger_lift: float = 0.3
     cap_quantiles: tuple[float, ...] = (0.2, 0.15, 0.1, 0.05, 0.02)
     cap_kl: float = 0.075
@@ -102,16 +102,16 @@ class AuditConfig:
 
     @classmethod
     def quick(cls) -> AuditConfig:
-        """The reduced audit of ``mechscope audit --quick``: fewer prompts, a two-token search
-        only, every third layer patched, ablation and capping only."""
-        return cls(discovery=BehaviourDiscoveryConfig(n_prompts=48, reply_tokens=16, neutral_contexts=8,
-                                                      crosscoder=CrosscoderEvidenceConfig(steps=200)),
-                   triggers=TriggerConfig(n_prompts=4, n_check=8, gradient_candidates=32, lengths=(2,),
-                                          search_steps=4, swaps=12, checked=4, attributed_words=2,
-                                          gradient_starts=16, scanned_tokens=16, paired_tokens=6, extension_steps=2),
-                   localise=LocaliseConfig(circuit_steps=2, patch_stride=3), methods=("ablation", "capping"),
-                   max_findings=1,
-                   n_neutral=32)
+        """The reduced audit of ``mechscope audit --quick`` (about 5 minutes for SmolLM2 on 2 CPU
+        cores, where the full one takes about 10): no crosscoder, half the gradient's random
+        points, a two-step two-token search, a one-token extension, every fifth layer patched,
+        ablation and capping only, one finding. It names a behaviour and its strongest trigger
+        pieces; the shipped organisms' goals are set for the full audit."""
+        return cls(discovery=BehaviourDiscoveryConfig(crosscoder=CrosscoderEvidenceConfig(steps=0)),
+                   triggers=TriggerConfig(gradient_candidates=16, search_steps=2, swaps=8, gradient_starts=8,
+                                          paired_tokens=4, extension_steps=1),
+                   localise=LocaliseConfig(circuit_steps=1, patch_stride=5), methods=("ablation", "capping"),
+                   max_findings=1)
 
 
 @dataclass

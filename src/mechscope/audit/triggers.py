@@ -78,24 +78,24 @@ class TriggerConfig:
     those scored in every ordered pair (0: none); ``extended``: the best single tokens or
     pairs grown by ``extension_steps`` tokens each."""
 
-    n_prompts: int = 6
-    n_check: int = 16
+    n_prompts: int = 4
+    n_check: int = 8
     places: tuple[Place, ...] = PLACES
     target_tokens: int = 4
     gradient_candidates: int = 32
-    lengths: tuple[int, ...] = (2, 4)
-    search_steps: int = 6
-    swaps: int = 24
+    lengths: tuple[int, ...] = (2,)
+    search_steps: int = 4
+    swaps: int = 12
     top_k: int = 32
     exact_per_step: int = 4
     per_search: int = 3
-    checked: int = 8
-    attributed_words: int = 4
-    gradient_starts: int = 8
-    scanned_tokens: int = 32
-    paired_tokens: int = 8
+    checked: int = 4
+    attributed_words: int = 2
+    gradient_starts: int = 16
+    scanned_tokens: int = 16
+    paired_tokens: int = 6
     extended: int = 1
-    extension_steps: int = 3
+    extension_steps: int = 2
     reply_tokens: int = 16
     batch_size: int = 32
     seed: int = 0
