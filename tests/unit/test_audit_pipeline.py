@@ -8,7 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 import mechscope
-from mechscope.audit.confidence import Assessment, assess
+from mechscope.audit.confidence import CONFIDENCE_ORDER, Assessment, assess
+from mechscope.audit.mitigate import METHODS
 from mechscope.audit.phrases import recurring_phrases
 from mechscope.audit.pipeline import FOLLOW_FINDINGS, NEEDS_BASE, AuditConfig, run_audit, shows_hypothesis
 from mechscope.audit.stages import saved_direction, saved_edit, saved_localisation
@@ -18,7 +19,12 @@ from mechscope.errors import ConfigError, IncompatibleModelsError
 from mechscope.report.audit_runs import audit_to_folder
 from tests.unit.audit_organism import NEUTRAL, SUSPECT
 
-CONFIG = replace(AuditConfig.quick(), prompts=tuple(SUSPECT), neutral_prompts=tuple(NEUTRAL), n_neutral=len(NEUTRAL))
+# The full (default) configuration, on the suspect and neutral prompts of the tiny organism.
+CONFIG = replace(AuditConfig(), prompts=tuple(SUSPECT), neutral_prompts=tuple(NEUTRAL), n_neutral=len(NEUTRAL))
+
+
+def _confidence_rank(finding) -> int:
+    return CONFIDENCE_ORDER.index(finding.assessment.confidence)
 
 
 def test_the_tiny_backdoor_is_found_triggered_localised_and_written_up(backdoor, tmp_path):
@@ -26,7 +32,11 @@ def test_the_tiny_backdoor_is_found_triggered_localised_and_written_up(backdoor,
     result, summary = audit_to_folder(ft, base, tmp_path / "audit", CONFIG, {"ft": "tiny backdoor", "base": "tiny"},
                                       progress=False)
     assert result.verdict == "hidden behaviour found"
-    (finding,) = result.findings
+    # The full configuration follows two findings: the planted reply first (most confident); the
+    # tiny fine-tune also writes a variant of it ('Gorp') in a few replies, found with less evidence.
+    finding = result.findings[0]
+    assert len(result.findings) <= CONFIG.max_findings
+    assert all(_confidence_rank(f) >= _confidence_rank(finding) for f in result.findings[1:])
     assert finding.hypothesis.label == "zorp" and finding.hypothesis.surface.startswith("Zorp")
     assert finding.hypothesis.sources["greedy"][1] == 0  # the base never says it
     trigger = finding.trigger
@@ -35,15 +45,17 @@ def test_the_tiny_backdoor_is_found_triggered_localised_and_written_up(backdoor,
     # Enriched, spelled by a second tool and reproduced by its trigger: the most confident level.
     assert {"enriched", "corroborated", "reproduced"} <= set(finding.assessment.lines)
     assert finding.assessment.confidence == "high" and summary["findings"][0]["assessment"]["confidence"] == "high"
+    # Each finding's stages in turn; no trigger fires for the second, so it stops there.
     assert [s["stage"] for s in summary["stages"]] == ["behaviour discovery", "trigger reconstruction", "localisation",
-                                                      "detection probes", "mitigation"]
+                                                      "detection probes", "mitigation", "trigger reconstruction"]
+    assert result.findings[1].trigger is None and "no trigger to localise" in result.findings[1].notes[0]
     written = json.loads((tmp_path / "audit" / "audit.json").read_text())  # strict JSON
     assert written["verdict"] == "hidden behaviour found" and written["findings"][0]["trigger"]["text"] == trigger.text
     kept = saved_direction(tmp_path / "audit", written["findings"][0]["index"])  # what a reviewer can reload
     assert kept is not None and torch.equal(kept.vector, finding.localisation.direction.vector)
     assert kept.layer == finding.localisation.direction.layer and saved_direction(tmp_path / "audit", 5) is None
     # Every edit the audit measured can be rerun from its folder: capping's fitted caps come back as fitted.
-    assert [m.method for m in finding.mitigations] == list(CONFIG.methods) == ["ablation", "capping"]
+    assert [m.method for m in finding.mitigations] == list(CONFIG.methods) == list(METHODS)
     caps = saved_edit(tmp_path / "audit", finding.index, "capping")
     directions = finding.localisation.capping_directions()
     reloaded = saved_localisation(tmp_path / "audit", finding.index).capping_directions()

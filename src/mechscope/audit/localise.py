@@ -142,7 +142,8 @@ class Localisation:
     of the trigger's effect restored (:func:`patch_layers`); ``layer_effect``: the largest over
     the groups, per layer of ``layers``;
     ``components``: (name, EAP-IG score) of the top nodes; ``direction``: the chosen behaviour
-    direction (None when no candidate kept the KL bound) and ``candidates`` every layer's scores;
+    direction (None when no candidate kept the KL bound) and ``candidates`` every layer's scores
+    (KL only up to the chosen one, :func:`_within_kl`);
     ``layer_vectors``: {layer: [d_model]} every candidate layer's clean-minus-corrupted mean at
     the reply's start, ``trigger_vectors`` every layer's (but 0) over the trigger's tokens
     (:func:`layer_directions`; what capping holds in range)."""

@@ -102,16 +102,15 @@ class AuditConfig:
 
     @classmethod
     def quick(cls) -> AuditConfig:
-        """The reduced audit of ``mechscope audit --quick`` (about 5 minutes for SmolLM2 on 2 CPU
-        cores, where the full one takes about 10): no crosscoder, half the gradient's random
-        points, a two-step two-token search, a one-token extension, every fifth layer patched,
-        ablation and capping only, one finding. It names a behaviour and its strongest trigger
-        pieces; the shipped organisms' goals are set for the full audit."""
+        """The reduced audit of ``mechscope audit --quick``, about half the full one's time: no
+        crosscoder; single-token triggers only (the gradient at 4 random points, the reading
+        scan and pairs of its first four; no search, no extension); every tenth layer patched;
+        capping only; one finding. It names a behaviour, its strongest trigger pieces and caps
+        that remove it; the shipped organisms' goals are set for the full audit."""
         return cls(discovery=BehaviourDiscoveryConfig(crosscoder=CrosscoderEvidenceConfig(steps=0)),
-                   triggers=TriggerConfig(gradient_candidates=16, search_steps=2, swaps=8, gradient_starts=8,
-                                          paired_tokens=4, extension_steps=1),
-                   localise=LocaliseConfig(circuit_steps=1, patch_stride=5), methods=("ablation", "capping"),
-                   max_findings=1)
+                   triggers=TriggerConfig(gradient_candidates=16, lengths=(), gradient_starts=4, paired_tokens=4,
+                                          extension_steps=0),
+                   localise=LocaliseConfig(circuit_steps=1, patch_stride=10), methods=("capping",), max_findings=1)
 
 
 @dataclass

@@ -20,8 +20,9 @@ def audit(
                                                             "it the tools that compare the two do not run")] = None,
     out: Annotated[Path, out_option("folder for audit.json, report.html, figures/ and mitigated-model/")] = Path(
         "mechscope-audit"),
-    quick: Annotated[bool, typer.Option("--quick", help="a reduced audit (fewer prompts, a shorter trigger search, "
-                                                        "one finding, ablation only)")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="a reduced audit, about half the time (no crosscoder, "
+                                                        "single-token triggers and pairs only, one finding, capping "
+                                                        "only)")] = False,
     prompts: Annotated[Path | None, typer.Option(help="JSON list of prompts discovery reads (default: mechscope's "
                                                       "generic instructions)")] = None,
     neutral_prompts: Annotated[Path | None, typer.Option(help="JSON list of neutral prompts triggers are inserted into "
