@@ -3,6 +3,7 @@
 from mechscope import (
     analysis,
     audit,
+    autointerp,
     circuits,
     data,
     datasets,
@@ -54,6 +55,7 @@ __all__ = [
     "analysis",
     "audit",
     "attribution_patch",
+    "autointerp",
     "causal_trace",
     "circuits",
     "data",
