@@ -21,14 +21,11 @@ from typing import Literal
 import torch
 
 from mechscope.autointerp.lexicon import LexiconRule
+from mechscope.autointerp.records import DeadUnitError
 from mechscope.errors import MechscopeError
 from mechscope.validate import check_int, check_number
 
 Reading = Literal["tokens", "after"]
-
-
-class DeadUnitError(MechscopeError):
-    """The unit never fires on the windows given: there is nothing to explain."""
 
 
 @dataclass(frozen=True)
