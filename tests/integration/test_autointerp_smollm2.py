@@ -11,6 +11,7 @@ from mechscope.autointerp import (
     planted_units,
     planted_windows,
 )
+from mechscope.autointerp.lexicon import word_form
 
 pytestmark = pytest.mark.smollm2
 
@@ -42,6 +43,7 @@ def test_the_tokens_explainer_recovers_every_word_set_and_after_unit(smollm2):
         if unit.kind in ("tokens", "after"):
             # The known answer: the unit's own words (those that occur here), in its own reading.
             truth = parse_explanation(unit.true.rule)
-            occurring = {w for w in truth.patterns if any(t.strip().casefold() == w for win in windows for t in win)}
+            seen = {word_form(t) for win in windows for t in win}
+            occurring = {w for w in truth.patterns if word_form(w) in seen}
             assert (found.reading, set(found.words)) == (unit.kind, occurring), unit.name
             assert found.precision == 1.0 and found.recall == 1.0

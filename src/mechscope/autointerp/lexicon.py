@@ -33,7 +33,8 @@ class LexiconParseError(MechscopeError):
     """An explanation the lexicon scorer cannot read as a token or regex rule."""
 
 
-def _word(text: str) -> str:
+def word_form(text: str) -> str:
+    """How a rule compares words and tokens: stripped of surrounding whitespace, case folded."""
     return text.strip().casefold()
 
 
@@ -62,10 +63,10 @@ class LexiconRule:
         if self.kind == "regex":
             pattern = re.compile(self.patterns[0])
             return [bool(pattern.search(token)) for token in tokens]
-        words = {_word(p) for p in self.patterns}
+        words = {word_form(p) for p in self.patterns}
         if self.kind == "tokens":
-            return [_word(token) in words for token in tokens]
-        return [index > 0 and _word(tokens[index - 1]) in words for index in range(len(tokens))]
+            return [word_form(token) in words for token in tokens]
+        return [index > 0 and word_form(tokens[index - 1]) in words for index in range(len(tokens))]
 
     def text(self) -> str:
         """The rule written as an explanation that :func:`parse_explanation` reads back."""
@@ -95,4 +96,4 @@ def parse_explanation(text: str) -> LexiconRule:
     return LexiconRule("tokens", quoted)
 
 
-__all__ = ["FORMS", "RULE_KINDS", "LexiconParseError", "LexiconRule", "RuleKind", "parse_explanation"]
+__all__ = ["FORMS", "RULE_KINDS", "LexiconParseError", "LexiconRule", "RuleKind", "parse_explanation", "word_form"]

@@ -143,9 +143,8 @@ def unit_records(unit: str, contexts: torch.Tensor, activations: torch.Tensor,
     order = torch.argsort(peak, descending=True)
     top = order[:min(config.n_top, int(active.sum()))]
     chosen += [(int(i), "top") for i in top]
-    taken = set(top.tolist())
     firing = active.nonzero()[:, 0]
-    firing = firing[[int(i) not in taken for i in firing]] if len(firing) else firing
+    firing = firing[~torch.isin(firing, top)]  # the quantile bins draw from the rest
     if config.n_quantiles and len(firing):
         edges = torch.quantile(peak[firing], torch.linspace(0, 1, config.n_quantiles + 1))
         for k in range(config.n_quantiles):

@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from mechscope.autointerp.lexicon import LexiconRule
+from mechscope.autointerp.lexicon import LexiconRule, word_form
 from mechscope.autointerp.records import DeadUnitError
 from mechscope.errors import MechscopeError
 from mechscope.validate import check_int, check_number
@@ -63,13 +63,9 @@ class TokenExplanation:
                           for s in self.stats]}
 
 
-def _word(token: str) -> str:
-    return token.strip().casefold()
-
-
 def _keys(tokens: Sequence[str], reading: Reading) -> list[str | None]:
     """The word each token is judged by in ``reading`` (None: the first token has no 'before')."""
-    words = [_word(t) for t in tokens]
+    words = [word_form(t) for t in tokens]
     return words if reading == "tokens" else [None, *words[:-1]]
 
 
