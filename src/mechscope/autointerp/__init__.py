@@ -1,13 +1,25 @@
 """Automated interpretability: explain units in words and measure how true the words are.
 
-So far: a unit's records (:mod:`~mechscope.autointerp.records`), the ``tokens`` explainer
-(:mod:`~mechscope.autointerp.explain`), explanations read as token or regex rules
-(:mod:`~mechscope.autointerp.lexicon`), the ``lexicon`` scorer with bootstrap intervals
-(:mod:`~mechscope.autointerp.score`) and the planted units whose meaning is known
-(:mod:`~mechscope.autointerp.planted`), the benchmark every explainer and scorer is measured on.
+A unit's records (:mod:`~mechscope.autointerp.records`: activating windows by quantile and three
+kinds of negatives; output-side records in :mod:`~mechscope.autointerp.explain.output`), the
+explainers ``tokens``, ``output`` and ``llm`` (:mod:`~mechscope.autointerp.explain`), the scorers
+(:mod:`~mechscope.autointerp.score`, each a number with a bootstrap interval and its chance
+level), the language-model backends they talk to (:mod:`~mechscope.autointerp.backends`), and the
+planted units whose meaning is known (:mod:`~mechscope.autointerp.planted`), the benchmark every
+explainer and scorer is measured on.
 """
 
-from mechscope.autointerp.explain import TokenExplanation, explain_tokens
+from mechscope.autointerp.embedder import SentenceEmbedder
+from mechscope.autointerp.explain import (
+           LLMExplanation,
+           OutputExplanation,
+           OutputRecords,
+           TokenExplanation,
+           explain_llm,
+           explain_output,
+           explain_tokens,
+           output_records,
+)
 from mechscope.autointerp.lexicon import FORMS, LexiconParseError, LexiconRule, parse_explanation
 from mechscope.autointerp.planted import Explanation, PlantedUnit, planted_units, planted_windows
 from mechscope.autointerp.records import (
@@ -16,10 +28,26 @@ from mechscope.autointerp.records import (
            UnitRecords,
            harvest_records,
            unit_records,
+           window_texts_embeddings,
 )
-from mechscope.autointerp.score import Score, bootstrap_interval, lexicon_score
+from mechscope.autointerp.score import (
+           Score,
+           bootstrap_interval,
+           detection_score,
+           embedding_score,
+           embedding_scores,
+           fuzzing_score,
+           intervention_score,
+           intruder_score,
+           lexicon_score,
+           simulation_score,
+           steered_pairs,
+)
 
-__all__ = ["FORMS", "DeadUnitError", "Explanation", "LexiconParseError", "LexiconRule", "PlantedUnit",
-           "RecordsConfig", "Score", "TokenExplanation", "UnitRecords", "bootstrap_interval", "explain_tokens",
-           "harvest_records", "lexicon_score", "parse_explanation", "planted_units", "planted_windows",
-           "unit_records"]
+__all__ = ["FORMS", "DeadUnitError", "Explanation", "LLMExplanation", "LexiconParseError", "LexiconRule",
+           "OutputExplanation", "OutputRecords", "PlantedUnit", "RecordsConfig", "Score", "SentenceEmbedder",
+           "TokenExplanation", "UnitRecords", "bootstrap_interval", "detection_score", "embedding_score",
+           "embedding_scores", "explain_llm", "explain_output", "explain_tokens", "fuzzing_score", "harvest_records",
+           "intervention_score", "intruder_score", "lexicon_score", "output_records", "parse_explanation",
+           "planted_units", "planted_windows", "simulation_score", "steered_pairs", "unit_records",
+           "window_texts_embeddings"]

@@ -19,7 +19,9 @@ from mechscope.validate import check_int, check_number
 @dataclass(frozen=True)
 class Score:
     """``value`` with its ``[low, high]`` bootstrap interval (``level``, e.g. 0.95), the
-    ``chance`` level of the score, and ``n`` the items resampled (windows)."""
+    ``chance`` level of the score, ``n`` the items resampled (windows, trials), the ``metric``
+    ("auroc", "balanced accuracy", "correlation", ...) and a ``note`` saying anything the reader
+    must know (e.g. that a judge gave no logprobs and labels were parsed instead)."""
 
     value: float
     low: float
@@ -27,6 +29,8 @@ class Score:
     chance: float
     n: int
     level: float = 0.95
+    metric: str = ""
+    note: str = ""
 
     @property
     def above_chance(self) -> bool:
@@ -75,7 +79,7 @@ def auroc_score(scores: torch.Tensor, labels: torch.Tensor, n_boot: int = 1000, 
         raise MechscopeError(f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must be the same [n]")
     rows = torch.stack([scores.double(), labels.double()], -1)  # [n, 2]
     value, low, high = bootstrap_interval(rows, lambda r: auroc(r[..., 0], r[..., 1] > 0.5), n_boot, level, seed)
-    return Score(value, low, high, 0.5, len(scores), level)
+    return Score(value, low, high, 0.5, len(scores), level, "auroc")
 
 
 def balanced_accuracy(counts: torch.Tensor) -> torch.Tensor:
@@ -97,7 +101,7 @@ def label_score(predicted: torch.Tensor, labels: torch.Tensor, n_boot: int = 100
     p, y = predicted.bool(), labels.bool()
     rows = torch.stack([(p & y), y, (~p & ~y), ~y], -1).double()  # [n, 4]
     value, low, high = bootstrap_interval(rows, lambda r: balanced_accuracy(r.sum(-2)), n_boot, level, seed)
-    return Score(value, low, high, 0.5, len(p), level)
+    return Score(value, low, high, 0.5, len(p), level, "balanced accuracy")
 
 
 __all__ = ["Score", "auroc", "auroc_score", "balanced_accuracy", "bootstrap_interval", "label_score"]

@@ -40,7 +40,7 @@ def lexicon_score(explanation: str, windows: Sequence[Sequence[str]], activation
                      float((~fires).sum())])
     value, low, high = bootstrap_interval(torch.tensor(rows), lambda r: balanced_accuracy(r.sum(-2)), n_boot, level,
                                           seed)
-    return Score(value, low, high, 0.5, len(windows), level)
+    return Score(value, low, high, 0.5, len(windows), level, "balanced accuracy")
 
 
 __all__ = ["lexicon_score"]
