@@ -2,7 +2,8 @@
 
 ``inspect`` a prompt, ``patch``, ``trace``, ``circuit``, ``sae``, ``probe``, ``steer``,
 ``refusal``, ``lens``, ``diff`` two models, ``audit`` a fine-tune, ``organism`` (build, check, merge, list), list
-``models``, ``serve-llm`` (an OpenAI-compatible server over a local model). Each command lives in its own module and
+``models``, ``explain`` units in words (scored), ``serve-llm`` (an OpenAI-compatible server over a local
+model). Each command lives in its own module and
 only parses, calls one library run function and prints; the error policy (one line and exit
 status 2 for mechscope's own errors, tracebacks for bugs) is :class:`~mechscope.cli.core.MechscopeGroup`.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from mechscope.cli.analysis import inspect, patch, trace
 from mechscope.cli.audit import audit
-from mechscope.cli.autointerp import serve_llm
+from mechscope.cli.autointerp import explain, serve_llm
 from mechscope.cli.circuit import circuit
 from mechscope.cli.core import new_app
 from mechscope.cli.diff import diff
@@ -24,7 +25,7 @@ from mechscope.cli.steer import refusal, steer
 
 app = new_app("Mechanistic interpretability of HuggingFace causal LMs.")
 
-for command in (inspect, patch, trace, models, circuit, probe, steer, refusal, diff, audit):
+for command in (inspect, patch, trace, models, circuit, probe, steer, refusal, diff, audit, explain):
     app.command()(command)
 app.command("serve-llm")(serve_llm)
 app.add_typer(sae_app, name="sae")

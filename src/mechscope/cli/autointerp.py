@@ -1,17 +1,111 @@
-"""``mechscope serve-llm``: a local chat model behind an OpenAI-compatible HTTP API on loopback
-(chat completions with logprobs, completions with echo), for the autointerp HTTP client
+"""``mechscope explain``: explain and score dictionary latents or MLP neurons (resumable), and
+``mechscope serve-llm``: a local chat model behind an OpenAI-compatible HTTP API on loopback (chat
+completions with logprobs, completions with echo), for the autointerp HTTP client
 (:class:`~mechscope.autointerp.backends.OpenAIBackend`) or any OpenAI client."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from mechscope.autointerp.backends import LocalBackend, create_app, serve
+from mechscope.autointerp.backends import CachedBackend, LocalBackend, OpenAIBackend, create_app, serve
 from mechscope.autointerp.backends.server import check_host
-from mechscope.cli.core import console, load_model
-from mechscope.cli.options import ModelName
+from mechscope.cli.core import console, load_model, say
+from mechscope.cli.options import Contexts, ModelName, Overwrite, Seed, checked, out_option
+
+BACKEND_HELP = ("'local': a chat model in this process (--judge, default the bundled SmolLM2-135M-Instruct); or the "
+                "base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (mechscope serve-llm, "
+                "vLLM, llama.cpp), with --judge naming its model")
+
+
+def _scorer_list(text: str) -> list[str]:
+    from mechscope.autointerp.run import SCORERS
+    from mechscope.errors import ConfigError
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    bad = [name for name in names if name not in SCORERS]
+    if bad:
+        raise ConfigError(f"unknown scorer(s) {bad}; choose from {', '.join(SCORERS)}")
+    return names
+
+
+def _neurons(text: str) -> tuple[int, str]:
+    from mechscope.errors import ConfigError
+
+    layer, _, indices = text.partition(":")
+    if not layer.strip().isdigit() or not indices.strip():
+        raise ConfigError(f"--neurons must look like LAYER:INDICES, e.g. 10:0-49, got {text!r}")
+    return int(layer), indices
+
+
+def explain(
+    sae: Annotated[Path | None, typer.Option(help="dictionary folder (cfg.json + sae_weights.safetensors) whose "
+                                                  "latents to explain")] = None,
+    latents: Annotated[str, typer.Option(help="latents (with --sae): e.g. 0-49 or 3,17,256")] = "0-49",
+    neurons: Annotated[str | None, typer.Option(help="MLP neurons instead of --sae: LAYER:INDICES, e.g. 10:0-49",
+                                                callback=checked(lambda v: v is None or _neurons(v)))] = None,
+    explainer: Annotated[str, typer.Option(help="tokens (no language model), output (what the unit makes the "
+                                                "model say) or llm (a chat model reads a contrast)")] = "llm",
+    scorers: Annotated[str, typer.Option(help="comma-separated: lexicon, embedding, detection, fuzzing, "
+                                              "simulation, intruder, intervention",
+                                         callback=checked(_scorer_list))] = "detection,embedding",
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "local",
+    judge: Annotated[str | None, typer.Option(help="the chat model: a model name or folder with --backend local; "
+                                                   "the server's model name with a URL")] = None,
+    api_key_env: Annotated[str, typer.Option(help="environment variable holding the API key for a URL backend "
+                                                  "(never written anywhere)")] = "OPENAI_API_KEY",
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="requests in flight at once (URL backend)")] = 4,
+    contexts: Contexts = 256,
+    model: ModelName = None,
+    out: Annotated[Path, out_option("folder for records/, units/, cache/, summary.md")] = Path("mechscope-explain"),
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Explain units in words and score the explanations (each score with a 95% bootstrap interval).
+    Rerunning with the same options resumes: finished units are kept, model answers come from the cache."""
+    import mechscope
+    from mechscope.autointerp.run import ExplainOptions, prepare_explain_folder, run_explain
+    from mechscope.autointerp.units import neuron_units, sae_units
+    from mechscope.checks import parse_indices
+    from mechscope.errors import ConfigError
+    from mechscope.sae.runs import load_dictionary, parse_latents
+
+    if (sae is None) == (neurons is None):
+        raise ConfigError("give either --sae DIR (with --latents) or --neurons LAYER:INDICES")
+    options = ExplainOptions(explainer, tuple(_scorer_list(scorers)), contexts, seed=seed)
+    dictionary = load_dictionary(sae) if sae is not None else None  # before the model: a bad folder costs no load
+    chosen = parse_latents(latents, dictionary) if dictionary is not None else \
+        parse_indices(_neurons(neurons)[1], "neurons")
+    names = [f"latent {i}" for i in chosen] if dictionary is not None else \
+        [f"L{_neurons(neurons)[0]} neuron {i}" for i in chosen]
+    url = backend if backend != "local" else None
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--backend must be 'local' or a URL starting with http:// or https://, got {backend!r}")
+    if url is not None and not judge:
+        raise ConfigError("--backend URL needs --judge, the model name the server answers under")
+    folder = prepare_explain_folder(out, names, options, overwrite, {"source": str(sae or neurons), "model": model,
+                                                                     "backend": backend, "judge": judge})
+    say(folder.describe())
+    hooked = load_model(model)
+    source = sae_units(hooked, dictionary, chosen) if dictionary is not None else \
+        neuron_units(hooked, _neurons(neurons)[0], chosen)
+    chat = None
+    if options.needs_backend:
+        if url is not None:
+            inner = OpenAIBackend(url, judge, api_key_env=api_key_env, concurrency=concurrency)
+        else:
+            same = (judge or mechscope.DEFAULT_MODEL) == (model or mechscope.DEFAULT_MODEL)
+            inner = LocalBackend(hooked if same else load_model(judge))
+        chat = CachedBackend(inner, folder / "cache")
+    summary = run_explain(hooked, source, options, folder, chat)
+    explained = sum(r["status"] == "explained" for r in summary["units"])
+    console.print(f"explained {explained} units ({len(summary['dead'])} dead); see {folder / 'summary.md'}",
+                  highlight=False, markup=False)
+    if summary["logprobs"] is False:
+        console.print("the backend gave no logprobs: judged scores are balanced accuracies of parsed labels, "
+                      "not AUROCs", highlight=False, markup=False)
 
 
 def serve_llm(

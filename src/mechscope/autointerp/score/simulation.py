@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from mechscope.autointerp import prompts
-from mechscope.autointerp.backends.base import Backend, BackendError, TokenLogprobs
+from mechscope.autointerp.backends.base import Backend, TokenLogprobs
 from mechscope.autointerp.score.base import Score, bootstrap_interval
 from mechscope.autointerp.score.judge import _check_windows
 from mechscope.errors import MechscopeError
@@ -39,12 +39,21 @@ def _expected_digit(top: dict[str, float]) -> float | None:
 
 
 def _placeholder_predictions(echoed: list[TokenLogprobs], n_tokens: int) -> tuple[list[float], int]:
-    """The predicted activation at each placeholder of one echoed listing (the last ``n_tokens``
-    tokens that read as the placeholder), and how many had no digit among their alternatives."""
-    spots = [i for i, token in enumerate(echoed) if token.text.strip() == prompts.PLACEHOLDER]
+    """The predicted activation at each placeholder of one echoed listing, and how many had no
+    digit among their alternatives. A placeholder starts at a token whose preceding text ends in a
+    tab and whose text onwards begins with the placeholder, however the tokenizer splits it; the
+    last ``n_tokens`` such tokens are the listing's."""
+    texts = [token.text for token in echoed]
+    full, offsets, position = "".join(texts), [], 0
+    for text in texts:
+        offsets.append(position)
+        position += len(text)
+    spots = [i for i, offset in enumerate(offsets)
+             if texts[i] and full[:offset].endswith("\t") and full.startswith(prompts.PLACEHOLDER, offset)]
     if len(spots) < n_tokens:
-        raise BackendError(f"the echoed listing holds {len(spots)} placeholders for {n_tokens} tokens; the backend's "
-                           f"tokenizer splits {prompts.PLACEHOLDER!r}, so simulation cannot read its predictions")
+        raise MechscopeError(f"the echoed listing holds {len(spots)} readable placeholders for {n_tokens} tokens "
+                             f"(the backend's tokenizer joins the tab and {prompts.PLACEHOLDER!r}), so simulation "
+                             "cannot read its predictions from logprobs")
     predictions, missing = [], 0
     for index in spots[-n_tokens:]:
         value = _expected_digit(echoed[index].top)

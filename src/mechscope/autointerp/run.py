@@ -1,0 +1,315 @@
+"""``mechscope explain``: records, explanations and scores for many units, resumable.
+
+For the units of a :class:`~mechscope.autointerp.units.UnitSource` over contexts of the default
+corpus, a run writes into its output folder:
+
+- ``records/<unit>/``: each unit's windows (:mod:`~mechscope.autointerp.records`), harvested once;
+- ``units/<unit>.json``: its explanation, by whom, and every score asked for (or why a score could
+  not be given: an explanation that is no lexicon rule, a unit without silent windows);
+- ``cache/``: every language-model answer (:class:`~mechscope.autointerp.backends.CachedBackend`);
+- ``summary.json`` and ``summary.md``: one row per unit, the dead units, what the backend spent.
+
+Explanations are written from one half of each unit's windows and scored on the other half (the
+top windows go to the explainer, every other kind is split in two for ``seed``; a unit with too
+few activating windows for quantile bins has its top windows alternated), so a score never
+rewards an explanation for restating the windows it was written from. A killed run resumes: units
+with a result file are not redone, records are read back, and answered requests come from the
+cache. A backend that fails (an unreachable endpoint) stops the run with its error; what was
+done stays.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+
+import torch
+from tqdm.auto import tqdm
+
+from mechscope.autointerp.backends.base import Backend, BackendError
+from mechscope.autointerp.explain.llm import explain_llm
+from mechscope.autointerp.explain.output import explain_output, output_records
+from mechscope.autointerp.explain.tokens import explain_tokens
+from mechscope.autointerp.lexicon import LexiconParseError
+from mechscope.autointerp.records import RecordsConfig, UnitRecords, harvest_records
+from mechscope.autointerp.score import (
+    detection_score,
+    embedding_score,
+    fuzzing_score,
+    intervention_score,
+    intruder_score,
+    lexicon_score,
+    simulation_score,
+    steered_pairs,
+)
+from mechscope.autointerp.units import UnitSource
+from mechscope.data.contexts import default_contexts
+from mechscope.errors import ConfigError, MechscopeError
+from mechscope.files import OutputFolder, atomic_text, prepare_output_folder
+from mechscope.models.hooked_model import HookedModel
+from mechscope.validate import check_choice, check_int
+
+Explainer = Literal["tokens", "output", "llm"]
+Scorer = Literal["lexicon", "embedding", "detection", "fuzzing", "simulation", "intruder", "intervention"]
+EXPLAINERS: tuple[str, ...] = get_args(Explainer)
+SCORERS: tuple[str, ...] = get_args(Scorer)
+JUDGED = ("detection", "fuzzing", "simulation", "intruder", "intervention")  # need a language model
+OUTPUTS = ("records", "units", "cache", "summary.json", "summary.md")
+RESUMABLE = ("records", "units", "cache")
+
+
+def _default_records() -> RecordsConfig:
+    return RecordsConfig(window=32, n_top=10, n_quantiles=4, per_quantile=10, n_random=20, n_same_tokens=10,
+                         n_neighbours=10)
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """``explainer`` and ``scorers`` (see the module docstring); ``contexts`` of
+    ``context_length`` tokens from the default corpus; the ``records`` drawn per unit;
+    ``steer_prompts`` prompts (the contexts' first 24 tokens) for the output side; ``n_boot``
+    bootstrap draws per score; ``seed`` for every draw."""
+
+    explainer: Explainer = "llm"
+    scorers: tuple[Scorer, ...] = ("detection", "embedding")
+    contexts: int = 256
+    context_length: int = 128
+    records: RecordsConfig = field(default_factory=_default_records)
+    steer_prompts: int = 8
+    n_boot: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("explainer", self.explainer, EXPLAINERS)
+        object.__setattr__(self, "scorers", tuple(dict.fromkeys(self.scorers)))
+        for name in self.scorers:
+            check_choice("scorer", name, SCORERS)
+        check_int("contexts", self.contexts, 1)
+        check_int("context_length", self.context_length, self.records.window + 1)
+        check_int("steer_prompts", self.steer_prompts, 1)
+        check_int("n_boot", self.n_boot, 1)
+
+    @property
+    def needs_backend(self) -> bool:
+        return self.explainer == "llm" or any(name in JUDGED for name in self.scorers)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "scorers": list(self.scorers)}
+
+
+def split_records(records: UnitRecords, seed: int = 0) -> tuple[UnitRecords, UnitRecords]:
+    """(windows to explain from, windows to score on): the top windows explain, every other kind
+    is split in two at random for ``seed`` (odd counts give the explainer the extra one). A unit
+    with no quantile windows (it fires in no more windows than ``n_top``) has its top windows
+    alternated by rank between the two."""
+    generator = torch.Generator().manual_seed(seed)
+    top = records.of_kind("top")
+    if not records.of_kind("quantile"):
+        # A unit that fires in few windows has them all among its top ones: alternate them by
+        # rank, so the scores are not left without an activating window.
+        explain, score = top[0::2], top[1::2]
+    else:
+        explain, score = list(top), []
+    for kind in dict.fromkeys(k for k in records.kinds if k != "top"):
+        indices = torch.tensor(records.of_kind(kind))
+        shuffled = indices[torch.randperm(len(indices), generator=generator)].tolist()
+        half = (len(shuffled) + 1) // 2
+        explain += shuffled[:half]
+        score += shuffled[half:]
+
+    def part(rows: list[int]) -> UnitRecords:
+        rows = sorted(rows)
+        return UnitRecords(records.unit, records.tokens[rows], records.activations[rows],
+                           [records.kinds[i] for i in rows], records.density, records.config)
+
+    return part(explain), part(score)
+
+
+def _safe_name(unit: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in unit)
+
+
+@dataclass
+class _Context:
+    """What every unit of one run shares."""
+
+    model: HookedModel
+    source: UnitSource
+    options: ExplainOptions
+    backend: Backend | None
+    embedder: object | None
+    prompts: list[str]
+
+
+def _explain(context: _Context, index: int, unit: str, part: UnitRecords) -> tuple[str, dict]:
+    """(explanation, what the explainer reports) for one unit."""
+    tokenizer = context.model.tokenizer
+    if context.options.explainer == "tokens":
+        found = explain_tokens(part.texts(tokenizer), list(part.activations), part.config.threshold)
+        return found.text, found.to_json()
+    if context.options.explainer == "output":
+        records = output_records(context.model, _direction(context, index), context.prompts, unit)
+        found = explain_output(records)
+        return found.text, {**found.to_json(), "records": records.to_json()}
+    [found] = explain_llm([part], tokenizer, context.backend)
+    return found.text, found.to_json()
+
+
+def _direction(context: _Context, index: int):
+    if context.source.direction is None:
+        raise MechscopeError(f"the units at {context.source.hook_name} have no residual direction; the output "
+                             "explainer and the intervention scorer need one")
+    return context.source.direction(index)
+
+
+def _score(context: _Context, name: str, explanation: str, index: int, part: UnitRecords, alpha: float | None):
+    options, backend = context.options, context.backend
+    windows, activations = part.texts(context.model.tokenizer), list(part.activations)
+    common = {"n_boot": options.n_boot, "seed": options.seed}
+    threshold = part.config.threshold
+    if name == "lexicon":
+        return lexicon_score(explanation, windows, activations, threshold, **common)
+    if name == "embedding":
+        fires = torch.stack([a > threshold for a in activations]).any(-1)
+        return embedding_score(explanation, ["".join(w) for w in windows], fires, context.embedder, **common)
+    if name == "detection":
+        return detection_score(explanation, windows, activations, backend, threshold, **common)
+    if name == "fuzzing":
+        return fuzzing_score(explanation, windows, activations, backend, threshold, **common)
+    if name == "simulation":
+        return simulation_score(explanation, windows, activations, backend, **common)
+    if name == "intruder":
+        return intruder_score(windows, activations, backend, threshold, **common)
+    direction = _direction(context, index)
+    pairs = steered_pairs(context.model, direction, context.prompts,
+                          alpha if alpha is not None else output_records(context.model, direction,
+                                                                         context.prompts[:2]).alpha)
+    return intervention_score(explanation, pairs, backend, **common)
+
+
+def _unit_result(context: _Context, index: int, unit: str, records: UnitRecords) -> dict:
+    started = time.perf_counter()
+    explain_part, score_part = split_records(records, context.options.seed)
+    explanation, detail = _explain(context, index, unit, explain_part)
+    alpha = detail.get("records", {}).get("alpha")
+    scores = {}
+    for name in context.options.scorers:
+        try:
+            scores[name] = _score(context, name, explanation, index, score_part, alpha).to_json()
+        except BackendError:
+            raise  # an unreachable or failing model stops the run; what was done stays
+        except LexiconParseError as error:
+            scores[name] = {"error": f"not scored: the explanation is no lexicon rule ({error})"}
+        except MechscopeError as error:
+            scores[name] = {"error": f"not scored: {error}"}
+    return {"unit": unit, "status": "explained", "explainer": context.options.explainer,
+            "explanation": explanation, "detail": detail, "scores": scores, "density": records.density,
+            "windows": {"explain": len(explain_part.kinds), "score": len(score_part.kinds)},
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
+def prepare_explain_folder(out: str | Path, units: Sequence[str], options: ExplainOptions, overwrite: bool = False,
+                           extra: dict | None = None) -> OutputFolder:
+    return prepare_output_folder(out, "explain", OUTPUTS, overwrite=overwrite, resumable=RESUMABLE,
+                                 options={"units": list(units), **options.to_json(), **(extra or {})})
+
+
+def run_explain(model: HookedModel, source: UnitSource, options: ExplainOptions, out: OutputFolder | str | Path,
+                backend: Backend | None = None, embedder=None, overwrite: bool = False, progress: bool = True) -> dict:
+    """Explain and score every unit of ``source`` (see the module docstring); returns the summary."""
+    if options.needs_backend and backend is None:
+        raise ConfigError(f"explainer {options.explainer!r} with scorers {list(options.scorers)} needs a language "
+                          "model backend (a LocalBackend or an OpenAIBackend)")
+    if "embedding" in options.scorers and embedder is None:
+        from mechscope.autointerp.embedder import SentenceEmbedder
+
+        embedder = SentenceEmbedder()
+    folder = out if isinstance(out, OutputFolder) else prepare_explain_folder(out, source.names, options, overwrite)
+    contexts = default_contexts(model, options.contexts, options.context_length, options.seed)
+    prompts = [model.tokenizer.decode(row[1:25]) for row in contexts[:options.steer_prompts]]
+    context = _Context(model, source, options, backend, embedder, prompts)
+    (folder / "units").mkdir(parents=True, exist_ok=True)
+    records = _records(model, source, options, folder, contexts, embedder, progress)
+    for index, unit in enumerate(tqdm(source.names, desc="explaining", unit="unit", disable=not progress)):
+        path = folder / "units" / f"{_safe_name(unit)}.json"
+        if path.exists():
+            continue
+        result = {"unit": unit, "status": "dead"} if unit not in records else \
+            _unit_result(context, index, unit, records[unit])
+        atomic_text(path, json.dumps(result, indent=1))
+    summary = _summary(folder, source, options, backend)
+    folder.record()
+    return summary
+
+
+def _records(model, source, options, folder, contexts, embedder, progress) -> dict[str, UnitRecords]:
+    """Every live unit's records: read back when saved, else harvested (all missing units at once)."""
+    root = folder / "records"
+    dead_file = root / "dead.json"
+    dead = set(json.loads(dead_file.read_text())) if dead_file.exists() else set()
+    saved = {unit: UnitRecords.load(root / _safe_name(unit)) for unit in source.names
+             if (root / _safe_name(unit) / "records.json").exists()}
+    missing = [i for i, unit in enumerate(source.names) if unit not in saved and unit not in dead]
+    if missing:
+        names = [source.names[i] for i in missing]
+        index = torch.tensor(missing)
+        neighbours = embedder if options.records.n_neighbours else None
+        if neighbours is None and options.records.n_neighbours:
+            from mechscope.autointerp.embedder import SentenceEmbedder
+
+            neighbours = SentenceEmbedder()
+        fresh, newly_dead = harvest_records(model, contexts, source.hook_name,
+                                            lambda x: source.activation_fn(x)[..., index], names, options.records,
+                                            progress=progress, embedder=neighbours)
+        for unit, unit_records in fresh.items():
+            unit_records.save(root / _safe_name(unit))
+        saved.update(fresh)
+        dead |= set(newly_dead)
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_text(dead_file, json.dumps(sorted(dead)))
+    return saved
+
+
+def _cell(score: dict) -> str:
+    if "error" in score:
+        return "not scored"
+    mark = "" if score["above_chance"] else " (not above chance)"
+    return f"{score['value']:.2f} [{score['low']:.2f}, {score['high']:.2f}]{mark}"
+
+
+def _summary(folder: OutputFolder, source: UnitSource, options: ExplainOptions, backend: Backend | None) -> dict:
+    results = [json.loads((folder / "units" / f"{_safe_name(u)}.json").read_text()) for u in source.names]
+    explained = [r for r in results if r["status"] == "explained"]
+    summary = {"options": options.to_json(), "units": results,
+               "dead": [r["unit"] for r in results if r["status"] == "dead"],
+               "usage": None if backend is None else backend.usage.to_json(),
+               "backend": None if backend is None else backend.identity,
+               "logprobs": None if backend is None else backend.logprobs}
+    atomic_text(folder / "summary.json", json.dumps(summary, indent=1))
+    lines = [f"# Explanations ({options.explainer} explainer)", "",
+             f"{len(explained)} units explained, {len(summary['dead'])} dead (never fire on {options.contexts} "
+             f"contexts of {options.context_length} tokens)" + (": " + ", ".join(summary["dead"]) if summary["dead"]
+                                                                else "") + ".",
+             "Scores: value [95% bootstrap interval]; chance is 0.5 (0 for simulation, 1/k for intruder).", ""]
+    if backend is not None:
+        lines += [f"Backend {backend.identity}; logprobs: {backend.logprobs}; requests this run: "
+                  f"{backend.usage.requests} ({backend.usage.cached} from the cache).", ""]
+    lines += ["| unit | explanation | " + " | ".join(options.scorers) + " |",
+              "|---|---|" + "---|" * len(options.scorers)]
+    for result in explained:
+        cells = [_cell(result["scores"][name]) for name in options.scorers]
+        text = result["explanation"].replace("|", "\\|")
+        lines.append(f"| {result['unit']} | {text} | " + " | ".join(cells) + " |")
+    notes = [f"{r['unit']}, {name}: {s.get('note') or s.get('error')}" for r in explained
+             for name, s in r["scores"].items() if s.get("note") or s.get("error")]
+    if notes:
+        lines += ["", "Notes:", *[f"- {note}" for note in notes]]
+    atomic_text(folder / "summary.md", "\n".join(lines) + "\n")
+    return summary
+
+
+__all__ = ["EXPLAINERS", "SCORERS", "ExplainOptions", "prepare_explain_folder", "run_explain", "split_records"]
