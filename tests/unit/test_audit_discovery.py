@@ -1,5 +1,7 @@
 """Behaviour discovery on the tiny backdoor organism (known answer) and on its null control."""
 
+import re
+
 import pytest
 
 import mechscope
@@ -68,6 +70,10 @@ def test_discovery_refuses_models_that_cannot_be_compared_and_too_few_prompts():
         BehaviourDiscoveryConfig(amplify_alpha=0)
 
 
+def tokens(item):
+    return item[2]
+
+
 def test_the_fine_tune_only_crosscoder_latents_fire_on_the_planted_reply(backdoor):
     from mechscope.audit.crosscoder_evidence import CrosscoderEvidenceConfig, ft_only_latent_tokens
     from mechscope.steering import generate
@@ -81,7 +87,13 @@ def test_the_fine_tune_only_crosscoder_latents_fire_on_the_planted_reply(backdoo
     assert found and found == sorted(found, key=lambda item: -item[1])
     # A fine-tune-only latent reads the planted reply: most of its top tokens are its letters. Which
     # latent is strongest varies across CPUs (others read the bytes of the fine-tune's other replies).
-    assert any(sum(token.strip() != "" and token in "Zorp" for token in tokens) >= 3 for _, _, tokens in found), found
+    reading = [item for item in found if sum(token.strip() != "" and token in "Zorp" for token in tokens(item)) >= 3]
+    assert reading, found
+    # Its explanation, written from half its windows, names a piece of the reply and is scored on the rest.
+    for *_, explained in reading:
+        words = re.findall(r'"([^"]+)"', explained.split(" (lexicon")[0])
+        assert words and any(word.strip().lower() in "zorp" for word in words), explained
+        assert "lexicon" in explained, explained
 
 
 def test_the_surface_is_the_opening_up_to_a_phrase_that_comes_early_and_the_spelling_otherwise():

@@ -242,6 +242,12 @@ def test_discover_and_export(setup, tmp_path):
     assert dot.startswith("digraph") and dot.count("->") == circuit.n_edges
     page = circuit.to_html(tmp_path / "c.html")
     assert "<svg" in page and json.dumps(data["edges"][0]["from"]) in page
+    # Explanations as node labels: under the node's name in DOT, in the page's data for its tooltip.
+    node = data["edges"][0]["from"]
+    labelled = circuit.to_dot({node: 'fires after "the"', "L99H9": "not in the circuit"})
+    assert f'"{node}" [label="{node}\\nfires after \'the\'"];' in labelled and "L99H9" not in labelled
+    page = circuit.to_html(labels={node: "copies names"})
+    assert json.dumps({node: "copies names"}) in page
     nodes = discover(model, task, method="eap", level="node", n_edges=3, progress=False)
     kept = {graph.writers[w] for w in nodes.edges.any(1).nonzero().flatten().tolist()}
     assert len(kept) == 4 and "input" in kept

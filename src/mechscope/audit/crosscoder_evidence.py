@@ -7,7 +7,7 @@ one middle layer, on neutral corpus text and on the transcripts discovery alread
 change magnified and ``designated`` latents held fine-tune-exclusive (their base decoder half
 is zero), as in the diffing case study, where free latents never reached the ft-only ratio.
 Each fine-tune-only latent, strongest first, contributes the tokens at its top activations on
-the transcripts. Like every token tool, these only support a hypothesis whose words they
+the transcripts, and its explanation in words, scored (mechscope.autointerp). Like every token tool, these only support a hypothesis whose words they
 spell; they never make one, so a null fine-tune (which has ft-only latents too, carrying
 whatever it changed) gains nothing from them.
 """
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mechscope.autointerp.records import RecordsConfig
+from mechscope.autointerp.run import explain_activations
 from mechscope.data.contexts import default_contexts
 from mechscope.diff import CrosscoderConfig, PairedActivations, classify_latents, collect_pair, harvest_pair
 from mechscope.diff.corpus import transcript_contexts, transcripts
@@ -61,10 +63,12 @@ class CrosscoderEvidenceConfig:
 
 def ft_only_latent_tokens(base: HookedModel, ft: HookedModel, prompts: Sequence[str], replies: Sequence[str],
                           config: CrosscoderEvidenceConfig | None = None, progress: bool = True
-                          ) -> list[tuple[int, float, tuple[str, ...]]]:
-    """(latent, its top activation, the tokens at its top activations) for the fine-tune-only
-    latents of a crosscoder trained as the module docstring says, on neutral text and the
-    transcripts of ``prompts`` answered with ``replies``; strongest first."""
+                          ) -> list[tuple[int, float, tuple[str, ...], str]]:
+    """(latent, its top activation, the tokens at its top activations, its explanation with its
+    score) for the fine-tune-only latents of a crosscoder trained as the module docstring says,
+    on neutral text and the transcripts of ``prompts`` answered with ``replies``; strongest
+    first. The explanation is the ``tokens`` explainer's, scored by ``lexicon`` on transcript
+    windows it was not written from (:func:`mechscope.autointerp.run.explain_activations`)."""
     config = config or CrosscoderEvidenceConfig()
     chats = transcript_contexts(ft, transcripts(ft, prompts, replies), 64, seed=config.seed)
     contexts = torch.cat([default_contexts(base, config.neutral_contexts, 64, config.seed), chats])
@@ -89,7 +93,10 @@ def ft_only_latent_tokens(base: HookedModel, ft: HookedModel, prompts: Sequence[
     for j in order:
         top = values[..., j].flatten().topk(config.tokens).indices
         tokens = tuple(ft.tokenizer.decode([int(chats.flatten()[i])]) for i in top)
-        result.append((int(found[j]), float(peaks[j]), tokens))
+        # Its explanation (tokens explainer, lexicon-scored on held-out windows of the transcripts).
+        explained = explain_activations(f"latent {int(found[j])}", chats, values[..., j], ft.tokenizer,
+                                        RecordsConfig(window=16, n_neighbours=0, seed=config.seed), config.seed)
+        result.append((int(found[j]), float(peaks[j]), tokens, explained["label"]))
     return result
 
 

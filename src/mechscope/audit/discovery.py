@@ -361,9 +361,10 @@ def discover_behaviours(base: HookedModel, ft: HookedModel, config: BehaviourDis
     runs = _generation_sources(base, ft, prompts, config, progress)
     if config.crosscoder.steps:
         replies = [text for _, ft_texts, _ in runs for text in ft_texts]
-        for latent, peak, tokens in ft_only_latent_tokens(base, ft, prompts * len(runs), replies, config.crosscoder,
-                                                          progress):
-            evidence.append(TokenEvidence(CROSSCODER_TOOL, f"latent {latent} (peak {peak:.3g})", tokens))
+        for latent, peak, tokens, explained in ft_only_latent_tokens(base, ft, prompts * len(runs), replies,
+                                                                     config.crosscoder, progress):
+            evidence.append(TokenEvidence(CROSSCODER_TOOL, f"latent {latent} (peak {peak:.3g}); explained: {explained}",
+                                          tokens))
     steered = _steered_source(base, chat_means, prompts, config, progress)
     if steered is not None:
         runs.append(steered)

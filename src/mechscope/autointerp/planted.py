@@ -149,13 +149,18 @@ def planted_units() -> list[PlantedUnit]:
     return units
 
 
-def planted_windows(tokenizer, n_windows: int = 64, window: int = 64, seed: int = 0) -> list[list[str]]:
-    """``n_windows`` windows of ``window`` tokens (token texts, BOS dropped) from the default
-    corpus (standard-library docstrings), as ``tokenizer`` splits it."""
+def planted_contexts(tokenizer, n_windows: int = 64, window: int = 64, seed: int = 0) -> torch.Tensor:
+    """[n_windows, window] token ids (BOS dropped) from the default corpus (standard-library
+    docstrings), as ``tokenizer`` splits it."""
     check_int("n_windows", n_windows, 1)
     check_int("window", window, 2)
-    ids = pack(tokenizer, stdlib_docstrings(), window + 1, n_contexts=n_windows, seed=seed)[:, 1:]
+    return pack(tokenizer, stdlib_docstrings(), window + 1, n_contexts=n_windows, seed=seed)[:, 1:]
+
+
+def planted_windows(tokenizer, n_windows: int = 64, window: int = 64, seed: int = 0) -> list[list[str]]:
+    """The windows of :func:`planted_contexts` as token texts."""
+    ids = planted_contexts(tokenizer, n_windows, window, seed)
     return [[tokenizer.decode([int(i)]) for i in row] for row in ids]
 
 
-__all__ = ["Explanation", "PlantedUnit", "planted_units", "planted_windows"]
+__all__ = ["Explanation", "PlantedUnit", "planted_contexts", "planted_units", "planted_windows"]

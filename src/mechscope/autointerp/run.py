@@ -129,6 +129,26 @@ def split_records(records: UnitRecords, seed: int = 0) -> tuple[UnitRecords, Uni
     return part(explain), part(score)
 
 
+def explain_activations(unit: str, contexts: torch.Tensor, activations: torch.Tensor, tokenizer,
+                        config: RecordsConfig | None = None, seed: int = 0, n_boot: int = 200) -> dict:
+    """The ``tokens`` explanation of one unit from its ``activations`` [n, pos] over token
+    ``contexts`` [n, pos] (position 0 BOS), written from half its windows and scored by
+    ``lexicon`` on the other half (:func:`split_records`): no language model, seconds. Returns
+    {"unit", "explanation", "precision", "recall", "lexicon" (a Score's JSON), "label"}; a unit
+    that never fires raises :class:`~mechscope.autointerp.records.DeadUnitError`."""
+    from mechscope.autointerp.records import unit_records
+    from mechscope.autointerp.results import label
+
+    records = unit_records(unit, contexts, activations, config or RecordsConfig(window=16, n_neighbours=0, seed=seed))
+    explain_part, score_part = split_records(records, seed)
+    found = explain_tokens(explain_part.texts(tokenizer), list(explain_part.activations), records.config.threshold)
+    score = lexicon_score(found.text, score_part.texts(tokenizer), list(score_part.activations),
+                          records.config.threshold, n_boot=n_boot, seed=seed)
+    result = {"unit": unit, "status": "explained", "explanation": found.text, "precision": found.precision,
+              "recall": found.recall, "scores": {"lexicon": score.to_json()}}
+    return {**result, "label": label(result)}
+
+
 def _safe_name(unit: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in unit)
 
@@ -312,4 +332,5 @@ def _summary(folder: OutputFolder, source: UnitSource, options: ExplainOptions, 
     return summary
 
 
-__all__ = ["EXPLAINERS", "SCORERS", "ExplainOptions", "prepare_explain_folder", "run_explain", "split_records"]
+__all__ = ["EXPLAINERS", "SCORERS", "ExplainOptions", "explain_activations", "prepare_explain_folder", "run_explain",
+           "split_records"]

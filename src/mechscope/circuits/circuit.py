@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -74,17 +75,19 @@ class Circuit:
         """Write the circuit as JSON (atomically: a crash never leaves a half-written file)."""
         return atomic_text(path, json.dumps(self.to_json(), indent=1))
 
-    def to_dot(self) -> str:
-        """Graphviz DOT: one node per component, ranked by layer, edges labelled by score."""
+    def to_dot(self, labels: Mapping[str, str] | None = None) -> str:
+        """Graphviz DOT: one node per component, ranked by layer, edges labelled by score;
+        ``labels`` {node: text} (e.g. explanations) are shown under the nodes' names."""
         from mechscope.circuits.export import circuit_dot
 
-        return circuit_dot(self)
+        return circuit_dot(self, labels)
 
-    def to_html(self, path: str | Path | None = None) -> str:
-        """A standalone interactive HTML view (no network needed); written to ``path`` if given."""
+    def to_html(self, path: str | Path | None = None, labels: Mapping[str, str] | None = None) -> str:
+        """A standalone interactive HTML view (no network needed); written to ``path`` if given;
+        ``labels`` {node: text} are shown when a node is hovered or clicked."""
         from mechscope.circuits.export import circuit_html
 
-        html = circuit_html(self)
+        html = circuit_html(self, labels)
         if path is not None:
             atomic_text(path, html)
         return html

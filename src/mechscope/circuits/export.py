@@ -1,10 +1,15 @@
-"""Circuit drawings: Graphviz DOT and a standalone interactive HTML (SVG + a little script)."""
+"""Circuit drawings: Graphviz DOT and a standalone interactive HTML (SVG + a little script).
+
+Both take optional ``labels`` {node name: text} (e.g. explanations written by ``mechscope
+explain``): DOT shows a node's text under its name, the HTML page in its tooltip and when the
+node is clicked."""
 
 from __future__ import annotations
 
 import html
 import json
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -40,13 +45,17 @@ def _edges(circuit: Circuit) -> list[tuple[str, str, str, float]]:
     return rows
 
 
-def circuit_dot(circuit: Circuit) -> str:
+def circuit_dot(circuit: Circuit, labels: Mapping[str, str] | None = None) -> str:
     edges = _edges(circuit)
     depth = _node_depths(circuit)
     _layer_of = depth.__getitem__
     nodes = sorted({e[0] for e in edges} | {e[1] for e in edges}, key=_layer_of)
     biggest = max((abs(e[3]) for e in edges), default=1.0) or 1.0
     lines = ["digraph circuit {", "  rankdir=BT;", '  node [shape=box, style="rounded,filled", fillcolor="#eef3fb"];']
+    for name in nodes:
+        if (labels or {}).get(name):
+            text = f"{name}\\n{labels[name]}".replace('"', "'")
+            lines.append(f'  "{name}" [label="{text}"];')
     for layer in sorted({_layer_of(n) for n in nodes}):
         same = " ".join(f'"{n}";' for n in nodes if _layer_of(n) == layer)
         lines.append(f"  {{ rank=same; {same} }}")
@@ -80,13 +89,16 @@ for (const name in data.pos) {{ const [x, y] = data.pos[name];
   const r = document.createElementNS(ns, 'rect'); Object.entries({{x: x-26, y: y-9, width: 52, height: 18, rx: 4}}).forEach(([k, v]) => r.setAttribute(k, v));
   const t = document.createElementNS(ns, 'text'); Object.entries({{x: x, y: y+4, 'text-anchor': 'middle'}}).forEach(([k, v]) => t.setAttribute(k, v));
   t.textContent = name; g.appendChild(r); g.appendChild(t);
+  const label = data.labels[name] || '';
+  if (label) {{ const tip = document.createElementNS(ns, 'title'); tip.textContent = `${{name}}: ${{label}}`; g.appendChild(tip); }}
   g.onclick = () => {{ let count = 0; lines.forEach(l => {{ const on = l.dataset.from === name || l.dataset.to === name;
-    l.classList.toggle('dim', !on); count += on; }}); document.getElementById('info').textContent = `${{name}}: ${{count}} edges`; }}; }}
+    l.classList.toggle('dim', !on); count += on; }});
+    document.getElementById('info').textContent = `${{name}}: ${{count}} edges` + (label ? ` (${{label}})` : ''); }}; }}
 </script></body></html>
 """
 
 
-def circuit_html(circuit: Circuit) -> str:
+def circuit_html(circuit: Circuit, labels: Mapping[str, str] | None = None) -> str:
     edges = _edges(circuit)
     _layer_of = _node_depths(circuit).__getitem__
     nodes = sorted({e[0] for e in edges} | {e[1] for e in edges}, key=lambda n: (_layer_of(n), n))
@@ -100,7 +112,8 @@ def circuit_html(circuit: Circuit) -> str:
     for rank, layer in enumerate(ordered):
         for index, name in enumerate(rows[layer]):
             positions[name] = (40 + index * 64, height - 30 - rank * 48)
-    data = {"pos": positions, "edges": [{"from": a, "to": b, "label": c, "score": s} for a, b, c, s in edges]}
+    data = {"pos": positions, "edges": [{"from": a, "to": b, "label": c, "score": s} for a, b, c, s in edges],
+            "labels": {name: text for name, text in (labels or {}).items() if name in positions}}
     title = html.escape(f"Circuit ({circuit.method or 'edges'}, {circuit.level} level)")
     summary = html.escape(f"{circuit.n_edges} of {circuit.graph.n_edges} edges, {len(nodes)} nodes")
     return _PAGE.format(title=title, summary=summary, width=width, height=height, data=json.dumps(data).replace("</", "<\\/"))

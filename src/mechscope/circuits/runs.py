@@ -77,9 +77,10 @@ def prepare_circuit_folder(out: str | Path, options: CircuitOptions, overwrite: 
 
 
 def run_circuit(model: HookedModel, options: CircuitOptions, out: OutputFolder | str | Path,
-                overwrite: bool = False) -> CircuitRun:
-    """Discover the circuit, write circuit.json / .dot / .html, evaluate its faithfulness (and
-    curve: curve.json, curve.html) and write summary.json."""
+                overwrite: bool = False, labels: dict[str, str] | None = None) -> CircuitRun:
+    """Discover the circuit, write circuit.json / .dot / .html (nodes labelled with ``labels``
+    {node: text} when given, e.g. explanations), evaluate its faithfulness (and curve:
+    curve.json, curve.html) and write summary.json."""
     from mechscope.models.weights import expand_kv_heads
 
     folder = out if isinstance(out, OutputFolder) else prepare_circuit_folder(out, options, overwrite)
@@ -90,8 +91,8 @@ def run_circuit(model: HookedModel, options: CircuitOptions, out: OutputFolder |
         model = expand_kv_heads(model)
     found = discover(model, built, config=options.discovery())
     found.save(folder / "circuit.json")
-    atomic_text(folder / "circuit.dot", found.to_dot())
-    atomic_text(folder / "circuit.html", found.to_html())
+    atomic_text(folder / "circuit.dot", found.to_dot(labels))
+    atomic_text(folder / "circuit.html", found.to_html(labels=labels))
     graph = found.graph
     setup = edge_setup(model, built, graph, options.ablation)
     scored = faithfulness(model, built, setup, found.edges, options.metric)

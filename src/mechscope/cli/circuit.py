@@ -34,16 +34,22 @@ def circuit(
     model: ModelName = None,
     out: Annotated[Path, out_option("folder for circuit.json / .dot / .html and the curve")] = Path("mechscope-circuit"),
     overwrite: Overwrite = False,
+    labels: Annotated[Path | None, typer.Option(help="node labels for the drawings: a `mechscope explain` run "
+                                                     "folder (units named as nodes, e.g. L3H2) or a JSON file "
+                                                     "{node: text}")] = None,
 ) -> None:
     """Find the circuit behind a task (EAP, EAP-IG, ACDC or exact edge patching) and write it as
     JSON, Graphviz DOT and an interactive HTML view, with its faithfulness."""
     options = CircuitOptions(task, method, level, ablation, metric, steps, edges, selection, threshold, n, seed,
                              kv_per_query_head, curve)
+    from mechscope.autointerp.results import read_labels
+
+    node_labels = read_labels(labels) if labels is not None else None  # a bad file fails before any work
     folder = prepare_circuit_folder(out, options, overwrite, model)
     say(folder.describe())
     hooked = load_model(model)
     with console.status("discovering the circuit and evaluating its faithfulness ..."):
-        run = run_circuit(hooked, options, folder)
+        run = run_circuit(hooked, options, folder, labels=node_labels)
     found, summary = run.circuit, run.summary
     table = Table(title=f"{method} circuit on {task} ({len(run.task)} prompts): {found.n_edges} of "
                         f"{found.graph.n_edges} edges")

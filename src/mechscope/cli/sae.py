@@ -103,12 +103,18 @@ def dashboard(
     out: Annotated[Path, out_option("folder for index.html and one page per latent")] = Path("mechscope-dashboards"),
     seed: Seed = 1,
     overwrite: Overwrite = False,
+    explanations: Annotated[Path | None, typer.Option(help="a `mechscope explain` run folder over this "
+                                                           "dictionary: each latent's explanation and score "
+                                                           "are shown")] = None,
 ) -> None:
     """Static HTML dashboards (top contexts, quantile samples, histogram, logit effects) plus an index."""
+    from mechscope.autointerp.results import latent_labels
+
+    explained = latent_labels(explanations) if explanations is not None else None
     dictionary = load_dictionary(sae)
     chosen = parse_latents(latents, dictionary)  # in range of this dictionary, before the model loads
     folder = prepare_dashboard_folder(out, chosen, overwrite, {"sae": str(sae), "contexts": contexts,
                                                                "seed": seed, "model": model})
     say(folder.describe())
-    index = run_dashboard(load_model(model), dictionary, chosen, folder, contexts, seed)
+    index = run_dashboard(load_model(model), dictionary, chosen, folder, contexts, seed, explanations=explained)
     console.print(f"wrote {len(chosen)} dashboards; open {index}")

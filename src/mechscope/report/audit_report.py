@@ -150,6 +150,14 @@ def _discovery_section(discovery: dict | None) -> str:
     if not discovery:
         return ""
     out = ["<h2>Discovery sources</h2>"]
+    latents = [[e["where"].split(";")[0], " ".join(repr(t) for t in e["tokens"]),
+                e["where"].partition("explained: ")[2]]
+               for e in discovery.get("evidence", []) if e["tool"].startswith("crosscoder")]
+    if latents:
+        out.append("<h3>Fine-tune-only latents (crosscoder), explained</h3>"
+                   "<p>Each latent's explanation is the tokens explainer's, written from half of its transcript "
+                   "windows and scored by the lexicon scorer (balanced accuracy, 95% bootstrap interval; chance "
+                   "0.5) on the other half.</p>" + table(latents, ["latent", "top tokens", "explanation (score)"]))
     for source in discovery["sources"]:
         rows = [[p["text"], f"{pct(p['ft_rate'])}", f"{pct(p['control_rate'])}", num(p["p_value"], 2)]
                 for p in source["phrases"][:15]]

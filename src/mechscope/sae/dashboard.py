@@ -3,13 +3,14 @@
 Each page: density, an activation histogram, the top activating contexts with tokens shaded by
 activation, samples from activation quantiles, and the logit effects of the feature's output
 direction (through the final norm's weight and the unembedding: the tokens it promotes most and
-least). An index page links them. Plotly is written once beside the pages (works offline).
+least), and the feature's explanation in words when one is given. An index page links them.
+Plotly is written once beside the pages (works offline).
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -34,6 +35,7 @@ class Feature:
     histogram: tuple[list[float], list[int]] = ((), ())
     promoted: list[tuple[str, float]] = field(default_factory=list)
     suppressed: list[tuple[str, float]] = field(default_factory=list)
+    explanation: str = ""  # in words, with its score (mechscope explain), shown on the page and the index
 
 
 @torch.no_grad()
@@ -121,7 +123,9 @@ def write_dashboards(model: HookedModel, contexts: torch.Tensor, values: torch.T
     for index, feature in enumerate(features):
         name = f"feature_{index:04d}.html"
         links.append(f'<tr><td><a href="{name}">{html.escape(feature.label)}</a></td><td>{feature.density:.4f}</td>'
-                     f'<td>{feature.max_activation:.3f}</td></tr>')
+                     f'<td>{feature.max_activation:.3f}</td><td>{html.escape(feature.explanation)}</td></tr>')
+        explained = (f"<p class=explanation><b>explanation:</b> {html.escape(feature.explanation)}</p>"
+                     if feature.explanation else "")
         histogram = ""
         if feature.histogram[1]:
             edges, counts = feature.histogram
@@ -137,7 +141,7 @@ def write_dashboards(model: HookedModel, contexts: torch.Tensor, values: torch.T
             for heading, rows in (("promotes", feature.promoted), ("suppresses", feature.suppressed)) if rows)
         page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(feature.label)}</title>"
                 f'<script src="plotly.min.js"></script>{style}</head><body><a href="index.html">index</a>'
-                f"<h2>{html.escape(feature.label)}</h2><p>density {feature.density:.5f} of tokens, max activation "
+                f"<h2>{html.escape(feature.label)}</h2>{explained}<p>density {feature.density:.5f} of tokens, max activation "
                 f"{feature.max_activation:.3f}</p>{histogram}<table><tr>{effects}</tr></table>"
                 f"<h3>top activations</h3>{top or '<p>never active on these contexts</p>'}"
                 f"<h3>samples by activation quantile</h3>{quantiles}</body></html>")
@@ -145,7 +149,8 @@ def write_dashboards(model: HookedModel, contexts: torch.Tensor, values: torch.T
     _write_plotly(out)
     index = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>{style}</head><body>"
              f"<h2>{html.escape(title)}</h2><p>{values.shape[0]} contexts x {values.shape[1] - 1} tokens</p>"
-             f"<table><tr><th>feature</th><th>density</th><th>max</th></tr>{''.join(links)}</table></body></html>")
+             f"<table><tr><th>feature</th><th>density</th><th>max</th><th>explanation</th></tr>{''.join(links)}"
+             "</table></body></html>")
     atomic_text(out / "index.html", index)
     return out / "index.html"
 
@@ -161,8 +166,10 @@ def _write_plotly(out: Path) -> None:
 
 
 def sae_dashboards(model: HookedModel, sae, contexts: torch.Tensor, latents: list[int], out: str | Path,
-                   hook_name: str | None = None, progress: bool = True) -> Path:
-    """Dashboards for ``latents`` of ``sae`` on ``contexts`` [n, pos]."""
+                   hook_name: str | None = None, progress: bool = True,
+                   explanations: Mapping[int, str] | None = None) -> Path:
+    """Dashboards for ``latents`` of ``sae`` on ``contexts`` [n, pos]; ``explanations``: {latent:
+    text} shown with each latent (e.g. from a ``mechscope explain`` run)."""
     bad = [i for i in latents if not 0 <= i < sae.cfg.d_sae]
     if bad:
         raise MechscopeError(f"latents {bad} out of range: the dictionary has {sae.cfg.d_sae}")
@@ -172,4 +179,6 @@ def sae_dashboards(model: HookedModel, sae, contexts: torch.Tensor, latents: lis
     directions = sae.W_dec.detach()[index] if sae.cfg.output_dim == model.cfg.d_model else None
     effects = logit_effects(model, directions) if directions is not None else None
     features = summarise(values, [f"latent {i}" for i in latents], effects)
+    for latent, feature in zip(latents, features):
+        feature.explanation = (explanations or {}).get(latent, "")
     return write_dashboards(model, contexts, values, features, out, f"{sae.cfg.architecture} dictionary at {hook}")

@@ -154,8 +154,10 @@ def prepare_dashboard_folder(out: str | Path, latents: list[int], overwrite: boo
 
 
 def run_dashboard(model: HookedModel, sae: SAE, latents: list[int], out: OutputFolder | str | Path,
-                  contexts: int = 64, seed: int = 1, overwrite: bool = False) -> Path:
-    """Static HTML dashboards for ``latents`` plus an index; returns the index's path."""
+                  contexts: int = 64, seed: int = 1, overwrite: bool = False,
+                  explanations: dict[int, str] | None = None) -> Path:
+    """Static HTML dashboards for ``latents`` plus an index (with each latent's explanation from
+    ``explanations``, {latent: text}, when given); returns the index's path."""
     from mechscope.sae.dashboard import sae_dashboards
 
     bad = [index for index in latents if not 0 <= index < sae.cfg.d_sae]
@@ -167,6 +169,7 @@ def run_dashboard(model: HookedModel, sae: SAE, latents: list[int], out: OutputF
     tokens = default_contexts(model, contexts, CONTEXT, seed)
     # The dashboard writer opens files in place; staging makes each page appear in one rename.
     index = staged_writes(folder.path, lambda staging: sae_dashboards(model, sae, tokens, latents, staging,
-                                                                      hook_name=hook))
+                                                                      hook_name=hook,
+                                                                      explanations=explanations))
     folder.record()
     return index
