@@ -30,6 +30,15 @@ from mechscope.autointerp.records import (
            unit_records,
            window_texts_embeddings,
 )
+from mechscope.autointerp.results import label, latent_labels, read_explanations, read_labels
+from mechscope.autointerp.run import (
+           EXPLAINERS,
+           SCORERS,
+           ExplainOptions,
+           explain_activations,
+           run_explain,
+           split_records,
+)
 from mechscope.autointerp.score import (
            Score,
            bootstrap_interval,
@@ -43,11 +52,14 @@ from mechscope.autointerp.score import (
            simulation_score,
            steered_pairs,
 )
+from mechscope.autointerp.units import UnitSource, direction_units, neuron_units, sae_units
 
-__all__ = ["FORMS", "DeadUnitError", "Explanation", "LLMExplanation", "LexiconParseError", "LexiconRule",
-           "OutputExplanation", "OutputRecords", "PlantedUnit", "RecordsConfig", "Score", "SentenceEmbedder",
-           "TokenExplanation", "UnitRecords", "bootstrap_interval", "detection_score", "embedding_score",
-           "embedding_scores", "explain_llm", "explain_output", "explain_tokens", "fuzzing_score", "harvest_records",
-           "intervention_score", "intruder_score", "lexicon_score", "output_records", "parse_explanation",
-           "planted_units", "planted_windows", "simulation_score", "steered_pairs", "unit_records",
-           "window_texts_embeddings"]
+__all__ = ["DeadUnitError", "EXPLAINERS", "ExplainOptions", "Explanation", "FORMS", "LLMExplanation",
+           "LexiconParseError", "LexiconRule", "OutputExplanation", "OutputRecords", "PlantedUnit",
+           "RecordsConfig", "SCORERS", "Score", "SentenceEmbedder", "TokenExplanation", "UnitRecords",
+           "UnitSource", "bootstrap_interval", "detection_score", "direction_units", "embedding_score",
+           "embedding_scores", "explain_activations", "explain_llm", "explain_output", "explain_tokens",
+           "fuzzing_score", "harvest_records", "intervention_score", "intruder_score", "label",
+           "latent_labels", "lexicon_score", "neuron_units", "output_records", "parse_explanation",
+           "planted_units", "planted_windows", "read_explanations", "read_labels", "run_explain", "sae_units",
+           "simulation_score", "split_records", "steered_pairs", "unit_records", "window_texts_embeddings"]
