@@ -211,21 +211,38 @@ def _score(context: _Context, name: str, explanation: str, index: int, part: Uni
     return intervention_score(explanation, pairs, backend, **common)
 
 
-def _unit_result(context: _Context, index: int, unit: str, records: UnitRecords) -> dict:
-    started = time.perf_counter()
-    explain_part, score_part = split_records(records, context.options.seed)
-    explanation, detail = _explain(context, index, unit, explain_part)
-    alpha = detail.get("records", {}).get("alpha")
+def _scores(context: _Context, explanation: str, index: int, part: UnitRecords, alpha: float | None) -> dict:
     scores = {}
     for name in context.options.scorers:
         try:
-            scores[name] = _score(context, name, explanation, index, score_part, alpha).to_json()
+            scores[name] = _score(context, name, explanation, index, part, alpha).to_json()
         except BackendError:
             raise  # an unreachable or failing model stops the run; what was done stays
         except LexiconParseError as error:
             scores[name] = {"error": f"not scored: the explanation is no lexicon rule ({error})"}
         except MechscopeError as error:
             scores[name] = {"error": f"not scored: {error}"}
+    return scores
+
+
+def score_explanation(model: HookedModel, source: UnitSource, index: int, explanation: str, windows: UnitRecords,
+                      options: ExplainOptions, backend: Backend | None = None, embedder=None) -> dict[str, dict]:
+    """{scorer: score JSON, or {"error": why not}} of ``explanation`` for unit ``index`` of
+    ``source`` on ``windows`` (e.g. the scoring half of :func:`split_records`), with the
+    options' scorers; any explanation (another unit's, for a shuffled null) can be scored."""
+    prompts = []
+    if "intervention" in options.scorers:
+        contexts = default_contexts(model, options.steer_prompts, options.context_length, options.seed)
+        prompts = [model.tokenizer.decode(row[1:25]) for row in contexts]
+    return _scores(_Context(model, source, options, backend, embedder, prompts), explanation, index, windows, None)
+
+
+def _unit_result(context: _Context, index: int, unit: str, records: UnitRecords) -> dict:
+    started = time.perf_counter()
+    explain_part, score_part = split_records(records, context.options.seed)
+    explanation, detail = _explain(context, index, unit, explain_part)
+    alpha = detail.get("records", {}).get("alpha")
+    scores = _scores(context, explanation, index, score_part, alpha)
     return {"unit": unit, "status": "explained", "explainer": context.options.explainer,
             "explanation": explanation, "detail": detail, "scores": scores, "density": records.density,
             "windows": {"explain": len(explain_part.kinds), "score": len(score_part.kinds)},
@@ -333,4 +350,4 @@ def _summary(folder: OutputFolder, source: UnitSource, options: ExplainOptions, 
 
 
 __all__ = ["EXPLAINERS", "SCORERS", "ExplainOptions", "explain_activations", "prepare_explain_folder", "run_explain",
-           "split_records"]
+           "score_explanation", "split_records"]
