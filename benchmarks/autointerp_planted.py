@@ -6,7 +6,7 @@
 The 33 planted units (mechscope.autointerp.planted: word sets, token patterns, "the token after
 X") fire exactly where their rule holds on windows of the default corpus. Each has one true
 explanation and three or four false ones (near misses included). For each unit, ``--windows``
-activating and as many silent windows of 32 tokens are drawn (seed 0); every scorer scores every
+activating and as many silent windows of 16 tokens are drawn (seed 0); every scorer scores every
 explanation on them, and the benchmark reports how often the true explanation ranks strictly
 above every false one ("top-1"), the share of (true, false) pairs it wins ("pairwise"; ties
 count half), and how many true explanations are above chance. The lexicon scorer reads the
@@ -52,7 +52,7 @@ from mechscope.autointerp.planted import planted_contexts
 from mechscope.autointerp.records import RecordsConfig, UnitRecords
 from mechscope.files import atomic_text
 
-WINDOW = 32
+WINDOW = 16  # short enough that even the densest unit (capitalised words) has silent windows
 JUDGED = ("detection", "fuzzing", "simulation")
 
 
@@ -141,8 +141,12 @@ def main() -> None:
     for scorer, backend_name in pairs:
         started = time.perf_counter()
         backend = backends.get(backend_name)
-        top1, pairwise, above, notes = [], [], 0, set()
+        top1, pairwise, above, notes, unscored = [], [], 0, set(), []
         for unit, windows, activations, _ in cases:
+            fires = [bool(a.any()) for a in activations]
+            if all(fires) or not any(fires):
+                unscored.append(unit.name)  # no silent (or no activating) window: nothing to contrast
+                continue
             if scorer == "intruder":
                 score = intruder_score(windows, activations, backend, n_trials=8, k=4, n_boot=200)
                 above += score.above_chance
@@ -162,10 +166,11 @@ def main() -> None:
         key = f"{scorer} / {backend_name}"
         table[(scorer, backend_name)] = row = {
             "top1": statistics.mean(top1) if top1 else None, "pairwise": statistics.mean(pairwise),
-            "above_chance": above, "notes": sorted(n for n in notes if n)[:3],
+            "above_chance": above, "notes": sorted(n for n in notes if n)[:3], "unscored": unscored,
             "seconds": round(time.perf_counter() - started, 1)}
         results["scorers"][key] = row
-        print(f"{key}: top-1 {row['top1']}, pairwise {row['pairwise']:.3f}, above chance {above}/{len(cases)}, "
+        row["units"] = len(cases) - len(unscored)
+        print(f"{key}: top-1 {row['top1']}, pairwise {row['pairwise']:.3f}, above chance {above}/{row['units']}, "
               f"{row['seconds']} s", flush=True)
         atomic_text(args.out / "results.json", json.dumps(results, indent=1))
 
@@ -191,6 +196,8 @@ def main() -> None:
                 continue
             placed = []
             for (unit, windows, activations, _), text in zip(cases, found):
+                if all(a.any() for a in activations):
+                    continue
                 try:
                     mine = score_one(scorer, text, text, windows, activations, backends.get(backend_name),
                                      embedder).value
@@ -213,7 +220,7 @@ def main() -> None:
     print("\n| scorer / backend | top-1 | pairwise | true above chance | seconds |\n|---|---|---|---|---|")
     for key, row in results["scorers"].items():
         top1 = "-" if row["top1"] is None else f"{row['top1']:.2f}"
-        print(f"| {key} | {top1} | {row['pairwise']:.2f} | {row['above_chance']}/{len(cases)} | {row['seconds']} |")
+        print(f"| {key} | {top1} | {row['pairwise']:.2f} | {row['above_chance']}/{row['units']} | {row['seconds']} |")
     for server in servers:
         server.should_exit = True
 
