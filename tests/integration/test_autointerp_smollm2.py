@@ -3,6 +3,7 @@ the only one a rule-reading scorer cannot fault, and the ``tokens`` explainer re
 sets and "after" units exactly (run in CI)."""
 
 import pytest
+import torch
 
 from mechscope.autointerp import (
     explain_tokens,
@@ -47,3 +48,51 @@ def test_the_tokens_explainer_recovers_every_word_set_and_after_unit(smollm2):
             occurring = {w for w in truth.patterns if word_form(w) in seen}
             assert (found.reading, set(found.words)) == (unit.kind, occurring), unit.name
             assert found.precision == 1.0 and found.recall == 1.0
+
+
+def test_smollm2_judges_with_logprobs_and_serve_llm_gives_the_same_answers(smollm2):
+    """The bundled judge answers the detection question with "1"/"0" among its first token's
+    alternatives (so detection is an AUROC, not parsed labels), the llm explainer writes an
+    explanation, and the same request through mechscope serve-llm gets the in-process answer."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from mechscope.autointerp import detection_score, explain_llm
+    from mechscope.autointerp.backends import LocalBackend, OpenAIBackend
+    from mechscope.autointerp.backends.server import create_app, listen
+    from mechscope.autointerp.planted import planted_contexts
+    from mechscope.autointerp.records import RecordsConfig, UnitRecords
+
+    ids = planted_contexts(smollm2.tokenizer, 24, 16, seed=3)
+    windows = [[smollm2.tokenizer.decode([int(i)]) for i in row] for row in ids]
+    unit = next(u for u in planted_units() if u.name == "digits")
+    activations = [unit.activations(w) for w in windows]
+    local = LocalBackend(smollm2, batch_size=12)
+    score = detection_score(unit.true.words, windows, activations, local, n_boot=200)
+    assert score.metric == "auroc" and score.note == ""  # every answer put mass on "1" or "0"
+    records = UnitRecords("digits", ids, torch.stack(activations), ["top" if a.any() else "random" for a in activations],
+                          0.0, RecordsConfig())
+    [explanation] = explain_llm([records], smollm2.tokenizer, local)
+    assert explanation.text and explanation.shown[0] >= 1
+
+    app = create_app(local, "smollm2", batch_size=4)
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        client = OpenAIBackend(f"http://127.0.0.1:{sock.getsockname()[1]}/v1", "smollm2", api_key_env=None,
+                               timeout=60)
+        from mechscope.autointerp.prompts import detection_request
+
+        request = detection_request(unit.true.words, "".join(windows[0]))
+        [remote] = client.chat([request])
+        [direct] = local.chat([request])
+        assert remote.text == direct.text
+        assert remote.tokens[0].logprob == pytest.approx(direct.tokens[0].logprob, abs=1e-4)
+    finally:
+        server.should_exit = True
