@@ -17,8 +17,9 @@ Backends: ``local`` (SmolLM2-135M-Instruct in process, with logprobs), ``serve-l
 model behind ``mechscope serve-llm`` on loopback, through the HTTP client: it must match local),
 ``serve-llm-no-logprobs`` (the same server answering without logprobs: scorers fall back to
 parsed labels). Explainers: each unit's explanation by ``tokens`` and ``llm`` (written from
-windows drawn with another seed), and where each scorer ranks it among the unit's true and false
-explanations (1 = above them all). Answers are cached under --out, so a rerun costs little.
+windows drawn with another seed), and where each scorer (the in-process judge for the judged
+ones) ranks it among the unit's true and false explanations (1 = above them all). Answers are
+cached under --out, so a rerun costs little.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=6, help="activating (and as many silent) windows per unit")
     parser.add_argument("--scorers", default="lexicon,embedding,detection,fuzzing,simulation,intruder")
     parser.add_argument("--backends", default="local,serve-llm-no-logprobs")
-    parser.add_argument("--fallback-scorers", default="detection,fuzzing",
+    parser.add_argument("--fallback-scorers", default="detection",
                         help="the judged scorers run on the no-logprobs backend (parsed labels; simulation's "
                              "written fallback costs a long generation per window)")
     parser.add_argument("--explainers", default="tokens,llm")
@@ -192,8 +193,8 @@ def main() -> None:
         row = {"examples": {u.name: text for (u, *_), text in zip(cases[:6], found)}, "ranks": {},
                "seconds": round(time.perf_counter() - started, 1)}
         for scorer, backend_name in pairs:
-            if scorer == "intruder":
-                continue
+            if scorer == "intruder" or backend_name not in ("-", "local"):
+                continue  # ranked with logprobs in process only: the other backends repeat it at more cost
             placed = []
             for (unit, windows, activations, _), text in zip(cases, found):
                 if all(a.any() for a in activations):

@@ -175,3 +175,20 @@ def test_a_rare_unit_keeps_activating_windows_on_both_sides_of_the_split():
     assert "quantile 1/2" not in records.counts
     explain, score = split_records(records)
     assert (explain.activations > 0).any(-1).sum() == 2 and (score.activations > 0).any(-1).sum() == 1
+
+
+def test_output_records_read_a_planted_token_direction_and_the_explanation_names_it(model):
+    from mechscope.autointerp import OutputRecords, explain_output, output_records
+
+    token = model.tokenizer("q", add_special_tokens=False)["input_ids"][0]
+    direction = Direction.from_vector(model.W_U[:, token].detach(), layer=1)
+    records = output_records(model, direction, ["the cat sat", "a dog ran to the"], "q-writer", k=5)
+    # The unembedding column of "q" raises "q"'s own logit most (the final norm's weight is ones).
+    assert records.promoted[0][0] == "q" and records.rising[0][0] == "q" and records.rising[0][1] > 0
+    assert records.n_positions == 12 + 17 and records.alpha > 0  # byte tokens and BOS
+    found = explain_output(records, n_tokens=3)
+    assert found.tokens[0] == "q" and found.text.startswith('makes the model say "q"')
+    # Tokens that steering raises and the projection promotes come first; unreadable bytes never.
+    synthetic = OutputRecords("u", (("b", 2.0), ("c", 1.0)), (), (("a", 3.0), ("\ufffd", 2.5), ("c", 2.0), ("", 1.0)),
+                              1.0, 4)
+    assert explain_output(synthetic, 3).tokens == ("c", "a", "b")

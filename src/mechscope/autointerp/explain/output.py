@@ -122,7 +122,8 @@ def explain_output(records: OutputRecords, n_tokens: int = 6) -> OutputExplanati
     chosen, seen = [], set()
     for token in ordered:
         key = token.strip().lower()
-        if key and key not in seen:
+        # A token with no readable text (a byte of a multi-byte character, a control byte) names nothing.
+        if key and key.isprintable() and "\ufffd" not in key and key not in seen:
             seen.add(key)
             chosen.append(token.strip())
         if len(chosen) == n_tokens:
