@@ -162,3 +162,16 @@ def test_explanation_replies_are_read_from_the_explanation_line():
     assert prompts.parse_explanation_reply("Sure.\nExplanation: \"the word cat\".") == "the word cat"
     assert prompts.parse_explanation_reply("digits in dates\nmore") == "digits in dates"
     assert math.isclose(len(prompts.parse_explanation_reply("   ")), 0)
+
+
+def test_a_choice_missing_from_the_alternatives_gets_the_least_listed_probability_not_zero():
+    from mechscope.autointerp.backends import Completion, TokenLogprobs
+    from mechscope.autointerp.score.judge import YES_NO
+
+    top = {"The": math.log(0.5), " 1": math.log(0.2), "Yes": math.log(0.1), "Maybe": math.log(0.05)}
+    answer = Completion("The", (TokenLogprobs("The", math.log(0.5), top),))
+    # "1" and "Yes" count for "1"; "0" is absent, so it gets at most the least listed, 0.05.
+    read = answer.first_token_probabilities(("1", "0"), YES_NO)
+    assert read["1"] == pytest.approx(0.3 / 0.35) and read["0"] == pytest.approx(0.05 / 0.35)
+    assert answer.first_token_probabilities(("A", "B")) is None  # no choice listed: read the text instead
+    assert Completion("1", None).first_token_probabilities(("1", "0")) is None

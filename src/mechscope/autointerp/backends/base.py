@@ -106,21 +106,30 @@ class Completion:
     completion_tokens: int = 0
     cached: bool = False
 
-    def first_token_probabilities(self, choices: Sequence[str]) -> dict[str, float] | None:
+    def first_token_probabilities(self, choices: Sequence[str], aliases: dict[str, Sequence[str]] | None = None
+                                  ) -> dict[str, float] | None:
         """{choice: probability} of each choice as the first generated token, renormalised over the
-        choices, read from the first token's top alternatives (surrounding spaces ignored; a
-        choice absent from them counts as 0). None when there are no logprobs or no choice is
-        among the alternatives."""
+        choices, read from the first token's top alternatives (compared stripped and case folded;
+        ``aliases`` adds other spellings of a choice, e.g. {"1": ["yes"]}). A choice absent from
+        the alternatives is given the probability of the least likely one listed, the most it can
+        have: counting it as 0 would saturate the other choice at 1 and tie every answer. None
+        when there are no logprobs or no choice is among the alternatives."""
         if not self.tokens:
             return None
+        spellings = {choice.lower(): choice for choice in choices}
+        for choice, others in (aliases or {}).items():
+            spellings.update({other.lower(): choice for other in others})
         mass = dict.fromkeys(choices, 0.0)
-        for text, logprob in self.tokens[0].top.items():
-            stripped = text.strip()
-            if stripped in mass:
-                mass[stripped] += math.exp(logprob)
-        total = sum(mass.values())
-        if total <= 0:
+        top = self.tokens[0].top
+        for text, logprob in top.items():
+            choice = spellings.get(text.strip().lower())
+            if choice is not None:
+                mass[choice] += math.exp(logprob)
+        if not any(mass.values()):
             return None
+        floor = math.exp(min(top.values()))
+        mass = {choice: value if value > 0 else floor for choice, value in mass.items()}
+        total = sum(mass.values())
         return {choice: value / total for choice, value in mass.items()}
 
     def to_json(self) -> dict:

@@ -8,7 +8,8 @@
 - ``intruder`` (no explanation): of ``k`` windows, ``k - 1`` marked where the unit fires and one
   silent window marked at random tokens, which does not belong?
 
-With logprobs, each answer is a probability (the judge's mass on "1" against "0", renormalised)
+With logprobs, each answer is a probability (the judge's mass on "1" or "yes" against "0" or "no",
+renormalised; a choice missing from the top alternatives gets the least listed probability)
 and detection and fuzzing report the AUROC of those probabilities against the truth; intruder
 reports the mean probability given to the true intruder. Without logprobs the answers are parsed
 ("1"/"yes", "0"/"no", a number), detection and fuzzing report balanced accuracy and intruder the
@@ -41,15 +42,18 @@ def _parsed_choice(text: str, choices: Sequence[str]) -> str | None:
     return word if word in choices else None
 
 
-def choice_probabilities(completions: Sequence[Completion], choices: Sequence[str]
-                         ) -> tuple[torch.Tensor, bool, int, int]:
+YES_NO = {"1": ("yes",), "0": ("no",)}  # the judge may answer in words though asked for a digit
+
+
+def choice_probabilities(completions: Sequence[Completion], choices: Sequence[str],
+                         aliases: dict[str, Sequence[str]] | None = None) -> tuple[torch.Tensor, bool, int, int]:
     """([n, len(choices)] probabilities, whether the backend gave logprobs, how many answers
     were read from text instead (no choice among the first token's alternatives), how many could
     not be read at all). An answer read from text is one-hot; an unreadable one all zeros."""
     from_logprobs = all(c.tokens is not None for c in completions)
     rows, parsed, unreadable = [], 0, 0
     for completion in completions:
-        probabilities = completion.first_token_probabilities(choices)
+        probabilities = completion.first_token_probabilities(choices, aliases)
         if probabilities is not None:
             rows.append([probabilities[c] for c in choices])
             continue
@@ -94,7 +98,7 @@ def _binary_score(backend: Backend, requests: list[ChatRequest], truth: torch.Te
         raise MechscopeError("the windows are all positive or all negative, so the judge's answers cannot be "
                              "scored; give windows where the unit fires and windows where it does not")
     completions = backend.chat(requests, progress=progress)
-    probabilities, from_logprobs, parsed, unreadable = choice_probabilities(completions, ("1", "0"))
+    probabilities, from_logprobs, parsed, unreadable = choice_probabilities(completions, ("1", "0"), YES_NO)
     yes = probabilities[:, 0]
     if from_logprobs:
         score = auroc_score(yes, truth, n_boot, level, seed)
