@@ -523,7 +523,7 @@ def main() -> None:
     print("Delphi's judge answered: " + ", ".join(f"{text!r} x{count}" for text, count in answers))
     summary = summarise(rows, timing)
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "summary": summary,
-              "timing": timing}
+              "timing": timing, "mechscope_answers": mech, "delphi_answers": delphi["cases"]}
     (args.work / "result.json").write_text(json.dumps(result, indent=1))
     print(f"\nper-window answers and Delphi's own metrics: {args.work / 'result.json'}")
 
