@@ -107,6 +107,7 @@ def main() -> None:
                              "written fallback costs a long generation per window)")
     parser.add_argument("--explainers", default="tokens,llm")
     parser.add_argument("--units", type=int, default=0, help="only the first N units (0: all 33)")
+    parser.add_argument("--every", type=int, default=1, help="every K-th unit (a subset spanning all kinds)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/autointerp-planted"))
     args = parser.parse_args()
     scorers = [s for s in args.scorers.split(",") if s]
@@ -117,7 +118,7 @@ def main() -> None:
     model = mechscope.load()
     ids = planted_contexts(model.tokenizer, 256, WINDOW, seed=0)
     texts = [[model.tokenizer.decode([int(i)]) for i in row] for row in ids]
-    units = planted_units()[:args.units or None]
+    units = planted_units()[::args.every][:args.units or None]
     embedder = SentenceEmbedder() if "embedding" in scorers else None
     servers, backends = [], {}
     for name in backend_names:

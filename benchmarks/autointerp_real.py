@@ -6,11 +6,11 @@
 On SmolLM2's blocks.15.hook_resid_post TopK SAE, ``--latents`` latents drawn at random (seed 0)
 among those alive are explained twice with ``mechscope explain``'s pipeline (same contexts, same
 records, explanations written from one half of each latent's windows and scored on the other):
-by the ``llm`` explainer (SmolLM2-135M-Instruct in process) and by the ``tokens`` explainer (no
-language model). Each explanation gets the judged scorers (``--scorers``) and the tokens one
-also its ``lexicon`` score. The null: each latent scored with the llm explanation of another
+by the ``llm`` explainer (SmolLM2-135M-Instruct in process), scored by ``--scorers``, and by the
+``tokens`` explainer. The null: each latent scored with the llm explanation of another
 latent (a derangement, seed 0) on its own windows. An explanation method is informative only
-where its scores beat the null's. Runs resume (answers cached under --out).
+where its scores beat the null's. The tokens baseline is scored by lexicon and embedding (no
+language model). Runs resume (answers cached under --out).
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def main() -> None:
     source = sae_units(model, sae, latents)
     runs = {}
     for explainer in ("llm", "tokens"):
-        chosen = scorers + (("lexicon",) if explainer == "tokens" else ())
+        # The baseline needs no language model: the tokens explanation is scored by lexicon and embedding.
+        chosen = scorers if explainer == "llm" else ("lexicon", "embedding")
         options = ExplainOptions(explainer, chosen, args.contexts, records=RECORDS, n_boot=1000)
         runs[explainer] = run_explain(model, source, options, args.out / explainer, judge, embedder)
         print(f"{explainer}: done ({judge.usage.requests} requests so far)", flush=True)
@@ -89,9 +90,9 @@ def main() -> None:
     rows = {"llm": {}, "tokens": {}, "null (shuffled llm)": {}}
     for name in scorers:
         rows["llm"][name] = summarise([llm[u]["scores"][name] for u in units])
-        rows["tokens"][name] = summarise([tokens[u]["scores"][name] for u in units])
         rows["null (shuffled llm)"][name] = summarise([null[u][name] for u in units])
-    rows["tokens"]["lexicon"] = summarise([tokens[u]["scores"]["lexicon"] for u in units])
+    for name in ("lexicon", "embedding"):
+        rows["tokens"][name] = summarise([tokens[u]["scores"][name] for u in units])
     wins = {name: statistics.mean(float(llm[u]["scores"][name].get("value", 0) >
                                         null[u][name].get("value", 0)) for u in units) for name in scorers}
     result = {"latents": latents, "explained": len(units), "dead": runs["llm"]["dead"], "rows": rows,
