@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from mechscope.errors import ConfigError, MechscopeError, OutOfRangeError
+from mechscope.hooks import names
 from mechscope.hooks.names import resid_pre
 from mechscope.models.hooked_model import HookedModel
 from mechscope.steering.direction import Direction, sae_direction
@@ -79,7 +80,7 @@ def sae_units(model: HookedModel, sae, latents: Sequence[int], hook_name: str | 
 
 def neuron_units(model: HookedModel, layer: int, neurons: Sequence[int]) -> UnitSource:
     """MLP neurons ``neurons`` of block ``layer`` (their post-activation values)."""
-    hook = f"blocks.{layer}.mlp.hook_post"
+    hook = names.mlp(layer, "post")
     if hook not in model.hook_names():
         raise MechscopeError(f"{model.cfg.name or model.cfg.family} has no {hook} (layers 0..{model.cfg.n_layers - 1})")
     width = model.hook_point(hook).shape[-1]
