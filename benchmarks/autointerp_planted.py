@@ -18,8 +18,8 @@ model behind ``mechscope serve-llm`` on loopback, through the HTTP client: it mu
 ``serve-llm-no-logprobs`` (the same server answering without logprobs: scorers fall back to
 parsed labels). Explainers: each unit's explanation by ``tokens`` and ``llm`` (written from
 windows drawn with another seed), and where each scorer (the in-process judge for the judged
-ones) ranks it among the unit's true and false explanations (1 = above them all). Answers are
-cached under --out, so a rerun costs little.
+ones) ranks it among the unit's true and false explanations (1 = none scores above it).
+Answers are cached under --out, so a rerun costs little.
 """
 
 from __future__ import annotations
