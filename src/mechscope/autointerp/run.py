@@ -149,6 +149,14 @@ def explain_activations(unit: str, contexts: torch.Tensor, activations: torch.Te
     return {**result, "label": label(result)}
 
 
+def _steer_prompts(model: HookedModel, options: ExplainOptions, contexts: torch.Tensor | None = None) -> list[str]:
+    """The prompts the output side steers on: the first 24 tokens (after BOS) of the first
+    ``steer_prompts`` corpus contexts."""
+    if contexts is None:
+        contexts = default_contexts(model, options.steer_prompts, options.context_length, options.seed)
+    return [model.tokenizer.decode(row[1:25]) for row in contexts[:options.steer_prompts]]
+
+
 def _safe_name(unit: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in unit)
 
@@ -230,10 +238,7 @@ def score_explanation(model: HookedModel, source: UnitSource, index: int, explan
     """{scorer: score JSON, or {"error": why not}} of ``explanation`` for unit ``index`` of
     ``source`` on ``windows`` (e.g. the scoring half of :func:`split_records`), with the
     options' scorers; any explanation (another unit's, for a shuffled null) can be scored."""
-    prompts = []
-    if "intervention" in options.scorers:
-        contexts = default_contexts(model, options.steer_prompts, options.context_length, options.seed)
-        prompts = [model.tokenizer.decode(row[1:25]) for row in contexts]
+    prompts = _steer_prompts(model, options) if "intervention" in options.scorers else []
     return _scores(_Context(model, source, options, backend, embedder, prompts), explanation, index, windows, None)
 
 
@@ -267,8 +272,7 @@ def run_explain(model: HookedModel, source: UnitSource, options: ExplainOptions,
         embedder = SentenceEmbedder()
     folder = out if isinstance(out, OutputFolder) else prepare_explain_folder(out, source.names, options, overwrite)
     contexts = default_contexts(model, options.contexts, options.context_length, options.seed)
-    prompts = [model.tokenizer.decode(row[1:25]) for row in contexts[:options.steer_prompts]]
-    context = _Context(model, source, options, backend, embedder, prompts)
+    context = _Context(model, source, options, backend, embedder, _steer_prompts(model, options, contexts))
     (folder / "units").mkdir(parents=True, exist_ok=True)
     records = _records(model, source, options, folder, contexts, embedder, progress)
     for index, unit in enumerate(tqdm(source.names, desc="explaining", unit="unit", disable=not progress)):

@@ -8,6 +8,7 @@ shown as a finding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -104,4 +105,21 @@ def label_score(predicted: torch.Tensor, labels: torch.Tensor, n_boot: int = 100
     return Score(value, low, high, 0.5, len(p), level, "balanced accuracy")
 
 
-__all__ = ["Score", "auroc", "auroc_score", "balanced_accuracy", "bootstrap_interval", "label_score"]
+def checked_windows(windows: Sequence[Sequence[str]], activations: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``activations`` as float [len(window)] rows, after checking there is one per window (each a
+    list of token texts), at least one, and each as long as its window."""
+    if len(windows) != len(activations):
+        raise MechscopeError(f"{len(windows)} windows but {len(activations)} activation rows")
+    if not windows:
+        raise MechscopeError("scoring needs at least one window")
+    rows = []
+    for index, (tokens, values) in enumerate(zip(windows, activations)):
+        values = torch.as_tensor(values).float()
+        if values.shape != (len(tokens),):
+            raise MechscopeError(f"window {index} has {len(tokens)} tokens but activations of shape "
+                                 f"{tuple(values.shape)}")
+        rows.append(values)
+    return rows
+
+
+__all__ = ["Score", "auroc", "auroc_score", "balanced_accuracy", "bootstrap_interval", "checked_windows", "label_score"]

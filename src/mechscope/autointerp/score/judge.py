@@ -25,7 +25,13 @@ import torch
 
 from mechscope.autointerp import prompts
 from mechscope.autointerp.backends.base import Backend, ChatRequest, Completion
-from mechscope.autointerp.score.base import Score, auroc_score, bootstrap_interval, label_score
+from mechscope.autointerp.score.base import (
+    Score,
+    auroc_score,
+    bootstrap_interval,
+    checked_windows,
+    label_score,
+)
 from mechscope.errors import MechscopeError
 from mechscope.validate import check_int, check_number
 
@@ -76,21 +82,6 @@ def judge_note(from_logprobs: bool, parsed: int, unreadable: int, n: int, extra:
     return "; ".join(parts)
 
 
-def _check_windows(windows: Sequence[Sequence[str]], activations: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    if len(windows) != len(activations):
-        raise MechscopeError(f"{len(windows)} windows but {len(activations)} activation rows")
-    if not windows:
-        raise MechscopeError("scoring needs at least one window")
-    rows = []
-    for index, (tokens, values) in enumerate(zip(windows, activations)):
-        values = torch.as_tensor(values).float()
-        if values.shape != (len(tokens),):
-            raise MechscopeError(f"window {index} has {len(tokens)} tokens but activations of shape "
-                                 f"{tuple(values.shape)}")
-        rows.append(values)
-    return rows
-
-
 def _binary_score(backend: Backend, requests: list[ChatRequest], truth: torch.Tensor, n_boot: int, level: float,
                   seed: int, progress: bool, extra_note: str = "") -> Score:
     """Ask ``requests`` (each a 1/0 question) and score the answers against ``truth`` [n]."""
@@ -114,7 +105,7 @@ def detection_score(explanation: str, windows: Sequence[Sequence[str]], activati
     """How well a judge given ``explanation`` tells the ``windows`` (token texts) where the unit
     fires (some activation above ``threshold``; ``activations`` [len(window)] each) from those
     where it does not (see the module docstring)."""
-    rows = _check_windows(windows, activations)
+    rows = checked_windows(windows, activations)
     truth = torch.tensor([bool((values > threshold).any()) for values in rows])
     requests = [prompts.detection_request(explanation, prompts.render(tokens)) for tokens in windows]
     return _binary_score(backend, requests, truth, n_boot, level, seed, progress)
@@ -127,7 +118,7 @@ def fuzzing_score(explanation: str, windows: Sequence[Sequence[str]], activation
     windows marked at tokens where the unit does not fire (see the module docstring). Silent
     windows are not used; an activating window with too few silent tokens to mark falsely is
     shown only correctly marked, and the note counts them."""
-    rows = _check_windows(windows, activations)
+    rows = checked_windows(windows, activations)
     generator = torch.Generator().manual_seed(seed)
     requests, truth, unpaired = [], [], 0
     for tokens, values in zip(windows, rows):
@@ -159,7 +150,7 @@ def intruder_score(windows: Sequence[Sequence[str]], activations: Sequence[torch
     check_int("n_trials", n_trials, 1)
     check_int("k", k, 2, 9)  # one-digit answers
     check_number("threshold", threshold)
-    rows = _check_windows(windows, activations)
+    rows = checked_windows(windows, activations)
     firing = [i for i, values in enumerate(rows) if (values > threshold).any()]
     silent = [i for i, values in enumerate(rows) if not (values > threshold).any()]
     if len(firing) < k - 1 or not silent:

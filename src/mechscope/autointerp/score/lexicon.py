@@ -13,8 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from mechscope.autointerp.lexicon import parse_explanation
-from mechscope.autointerp.score.base import Score, balanced_accuracy, bootstrap_interval
-from mechscope.errors import MechscopeError
+from mechscope.autointerp.score.base import Score, balanced_accuracy, bootstrap_interval, checked_windows
 
 
 def lexicon_score(explanation: str, windows: Sequence[Sequence[str]], activations: Sequence[torch.Tensor],
@@ -24,16 +23,8 @@ def lexicon_score(explanation: str, windows: Sequence[Sequence[str]], activation
     fires: above ``threshold``), with a bootstrap interval over windows (see the module
     docstring)."""
     rule = parse_explanation(explanation)
-    if len(windows) != len(activations):
-        raise MechscopeError(f"{len(windows)} windows but {len(activations)} activation rows")
-    if not windows:
-        raise MechscopeError("scoring needs at least one window")
     rows = []
-    for index, (tokens, values) in enumerate(zip(windows, activations)):
-        values = torch.as_tensor(values)
-        if values.shape != (len(tokens),):
-            raise MechscopeError(f"window {index} has {len(tokens)} tokens but activations of shape "
-                                 f"{tuple(values.shape)}")
+    for tokens, values in zip(windows, checked_windows(windows, activations)):
         predicted = torch.tensor(rule.matches(tokens), dtype=torch.bool)
         fires = values > threshold
         rows.append([float((predicted & fires).sum()), float(fires.sum()), float((~predicted & ~fires).sum()),

@@ -20,8 +20,7 @@ import torch
 
 from mechscope.autointerp import prompts
 from mechscope.autointerp.backends.base import Backend, TokenLogprobs
-from mechscope.autointerp.score.base import Score, bootstrap_interval
-from mechscope.autointerp.score.judge import _check_windows
+from mechscope.autointerp.score.base import Score, bootstrap_interval, checked_windows
 from mechscope.errors import MechscopeError
 
 DIGITS = {str(d): d for d in range(11)}
@@ -90,7 +89,7 @@ def simulation_score(explanation: str, windows: Sequence[Sequence[str]], activat
                      progress: bool = False) -> Score:
     """Correlation between the activations a model simulates from ``explanation`` and the true
     ``activations`` of the ``windows`` (see the module docstring)."""
-    rows = _check_windows(windows, activations)
+    rows = checked_windows(windows, activations)
     if backend.echoes:
         echoed = backend.echo([prompts.simulation_text(explanation, tokens) for tokens in windows], top_logprobs)
         read = [_placeholder_predictions(listing, len(tokens)) for listing, tokens in zip(echoed, windows)]
