@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mechscope.audit.detect import probe_scores, tpr_at_fpr
-from mechscope.audit.localise import LocaliseConfig, localise, trigger_task
+from mechscope.audit.localise import LocaliseConfig, layer_directions, localise, trigger_task
 from mechscope.audit.mitigate import choose_caps, edit_intervention, mitigate
 from mechscope.errors import ConfigError, MechscopeError
 from mechscope.steering import fit_caps
@@ -43,6 +43,11 @@ def test_orthogonalising_equals_ablating_and_both_are_measured(backdoor):
     stacked = found.capping_directions()
     assert all(v.shape == (2, ft.cfg.d_model) for v in stacked.values())
     assert torch.equal(stacked[1][1], found.trigger_vectors[1])
+    # Both sites come from one pair of forwards, as each would alone.
+    for layer in (1, ft.cfg.n_layers - 1):
+        assert torch.allclose(found.layer_vectors[layer], layer_directions(ft, task, [layer])[layer], atol=1e-5)
+        assert torch.allclose(found.trigger_vectors[layer], layer_directions(ft, task, [layer], "trigger")[layer],
+                              atol=1e-5)
     caps = fit_caps(ft, found.layer_vectors, PROMPTS, quantile=0.05, chat=True)
     results = {m.method: m for m in mitigate(ft, found.direction, triggered, lambda r: "Zorp" in r, NEUTRAL,
                                              reply_tokens=6, n_contexts=2, caps=caps)}

@@ -117,6 +117,33 @@ def test_local_backend_logprobs_equal_a_plain_forward_and_batching_changes_nothi
     assert backend.usage.requests == 5 and backend.usage.completion_tokens == sum(r.max_tokens for r in requests)
 
 
+def test_the_prefix_cache_answers_as_a_plain_batch_does(tiny_chat):
+    """Judge requests share the instructions and the explanation and differ in the window (of
+    different lengths, so the padding sits between prefix and window); greedy and sampled."""
+    from mechscope.autointerp.backends.local import MIN_SHARED_PREFIX, shared_prefix
+
+    windows = ["a b c", "the cat sat on the mat again and again", "x", "1 2 3 4 5 6"]
+    requests = [prompts.detection_request("the word cat and its plural", w) for w in windows]
+    requests += [ChatRequest.user(f"{'instructions ' * 8} {w}", max_tokens=4, temperature=1.0) for w in windows]
+    cached = LocalBackend(tiny_chat, batch_size=4)
+    prompt_ids = [cached._prompt_ids(r) for r in requests[:4]]
+    assert shared_prefix(prompt_ids) >= MIN_SHARED_PREFIX  # the cache is really used
+    plain = LocalBackend(tiny_chat, batch_size=4, prefix_cache=False)
+    for x, y in zip(cached.chat(requests), plain.chat(requests)):
+        assert x.text == y.text and x.prompt_tokens == y.prompt_tokens
+        for a, b in zip(x.tokens, y.tokens, strict=True):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+            assert a.top.keys() == b.top.keys()
+
+
+def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
+    from mechscope.autointerp.backends.local import shared_prefix
+
+    assert shared_prefix([[1, 2, 3], [1, 2, 4, 5]]) == 2
+    assert shared_prefix([[1, 2, 3], [1, 2, 3, 5]]) == 2  # one prompt is the other's prefix
+    assert shared_prefix([[7], [7]]) == 0
+
+
 def test_local_backend_echo_equals_a_plain_forward(tiny_chat):
     backend = LocalBackend(tiny_chat)
     echoed = backend.echo(["abc", "hello world"], top_logprobs=3)

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from mechscope.autointerp.records import RecordsConfig
 from mechscope.autointerp.run import ExplainOptions, run_explain, split_records
-from mechscope.autointerp.units import direction_units, neuron_units, sae_units, writes_before
+from mechscope.autointerp.units import direction_units, head_units, neuron_units, sae_units, writes_before
 from mechscope.cli.app import app
-from mechscope.errors import ConfigError, MechscopeError, ResumeError
+from mechscope.errors import ConfigError, MechscopeError, OutOfRangeError, ResumeError
 from mechscope.models.tiny import load_tiny
 from mechscope.sae import SAEConfig, save_sae
 from mechscope.sae.model import SAE
@@ -131,6 +131,34 @@ def test_neuron_and_direction_units_read_what_a_plain_forward_gives(model):
     assert torch.allclose(projected, cache["blocks.1.hook_resid_pre"] @ (vector / vector.norm()), atol=1e-5)
 
 
+def test_head_units_read_each_heads_write_along_its_top_output_direction(model):
+    tokens = torch.randint(0, 200, (2, 10), generator=torch.Generator().manual_seed(3))
+    _, cache = model.run_with_cache(tokens, ["blocks.1.attn.hook_z"])
+    z = cache["blocks.1.attn.hook_z"]  # [batch, pos, n_heads, d_head]
+    heads = head_units(model, 1, [2, 0], sides="both")
+    assert heads.names == ("L1H2", "L1H0", "L1H2-", "L1H0-")
+    values = heads.activation_fn(z)
+    o_proj = model.hf_model.model.layers[1].self_attn.o_proj
+    for i, head in enumerate([2, 0, 2, 0]):
+        # The head's own write: the output projection of z with every other head zeroed.
+        alone = torch.zeros_like(z)
+        alone[..., head, :] = z[..., head, :]
+        with torch.no_grad():
+            write = o_proj(alone.flatten(-2)) - o_proj(torch.zeros_like(alone.flatten(-2)))
+        direction = heads.direction(i)
+        assert torch.allclose(values[..., i], write @ direction.vector, atol=1e-5)
+        # Along its top singular direction: the largest write a unit z can make.
+        w_o = model.W_O(1)[head].detach().float()
+        assert direction.scale == pytest.approx(float(torch.linalg.matrix_norm(w_o, ord=2)), rel=1e-5)
+        assert direction.layer == 2 and direction.metadata["head"] == head
+    assert torch.allclose(values[..., 2], -values[..., 0]) and torch.allclose(values[..., 3], -values[..., 1])
+    with pytest.raises(OutOfRangeError, match="heads \\[9\\] out of range"):
+        head_units(model, 1, [9])
+    with pytest.raises(ConfigError, match="positive"):
+        head_units(model, 1, [0], sides="negative")
+    assert head_units(model, model.cfg.n_layers - 1, [0]).direction is None  # nothing follows the last block
+
+
 runner = CliRunner()
 
 
@@ -147,7 +175,15 @@ def test_the_explain_command_writes_the_summary_and_refuses_bad_input(model, tin
     bad = runner.invoke(app, [*args[:7], "--scorers", "lexicon,vibes", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "vibes" in bad.output and "detection" in bad.output
     neither = runner.invoke(app, ["explain", "--explainer", "tokens", "--out", str(tmp_path / "y")])
-    assert neither.exit_code == 2 and "--sae" in neither.output
+    assert neither.exit_code == 2 and "--sae" in neither.output and "--heads" in neither.output
+    both = runner.invoke(app, [*args, "--heads", "1:0"])
+    assert both.exit_code == 2 and "give one of" in both.output
+    malformed = runner.invoke(app, ["explain", "--heads", "one:0", "--out", str(tmp_path / "h")])
+    assert malformed.exit_code == 2 and "--heads must look like LAYER:INDICES" in malformed.output
+    heads = runner.invoke(app, ["explain", "--heads", "1:0-1", "--explainer", "tokens", "--scorers", "lexicon",
+                                "--model", str(tiny_llama_folder), "--contexts", "16", "--out", str(tmp_path / "h")])
+    assert heads.exit_code == 0, heads.output
+    assert "L1H0" in (tmp_path / "h" / "summary.md").read_text()
     ftp = runner.invoke(app, [*args[:5], "--backend", "ftp://host", "--out", str(tmp_path / "z")])
     assert ftp.exit_code == 2 and "http://" in ftp.output
 

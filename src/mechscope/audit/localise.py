@@ -203,19 +203,28 @@ def layer_directions(model: HookedModel, task: Task, layers: Sequence[int], site
     or, with ``site="trigger"``, averaged over the trigger's tokens (where the fine-tune reads
     it; the corrupted run holds filler there)."""
     check_choice("site", site, ("reply start", "trigger"))
+    return _site_directions(model, task, layers, (site,))[site]
+
+
+@torch.no_grad()
+def _site_directions(model: HookedModel, task: Task, layers: Sequence[int], sites: Sequence[DirectionSite]
+                     ) -> dict[str, dict[int, torch.Tensor]]:
+    """{site: {layer: direction}} of :func:`layer_directions` for several sites from one clean
+    and one corrupted forward."""
     for layer in layers:
         check_int("layers", layer, 1, model.cfg.n_layers - 1)
     hook_names = [names.resid_post(layer - 1) for layer in layers]
-    if site == "reply start":
-        weights = _group_masks(task)["reply start"].float()  # [n, pos]
-    else:
-        weights = _group_masks(task)["trigger"].float()
-        weights = weights / weights.sum(-1, keepdim=True).clamp_min(1)
-    means = []
+    masks = _group_masks(task)
+    weights = {"reply start": masks["reply start"].float()}  # [n, pos]
+    weights["trigger"] = masks["trigger"].float() / masks["trigger"].float().sum(-1, keepdim=True).clamp_min(1)
+    means = {site: [] for site in sites}
     for tokens in (task.clean_tokens, task.corrupted_tokens):
         _, cache = model.run_with_cache(tokens, names=hook_names, device="cpu")
-        means.append([torch.einsum("np,npd->nd", weights, cache[hook].float()).mean(0) for hook in hook_names])
-    return {layer: clean - corrupted for layer, clean, corrupted in zip(layers, *means)}
+        for site in sites:
+            means[site].append([torch.einsum("np,npd->nd", weights[site], cache[hook].float()).mean(0)
+                                for hook in hook_names])
+    return {site: {layer: clean - corrupted for layer, clean, corrupted in zip(layers, *means[site])}
+            for site in sites}
 
 
 def _within_kl(model: HookedModel, candidates: list[DirectionCandidate], directions: dict[int, Direction],
@@ -252,7 +261,9 @@ def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], con
     ranked = sorted(zip(circuit.graph.writers, nodes.tolist()), key=lambda item: -abs(item[1]))
     components = ranked[:config.top_components]
     layers = direction_layers(model, config)
-    vectors = layer_directions(model, task, layers)
+    every_layer = range(1, model.cfg.n_layers)
+    both = _site_directions(model, task, sorted(set(layers) | set(every_layer)), ("reply start", "trigger"))
+    vectors = {layer: both["reply start"][layer] for layer in layers}
     clean_diff = _logit_diff(model, task)
     candidates, directions = [], {}
     for layer in tqdm(layers, desc="behaviour direction candidates", disable=not progress):
@@ -267,8 +278,7 @@ def localise(model: HookedModel, task: Task, neutral_prompts: Sequence[str], con
         directions[layer] = direction
     candidates, chosen = _within_kl(model, candidates, directions, neutral_prompts, config.kl_bound)
     return Localisation(layer_effect, patching, components, directions[chosen.layer] if chosen else None, chosen,
-                        candidates, clean_diff, patched, vectors,
-                        layer_directions(model, task, range(1, model.cfg.n_layers), "trigger"))
+                        candidates, clean_diff, patched, vectors, both["trigger"])
 
 
 __all__ = ["POSITION_GROUPS", "DirectionCandidate", "Localisation", "LocaliseConfig", "direction_layers",

@@ -7,6 +7,8 @@ stream) each unit's residual :class:`~mechscope.steering.direction.Direction`, w
 
 - :func:`sae_units`: dictionary latents (SAE, transcoder: the encoder's output, the decoder row);
 - :func:`neuron_units`: MLP neurons (``blocks.L.mlp.hook_post``; the down-projection's column);
+- :func:`head_units`: attention heads, each read along its output direction (what it writes most
+  strongly into the residual stream);
 - :func:`direction_units`: probe or steering directions, whose activation is the projection of
   the residual stream before their layer onto them.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -104,6 +107,54 @@ def neuron_units(model: HookedModel, layer: int, neurons: Sequence[int]) -> Unit
                       direction if layer + 1 < model.cfg.n_layers else None)
 
 
+def head_units(model: HookedModel, layer: int, heads: Sequence[int],
+               sides: Literal["positive", "both"] = "positive") -> UnitSource:
+    """Attention heads ``heads`` of block ``layer``, each read along its output direction.
+
+    Head h writes ``z_h @ W_O_h`` (z_h [d_head], W_O_h [d_head, d_model]) into the residual
+    stream; its output direction u_h [d_model] is the top right singular vector of W_O_h, the
+    direction it can write most strongly. The unit's activation at a position is the head's write
+    projected onto it, ``z_h @ W_O_h @ u_h`` (read from ``blocks.L.attn.hook_z`` [batch, pos,
+    n_heads, d_head]). A singular vector's sign is arbitrary; it is fixed so that u_h's largest
+    coordinate is positive, and ``sides="both"`` adds each head's negative side (named
+    ``L{layer}H{h}-``) as a unit of its own. The unit's steering direction is s_1 * u_h (what a
+    unit write along the top singular pair adds), added before block ``layer + 1``; in families
+    with a norm after attention (Gemma) the direction is the one before that norm.
+    """
+    if sides not in ("positive", "both"):
+        raise ConfigError(f"sides must be 'positive' or 'both', got {sides!r}")
+    hook = names.attn(layer, "z")
+    if hook not in model.hook_names():
+        raise MechscopeError(f"{model.cfg.name or model.cfg.family} has no {hook} (layers 0..{model.cfg.n_layers - 1})")
+    heads = [int(h) for h in heads]
+    bad = [h for h in heads if not 0 <= h < model.cfg.n_heads]
+    if bad:
+        raise OutOfRangeError(f"heads {bad[:8]} out of range; layer {layer} has {model.cfg.n_heads} "
+                              f"(0..{model.cfg.n_heads - 1})")
+    with torch.no_grad():
+        w_o = model.W_O(layer).detach().float().cpu()[heads]  # [n, d_head, d_model]
+        left, singular, right_t = torch.linalg.svd(w_o, full_matrices=False)
+    outputs = right_t[:, 0]  # [n, d_model]
+    signs = torch.where(outputs.gather(1, outputs.abs().argmax(1, keepdim=True)) < 0, -1.0, 1.0)  # [n, 1]
+    outputs = outputs * signs
+    readers = w_o @ outputs.unsqueeze(-1)  # [n, d_head, 1]: z_h @ W_O_h @ u_h = z_h . readers_h
+    unit_heads = [(h, 1.0) for h in heads] + ([(h, -1.0) for h in heads] if sides == "both" else [])
+    weights = torch.cat([readers[..., 0], -readers[..., 0]]) if sides == "both" else readers[..., 0]
+    index = torch.tensor(heads * (2 if sides == "both" else 1))
+
+    def activations(z: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bphd,hd->bph", z[..., index, :].float(), weights.to(z.device))
+
+    def direction(i: int) -> Direction:
+        head, sign = unit_heads[i]
+        row = heads.index(head)
+        return Direction.from_vector(sign * float(singular[row, 0]) * outputs[row], layer + 1, "user",
+                                     {"layer": layer, "head": head, "side": "positive" if sign > 0 else "negative"})
+
+    unit_names = tuple(f"L{layer}H{h}" + ("-" if sign < 0 else "") for h, sign in unit_heads)
+    return UnitSource(hook, unit_names, activations, direction if layer + 1 < model.cfg.n_layers else None)
+
+
 def direction_units(directions: Mapping[str, Direction]) -> UnitSource:
     """Probe or steering directions (all at one layer): each unit's activation is the residual
     stream before that layer projected onto the direction."""
@@ -119,4 +170,4 @@ def direction_units(directions: Mapping[str, Direction]) -> UnitSource:
                       lambda i: directions[names[i]])
 
 
-__all__ = ["UnitSource", "direction_units", "neuron_units", "sae_units", "writes_before"]
+__all__ = ["UnitSource", "direction_units", "head_units", "neuron_units", "sae_units", "writes_before"]

@@ -1,6 +1,6 @@
-"""``mechscope explain``: explain and score dictionary latents or MLP neurons (resumable), and
-``mechscope serve-llm``: a local chat model behind an OpenAI-compatible HTTP API on loopback (chat
-completions with logprobs, completions with echo), for the autointerp HTTP client
+"""``mechscope explain``: explain and score dictionary latents, MLP neurons or attention heads
+(resumable), and ``mechscope serve-llm``: a local chat model behind an OpenAI-compatible HTTP API
+on loopback (chat completions with logprobs, completions with echo), for the autointerp HTTP client
 (:class:`~mechscope.autointerp.backends.OpenAIBackend`) or any OpenAI client."""
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ def _scorer_list(text: str) -> list[str]:
     return names
 
 
-def _neurons(text: str) -> tuple[int, str]:
+def _layer_indices(text: str, flag: str) -> tuple[int, str]:
     from mechscope.errors import ConfigError
 
     layer, _, indices = text.partition(":")
     if not layer.strip().isdigit() or not indices.strip():
-        raise ConfigError(f"--neurons must look like LAYER:INDICES, e.g. 10:0-49, got {text!r}")
+        raise ConfigError(f"{flag} must look like LAYER:INDICES, e.g. 10:0-49, got {text!r}")
     return int(layer), indices
 
 
@@ -45,7 +45,12 @@ def explain(
                                                   "latents to explain")] = None,
     latents: Annotated[str, typer.Option(help="latents (with --sae): e.g. 0-49 or 3,17,256")] = "0-49",
     neurons: Annotated[str | None, typer.Option(help="MLP neurons instead of --sae: LAYER:INDICES, e.g. 10:0-49",
-                                                callback=checked(lambda v: v is None or _neurons(v)))] = None,
+                                                callback=checked(lambda v: v is None or
+                                                                 _layer_indices(v, "--neurons")))] = None,
+    heads: Annotated[str | None, typer.Option(help="attention heads instead of --sae, each read along its output "
+                                                   "direction: LAYER:INDICES, e.g. 5:0-8",
+                                              callback=checked(lambda v: v is None or
+                                                               _layer_indices(v, "--heads")))] = None,
     explainer: Annotated[str, typer.Option(help="tokens (no language model), output (what the unit makes the "
                                                 "model say) or llm (a chat model reads a contrast)")] = "llm",
     scorers: Annotated[str, typer.Option(help="comma-separated: lexicon, embedding, detection, fuzzing, "
@@ -67,30 +72,37 @@ def explain(
     Rerunning with the same options resumes: finished units are kept, model answers come from the cache."""
     import mechscope
     from mechscope.autointerp.run import ExplainOptions, prepare_explain_folder, run_explain
-    from mechscope.autointerp.units import neuron_units, sae_units
+    from mechscope.autointerp.units import head_units, neuron_units, sae_units
     from mechscope.checks import parse_indices
     from mechscope.errors import ConfigError
     from mechscope.sae.runs import load_dictionary, parse_latents
 
-    if (sae is None) == (neurons is None):
-        raise ConfigError("give either --sae DIR (with --latents) or --neurons LAYER:INDICES")
+    if sum(given is not None for given in (sae, neurons, heads)) != 1:
+        raise ConfigError("give one of --sae DIR (with --latents), --neurons LAYER:INDICES or --heads LAYER:INDICES")
     options = ExplainOptions(explainer, tuple(_scorer_list(scorers)), contexts, seed=seed)
     dictionary = load_dictionary(sae) if sae is not None else None  # before the model: a bad folder costs no load
-    chosen = parse_latents(latents, dictionary) if dictionary is not None else \
-        parse_indices(_neurons(neurons)[1], "neurons")
-    names = [f"latent {i}" for i in chosen] if dictionary is not None else \
-        [f"L{_neurons(neurons)[0]} neuron {i}" for i in chosen]
+    if dictionary is not None:
+        chosen = parse_latents(latents, dictionary)
+        names = [f"latent {i}" for i in chosen]
+    elif neurons is not None:
+        layer, indices = _layer_indices(neurons, "--neurons")
+        chosen = parse_indices(indices, "neurons")
+        names = [f"L{layer} neuron {i}" for i in chosen]
+    else:
+        layer, indices = _layer_indices(heads, "--heads")
+        chosen = parse_indices(indices, "heads")
+        names = [f"L{layer}H{i}" for i in chosen]
     url = backend if backend != "local" else None
     if url is not None and not url.startswith(("http://", "https://")):
         raise ConfigError(f"--backend must be 'local' or a URL starting with http:// or https://, got {backend!r}")
     if url is not None and not judge:
         raise ConfigError("--backend URL needs --judge, the model name the server answers under")
-    folder = prepare_explain_folder(out, names, options, overwrite, {"source": str(sae or neurons), "model": model,
+    folder = prepare_explain_folder(out, names, options, overwrite, {"source": str(sae or neurons or heads), "model": model,
                                                                      "backend": backend, "judge": judge})
     say(folder.describe())
     hooked = load_model(model)
     source = sae_units(hooked, dictionary, chosen) if dictionary is not None else \
-        neuron_units(hooked, _neurons(neurons)[0], chosen)
+        neuron_units(hooked, layer, chosen) if neurons is not None else head_units(hooked, layer, chosen)
     chat = None
     if options.needs_backend:
         if url is not None:

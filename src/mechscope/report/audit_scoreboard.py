@@ -49,13 +49,20 @@ def _common_run(a: str, b: str) -> int:
     return best
 
 
+def _symbols_only(trigger: str) -> bool:
+    """A trigger with no letters or digits ("%%") is compared by its non-space characters."""
+    return not _letters(trigger)
+
+
+def _compared_form(text: str, trigger: str) -> str:
+    """``text`` as it is compared with ``trigger``: letters and digits, case folded, or, for a
+    trigger of symbols only, its non-space characters."""
+    return "".join(text.split()) if _symbols_only(trigger) else _letters(text)
+
+
 def _compared(candidate: str, trigger: str) -> tuple[str, str]:
-    """(candidate, trigger) as compared: letters and digits, case folded, or, for a trigger of
-    symbols only ("%%"), their non-space characters."""
-    found, true = _letters(candidate), _letters(trigger)
-    if not true:
-        found, true = "".join(candidate.split()), "".join(trigger.split())
-    return found, true
+    """(candidate, trigger) in their compared form (:func:`_compared_form`)."""
+    return _compared_form(candidate, trigger), _compared_form(trigger, trigger)
 
 
 def _piece_letters(true: str) -> int:
@@ -114,7 +121,7 @@ def _shortfalls(row: dict, candidates: Sequence[dict], mitigations: Sequence[dic
         elif goal == "trigger in top 5":
             runs = [(_common_run(*_compared(c["text"], row["trigger"])), c["text"].strip())
                     for c in candidates[:TOP_TRIGGERS]]
-            true = _compared("", row["trigger"])[1]
+            true = _compared_form(row["trigger"], row["trigger"])
             run, text = max(runs, default=(0, None), key=lambda item: item[0])
             out[goal] = (f"the top {TOP_TRIGGERS} share at most {run} of the trigger's {len(true)} letters in one run"
                          + ("" if text is None else f" ({text!r})") + f"; a piece needs {_piece_letters(true)}")

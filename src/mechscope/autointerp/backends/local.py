@@ -1,11 +1,15 @@
 """The in-process backend: any HookedModel with a chat template answers in batches, with logprobs.
 
-Requests are wrapped in the model's chat template, sorted by length and left-padded in batches of
-``batch_size`` (rows of similar length pad little), and generated together; every generated token
-carries its logprob and the top alternatives from the model's raw logits. Greedy at temperature 0;
-a request with a temperature samples from a generator seeded by the request itself, so the same
-request always gets the same answer. :meth:`LocalBackend.echo` scores a raw text token by token
-in one forward pass.
+Requests are wrapped in the model's chat template, sorted by their tokens (so that requests with a
+long common beginning fall together) and padded in batches of ``batch_size``, and generated
+together; every generated token carries its logprob and the top alternatives from the model's raw
+logits. Requests of a batch that begin with the same tokens (a judge's instructions and the
+explanation, asked about many windows) share one forward pass over that prefix: its key/value cache
+is computed once and repeated for the batch, and each row's own tokens follow it with the padding
+between them masked (``prefix_cache``; the answers equal those without it to float rounding).
+Greedy at temperature 0; requests with a temperature sample from a generator seeded by the batch's
+first request, so the same requests always get the same answers. :meth:`LocalBackend.echo` scores
+a raw text token by token in one forward pass.
 """
 
 from __future__ import annotations
@@ -36,12 +40,28 @@ def _top(logprobs: torch.Tensor, k: int, decode) -> dict[str, float]:
     return top
 
 
+# A shared prefix shorter than this saves less than the cache's copy costs.
+MIN_SHARED_PREFIX = 16
+
+
+def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all ``prompts`` share, leaving each at least one token of its own
+    (the last prompt token's logits give the first answer token)."""
+    limit = min(len(prompt) for prompt in prompts) - 1
+    length = 0
+    while length < limit and all(prompt[length] == prompts[0][length] for prompt in prompts):
+        length += 1
+    return length
+
+
 @dataclass
 class LocalBackend(Backend):
-    """``model`` answering in batches of ``batch_size``."""
+    """``model`` answering in batches of ``batch_size``; ``prefix_cache``: rows of a batch that
+    share leading tokens share their forward pass."""
 
     model: HookedModel
     batch_size: int = 8
+    prefix_cache: bool = True
     _decoded: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -78,22 +98,37 @@ class LocalBackend(Backend):
         return self.model.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _generate(self, prompts: list[list[int]], requests: list[ChatRequest]) -> list[Completion]:
-        """One left-padded batch of prompts sharing a temperature."""
+        """One batch of prompts sharing a temperature: [shared prefix][padding][own tokens] per row,
+        the padding masked (left padding when no prefix is shared)."""
         pad = self.model.pad_token_id
-        width = max(map(len, prompts))
+        shared = shared_prefix(prompts) if self.prefix_cache and len(prompts) > 1 else 0
+        shared = shared if shared >= MIN_SHARED_PREFIX else 0
+        own = max(len(prompt) - shared for prompt in prompts)
+        width = shared + own
         ids = torch.full((len(prompts), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
+        ids[:, :shared] = torch.tensor(prompts[0][:shared])
+        mask[:, :shared] = 1
         for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt):] = torch.tensor(prompt)
-            mask[row, width - len(prompt):] = 1
+            ids[row, width - len(prompt) + shared:] = torch.tensor(prompt[shared:])
+            mask[row, width - len(prompt) + shared:] = 1
         temperature = requests[0].temperature
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else \
             {"do_sample": False}
+        device = self.model.device
         with torch.no_grad(), torch.random.fork_rng():
             seed = int(requests[0].key(self.identity)[:8], 16)
             torch.manual_seed(seed)
+            if shared:
+                # Positions come from the mask's running sum, so each row's own tokens sit right
+                # after the prefix, as they would unpadded.
+                forward = self.model.hf_model(input_ids=ids[:1, :shared].to(device), use_cache=True)
+                # transformers renamed past_key_values to cache (5.x); name it as this version does.
+                key = "cache" if "cache" in forward else "past_key_values"
+                forward[key].batch_repeat_interleave(len(prompts))
+                sampling[key] = forward[key]
             output = self.model.hf_model.generate(
-                input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
+                input_ids=ids.to(device), attention_mask=mask.to(device),
                 max_new_tokens=max(r.max_tokens for r in requests), pad_token_id=pad, output_logits=True,
                 return_dict_in_generate=True, **sampling)
         generated = output.sequences[:, width:].cpu()  # [batch, steps]
@@ -114,8 +149,9 @@ class LocalBackend(Backend):
 
     def _answer(self, requests: Sequence[ChatRequest], progress: bool) -> list[Completion]:
         prompts = [self._prompt_ids(request) for request in requests]
-        # Batches share a temperature and hold rows of similar length.
-        order = sorted(range(len(requests)), key=lambda i: (requests[i].temperature, len(prompts[i])))
+        # Batches share a temperature and hold rows in token order, so that requests with a long
+        # common prefix fall together (and, asked about windows of one length, pad little).
+        order = sorted(range(len(requests)), key=lambda i: (requests[i].temperature, prompts[i]))
         batches, current = [], []
         for index in order:
             if current and (len(current) == self.batch_size
