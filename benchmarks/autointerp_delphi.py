@@ -34,6 +34,10 @@ answers it could parse and, with log_prob=True, the AUC of P("1") read from its 
 (top 5 alternatives). Like for like, both AUROC and balanced accuracy (mechscope: P("1") > 0.5;
 Delphi: its parsed label) are computed here by the same code (mechscope.autointerp.score.base) from
 each side's per-window answers; Delphi's own result_analysis numbers are saved with them.
+
+``--judge oracle`` replaces the model with a judge that answers every question correctly from the
+explanations' rules (benchmarks/delphi_oracle.py), served the same way: where SmolLM2 answers at
+chance, this shows whether the two libraries turn the same right answers into the same scores.
 """
 
 from __future__ import annotations
@@ -157,7 +161,7 @@ def build_cases(args) -> list[dict]:
         false = unit.false[args.false_index % len(unit.false)]
         for kind, explanation in (("true", unit.true), ("false", false)):
             cases.append({"id": len(cases), "unit": unit.name, "kind": kind, "explanation": explanation.words,
-                          "windows": windows, "fuzzing": masks})
+                          "rule": explanation.rule, "windows": windows, "fuzzing": masks})
     return cases
 
 
@@ -462,6 +466,9 @@ def main() -> None:
                         help="python of a venv with eai-delphi==0.1.3 (see the module docstring)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/mechscope-autointerp-delphi"))
     parser.add_argument("--model", default="smollm2-135m-instruct", help="the judge serve-llm serves")
+    parser.add_argument("--judge", choices=("serve-llm", "oracle"), default="serve-llm",
+                        help="serve-llm: --model behind mechscope serve-llm; oracle: a judge that answers every "
+                             "question correctly from the explanations' rules (benchmarks/delphi_oracle.py)")
     parser.add_argument("--units", type=int, default=6,
                         help="planted units (each: true + one false explanation)")
     parser.add_argument("--unit-names", help="comma-separated planted unit names instead of the default pick")
@@ -489,13 +496,22 @@ def main() -> None:
                   f"still answers {args.examples_per_prompt} labels", file=sys.stderr)
     args.work.mkdir(parents=True, exist_ok=True)
 
-    server, base_url = start_server(args, args.work / "serve-llm.log")
-    try:
+    cases = None
+    if args.judge == "oracle":  # the oracle must know the cases before it answers
+        from delphi_oracle import OracleServer
+
         cases = build_cases(args)
+        server = OracleServer(cases, args.model)
+        base_url = server.base_url
+    else:
+        server, base_url = start_server(args, args.work / "serve-llm.log")
+    try:
+        cases = cases or build_cases(args)
         cases_path = args.work / "cases.json"
         cases_path.write_text(json.dumps({"cases": cases}))
         print(f"{len(cases)} cases ({len(cases) // 2} planted units x true and false explanation), "
-              f"{args.activating}+{args.silent} windows of {args.window} tokens each; judge {args.model} at "
+              f"{args.activating}+{args.silent} windows of {args.window} tokens each; judge "
+              f"{'the oracle' if args.judge == 'oracle' else args.model} at "
               f"{base_url}", file=sys.stderr, flush=True)
         from mechscope.autointerp.backends import OpenAIBackend
         warm = OpenAIBackend(base_url, args.model, api_key_env=None, timeout=args.timeout)
