@@ -10,7 +10,15 @@ from typer.testing import CliRunner
 
 from mechscope.autointerp.records import RecordsConfig
 from mechscope.autointerp.run import ExplainOptions, run_explain, split_records
-from mechscope.autointerp.units import direction_units, head_units, neuron_units, sae_units, writes_before
+from mechscope.autointerp.units import (
+    UnitSource,
+    crosscoder_units,
+    direction_units,
+    head_units,
+    neuron_units,
+    sae_units,
+    writes_before,
+)
 from mechscope.cli.app import app
 from mechscope.errors import ConfigError, MechscopeError, OutOfRangeError, ResumeError
 from mechscope.models.tiny import load_tiny
@@ -19,6 +27,7 @@ from mechscope.sae.model import SAE
 from mechscope.steering.direction import Direction
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
 PLANTED = ("e", "t", "s")
 RECORDS = RecordsConfig(window=16, n_top=4, n_quantiles=2, per_quantile=4, n_random=6, n_same_tokens=4,
                         n_neighbours=0)
@@ -159,7 +168,52 @@ def test_head_units_read_each_heads_write_along_its_top_output_direction(model):
     assert head_units(model, model.cfg.n_layers - 1, [0]).direction is None  # nothing follows the last block
 
 
-runner = CliRunner()
+def test_crosscoder_latents_are_read_through_both_models_and_explained(model, tiny_llama_folder, tmp_path):
+    """A crosscoder whose latents read the fine-tune's half with the planted SAE's encoder fires
+    where that SAE does: explained as the planted tokens, the dead latent reported."""
+    from mechscope.diff.crosscoder import Crosscoder, CrosscoderConfig, collect_pair, save_crosscoder
+
+    planted = planted_sae(model)
+    d = model.cfg.d_model
+    config = CrosscoderConfig(d_model=d, d_sae=len(PLANTED) + 1, architecture="relu",
+                              hook_names=("blocks.0.hook_resid_pre",), delta_scale=4.0)
+    crosscoder = Crosscoder(SAE(config.sae_config()), config)
+    with torch.no_grad():
+        crosscoder.sae.W_enc.zero_()
+        crosscoder.sae.W_enc[d:] = planted.W_enc  # the ft half
+        crosscoder.sae.b_enc.copy_(planted.b_enc)
+        crosscoder.sae.b_dec.zero_()
+    units = crosscoder_units(model, model, crosscoder, range(len(PLANTED) + 1))
+    contexts = torch.randint(3, 200, (3, 12), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(units.activations(model, contexts, progress=False),
+                       collect_pair(model, model, contexts, crosscoder, range(len(PLANTED) + 1)))
+    summary = run_explain(model, units, _options(), tmp_path / "run", progress=False)
+    results = {r["unit"]: r for r in summary["units"]}
+    assert [results[f"latent {i}"]["explanation"] for i in range(len(PLANTED))] == [f'"{t}"' for t in PLANTED]
+    assert summary["dead"] == [f"latent {len(PLANTED)}"]
+    # The direction: the fine-tune's decoder half with the magnification undone.
+    base_half, ft_half = crosscoder.sae.W_dec[1, :d], crosscoder.sae.W_dec[1, d:]
+    direction = units.direction(1)
+    assert torch.allclose(direction.vector * direction.scale, base_half + (ft_half - base_half) / 4, atol=1e-6)
+    with pytest.raises(OutOfRangeError, match="the crosscoder has 4"):
+        crosscoder_units(model, model, crosscoder, [4])
+    # The command: --crosscoder with --base-model, the same explanations.
+    folder = save_crosscoder(crosscoder, tmp_path / "cc")
+    args = ["explain", "--crosscoder", str(folder), "--latents", "0-1", "--explainer", "tokens", "--scorers",
+            "lexicon", "--model", str(tiny_llama_folder), "--contexts", "16", "--out", str(tmp_path / "cli")]
+    alone = runner.invoke(app, args)
+    assert alone.exit_code == 2 and "--base-model" in alone.output
+    result = runner.invoke(app, [*args, "--base-model", str(tiny_llama_folder)])
+    assert result.exit_code == 0, result.output
+    assert '| latent 0 | "e" |' in (tmp_path / "cli" / "summary.md").read_text()
+
+
+def test_a_unit_source_needs_one_way_to_its_activations(model):
+    with pytest.raises(ConfigError, match="exactly one of activation_fn"):
+        UnitSource("blocks.0.hook_resid_pre", ("u",), None)
+    wrong = UnitSource("x", ("a", "b"), None, collect=lambda contexts, progress: torch.zeros(*contexts.shape, 3))
+    with pytest.raises(MechscopeError, match="expected \\(2, 5, 2\\)"):
+        wrong.activations(model, torch.zeros(2, 5, dtype=torch.long))
 
 
 def test_the_explain_command_writes_the_summary_and_refuses_bad_input(model, tiny_llama_folder, tmp_path):

@@ -250,23 +250,32 @@ def harvest_records(model: HookedModel, contexts: torch.Tensor, hook_name: str,
     """({unit: records}, the dead units) of the units ``activation_fn`` computes from the hook's
     activations ([batch, pos, d] -> [batch, pos, len(units)], e.g. an SAE's encoder restricted to
     some latents), over token ``contexts`` [n, pos], read as the feature dashboards read them
-    (:func:`mechscope.sae.dashboard.collect`: BOS set to 0). A unit that never fires is listed
-    as dead, not given records. With an ``embedder`` (e.g. a
-    :class:`~mechscope.autointerp.embedder.SentenceEmbedder`) every window is decoded with the
-    model's tokenizer and embedded once, for all units (the embedder's
-    ``embed(texts, progress=...)`` is called once), and the records hold ``neighbours``
-    negatives; without one they hold none."""
+    (:func:`mechscope.sae.dashboard.collect`: BOS set to 0); see :func:`records_from_values`."""
     from mechscope.sae.dashboard import collect
 
-    config = config or RecordsConfig()
     values = collect(model, contexts, hook_name, activation_fn, progress=progress)  # [n, pos, units]
     if values.shape[-1] != len(units):
         raise MechscopeError(f"activation_fn gave {values.shape[-1]} units for {len(units)} names")
+    return records_from_values(model.tokenizer, contexts, values, units, config, progress, embedder)
+
+
+def records_from_values(tokenizer, contexts: torch.Tensor, values: torch.Tensor, units: Sequence[str],
+                        config: RecordsConfig | None = None, progress: bool = True, embedder=None
+                        ) -> tuple[dict[str, UnitRecords], list[str]]:
+    """({unit: records}, the dead units) of units whose activations over token ``contexts`` [n,
+    pos] are ``values`` [n, pos, len(units)]. A unit that never fires is listed as dead, not given
+    records. With an ``embedder`` (e.g. a :class:`~mechscope.autointerp.embedder.SentenceEmbedder`)
+    every window is decoded with ``tokenizer`` and embedded once, for all units (the embedder's
+    ``embed(texts, progress=...)`` is called once), and the records hold ``neighbours``
+    negatives; without one they hold none."""
+    config = config or RecordsConfig()
+    if values.shape[:2] != contexts.shape or values.shape[-1] != len(units):
+        raise MechscopeError(f"values of shape {tuple(values.shape)} do not match contexts {tuple(contexts.shape)} "
+                             f"and {len(units)} units")
     embeddings = None
     # With n_neighbours 0 the embeddings would go unused: the records are the same without them.
     if embedder is not None and config.n_neighbours > 0:
-        embeddings = window_texts_embeddings(contexts, config.window, model.tokenizer, embedder,
-                                             progress=progress)
+        embeddings = window_texts_embeddings(contexts, config.window, tokenizer, embedder, progress=progress)
     records, dead = {}, []
     for index, unit in enumerate(units):
         try:
@@ -277,5 +286,5 @@ def harvest_records(model: HookedModel, contexts: torch.Tensor, hook_name: str,
     return records, dead
 
 
-__all__ = ["DeadUnitError", "RecordsConfig", "UnitRecords", "cut_windows", "harvest_records", "unit_records",
-           "window_texts_embeddings"]
+__all__ = ["DeadUnitError", "RecordsConfig", "UnitRecords", "cut_windows", "harvest_records", "records_from_values",
+           "unit_records", "window_texts_embeddings"]

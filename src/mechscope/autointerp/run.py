@@ -35,7 +35,7 @@ from mechscope.autointerp.explain.llm import explain_llm
 from mechscope.autointerp.explain.output import explain_output, output_records
 from mechscope.autointerp.explain.tokens import explain_tokens
 from mechscope.autointerp.lexicon import LexiconParseError
-from mechscope.autointerp.records import RecordsConfig, UnitRecords, harvest_records
+from mechscope.autointerp.records import RecordsConfig, UnitRecords, records_from_values
 from mechscope.autointerp.score import (
     detection_score,
     embedding_score,
@@ -303,9 +303,9 @@ def _records(model, source, options, folder, contexts, embedder, progress) -> di
             from mechscope.autointerp.embedder import SentenceEmbedder
 
             neighbours = SentenceEmbedder()
-        fresh, newly_dead = harvest_records(model, contexts, source.hook_name,
-                                            lambda x: source.activation_fn(x)[..., index], names, options.records,
-                                            progress=progress, embedder=neighbours)
+        values = source.activations(model, contexts, progress)[..., index]  # [n, pos, missing]
+        fresh, newly_dead = records_from_values(model.tokenizer, contexts, values, names, options.records,
+                                                progress=progress, embedder=neighbours)
         for unit, unit_records in fresh.items():
             unit_records.save(root / _safe_name(unit))
         saved.update(fresh)

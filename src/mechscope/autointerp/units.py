@@ -10,7 +10,9 @@ stream) each unit's residual :class:`~mechscope.steering.direction.Direction`, w
 - :func:`head_units`: attention heads, each read along its output direction (what it writes most
   strongly into the residual stream);
 - :func:`direction_units`: probe or steering directions, whose activation is the projection of
-  the residual stream before their layer onto them.
+  the residual stream before their layer onto them;
+- :func:`crosscoder_units`: a crosscoder's latents, read from the base and the fine-tuned model
+  together (the fine-tune's decoder half is the direction).
 """
 
 from __future__ import annotations
@@ -32,18 +34,40 @@ from mechscope.steering.direction import Direction, sae_direction
 @dataclass(frozen=True)
 class UnitSource:
     """``names`` of the units; ``activation_fn`` [batch, pos, d] at ``hook_name`` -> [batch, pos,
-    len(names)]; ``direction(i)`` the residual direction of unit i (None: the units have none)."""
+    len(names)]; ``direction(i)`` the residual direction of unit i (None: the units have none).
+
+    Units that are not a function of one hook of the model explained (a crosscoder's latents read
+    the base and the fine-tuned model together) give ``collect`` instead of ``activation_fn``:
+    token contexts [n, pos] and a progress flag -> their activations [n, pos, len(names)], BOS
+    (position 0) set to 0; ``hook_name`` then only names where they are read."""
 
     hook_name: str
     names: tuple[str, ...]
-    activation_fn: Callable[[torch.Tensor], torch.Tensor]
+    activation_fn: Callable[[torch.Tensor], torch.Tensor] | None
     direction: Callable[[int], Direction] | None = None
+    collect: Callable[[torch.Tensor, bool], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if not self.names:
             raise ConfigError("a unit source needs at least one unit")
         if len(set(self.names)) != len(self.names):
             raise ConfigError("unit names must be distinct")
+        if (self.activation_fn is None) == (self.collect is None):
+            raise ConfigError("a unit source needs exactly one of activation_fn (from one hook's activations) and "
+                              "collect (from token contexts)")
+
+    def activations(self, model: HookedModel, contexts: torch.Tensor, progress: bool = True) -> torch.Tensor:
+        """The units' activations [n, pos, len(names)] over token ``contexts`` [n, pos], BOS set to 0
+        (read as the feature dashboards read them)."""
+        from mechscope.sae.dashboard import collect
+
+        values = self.collect(contexts, progress) if self.collect is not None else \
+            collect(model, contexts, self.hook_name, self.activation_fn, progress=progress)
+        if values.shape[:2] != contexts.shape or values.shape[-1] != len(self.names):
+            raise MechscopeError(f"the unit source gave activations of shape {tuple(values.shape)} for contexts "
+                                 f"{tuple(contexts.shape)} and {len(self.names)} units; expected "
+                                 f"{(*contexts.shape, len(self.names))}")
+        return values
 
 
 def writes_before(hook_name: str, n_layers: int) -> int:
@@ -155,6 +179,37 @@ def head_units(model: HookedModel, layer: int, heads: Sequence[int],
     return UnitSource(hook, unit_names, activations, direction if layer + 1 < model.cfg.n_layers else None)
 
 
+def crosscoder_units(base: HookedModel, ft: HookedModel, crosscoder, latents: Sequence[int]) -> UnitSource:
+    """Latents ``latents`` of ``crosscoder`` (:class:`~mechscope.diff.crosscoder.Crosscoder`),
+    read on token contexts run through both models (:func:`~mechscope.diff.crosscoder.collect_pair`);
+    explained in the fine-tune's tokens. A latent's direction is its fine-tune decoder half at the
+    crosscoder's last hook (undoing the change magnification, ``delta_scale``, it was trained
+    with), steered in ``ft``."""
+    from mechscope.diff.crosscoder import collect_pair
+
+    config = crosscoder.config
+    if not config.hook_names:
+        raise ConfigError("this crosscoder records no hook_names (trained on synthetic data?): its latents cannot be "
+                          "read on models")
+    latents = [int(j) for j in latents]
+    bad = [j for j in latents if not 0 <= j < config.d_sae]
+    if bad:
+        raise OutOfRangeError(f"latents {bad[:8]} out of range; the crosscoder has {config.d_sae} "
+                              f"(0..{config.d_sae - 1})")
+    hook = config.hook_names[-1]
+    base_half, ft_half = crosscoder.decoder_halves()  # [d_sae, n_hooks, d_model] each
+    ft_rows = base_half[:, -1] + (ft_half[:, -1] - base_half[:, -1]) / config.delta_scale
+
+    def direction(i: int) -> Direction:
+        return Direction.from_vector(ft_rows[latents[i]].float(), writes_before(hook, ft.cfg.n_layers), "user",
+                                     {"crosscoder latent": latents[i]})
+
+    def collect(contexts: torch.Tensor, progress: bool) -> torch.Tensor:
+        return collect_pair(base, ft, contexts, crosscoder, latents, progress=progress)
+
+    return UnitSource(hook, tuple(f"latent {j}" for j in latents), None, direction, collect)
+
+
 def direction_units(directions: Mapping[str, Direction]) -> UnitSource:
     """Probe or steering directions (all at one layer): each unit's activation is the residual
     stream before that layer projected onto the direction."""
@@ -170,4 +225,5 @@ def direction_units(directions: Mapping[str, Direction]) -> UnitSource:
                       lambda i: directions[names[i]])
 
 
-__all__ = ["UnitSource", "direction_units", "head_units", "neuron_units", "sae_units", "writes_before"]
+__all__ = ["UnitSource", "crosscoder_units", "direction_units", "head_units", "neuron_units", "sae_units",
+           "writes_before"]

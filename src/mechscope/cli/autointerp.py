@@ -43,7 +43,12 @@ def _layer_indices(text: str, flag: str) -> tuple[int, str]:
 def explain(
     sae: Annotated[Path | None, typer.Option(help="dictionary folder (cfg.json + sae_weights.safetensors) whose "
                                                   "latents to explain")] = None,
-    latents: Annotated[str, typer.Option(help="latents (with --sae): e.g. 0-49 or 3,17,256")] = "0-49",
+    latents: Annotated[str, typer.Option(help="latents (with --sae or --crosscoder): e.g. 0-49 or 3,17,256")] = "0-49",
+    crosscoder: Annotated[Path | None, typer.Option(help="crosscoder folder (mechscope diff --crosscoder-steps) whose "
+                                                         "latents to explain, read through --base-model and --model "
+                                                         "together")] = None,
+    base_model: Annotated[str | None, typer.Option(help="with --crosscoder: the base model it was trained on "
+                                                        "(--model is the fine-tune)")] = None,
     neurons: Annotated[str | None, typer.Option(help="MLP neurons instead of --sae: LAYER:INDICES, e.g. 10:0-49",
                                                 callback=checked(lambda v: v is None or
                                                                  _layer_indices(v, "--neurons")))] = None,
@@ -72,17 +77,24 @@ def explain(
     Rerunning with the same options resumes: finished units are kept, model answers come from the cache."""
     import mechscope
     from mechscope.autointerp.run import ExplainOptions, prepare_explain_folder, run_explain
-    from mechscope.autointerp.units import head_units, neuron_units, sae_units
+    from mechscope.autointerp.units import crosscoder_units, head_units, neuron_units, sae_units
     from mechscope.checks import parse_indices
+    from mechscope.diff.crosscoder import load_crosscoder
     from mechscope.errors import ConfigError
     from mechscope.sae.runs import load_dictionary, parse_latents
 
-    if sum(given is not None for given in (sae, neurons, heads)) != 1:
-        raise ConfigError("give one of --sae DIR (with --latents), --neurons LAYER:INDICES or --heads LAYER:INDICES")
+    if sum(given is not None for given in (sae, crosscoder, neurons, heads)) != 1:
+        raise ConfigError("give one of --sae DIR or --crosscoder DIR (with --latents), --neurons LAYER:INDICES or "
+                          "--heads LAYER:INDICES")
+    if (crosscoder is None) != (base_model is None):
+        raise ConfigError("--crosscoder and --base-model go together: a crosscoder reads the base model and the "
+                          "fine-tune (--model)")
     options = ExplainOptions(explainer, tuple(_scorer_list(scorers)), contexts, seed=seed)
-    dictionary = load_dictionary(sae) if sae is not None else None  # before the model: a bad folder costs no load
-    if dictionary is not None:
-        chosen = parse_latents(latents, dictionary)
+    # Folders are read before any model loads: a bad one costs no load.
+    dictionary = load_dictionary(sae) if sae is not None else None
+    paired = load_crosscoder(crosscoder) if crosscoder is not None else None
+    if dictionary is not None or paired is not None:
+        chosen = parse_latents(latents, dictionary if dictionary is not None else paired.sae)
         names = [f"latent {i}" for i in chosen]
     elif neurons is not None:
         layer, indices = _layer_indices(neurons, "--neurons")
@@ -97,12 +109,19 @@ def explain(
         raise ConfigError(f"--backend must be 'local' or a URL starting with http:// or https://, got {backend!r}")
     if url is not None and not judge:
         raise ConfigError("--backend URL needs --judge, the model name the server answers under")
-    folder = prepare_explain_folder(out, names, options, overwrite, {"source": str(sae or neurons or heads), "model": model,
-                                                                     "backend": backend, "judge": judge})
+    described = {"source": str(sae or crosscoder or neurons or heads), "model": model, "backend": backend,
+                 "judge": judge}
+    if base_model:
+        described["base_model"] = base_model
+    folder = prepare_explain_folder(out, names, options, overwrite, described)
     say(folder.describe())
     hooked = load_model(model)
-    source = sae_units(hooked, dictionary, chosen) if dictionary is not None else \
-        neuron_units(hooked, layer, chosen) if neurons is not None else head_units(hooked, layer, chosen)
+    if dictionary is not None:
+        source = sae_units(hooked, dictionary, chosen)
+    elif paired is not None:
+        source = crosscoder_units(load_model(base_model), hooked, paired, chosen)
+    else:
+        source = neuron_units(hooked, layer, chosen) if neurons is not None else head_units(hooked, layer, chosen)
     chat = None
     if options.needs_backend:
         if url is not None:

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from tqdm.auto import tqdm
 
 from mechscope.diff.paired import check_pair_widths, join_pair, split_pair
 from mechscope.errors import ConfigError, FileFormatError, InputTypeError, MissingFileError
@@ -398,7 +399,7 @@ def _robust_z(values: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------- dashboards
 @torch.no_grad()
 def collect_pair(base: HookedModel, ft: HookedModel, contexts: torch.Tensor, crosscoder: Crosscoder,
-                 latents: Sequence[int], batch_contexts: int = 8) -> torch.Tensor:
+                 latents: Sequence[int], batch_contexts: int = 8, progress: bool = False) -> torch.Tensor:
     """[n_contexts, pos, len(latents)] crosscoder activations on ``contexts`` [n, pos] run
     through both models (the paired row of every position); BOS (position 0) set to 0, as
     :func:`mechscope.sae.dashboard.collect` does."""
@@ -412,7 +413,7 @@ def collect_pair(base: HookedModel, ft: HookedModel, contexts: torch.Tensor, cro
     check_int("batch_contexts", batch_contexts, 1)
     index = torch.tensor([check_int("latent", j, 0, cfg.d_sae - 1) for j in latents], dtype=torch.long)
     parts = []
-    for start in range(0, len(contexts), batch_contexts):
+    for start in tqdm(range(0, len(contexts), batch_contexts), desc="crosscoder activations", disable=not progress):
         chunk = contexts[start:start + batch_contexts]
         halves = []
         for model in (base, ft):
