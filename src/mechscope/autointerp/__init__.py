@@ -65,9 +65,10 @@ from mechscope.autointerp.units import (
 __all__ = ["DeadUnitError", "EXPLAINERS", "ExplainOptions", "Explanation", "FORMS", "LLMExplanation",
            "LexiconParseError", "LexiconRule", "OutputExplanation", "OutputRecords", "PlantedUnit",
            "RecordsConfig", "SCORERS", "Score", "SentenceEmbedder", "TokenExplanation", "UnitRecords",
-           "UnitSource", "bootstrap_interval", "crosscoder_units", "detection_score", "direction_units", "embedding_score",
-           "embedding_scores", "explain_activations", "explain_llm", "explain_output", "explain_tokens",
-           "fuzzing_score", "harvest_records", "head_units", "intervention_score", "intruder_score", "label",
-           "latent_labels", "lexicon_score", "neuron_units", "output_records", "parse_explanation",
-           "planted_units", "planted_windows", "read_explanations", "read_labels", "records_from_values",
-           "run_explain", "sae_units", "simulation_score", "split_records", "steered_pairs", "unit_records", "window_texts_embeddings"]
+           "UnitSource", "bootstrap_interval", "crosscoder_units", "detection_score", "direction_units",
+           "embedding_score", "embedding_scores", "explain_activations", "explain_llm", "explain_output",
+           "explain_tokens", "fuzzing_score", "harvest_records", "head_units", "intervention_score",
+           "intruder_score", "label", "latent_labels", "lexicon_score", "neuron_units", "output_records",
+           "parse_explanation", "planted_units", "planted_windows", "read_explanations", "read_labels",
+           "records_from_values", "run_explain", "sae_units", "simulation_score", "split_records",
+           "steered_pairs", "unit_records", "window_texts_embeddings"]

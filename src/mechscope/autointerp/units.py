@@ -157,7 +157,7 @@ def head_units(model: HookedModel, layer: int, heads: Sequence[int],
                               f"(0..{model.cfg.n_heads - 1})")
     with torch.no_grad():
         w_o = model.W_O(layer).detach().float().cpu()[heads]  # [n, d_head, d_model]
-        left, singular, right_t = torch.linalg.svd(w_o, full_matrices=False)
+        _, singular, right_t = torch.linalg.svd(w_o, full_matrices=False)
     outputs = right_t[:, 0]  # [n, d_model]
     signs = torch.where(outputs.gather(1, outputs.abs().argmax(1, keepdim=True)) < 0, -1.0, 1.0)  # [n, 1]
     outputs = outputs * signs

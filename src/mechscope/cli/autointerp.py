@@ -1,5 +1,5 @@
-"""``mechscope explain``: explain and score dictionary latents, MLP neurons or attention heads
-(resumable), and ``mechscope serve-llm``: a local chat model behind an OpenAI-compatible HTTP API
+"""``mechscope explain``: explain and score dictionary or crosscoder latents, MLP neurons or attention
+heads (resumable), and ``mechscope serve-llm``: a local chat model behind an OpenAI-compatible HTTP API
 on loopback (chat completions with logprobs, completions with echo), for the autointerp HTTP client
 (:class:`~mechscope.autointerp.backends.OpenAIBackend`) or any OpenAI client."""
 
