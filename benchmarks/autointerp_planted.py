@@ -9,9 +9,12 @@ explanation and three or four false ones (near misses included). For each unit, 
 activating and as many silent windows of 16 tokens are drawn (seed 0); every scorer scores every
 explanation on them, and the benchmark reports how often the true explanation ranks strictly
 above every false one ("top-1"), the share of (true, false) pairs it wins ("pairwise"; ties
-count half), and how many true explanations are above chance. The lexicon scorer reads the
+count half), how many true explanations are above chance, and the margin: the true explanation's
+score minus the mean of its false ones, averaged over units with a 95% bootstrap interval over
+units (a unit's 8 windows alone are too few to leave chance). The lexicon scorer reads the
 explanations' rule form, the others their words. ``intruder`` needs no explanation: it is
-reported as the share of units it finds the intruder above chance for.
+reported as the share of units it finds the intruder above chance for (its margin: the mean
+P(intruder) minus chance, 0.25).
 
 Backends: ``local`` (SmolLM2-135M-Instruct in process, with logprobs), ``serve-llm`` (the same
 model behind ``mechscope serve-llm`` on loopback, through the HTTP client: it must match local),
@@ -36,6 +39,7 @@ import torch
 import mechscope
 from mechscope.autointerp import (
     SentenceEmbedder,
+    bootstrap_interval,
     detection_score,
     embedding_score,
     explain_llm,
@@ -82,6 +86,16 @@ def ranks(true: float, false: list[float]) -> tuple[bool, float]:
     """(true strictly above every false, share of pairs won with ties counting half)."""
     wins = [1.0 if true > f else 0.5 if true == f else 0.0 for f in false]
     return all(true > f for f in false), sum(wins) / len(wins)
+
+
+def pooled_margin(margins: list[float]) -> dict:
+    """Mean over units of the true explanation's score minus the mean of its false ones (for
+    intruder: its score minus chance), with a 95% bootstrap interval over units. One unit's 8
+    windows give an interval too wide to leave chance; pooled over the units it can, so a scorer
+    that helps a little shows here first."""
+    mean, low, high = bootstrap_interval(torch.tensor(margins, dtype=torch.float64)[:, None],
+                                         lambda rows: rows[..., 0].mean(-1), n_boot=2000)
+    return {"mean": mean, "low": low, "high": high, "units": len(margins)}
 
 
 def start_server(model, logprobs: bool):
@@ -143,7 +157,7 @@ def main() -> None:
     for scorer, backend_name in pairs:
         started = time.perf_counter()
         backend = backends.get(backend_name)
-        top1, pairwise, above, notes, unscored = [], [], 0, set(), []
+        top1, pairwise, above, notes, unscored, margins = [], [], 0, set(), [], []
         for unit, windows, activations, _ in cases:
             fires = [bool(a.any()) for a in activations]
             if all(fires) or not any(fires):
@@ -153,6 +167,7 @@ def main() -> None:
                 score = intruder_score(windows, activations, backend, n_trials=8, k=4, n_boot=200)
                 above += score.above_chance
                 pairwise.append(score.value)
+                margins.append(score.value - score.chance)
                 notes.add(score.note)
                 continue
             values = []
@@ -165,15 +180,18 @@ def main() -> None:
             first, share = ranks(values[0], values[1:])
             top1.append(first)
             pairwise.append(share)
+            margins.append(values[0] - statistics.mean(values[1:]))
         key = f"{scorer} / {backend_name}"
         table[(scorer, backend_name)] = row = {
             "top1": statistics.mean(top1) if top1 else None, "pairwise": statistics.mean(pairwise),
             "above_chance": above, "notes": sorted(n for n in notes if n)[:3], "unscored": unscored,
-            "seconds": round(time.perf_counter() - started, 1)}
+            "seconds": round(time.perf_counter() - started, 1), "margin": pooled_margin(margins)}
         results["scorers"][key] = row
         row["units"] = len(cases) - len(unscored)
+        margin = row["margin"]
         print(f"{key}: top-1 {row['top1']}, pairwise {row['pairwise']:.3f}, above chance {above}/{row['units']}, "
-              f"{row['seconds']} s", flush=True)
+              f"margin {margin['mean']:+.3f} [{margin['low']:+.3f}, {margin['high']:+.3f}], {row['seconds']} s",
+              flush=True)
         atomic_text(args.out / "results.json", json.dumps(results, indent=1))
 
     # Explainers: written from windows of another draw, ranked by each scorer among the unit's explanations.
@@ -219,10 +237,13 @@ def main() -> None:
     for name, backend in backends.items():
         results["seconds"][name] = backend.usage.to_json()
     atomic_text(args.out / "results.json", json.dumps(results, indent=1))
-    print("\n| scorer / backend | top-1 | pairwise | true above chance | seconds |\n|---|---|---|---|---|")
+    print("\n| scorer / backend | top-1 | pairwise | true above chance | margin over units [95%] | seconds |\n"
+          "|---|---|---|---|---|---|")
     for key, row in results["scorers"].items():
         top1 = "-" if row["top1"] is None else f"{row['top1']:.2f}"
-        print(f"| {key} | {top1} | {row['pairwise']:.2f} | {row['above_chance']}/{row['units']} | {row['seconds']} |")
+        margin = row["margin"]
+        print(f"| {key} | {top1} | {row['pairwise']:.2f} | {row['above_chance']}/{row['units']} | "
+              f"{margin['mean']:+.3f} [{margin['low']:+.3f}, {margin['high']:+.3f}] | {row['seconds']} |")
     for server in servers:
         server.should_exit = True
 

@@ -96,3 +96,22 @@ def test_smollm2_judges_with_logprobs_and_serve_llm_gives_the_same_answers(smoll
         assert remote.tokens[0].logprob == pytest.approx(direct.tokens[0].logprob, abs=1e-4)
     finally:
         server.should_exit = True
+
+
+def test_head_units_on_smollm2_read_each_heads_own_write(smollm2):
+    """SmolLM2 shares key/value heads (9 query heads, 3 KV heads): each unit is still one query
+    head's write, the output projection of its z alone, projected on its direction."""
+    from mechscope.autointerp.units import head_units
+
+    tokens = smollm2.to_tokens("The cat sat on the mat because it was warm.")
+    _, cache = smollm2.run_with_cache(tokens, names=["blocks.5.attn.hook_z"])
+    z = cache["blocks.5.attn.hook_z"]  # [1, pos, 9, 64]
+    units = head_units(smollm2, 5, [0, 4, 8])
+    values = units.activation_fn(z)
+    o_proj = smollm2.hf_model.model.layers[5].self_attn.o_proj
+    for i, head in enumerate([0, 4, 8]):
+        alone = torch.zeros_like(z)
+        alone[..., head, :] = z[..., head, :]
+        with torch.no_grad():
+            write = o_proj(alone.flatten(-2)).float()
+        assert torch.allclose(values[..., i], write @ units.direction(i).vector, atol=1e-4)
