@@ -79,6 +79,21 @@ def test_intruder_finds_the_silent_window():
     assert labels.value == 1.0 and "no logprobs" in labels.note
 
 
+class FirstPositionJudge(RuleJudge):
+    """Ignores the windows: always names text 1, with 0.9 on it."""
+
+    def _judge(self, content):
+        return self._reply("1", ["1", "2", "3", "4"])
+
+
+def test_a_judge_that_always_names_one_position_scores_chance_at_intruder():
+    windows, _ = _windows()
+    activations = [torch.tensor([float(t == " cat") for t in w]) for w in windows]
+    for seed in range(5):  # whatever the draw, the intruder sits in every slot equally often
+        biased = intruder_score(windows, activations, FirstPositionJudge(), n_trials=8, k=4, n_boot=50, seed=seed)
+        assert biased.value == pytest.approx(0.25) and not biased.above_chance
+
+
 def test_intervention_prefers_the_steered_continuation_the_explanation_describes():
     pairs = [(" the big mat", " the cat cat"), (" red red", " dog ran dog"), (" sat the", " cat the")]
     right = intervention_score(TRUE, pairs, RuleJudge(), n_boot=200)

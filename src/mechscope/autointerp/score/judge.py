@@ -157,15 +157,18 @@ def intruder_score(windows: Sequence[Sequence[str]], activations: Sequence[torch
         raise MechscopeError(f"intruder needs at least {k - 1} activating windows and one silent window; got "
                              f"{len(firing)} activating and {len(silent)} silent")
     generator = torch.Generator().manual_seed(seed)
+    # The intruder visits every slot equally often (each round of k trials a fresh order), so a
+    # judge that always names one position scores chance, not whatever the draw favoured.
+    slots = torch.cat([torch.randperm(k, generator=generator) for _ in range(-(-n_trials // k))])[:n_trials]
     requests, answers = [], []
-    for _ in range(n_trials):
+    for trial in range(n_trials):
         members = [firing[i] for i in torch.randperm(len(firing), generator=generator)[:k - 1].tolist()]
         intruder = silent[int(torch.randint(len(silent), (1,), generator=generator))]
         shown = [prompts.render(windows[i], (rows[i] > threshold).tolist()) for i in members]
         marks = max(1, round(sum(int((rows[i] > threshold).sum()) for i in members) / len(members)))
         marked = torch.zeros(len(windows[intruder]), dtype=torch.bool)
         marked[torch.randperm(len(marked), generator=generator)[:marks]] = True
-        slot = int(torch.randint(k, (1,), generator=generator))
+        slot = int(slots[trial])
         shown.insert(slot, prompts.render(windows[intruder], marked.tolist()))
         requests.append(prompts.intruder_request(shown))
         answers.append(slot)
