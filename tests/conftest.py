@@ -5,6 +5,7 @@ and ``tests/integration`` (the bundled SmolLM2 and the optional Gemma-3-270M). T
 sets the ``unit`` / ``integration`` marker, so ``-m unit`` and ``pytest tests/unit`` agree.
 """
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,19 @@ def pytest_collection_modifyitems(config, items):
         part = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
         if part in ("unit", "integration"):
             item.add_marker(part)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def results_store(tmp_path_factory):
+    """Commands register their output folders in this session's own store, never the user's."""
+    path = tmp_path_factory.mktemp("store") / "runs.sqlite"
+    previous = os.environ.get("MECHSCOPE_STORE")
+    os.environ["MECHSCOPE_STORE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("MECHSCOPE_STORE", None)
+    else:
+        os.environ["MECHSCOPE_STORE"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -138,6 +138,12 @@ def _names(names: Sequence[str]) -> str:
     return shown + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
 
 
+def read_run_marker(folder: str | Path) -> dict | None:
+    """The run marker of ``folder`` ({"kind", "outputs", "options", "complete", ...}), or None
+    when it holds none; an unreadable marker is an :class:`OutputFolderError`."""
+    return _read_marker(Path(folder))
+
+
 def _read_marker(folder: Path) -> dict | None:
     path = folder / MARKER
     if not path.is_file():

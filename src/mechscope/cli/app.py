@@ -3,12 +3,16 @@
 ``inspect`` a prompt, ``patch``, ``trace``, ``circuit``, ``sae``, ``probe``, ``steer``,
 ``refusal``, ``lens``, ``diff`` two models, ``audit`` a fine-tune, ``organism`` (build, check, merge, list), list
 ``models``, ``explain`` units in words (scored), ``serve-llm`` (an OpenAI-compatible server over a local
-model). Each command lives in its own module and
+model), ``runs`` (the results store, where every command's output folder is registered). Each command lives in its own module and
 only parses, calls one library run function and prints; the error policy (one line and exit
 status 2 for mechscope's own errors, tracebacks for bugs) is :class:`~mechscope.cli.core.MechscopeGroup`.
 """
 
 from __future__ import annotations
+
+from inspect import signature
+
+import typer
 
 from mechscope.cli.analysis import inspect, patch, trace
 from mechscope.cli.audit import audit
@@ -20,6 +24,7 @@ from mechscope.cli.lens import lens_app
 from mechscope.cli.models import models
 from mechscope.cli.organism import organism_app
 from mechscope.cli.probe import probe
+from mechscope.cli.runs import registering, runs_app
 from mechscope.cli.sae import sae_app
 from mechscope.cli.steer import refusal, steer
 
@@ -32,6 +37,20 @@ app.add_typer(sae_app, name="sae")
 
 app.add_typer(lens_app, name="lens")
 app.add_typer(organism_app, name="organism")
+app.add_typer(runs_app, name="runs")
+
+
+def _registering_outputs(typer_app: typer.Typer) -> None:
+    """Every command with an output folder (an ``out`` option), in this app and its sub-apps,
+    registers that folder in the results store when it finishes."""
+    for info in typer_app.registered_commands:
+        if "out" in signature(info.callback).parameters:
+            info.callback = registering(info.callback)
+    for group in typer_app.registered_groups:
+        _registering_outputs(group.typer_instance)
+
+
+_registering_outputs(app)
 
 if __name__ == "__main__":
     app()

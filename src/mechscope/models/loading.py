@@ -170,6 +170,24 @@ def _looks_like_path(label: str) -> bool:
     return label.startswith(("/", ".", "~")) or label.count("/") > 1 or "\\" in label
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth")
+
+
+def weight_files(name: str | Path | None) -> list[Path]:
+    """The files that hold the weights :func:`load` would read for ``name`` (None: the default
+    model): the bundled GGUF, a .gguf file, or a folder's weight files; [] for a hub id or a
+    bundled model that is not installed (nothing on this machine to identify)."""
+    label = str(name) if name is not None else DEFAULT_MODEL
+    path = Path(label).expanduser()
+    if label in BUNDLED:
+        return [BUNDLED[label].locate_gguf()] if bundled_available(label) else []
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    return []
+
+
 def load(
     name: str | Path | torch.nn.Module | None = None,
     *,
