@@ -3,7 +3,8 @@
 ``inspect`` a prompt, ``patch``, ``trace``, ``circuit``, ``sae``, ``probe``, ``steer``,
 ``refusal``, ``lens``, ``diff`` two models, ``audit`` a fine-tune, ``organism`` (build, check, merge, list), list
 ``models``, ``explain`` units in words (scored), ``serve-llm`` (an OpenAI-compatible server over a local
-model), ``runs`` (the results store, where every command's output folder is registered). Each command lives in its own module and
+model), ``runs`` (the results store, where every command's output folder is registered), ``serve``
+(the web app over that store). Each command lives in its own module and
 only parses, calls one library run function and prints; the error policy (one line and exit
 status 2 for mechscope's own errors, tracebacks for bugs) is :class:`~mechscope.cli.core.MechscopeGroup`.
 """
@@ -26,6 +27,7 @@ from mechscope.cli.organism import organism_app
 from mechscope.cli.probe import probe
 from mechscope.cli.runs import registering, runs_app
 from mechscope.cli.sae import sae_app
+from mechscope.cli.serve import serve
 from mechscope.cli.steer import refusal, steer
 
 app = new_app("Mechanistic interpretability of HuggingFace causal LMs.")
@@ -33,6 +35,7 @@ app = new_app("Mechanistic interpretability of HuggingFace causal LMs.")
 for command in (inspect, patch, trace, models, circuit, probe, steer, refusal, diff, audit, explain):
     app.command()(command)
 app.command("serve-llm")(serve_llm)
+app.command()(serve)
 app.add_typer(sae_app, name="sae")
 
 app.add_typer(lens_app, name="lens")

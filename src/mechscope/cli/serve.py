@@ -1,0 +1,39 @@
+"""``mechscope serve``: the web app over the results store, on loopback, until interrupted."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mechscope.cli.core import console
+from mechscope.cli.runs import StoreOption, store_path
+
+
+def serve(
+    store: StoreOption = None,
+    host: Annotated[str, typer.Option(help="address to listen on: 127.0.0.1 (default), ::1 or localhost; any "
+                                           "other needs --allow-remote")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port to listen on (0: a free one)")] = 8765,
+    allow_remote: Annotated[bool, typer.Option("--allow-remote", help="listen on a non-loopback --host (prints a "
+                                                                      "warning; the session token still guards "
+                                                                      "every request)")] = False,
+) -> None:
+    """Browse, search and open the runs of the results store in a browser (offline; the URL
+    printed carries this session's token)."""
+    import uvicorn
+
+    from mechscope.autointerp.backends.server import listen
+    from mechscope.web import Guard, check_bind, create_app
+
+    warning = check_bind(host, allow_remote)  # before anything else: a refused address costs nothing
+    if warning:
+        console.print(warning, style="bold red", highlight=False, markup=False, soft_wrap=True)
+    sock = listen(host, port, allow_remote=True)  # the address was checked just above
+    port = sock.getsockname()[1]
+    guard = Guard.for_address(host, port)
+    app = create_app(store_path(store), guard)
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    console.print(f"mechscope serve: http://{shown}:{port}/?token={guard.token}  (store {store_path(store)}; "
+                  "Ctrl-C stops it)", highlight=False, markup=False, soft_wrap=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

@@ -1,0 +1,146 @@
+"""``mechscope serve``'s app: the runs of a results store, browsed, searched and opened.
+
+Pages are rendered on the server (no inline script: the Content-Security-Policy is
+``default-src 'self'``). Routes:
+
+- ``GET /``: the runs browser (``?q=`` full-text search, ``?kind=``);
+- ``GET /runs/{id}``: one run: configuration, models, artifacts (links by id);
+- ``GET /artifacts/{run_id}/{artifact_id}``: an artifact's file, found by the two ids in the store
+  (the request never names a path; a NUL, an absolute or ``..`` path in the record, a symlink on
+  the way or a file outside the run's folder is 404);
+- ``GET /api/runs`` (``?search=``, ``?kind=``, ``?limit=``), ``GET /api/runs/{id}``: JSON;
+- ``DELETE /api/runs/{id}``: forget a run (its files stay).
+
+Every request passes :class:`~mechscope.web.security.GuardMiddleware` first.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+
+from mechscope.errors import MechscopeError, NotFoundError
+from mechscope.store import RunRecord, RunStore
+from mechscope.web.security import Guard, GuardMiddleware
+
+
+def artifact_file(record: RunRecord, artifact_id: str) -> Path | None:
+    """The file of artifact ``artifact_id`` of ``record``, or None when it must not be served."""
+    if not artifact_id.isdigit() or int(artifact_id) not in record.artifacts:
+        return None
+    relpath = record.artifacts[int(artifact_id)]
+    relative = PurePosixPath(relpath)
+    if "\x00" in relpath or relative.is_absolute() or ".." in relative.parts:
+        return None
+    root = record.path
+    path = root.joinpath(*relative.parts)
+    walked = root
+    for part in relative.parts:  # no symlink anywhere between the run's folder and the file
+        walked = walked / part
+        if walked.is_symlink():
+            return None
+    resolved = path.resolve()
+    if not resolved.is_file() or not resolved.is_relative_to(root.resolve()):
+        return None
+    return resolved
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)} · mechscope</title>"
+            f"<link rel=stylesheet href=/static/app.css></head><body><header><a href=/>mechscope runs</a></header>"
+            f"<main>{body}</main></body></html>")
+
+
+def _runs_table(records: list[RunRecord]) -> str:
+    rows = "".join(
+        f"<tr><td>{r.id}</td><td><a href=/runs/{r.id}>{html.escape(r.name)}</a></td><td>{html.escape(r.kind)}</td>"
+        f"<td>{html.escape(str(next(iter(r.models.values()), {}).get('name') or ''))}</td>"
+        f"<td>{datetime.fromtimestamp(r.created):%Y-%m-%d %H:%M}</td></tr>" for r in records)
+    return f"<table class=runs><tr><th>id<th>name<th>kind<th>model<th>registered</tr>{rows}</table>"
+
+
+def create_app(store_path: str | Path, guard: Guard):
+    """The FastAPI app over the store at ``store_path``, behind ``guard``."""
+    from fastapi import FastAPI, HTTPException, Query
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+
+    store_path = Path(store_path)
+    RunStore(store_path).close()  # created or migrated now, so a bad store fails at start, not on a click
+    app = FastAPI(title="mechscope", docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+
+    def open_store() -> RunStore:
+        return RunStore(store_path)
+
+    def record(run_id: str) -> RunRecord:
+        if not run_id.isdigit():
+            raise HTTPException(404, "no such run")
+        with open_store() as store:
+            try:
+                return store.get(int(run_id))
+            except NotFoundError:
+                raise HTTPException(404, "no such run") from None
+
+    @app.get("/", response_class=HTMLResponse)
+    def runs_page(q: str = "", kind: str = "", limit: int = Query(100, ge=1, le=1000)):
+        with open_store() as store:
+            try:
+                found = store.search(q, limit) if q.strip() else store.runs(kind or None, limit)
+            except MechscopeError as error:  # a malformed search: said on the page
+                found = []
+                note = f"<p class=error>{html.escape(str(error))}</p>"
+            else:
+                note = ""
+            total = store.count()
+        search = (f"<form method=get action=/><input name=q value=\"{html.escape(q)}\" placeholder=\"search runs, "
+                  f"explanations, prompts\"><button>search</button></form>")
+        return _page("runs", f"<h1>Runs</h1>{search}{note}<p>{len(found)} shown of {total}</p>{_runs_table(found)}")
+
+    @app.get("/runs/{run_id}", response_class=HTMLResponse)
+    def run_page(run_id: str):
+        found = record(run_id)
+        artifacts = "".join(f"<li><a href=/artifacts/{found.id}/{key}>{html.escape(relpath)}</a></li>"
+                            for key, relpath in found.artifacts.items())
+        models = "".join(f"<li>{html.escape(role)}: {html.escape(str(info.get('name')))} "
+                         f"<code>{html.escape(str(info.get('weights_sha256') or 'no hash')[:16])}</code></li>"
+                         for role, info in found.models.items())
+        body = (f"<h1>{html.escape(found.name)}</h1><p>{html.escape(found.kind)} · {html.escape(str(found.path))} · "
+                f"mechscope {html.escape(found.mechscope_version)} {html.escape(found.git_commit or '')[:12]}</p>"
+                f"<h2>Models</h2><ul>{models}</ul><h2>Configuration</h2>"
+                f"<pre>{html.escape(json.dumps(found.config, indent=1))}</pre><h2>Artifacts</h2><ul>{artifacts}</ul>")
+        return _page(found.name, body)
+
+    @app.get("/artifacts/{run_id}/{artifact_id}")
+    def artifact(run_id: str, artifact_id: str):
+        path = artifact_file(record(run_id), artifact_id)
+        if path is None:
+            raise HTTPException(404, "no such artifact")
+        return FileResponse(path)
+
+    @app.get("/api/runs")
+    def api_runs(search: str = "", kind: str = "", limit: int = Query(100, ge=1, le=1000)):
+        with open_store() as store:
+            try:
+                found = store.search(search, limit) if search.strip() else store.runs(kind or None, limit)
+            except MechscopeError as error:
+                return JSONResponse({"error": str(error)}, status_code=400)
+        return [r.to_json() for r in found]
+
+    @app.get("/api/runs/{run_id}")
+    def api_run(run_id: str):
+        return record(run_id).to_json()
+
+    @app.delete("/api/runs/{run_id}")
+    def api_forget(run_id: str):
+        found = record(run_id)
+        with open_store() as store:
+            store.remove(found.id)
+        return {"removed": found.id, "files_kept": str(found.path)}
+
+    return GuardMiddleware(app, guard)
+
+
+__all__ = ["artifact_file", "create_app"]
