@@ -52,6 +52,9 @@ def test_a_missing_or_wrong_token_gets_401_and_the_url_token_sets_a_strict_cooki
     client, port, _ = server
     assert client.get("/").status_code == 401
     assert client.get("/api/runs", headers={"Authorization": "Bearer guess"}).status_code == 401
+    # Odd tokens are refused too, not a server error.
+    assert client.get("/api/runs?token=%C3%A9t%C3%A9").status_code == 401
+    assert client.get("/api/runs", headers={"Cookie": 'mechscope_token="\\x"; ;;=;'}).status_code == 401
     first = client.get("/?token=session-token")
     assert first.status_code == 200 and "cat-run" in first.text
     cookie = first.headers["set-cookie"]

@@ -23,7 +23,7 @@ import hmac
 import ipaddress
 import secrets
 from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
+from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
 
 from mechscope.errors import ConfigError
@@ -74,16 +74,22 @@ class Guard:
         origins = frozenset(f"http://{n}:{port}" for n in bracketed)
         return cls(hosts, origins, token or secrets.token_urlsafe(32))
 
+    def _matches(self, offered: str | None) -> bool:
+        # Compared as bytes: compare_digest refuses str with non-ASCII characters.
+        return offered is not None and hmac.compare_digest(offered.encode("utf-8", "replace"), self.token.encode())
+
     def has_token(self, headers: dict[bytes, bytes], query: str) -> tuple[bool, bool]:
         """(authorised, came in the query string: set the cookie)."""
-        offered = parse_qs(query).get("token", [None])[0]
-        if offered is not None and hmac.compare_digest(offered, self.token):
+        if self._matches(parse_qs(query).get("token", [None])[0]):
             return True, True
-        cookie = SimpleCookie(headers.get(b"cookie", b"").decode("latin-1"))
-        if COOKIE in cookie and hmac.compare_digest(cookie[COOKIE].value, self.token):
+        try:
+            cookie = SimpleCookie(headers.get(b"cookie", b"").decode("latin-1"))
+        except CookieError:  # a malformed Cookie header carries no token
+            cookie = SimpleCookie()
+        if COOKIE in cookie and self._matches(cookie[COOKIE].value):
             return True, False
         bearer = headers.get(b"authorization", b"").decode("latin-1")
-        return bearer.startswith("Bearer ") and hmac.compare_digest(bearer[7:], self.token), False
+        return bearer.startswith("Bearer ") and self._matches(bearer[7:]), False
 
 
 class GuardMiddleware:
