@@ -20,6 +20,7 @@ import mechscope
 from mechscope.autointerp.backends import ChatRequest, LocalBackend
 from mechscope.autointerp.prompts import JUDGE_SYSTEM, detection_request
 from mechscope.autointerp.score.base import auroc_score
+from mechscope.autointerp.score.judge import YES_NO, choice_probabilities
 
 SENTENCES = ("I went to the market and bought some bread today.", "The weather was cold so we stayed inside.",
              "She reads a book every night before sleeping.", "Our team won the game after a long match.",
@@ -44,12 +45,9 @@ def main() -> None:
             system=JUDGE_SYSTEM, max_tokens=1, top_logprobs=20),
     }
     for name, ask in questions.items():
-        answers = backend.chat([ask(text) for text in texts])
-        p_yes = []
-        for answer in answers:
-            found = answer.first_token_probabilities(("1", "0"), {"1": ("yes", "Yes"), "0": ("no", "No")})
-            p_yes.append(0.5 if found is None else found["1"])
-        score = auroc_score(torch.tensor(p_yes), truth, n_boot=2000)
+        # Read as the detection scorer reads its judge: the same choices, spellings and fallback.
+        probabilities = choice_probabilities(backend.chat([ask(text) for text in texts]), ("1", "0"), YES_NO)[0]
+        score = auroc_score(probabilities[:, 0], truth, n_boot=2000)
         print(f"{name}: AUROC {score.value:.2f} [{score.low:.2f}, {score.high:.2f}] (chance 0.5), "
               f"{'above' if score.above_chance else 'not above'} chance")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -109,14 +108,13 @@ class OracleServer:
     def __init__(self, cases: list[dict], model_name: str):
         import uvicorn
 
-        from mechscope.autointerp.backends.server import create_app
+        from mechscope.autointerp.backends.server import create_app, listen
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        sock = listen("127.0.0.1", 0)  # bound here and handed over: no window for another process
+        port = sock.getsockname()[1]
         self.server = uvicorn.Server(uvicorn.Config(create_app(OracleJudge(cases=cases), model_name),
-                                                    host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         while not self.server.started:
             time.sleep(0.05)

@@ -40,6 +40,9 @@ def test_a_registered_run_keeps_its_config_models_and_artifacts_and_is_found_by_
         assert [r.id for r in store.search('"Mary and John"')] == [record.id]
         assert [r.id for r in store.search("ioi*")] == [record.id]
         assert store.search("zebra") == []
+        # find: a search narrowed to a kind, or the newest runs of a kind.
+        assert [r.id for r in store.find("cat", "explain")] == [record.id] and store.find("cat", "patch") == []
+        assert [r.id for r in store.find(None, "explain")] == [record.id] and store.find(None, "patch") == []
         # Registering the folder again (a resumed run) replaces its record.
         again = store.register(folder, name="renamed")
         assert store.count() == 1 and again.name == "renamed" and store.search("ioi*") == []

@@ -108,9 +108,7 @@ def list_runs(
     from mechscope.store import RunStore
 
     with RunStore(store_path(store)) as opened:
-        records = opened.search(search, limit) if search else opened.runs(kind, limit)
-        if search and kind:
-            records = [r for r in records if r.kind == kind]
+        records = opened.find(search, kind, limit)
         total = opened.count()
     table = Table("id", "name", "kind", "model", "created", "path")
     for record in records:

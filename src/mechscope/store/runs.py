@@ -285,6 +285,13 @@ class RunStore:
                                  "AND/OR/NOT") from error
         return [self._record(row) for row in rows]
 
+    def find(self, search: str | None = None, kind: str | None = None, limit: int = 50) -> list[RunRecord]:
+        """:meth:`runs` when ``search`` is None, else :meth:`search` (a blank search is an error
+        there); either way only runs of ``kind`` when it is given."""
+        if search is None:
+            return self.runs(kind, limit)
+        return [r for r in self.search(search, limit) if not kind or r.kind == kind]
+
     def remove(self, run_id: int) -> RunRecord:
         """Forget run ``run_id`` (its files stay where they are); returns what was removed."""
         record = self.get(run_id)

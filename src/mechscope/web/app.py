@@ -88,7 +88,7 @@ def create_app(store_path: str | Path, guard: Guard):
     def runs_page(q: str = "", kind: str = "", limit: int = Query(100, ge=1, le=1000)):
         with open_store() as store:
             try:
-                found = store.search(q, limit) if q.strip() else store.runs(kind or None, limit)
+                found = store.find(q.strip() or None, kind or None, limit)
             except MechscopeError as error:  # a malformed search: said on the page
                 found = []
                 note = f"<p class=error>{html.escape(str(error))}</p>"
@@ -124,7 +124,7 @@ def create_app(store_path: str | Path, guard: Guard):
     def api_runs(search: str = "", kind: str = "", limit: int = Query(100, ge=1, le=1000)):
         with open_store() as store:
             try:
-                found = store.search(search, limit) if search.strip() else store.runs(kind or None, limit)
+                found = store.find(search.strip() or None, kind or None, limit)
             except MechscopeError as error:
                 return JSONResponse({"error": str(error)}, status_code=400)
         return [r.to_json() for r in found]

@@ -20,27 +20,21 @@ taken from the request.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import secrets
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
 
+from mechscope.autointerp.backends.server import is_loopback
 from mechscope.errors import ConfigError
 
+# The names a request to a loopback server may carry in its Host header.
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 COOKIE = "mechscope_token"
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 HEADERS = ((b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'"),
            (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
            (b"x-frame-options", b"DENY"))
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return host in LOOPBACK_NAMES or ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(host: str, allow_remote: bool = False) -> str | None:

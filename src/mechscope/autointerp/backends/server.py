@@ -404,16 +404,20 @@ def create_app(backend: Backend, model_name: str, batch_size: int = 8, logprobs:
     return app
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name, or an IPv4 or IPv6 address, bracketed or not) is this machine."""
+    try:
+        return host in LOOPBACK_NAMES or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def check_host(host: str, allow_remote: bool = False) -> str:
     """``host`` if it is a loopback address (or ``allow_remote``), else a ConfigError: the server
     has no authentication, so it is not offered to the network by default."""
     if not isinstance(host, str) or not host:
         raise ConfigError(f"host must be an address such as 127.0.0.1; got {host!r}")
-    try:
-        loopback = host in LOOPBACK_NAMES or ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not allow_remote:
+    if not is_loopback(host) and not allow_remote:
         raise ConfigError(f"host {host!r} is not a loopback address; the server has no authentication, so it "
                           "listens only on 127.0.0.1, ::1 or localhost unless allowed: pass allow_remote=True "
                           "(--allow-remote) to listen on it anyway")
@@ -450,4 +454,4 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, allow_remote:
     uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
 
 
-__all__ = ["create_app", "check_host", "listen", "serve"]
+__all__ = ["create_app", "check_host", "is_loopback", "listen", "serve"]
