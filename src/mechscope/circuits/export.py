@@ -45,6 +45,18 @@ def _edges(circuit: Circuit) -> list[tuple[str, str, str, float]]:
     return rows
 
 
+def circuit_drawing(circuit: Circuit) -> dict:
+    """The circuit as drawn: {"edges": [{"from", "to", "input", "score"}] between drawn nodes
+    (receivers mapped to their component; ``input`` names q/k/v), "depths": {node: forward-pass
+    depth, the logits one layer past the last}}; what ``mechscope serve`` draws."""
+    depths = _node_depths(circuit)
+    past_last = circuit.graph.n_layers + 1.0
+    edges = [{"from": a, "to": b, "input": c, "score": s} for a, b, c, s in _edges(circuit)]
+    drawn = {e["from"] for e in edges} | {e["to"] for e in edges}
+    return {"edges": edges,
+            "depths": {name: (past_last if math.isinf(depths[name]) else depths[name]) for name in sorted(drawn)}}
+
+
 def circuit_dot(circuit: Circuit, labels: Mapping[str, str] | None = None) -> str:
     edges = _edges(circuit)
     depth = _node_depths(circuit)

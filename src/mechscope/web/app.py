@@ -19,38 +19,14 @@ from __future__ import annotations
 import html
 import json
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from mechscope.errors import MechscopeError, NotFoundError
 from mechscope.store import RunRecord, RunStore
+from mechscope.web.artifacts import artifact_file
+from mechscope.web.pages import page
 from mechscope.web.security import Guard, GuardMiddleware
-
-
-def artifact_file(record: RunRecord, artifact_id: str) -> Path | None:
-    """The file of artifact ``artifact_id`` of ``record``, or None when it must not be served."""
-    if not artifact_id.isdigit() or int(artifact_id) not in record.artifacts:
-        return None
-    relpath = record.artifacts[int(artifact_id)]
-    relative = PurePosixPath(relpath)
-    if "\x00" in relpath or relative.is_absolute() or ".." in relative.parts:
-        return None
-    root = record.path
-    path = root.joinpath(*relative.parts)
-    walked = root
-    for part in relative.parts:  # no symlink anywhere between the run's folder and the file
-        walked = walked / part
-        if walked.is_symlink():
-            return None
-    resolved = path.resolve()
-    if not resolved.is_file() or not resolved.is_relative_to(root.resolve()):
-        return None
-    return resolved
-
-
-def _page(title: str, body: str) -> str:
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)} · mechscope</title>"
-            f"<link rel=stylesheet href=/static/app.css></head><body><header><a href=/>mechscope runs</a></header>"
-            f"<main>{body}</main></body></html>")
+from mechscope.web.views import run_view
 
 
 def _runs_table(records: list[RunRecord]) -> str:
@@ -70,6 +46,7 @@ def create_app(store_path: str | Path, guard: Guard):
     store_path = Path(store_path)
     RunStore(store_path).close()  # created or migrated now, so a bad store fails at start, not on a click
     app = FastAPI(title="mechscope", docs_url=None, redoc_url=None, openapi_url=None)
+
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 
     def open_store() -> RunStore:
@@ -97,7 +74,7 @@ def create_app(store_path: str | Path, guard: Guard):
             total = store.count()
         search = (f"<form method=get action=/><input name=q value=\"{html.escape(q)}\" placeholder=\"search runs, "
                   f"explanations, prompts\"><button>search</button></form>")
-        return _page("runs", f"<h1>Runs</h1>{search}{note}<p>{len(found)} shown of {total}</p>{_runs_table(found)}")
+        return page("runs", f"<h1>Runs</h1>{search}{note}<p>{len(found)} shown of {total}</p>{_runs_table(found)}")
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
     def run_page(run_id: str):
@@ -107,11 +84,12 @@ def create_app(store_path: str | Path, guard: Guard):
         models = "".join(f"<li>{html.escape(role)}: {html.escape(str(info.get('name')))} "
                          f"<code>{html.escape(str(info.get('weights_sha256') or 'no hash')[:16])}</code></li>"
                          for role, info in found.models.items())
+        view = run_view(found)
         body = (f"<h1>{html.escape(found.name)}</h1><p>{html.escape(found.kind)} · {html.escape(str(found.path))} · "
                 f"mechscope {html.escape(found.mechscope_version)} {html.escape(found.git_commit or '')[:12]}</p>"
-                f"<h2>Models</h2><ul>{models}</ul><h2>Configuration</h2>"
+                f"{view.body}<h2>Models</h2><ul>{models}</ul><h2>Configuration</h2>"
                 f"<pre>{html.escape(json.dumps(found.config, indent=1))}</pre><h2>Artifacts</h2><ul>{artifacts}</ul>")
-        return _page(found.name, body)
+        return page(found.name, body, view.scripts, view.data or None)
 
     @app.get("/artifacts/{run_id}/{artifact_id}")
     def artifact(run_id: str, artifact_id: str):

@@ -9,8 +9,9 @@
   ``Authorization: Bearer`` header) gets 401.
 - **Origin check**: a state-changing request (POST, PUT, PATCH, DELETE) must carry an ``Origin``
   that is the server's own; otherwise 403 (a page on another site cannot drive the app).
-- **Headers** on every response: ``Content-Security-Policy: default-src 'self'`` (no inline or
-  remote script, style or image), ``X-Content-Type-Options: nosniff``, ``Referrer-Policy:
+- **Headers** on every response: ``Content-Security-Policy: default-src 'self'; img-src 'self'
+  data:`` (no inline or remote script or style; images from the app or ``data:``, which is how
+  plotly draws heatmaps; an image cannot run code), ``X-Content-Type-Options: nosniff``, ``Referrer-Policy:
   no-referrer``, ``X-Frame-Options: DENY``.
 
 Artifacts are served by store id only (:func:`mechscope.web.app.artifact_file`), never by a path
@@ -32,7 +33,7 @@ from mechscope.errors import ConfigError
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 COOKIE = "mechscope_token"
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-HEADERS = ((b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'"),
+HEADERS = ((b"content-security-policy", b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"),
            (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
            (b"x-frame-options", b"DENY"))
 

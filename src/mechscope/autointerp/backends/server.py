@@ -34,8 +34,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Future
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal
 
 import torch
@@ -454,4 +455,33 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, allow_remote:
     uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
 
 
-__all__ = ["create_app", "check_host", "is_loopback", "listen", "serve"]
+@contextmanager
+def background_server(app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0,
+                      sock: socket.socket | None = None) -> Iterator[str]:
+    """Serve ``app`` (any ASGI app) with uvicorn in a daemon thread while the block runs; yields
+    its base URL (``http://host:port``). ``sock``: one already bound with :func:`listen` (when the
+    app must know its port), else a loopback one is bound here. For tests, benchmarks, notebooks."""
+    import uvicorn
+
+    sock = sock if sock is not None else listen(host, port)
+    host, bound = sock.getsockname()[:2]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="mechscope-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            raise ConfigError(f"the server on {host}:{bound} did not start within {timeout:.0f} s")
+        time.sleep(0.02)
+    shown = f"[{host}]" if ":" in host else host
+    try:
+        yield f"http://{shown}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
+
+
+__all__ = ["background_server", "create_app", "check_host", "is_loopback", "listen", "serve"]

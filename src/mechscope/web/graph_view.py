@@ -1,0 +1,72 @@
+"""Graph data for the circuit viewer: nodes laid out by forward-pass depth, edges ranked by |score|.
+
+The viewer (``static/graph.js``, drawn with the vendored cytoscape) needs no model: everything
+comes from the run's ``circuit.json``. Edges are ranked by |score| so the pruning slider keeps
+the ``k`` strongest; the page says how many edges and nodes it hides, never hides them silently."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+
+from mechscope.errors import MechscopeError
+
+COLUMN_GAP, ROW_GAP = 90.0, 80.0
+
+
+def _finite(value) -> float | None:
+    """A score as the page can carry it: NaN and infinities (JSON has none) become None."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _drawn_edges(circuit: Mapping) -> tuple[list[dict], dict[str, float]]:
+    """(edges {"from", "to", "input", "score"}, depths {node: depth}) of a circuit.json."""
+    drawing = circuit.get("drawing")
+    if isinstance(drawing, Mapping):
+        return list(drawing["edges"]), dict(drawing["depths"])
+    # Written before circuit.json carried its drawing: receivers are drawn as they are named,
+    # at the layer their name gives (L3H1<q -> 3), the logits on top.
+    edges = [{"from": e["from"], "to": e["to"], "input": "", "score": e["score"]} for e in circuit["edges"]]
+    depths = {}
+    for name in {e["from"] for e in edges} | {e["to"] for e in edges}:
+        digits = "".join(c if c.isdigit() else " " for c in name).split()
+        depths[name] = -1.0 if name == "input" else float(digits[0]) if digits else math.inf
+    top = max([d for d in depths.values() if math.isfinite(d)] + [0.0]) + 1
+    return edges, {name: (top if math.isinf(d) else d) for name, d in depths.items()}
+
+
+def circuit_graph(circuit: Mapping, labels: Mapping[str, str] | None = None) -> dict:
+    """The viewer's data for a ``circuit.json`` (``labels``: {node: text}, e.g. explanations):
+    {"nodes": [{"id", "depth", "score", "label", "x", "y"}], "edges": [{"id", "source", "target",
+    "input", "score", "rank", "width"}] best |score| first, "total_edges", "graph_edges",
+    "method", "level"}."""
+    try:
+        edges, depths = _drawn_edges(circuit)
+    except (KeyError, TypeError) as error:
+        raise MechscopeError(f"circuit.json has no edges to draw ({error!r})") from error
+    for edge in edges:
+        edge["score"] = _finite(edge["score"]) or 0.0
+    edges.sort(key=lambda e: -abs(e["score"]))
+    strongest = max([abs(e["score"]) for e in edges] + [1e-12])
+    node_scores = circuit.get("node_scores") or {}
+    rows: dict[float, list[str]] = defaultdict(list)
+    for name in sorted(depths):
+        rows[depths[name]].append(name)
+    nodes = []
+    for rank, depth in enumerate(sorted(rows)):
+        members = rows[depth]
+        for index, name in enumerate(members):
+            nodes.append({"id": name, "depth": depth, "score": _finite(node_scores.get(name)),
+                          "label": (labels or {}).get(name, ""),
+                          "x": (index - (len(members) - 1) / 2) * COLUMN_GAP, "y": -rank * ROW_GAP})
+    drawn = [{"id": f"e{rank}", "source": e["from"], "target": e["to"], "input": e.get("input", ""),
+              "score": e["score"], "rank": rank,
+              "width": round(1 + 7 * abs(e["score"]) / strongest, 2)}
+             for rank, e in enumerate(edges)]
+    return {"nodes": nodes, "edges": drawn, "total_edges": len(drawn),
+            "graph_edges": circuit.get("graph_edges"), "method": circuit.get("method"),
+            "level": circuit.get("level")}
+
+
+__all__ = ["circuit_graph"]
