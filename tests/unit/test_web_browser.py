@@ -1,6 +1,8 @@
 """The web app in real headless Chromium: a store holding a circuit and a patching run of a tiny
-model; every page renders without console errors and without a request leaving loopback; a click
-on a graph node opens its panel; the pruning slider changes how many edges are drawn."""
+model, and the tiny model itself behind the app's worker. Every page renders without console
+errors and without a request leaving loopback; a click on a graph node opens its panel; the
+pruning slider changes how many edges are drawn; in the steering playground strength 0 gives the
+unsteered text and a large strength another; the prompt view draws units, lens and attention."""
 
 import pytest
 
@@ -10,6 +12,7 @@ from mechscope.circuits.runs import CircuitOptions, run_circuit
 from mechscope.patching.runs import PatchOptions, run_patch
 from mechscope.store import RunStore
 from mechscope.web import Guard, create_app
+from mechscope.web.worker import ModelWorker
 from tests.browser import browser, watched  # noqa: F401  (browser: a fixture)
 
 TOKEN = "browser-test-token"
@@ -25,7 +28,8 @@ def site(tmp_path_factory):
         ids = {name: store.register(root / name).id for name in ("circuit", "patch")}
     sock = listen("127.0.0.1", 0)
     guard = Guard.for_address("127.0.0.1", sock.getsockname()[1], token=TOKEN)
-    with background_server(create_app(root / "runs.sqlite", guard), sock=sock) as url:
+    worker = ModelWorker(lambda: tiny)
+    with background_server(create_app(root / "runs.sqlite", guard, worker, "tiny-llama"), sock=sock) as url:
         yield url, ids
 
 
@@ -58,7 +62,7 @@ def test_graph_node_click_opens_its_panel_and_the_slider_prunes_edges(context, s
     watched_page = watched(context)
     page = watched_page.page
     page.goto(f"/runs/{ids['circuit']}")
-    page.wait_for_function("window.mechscopeGraph !== undefined")
+    page.wait_for_selector("#graph[data-drawn-edges]")  # (a string predicate would be eval: the policy refuses it)
     total = page.evaluate("window.mechscopeGraph.edges().length")
     assert total > 2
     assert page.locator("#graph").get_attribute("data-drawn-edges") == str(total)
@@ -84,4 +88,51 @@ def test_graph_node_click_opens_its_panel_and_the_slider_prunes_edges(context, s
     page.locator("#node-search").dispatch_event("input")
     assert "matching" in page.locator("#search-count").inner_text()
     watched_page.screenshot("circuit-pruned")
+    watched_page.assert_clean()
+
+
+def _steer(page, strength: str) -> tuple[str, str]:
+    page.fill("textarea[name=prompt]", "the cat sat on the")
+    page.check("input[name=source][value=contrast]")
+    page.fill("input[name=positive]", "a happy bright day")
+    page.fill("input[name=negative]", "a sad dark night")
+    page.fill("input[name=layer]", "1")
+    page.fill("input[name=strength]", strength)
+    page.fill("input[name=max_new_tokens]", "12")
+    page.click("#steer-form button")
+    page.wait_for_selector("#steer-form[data-state=done], #steer-form[data-state=error]")
+    assert page.locator("#steer-form").get_attribute("data-state") == "done", page.inner_text("#steer-status")
+    return page.inner_text("#unsteered"), page.inner_text("#steered")
+
+
+def test_playground_strength_zero_is_unsteered_and_a_large_strength_is_not(context):
+    watched_page = watched(context)
+    page = watched_page.page
+    page.goto("/steer")
+    unsteered, steered = _steer(page, "0")
+    assert unsteered and steered == unsteered
+    assert "steering before block 1" in page.inner_text("#steer-status")
+    unsteered_again, pushed = _steer(page, "200")
+    assert unsteered_again == unsteered and pushed != unsteered
+    watched_page.screenshot("steering")
+    watched_page.assert_clean()
+
+
+def test_prompt_view_draws_units_lens_and_attention(context):
+    watched_page = watched(context)
+    page = watched_page.page
+    page.goto("/prompt")
+    page.fill("textarea[name=prompt]", "the cat sat on the mat")
+    page.fill("input[name=neurons]", "0:3, 1:5")
+    page.click("#prompt-form button")
+    page.wait_for_selector("#prompt-form[data-state=done], #prompt-form[data-state=error]")
+    assert page.locator("#prompt-form").get_attribute("data-state") == "done", page.inner_text("#prompt-status")
+    assert page.locator(".unit-row").count() == 2
+    n_tokens = int(page.inner_text("#prompt-status").split()[0])
+    assert n_tokens > 3 and page.locator(".unit-row").first.locator(".token").count() == n_tokens
+    page.wait_for_selector("#lens .main-svg")
+    page.wait_for_selector("#attention .main-svg")
+    page.select_option("#att-head", "1")
+    page.wait_for_selector("#attention[data-head='1']")
+    watched_page.screenshot("prompt")
     watched_page.assert_clean()

@@ -8,7 +8,7 @@ from mechscope.analysis.head_scores import (
     head_scores,
     repeated_random_tokens,
 )
-from mechscope.analysis.logit_lens import LogitLens, logit_lens
+from mechscope.analysis.logit_lens import LensGrid, LogitLens, logit_lens, logit_lens_grid
 from mechscope.analysis.tuned_lens import (
     LensComparison,
     TunedLens,
@@ -22,6 +22,7 @@ __all__ = [
     "DirectLogitAttribution",
     "HeadScores",
     "LensComparison",
+    "LensGrid",
     "LogitLens",
     "TunedLens",
     "TunedLensConfig",
@@ -30,6 +31,7 @@ __all__ = [
     "direct_logit_attribution",
     "head_scores",
     "logit_lens",
+    "logit_lens_grid",
     "prompt_activations",
     "repeated_random_tokens",
     "train_tuned_lens",

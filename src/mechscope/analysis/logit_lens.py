@@ -50,3 +50,28 @@ def logit_lens(model: HookedModel, cache: ActivationCache, position: int = -1, b
         for ids, values in zip(top.indices, top.values)
     ]
     return LogitLens(labels, log_probs, top_tokens)
+
+
+@dataclass
+class LensGrid:
+    """The logit lens at every position: ``labels`` [n_points] as in :class:`LogitLens`,
+    ``top_ids`` and ``top_probs`` [n_points, pos] the most likely token and its probability."""
+
+    labels: list[str]
+    top_ids: torch.Tensor
+    top_probs: torch.Tensor
+
+
+@torch.no_grad()
+def logit_lens_grid(model: HookedModel, cache: ActivationCache, batch_index: int = 0) -> LensGrid:
+    """The top prediction decoded from the residual stream at every layer and position of prompt
+    ``batch_index`` (one layer at a time, so memory holds [pos, d_vocab], not every layer's)."""
+    stack, labels = cache.accumulated_resid(return_labels=True)  # [n, batch, pos, d]
+    ids, probs = [], []
+    for resid in stack[:, batch_index]:
+        best = model.unembed(resid.to(model.device)).float().softmax(-1).max(-1)
+        ids.append(best.indices.cpu())
+        probs.append(best.values.cpu())
+    labels = [label.replace("_pre", "").replace("final_post", "final") for label in labels]
+    labels = [f"L{label}" if label[0].isdigit() else label for label in labels]
+    return LensGrid(labels, torch.stack(ids), torch.stack(probs))

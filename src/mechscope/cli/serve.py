@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from mechscope.cli.core import console
+from mechscope.cli.options import ModelName
 from mechscope.cli.runs import StoreOption, store_path
 
 
@@ -18,21 +19,31 @@ def serve(
     allow_remote: Annotated[bool, typer.Option("--allow-remote", help="listen on a non-loopback --host (prints a "
                                                                       "warning; the session token still guards "
                                                                       "every request)")] = False,
+    model: ModelName = None,
+    no_model: Annotated[bool, typer.Option("--no-model", help="serve the store only: no prompt view or steering "
+                                                              "playground, no model loaded")] = False,
 ) -> None:
     """Browse, search and open the runs of the results store in a browser (offline; the URL
-    printed carries this session's token)."""
+    printed carries this session's token). The prompt view and the steering playground run
+    --model (default: the bundled default model), loaded on their first use."""
     import uvicorn
 
     from mechscope.autointerp.backends.server import listen
+    from mechscope.models.loading import DEFAULT_MODEL
     from mechscope.web import Guard, check_bind, create_app
+    from mechscope.web.worker import ModelWorker, model_loader
 
+    if no_model and model is not None:
+        raise typer.BadParameter("--no-model and --model contradict each other; give one", param_hint="--no-model")
     warning = check_bind(host, allow_remote)  # before anything else: a refused address costs nothing
     if warning:
         console.print(warning, style="bold red", highlight=False, markup=False, soft_wrap=True)
     sock = listen(host, port, allow_remote=True)  # the address was checked just above
     port = sock.getsockname()[1]
     guard = Guard.for_address(host, port)
-    app = create_app(store_path(store), guard)
+    name = model or DEFAULT_MODEL
+    worker = None if no_model else ModelWorker(model_loader(name), name)
+    app = create_app(store_path(store), guard, worker, name)
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
     console.print(f"mechscope serve: http://{shown}:{port}/?token={guard.token}  (store {store_path(store)}; "
                   "Ctrl-C stops it)", highlight=False, markup=False, soft_wrap=True)

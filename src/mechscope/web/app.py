@@ -24,9 +24,11 @@ from pathlib import Path
 from mechscope.errors import MechscopeError, NotFoundError
 from mechscope.store import RunRecord, RunStore
 from mechscope.web.artifacts import artifact_file
+from mechscope.web.live import add_live_routes
 from mechscope.web.pages import page
 from mechscope.web.security import Guard, GuardMiddleware
 from mechscope.web.views import run_view
+from mechscope.web.worker import ModelWorker
 
 
 def _runs_table(records: list[RunRecord]) -> str:
@@ -37,8 +39,9 @@ def _runs_table(records: list[RunRecord]) -> str:
     return f"<table class=runs><tr><th>id<th>name<th>kind<th>model<th>registered</tr>{rows}</table>"
 
 
-def create_app(store_path: str | Path, guard: Guard):
-    """The FastAPI app over the store at ``store_path``, behind ``guard``."""
+def create_app(store_path: str | Path, guard: Guard, worker: ModelWorker | None = None, model_name: str = ""):
+    """The FastAPI app over the store at ``store_path``, behind ``guard``; with a ``worker``
+    (the one thread that runs ``model_name``), also the prompt view and the steering playground."""
     from fastapi import FastAPI, HTTPException, Query
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
@@ -46,6 +49,15 @@ def create_app(store_path: str | Path, guard: Guard):
     store_path = Path(store_path)
     RunStore(store_path).close()  # created or migrated now, so a bad store fails at start, not on a click
     app = FastAPI(title="mechscope", docs_url=None, redoc_url=None, openapi_url=None)
+    if worker is not None:
+        add_live_routes(app, store_path, worker, model_name or "the app's model")
+    else:
+        @app.get("/prompt", response_class=HTMLResponse)
+        @app.get("/steer", response_class=HTMLResponse)
+        def no_model():
+            return page("no model", "<h1>No model</h1><p>This server was started without a model, so the prompt "
+                                    "view and the steering playground are off: start it with <code>mechscope serve "
+                                    "--model NAME</code> (or <code>--demo</code>).</p>")
 
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 

@@ -1,0 +1,118 @@
+"""The app's model views over HTTP against a real server: one worker runs every model job, so
+concurrent steered and unsteered requests get exactly what they get alone; bad requests are
+refused with messages that name the problem; a closed stream stops its job."""
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+import mechscope
+from mechscope.autointerp.backends.server import background_server, listen
+from mechscope.errors import ConfigError
+from mechscope.web import Guard, create_app
+from mechscope.web.live import sae_layer
+from mechscope.web.worker import ModelWorker
+
+TOKEN = "live-token"
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    tiny = mechscope.load_tiny("llama")
+    sock = listen("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    worker = ModelWorker(lambda: tiny)
+    app = create_app(tmp_path_factory.mktemp("live") / "runs.sqlite",
+                     Guard.for_address("127.0.0.1", port, token=TOKEN), worker, "tiny")
+    with background_server(app, sock=sock) as url:
+        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}",
+                                                              "Origin": url}) as http:
+            http.worker = worker
+            yield http
+
+
+STEER = {"prompt": "the cat sat on the", "source": "contrast", "positive": "a happy day", "negative": "a sad night",
+         "layer": 1, "max_new_tokens": 10}
+
+
+def steer(client, strength: float) -> tuple[str, str, list[dict]]:
+    with client.stream("POST", "/api/steer", json={**STEER, "strength": strength}) as response:
+        assert response.status_code == 200, response.read()
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert lines[-1] == {"done": True} and not any("error" in line for line in lines), lines
+    steps = [line for line in lines if "steered" in line]
+    return "".join(s["unsteered"] for s in steps), "".join(s["steered"] for s in steps), lines
+
+
+def test_concurrent_requests_are_queued_on_one_worker_and_never_see_each_others_hooks(client):
+    alone = {strength: steer(client, strength)[:2] for strength in (0.0, 300.0)}
+    assert alone[0.0][0] == alone[0.0][1] and alone[300.0][1] != alone[300.0][0]
+    prompt = {"prompt": "the cat sat on the mat", "neurons": ["1:4"]}
+    lens_alone = client.post("/api/prompt", json=prompt).json()
+    before = client.worker.jobs_run
+    with ThreadPoolExecutor(6) as pool:
+        steered = [pool.submit(steer, client, strength) for strength in (300.0, 0.0, 300.0, 0.0)]
+        lenses = [pool.submit(lambda: client.post("/api/prompt", json=prompt).json()) for _ in range(2)]
+        for future, strength in zip(steered, (300.0, 0.0, 300.0, 0.0)):
+            assert future.result()[:2] == alone[strength]
+        for future in lenses:
+            assert future.result() == lens_alone  # no steering hook leaked into these forwards
+    assert client.worker.jobs_run == before + 6
+
+
+@pytest.mark.parametrize(("path", "body", "status", "words"), [
+    ("/api/steer", {**STEER, "source": "vibes", "strength": 1}, 422, "contrast"),
+    ("/api/steer", {**STEER, "strength": 1, "colour": "red"}, 422, "colour"),
+    ("/api/prompt", {"prompt": "hi", "latents": [3]}, 400, "dictionary"),
+    ("/api/prompt", {"prompt": "hi", "neurons": ["three"]}, 400, "LAYER:INDEX"),
+    ("/api/prompt", {"prompt": "hi", "neurons": ["1:99999"]}, 400, "out of range"),
+    ("/api/prompt", {"prompt": "hi", "neurons": ["40:1"]}, 400, "layer"),
+    ("/api/attention", {"prompt": "hi", "layer": 40}, 400, "out of range"),
+    ("/api/prompt", {"prompt": "hi", "sae_run": 9}, 400, "no run 9"),
+])
+def test_bad_requests_are_refused_with_the_reason(client, path, body, status, words):
+    response = client.post(path, json=body)
+    assert response.status_code == status and words in response.text, response.text
+
+
+def test_a_bad_direction_or_strength_is_said_in_the_stream(client):
+    for body, words in (({**STEER, "positive": "", "strength": 1}, "both texts"),
+                        ({**STEER, "strength": 1e9}, "within"),
+                        ({**STEER, "source": "feature", "strength": 1}, "sae_run"),
+                        ({**STEER, "source": "file", "strength": 1}, "direction_run")):
+        lines = [json.loads(x) for x in client.post("/api/steer", json=body).text.splitlines()]
+        assert words in lines[0].get("error", ""), lines
+        assert lines[-1] == {"done": True}
+
+
+def test_a_closed_stream_stops_its_job():
+    started, finished = threading.Event(), threading.Event()
+    emitted = []
+
+    def job(model, emit, cancelled):
+        started.set()
+        for step in range(10_000):
+            if cancelled():
+                break
+            emit(step)
+            emitted.append(step)
+            threading.Event().wait(0.001)
+        finished.set()
+
+    worker = ModelWorker(lambda: object())
+    items = worker.stream(job)
+    assert next(items) == 0 and next(items) == 1
+    items.close()
+    assert finished.wait(10) and len(emitted) < 10_000
+    assert worker.run(lambda model: "next job runs") == "next job runs"
+    worker.close()
+
+
+def test_sae_layer_steers_after_what_the_dictionary_read():
+    assert sae_layer("blocks.3.hook_resid_pre") == 3
+    assert sae_layer("blocks.3.hook_resid_post") == 4 and sae_layer("blocks.2.hook_mlp_out") == 3
+    with pytest.raises(ConfigError, match="layer"):
+        sae_layer("hook_embed")
