@@ -2,7 +2,8 @@
 model, and the tiny model itself behind the app's worker. Every page renders without console
 errors and without a request leaving loopback; a click on a graph node opens its panel; the
 pruning slider changes how many edges are drawn; in the steering playground strength 0 gives the
-unsteered text and a large strength another; the prompt view draws units, lens and attention."""
+unsteered text and a large strength another; the prompt view draws units, lens and attention; a
+dictionary's features are listed, searched and shown, and "steer with this" steers with one."""
 
 import pytest
 
@@ -14,6 +15,7 @@ from mechscope.store import RunStore
 from mechscope.web import Guard, create_app
 from mechscope.web.worker import ModelWorker
 from tests.browser import browser, watched  # noqa: F401  (browser: a fixture)
+from tests.web_fixtures import toy_dictionary_run
 
 TOKEN = "browser-test-token"
 
@@ -24,8 +26,9 @@ def site(tmp_path_factory):
     tiny = mechscope.load_tiny("llama")
     run_circuit(tiny, CircuitOptions(task="induction", method="eap", n=3, edges=12, curve=False), root / "circuit")
     run_patch(tiny, PatchOptions(task="induction", sites="heads", n=3), root / "patch")
+    toy_dictionary_run(tiny, root)
     with RunStore(root / "runs.sqlite") as store:
-        ids = {name: store.register(root / name).id for name in ("circuit", "patch")}
+        ids = {name: store.register(root / name).id for name in ("circuit", "patch", "toy-dashboard")}
     sock = listen("127.0.0.1", 0)
     guard = Guard.for_address("127.0.0.1", sock.getsockname()[1], token=TOKEN)
     worker = ModelWorker(lambda: tiny)
@@ -49,7 +52,7 @@ def test_runs_and_patching_pages_render_clean(context, site):
     watched_page = watched(context)
     page = watched_page.page
     page.goto("/")
-    assert page.locator("table.runs tr").count() == 3, page.content()  # a heading row and the two runs
+    assert page.locator("table.runs tr").count() == 4, page.content()  # a heading row and the three runs
     watched_page.screenshot("runs")
     page.goto(f"/runs/{ids['patch']}")
     page.wait_for_selector("div.figure .main-svg")  # plotly drew the heatmap
@@ -135,4 +138,38 @@ def test_prompt_view_draws_units_lens_and_attention(context):
     page.select_option("#att-head", "1")
     page.wait_for_selector("#attention[data-head='1']")
     watched_page.screenshot("prompt")
+    watched_page.assert_clean()
+
+
+def test_feature_list_search_page_and_steer_with_this(context, site):
+    _, ids = site
+    watched_page = watched(context)
+    page = watched_page.page
+    page.goto(f"/runs/{ids['toy-dashboard']}")
+    assert page.locator("#feature-count").inner_text().startswith("6 shown of 6")
+    page.fill("input[name=fq]", "zebra")
+    page.click("form.inline button")
+    assert page.locator("#feature-count").inner_text().startswith("1 shown of 1")
+    page.click("text=latent 1")
+    assert page.locator("h1").inner_text() == "Latent 1"
+    assert "zebra crossings" in page.inner_text(".explanation") and "above chance" in page.inner_text("table.facts")
+    page.wait_for_selector("div.figure .main-svg")  # the histogram
+    assert page.locator(".ctx").count() > 3 and page.locator(".ctx .token.at").count() == page.locator(".ctx").count()
+    assert page.locator("text=cosine").count() >= 1
+    watched_page.screenshot("feature")
+    page.click("#steer-with")
+    assert page.locator("input[name=source][value=feature]").is_checked()
+    assert page.locator("input[name=latent]").input_value() == "1"
+    page.fill("textarea[name=prompt]", "the cat sat on the")
+    page.fill("input[name=max_new_tokens]", "10")
+    texts = {}
+    for strength in ("0", "400"):
+        page.fill("input[name=strength]", strength)
+        page.click("#steer-form button")
+        page.wait_for_selector("#steer-form[data-state=done], #steer-form[data-state=error]")
+        assert page.locator("#steer-form").get_attribute("data-state") == "done", page.inner_text("#steer-status")
+        texts[strength] = (page.inner_text("#unsteered"), page.inner_text("#steered"))
+        page.wait_for_selector("#steer-form[data-state=done]")
+    assert "sae direction" in page.inner_text("#steer-status") and "block 1" in page.inner_text("#steer-status")
+    assert texts["0"][0] == texts["0"][1] and texts["400"][1] != texts["400"][0]
     watched_page.assert_clean()

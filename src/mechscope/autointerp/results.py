@@ -55,14 +55,20 @@ def read_labels(path: str | Path) -> dict[str, str]:
     return data
 
 
-def latent_labels(folder: str | Path) -> dict[int, str]:
-    """{latent index: label} of an explain run over dictionary latents (units named "latent N")."""
-    labels = {}
-    for unit, text in read_labels(folder).items():
+def latent_results(folder: str | Path) -> dict[int, dict]:
+    """{latent index: explain result} of an explain run over dictionary latents (units named
+    "latent N")."""
+    results = {}
+    for unit, result in read_explanations(folder).items():
         match = re.fullmatch(r"latent (\d+)", unit)
         if match:
-            labels[int(match.group(1))] = text
-    return labels
+            results[int(match.group(1))] = result
+    return results
 
 
-__all__ = ["label", "latent_labels", "read_explanations", "read_labels"]
+def latent_labels(folder: str | Path) -> dict[int, str]:
+    """{latent index: label} of an explain run over dictionary latents (units named "latent N")."""
+    return {latent: label(result) for latent, result in latent_results(folder).items()}
+
+
+__all__ = ["label", "latent_labels", "latent_results", "read_explanations", "read_labels"]

@@ -108,13 +108,15 @@ def dashboard(
                                                            "are shown")] = None,
 ) -> None:
     """Static HTML dashboards (top contexts, quantile samples, histogram, logit effects) plus an index."""
-    from mechscope.autointerp.results import latent_labels
+    from mechscope.autointerp.results import label, latent_results
 
-    explained = latent_labels(explanations) if explanations is not None else None
+    results = latent_results(explanations) if explanations is not None else None
+    explained = None if results is None else {latent: label(result) for latent, result in results.items()}
     dictionary = load_dictionary(sae)
     chosen = parse_latents(latents, dictionary)  # in range of this dictionary, before the model loads
-    folder = prepare_dashboard_folder(out, chosen, overwrite, {"sae": str(sae), "contexts": contexts,
+    folder = prepare_dashboard_folder(out, chosen, overwrite, {"sae": str(Path(sae).resolve()), "contexts": contexts,
                                                                "seed": seed, "model": model})
     say(folder.describe())
-    index = run_dashboard(load_model(model), dictionary, chosen, folder, contexts, seed, explanations=explained)
+    index = run_dashboard(load_model(model), dictionary, chosen, folder, contexts, seed, explanations=explained,
+                          explanation_results=results)
     console.print(f"wrote {len(chosen)} dashboards; open {index}")

@@ -167,9 +167,14 @@ def _write_plotly(out: Path) -> None:
 
 def sae_dashboards(model: HookedModel, sae, contexts: torch.Tensor, latents: list[int], out: str | Path,
                    hook_name: str | None = None, progress: bool = True,
-                   explanations: Mapping[int, str] | None = None) -> Path:
-    """Dashboards for ``latents`` of ``sae`` on ``contexts`` [n, pos]; ``explanations``: {latent:
-    text} shown with each latent (e.g. from a ``mechscope explain`` run)."""
+                   explanations: Mapping[int, str] | None = None,
+                   explanation_results: Mapping[int, Mapping] | None = None) -> Path:
+    """Dashboards for ``latents`` of ``sae`` on ``contexts`` [n, pos], and the same data as
+    ``features.jsonl`` (see :mod:`mechscope.sae.feature_data`); ``explanations``: {latent: text}
+    shown with each latent, ``explanation_results``: {latent: explain result} (explanation and
+    scores, e.g. from a ``mechscope explain`` run) kept in the data file."""
+    from mechscope.sae.feature_data import FEATURES_FILE, nearest_latents, write_feature_file
+
     bad = [i for i in latents if not 0 <= i < sae.cfg.d_sae]
     if bad:
         raise MechscopeError(f"latents {bad} out of range: the dictionary has {sae.cfg.d_sae}")
@@ -181,4 +186,8 @@ def sae_dashboards(model: HookedModel, sae, contexts: torch.Tensor, latents: lis
     features = summarise(values, [f"latent {i}" for i in latents], effects)
     for latent, feature in zip(latents, features):
         feature.explanation = (explanations or {}).get(latent, "")
+    header = {"hook": hook, "d_sae": sae.cfg.d_sae, "architecture": sae.cfg.architecture, "model": model.cfg.name,
+              "contexts": int(contexts.shape[0]), "tokens_per_context": int(contexts.shape[1]) - 1}
+    write_feature_file(Path(out) / FEATURES_FILE, header, model.tokenizer, contexts, values, features, latents,
+                       nearest_latents(sae.W_dec, latents), explanation_results)
     return write_dashboards(model, contexts, values, features, out, f"{sae.cfg.architecture} dictionary at {hook}")

@@ -137,7 +137,8 @@ def run_eval(model: HookedModel, sae: SAE, contexts: int = 32, seed: int = 1) ->
 
 
 def dashboard_outputs(latents: list[int]) -> list[str]:
-    return [f"feature_{index:04d}.html" for index in range(len(latents))] + ["plotly.min.js", "index.html"]
+    return [f"feature_{index:04d}.html" for index in range(len(latents))] + ["plotly.min.js", "index.html",
+                                                                            "features.jsonl"]
 
 
 def parse_latents(text: str, sae: SAE | None = None) -> list[int]:
@@ -155,9 +156,11 @@ def prepare_dashboard_folder(out: str | Path, latents: list[int], overwrite: boo
 
 def run_dashboard(model: HookedModel, sae: SAE, latents: list[int], out: OutputFolder | str | Path,
                   contexts: int = 64, seed: int = 1, overwrite: bool = False,
-                  explanations: dict[int, str] | None = None) -> Path:
+                  explanations: dict[int, str] | None = None,
+                  explanation_results: dict[int, dict] | None = None) -> Path:
     """Static HTML dashboards for ``latents`` plus an index (with each latent's explanation from
-    ``explanations``, {latent: text}, when given); returns the index's path."""
+    ``explanations``, {latent: text}, when given) and ``features.jsonl`` (the same data, with the
+    explain results' scores from ``explanation_results``); returns the index's path."""
     from mechscope.sae.dashboard import sae_dashboards
 
     bad = [index for index in latents if not 0 <= index < sae.cfg.d_sae]
@@ -170,6 +173,7 @@ def run_dashboard(model: HookedModel, sae: SAE, latents: list[int], out: OutputF
     # The dashboard writer opens files in place; staging makes each page appear in one rename.
     index = staged_writes(folder.path, lambda staging: sae_dashboards(model, sae, tokens, latents, staging,
                                                                       hook_name=hook,
-                                                                      explanations=explanations))
+                                                                      explanations=explanations,
+                                                                      explanation_results=explanation_results))
     folder.record()
     return index

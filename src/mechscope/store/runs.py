@@ -29,6 +29,15 @@ from typing import Any
 
 from mechscope.errors import FileFormatError, MechscopeError, NotFoundError
 from mechscope.files import file_sha256, read_run_marker
+from mechscope.store.features import (
+    FEATURES_FILE,
+    FeatureRow,
+    find_features,
+    forget_features,
+    index_features,
+    present_latents,
+    read_feature,
+)
 from mechscope.store.schema import SCHEMA_VERSION, StoreVersionError, migrate
 
 DEFAULT_STORE = Path("~/.mechscope/runs.sqlite")
@@ -226,6 +235,7 @@ class RunStore:
         with self._writing() as db:
             old = db.execute("SELECT id FROM runs WHERE path = ?", (str(folder),)).fetchone()
             if old is not None:  # a resumed or rerun folder: its record is replaced, not duplicated
+                forget_features(db, old[0])
                 db.execute("DELETE FROM runs WHERE id = ?", (old[0],))
                 db.execute("DELETE FROM run_text WHERE rowid = ?", (old[0],))
             cursor = db.execute(
@@ -241,6 +251,8 @@ class RunStore:
                            [(run_id, relpath) for relpath in artifacts])
             db.execute("INSERT INTO run_text (rowid, name, kind, body) VALUES (?, ?, ?, ?)",
                        (run_id, name, marker["kind"], text))
+            if FEATURES_FILE in artifacts:
+                index_features(db, run_id, folder, FEATURES_FILE)
         return self.get(run_id)
 
     def _record(self, row: tuple) -> RunRecord:
@@ -296,9 +308,26 @@ class RunStore:
         """Forget run ``run_id`` (its files stay where they are); returns what was removed."""
         record = self.get(run_id)
         with self._writing() as db:
+            forget_features(db, record.id)
             db.execute("DELETE FROM runs WHERE id = ?", (record.id,))
             db.execute("DELETE FROM run_text WHERE rowid = ?", (record.id,))
         return record
+
+    def features(self, run_id: int, search: str | None = None, order: str = "latent", limit: int = 100,
+                 offset: int = 0) -> tuple[list[FeatureRow], int]:
+        """(features of run ``run_id``, how many match in all); see :func:`find_features`."""
+        return find_features(self.connection, run_id, search, order, limit, offset)
+
+    def feature(self, run_id: int, latent: int) -> dict:
+        """Latent ``latent`` of run ``run_id``: its line of the run's features.jsonl."""
+        rows, _ = find_features(self.connection, run_id, str(int(latent)))
+        if not rows:
+            raise NotFoundError(f"run {run_id} has no feature {latent}")
+        return read_feature(self.get(run_id).path, rows[0])
+
+    def present_latents(self, run_id: int, latents: list[int]) -> set[int]:
+        """Which of ``latents`` run ``run_id`` has features for."""
+        return present_latents(self.connection, run_id, latents)
 
 
 __all__ = ["DEFAULT_STORE", "SCHEMA_VERSION", "RunRecord", "RunStore", "mechscope_commit", "mechscope_version"]

@@ -50,6 +50,23 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (path, size, mtime_ns)
     );
     """,
+    # 3: dictionary features of dashboard runs: where each one's line lies in its features.jsonl
+    # (read by offset, never copied here) and its explanation and top tokens for full-text search.
+    """
+    CREATE TABLE features (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        latent INTEGER NOT NULL,
+        relpath TEXT NOT NULL,
+        offset INTEGER NOT NULL,
+        length INTEGER NOT NULL,
+        density REAL NOT NULL,
+        max_activation REAL NOT NULL,
+        explanation TEXT,
+        UNIQUE (run_id, latent)
+    );
+    CREATE VIRTUAL TABLE feature_text USING fts5(explanation, tokens, tokenize = 'unicode61');
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

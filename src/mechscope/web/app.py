@@ -20,10 +20,12 @@ import html
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from mechscope.errors import MechscopeError, NotFoundError
 from mechscope.store import RunRecord, RunStore
 from mechscope.web.artifacts import artifact_file
+from mechscope.web.features_view import feature_list, feature_page_body
 from mechscope.web.live import add_live_routes
 from mechscope.web.pages import page
 from mechscope.web.security import Guard, GuardMiddleware
@@ -89,19 +91,61 @@ def create_app(store_path: str | Path, guard: Guard, worker: ModelWorker | None 
         return page("runs", f"<h1>Runs</h1>{search}{note}<p>{len(found)} shown of {total}</p>{_runs_table(found)}")
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
-    def run_page(run_id: str):
+    def run_page(run_id: str, fq: str = "", order: Literal["latent", "density", "max"] = "latent",
+                 page_number: int = Query(1, alias="page", ge=1, le=100_000)):
         found = record(run_id)
+        view = run_view(found)
+        if found.kind == "sae dashboard":
+            with open_store() as store:
+                try:
+                    view.body += feature_list(found, store, fq, order, page_number)
+                except MechscopeError as error:
+                    view.body += f"<p class=error>{html.escape(str(error))}</p>"
         artifacts = "".join(f"<li><a href=/artifacts/{found.id}/{key}>{html.escape(relpath)}</a></li>"
                             for key, relpath in found.artifacts.items())
         models = "".join(f"<li>{html.escape(role)}: {html.escape(str(info.get('name')))} "
                          f"<code>{html.escape(str(info.get('weights_sha256') or 'no hash')[:16])}</code></li>"
                          for role, info in found.models.items())
-        view = run_view(found)
         body = (f"<h1>{html.escape(found.name)}</h1><p>{html.escape(found.kind)} · {html.escape(str(found.path))} · "
                 f"mechscope {html.escape(found.mechscope_version)} {html.escape(found.git_commit or '')[:12]}</p>"
                 f"{view.body}<h2>Models</h2><ul>{models}</ul><h2>Configuration</h2>"
                 f"<pre>{html.escape(json.dumps(found.config, indent=1))}</pre><h2>Artifacts</h2><ul>{artifacts}</ul>")
         return page(found.name, body, view.scripts, view.data or None)
+
+    def one_feature(run_id: str, latent: int) -> tuple[RunRecord, dict]:
+        found = record(run_id)
+        with open_store() as store:
+            try:
+                return found, store.feature(found.id, latent)
+            except NotFoundError:
+                raise HTTPException(404, f"run {found.id} has no feature {latent}") from None
+            except MechscopeError as error:
+                raise HTTPException(409, str(error)) from None
+
+    @app.get("/runs/{run_id}/features/{latent}", response_class=HTMLResponse)
+    def feature_page(run_id: str, latent: int):
+        found, feature = one_feature(run_id, latent)
+        with open_store() as store:
+            known = store.present_latents(found.id, [n["latent"] for n in feature.get("nearest", [])])
+        body, data = feature_page_body(found, feature, known)
+        return page(f"latent {latent} · {found.name}", body, ["plotly", "figures"], data)
+
+    @app.get("/api/runs/{run_id}/features")
+    def api_features(run_id: str, search: str = "", order: Literal["latent", "density", "max"] = "latent",
+                     limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)):
+        found = record(run_id)
+        with open_store() as store:
+            try:
+                rows, total = store.features(found.id, search.strip() or None, order, limit, offset)
+            except MechscopeError as error:
+                return JSONResponse({"error": str(error)}, status_code=400)
+        return {"total": total, "features": [{"latent": r.latent, "density": r.density,
+                                              "max_activation": r.max_activation, "explanation": r.explanation}
+                                             for r in rows]}
+
+    @app.get("/api/runs/{run_id}/features/{latent}")
+    def api_feature(run_id: str, latent: int):
+        return one_feature(run_id, latent)[1]
 
     @app.get("/artifacts/{run_id}/{artifact_id}")
     def artifact(run_id: str, artifact_id: str):

@@ -74,7 +74,9 @@ def sae_layer(hook_name: str) -> int:
 
 
 class Dictionaries:
-    """The dictionaries of ``sae train`` runs in the store, loaded once each (per app)."""
+    """The dictionaries of the store's runs, loaded once each (per app): a ``sae train`` run's own
+    ``sae/`` folder, or the dictionary a ``sae dashboard`` run was built from (the folder its
+    configuration recorded; the request never names a path)."""
 
     def __init__(self, store_path: Path) -> None:
         self.store_path, self.loaded = store_path, {}
@@ -88,16 +90,20 @@ class Dictionaries:
                     record = store.get(run_id)
                 except NotFoundError:
                     raise ConfigError(f"no run {run_id} in the store") from None
-            config = run_file(record, "sae/cfg.json")
-            if record.kind != "sae train" or config is None:
-                raise ConfigError(f"run {run_id} ({record.kind}) holds no dictionary; choose a 'sae train' run")
-            self.loaded[run_id] = load_sae(config.parent)
+            if record.kind == "sae train" and run_file(record, "sae/cfg.json") is not None:
+                folder = run_file(record, "sae/cfg.json").parent
+            elif record.kind == "sae dashboard" and isinstance(record.config.get("sae"), str):
+                folder = Path(record.config["sae"])
+            else:
+                raise ConfigError(f"run {run_id} ({record.kind}) holds no dictionary; choose a 'sae train' or "
+                                  "'sae dashboard' run")
+            self.loaded[run_id] = load_sae(folder)
         return self.loaded[run_id]
 
 
 def dictionary_runs(store_path: Path) -> list[RunRecord]:
     with RunStore(store_path) as store:
-        return store.find(None, "sae train", 200)
+        return store.find(None, "sae train", 200) + store.find(None, "sae dashboard", 200)
 
 
 def direction_files(store_path: Path) -> list[tuple[RunRecord, int, str]]:
