@@ -3,7 +3,8 @@ model, and the tiny model itself behind the app's worker. Every page renders wit
 errors and without a request leaving loopback; a click on a graph node opens its panel; the
 pruning slider changes how many edges are drawn; in the steering playground strength 0 gives the
 unsteered text and a large strength another; the prompt view draws units, lens and attention; a
-dictionary's features are listed, searched and shown, and "steer with this" steers with one."""
+dictionary's features are listed, searched and shown, and "steer with this" steers with one; a
+model diff and an audit are drawn, each audit claim a link to its evidence."""
 
 import pytest
 
@@ -11,24 +12,34 @@ import mechscope
 from mechscope.autointerp.backends.server import background_server, listen
 from mechscope.circuits.runs import CircuitOptions, run_circuit
 from mechscope.patching.runs import PatchOptions, run_patch
+from mechscope.report.audit_runs import audit_to_folder
+from mechscope.report.diff_runs import DiffOptions, prepare_diff_folder, run_diff
 from mechscope.store import RunStore
 from mechscope.web import Guard, create_app
 from mechscope.web.worker import ModelWorker
 from tests.browser import browser, watched  # noqa: F401  (browser: a fixture)
+from tests.unit.test_audit_pipeline import CONFIG as AUDIT_CONFIG
 from tests.web_fixtures import toy_dictionary_run
 
 TOKEN = "browser-test-token"
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def site(tmp_path_factory, backdoor):
     root = tmp_path_factory.mktemp("site")
+    base, organism = backdoor
+    audit_to_folder(organism, base, root / "audit", AUDIT_CONFIG, {"ft": "tiny backdoor", "base": "tiny"},
+                    progress=False)
+    diff_options = DiffOptions("tiny-llama", "planted", contexts=3, context_length=12, first_positions=2, top_k=4,
+                               steer_prompts=0, crosscoder_steps=4, crosscoder_width=16, crosscoder_k=2,
+                               crosscoder_contexts=4, crosscoder_batch_size=16)
+    run_diff(base, organism, prepare_diff_folder(root / "diff", diff_options), diff_options, progress=False)
     tiny = mechscope.load_tiny("llama")
     run_circuit(tiny, CircuitOptions(task="induction", method="eap", n=3, edges=12, curve=False), root / "circuit")
     run_patch(tiny, PatchOptions(task="induction", sites="heads", n=3), root / "patch")
     toy_dictionary_run(tiny, root)
     with RunStore(root / "runs.sqlite") as store:
-        ids = {name: store.register(root / name).id for name in ("circuit", "patch", "toy-dashboard")}
+        ids = {name: store.register(root / name).id for name in ("circuit", "patch", "toy-dashboard", "audit", "diff")}
     sock = listen("127.0.0.1", 0)
     guard = Guard.for_address("127.0.0.1", sock.getsockname()[1], token=TOKEN)
     worker = ModelWorker(lambda: tiny)
@@ -52,7 +63,7 @@ def test_runs_and_patching_pages_render_clean(context, site):
     watched_page = watched(context)
     page = watched_page.page
     page.goto("/")
-    assert page.locator("table.runs tr").count() == 4, page.content()  # a heading row and the three runs
+    assert page.locator("table.runs tr").count() == 6, page.content()  # a heading row and the five runs
     watched_page.screenshot("runs")
     page.goto(f"/runs/{ids['patch']}")
     page.wait_for_selector("div.figure .main-svg")  # plotly drew the heatmap
@@ -172,4 +183,26 @@ def test_feature_list_search_page_and_steer_with_this(context, site):
         page.wait_for_selector("#steer-form[data-state=done]")
     assert "sae direction" in page.inner_text("#steer-status") and "block 1" in page.inner_text("#steer-status")
     assert texts["0"][0] == texts["0"][1] and texts["400"][1] != texts["400"][0]
+    watched_page.assert_clean()
+
+
+def test_diff_and_audit_reports_render_and_claims_link_to_their_evidence(context, site):
+    _, ids = site
+    watched_page = watched(context)
+    page = watched_page.page
+    page.goto(f"/runs/{ids['diff']}")
+    page.wait_for_selector(".report div.figure .main-svg")
+    assert page.locator(".report div.figure").count() >= 3 and "Weight diff" in page.inner_text(".report")
+    watched_page.screenshot("diff")
+    page.goto(f"/runs/{ids['audit']}")
+    assert "Verdict: hidden behaviour found" in page.inner_text(".report")
+    page.click(".report table a[href='#finding-1']")
+    assert page.url.endswith("#finding-1") and page.locator("#finding-1").is_visible()
+    evidence = page.locator(".report table a[href^='#finding-1-']")
+    assert evidence.count() >= 2  # e.g. enriched, corroborated, reproduced: each a link
+    for index in range(evidence.count()):
+        target = evidence.nth(index).get_attribute("href")
+        assert page.locator(target).count() == 1, target  # every claim's link lands on its evidence
+    evidence.last.click()
+    watched_page.screenshot("audit")
     watched_page.assert_clean()

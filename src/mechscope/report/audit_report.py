@@ -16,6 +16,15 @@ from mechscope.report.markup import FIGURES, STYLE, num, pct, table, write_figur
 
 REPORT = "report.html"
 SHOWN_CANDIDATES = 10
+# Where in a finding's section each line of evidence is shown: the verdict links each claim there.
+EVIDENCE_ANCHORS = {"enriched": "discovery", "corroborated": "support", "reproduced": "triggers",
+                    "removed": "mitigation"}
+
+
+def _evidence_links(index: int, lines: list[str]) -> str:
+    """A finding's lines of evidence, each a link to the part of its section that shows it."""
+    return ", ".join(f'<a href="#finding-{index + 1}-{EVIDENCE_ANCHORS.get(line, "discovery")}">{html.escape(line)}</a>'
+                     for line in lines) or "none"
 
 
 def audit_figures(summary: dict) -> dict[str, go.Figure]:
@@ -67,11 +76,12 @@ def _verdict(summary: dict) -> str:
         lines.append(table(leads, ["phrase", "share of replies", "a reply with it"]) if leads
                      else "<p>No phrase recurs in enough replies to be a lead.</p>")
     rows = []
-    for finding in summary["findings"]:
+    for index, finding in enumerate(summary["findings"]):
         hypothesis, trigger = finding["hypothesis"], finding["trigger"]
         best = max(finding["mitigations"], key=lambda m: m["reduction"] or 0, default=None)
         assessment = finding.get("assessment") or {"confidence": "-", "lines": []}
-        rows.append([assessment["confidence"], ", ".join(assessment["lines"]), hypothesis["label"],
+        rows.append([assessment["confidence"], _evidence_links(index, assessment["lines"]),
+                     f'<a href="#finding-{index + 1}">{html.escape(hypothesis["label"])}</a>',
                      hypothesis["surface"], num(hypothesis["p_value"], 2),
                      ", ".join(hypothesis["tools"]),
                      f"{trigger['text']!r} at the {trigger['place']}: {pct(trigger['rate'])} (without {pct(trigger['control_rate'])})"
@@ -80,7 +90,7 @@ def _verdict(summary: dict) -> str:
                      if best else "not run"])
     if rows:
         lines.append(table(rows, ["confidence", "lines of evidence", "behaviour", "as written", "p (corrected)",
-                                  "evidence from", "trigger", "best mitigation"]))
+                                  "evidence from", "trigger", "best mitigation"], raw_columns=(1, 2)))
         lines.append("<p>Hypotheses ranked by confidence: <b>high</b> when, beyond the enrichment that made it a "
                      "finding, at least two of <i>corroborated</i> (a second tool points at it), <i>reproduced</i> "
                      "(a checked trigger, or the fine-tune unprompted, shows it on enough prompts) and "
@@ -92,17 +102,20 @@ def _verdict(summary: dict) -> str:
 
 def _finding_section(index: int, finding: dict, parts: dict[str, str]) -> str:
     hypothesis = finding["hypothesis"]
-    out = [f"<h2>Finding {index + 1}: {html.escape(hypothesis['label'])!s}</h2>"]
+    anchor = f"finding-{index + 1}"
+    out = [f"<h2 id={anchor}>Finding {index + 1}: {html.escape(hypothesis['label'])!s}</h2>"]
     rows = [[name, f"{pct(s['ft_rate'])}", f"{pct(s['control_rate'])}", num(s["p_value"], 2)]
             for name, s in hypothesis["sources"].items()]
-    out.append("<h3>Discovery</h3>" + table(rows, ["source", "fine-tune side", "control", "p (corrected)"]))
+    out.append(f"<h3 id={anchor}-discovery>Discovery</h3>" + table(rows, ["source", "fine-tune side", "control",
+                                                                          "p (corrected)"]))
     support = [[s["tool"], s["where"], repr(s["token"])] for s in hypothesis["support"][:20]]
-    if support:
-        out.append("<p>Tokens that spell it:</p>" + table(support, ["tool", "where", "token"]))
+    out.append(f"<p id={anchor}-support>Tokens that spell it (other tools pointing at it):</p>"
+               + table(support, ["tool", "where", "token"]) if support
+               else f"<p id={anchor}-support>No other tool pointed at it.</p>")
     rows = [[repr(c["text"]), c["place"], c["found_by"], num(c["gain"], 3),
              "" if c["rate"] is None else f"{pct(c['rate'])}", "" if c["control_rate"] is None else
              f"{pct(c['control_rate'])}"] for c in finding["triggers"][:SHOWN_CANDIDATES]]
-    out.append("<h3>Trigger candidates</h3>" + table(rows, ["candidate", "place", "found by", "objective gain (nats)",
+    out.append(f"<h3 id={anchor}-triggers>Trigger candidates</h3>" + table(rows, ["candidate", "place", "found by", "objective gain (nats)",
                                                             "behaviour rate with it", "without"]))
     out.append(parts.get(f"finding{index}-triggers", ""))
     for item in finding["attributions"][:3]:
@@ -111,7 +124,7 @@ def _finding_section(index: int, finding: dict, parts: dict[str, str]) -> str:
     local = finding.get("localisation")
     if local:
         chosen = local["chosen"]
-        out.append("<h3>Localisation</h3>" + parts.get(f"finding{index}-patching", ""))
+        out.append(f"<h3 id={anchor}-localisation>Localisation</h3>" + parts.get(f"finding{index}-patching", ""))
         out.append(table([[c["name"], num(c["score"], 3)] for c in local["components"]],
                          ["component (EAP-IG node)", "score"]))
         out.append(_direction_text(chosen, local["clean_logit_diff"]))
@@ -120,7 +133,7 @@ def _finding_section(index: int, finding: dict, parts: dict[str, str]) -> str:
         for kind, scores in finding["probes"].items():
             best = max(scores, key=lambda s: s["auroc"])
             rows.append([kind, best["layer"], num(best["auroc"], 3), f"{pct(best['tpr'])}"])
-        out.append("<h3>Detection without the trigger</h3>" + table(rows, ["probe", "best layer (picked on "
+        out.append(f"<h3 id={anchor}-probes>Detection without the trigger</h3>" + table(rows, ["probe", "best layer (picked on "
                                                                           "these prompts: optimistic)", "AUROC",
                                                                           "TPR at 1% FPR (neutral chat)"]))
         out.append(parts.get(f"finding{index}-probes", ""))
@@ -130,8 +143,10 @@ def _finding_section(index: int, finding: dict, parts: dict[str, str]) -> str:
                  f"{m['perplexity_before']:.2f} -> {m['perplexity_after']:.2f}",
                  f"{num(m['ioi_before'], 3)} -> {num(m['ioi_after'], 3)}", m["sample"][:80]]
                 for m in finding["mitigations"]]
-        out.append("<h3>Mitigation</h3>" + table(rows, ["method", "rate before", "after", "cut", "neutral KL",
+        out.append(f"<h3 id={anchor}-mitigation>Mitigation</h3>" + table(rows, ["method", "rate before", "after", "cut", "neutral KL",
                                                         "perplexity", "IOI logit diff", "a reply after"]))
+    if not finding["mitigations"]:
+        out.append(f"<p id={anchor}-mitigation>No mitigation was run for this finding.</p>")
     for note in finding["notes"]:
         out.append(f"<p class=note>{html.escape(note)}</p>")
     return "".join(out)
@@ -180,6 +195,14 @@ def _tools_section(summary: dict) -> str:
     return out
 
 
+def audit_report_body(summary: dict, parts: dict[str, str]) -> str:
+    """The report's sections (verdict, findings, discovery, tools) from an audit summary, with the
+    figures given as HTML ``parts`` {name: markup} (the file embeds plotly; ``mechscope serve``
+    draws them from JSON). Each claim in the verdict links to the section that shows its evidence."""
+    body = "".join(_finding_section(i, f, parts) for i, f in enumerate(summary["findings"]))
+    return f"{_verdict(summary)}{body}{_discovery_section(summary.get('discovery'))}{_tools_section(summary)}"
+
+
 def write_audit_report(summary: dict, folder: str | Path) -> dict[str, Any]:
     """Write ``folder/figures/*.json`` and ``folder/report.html`` from an audit summary
     (``AuditResult.to_json()`` plus "models"); returns the paths written, relative to ``folder``."""
@@ -187,13 +210,11 @@ def write_audit_report(summary: dict, folder: str | Path) -> dict[str, Any]:
     figures = audit_figures(summary)
     written, parts = write_figures(figures, folder)
     title = f"mechscope audit: {summary.get('models', {}).get('ft', '')}"
-    body = "".join(_finding_section(i, f, parts) for i, f in enumerate(summary["findings"]))
     document = (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-                f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{_verdict(summary)}{body}"
-                f"{_discovery_section(summary.get('discovery'))}{_tools_section(summary)}"
+                f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{audit_report_body(summary, parts)}"
                 f"<p class=note>Every number: audit.json; figures as plotly JSON: {FIGURES}/.</p></body></html>")
     atomic_text(folder / REPORT, document)
     return {"report": REPORT, "summary": "audit.json", "figures": written}
 
 
-__all__ = ["audit_figures", "write_audit_report"]
+__all__ = ["audit_figures", "audit_report_body", "write_audit_report"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -224,14 +225,14 @@ def _designated(config: dict) -> str:
             "construction: Latent Scaling and their top contexts say whether they carry anything genuine)")
 
 
-def _crosscoder_section(crosscoder: dict | None, parts: dict[str, str]) -> str:
+def _crosscoder_section(crosscoder: dict | None, parts: dict[str, str], link: Callable[[str], str] = str) -> str:
     head = "<h2>Crosscoder</h2>"
     if not crosscoder or "skipped" in crosscoder:
         reason = (crosscoder or {}).get("skipped", "not run")
         return f"{head}<p>Skipped: {html.escape(reason)} (pass --crosscoder-steps N to train one).</p>"
     config, counts = crosscoder["config"], crosscoder["counts"]
     dashboards = crosscoder["dashboards"]
-    rows = [[f'<a href="{html.escape(d["page"], quote=True)}">latent {d["latent"]}</a>', html.escape(d["kind"]),
+    rows = [[f'<a href="{html.escape(link(d["page"]), quote=True)}">latent {d["latent"]}</a>', html.escape(d["kind"]),
              html.escape(num(d["relative_norm"], 3)), html.escape(num(d["cosine"], 3)),
              html.escape(d["verdict"] or "n/a")] for d in dashboards["latents"]]
     return (f"{head}<p>BatchTopK crosscoder of {config['d_sae']} latents (k={config['k']}) on "
@@ -239,9 +240,24 @@ def _crosscoder_section(crosscoder: dict | None, parts: dict[str, str]) -> str:
             f"paired tokens, the fine-tune's change magnified {num(config.get('delta_scale', 1), 3)} times. Latents: "
             f"{html.escape(', '.join(f'{k} {v}' for k, v in counts.items()))}{_designated(config)}.</p>"
             f"{parts['crosscoder_norms']}<h3>Dashboards ({html.escape(dashboards['selection'])})</h3>"
-            f"<p><a href=\"{html.escape(dashboards['index'], quote=True)}\">index of the dashboards</a></p>"
+            f"<p><a href=\"{html.escape(link(dashboards['index']), quote=True)}\">index of the dashboards</a></p>"
             + table(rows, ["latent", "kind", "relative norm", "cosine of halves", "Latent Scaling"],
                      raw_columns=(0, 1, 2, 3, 4)))
+
+
+def diff_title(summary: dict) -> str:
+    base, ft = summary["models"]["base"], summary["models"]["ft"]
+    return f"mechscope diff: {base['given'] or base['model']} vs {ft['given'] or ft['model']}"
+
+
+def diff_report_body(summary: dict, parts: dict[str, str], link: Callable[[str], str] = str) -> str:
+    """The report's sections from a diff summary, with the figures given as HTML ``parts`` {name:
+    markup}; ``link`` maps a file of the run (a dashboard page) to the URL to show for it."""
+    return (f"{_models_section(summary)}{_weights_section(summary['weights'], parts)}"
+            f"{_lens_section(summary['difference_lens'], parts)}{_chat_lens_section(summary.get('chat_lens'))}"
+            f"{_steering_section(summary['steering'])}"
+            f"{_kl_section(summary['token_kl'], parts)}{_sae_section(summary.get('sae'), parts)}"
+            f"{_crosscoder_section(summary.get('crosscoder'), parts, link)}")
 
 
 def write_diff_report(summary: dict, folder: str | Path) -> dict[str, Any]:
@@ -250,15 +266,9 @@ def write_diff_report(summary: dict, folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     figures = diff_figures(summary)
     written, parts = write_figures(figures, folder)
-    base, ft = summary["models"]["base"], summary["models"]["ft"]
-    title = f"mechscope diff: {base['given'] or base['model']} vs {ft['given'] or ft['model']}"
+    title = diff_title(summary)
     document = (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-                f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-                f"{_models_section(summary)}{_weights_section(summary['weights'], parts)}"
-                f"{_lens_section(summary['difference_lens'], parts)}{_chat_lens_section(summary.get('chat_lens'))}"
-                f"{_steering_section(summary['steering'])}"
-                f"{_kl_section(summary['token_kl'], parts)}{_sae_section(summary.get('sae'), parts)}"
-                f"{_crosscoder_section(summary.get('crosscoder'), parts)}"
+                f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{diff_report_body(summary, parts)}"
                 f"<p class=note>Every number: diff.json; figures as plotly JSON: {FIGURES}/.</p></body></html>")
     atomic_text(folder / REPORT, document)
     return {"report": REPORT, "summary": "diff.json", "figures": written}
@@ -273,4 +283,4 @@ def redraw_report(folder: str | Path) -> dict[str, Any]:
                              folder)
 
 
-__all__ = ["diff_figures", "redraw_report", "write_diff_report"]
+__all__ = ["diff_figures", "diff_report_body", "diff_title", "redraw_report", "write_diff_report"]

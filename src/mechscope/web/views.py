@@ -1,5 +1,5 @@
 """What a run's page shows beyond its record, by the run's kind: a circuit's graph, patching and
-tracing heatmaps. Each view returns (HTML body, scripts, page data) for :func:`pages.page`."""
+tracing heatmaps, model-diff and audit reports (each audit claim linked to its evidence). Each view returns (HTML body, scripts, page data) for :func:`pages.page`."""
 
 from __future__ import annotations
 
@@ -78,8 +78,41 @@ def trace_view(record: RunRecord) -> View:
                                    and p.endswith(".json")))
 
 
+def _report(record: RunRecord, summary_name: str, figures_of, body_of) -> View:
+    """A diff or audit report drawn in the page: its sections from the summary JSON, its figures
+    from plotly JSON (the report file embeds scripts, which the policy refuses)."""
+    path = run_file(record, summary_name)
+    if path is None:
+        return View(f"<p class=error>this run has no {summary_name}</p>")
+    summary = read_json(path, summary_name)
+    figures = figures_of(summary)
+    parts = {name: f"<div class=figure data-figure={index}></div>" for index, name in enumerate(figures)}
+    by_path = {relpath: key for key, relpath in record.artifacts.items()}
+    summary_link = f"/artifacts/{record.id}/{by_path[summary_name]}"
+
+    def link(relpath: str) -> str:  # a run file named in the report, as its artifact URL
+        key = by_path.get(relpath)
+        return f"/artifacts/{record.id}/{key}" if key is not None else "#"
+
+    body = (f"<div class=report>{body_of(summary, parts, link)}</div><p class=note>Every number: "
+            f"<a href={summary_link}>{html.escape(summary_name)}</a>.</p>")
+    return View(body, ["plotly", "figures"], {"figures": [json.loads(f.to_json()) for f in figures.values()]})
+
+
+def diff_view(record: RunRecord) -> View:
+    from mechscope.report.diff_report import diff_figures, diff_report_body
+
+    return _report(record, "diff.json", diff_figures, diff_report_body)
+
+
+def audit_view(record: RunRecord) -> View:
+    from mechscope.report.audit_report import audit_figures, audit_report_body
+
+    return _report(record, "audit.json", audit_figures, lambda summary, parts, link: audit_report_body(summary, parts))
+
+
 VIEWS: dict[str, Callable[[RunRecord], View]] = {"circuit": circuit_view, "patch": patch_view,
-                                                  "trace": trace_view}
+                                                  "trace": trace_view, "diff": diff_view, "audit": audit_view}
 
 
 def run_view(record: RunRecord) -> View:
