@@ -12,7 +12,8 @@ from mechscope.files import MARKER, read_json
 
 def read_explanations(folder: str | Path) -> dict[str, dict]:
     """{unit name: its result} of an explain run's ``units/*.json`` (explanation, explainer,
-    scores; dead units have ``status`` "dead")."""
+    scores; dead units have ``status`` "dead", units no explanation was found for "unexplained"
+    with the ``reason``)."""
     folder = Path(folder).expanduser()
     marker = folder / MARKER
     if not marker.exists():
@@ -34,6 +35,8 @@ def label(result: dict) -> str:
     "dead (never fires)" for a dead unit."""
     if result["status"] == "dead":
         return "dead (never fires)"
+    if result["status"] == "unexplained":
+        return "no explanation (no word marks its firing windows)"
     for name, score in result.get("scores", {}).items():
         if "value" in score:
             mark = "" if score["above_chance"] else ", not above chance"

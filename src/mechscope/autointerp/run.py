@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from mechscope.autointerp.backends.base import Backend, BackendError
 from mechscope.autointerp.explain.llm import explain_llm
 from mechscope.autointerp.explain.output import explain_output, output_records
-from mechscope.autointerp.explain.tokens import explain_tokens
+from mechscope.autointerp.explain.tokens import NoTokenExplanationError, explain_tokens
 from mechscope.autointerp.lexicon import LexiconParseError
 from mechscope.autointerp.records import RecordsConfig, UnitRecords, records_from_values
 from mechscope.autointerp.score import (
@@ -245,7 +245,11 @@ def score_explanation(model: HookedModel, source: UnitSource, index: int, explan
 def _unit_result(context: _Context, index: int, unit: str, records: UnitRecords) -> dict:
     started = time.perf_counter()
     explain_part, score_part = split_records(records, context.options.seed)
-    explanation, detail = _explain(context, index, unit, explain_part)
+    try:
+        explanation, detail = _explain(context, index, unit, explain_part)
+    except NoTokenExplanationError as error:  # the unit fires, but no word marks it: said, not fatal
+        return {"unit": unit, "status": "unexplained", "explainer": context.options.explainer, "reason": str(error),
+                "density": records.density, "seconds": round(time.perf_counter() - started, 2)}
     alpha = detail.get("records", {}).get("alpha")
     scores = _scores(context, explanation, index, score_part, alpha)
     return {"unit": unit, "status": "explained", "explainer": context.options.explainer,
@@ -327,6 +331,7 @@ def _summary(folder: OutputFolder, source: UnitSource, options: ExplainOptions, 
     explained = [r for r in results if r["status"] == "explained"]
     summary = {"options": options.to_json(), "units": results,
                "dead": [r["unit"] for r in results if r["status"] == "dead"],
+               "unexplained": [r["unit"] for r in results if r["status"] == "unexplained"],
                "usage": None if backend is None else backend.usage.to_json(),
                "backend": None if backend is None else backend.identity,
                "logprobs": None if backend is None else backend.logprobs}
@@ -334,7 +339,9 @@ def _summary(folder: OutputFolder, source: UnitSource, options: ExplainOptions, 
     lines = [f"# Explanations ({options.explainer} explainer)", "",
              f"{len(explained)} units explained, {len(summary['dead'])} dead (never fire on {options.contexts} "
              f"contexts of {options.context_length} tokens)" + (": " + ", ".join(summary["dead"]) if summary["dead"]
-                                                                else "") + ".",
+                                                                else "") + "." +
+             (f" No explanation for {', '.join(summary['unexplained'])}: no word marks their firing windows "
+              "precisely enough." if summary["unexplained"] else ""),
              "Scores: value [95% bootstrap interval]; chance is 0.5 (0 for simulation, 1/k for intruder).", ""]
     if backend is not None:
         lines += [f"Backend {backend.identity}; logprobs: {backend.logprobs}; requests this run: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,6 +23,12 @@ def serve(
     model: ModelName = None,
     no_model: Annotated[bool, typer.Option("--no-model", help="serve the store only: no prompt view or steering "
                                                               "playground, no model loaded")] = False,
+    demo: Annotated[bool, typer.Option("--demo", help="open on a ready example built from --model (default: the "
+                                                      "bundled SmolLM2): IOI heads, a circuit, a dictionary with "
+                                                      "explained latents, a steering direction; built once (a few "
+                                                      "minutes) into --demo-dir with its own store")] = False,
+    demo_dir: Annotated[Path | None, typer.Option(help="where --demo builds and keeps its runs and store "
+                                                       "(default ~/.mechscope/demo)")] = None,
 ) -> None:
     """Browse, search and open the runs of the results store in a browser (offline; the URL
     printed carries this session's token). The prompt view and the steering playground run
@@ -33,8 +40,12 @@ def serve(
     from mechscope.web import Guard, check_bind, create_app
     from mechscope.web.worker import ModelWorker, model_loader
 
-    if no_model and model is not None:
-        raise typer.BadParameter("--no-model and --model contradict each other; give one", param_hint="--no-model")
+    if no_model and (model is not None or demo):
+        raise typer.BadParameter(f"--no-model and {'--demo' if demo else '--model'} contradict each other; give one",
+                                 param_hint="--no-model")
+    if demo and store is not None:
+        raise typer.BadParameter("--demo serves its own store (in --demo-dir); leave out --store",
+                                 param_hint="--store")
     warning = check_bind(host, allow_remote)  # before anything else: a refused address costs nothing
     if warning:
         console.print(warning, style="bold red", highlight=False, markup=False, soft_wrap=True)
@@ -42,9 +53,18 @@ def serve(
     port = sock.getsockname()[1]
     guard = Guard.for_address(host, port)
     name = model or DEFAULT_MODEL
-    worker = None if no_model else ModelWorker(model_loader(name), name)
-    app = create_app(store_path(store), guard, worker, name)
+    if demo:
+        from mechscope.models.loading import load as load_model
+        from mechscope.web.demo import DEFAULT_DEMO_DIR, build_demo
+
+        loaded = load_model(name)
+        served = build_demo(loaded, demo_dir or DEFAULT_DEMO_DIR, say=lambda line: console.print(line, highlight=False, markup=False))
+        worker = ModelWorker(lambda: loaded, name)
+    else:
+        served = store_path(store)
+        worker = None if no_model else ModelWorker(model_loader(name), name)
+    app = create_app(served, guard, worker, name)
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    console.print(f"mechscope serve: http://{shown}:{port}/?token={guard.token}  (store {store_path(store)}; "
+    console.print(f"mechscope serve: http://{shown}:{port}/?token={guard.token}  (store {served}; "
                   "Ctrl-C stops it)", highlight=False, markup=False, soft_wrap=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

@@ -28,6 +28,10 @@ from mechscope.validate import check_int, check_number
 Reading = Literal["tokens", "after"]
 
 
+class NoTokenExplanationError(MechscopeError):
+    """No word (token form) marks the unit's firing windows precisely enough to be its explanation."""
+
+
 @dataclass(frozen=True)
 class WordStat:
     word: str
@@ -119,9 +123,9 @@ def explain_tokens(windows: Sequence[Sequence[str]], activations: Sequence[torch
         if best is None or candidate.f1 > best.f1:
             best = candidate
     if best is None:
-        raise MechscopeError(f"no word has a precision of {min_precision} or more for this unit: no token "
-                             "explanation (lower min_precision to see the best there is)")
+        raise NoTokenExplanationError(f"no word has a precision of {min_precision} or more for this unit: no token "
+                                      "explanation (lower min_precision to see the best there is)")
     return best
 
 
-__all__ = ["DeadUnitError", "TokenExplanation", "WordStat", "explain_tokens"]
+__all__ = ["DeadUnitError", "NoTokenExplanationError", "TokenExplanation", "WordStat", "explain_tokens"]
