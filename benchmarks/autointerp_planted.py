@@ -30,8 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -51,7 +51,7 @@ from mechscope.autointerp import (
     simulation_score,
 )
 from mechscope.autointerp.backends import CachedBackend, LocalBackend, OpenAIBackend
-from mechscope.autointerp.backends.server import create_app, listen
+from mechscope.autointerp.backends.server import background_server, create_app
 from mechscope.autointerp.lexicon import LexiconParseError
 from mechscope.autointerp.planted import planted_contexts
 from mechscope.autointerp.records import RecordsConfig, UnitRecords
@@ -98,17 +98,11 @@ def pooled_margin(margins: list[float]) -> dict:
     return {"mean": mean, "low": low, "high": high, "units": len(margins)}
 
 
-def start_server(model, logprobs: bool):
-    """``mechscope serve-llm``'s app over ``model`` in a thread, on a free loopback port."""
-    import uvicorn
-
+def start_server(servers: ExitStack, model, logprobs: bool) -> str:
+    """``mechscope serve-llm``'s app over ``model`` in a thread, on a free loopback port, until
+    ``servers`` closes; returns its API's base URL."""
     app = create_app(LocalBackend(model, batch_size=16), "smollm2", batch_size=16, logprobs=logprobs)
-    sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    return servers.enter_context(background_server(app)) + "/v1"
 
 
 def main() -> None:
@@ -134,13 +128,12 @@ def main() -> None:
     texts = [[model.tokenizer.decode([int(i)]) for i in row] for row in ids]
     units = planted_units()[::args.every][:args.units or None]
     embedder = SentenceEmbedder() if "embedding" in scorers else None
-    servers, backends = [], {}
+    servers, backends = ExitStack(), {}
     for name in backend_names:
         if name == "local":
             inner = LocalBackend(model, batch_size=16)
         elif name in ("serve-llm", "serve-llm-no-logprobs"):
-            server, url = start_server(model, logprobs=name == "serve-llm")
-            servers.append(server)
+            url = start_server(servers, model, logprobs=name == "serve-llm")
             inner = OpenAIBackend(url, "smollm2", api_key_env=None, concurrency=16)
         else:
             raise SystemExit(f"unknown backend {name!r}; choose local, serve-llm, serve-llm-no-logprobs")
@@ -244,8 +237,7 @@ def main() -> None:
         margin = row["margin"]
         print(f"| {key} | {top1} | {row['pairwise']:.2f} | {row['above_chance']}/{row['units']} | "
               f"{margin['mean']:+.3f} [{margin['low']:+.3f}, {margin['high']:+.3f}] | {row['seconds']} |")
-    for server in servers:
-        server.should_exit = True
+    servers.close()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import threading
 import time
 
 import torch
@@ -45,7 +44,7 @@ from mechscope.autointerp import (
     steered_pairs,
 )
 from mechscope.autointerp.backends import CachedBackend, LocalBackend, OpenAIBackend
-from mechscope.autointerp.backends.server import create_app, listen
+from mechscope.autointerp.backends.server import background_server, create_app
 from mechscope.autointerp.planted import planted_contexts
 from mechscope.autointerp.records import RecordsConfig, UnitRecords
 from mechscope.steering.direction import Direction
@@ -135,22 +134,15 @@ def main() -> None:
             spent[name] = min(spent[name], seconds)
     (batched, t_batched), (unshared, t_unshared), (single, t_single) = (
         (answers[name], spent[name]) for name in ("batched", "unshared", "single"))
-    import uvicorn
-
     app = create_app(LocalBackend(model, batch_size=16), "smollm2", batch_size=16)
-    sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    served, t_served = timed(lambda: detect(OpenAIBackend(url, "smollm2", api_key_env=None, concurrency=8)))
-    serial, t_serial = timed(lambda: detect(OpenAIBackend(url, "smollm2", api_key_env=None, concurrency=1)))
+    with background_server(app) as base:
+        url = base + "/v1"
+        served, t_served = timed(lambda: detect(OpenAIBackend(url, "smollm2", api_key_env=None, concurrency=8)))
+        serial, t_serial = timed(lambda: detect(OpenAIBackend(url, "smollm2", api_key_env=None, concurrency=1)))
     with tempfile.TemporaryDirectory() as folder:
         cached = CachedBackend(LocalBackend(model, batch_size=16), folder)
         _, t_fill = timed(lambda: detect(cached))
         again, t_again = timed(lambda: detect(cached))
-    server.should_exit = True
     n = len(cases) * 2 * args.windows
     print(f"\nsame answers: batched vs single {max(abs(a - b) for a, b in zip(batched, single)):.2e}, prefix "
           f"cache vs none {max(abs(a - b) for a, b in zip(batched, unshared)):.2e}, served vs "

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-import threading
-import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from mechscope.autointerp.backends.base import Backend, ChatRequest, Completion, TokenLogprobs
@@ -106,22 +105,14 @@ class OracleServer:
     """The oracle behind ``create_app`` on a free loopback port, in a thread of this process."""
 
     def __init__(self, cases: list[dict], model_name: str):
-        import uvicorn
+        from mechscope.autointerp.backends.server import background_server, create_app
 
-        from mechscope.autointerp.backends.server import create_app, listen
-
-        sock = listen("127.0.0.1", 0)  # bound here and handed over: no window for another process
-        port = sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(create_app(OracleJudge(cases=cases), model_name),
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.05)
-        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.running = ExitStack()
+        url = self.running.enter_context(background_server(create_app(OracleJudge(cases=cases), model_name)))
+        self.base_url = f"{url}/v1"
 
     def terminate(self) -> None:
-        self.server.should_exit = True
+        self.running.close()
 
     def wait(self, timeout: float | None = None) -> None:
-        self.thread.join(timeout)
+        """Nothing to wait for: :meth:`terminate` returns once the server has stopped."""

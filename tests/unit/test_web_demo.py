@@ -15,6 +15,7 @@ from mechscope.files import MARKER
 from mechscope.steering import Direction
 from mechscope.store import RunStore
 from mechscope.web.demo import DemoConfig, build_demo
+from mechscope.web.live import direction_files
 
 SMALL = DemoConfig(task="induction", prompts=3, circuit_edges=10, d_sae=32, k=4, sae_tokens=4096, harvest_contexts=8,
                    explained_latents=4, explain_contexts=8)
@@ -35,6 +36,8 @@ def test_the_demo_builds_once_registers_every_run_and_resumes_a_killed_step(tmp_
     assert {u["status"] for u in explained["units"]} <= {"explained", "dead", "unexplained"}
     direction = Direction.load(tmp_path / "demo" / "direction" / "direction")
     assert direction.layer == max(1, model.cfg.n_layers // 3) + 1
+    # The playground offers it: the one saved direction (the dictionary's .json files have no partner).
+    assert [(record.name, path) for record, _, path in direction_files(store_path)] == [("direction", "direction.json")]
     stamps = {name: os.stat(tmp_path / "demo" / name / MARKER).st_mtime_ns for name in KINDS}
     build_demo(model, tmp_path / "demo", SMALL, say=lambda line: None, progress=False)
     assert {name: os.stat(tmp_path / "demo" / name / MARKER).st_mtime_ns for name in KINDS} == stamps

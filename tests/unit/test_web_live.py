@@ -8,10 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import torch
 
 import mechscope
 from mechscope.autointerp.backends.server import background_server, listen
 from mechscope.errors import ConfigError
+from mechscope.files import prepare_output_folder
+from mechscope.steering import Direction
+from mechscope.store import RunStore
 from mechscope.web import Guard, create_app
 from mechscope.web.live import sae_layer
 from mechscope.web.worker import ModelWorker
@@ -25,12 +29,19 @@ def client(tmp_path_factory):
     sock = listen("127.0.0.1", 0)
     port = sock.getsockname()[1]
     worker = ModelWorker(lambda: tiny)
-    app = create_app(tmp_path_factory.mktemp("live") / "runs.sqlite",
-                     Guard.for_address("127.0.0.1", port, token=TOKEN), worker, "tiny")
+    root = tmp_path_factory.mktemp("live")
+    saved = prepare_output_folder(root / "saved", "direction", ["d.json", "d.safetensors"])
+    Direction.from_vector(torch.randn(tiny.cfg.d_model, generator=torch.Generator().manual_seed(1)), 1).save(
+        root / "saved" / "d")
+    saved.record()
+    with RunStore(root / "runs.sqlite") as store:
+        record = store.register(root / "saved")
+    app = create_app(root / "runs.sqlite", Guard.for_address("127.0.0.1", port, token=TOKEN), worker, "tiny")
     with background_server(app, sock=sock) as url:
         with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}",
                                                               "Origin": url}) as http:
             http.worker = worker
+            http.saved = (record.id, next(k for k, v in record.artifacts.items() if v == "d.json"))
             yield http
 
 
@@ -76,6 +87,20 @@ def test_concurrent_requests_are_queued_on_one_worker_and_never_see_each_others_
 def test_bad_requests_are_refused_with_the_reason(client, path, body, status, words):
     response = client.post(path, json=body)
     assert response.status_code == status and words in response.text, response.text
+
+
+def test_a_saved_direction_from_the_store_steers(client):
+    run_id, artifact = client.saved
+    body = {**STEER, "source": "file", "direction_run": run_id, "direction_artifact": artifact}
+    for strength, same in ((0.0, True), (300.0, False)):
+        lines = [json.loads(x) for x in client.post("/api/steer", json={**body, "strength": strength}).text.splitlines()]
+        assert lines[0]["direction"]["method"] == "user" and lines[0]["direction"]["layer"] == 1, lines[0]
+        steps = [line for line in lines if "steered" in line]
+        unsteered, steered = ("".join(s[key] for s in steps) for key in ("unsteered", "steered"))
+        assert (unsteered == steered) == same
+    missing = client.post("/api/steer", json={**body, "direction_artifact": 10_000, "strength": 1}).text
+    assert "has no artifact 10000" in missing
+    assert "choose a direction" in client.get("/steer").text and "d.json" in client.get("/steer").text
 
 
 def test_a_bad_direction_or_strength_is_said_in_the_stream(client):

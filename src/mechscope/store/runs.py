@@ -103,17 +103,18 @@ def _artifact_files(folder: Path, outputs: list[str]) -> list[str]:
     return sorted(found)
 
 
-def _strings(value: Any, keyed: bool, out: list[str]) -> None:
-    """Collect the strings of ``value``: all of them (``keyed`` False) or those under TEXT_KEYS."""
+def _strings(value: Any, outside_text_keys: bool, out: list[str]) -> None:
+    """Collect the strings of ``value``: every one, or, while ``outside_text_keys``, only those
+    that lie under one of TEXT_KEYS (everything below such a key counts)."""
     if isinstance(value, str):
-        if not keyed:
+        if not outside_text_keys:
             out.append(value)
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            _strings(item, keyed and key not in TEXT_KEYS, out)
+            _strings(item, outside_text_keys and key not in TEXT_KEYS, out)
     elif isinstance(value, list | tuple):
         for item in value:
-            _strings(item, keyed, out)
+            _strings(item, outside_text_keys, out)
 
 
 def _search_text(folder: Path, config: dict, artifacts: list[str]) -> str:
@@ -324,6 +325,18 @@ class RunStore:
         if not rows:
             raise NotFoundError(f"run {run_id} has no feature {latent}")
         return read_feature(self.get(run_id).path, rows[0])
+
+    def artifact_pairs(self, suffix: str, partner: str, limit: int = 1000) -> list[tuple[int, int, str]]:
+        """(run id, artifact id, path) of every artifact ending in ``suffix`` that has a partner
+        of the same stem ending in ``partner`` in its run (e.g. a saved direction's ``.json``
+        beside its ``.safetensors``), newest runs first."""
+        rows = self.connection.execute(
+            "SELECT a.run_id, a.id, a.relpath FROM artifacts a JOIN runs r ON r.id = a.run_id "
+            "WHERE a.relpath LIKE ? ESCAPE '\\' AND EXISTS (SELECT 1 FROM artifacts b WHERE b.run_id = a.run_id AND "
+            "b.relpath = substr(a.relpath, 1, length(a.relpath) - ?) || ?) ORDER BY r.created DESC, a.id LIMIT ?",
+            ("%" + suffix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_"), len(suffix), partner,
+             int(limit))).fetchall()
+        return [tuple(row) for row in rows]
 
     def present_latents(self, run_id: int, latents: list[int]) -> set[int]:
         """Which of ``latents`` run ``run_id`` has features for."""

@@ -78,7 +78,10 @@ class StoreVersionError(Exception):
 def migrate(connection: sqlite3.Connection) -> int:
     """Bring ``connection``'s database (in autocommit mode) to :data:`SCHEMA_VERSION`; returns
     the version it had. The version is read inside the write transaction, so two processes
-    opening a new store at once migrate it once: the second waits, then finds it current."""
+    opening a new store at once migrate it once: the second waits, then finds it current. A
+    current store is only read (no write lock), so opening one is cheap."""
+    if connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return SCHEMA_VERSION
     connection.execute("BEGIN IMMEDIATE")
     try:
         found = connection.execute("PRAGMA user_version").fetchone()[0]

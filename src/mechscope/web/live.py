@@ -107,16 +107,16 @@ def dictionary_runs(store_path: Path) -> list[RunRecord]:
 
 
 def direction_files(store_path: Path) -> list[tuple[RunRecord, int, str]]:
-    """(run, artifact id, path) of every saved direction (``*.json`` beside a ``.safetensors``)."""
+    """(run, artifact id, path) of every saved direction in the store (a ``*.json`` of format
+    mechscope-direction beside its ``.safetensors``)."""
     found = []
     with RunStore(store_path) as store:
-        for record in store.find(None, None, 500):
-            names = set(record.artifacts.values())
-            for key, relpath in record.artifacts.items():
-                if relpath.endswith(".json") and relpath[:-5] + ".safetensors" in names:
-                    path = run_file(record, relpath)
-                    if path is not None and '"mechscope-direction"' in path.read_text(errors="replace")[:400]:
-                        found.append((record, key, relpath))
+        records: dict[int, RunRecord] = {}
+        for run_id, key, relpath in store.artifact_pairs(".json", ".safetensors"):
+            record = records.setdefault(run_id, store.get(run_id))
+            path = run_file(record, relpath)
+            if path is not None and '"mechscope-direction"' in path.read_text(errors="replace")[:400]:
+                found.append((record, key, relpath))
     return found
 
 
