@@ -20,7 +20,9 @@ def test_the_smollm2_demo_is_built_registered_and_served(smollm2, tmp_path):
         runs = {record.name: record for record in store.runs()}
         assert set(runs) == {"ioi-heads", "ioi-circuit", "dictionary", "dictionary-explained",
                              "dictionary-dashboard", "direction"}
-        assert store.features(runs["dictionary-dashboard"].id)[1] == 6
+        assert 0 < store.features(runs["dictionary-dashboard"].id)[1] <= 6
+        identity = runs["ioi-heads"].models["model"]
+        assert identity["name"] == "smollm2-135m-instruct" and len(identity["weights_sha256"]) == 64
     sock = listen("127.0.0.1", 0)
     guard = Guard.for_address("127.0.0.1", sock.getsockname()[1], token="t")
     with background_server(create_app(store_path, guard), sock=sock) as url:
@@ -31,5 +33,7 @@ def test_the_smollm2_demo_is_built_registered_and_served(smollm2, tmp_path):
             circuit = client.get(f"/runs/{runs['ioi-circuit'].id}").text
             kept = json.loads((runs["ioi-circuit"].path / "circuit.json").read_text())["n_edges"]
             assert 0 < kept <= 40 and f"{kept} edges of" in circuit and "logits" in circuit
-            feature = client.get(f"/api/runs/{runs['dictionary-dashboard'].id}/features/0")
-            assert feature.status_code == 200 and feature.json()["latent"] == 0
+            listed = client.get(f"/api/runs/{runs['dictionary-dashboard'].id}/features").json()["features"]
+            first = listed[0]["latent"]
+            feature = client.get(f"/api/runs/{runs['dictionary-dashboard'].id}/features/{first}")
+            assert feature.status_code == 200 and feature.json()["latent"] == first and feature.json()["top"]

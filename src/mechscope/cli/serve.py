@@ -58,7 +58,8 @@ def serve(
         from mechscope.web.demo import DEFAULT_DEMO_DIR, build_demo
 
         loaded = load_model(name)
-        served = build_demo(loaded, demo_dir or DEFAULT_DEMO_DIR, say=lambda line: console.print(line, highlight=False, markup=False))
+        served = build_demo(loaded, demo_dir or DEFAULT_DEMO_DIR, model_name=name,
+                            say=lambda line: console.print(line, highlight=False, markup=False))
         worker = ModelWorker(lambda: loaded, name)
     else:
         served = store_path(store)

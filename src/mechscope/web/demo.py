@@ -13,10 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from mechscope.checks import MAX_D_SAE
-from mechscope.errors import ConfigError
+from mechscope.errors import ConfigError, MechscopeError
 from mechscope.files import prepare_output_folder, read_run_marker
 from mechscope.models.hooked_model import HookedModel
+from mechscope.models.loading import weight_files
 from mechscope.store import RunStore
 from mechscope.validate import check_int
 
@@ -57,15 +60,30 @@ class DemoConfig:
         check_int("explain_contexts", self.explain_contexts, 4)
 
 
+@torch.no_grad()
+def lively_latents(model: HookedModel, sae, n: int, contexts: int = 32, seed: int = 0) -> list[int]:
+    """``n`` latents worth a dashboard: those that fire, by density on ``contexts`` corpus
+    contexts, skipping the densest twentieth (latents that fire on nearly everything read as noise).
+    Fewer when fewer fire."""
+    from mechscope.data.contexts import default_contexts
+
+    tokens = default_contexts(model, contexts, 128, seed)
+    _, cache = model.run_with_cache(tokens, names=[sae.cfg.hook_name])
+    firing = (sae.encode(cache[sae.cfg.hook_name][:, 1:].to(sae.W_enc.dtype)) > 0).float().mean((0, 1))
+    alive = [int(i) for i in firing.argsort(descending=True) if firing[i] > 0]
+    return sorted(alive[len(alive) // 20:][:n])
+
+
 def _done(folder: Path) -> bool:
     marker = read_run_marker(folder) if folder.is_dir() else None
     return bool(marker and marker.get("complete"))
 
 
 def build_demo(model: HookedModel, folder: str | Path = DEFAULT_DEMO_DIR, config: DemoConfig | None = None,
-               say: Callable[[str], None] = print, progress: bool = True) -> Path:
+               say: Callable[[str], None] = print, progress: bool = True, model_name: str | None = None) -> Path:
     """Build (or finish) the demo runs of ``model`` under ``folder`` and register them in
-    ``folder``/runs.sqlite; returns the store's path."""
+    ``folder``/runs.sqlite, the model identified by ``model_name`` (what it was loaded as; default
+    its config's name) and the hash of its weight files; returns the store's path."""
     from mechscope.autointerp.results import label, latent_results
     from mechscope.autointerp.run import ExplainOptions, prepare_explain_folder, run_explain
     from mechscope.autointerp.units import sae_units
@@ -93,8 +111,12 @@ def build_demo(model: HookedModel, folder: str | Path = DEFAULT_DEMO_DIR, config
         raise ConfigError(f"sae_layer {layer} out of range: the model has {model.cfg.n_layers} layers")
     steps = [f"{config.task}-heads", f"{config.task}-circuit", "dictionary", "dictionary-explained", "dictionary-dashboard", "direction"]
 
+    built: set[str] = set()  # steps (re)built by this call: registered again, whatever the store knew
+
     def step(index: int, what: str) -> Path:
         say(f"demo {index + 1}/{len(steps)}: {what}")
+        if not _done(folder / steps[index]):
+            built.add(steps[index])
         return folder / steps[index]
 
     out = step(0, f"{config.task} heads (attribution patching)")
@@ -112,10 +134,14 @@ def build_demo(model: HookedModel, folder: str | Path = DEFAULT_DEMO_DIR, config
     if not _done(out):
         run_train(model, train, prepare_train_folder(out, train, model=name))
     sae = load_sae(out / "sae")
-    latents = list(range(config.explained_latents))
-    out = step(3, f"latents 0-{latents[-1]} explained (tokens explainer, lexicon scorer)")
+    out = step(3, f"{config.explained_latents} latents that fire, explained (tokens explainer, lexicon scorer)")
     options = ExplainOptions("tokens", ("lexicon",), config.explain_contexts, seed=0)
-    if not _done(out):
+    if _done(out):
+        latents = sorted(latent_results(out))
+    else:
+        latents = lively_latents(model, sae, config.explained_latents)
+        if not latents:
+            raise ConfigError("no latent of the demo's dictionary fires on the corpus; train it on more tokens")
         explain = prepare_explain_folder(out, [f"latent {i}" for i in latents], options, overwrite=True,
                                          extra={"source": str((folder / steps[2] / "sae").resolve()), "model": name})
         run_explain(model, sae_units(model, sae, latents), options, explain, progress=progress)
@@ -138,10 +164,15 @@ def build_demo(model: HookedModel, folder: str | Path = DEFAULT_DEMO_DIR, config
         saved.record()
     store_path = folder / STORE
     with RunStore(store_path) as store:
+        try:
+            files = weight_files(model_name or name)
+        except MechscopeError:  # a name that no longer resolves: the run is still listed, without a hash
+            files = []
+        identity = {"model": {"name": model_name or name, "weights_sha256": store.weights_sha256(files)}}
         known = {record.path for record in store.runs()}
         for run in steps:
-            if (folder / run).resolve() not in known:
-                store.register(folder / run, models={"model": {"name": name, "weights_sha256": None}})
+            if run in built or (folder / run).resolve() not in known:
+                store.register(folder / run, models=identity)
     return store_path
 
 

@@ -63,7 +63,9 @@ def _figures(record: RunRecord, names: list[str]) -> View:
     for name in names:
         path = run_file(record, name)
         if path is not None:
-            figure = PatchingResult.load(path).plot(name.removesuffix(".json"))
+            result = PatchingResult.load(path)
+            figure = result.plot(f"{record.name}: {result.kind} {result.mode} patching, {result.metric}"
+                                 if name == "result.json" else f"{record.name}: {name.removesuffix('.json')}")
             figures.append(json.loads(figure.to_json()))
     divs = "".join(f"<div class=figure data-figure={index}></div>" for index in range(len(figures)))
     return View(f"<h2>Heatmaps</h2>{divs}", ["plotly", "figures"], {"figures": figures})
