@@ -94,11 +94,13 @@ def find_features(db: sqlite3.Connection, run_id: int, search: str | None = None
                           "LIMIT ? OFFSET ?", (run_id, int(limit), int(offset))).fetchall()
         return [FeatureRow(*row) for row in rows], total
     try:
-        matched = ("FROM feature_text JOIN features f ON f.id = feature_text.rowid "
-                   "WHERE feature_text MATCH ? AND f.run_id = ?")
-        total = db.execute(f"SELECT COUNT(*) {matched}", (search, run_id)).fetchone()[0]
-        rows = db.execute(f"SELECT {_COLUMNS} {matched} ORDER BY rank LIMIT ? OFFSET ?",
-                          (search, run_id, int(limit), int(offset))).fetchall()
+        # The full-text match first, then the run: written the other way round, SQLite walks
+        # the run's features and tests each against the index (100x slower on 16k latents).
+        total = db.execute("SELECT COUNT(*) FROM features f WHERE f.run_id = ? AND f.id IN "
+                           "(SELECT rowid FROM feature_text WHERE feature_text MATCH ?)", (run_id, search)).fetchone()[0]
+        rows = db.execute(f"SELECT {_COLUMNS} FROM (SELECT rowid AS id, rank AS score FROM feature_text WHERE "
+                          "feature_text MATCH ?) m JOIN features f ON f.id = m.id WHERE f.run_id = ? "
+                          "ORDER BY m.score LIMIT ? OFFSET ?", (search, run_id, int(limit), int(offset))).fetchall()
     except sqlite3.OperationalError as error:
         raise MechscopeError(f"cannot search features for {search!r} ({error}); use words, \"a phrase\", prefix* "
                              "and AND/OR/NOT, or a latent's number") from error
