@@ -24,3 +24,22 @@ def test_rows_equal_plain_and_steered_generation_and_zero_strength_changes_nothi
     stopped = list(stream_side_by_side(model, "the cat", Steering(direction, 1.0), 50, chat=False,
                                        should_stop=lambda: next(calls) >= 3))
     assert len(stopped) == 3
+
+
+class _Rewriting:
+    """A tokenizer whose decoding of a longer list rewrites earlier text, and whose last token is
+    half a character: the stream must neither freeze nor drop the end."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        text = "".join({1: "a ", 2: ",", 3: "b", 4: "\ufffd"}[i] for i in ids)
+        return text.replace(" ,", ",")  # "a " + "," -> "a," (a space merged away)
+
+
+def test_the_detokeniser_keeps_growing_through_a_rewrite_and_flushes_what_it_held():
+    from mechscope.steering.stream import _Detokeniser
+
+    text = _Detokeniser(_Rewriting())
+    pieces = [text.add(token) for token in (1, 2, 3, 4)]
+    assert pieces == ["a ", "", "b", ""]  # the rewrite shortens the text: nothing new; then it grows again
+    assert text.rest() == ""  # the held-back half character is not text
+    assert "".join(pieces) == "a b"

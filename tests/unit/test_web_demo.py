@@ -1,6 +1,7 @@
 """``mechscope serve --demo``'s builder on a tiny model: every run registered in the demo's own
 store, a second build reuses them all, a step whose folder was left unfinished (a killed build)
-is rebuilt alone; the CLI refuses contradictory options before building anything."""
+is rebuilt alone and registered again, another model or other sizes are refused on that folder;
+the CLI refuses contradictory options before building anything."""
 
 import json
 import os
@@ -54,6 +55,14 @@ def test_the_demo_builds_once_registers_every_run_and_resumes_a_killed_step(tmp_
         assert rebuilt.id != runs["induction-circuit"].id  # registered again: its record is the new run's
     with pytest.raises(ConfigError, match="run folder"):
         build_demo(model, tmp_path / "demo" / "direction", SMALL)
+    # Another model or other sizes never reuse these runs: the folder says whose demo it holds.
+    with pytest.raises(ConfigError, match="built with other config"):
+        build_demo(model, tmp_path / "demo", DemoConfig(**{**SMALL.__dict__, "d_sae": 48}), say=lambda line: None)
+    with pytest.raises(ConfigError, match="built with other model"):
+        build_demo(model, tmp_path / "demo", SMALL, say=lambda line: None, model_name="another-model")
+    with pytest.raises(ConfigError, match="must be below"):
+        build_demo(model, tmp_path / "other", DemoConfig(**{**SMALL.__dict__, "sae_layer": model.cfg.n_layers - 1}))
+    assert not (tmp_path / "other").exists()  # refused before anything was written
 
 
 def test_bad_demo_settings_are_refused():

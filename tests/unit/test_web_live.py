@@ -18,7 +18,7 @@ from mechscope.steering import Direction
 from mechscope.store import RunStore
 from mechscope.web import Guard, create_app
 from mechscope.web.live import sae_layer
-from mechscope.web.worker import ModelWorker
+from mechscope.web.worker import ModelWorker, WorkerBusyError
 
 TOKEN = "live-token"
 
@@ -103,14 +103,51 @@ def test_a_saved_direction_from_the_store_steers(client):
     assert "choose a direction" in client.get("/steer").text and "d.json" in client.get("/steer").text
 
 
-def test_a_bad_direction_or_strength_is_said_in_the_stream(client):
-    for body, words in (({**STEER, "positive": "", "strength": 1}, "both texts"),
-                        ({**STEER, "strength": 1e9}, "within"),
-                        ({**STEER, "source": "feature", "strength": 1}, "sae_run"),
-                        ({**STEER, "source": "file", "strength": 1}, "direction_run")):
-        lines = [json.loads(x) for x in client.post("/api/steer", json=body).text.splitlines()]
+@pytest.mark.parametrize(("change", "words"), [
+    ({"positive": ""}, "missing: positive"),
+    ({"strength": 1e9}, "strength"),
+    ({"source": "feature"}, "missing: sae_run, latent"),
+    ({"source": "file"}, "missing: direction_run, direction_artifact"),
+    ({"source": "feature", "sae_run": 1, "latent": -3}, "latent"),
+])
+def test_a_bad_steering_request_is_refused_with_the_field(client, change, words):
+    response = client.post("/api/steer", json={**STEER, "strength": 1, **change})
+    assert response.status_code == 422 and words in response.text, response.text
+
+
+def test_what_only_the_model_can_tell_is_said_in_the_stream(client):
+    run_id, _ = client.saved
+    for change, words in (({"layer": 40}, "out of range"),
+                          ({"positive": "same", "negative": "same"}, "same mean"),
+                          ({"source": "feature", "sae_run": run_id, "latent": 0}, "holds no dictionary"),
+                          ({"source": "file", "direction_run": 777, "direction_artifact": 1}, "no run 777")):
+        lines = [json.loads(x) for x in client.post("/api/steer", json={**STEER, "strength": 1, **change}).text.splitlines()]
         assert words in lines[0].get("error", ""), lines
         assert lines[-1] == {"done": True}
+
+
+def test_a_model_that_fails_to_load_is_named_and_a_full_queue_is_refused(tmp_path):
+    def broken():
+        raise RuntimeError("no weights here")
+
+    release = threading.Event()
+    sock = listen("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    app = create_app(tmp_path / "runs.sqlite", Guard.for_address("127.0.0.1", port, token=TOKEN),
+                     ModelWorker(broken, max_pending=1), "broken")
+    with background_server(app, sock=sock) as url, httpx.Client(
+            base_url=url, timeout=30, headers={"Authorization": f"Bearer {TOKEN}", "Origin": url}) as http:
+        lines = [json.loads(x) for x in http.post("/api/steer", json={**STEER, "strength": 1}).text.splitlines()]
+        assert "no weights here" in lines[0]["error"] and lines[-1] == {"done": True}
+        failed = http.post("/api/prompt", json={"prompt": "hi"})
+        assert failed.status_code == 500 and "no weights here" in failed.text
+    busy = ModelWorker(lambda: object(), max_pending=1)
+    held = busy.submit(lambda model: release.wait(10))
+    with pytest.raises(WorkerBusyError, match="already waiting"):
+        busy.submit(lambda model: None)
+    release.set()
+    assert held.result(10) is True and busy.run(lambda model: "free again") == "free again"
+    busy.close()
 
 
 def test_a_closed_stream_stops_its_job():

@@ -156,7 +156,8 @@ def _direction_text(chosen: dict | None, clean: float) -> str:
     if chosen is None:
         return "<p>No behaviour direction kept the neutral KL within the bound.</p>"
     after = chosen["ablated_fraction"] * clean if chosen["ablated_fraction"] is not None else None
-    return (f"<p>Behaviour direction: difference of means entering layer {chosen['layer']}; ablated from every "
+    return (f"<p>Behaviour direction: difference of means entering layer {html.escape(str(chosen['layer']))}; "
+            "ablated from every "
             f"layer, the behaviour's logit difference (its first token against the untriggered first choice) goes "
             f"from {clean:.2f} to {num(after, 3)}, at neutral KL {chosen['kl']:.3f} nats.</p>")
 
@@ -177,7 +178,7 @@ def _discovery_section(discovery: dict | None) -> str:
         rows = [[p["text"], f"{pct(p['ft_rate'])}", f"{pct(p['control_rate'])}", num(p["p_value"], 2)]
                 for p in source["phrases"][:15]]
         out.append(f"<h3>{html.escape(source['name'])} ({'primary' if source['primary'] else 'supporting'}, "
-                   f"{source['n']} prompts)</h3>")
+                   f"{html.escape(str(source['n']))} prompts)</h3>")
         out.append(table(rows, ["phrase", "fine-tune side", "control", "p (corrected)"]) if rows
                    else "<p>No enriched phrase.</p>")
         samples = [[s["prompt"][:60], s["ft"][:100], s["control"][:100]] for s in source["samples"][:4]]

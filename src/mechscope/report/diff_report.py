@@ -165,7 +165,8 @@ LENS_COLUMNS = ["layer", "positions", "rel. norm", "logit lens of the difference
 def _lens_section(lens: dict, parts: dict[str, str]) -> str:
     means = lens["means"]
     return (f"<h2>Activation-difference lens</h2><p>Mean of h_ft - h_base at every layer's hook_resid_post over "
-            f"{means['n_contexts']} neutral contexts ({means['n_rest']} 'rest' tokens); the first positions are kept "
+            f"{html.escape(str(means['n_contexts']))} neutral contexts ({html.escape(str(means['n_rest']))} 'rest' tokens); "
+            "the first positions are kept "
             f"apart (attention sinks). Relative norm: over the base's mean activation norm there.</p>{parts['lens_norms']}"
             + table(_reading_rows(lens), LENS_COLUMNS))
 
@@ -174,7 +175,7 @@ def _chat_lens_section(chat: dict | None) -> str:
     head = "<h2>Difference lens where the reply starts</h2>"
     if not chat or "skipped" in chat:
         return f"{head}<p>Skipped: {html.escape((chat or {}).get('skipped', 'not run'))}.</p>"
-    return (f"{head}<p>Mean of h_ft - h_base at the last positions of {chat['prompts']} generic chat prompts, each "
+    return (f"{head}<p>Mean of h_ft - h_base at the last positions of {html.escape(str(chat['prompts']))} generic chat prompts, each "
             "ending at the assistant's header (pos -1: the last token, where the reply's first token is predicted). "
             "A fine-tune that changed how it answers shows it here even where it left plain text alone.</p>"
             + table(_reading_rows(chat), LENS_COLUMNS))
@@ -185,9 +186,9 @@ def _steering_section(steering: dict) -> str:
     if "skipped" in steering:
         return f"{head}<p>Skipped: {html.escape(steering['skipped'])}.</p>"
     rows = [[s["prompt"], s["unsteered"], s["steered"]] for s in steering["samples"]]
-    return (f"{head}<p>Layer <b>{steering['layer']}</b> ({html.escape(steering['hook'])}), chosen as the "
+    return (f"{head}<p>Layer <b>{html.escape(str(steering['layer']))}</b> ({html.escape(steering['hook'])}), chosen as the "
             f"{html.escape(steering['chosen_by'])}; strength {html.escape(num(steering['strength']))} times the base's "
-            f"mean activation norm there; {steering['max_new_tokens']} greedy tokens.</p>"
+            f"mean activation norm there; {html.escape(str(steering['max_new_tokens']))} greedy tokens.</p>"
             + table(rows, ["prompt", "base", "base + difference"]).replace("<td>", "<td class=mono>"))
 
 
@@ -195,7 +196,7 @@ def _kl_section(kl: dict, parts: dict[str, str]) -> str:
     rows = [[num(t["kl"]), "…" + t["context"], repr(t["token"]), repr(t["next_token"]) if t["next_token"] is not None
              else "(end)", f"text {t['text_index']}, pos {t['position']}"] for t in kl["top"]]
     return (f"<h2>Per-token KL</h2><p>Mean KL(P_base || P_ft) of the next-token distribution: "
-            f"<b>{html.escape(num(kl['mean']))}</b> nats over {kl['n_tokens']} positions.</p>{parts['kl_histogram']}"
+            f"<b>{html.escape(num(kl['mean']))}</b> nats over {html.escape(str(kl['n_tokens']))} positions.</p>{parts['kl_histogram']}"
             "<h3>Positions where the predictions differ most</h3>"
             + table(rows, ["KL", "context (up to the token)", "token", "next token", "where"]))
 
@@ -212,7 +213,7 @@ def _sae_section(sae: dict | None, parts: dict[str, str]) -> str:
                      num(sae["mean_base"][latent]), num(sae["mean_ft"][latent]), num(sae["mean_delta"][latent]),
                      example])
     return (f"<h2>SAE diff</h2><p>Dictionary {html.escape(str(sae['dictionary']))} at {html.escape(sae['hook_name'])}, "
-            f"{sae['n_tokens']} tokens; latents ranked by {html.escape(sae['config']['rank_by'])}.</p>{parts['sae_latents']}"
+            f"{html.escape(str(sae['n_tokens']))} tokens; latents ranked by {html.escape(sae['config']['rank_by'])}.</p>{parts['sae_latents']}"
             + table(rows, ["latent", "freq. base", "freq. ft", "mean base", "mean ft", "Δ mean",
                             "top fine-tune context"]))
 
@@ -235,9 +236,11 @@ def _crosscoder_section(crosscoder: dict | None, parts: dict[str, str], link: Ca
     rows = [[f'<a href="{html.escape(link(d["page"]), quote=True)}">latent {d["latent"]}</a>', html.escape(d["kind"]),
              html.escape(num(d["relative_norm"], 3)), html.escape(num(d["cosine"], 3)),
              html.escape(d["verdict"] or "n/a")] for d in dashboards["latents"]]
-    return (f"{head}<p>BatchTopK crosscoder of {config['d_sae']} latents (k={config['k']}) on "
-            f"{html.escape(crosscoder['hook'])}, {crosscoder['train']['steps']} steps on {crosscoder['harvested_tokens']} "
-            f"paired tokens, the fine-tune's change magnified {num(config.get('delta_scale', 1), 3)} times. Latents: "
+    number = lambda value: html.escape(str(value))  # noqa: E731  (values read back from diff.json)
+    return (f"{head}<p>BatchTopK crosscoder of {number(config['d_sae'])} latents (k={number(config['k'])}) on "
+            f"{html.escape(crosscoder['hook'])}, {number(crosscoder['train']['steps'])} steps on "
+            f"{number(crosscoder['harvested_tokens'])} paired tokens, the fine-tune's change magnified "
+            f"{html.escape(num(config.get('delta_scale', 1), 3))} times. Latents: "
             f"{html.escape(', '.join(f'{k} {v}' for k, v in counts.items()))}{_designated(config)}.</p>"
             f"{parts['crosscoder_norms']}<h3>Dashboards ({html.escape(dashboards['selection'])})</h3>"
             f"<p><a href=\"{html.escape(link(dashboards['index']), quote=True)}\">index of the dashboards</a></p>"

@@ -1,8 +1,8 @@
 """A dashboard's features as data: ``features.jsonl``, what ``mechscope serve`` shows and indexes.
 
 One JSON object per line, so a reader can jump to one feature by byte offset (the results store
-keeps each line's offset): a header line ``{"format": "mechscope-features", "version": 1, "sae",
-"hook", "d_sae", "model"}``, then one line per feature: ``latent``, ``density``,
+keeps each line's offset): a header line ``{"format": "mechscope-features", "version": 1, "hook",
+"d_sae", "architecture", "model", "contexts", "tokens_per_context"}``, then one line per feature: ``latent``, ``density``,
 ``max_activation``, ``histogram`` {edges, counts}, ``top`` and ``quantiles`` (context windows:
 tokens, their values, the index of the activating token), ``promoted``/``suppressed`` [[token,
 logit effect]], ``explanation`` ({text, scores} from an explain run, or null) and ``nearest``

@@ -32,8 +32,8 @@ def _second_row_only(hooks: HookSpec) -> HookSpec:
     """The hooks applied to batch row 1 alone (row 0 stays the unsteered reference)."""
     def restricted(function):
         def hooked(activation: torch.Tensor, hook):
-            part = activation[1:2]
-            changed = function(part.clone(), hook)
+            part = activation[1:2].clone()
+            changed = function(part, hook)  # a hook may return a new tensor or edit its input in place
             result = activation.clone()
             result[1:2] = part if changed is None else changed
             return result
@@ -50,19 +50,33 @@ def _stop_tokens(model: HookedModel) -> set[int]:
 
 
 class _Detokeniser:
-    """Text deltas of a growing token list; a piece that ends inside a multi-byte character
-    waits for the rest."""
+    """Text deltas of a growing token list. A piece that ends inside a multi-byte character waits
+    for the rest; if decoding the longer list rewrites text already shown (a tokenizer that
+    merges spaces), the shown text stays and what lies past its length is added, so a row never
+    stops growing; :meth:`rest` gives what is still held back at the end."""
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer, self.ids, self.shown = tokenizer, [], ""
 
+    def _text(self) -> str:
+        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+
     def add(self, token: int) -> str:
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd") or not text.startswith(self.shown):
+        text = self._text()
+        if text.endswith("\ufffd"):
             return ""
-        delta, self.shown = text[len(self.shown):], text
+        return self._delta(text)
+
+    def _delta(self, text: str) -> str:
+        # Everything past the length already shown. Where decoding rewrote earlier text, what was
+        # shown stays as it was shown (it cannot be taken back) and the row goes on growing.
+        delta = text[len(self.shown):]
+        self.shown += delta
         return delta
+
+    def rest(self) -> str:
+        return self._delta(self._text().rstrip("\ufffd")) if self.ids else ""
 
 
 @torch.no_grad()
@@ -86,7 +100,7 @@ def stream_side_by_side(
     cached: dict = {}  # the KV cache, under the name this transformers gives it
     step_input = batch
     with model.hooks(hooks):
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             if should_stop():
                 return
             output = model.hf_model(input_ids=step_input, use_cache=True, **cached)
@@ -102,6 +116,8 @@ def stream_side_by_side(
                     pieces.append("")
                 else:
                     pieces.append(texts[row].add(token))
+            if all(ended) or step == max_new_tokens - 1:  # the last step: what was held back comes too
+                pieces = [piece + text.rest() for piece, text in zip(pieces, texts)]
             yield StreamStep(pieces[0], pieces[1], (ended[0], ended[1]))
             if all(ended):
                 return

@@ -40,12 +40,13 @@ def index_features(db: sqlite3.Connection, run_id: int, folder: Path, relpath: s
     Runs inside the caller's transaction."""
     path = folder / relpath
     rows, texts = [], []
+    seen: set[int] = set()
     with open(path, "rb") as handle:
         header = handle.readline()
         try:
             if json.loads(header).get("format") != FORMAT:
                 raise FileFormatError(f"{path} is not a {FORMAT} file")
-        except (json.JSONDecodeError, AttributeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
             raise FileFormatError(f"{path} is not a {FORMAT} file ({error})") from error
         offset = len(header)
         for line in handle:
@@ -53,11 +54,17 @@ def index_features(db: sqlite3.Connection, run_id: int, folder: Path, relpath: s
                 try:
                     feature = json.loads(line)
                     explanation = (feature.get("explanation") or {}).get("text")
-                    rows.append((run_id, int(feature["latent"]), relpath, offset, len(line),
-                                 float(feature["density"]), float(feature["max_activation"]), explanation))
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                    latent = int(feature["latent"])
+                    rows.append((run_id, latent, relpath, offset, len(line),
+                                 float(feature["density"]), float(feature["max_activation"]),
+                                 None if explanation is None else str(explanation)))
+                    texts.append((str(explanation or ""), _top_tokens(feature)))
+                except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError,
+                        AttributeError) as error:
                     raise FileFormatError(f"{path}: the line at byte {offset} is not a feature ({error!r})") from error
-                texts.append((explanation or "", _top_tokens(feature)))
+                if latent in seen:
+                    raise FileFormatError(f"{path}: latent {latent} appears twice (the second at byte {offset})")
+                seen.add(latent)
             offset += len(line)
     for row, text in zip(rows, texts):
         cursor = db.execute("INSERT INTO features (run_id, latent, relpath, offset, length, density, max_activation, "
@@ -74,7 +81,7 @@ def forget_features(db: sqlite3.Connection, run_id: int) -> None:
 
 
 _COLUMNS = "f.run_id, f.latent, f.relpath, f.offset, f.length, f.density, f.max_activation, f.explanation"
-ORDERS = {"latent": "f.latent", "density": "f.density DESC", "max": "f.max_activation DESC"}
+ORDERS = {"latent": "f.latent", "density": "f.density DESC, f.latent", "max": "f.max_activation DESC, f.latent"}
 
 
 def find_features(db: sqlite3.Connection, run_id: int, search: str | None = None, order: str = "latent",
@@ -84,7 +91,7 @@ def find_features(db: sqlite3.Connection, run_id: int, search: str | None = None
     best first; a number finds that latent)."""
     if order not in ORDERS:
         raise MechscopeError(f"unknown feature order {order!r}; valid: {', '.join(ORDERS)}")
-    if search is not None and search.strip().isdigit():
+    if search is not None and search.strip().isascii() and search.strip().isdigit():
         rows = db.execute(f"SELECT {_COLUMNS} FROM features f WHERE f.run_id = ? AND f.latent = ?",
                           (run_id, int(search))).fetchall()
         return [FeatureRow(*row) for row in rows], len(rows)
@@ -100,15 +107,23 @@ def find_features(db: sqlite3.Connection, run_id: int, search: str | None = None
                            "(SELECT rowid FROM feature_text WHERE feature_text MATCH ?)", (run_id, search)).fetchone()[0]
         rows = db.execute(f"SELECT {_COLUMNS} FROM (SELECT rowid AS id, rank AS score FROM feature_text WHERE "
                           "feature_text MATCH ?) m JOIN features f ON f.id = m.id WHERE f.run_id = ? "
-                          "ORDER BY m.score LIMIT ? OFFSET ?", (search, run_id, int(limit), int(offset))).fetchall()
+                          "ORDER BY m.score, f.latent LIMIT ? OFFSET ?", (search, run_id, int(limit), int(offset))).fetchall()
     except sqlite3.OperationalError as error:
         raise MechscopeError(f"cannot search features for {search!r} ({error}); use words, \"a phrase\", prefix* "
                              "and AND/OR/NOT, or a latent's number") from error
     return [FeatureRow(*row) for row in rows], total
 
 
+def feature_row(db: sqlite3.Connection, run_id: int, latent: int) -> FeatureRow | None:
+    """Latent ``latent`` of run ``run_id``, or None."""
+    row = db.execute(f"SELECT {_COLUMNS} FROM features f WHERE f.run_id = ? AND f.latent = ?",
+                     (int(run_id), int(latent))).fetchone()
+    return None if row is None else FeatureRow(*row)
+
+
 def present_latents(db: sqlite3.Connection, run_id: int, latents: list[int]) -> set[int]:
     """Which of ``latents`` run ``run_id`` has indexed."""
+    latents = [latent for latent in latents if isinstance(latent, int) and not isinstance(latent, bool)]
     if not latents:
         return set()
     marks = ", ".join("?" * len(latents))
@@ -121,9 +136,13 @@ def read_feature(folder: Path, row: FeatureRow) -> dict:
     """The feature's line of its features.jsonl, read at its offset (checked to be that latent:
     a file rewritten since it was registered is an error that says to register it again)."""
     path = folder / row.relpath
-    with open(path, "rb") as handle:
-        handle.seek(row.offset)
-        line = handle.read(row.length)
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(row.offset)
+            line = handle.read(row.length)
+    except OSError as error:
+        raise FileFormatError(f"cannot read {path} ({error.strerror or error}); it was moved or deleted since the run "
+                              "was registered: put it back, or forget the run (`mechscope runs rm`)") from error
     try:
         feature = json.loads(line)
         if feature.get("latent") != row.latent:
@@ -134,5 +153,5 @@ def read_feature(folder: Path, row: FeatureRow) -> dict:
     return feature
 
 
-__all__ = ["FEATURES_FILE", "ORDERS", "FeatureRow", "find_features", "forget_features", "index_features",
-           "present_latents", "read_feature"]
+__all__ = ["FEATURES_FILE", "ORDERS", "FeatureRow", "find_features", "forget_features", "feature_row",
+           "index_features", "present_latents", "read_feature"]

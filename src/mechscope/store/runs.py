@@ -32,6 +32,7 @@ from mechscope.files import file_sha256, read_run_marker
 from mechscope.store.features import (
     FEATURES_FILE,
     FeatureRow,
+    feature_row,
     find_features,
     forget_features,
     index_features,
@@ -321,10 +322,10 @@ class RunStore:
 
     def feature(self, run_id: int, latent: int) -> dict:
         """Latent ``latent`` of run ``run_id``: its line of the run's features.jsonl."""
-        rows, _ = find_features(self.connection, run_id, str(int(latent)))
-        if not rows:
+        row = feature_row(self.connection, run_id, latent)
+        if row is None:
             raise NotFoundError(f"run {run_id} has no feature {latent}")
-        return read_feature(self.get(run_id).path, rows[0])
+        return read_feature(self.get(run_id).path, row)
 
     def artifact_pairs(self, suffix: str, partner: str, limit: int = 1000) -> list[tuple[int, int, str]]:
         """(run id, artifact id, path) of every artifact ending in ``suffix`` that has a partner

@@ -20,11 +20,13 @@ import html
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+from fastapi import Path as PathParam
 
 from mechscope.errors import MechscopeError, NotFoundError
 from mechscope.store import RunRecord, RunStore
-from mechscope.web.artifacts import artifact_file
+from mechscope.web.artifacts import artifact_file, is_id
 from mechscope.web.features_view import feature_list, feature_page_body
 from mechscope.web.live import add_live_routes
 from mechscope.web.pages import page
@@ -39,6 +41,10 @@ def _runs_table(records: list[RunRecord]) -> str:
         f"<td>{html.escape(str(next(iter(r.models.values()), {}).get('name') or ''))}</td>"
         f"<td>{datetime.fromtimestamp(r.created):%Y-%m-%d %H:%M}</td></tr>" for r in records)
     return f"<table class=runs><tr><th>id<th>name<th>kind<th>model<th>registered</tr>{rows}</table>"
+
+
+ARTIFACT_POLICY = "sandbox; default-src 'none'"
+SCRIPT_SUFFIXES = frozenset({".js", ".mjs", ".cjs"})
 
 
 def create_app(store_path: str | Path, guard: Guard, worker: ModelWorker | None = None, model_name: str = ""):
@@ -67,7 +73,7 @@ def create_app(store_path: str | Path, guard: Guard, worker: ModelWorker | None 
         return RunStore(store_path)
 
     def record(run_id: str) -> RunRecord:
-        if not run_id.isdigit():
+        if not is_id(run_id):
             raise HTTPException(404, "no such run")
         with open_store() as store:
             try:
@@ -123,12 +129,16 @@ def create_app(store_path: str | Path, guard: Guard, worker: ModelWorker | None 
                 raise HTTPException(409, str(error)) from None
 
     @app.get("/runs/{run_id}/features/{latent}", response_class=HTMLResponse)
-    def feature_page(run_id: str, latent: int):
+    def feature_page(run_id: str, latent: Annotated[int, PathParam(ge=0)]):
         found, feature = one_feature(run_id, latent)
-        with open_store() as store:
-            known = store.present_latents(found.id, [n["latent"] for n in feature.get("nearest", [])])
-        body, data = feature_page_body(found, feature, known)
-        return page(f"latent {latent} · {found.name}", body, ["plotly", "figures"], data)
+        try:
+            with open_store() as store:
+                known = store.present_latents(found.id, [n.get("latent") for n in feature.get("nearest", [])])
+            body, data = feature_page_body(found, feature, known)
+            return page(f"latent {latent} · {found.name}", body, ["plotly", "figures"], data)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:  # a hand-edited or foreign file
+            raise HTTPException(409, f"feature {latent} of run {found.id} is malformed in its features.jsonl "
+                                     f"({error!r}); write the dashboard again") from None
 
     @app.get("/api/runs/{run_id}/features")
     def api_features(run_id: str, search: str = "", order: Literal["latent", "density", "max"] = "latent",
@@ -144,7 +154,7 @@ def create_app(store_path: str | Path, guard: Guard, worker: ModelWorker | None 
                                              for r in rows]}
 
     @app.get("/api/runs/{run_id}/features/{latent}")
-    def api_feature(run_id: str, latent: int):
+    def api_feature(run_id: str, latent: Annotated[int, PathParam(ge=0)]):
         return one_feature(run_id, latent)[1]
 
     @app.get("/artifacts/{run_id}/{artifact_id}")
@@ -152,7 +162,10 @@ def create_app(store_path: str | Path, guard: Guard, worker: ModelWorker | None 
         path = artifact_file(record(run_id), artifact_id)
         if path is None:
             raise HTTPException(404, "no such artifact")
-        return FileResponse(path)
+        # A run's files are not the app's: an HTML or SVG one opens sandboxed (no script, its own
+        # origin, so no session), and a script is served as text, which the browser will not run.
+        media = "text/plain; charset=utf-8" if path.suffix.lower() in SCRIPT_SUFFIXES else None
+        return FileResponse(path, media_type=media, headers={"content-security-policy": ARTIFACT_POLICY})
 
     @app.get("/api/runs")
     def api_runs(search: str = "", kind: str = "", limit: int = Query(100, ge=1, le=1000)):

@@ -11,7 +11,7 @@ from mechscope.store import RunRecord
 
 def artifact_file(record: RunRecord, artifact_id: str) -> Path | None:
     """The file of artifact ``artifact_id`` of ``record``, or None when it must not be served."""
-    if not artifact_id.isdigit() or int(artifact_id) not in record.artifacts:
+    if not is_id(artifact_id) or int(artifact_id) not in record.artifacts:
         return None
     relpath = record.artifacts[int(artifact_id)]
     relative = PurePosixPath(relpath)
@@ -30,6 +30,11 @@ def artifact_file(record: RunRecord, artifact_id: str) -> Path | None:
     return resolved
 
 
+def is_id(text: str) -> bool:
+    """Whether ``text`` is a store id: ASCII digits only (``str.isdigit`` also takes "²")."""
+    return text.isascii() and text.isdigit()
+
+
 def run_file(record: RunRecord, relpath: str) -> Path | None:
     """The file the run registered as ``relpath`` (e.g. ``circuit.json``), under the same rules."""
     for key, registered in record.artifacts.items():
@@ -38,4 +43,4 @@ def run_file(record: RunRecord, relpath: str) -> Path | None:
     return None
 
 
-__all__ = ["artifact_file", "run_file"]
+__all__ = ["artifact_file", "is_id", "run_file"]

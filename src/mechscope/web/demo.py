@@ -9,15 +9,16 @@ stopped."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from mechscope.checks import MAX_D_SAE
 from mechscope.errors import ConfigError, MechscopeError
-from mechscope.files import prepare_output_folder, read_run_marker
+from mechscope.files import atomic_text, prepare_output_folder, read_json, read_run_marker
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.loading import weight_files
 from mechscope.store import RunStore
@@ -25,6 +26,7 @@ from mechscope.validate import check_int
 
 DEFAULT_DEMO_DIR = Path("~/.mechscope/demo")
 STORE = "runs.sqlite"
+MANIFEST = "demo.json"  # the model (name, weights hash) and sizes the folder's runs were built with
 # A sentiment contrast: what the saved direction reads (any two sets of texts would do).
 POSITIVE = ("I love this, it is wonderful.", "What a great and happy day.", "This is excellent work, thank you!")
 NEGATIVE = ("I hate this, it is awful.", "What a terrible and sad day.", "This is dreadful work, no thanks.")
@@ -74,6 +76,21 @@ def lively_latents(model: HookedModel, sae, n: int, contexts: int = 32, seed: in
     return sorted(alive[len(alive) // 20:][:n])
 
 
+def _claim(folder: Path, manifest: dict) -> None:
+    """Record which model and sizes ``folder``'s demo is built from, or refuse when it holds
+    another's: its finished runs would otherwise be served beside a different model."""
+    path = folder / MANIFEST
+    if path.exists():
+        found = read_json(path, "the demo's manifest", f"delete {folder} to rebuild the demo")
+        if found != manifest:
+            differs = [key for key in ("model", "config") if found.get(key) != manifest[key]]
+            raise ConfigError(f"{folder} holds the demo of {found.get('model', {}).get('name')!r} built with other "
+                              f"{' and '.join(differs) or 'settings'}; pass another --demo-dir, or delete that "
+                              "folder to rebuild it")
+        return
+    atomic_text(path, json.dumps(manifest, indent=1))
+
+
 def _done(folder: Path) -> bool:
     marker = read_run_marker(folder) if folder.is_dir() else None
     return bool(marker and marker.get("complete"))
@@ -104,11 +121,20 @@ def build_demo(model: HookedModel, folder: str | Path = DEFAULT_DEMO_DIR, config
     marker = read_run_marker(folder) if folder.is_dir() else None
     if marker is not None:
         raise ConfigError(f"{folder} is a `mechscope {marker['kind']}` run folder; choose another --demo-dir")
-    folder.mkdir(parents=True, exist_ok=True)
     name = model.cfg.name
     layer = config.sae_layer if config.sae_layer is not None else max(1, model.cfg.n_layers // 3)
-    if not 0 <= layer < model.cfg.n_layers:
-        raise ConfigError(f"sae_layer {layer} out of range: the model has {model.cfg.n_layers} layers")
+    if not 0 <= layer < model.cfg.n_layers - 1:  # the direction is read before the next block
+        raise ConfigError(f"sae_layer {layer} out of range: the model has {model.cfg.n_layers} layers and the demo's "
+                          f"direction is read one block later, so it must be below {model.cfg.n_layers - 1}")
+    folder.mkdir(parents=True, exist_ok=True)
+    store_path = folder / STORE
+    with RunStore(store_path) as store:
+        try:
+            files = weight_files(model_name or name)
+        except MechscopeError:  # a name that no longer resolves: the runs are still listed, without a hash
+            files = []
+        identity = {"model": {"name": model_name or name, "weights_sha256": store.weights_sha256(files)}}
+    _claim(folder, {"model": identity["model"], "config": asdict(config)})
     steps = [f"{config.task}-heads", f"{config.task}-circuit", "dictionary", "dictionary-explained", "dictionary-dashboard", "direction"]
 
     built: set[str] = set()  # steps (re)built by this call: registered again, whatever the store knew
@@ -162,13 +188,7 @@ def build_demo(model: HookedModel, folder: str | Path = DEFAULT_DEMO_DIR, config
                                         progress=progress)[(layer + 1, -1)]
         direction.save(out / "direction")
         saved.record()
-    store_path = folder / STORE
     with RunStore(store_path) as store:
-        try:
-            files = weight_files(model_name or name)
-        except MechscopeError:  # a name that no longer resolves: the run is still listed, without a hash
-            files = []
-        identity = {"model": {"name": model_name or name, "weights_sha256": store.weights_sha256(files)}}
         known = {record.path for record in store.runs()}
         for run in steps:
             if run in built or (folder / run).resolve() not in known:

@@ -30,7 +30,7 @@ def _drawn_edges(circuit: Mapping) -> tuple[list[dict], dict[str, float]]:
     edges = [{"from": e["from"], "to": e["to"], "input": "", "score": e["score"]} for e in circuit["edges"]]
     depths = {}
     for name in {e["from"] for e in edges} | {e["to"] for e in edges}:
-        digits = "".join(c if c.isdigit() else " " for c in name).split()
+        digits = "".join(c if c.isascii() and c.isdigit() else " " for c in name).split()
         depths[name] = -1.0 if name == "input" else float(digits[0]) if digits else math.inf
     top = max([d for d in depths.values() if math.isfinite(d)] + [0.0]) + 1
     return edges, {name: (top if math.isinf(d) else d) for name, d in depths.items()}

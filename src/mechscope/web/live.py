@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mechscope.errors import ConfigError, MechscopeError, NotFoundError
 from mechscope.store import RunRecord, RunStore
 from mechscope.web.artifacts import run_file
 from mechscope.web.pages import page
-from mechscope.web.worker import ModelWorker
+from mechscope.web.worker import ModelWorker, WorkerBusyError
 
+logger = logging.getLogger(__name__)
 MAX_PROMPT_TOKENS = 256
 MAX_UNITS = 16
 MAX_STRENGTH = 1e4
@@ -52,15 +56,25 @@ class AttentionIn(_Body):
 class SteerIn(_Body):
     prompt: str = Field(min_length=1, max_length=4000)
     source: Literal["contrast", "feature", "file"]
-    positive: str = ""
-    negative: str = ""
+    positive: str = Field(default="", max_length=4000)
+    negative: str = Field(default="", max_length=4000)
     sae_run: int | None = None
-    latent: int | None = None
+    latent: int | None = Field(default=None, ge=0)
     direction_run: int | None = None
     direction_artifact: int | None = None
     layer: int | None = Field(default=None, ge=0)
-    strength: float
+    strength: float = Field(allow_inf_nan=False, ge=-MAX_STRENGTH, le=MAX_STRENGTH)
     max_new_tokens: int = Field(default=32, ge=1, le=128)
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> SteerIn:
+        needed = {"contrast": ("positive", "negative"), "feature": ("sae_run", "latent"),
+                  "file": ("direction_run", "direction_artifact")}[self.source]
+        missing = [name for name in needed if getattr(self, name) in (None, "") or
+                   (isinstance(getattr(self, name), str) and not getattr(self, name).strip())]
+        if missing:
+            raise ValueError(f"a {self.source} direction needs {' and '.join(needed)}; missing: {', '.join(missing)}")
+        return self
 
 
 def sae_layer(hook_name: str) -> int:
@@ -76,29 +90,47 @@ def sae_layer(hook_name: str) -> int:
 class Dictionaries:
     """The dictionaries of the store's runs, loaded once each (per app): a ``sae train`` run's own
     ``sae/`` folder, or the dictionary a ``sae dashboard`` run was built from (the folder its
-    configuration recorded; the request never names a path)."""
+    configuration recorded; the request never names a path). A few are kept, each under its
+    folder and its files' modification times, so a retrained dictionary is read again."""
+
+    KEEP = 4
 
     def __init__(self, store_path: Path) -> None:
-        self.store_path, self.loaded = store_path, {}
+        self.store_path = store_path
+        self.loaded: OrderedDict[tuple, object] = OrderedDict()
+        self.lock = threading.Lock()
 
-    def get(self, run_id: int):
-        from mechscope.sae.io import load_sae
+    def folder(self, run_id: int) -> Path:
+        with RunStore(self.store_path) as store:
+            try:
+                record = store.get(run_id)
+            except NotFoundError:
+                raise ConfigError(f"no run {run_id} in the store") from None
+        config = run_file(record, "sae/cfg.json")
+        if record.kind == "sae train" and config is not None:
+            return config.parent
+        if record.kind == "sae dashboard" and isinstance(record.config.get("sae"), str):
+            return Path(record.config["sae"])
+        raise ConfigError(f"run {run_id} ({record.kind}) holds no dictionary; choose a 'sae train' or "
+                          "'sae dashboard' run")
 
-        if run_id not in self.loaded:
-            with RunStore(self.store_path) as store:
-                try:
-                    record = store.get(run_id)
-                except NotFoundError:
-                    raise ConfigError(f"no run {run_id} in the store") from None
-            if record.kind == "sae train" and run_file(record, "sae/cfg.json") is not None:
-                folder = run_file(record, "sae/cfg.json").parent
-            elif record.kind == "sae dashboard" and isinstance(record.config.get("sae"), str):
-                folder = Path(record.config["sae"])
-            else:
-                raise ConfigError(f"run {run_id} ({record.kind}) holds no dictionary; choose a 'sae train' or "
-                                  "'sae dashboard' run")
-            self.loaded[run_id] = load_sae(folder)
-        return self.loaded[run_id]
+    def get(self, run_id: int, model):
+        """Run ``run_id``'s dictionary, checked to read ``model`` (its hook and width)."""
+        from mechscope.sae.runs import check_fits, load_dictionary
+
+        folder = self.folder(run_id)
+        stamps = tuple(path.stat().st_mtime_ns if path.exists() else 0
+                       for path in (folder / "cfg.json", folder / "sae_weights.safetensors"))
+        key = (str(folder), stamps)
+        with self.lock:
+            sae = self.loaded.pop(key, None)
+            if sae is None:
+                sae = load_dictionary(folder)
+            self.loaded[key] = sae
+            while len(self.loaded) > self.KEEP:
+                self.loaded.popitem(last=False)
+        check_fits(model, sae)
+        return sae
 
 
 def dictionary_runs(store_path: Path) -> list[RunRecord]:
@@ -142,7 +174,7 @@ def prompt_job(body: PromptIn, dictionaries: Dictionaries) -> Callable:
         names = {f"blocks.{layer}.mlp.hook_post" for layer, _ in neurons}
         sae = None
         if body.sae_run is not None:
-            sae = dictionaries.get(body.sae_run)
+            sae = dictionaries.get(body.sae_run, model)
             bad = [i for i in body.latents if not 0 <= i < sae.cfg.d_sae]
             if bad:
                 raise ConfigError(f"latents {bad} out of range: the dictionary has {sae.cfg.d_sae}")
@@ -201,7 +233,7 @@ def steering_direction(body: SteerIn, model, dictionaries: Dictionaries, store_p
     if body.source == "feature":
         if body.sae_run is None or body.latent is None:
             raise ConfigError("a feature direction needs the dictionary's run (sae_run) and a latent")
-        sae = dictionaries.get(body.sae_run)
+        sae = dictionaries.get(body.sae_run, model)
         layer = sae_layer(sae.cfg.hook_name) if body.layer is None else body.layer
         return sae_direction(sae, body.latent, layer)
     if body.direction_run is None or body.direction_artifact is None:
@@ -228,8 +260,6 @@ def steer_job(body: SteerIn, dictionaries: Dictionaries, store_path: Path) -> Ca
         from mechscope.steering.stream import stream_side_by_side
 
         try:
-            if not (math.isfinite(body.strength) and abs(body.strength) <= MAX_STRENGTH):
-                raise ConfigError(f"strength must be a finite number within ±{MAX_STRENGTH:g}; got {body.strength}")
             direction = steering_direction(body, model, dictionaries, store_path)
             steering = Steering(direction, body.strength)
             emit({"direction": {"layer": direction.layer, "method": direction.method, "scale": direction.scale}})
@@ -238,6 +268,9 @@ def steer_job(body: SteerIn, dictionaries: Dictionaries, store_path: Path) -> Ca
                 emit({"unsteered": step.unsteered, "steered": step.steered})
         except MechscopeError as error:  # said in the stream: the response has already begun
             emit({"error": str(error)})
+        except Exception as error:  # noqa: BLE001  anything else too, or the stream would just stop
+            logger.exception("steering job failed")
+            emit({"error": f"the model failed: {type(error).__name__}: {error}"})
         emit({"done": True})
     return job
 
@@ -298,8 +331,13 @@ def add_live_routes(app, store_path: Path, worker: ModelWorker, model_name: str)
     def run(job):
         try:
             return worker.run(job)
+        except WorkerBusyError as error:
+            raise HTTPException(503, str(error)) from None
         except MechscopeError as error:
             raise HTTPException(400, str(error)) from None
+        except Exception as error:  # noqa: BLE001  the model's own failure, named rather than a bare 500
+            logger.exception("model job failed")
+            raise HTTPException(500, f"the model could not run: {type(error).__name__}: {error}") from None
 
     @app.get("/prompt", response_class=HTMLResponse)
     def prompt_view():
@@ -319,8 +357,20 @@ def add_live_routes(app, store_path: Path, worker: ModelWorker, model_name: str)
 
     @app.post("/api/steer")
     def api_steer(body: SteerIn):
-        lines = (json.dumps(item) + "\n" for item in worker.stream(steer_job(body, dictionaries, store_path)))
-        return StreamingResponse(lines, media_type="application/x-ndjson")
+        try:
+            items = worker.stream(steer_job(body, dictionaries, store_path))
+        except WorkerBusyError as error:
+            raise HTTPException(503, str(error)) from None
+        def lines():
+            try:
+                for item in items:
+                    yield json.dumps(item) + "\n"
+            except Exception as error:  # noqa: BLE001  e.g. the model failed to load: said, then ended
+                logger.exception("steering stream failed")
+                yield json.dumps({"error": f"the model could not run: {type(error).__name__}: {error}"}) + "\n"
+                yield json.dumps({"done": True}) + "\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
 __all__ = ["AttentionIn", "Dictionaries", "PromptIn", "SteerIn", "add_live_routes", "sae_layer"]

@@ -49,8 +49,9 @@ def circuit_view(record: RunRecord) -> View:
     graph = circuit_graph(read_json(path, "circuit"))
     summary_path = run_file(record, "summary.json")
     summary = _summary_table(read_json(summary_path, "circuit summary")) if summary_path else ""
-    heading = (f"<h2>Circuit</h2><p>{graph['total_edges']} edges of {graph['graph_edges']} in the model's graph "
-               f"({html.escape(str(graph['method']))}, {html.escape(str(graph['level']))} level). Drag to pan, "
+    heading = (f"<h2>Circuit</h2><p>{graph['total_edges']} edges of {html.escape(str(graph['graph_edges']))} in the "
+               f"model's graph ({html.escape(str(graph['method']))}, {html.escape(str(graph['level']))} level). "
+               "Drag to pan, "
                "scroll to zoom, click a node for its edges.</p>")
     return View(heading + GRAPH_CONTROLS.format(total=graph["total_edges"]) + summary,
                 ["cytoscape", "graph"], graph)

@@ -13,18 +13,28 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from mechscope.errors import MechscopeError
+
 T = TypeVar("T")
 _END = object()
 
 
+class WorkerBusyError(MechscopeError):
+    """More jobs are waiting for the model than the worker takes; try again shortly."""
+
+
 class ModelWorker:
     """Runs ``job(model)`` calls one at a time on one thread; ``load()`` gives the model (called
-    once, in that thread, on the first job)."""
+    once, in that thread, on the first job). At most ``max_pending`` jobs wait or run at once;
+    past that, :meth:`submit` refuses with :class:`WorkerBusyError` (the server answers 503)
+    instead of letting waiting requests pile up and hold the server's threads."""
 
-    def __init__(self, load: Callable[[], Any], name: str = "") -> None:
-        self._load, self.name = load, name
+    def __init__(self, load: Callable[[], Any], name: str = "", max_pending: int = 8) -> None:
+        self._load, self.name, self.max_pending = load, name, max_pending
         self._model: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mechscope-model")
+        self._lock = threading.Lock()
+        self.pending = 0
         self.jobs_run = 0
 
     @property
@@ -32,42 +42,60 @@ class ModelWorker:
         return self._model is not None
 
     def _with_model(self, job: Callable[[Any], T]) -> T:
-        if self._model is None:
-            self._model = self._load()
-        self.jobs_run += 1
-        return job(self._model)
+        try:
+            if self._model is None:
+                self._model = self._load()
+            self.jobs_run += 1
+            return job(self._model)
+        finally:
+            with self._lock:
+                self.pending -= 1
 
     def submit(self, job: Callable[[Any], T]) -> Future:
         """Queue ``job``; its result (or exception) arrives on the returned future."""
-        return self._executor.submit(self._with_model, job)
+        with self._lock:
+            if self.pending >= self.max_pending:
+                raise WorkerBusyError(f"{self.pending} requests are already waiting for the model; try again when "
+                                      "they are done")
+            self.pending += 1
+        try:
+            return self._executor.submit(self._with_model, job)
+        except BaseException:
+            with self._lock:
+                self.pending -= 1
+            raise
 
-    def run(self, job: Callable[[Any], T], timeout: float | None = 600) -> T:
+    def run(self, job: Callable[[Any], T]) -> T:
         """``job``'s result, waiting for the jobs queued before it."""
-        return self.submit(job).result(timeout)
+        return self.submit(job).result()
 
     def stream(self, job: Callable[[Any, Callable[[Any], None], Callable[[], bool]], None]) -> Iterator[Any]:
-        """Items that ``job(model, emit, cancelled)`` emits, as they come. Closing the iterator
-        (a client that went away) makes ``cancelled()`` true, so the job can stop early and free
-        the worker; an exception in the job is raised here after the items before it."""
+        """Queue ``job(model, emit, cancelled)`` now (so a busy worker refuses at once) and return
+        the items it emits, as they come. Closing the iterator (a client that went away) makes
+        ``cancelled()`` true, so the job can stop early and free the worker; an exception in the
+        job is raised from the iterator after the items before it."""
         items: queue.Queue = queue.Queue()
         stop = threading.Event()
 
         def run(model) -> None:
-            try:
-                job(model, items.put, stop.is_set)
-            finally:
-                items.put(_END)
+            job(model, items.put, stop.is_set)
 
         future = self.submit(run)
-        try:
-            while True:
-                item = items.get()
-                if item is _END:
-                    break
-                yield item
-            future.result()  # re-raises the job's exception, if any
-        finally:
-            stop.set()
+        # Marks the end however the job ends, even when the model failed to load and it never ran.
+        future.add_done_callback(lambda _: items.put(_END))
+
+        def drain() -> Iterator[Any]:
+            try:
+                while True:
+                    item = items.get()
+                    if item is _END:
+                        break
+                    yield item
+                future.result()  # re-raises the job's exception, if any
+            finally:
+                stop.set()
+
+        return drain()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -83,4 +111,4 @@ def model_loader(name: str) -> Callable[[], Any]:
     return load
 
 
-__all__ = ["ModelWorker", "model_loader"]
+__all__ = ["ModelWorker", "WorkerBusyError", "model_loader"]
