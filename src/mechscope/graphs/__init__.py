@@ -1,0 +1,15 @@
+"""Attribution graphs: a prompt's computation traced through transcoder features (work in
+progress, issue 17): the local replacement model and attribution on it."""
+
+from mechscope.graphs.attribution import (
+    AttributionGraph,
+    Node,
+    attribute,
+    constant_inputs,
+    replacement_logits,
+    top_logits,
+)
+from mechscope.graphs.replacement import Prompt, ReplacementModel, check_transcoders, mlp_input, mlp_output
+
+__all__ = ["AttributionGraph", "Node", "Prompt", "ReplacementModel", "attribute", "constant_inputs", "check_transcoders", "mlp_input",
+           "mlp_output", "replacement_logits", "top_logits"]

@@ -1,0 +1,223 @@
+"""Attribution on the replacement model: every direct, linear effect between the nodes of a prompt.
+
+Nodes (:class:`Node`): the transcoders' active features (layer, position, feature), the error
+term of every (layer, position), the embedding of every position, and the target logits (the
+most likely next tokens at the last position, up to a probability mass). An edge's weight is the
+source's value times the gradient of the target's input with respect to it, in the replacement
+model where everything non-linear is frozen: the effect the source has on the target along
+direct paths (through the residual stream and frozen attention, not through other features).
+
+A feature's input is its transcoder pre-activation; a logit's is the logit minus the mean logit
+(both linear in the residual stream once the norms are frozen). Because they are linear, a
+target's input is the sum of its incoming edges plus a constant (biases): tested.
+
+Targets are attributed in batches: the prompt is repeated ``batch_size`` times, each copy's
+target seeds one backward pass, and the feature activations enter as the values of the active
+features only (a [batch, n_active] leaf scattered into place), so memory grows with the number of
+active features, not with the dictionary's width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from mechscope.graphs.replacement import Prompt, ReplacementModel, mlp_input
+from mechscope.validate import check_int, check_number
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node: ``kind`` "feature" (``layer``, ``position``, ``feature``), "error" (``layer``,
+    ``position``), "embedding" (``position``) or "logit" (``feature`` = the token id)."""
+
+    kind: str
+    layer: int = -1
+    position: int = -1
+    feature: int = -1
+
+    @property
+    def label(self) -> str:
+        if self.kind == "feature":
+            return f"L{self.layer}F{self.feature}@{self.position}"
+        if self.kind == "error":
+            return f"L{self.layer}err@{self.position}"
+        if self.kind == "embedding":
+            return f"emb@{self.position}"
+        return f"logit {self.feature}"
+
+
+@dataclass
+class AttributionGraph:
+    """Sources (features, errors, embeddings) and targets (features, logits) of one prompt.
+
+    ``adjacency`` [n_targets, n_sources]: the edge from source j to target i. The features are
+    both: ``targets[:n_features] == sources[:n_features]``. ``activations`` [n_features] the
+    features' values, ``target_inputs`` [n_targets] each target's input (pre-activation or
+    demeaned logit) in the replacement, ``logit_probabilities`` [n_logits]."""
+
+    tokens: torch.Tensor
+    sources: list[Node]
+    targets: list[Node]
+    adjacency: torch.Tensor
+    activations: torch.Tensor
+    target_inputs: torch.Tensor
+    logit_probabilities: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.activations)
+
+
+def top_logits(logits: torch.Tensor, mass: float = 0.95, most: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids, probabilities) of the most likely tokens of ``logits`` [d_vocab] until their
+    probability reaches ``mass``, at most ``most``."""
+    probabilities = logits.float().softmax(-1)
+    values, ids = probabilities.sort(descending=True)
+    count = int((values.cumsum(0) < mass).sum()) + 1
+    count = max(1, min(count, most))
+    return ids[:count], values[:count]
+
+
+def _active(prompt: Prompt, max_features: int | None) -> list[tuple[int, int, int]]:
+    """(layer, position, feature) of every active feature, BOS excluded, largest first when capped."""
+    found = []
+    for layer, values in sorted(prompt.activations.items()):
+        positions, features = (values[1:] > 0).nonzero(as_tuple=True)
+        found += [(layer, int(p) + 1, int(f)) for p, f in zip(positions, features)]
+    if max_features is not None and len(found) > max_features:
+        found.sort(key=lambda n: -float(prompt.activations[n[0]][n[1], n[2]]))
+        found = sorted(found[:max_features])
+    return found
+
+
+def _target_inputs(replacement: ReplacementModel, prompt: Prompt, chunk: list[Node], leaves: dict,
+                   errors: dict, embedding: torch.Tensor) -> torch.Tensor:
+    """[len(chunk)] each target's input, row i of a batch of copies of the prompt seeding target
+    ``chunk[i]``, with the sources given as ``leaves`` / ``errors`` / ``embedding``."""
+    model = replacement.model
+    reads: dict[int, torch.Tensor] = {}
+
+    def keep(activation, hook, layer):
+        reads[layer] = activation
+
+    hooks = replacement.hooks(prompt, leaves, errors, embedding)
+    hooks += [(mlp_input(layer), lambda a, h, layer=layer: keep(a, h, layer)) for layer in range(model.cfg.n_layers)]
+    with model.hooks(hooks):
+        logits = model.hf_model(input_ids=prompt.tokens.repeat(len(chunk), 1).to(model.device)).logits.float()
+    seeds = []
+    for row, node in enumerate(chunk):
+        if node.kind == "feature":
+            transcoder = replacement.transcoders[node.layer]
+            x = reads[node.layer][row, node.position].to(transcoder.W_enc.dtype)
+            seeds.append((x @ transcoder.W_enc[:, node.feature] + transcoder.b_enc[node.feature]).float())
+        else:
+            final = logits[row, -1]
+            seeds.append(final[node.feature] - final.mean())
+    return torch.stack(seeds)
+
+
+@torch.no_grad()
+def constant_inputs(replacement: ReplacementModel, graph: AttributionGraph) -> torch.Tensor:
+    """[n_targets] each target's input with every source at zero (what the biases give): a
+    target's input is this plus the sum of its incoming edges."""
+    prompt = replacement.freeze(graph.tokens)
+    n_pos, batch = graph.tokens.shape[1], len(graph.targets)
+    leaves = {layer: torch.zeros(batch, n_pos, t.cfg.d_sae) for layer, t in replacement.transcoders.items()}
+    errors = {layer: torch.zeros(batch, n_pos, replacement.model.cfg.d_model) for layer in replacement.transcoders}
+    return _target_inputs(replacement, prompt, graph.targets, leaves, errors,
+                          torch.zeros(batch, n_pos, replacement.model.cfg.d_model))
+
+
+def attribute(replacement: ReplacementModel, tokens: torch.Tensor, logit_mass: float = 0.95, max_logits: int = 10,
+              max_features: int | None = None, batch_size: int = 16, progress: bool = True) -> AttributionGraph:
+    """The attribution graph of ``tokens`` [1, pos] (see the module docstring): every edge into
+    every active feature and every target logit. Features at the first position (BOS, an
+    attention sink) are not nodes, and ``max_features`` keeps the most active features only: what
+    the others write is added to their (layer, position)'s error node, so nothing is lost."""
+    check_number("logit_mass", logit_mass, minimum=0.0, maximum=1.0, strict_minimum=True)
+    check_int("max_logits", max_logits, 1)
+    check_int("batch_size", batch_size, 1)
+    if max_features is not None:
+        check_int("max_features", max_features, 1)
+    model = replacement.model
+    prompt = replacement.freeze(tokens)
+    n_pos = tokens.shape[1]
+    n_layers = model.cfg.n_layers
+    features = _active(prompt, max_features)
+    logit_ids, logit_probs = top_logits(prompt.logits[-1], logit_mass, max_logits)
+    sources = ([Node("feature", layer, pos, f) for layer, pos, f in features]
+               + [Node("error", layer, pos) for layer in range(n_layers) for pos in range(n_pos)]
+               + [Node("embedding", -1, pos) for pos in range(n_pos)])
+    targets = sources[:len(features)] + [Node("logit", feature=int(t)) for t in logit_ids]
+    by_layer: dict[int, list[int]] = {}
+    for index, (layer, _, _) in enumerate(features):
+        by_layer.setdefault(layer, []).append(index)
+    activations = torch.tensor([float(prompt.activations[layer][pos, f]) for layer, pos, f in features])
+    # Features that are not nodes (at BOS, or past max_features) still act: what they write joins
+    # their (layer, position)'s error node, so the graph's replacement stays exact on the prompt.
+    folded_errors = {}
+    for layer in range(n_layers):
+        rest = prompt.activations[layer].clone()
+        for index in by_layer.get(layer, []):
+            _, pos, feature = features[index]
+            rest[pos, feature] = 0
+        decoder = replacement.transcoders[layer].W_dec.detach().float()
+        folded_errors[layer] = prompt.errors[layer] + rest @ decoder
+    adjacency = torch.zeros(len(targets), len(sources))
+    inputs = torch.zeros(len(targets))
+    batches = range(0, len(targets), batch_size)
+    for start in tqdm(batches, desc="attribution", disable=not progress or len(batches) < 2):
+        chunk = targets[start:start + batch_size]
+        batch = len(chunk)
+        values = {layer: activations[index].unsqueeze(0).repeat(batch, 1).requires_grad_(True)
+                  for layer, index in ((layer, torch.tensor(indices)) for layer, indices in by_layer.items())}
+        leaves = {}
+        for layer in range(n_layers):
+            dense = torch.zeros(batch, n_pos, replacement.transcoders[layer].cfg.d_sae)
+            if layer in values:
+                spots = [features[i] for i in by_layer[layer]]
+                dense = dense.index_put((torch.arange(batch)[:, None], torch.tensor([s[1] for s in spots])[None],
+                                         torch.tensor([s[2] for s in spots])[None]), values[layer])
+            leaves[layer] = dense
+        errors = {layer: folded_errors[layer].unsqueeze(0).repeat(batch, 1, 1).requires_grad_(True)
+                  for layer in range(n_layers)}
+        embedding = prompt.embeddings.unsqueeze(0).repeat(batch, 1, 1).requires_grad_(True)
+        seed = _target_inputs(replacement, prompt, chunk, leaves, errors, embedding)
+        leaf_list = [values[layer] for layer in sorted(values)] + [errors[layer] for layer in range(n_layers)] \
+            + [embedding]
+        grads = torch.autograd.grad(seed.sum(), leaf_list, allow_unused=True)
+        feature_grads = torch.zeros(batch, len(features))
+        for layer, grad in zip(sorted(values), grads[:len(values)]):
+            if grad is not None:
+                feature_grads[:, by_layer[layer]] = grad
+        error_grads = torch.stack([(grad * errors[layer].detach()).sum(-1) if grad is not None
+                                   else torch.zeros(batch, n_pos)
+                                   for layer, grad in zip(range(n_layers), grads[len(values):-1])], 1)
+        embedding_grad = grads[-1]
+        embedding_edges = (embedding_grad * embedding.detach()).sum(-1) if embedding_grad is not None \
+            else torch.zeros(batch, n_pos)
+        rows = slice(start, start + batch)
+        adjacency[rows, :len(features)] = feature_grads * activations
+        adjacency[rows, len(features):len(features) + n_layers * n_pos] = error_grads.reshape(batch, -1)
+        adjacency[rows, len(features) + n_layers * n_pos:] = embedding_edges
+        inputs[rows] = seed.detach()
+    total_active = sum(int((values > 0).sum()) for values in prompt.activations.values())
+    info = {"n_features": len(features), "active_features": total_active, "folded_into_errors":
+            total_active - len(features), "max_features": max_features, "logit_mass": logit_mass,
+            "kept_logit_probability": float(logit_probs.sum())}
+    return AttributionGraph(tokens, sources, targets, adjacency, activations, inputs, logit_probs, info)
+
+
+def replacement_logits(replacement: ReplacementModel, tokens: torch.Tensor) -> torch.Tensor:
+    """[pos, d_vocab] the replacement model's logits on ``tokens`` [1, pos] (equal to the real
+    model's: the error terms make up what the transcoders miss)."""
+    prompt = replacement.freeze(tokens)
+    with torch.no_grad(), replacement.model.hooks(replacement.hooks(prompt)):
+        return replacement.model.hf_model(input_ids=tokens.to(replacement.model.device)).logits[0].float()
+
+
+__all__ = ["AttributionGraph", "Node", "attribute", "constant_inputs", "replacement_logits", "top_logits"]

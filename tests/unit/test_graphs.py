@@ -1,0 +1,135 @@
+"""The replacement model and attribution on tiny models of four families, with random per-layer
+transcoders: the replacement's logits equal the real model's on the prompt; every target's input
+is its incoming edges plus the bias constant (completeness of the linear decomposition); an edge
+is the direct effect (doubling a source moves its target by the edge); no edge runs backwards
+(in layer or position); transcoders that do not fit the model are refused with the reason."""
+
+import pytest
+import torch
+
+import mechscope
+from mechscope.errors import ConfigError
+from mechscope.graphs import (
+    ReplacementModel,
+    attribute,
+    constant_inputs,
+    mlp_input,
+    mlp_output,
+    replacement_logits,
+)
+from mechscope.sae import SAE, SAEConfig
+
+FAMILIES = ("llama", "gpt2", "qwen2", "gpt_neox")
+
+
+def transcoders(model, d_sae=40, k=5, seed=0):
+    torch.manual_seed(seed)
+    return {layer: SAE(SAEConfig(model.cfg.d_model, d_sae, "topk", k=k, d_out=model.cfg.d_model,
+                                 hook_name=mlp_input(layer), hook_name_out=mlp_output(layer)))
+            for layer in range(model.cfg.n_layers)}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def traced(request):
+    model = mechscope.load_tiny(request.param)
+    replacement = ReplacementModel(model, transcoders(model))
+    tokens = model.to_tokens("the cat sat on the mat")
+    return model, replacement, tokens, attribute(replacement, tokens, batch_size=64, progress=False)
+
+
+def test_the_replacement_gives_the_real_logits(traced):
+    model, replacement, tokens, graph = traced
+    with torch.no_grad():
+        real = model.hf_model(input_ids=tokens).logits[0].float()
+    assert torch.allclose(replacement_logits(replacement, tokens), real, atol=1e-4, rtol=0)
+    # The graph's own run too (BOS features folded into its error nodes): its logit targets are
+    # the real model's demeaned logits.
+    logits = [i for i, node in enumerate(graph.targets) if node.kind == "logit"]
+    demeaned = real[-1] - real[-1].mean()
+    expected = torch.stack([demeaned[graph.targets[i].feature] for i in logits])
+    assert torch.allclose(graph.target_inputs[logits], expected, atol=1e-4, rtol=0)
+    assert graph.info["folded_into_errors"] > 0  # the BOS features
+
+
+def test_each_target_is_its_incoming_edges_plus_the_bias_constant(traced):
+    _, replacement, _, graph = traced
+    assert graph.n_features > 20 and len(graph.targets) > graph.n_features  # features and logits
+    explained = graph.adjacency.sum(1) + constant_inputs(replacement, graph)
+    scale = graph.target_inputs.abs().max()
+    assert torch.allclose(explained, graph.target_inputs, atol=1e-4 * float(scale), rtol=0)
+
+
+def test_an_edge_is_the_direct_effect_of_its_source(traced):
+    _, replacement, tokens, graph = traced
+    prompt = replacement.freeze(tokens)
+    features = graph.adjacency[:graph.n_features, :graph.n_features]
+    target, source = divmod(int(features.abs().argmax()), graph.n_features)
+    node = graph.sources[source]
+    assert abs(float(features[target, source])) > 0
+    doubled = {layer: values.unsqueeze(0).clone() for layer, values in prompt.activations.items()}
+    doubled[node.layer][0, node.position, node.feature] *= 2
+    from mechscope.graphs.attribution import _target_inputs
+    moved = _target_inputs(replacement, prompt, [graph.targets[target]], doubled,
+                           {layer: e.unsqueeze(0) for layer, e in prompt.errors.items()},
+                           prompt.embeddings.unsqueeze(0))
+    change = float(moved[0] - graph.target_inputs[target])
+    assert change == pytest.approx(float(features[target, source]), rel=1e-3, abs=1e-5)
+
+
+def test_no_edge_runs_backwards(traced):
+    _, _, tokens, graph = traced
+    n_pos = tokens.shape[1]
+    for i, target in enumerate(graph.targets[:graph.n_features]):
+        for j, source in enumerate(graph.sources):
+            weight = float(graph.adjacency[i, j])
+            if source.kind == "feature" and (source.layer >= target.layer or source.position > target.position):
+                assert weight == 0, (source, target)
+            if source.kind == "error" and (source.layer >= target.layer or source.position > target.position):
+                assert weight == 0, (source, target)
+            if source.kind == "embedding" and source.position > target.position:
+                assert weight == 0, (source, target)
+    assert graph.adjacency.shape == (len(graph.targets), len(graph.sources))
+    assert len(graph.sources) == graph.n_features + (len({n.layer for n in graph.sources if n.kind == "error"}) + 1) * n_pos
+
+
+def test_transcoders_that_do_not_fit_are_refused():
+    model = mechscope.load_tiny("llama")
+    good = transcoders(model)
+    with pytest.raises(ConfigError, match="missing layers"):
+        ReplacementModel(model, {0: good[0]})
+    wide = dict(good)
+    wide[1] = SAE(SAEConfig(model.cfg.d_model + 8, 40, "topk", k=5, d_out=model.cfg.d_model + 8,
+                            hook_name=mlp_input(1), hook_name_out=mlp_output(1)))
+    with pytest.raises(ConfigError, match="layer 1: .*another model"):
+        ReplacementModel(model, wide)
+    elsewhere = dict(good)
+    elsewhere[0] = SAE(SAEConfig(model.cfg.d_model, 40, "topk", k=5, d_out=model.cfg.d_model,
+                                 hook_name="blocks.0.hook_resid_pre", hook_name_out=mlp_output(0)))
+    with pytest.raises(ConfigError, match="layer 0: the transcoder reads"):
+        ReplacementModel(model, elsewhere)
+    plain = dict(good)
+    plain[2] = SAE(SAEConfig(model.cfg.d_model, 40, "topk", k=5, hook_name=mlp_input(2)))
+    with pytest.raises(ConfigError, match="not a transcoder"):
+        ReplacementModel(model, plain)
+    gemma = mechscope.load_tiny("gemma3")
+    with pytest.raises(ConfigError, match="gemma3"):
+        ReplacementModel(gemma, transcoders(gemma))
+
+
+def test_capped_features_join_the_error_nodes_and_the_graph_stays_exact():
+    model = mechscope.load_tiny("llama")
+    replacement = ReplacementModel(model, transcoders(model))
+    tokens = model.to_tokens("the cat sat on the mat")
+    graph = attribute(replacement, tokens, max_features=12, batch_size=32, progress=False)
+    assert graph.n_features == 12 and graph.info["folded_into_errors"] == graph.info["active_features"] - 12
+    kept = sorted(graph.activations.tolist(), reverse=True)
+    prompt = replacement.freeze(tokens)
+    every = sorted((float(v) for layer, a in prompt.activations.items() for v in a[1:][a[1:] > 0]), reverse=True)
+    assert kept == pytest.approx(every[:12])  # the most active ones (BOS excluded)
+    with torch.no_grad():
+        real = model.hf_model(input_ids=tokens).logits[0, -1].float()
+    logit_rows = [i for i, n in enumerate(graph.targets) if n.kind == "logit"]
+    expected = torch.stack([real[graph.targets[i].feature] - real.mean() for i in logit_rows])
+    assert torch.allclose(graph.target_inputs[logit_rows], expected, atol=1e-4, rtol=0)
+    explained = graph.adjacency.sum(1) + constant_inputs(replacement, graph)
+    assert torch.allclose(explained, graph.target_inputs, atol=1e-4 * float(graph.target_inputs.abs().max()), rtol=0)
