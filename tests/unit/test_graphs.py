@@ -133,3 +133,29 @@ def test_capped_features_join_the_error_nodes_and_the_graph_stays_exact():
     assert torch.allclose(graph.target_inputs[logit_rows], expected, atol=1e-4, rtol=0)
     explained = graph.adjacency.sum(1) + constant_inputs(replacement, graph)
     assert torch.allclose(explained, graph.target_inputs, atol=1e-4 * float(graph.target_inputs.abs().max()), rtol=0)
+
+
+def test_influence_is_conserved_and_pruning_keeps_what_it_says(traced):
+    from mechscope.graphs.prune import influence, logit_weights, node_list, prune
+
+    _, _, _, graph = traced
+    nodes = node_list(graph)
+    spread = influence(graph)
+    inputs = torch.tensor([node.kind in ("error", "embedding") for node in nodes])
+    # Every unit of the logits' weight ends at an error node or an embedding.
+    assert float(spread[inputs].sum()) == pytest.approx(float(logit_weights(graph).sum()), rel=1e-4)
+    everything = prune(graph, node_share=1.0, edge_share=1.0)
+    # Everything with any influence stays (a feature no path leads from to a logit has none).
+    assert torch.equal(everything.keep_nodes, (spread > 0) | ~torch.tensor([n.kind == "feature" for n in nodes]))
+    assert everything.pruned_replacement_score == pytest.approx(everything.replacement_score, rel=1e-4)
+    assert everything.pruned_completeness_score == pytest.approx(everything.completeness_score, rel=1e-4)
+    assert 0 < everything.replacement_score < 1 and 0 < everything.completeness_score < 1
+    pruned = prune(graph, node_share=0.5, edge_share=0.9)
+    features = torch.tensor([node.kind == "feature" for node in nodes])
+    kept = pruned.keep_nodes & features
+    assert 0 < int(kept.sum()) < int(features.sum())
+    # The kept features are the most influential ones and hold at least half of the influence.
+    assert float(spread[kept].min()) >= float(spread[features & ~pruned.keep_nodes].max())
+    assert float(spread[kept].sum()) >= 0.5 * float(spread[features].sum())
+    assert not bool((pruned.keep_edges & ~(pruned.keep_nodes[:, None] & pruned.keep_nodes[None, :])).any())
+    assert pruned.pruned_completeness_score <= everything.completeness_score + 1e-6
