@@ -4,13 +4,16 @@ errors and without a request leaving loopback; a click on a graph node opens its
 pruning slider changes how many edges are drawn; in the steering playground strength 0 gives the
 unsteered text and a large strength another; the prompt view draws units, lens and attention; a
 dictionary's features are listed, searched and shown, and "steer with this" steers with one; a
-model diff and an audit are drawn, each audit claim a link to its evidence."""
+model diff and an audit are drawn, each audit claim a link to its evidence; an attribution graph
+is drawn by position and layer and its nodes open their panels."""
 
 import pytest
 
 import mechscope
 from mechscope.autointerp.backends.server import background_server, listen
 from mechscope.circuits.runs import CircuitOptions, run_circuit
+from mechscope.graphs import ReplacementModel
+from mechscope.graphs.runs import GraphOptions, run_graph
 from mechscope.patching.runs import PatchOptions, run_patch
 from mechscope.report.audit_runs import audit_to_folder
 from mechscope.report.diff_runs import DiffOptions, prepare_diff_folder, run_diff
@@ -19,6 +22,7 @@ from mechscope.web import Guard, create_app
 from mechscope.web.worker import ModelWorker
 from tests.browser import browser, watched  # noqa: F401  (browser: a fixture)
 from tests.unit.test_audit_pipeline import CONFIG as AUDIT_CONFIG
+from tests.unit.test_graphs import transcoders as random_transcoders
 from tests.web_fixtures import toy_dictionary_run
 
 TOKEN = "browser-test-token"
@@ -38,8 +42,11 @@ def site(tmp_path_factory, backdoor):
     run_circuit(tiny, CircuitOptions(task="induction", method="eap", n=3, edges=12, curve=False), root / "circuit")
     run_patch(tiny, PatchOptions(task="induction", sites="heads", n=3), root / "patch")
     toy_dictionary_run(tiny, root)
+    run_graph(tiny, ReplacementModel(tiny, random_transcoders(tiny)), GraphOptions("the cat sat on the mat"),
+              root / "graph", progress=False)
     with RunStore(root / "runs.sqlite") as store:
-        ids = {name: store.register(root / name).id for name in ("circuit", "patch", "toy-dashboard", "audit", "diff")}
+        ids = {name: store.register(root / name).id for name in ("circuit", "patch", "toy-dashboard", "audit", "diff",
+                                                                        "graph")}
     sock = listen("127.0.0.1", 0)
     guard = Guard.for_address("127.0.0.1", sock.getsockname()[1], token=TOKEN)
     worker = ModelWorker(lambda: tiny)
@@ -63,7 +70,7 @@ def test_runs_and_patching_pages_render_clean(context, site):
     watched_page = watched(context)
     page = watched_page.page
     page.goto("/")
-    assert page.locator("table.runs tr").count() == 6, page.content()  # a heading row and the five runs
+    assert page.locator("table.runs tr").count() == 7, page.content()  # a heading row and the six runs
     watched_page.screenshot("runs")
     page.goto(f"/runs/{ids['patch']}")
     page.wait_for_selector("div.figure .main-svg")  # plotly drew the heatmap
@@ -205,4 +212,29 @@ def test_diff_and_audit_reports_render_and_claims_link_to_their_evidence(context
         assert page.locator(target).count() == 1, target  # every claim's link lands on its evidence
     evidence.last.click()
     watched_page.screenshot("audit")
+    watched_page.assert_clean()
+
+
+def test_attribution_graph_page_draws_and_a_node_opens_its_panel(context, site):
+    _, ids = site
+    watched_page = watched(context)
+    page = watched_page.page
+    page.goto(f"/runs/{ids['graph']}")
+    page.wait_for_selector("#graph[data-drawn-edges]")
+    assert "Attribution graph" in page.inner_text("main") and "replacement score" in page.inner_text("main")
+    name, x, y = page.evaluate("""() => {
+        const cy = window.mechscopeGraph;
+        const node = cy.nodes("[kind = 'logit']").max(n => n.degree()).ele;  // the top row: no neighbour on it
+        const box = document.getElementById('graph').getBoundingClientRect();
+        const at = node.renderedPosition();
+        return [node.id(), box.left + at.x, box.top + at.y];
+    }""")
+    page.mouse.click(x, y)
+    page.locator("#node-panel").wait_for(state="visible")
+    assert page.locator("#node-panel h3").inner_text() == name
+    drawn = int(page.locator("#graph").get_attribute("data-drawn-edges"))
+    page.fill("#prune", "1")
+    page.locator("#prune").dispatch_event("input")
+    assert int(page.locator("#graph").get_attribute("data-drawn-edges")) == 1 < drawn
+    watched_page.screenshot("attribution-graph")
     watched_page.assert_clean()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from mechscope.errors import ConfigError
 from mechscope.graphs.replacement import Prompt, ReplacementModel, mlp_input
 from mechscope.validate import check_int, check_number
 
@@ -133,11 +134,13 @@ def constant_inputs(replacement: ReplacementModel, graph: AttributionGraph) -> t
 
 
 def attribute(replacement: ReplacementModel, tokens: torch.Tensor, logit_mass: float = 0.95, max_logits: int = 10,
-              max_features: int | None = None, batch_size: int = 16, progress: bool = True) -> AttributionGraph:
+              max_features: int | None = None, batch_size: int = 16, progress: bool = True,
+              target_tokens: list[int] | None = None) -> AttributionGraph:
     """The attribution graph of ``tokens`` [1, pos] (see the module docstring): every edge into
     every active feature and every target logit. Features at the first position (BOS, an
     attention sink) are not nodes, and ``max_features`` keeps the most active features only: what
-    the others write is added to their (layer, position)'s error node, so nothing is lost."""
+    the others write is added to their (layer, position)'s error node, so nothing is lost.
+    ``target_tokens``: attribute these next tokens (ids) instead of the most likely ones."""
     check_number("logit_mass", logit_mass, minimum=0.0, maximum=1.0, strict_minimum=True)
     check_int("max_logits", max_logits, 1)
     check_int("batch_size", batch_size, 1)
@@ -148,7 +151,15 @@ def attribute(replacement: ReplacementModel, tokens: torch.Tensor, logit_mass: f
     n_pos = tokens.shape[1]
     n_layers = model.cfg.n_layers
     features = _active(prompt, max_features)
-    logit_ids, logit_probs = top_logits(prompt.logits[-1], logit_mass, max_logits)
+    if target_tokens:
+        vocabulary = prompt.logits.shape[-1]
+        bad = [t for t in target_tokens if not 0 <= int(t) < vocabulary]
+        if bad:
+            raise ConfigError(f"target token ids {bad} are outside the vocabulary of {vocabulary}")
+        logit_ids = torch.tensor([int(t) for t in dict.fromkeys(target_tokens)])
+        logit_probs = prompt.logits[-1].softmax(-1)[logit_ids]
+    else:
+        logit_ids, logit_probs = top_logits(prompt.logits[-1], logit_mass, max_logits)
     sources = ([Node("feature", layer, pos, f) for layer, pos, f in features]
                + [Node("error", layer, pos) for layer in range(n_layers) for pos in range(n_pos)]
                + [Node("embedding", -1, pos) for pos in range(n_pos)])

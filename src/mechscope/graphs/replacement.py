@@ -35,12 +35,12 @@ SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "gpt2", "gpt_neox")
 
 def mlp_input(layer: int) -> str:
     """Where a per-layer transcoder reads: the MLP's input after its norm."""
-    return f"blocks.{layer}.ln2.hook_normalized"
+    return names.block(layer, "ln2.hook_normalized")
 
 
 def mlp_output(layer: int) -> str:
     """Where a per-layer transcoder writes: the MLP's output."""
-    return f"blocks.{layer}.hook_mlp_out"
+    return names.block(layer, "hook_mlp_out")
 
 
 def _norm_points(model: HookedModel) -> list[tuple[str, str, object]]:
@@ -48,9 +48,9 @@ def _norm_points(model: HookedModel) -> list[tuple[str, str, object]]:
     adapter, cfg = model.adapter, model.cfg
     points = []
     for layer in range(cfg.n_layers):
-        points.append((names.resid_pre(layer), f"blocks.{layer}.ln1.hook_normalized",
+        points.append((names.resid_pre(layer), names.block(layer, "ln1.hook_normalized"),
                        model.hf_model.get_submodule(adapter.path(layer, "ln1"))))
-        points.append((f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.ln2.hook_normalized",
+        points.append((names.block(layer, "hook_mlp_in"), mlp_input(layer),
                        model.hf_model.get_submodule(adapter.path(layer, "ln2"))))
     points.append((names.resid_post(cfg.n_layers - 1), "ln_final.hook_normalized", model.final_norm))
     return points

@@ -19,6 +19,7 @@ import torch
 from mechscope.checks import MAX_D_SAE
 from mechscope.errors import ConfigError, MechscopeError
 from mechscope.files import atomic_text, prepare_output_folder, read_json, read_run_marker
+from mechscope.hooks import names
 from mechscope.models.hooked_model import HookedModel
 from mechscope.models.loading import weight_files
 from mechscope.store import RunStore
@@ -154,7 +155,7 @@ def build_demo(model: HookedModel, folder: str | Path = DEFAULT_DEMO_DIR, config
         run_circuit(model, CircuitOptions(task=config.task, method="eap", n=config.prompts,
                                           edges=config.circuit_edges, curve=False), out, overwrite=True)
     out = step(2, f"a {config.d_sae}-latent dictionary at blocks.{layer}.hook_resid_post")
-    train = TrainOptions(hook=f"blocks.{layer}.hook_resid_post", d_sae=config.d_sae, k=config.k,
+    train = TrainOptions(hook=names.short("resid_post", layer), d_sae=config.d_sae, k=config.k,
                          tokens=config.sae_tokens, batch_size=min(1024, config.sae_tokens),
                          harvest_contexts=config.harvest_contexts)
     if not _done(out):

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from mechscope.errors import MechscopeError
 
 COLUMN_GAP, ROW_GAP = 90.0, 80.0
+CELL_WIDTH, DOT_GAP, ATTRIBUTION_ROW_GAP = 6, 22.0, 120.0
 
 
 def _finite(value) -> float | None:
@@ -69,4 +70,44 @@ def circuit_graph(circuit: Mapping, labels: Mapping[str, str] | None = None) -> 
             "level": circuit.get("level")}
 
 
-__all__ = ["circuit_graph"]
+def attribution_graph(data: Mapping) -> dict:
+    """The viewer's data (as :func:`circuit_graph`) for an attribution graph's JSON (the
+    circuit-tracer / Neuronpedia format ``mechscope graph`` writes): nodes at (token position,
+    layer), embeddings at the bottom and logits on top; each node's label is its ``clerp``."""
+    try:
+        raw_nodes, links = list(data["nodes"]), list(data["links"])
+        tokens = list(data.get("metadata", {}).get("prompt_tokens", []))
+    except (KeyError, TypeError, AttributeError) as error:
+        raise MechscopeError(f"graph.json has no nodes and links to draw ({error!r})") from error
+
+    def depth(node: Mapping) -> float:
+        layer = str(node.get("layer"))
+        return -1.0 if layer == "E" else float(layer) if layer.lstrip("-").isdigit() else 0.0
+
+    cells: dict[tuple[float, int], list[Mapping]] = defaultdict(list)
+    for node in raw_nodes:
+        cells[(depth(node), int(node.get("ctx_idx", 0)))].append(node)
+    nodes = []
+    for (row, position), members in cells.items():
+        for index, node in enumerate(members):
+            token = tokens[position] if 0 <= position < len(tokens) else ""
+            label = str(node.get("clerp") or "") or f"{node.get('feature_type')} at {token!r}"
+            # A cell (position, layer) holds its nodes in rows of six small dots.
+            column, line = index % CELL_WIDTH, index // CELL_WIDTH
+            nodes.append({"id": str(node["node_id"]), "depth": row, "score": _finite(node.get("influence")),
+                          "label": label, "small": True, "kind": str(node.get("feature_type", "")),
+                          "x": position * CELL_WIDTH * DOT_GAP * 1.3 + (column - (min(len(members), CELL_WIDTH) - 1) / 2)
+                          * DOT_GAP, "y": -(row + 1) * ATTRIBUTION_ROW_GAP + line * DOT_GAP})
+    known = {node["id"] for node in nodes}
+    edges = [{"from": str(link["source"]), "to": str(link["target"]), "input": "",
+              "score": _finite(link.get("weight")) or 0.0} for link in links
+             if str(link.get("source")) in known and str(link.get("target")) in known]
+    edges.sort(key=lambda e: -abs(e["score"]))
+    strongest = max([abs(e["score"]) for e in edges] + [1e-12])
+    drawn = [{"id": f"e{rank}", "source": e["from"], "target": e["to"], "input": "", "score": e["score"],
+              "rank": rank, "width": round(1 + 7 * abs(e["score"]) / strongest, 2)} for rank, e in enumerate(edges)]
+    return {"nodes": nodes, "edges": drawn, "total_edges": len(drawn), "graph_edges": len(links),
+            "method": "attribution", "level": "feature", "tokens": tokens}
+
+
+__all__ = ["attribution_graph", "circuit_graph"]

@@ -24,6 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mechscope.errors import ConfigError, MechscopeError, NotFoundError
+from mechscope.hooks import names as hook_names
 from mechscope.store import RunRecord, RunStore
 from mechscope.web.artifacts import run_file
 from mechscope.web.pages import page
@@ -171,7 +172,7 @@ def prompt_job(body: PromptIn, dictionaries: Dictionaries) -> Callable:
             if match is None:
                 raise ConfigError(f"neuron {text!r} must be LAYER:INDEX, e.g. 3:117")
             neurons.append((int(match.group(1)), int(match.group(2))))
-        names = {f"blocks.{layer}.mlp.hook_post" for layer, _ in neurons}
+        names = {hook_names.short("post", layer) for layer, _ in neurons}
         sae = None
         if body.sae_run is not None:
             sae = dictionaries.get(body.sae_run, model)
@@ -189,7 +190,7 @@ def prompt_job(body: PromptIn, dictionaries: Dictionaries) -> Callable:
         grid = logit_lens_grid(model, cache)
         units = []
         for layer, index in neurons:
-            values = cache[f"blocks.{layer}.mlp.hook_post"][0]
+            values = cache[hook_names.short("post", layer)][0]
             if not 0 <= index < values.shape[-1]:
                 raise ConfigError(f"neuron {layer}:{index} out of range: the MLP has {values.shape[-1]} neurons")
             units.append({"name": f"neuron {layer}:{index}", "values": _finite(values[:, index])})
@@ -211,7 +212,7 @@ def attention_job(body: AttentionIn) -> Callable:
         tokens = model.to_tokens(body.prompt)
         if tokens.shape[1] > MAX_PROMPT_TOKENS:
             raise ConfigError(f"the prompt is {tokens.shape[1]} tokens; at most {MAX_PROMPT_TOKENS}")
-        name = f"blocks.{body.layer}.attn.hook_pattern"
+        name = hook_names.short("pattern", body.layer)
         _, cache = model.run_with_cache(tokens, names=[name])
         pattern = cache[name][0].float()  # [heads, query, key]
         return {"tokens": model.to_str_tokens(tokens[0]), "layer": body.layer,

@@ -12,7 +12,7 @@ from mechscope.errors import MechscopeError
 from mechscope.files import read_json
 from mechscope.store import RunRecord
 from mechscope.web.artifacts import run_file
-from mechscope.web.graph_view import circuit_graph
+from mechscope.web.graph_view import attribution_graph, circuit_graph
 
 
 @dataclass
@@ -55,6 +55,25 @@ def circuit_view(record: RunRecord) -> View:
                "scroll to zoom, click a node for its edges.</p>")
     return View(heading + GRAPH_CONTROLS.format(total=graph["total_edges"]) + summary,
                 ["cytoscape", "graph"], graph)
+
+
+def graph_view(record: RunRecord) -> View:
+    """An attribution graph (``mechscope graph``): the same viewer, nodes at (position, layer)."""
+    path = run_file(record, "graph.json")
+    if path is None:
+        return View("<p class=error>this graph run has no graph.json</p>")
+    data = read_json(path, "attribution graph")
+    graph = attribution_graph(data)
+    meta = data.get("metadata", {}) if isinstance(data, dict) else {}
+    scores = "".join(f"<tr><th>{html.escape(name.replace('_', ' '))}</th><td>{html.escape(_short(meta[name]))}</td>"
+                     "</tr>" for name in ("replacement_score", "completeness_score", "pruned_replacement_score",
+                                          "pruned_completeness_score") if isinstance(meta.get(name), float))
+    prompt = html.escape(str(meta.get("prompt", "")))
+    heading = (f"<h2>Attribution graph</h2><p>Prompt <q>{prompt}</q>: {len(graph['nodes'])} nodes and "
+               f"{graph['total_edges']} edges kept by pruning. Columns are token positions, rows layers "
+               "(embeddings at the bottom, the output logits on top). Scroll to zoom, click a node for its "
+               f"edges and label.</p><table class=facts>{scores}</table>")
+    return View(heading + GRAPH_CONTROLS.format(total=graph["total_edges"]), ["cytoscape", "graph"], graph)
 
 
 def _figures(record: RunRecord, names: list[str]) -> View:
@@ -115,7 +134,8 @@ def audit_view(record: RunRecord) -> View:
 
 
 VIEWS: dict[str, Callable[[RunRecord], View]] = {"circuit": circuit_view, "patch": patch_view,
-                                                  "trace": trace_view, "diff": diff_view, "audit": audit_view}
+                                                  "trace": trace_view, "diff": diff_view, "audit": audit_view,
+                                                  "graph": graph_view}
 
 
 def run_view(record: RunRecord) -> View:

@@ -1,0 +1,58 @@
+"""``mechscope graph``: one prompt's attribution graph through a model's transcoders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mechscope.cli.core import console, load_model, say
+from mechscope.cli.options import ModelName, Overwrite, finite, out_option
+
+
+def graph(
+    prompt: Annotated[str, typer.Argument(help="the prompt to trace (its next token is the output)")],
+    transcoders: Annotated[Path, typer.Option(help="folder of per-layer transcoders: layer_0/, layer_1/, ... "
+                                                   "(each cfg.json + sae_weights.safetensors)")],
+    target: Annotated[str | None, typer.Option(help="attribute this next token (one token, e.g. ' Paris') "
+                                                    "instead of the most likely ones")] = None,
+    logit_mass: Annotated[float, typer.Option(help="attribute the most likely next tokens up to this "
+                                                   "probability", callback=finite(0.0))] = 0.95,
+    max_logits: Annotated[int, typer.Option(min=1, max=100, help="at most this many next tokens")] = 10,
+    max_features: Annotated[int | None, typer.Option(min=1, help="keep only the most active features as nodes "
+                                                                 "(the rest join the error nodes)")] = None,
+    node_share: Annotated[float, typer.Option(help="pruning: keep the features holding this share of the "
+                                                   "influence", callback=finite(0.0))] = 0.8,
+    edge_share: Annotated[float, typer.Option(help="pruning: keep the edges holding this share of the "
+                                                   "influence", callback=finite(0.0))] = 0.98,
+    batch_size: Annotated[int, typer.Option(min=1, max=1024, help="targets per backward pass")] = 16,
+    max_positions: Annotated[int, typer.Option(min=2, help="refuse longer prompts (memory grows with the "
+                                                           "prompt)")] = 64,
+    model: ModelName = None,
+    out: Annotated[Path, out_option("folder for graph.json (the viewers' format) and summary.json")] = Path(
+        "mechscope-graph"),
+    overwrite: Overwrite = False,
+) -> None:
+    """Trace PROMPT through the model's transcoders: a local replacement model (MLPs replaced,
+    attention and norms frozen, error nodes), every direct effect between features, errors,
+    embeddings and the output logits, pruned by influence; writes graph.json for the graph
+    viewers and `mechscope serve`."""
+    from mechscope.graphs.export import load_transcoders
+    from mechscope.graphs.replacement import ReplacementModel
+    from mechscope.graphs.runs import GraphOptions, prepare_graph_folder, run_graph
+
+    options = GraphOptions(prompt, target, logit_mass, max_logits, max_features, node_share, edge_share, batch_size,
+                           max_positions)
+    found = load_transcoders(transcoders)  # a bad folder fails before the model loads
+    folder = prepare_graph_folder(out, options, overwrite, {"transcoders": str(Path(transcoders).resolve()),
+                                                            "model": model})
+    say(folder.describe())
+    hooked = load_model(model)
+    summary = run_graph(hooked, ReplacementModel(hooked, found), options, folder,
+                        transcoder_names=[f"layer_{layer}" for layer in sorted(found)])
+    kept = summary["kept"]
+    console.print(f"{summary['features']} active features over {summary['tokens']} tokens, attributed in "
+                  f"{summary['seconds']} s; kept {kept['features']} features and {kept['edges']} edges; replacement "
+                  f"score {summary['replacement_score']:.3f}, completeness {summary['completeness_score']:.3f}")
+    console.print(f"wrote {folder.path}/graph.json and summary.json")

@@ -1,0 +1,103 @@
+"""The run behind ``mechscope graph``: one prompt's attribution graph, pruned, written as the
+viewers' graph JSON plus a summary (scores, counts, timing) into a checked output folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mechscope import checks
+from mechscope.errors import ConfigError
+from mechscope.files import OutputFolder, atomic_text, prepare_output_folder
+from mechscope.graphs.attribution import attribute
+from mechscope.graphs.export import graph_json, write_graph_json
+from mechscope.graphs.prune import prune
+from mechscope.graphs.replacement import ReplacementModel
+from mechscope.models.hooked_model import HookedModel
+from mechscope.validate import check_int, check_number
+
+GRAPH_OUTPUTS = ("graph.json", "summary.json")
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """``mechscope graph``'s options; checked on creation, before any model loads."""
+
+    prompt: str
+    target: str | None = None  # a next token to attribute (one token), instead of the most likely ones
+    logit_mass: float = 0.95
+    max_logits: int = 10
+    max_features: int | None = None
+    node_share: float = 0.8
+    edge_share: float = 0.98
+    batch_size: int = 16
+    max_positions: int = 64
+
+    def __post_init__(self) -> None:
+        checks.check_text("prompt", self.prompt)
+        if self.target is not None and not self.target:
+            raise ConfigError("--target must be a token's text, e.g. ' Paris'")
+        check_number("logit_mass", self.logit_mass, minimum=0.0, maximum=1.0, strict_minimum=True)
+        check_int("max_logits", self.max_logits, 1, 100)
+        if self.max_features is not None:
+            check_int("max_features", self.max_features, 1)
+        check_number("node_share", self.node_share, minimum=0.0, maximum=1.0)
+        check_number("edge_share", self.edge_share, minimum=0.0, maximum=1.0)
+        check_int("batch_size", self.batch_size, 1, 1024)
+        check_int("max_positions", self.max_positions, 2, checks.MAX_POSITION)
+
+
+def prepare_graph_folder(out: str | Path, options: GraphOptions, overwrite: bool = False,
+                         extra: dict | None = None) -> OutputFolder:
+    return prepare_output_folder(out, "graph", GRAPH_OUTPUTS, overwrite=overwrite,
+                                 options={**asdict(options), **(extra or {})})
+
+
+def target_token(model: HookedModel, text: str) -> int:
+    """The id of ``text`` as one token of ``model``'s tokenizer, else a ConfigError."""
+    ids = model.tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        shown = [model.tokenizer.decode([i]) for i in ids]
+        raise ConfigError(f"--target {text!r} is {len(ids)} tokens for this tokenizer ({shown}); give one token "
+                          "(mind the leading space, e.g. ' Paris')")
+    return int(ids[0])
+
+
+def run_graph(model: HookedModel, replacement: ReplacementModel, options: GraphOptions, out: OutputFolder | str | Path,
+              overwrite: bool = False, transcoder_names: list[str] | None = None, progress: bool = True) -> dict:
+    """Trace ``options.prompt``, prune, write graph.json and summary.json; returns the summary."""
+    folder = out if isinstance(out, OutputFolder) else prepare_graph_folder(out, options, overwrite)
+    tokens = model.to_tokens(options.prompt)
+    if tokens.shape[1] > options.max_positions:
+        raise ConfigError(f"the prompt is {tokens.shape[1]} tokens, over the cap of {options.max_positions} "
+                          "positions (each target's backward pass holds the whole prompt): pass --max-positions "
+                          f"{tokens.shape[1]} or more if the memory allows, or shorten the prompt")
+    targets = [target_token(model, options.target)] if options.target is not None else None
+    started = time.perf_counter()
+    graph = attribute(replacement, tokens, options.logit_mass, options.max_logits, options.max_features,
+                      options.batch_size, progress, target_tokens=targets)
+    attributed = time.perf_counter() - started
+    pruned = prune(graph, options.node_share, options.edge_share)
+    data = graph_json(model, graph, pruned, slug=folder.path.name, transcoder_names=transcoder_names)
+    write_graph_json(folder / "graph.json", data)
+    kinds = [node["feature_type"] for node in data["nodes"]]
+    summary = {"prompt": options.prompt, "tokens": len(tokens[0]), "seconds": round(attributed, 2),
+               "features": graph.n_features, **graph.info,
+               "kept": {"features": kinds.count("cross layer transcoder"), "errors": kinds.count("mlp reconstruction "
+                                                                                                 "error"),
+                        "embeddings": kinds.count("embedding"), "logits": kinds.count("logit"),
+                        "edges": len(data["links"])},
+               "replacement_score": pruned.replacement_score, "completeness_score": pruned.completeness_score,
+               "pruned_replacement_score": pruned.pruned_replacement_score,
+               "pruned_completeness_score": pruned.pruned_completeness_score,
+               "logits": [{"token": model.tokenizer.decode([int(node.feature)]), "id": int(node.feature),
+                           "probability": float(p)}
+                          for node, p in zip(graph.targets[graph.n_features:], graph.logit_probabilities)]}
+    atomic_text(folder / "summary.json", json.dumps(summary, indent=1))
+    folder.record()
+    return summary
+
+
+__all__ = ["GRAPH_OUTPUTS", "GraphOptions", "prepare_graph_folder", "run_graph", "target_token"]

@@ -1,0 +1,83 @@
+"""``mechscope graph`` on a tiny model with per-layer transcoders saved as a folder: the graph JSON
+in the viewers' format (every link between kept nodes, the output logits present, scores in the
+metadata), the run registered in the store; bad input refused with the reason, before any work."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mechscope.cli.app import app
+from mechscope.graphs import mlp_input, mlp_output
+from mechscope.graphs.export import load_transcoders, save_transcoders
+from mechscope.sae import SAE, SAEConfig
+from mechscope.store import RunStore
+from tests.unit.test_cli import saved_tiny
+from tests.unit.test_graphs import transcoders
+
+runner = CliRunner()
+PROMPT = "the cat sat on the mat"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("graph-cli")
+    tiny, folder = saved_tiny(root, "llama")
+    saved = save_transcoders(transcoders(tiny), root / "transcoders")
+    return tiny, folder, saved, root
+
+
+def test_the_graph_command_writes_the_viewers_json_and_registers_the_run(setup, results_store):
+    tiny, folder, saved, root = setup
+    assert sorted(load_transcoders(saved)) == list(range(tiny.cfg.n_layers))
+    out = root / "graph"
+    result = runner.invoke(app, ["graph", PROMPT, "--transcoders", str(saved), "--model", str(folder),
+                                 "--out", str(out), "--node-share", "0.9"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "graph.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    ids = {node["node_id"] for node in data["nodes"]}
+    assert data["links"] and all(link["source"] in ids and link["target"] in ids for link in data["links"])
+    kinds = {node["feature_type"] for node in data["nodes"]}
+    assert kinds == {"cross layer transcoder", "mlp reconstruction error", "embedding", "logit"}
+    logits = [node for node in data["nodes"] if node["feature_type"] == "logit"]
+    assert len(logits) == len(summary["logits"]) and all(node["is_target_logit"] for node in logits)
+    assert data["metadata"]["prompt_tokens"] == tiny.to_str_tokens(PROMPT)
+    assert 0 < data["metadata"]["replacement_score"] < 1 and summary["kept"]["edges"] == len(data["links"])
+    assert summary["kept"]["features"] <= summary["features"]
+    with RunStore(results_store) as store:
+        assert any(r.kind == "graph" and r.path == out.resolve() for r in store.runs())
+
+
+def test_a_chosen_target_token_is_the_only_logit(setup):
+    tiny, folder, saved, root = setup
+    token = tiny.to_str_tokens(PROMPT)[-1]
+    result = runner.invoke(app, ["graph", PROMPT, "--transcoders", str(saved), "--model", str(folder),
+                                 "--out", str(root / "target"), "--target", token])
+    assert result.exit_code == 0, result.output
+    logits = [n for n in json.loads((root / "target" / "graph.json").read_text())["nodes"]
+              if n["feature_type"] == "logit"]
+    assert [n["feature"] for n in logits] == tiny.tokenizer.encode(token, add_special_tokens=False)
+
+
+def test_bad_input_is_refused_with_the_reason(setup, tmp_path):
+    tiny, folder, saved, _ = setup
+    base = ["graph", PROMPT, "--model", str(folder)]
+
+    def error(*args):
+        result = runner.invoke(app, [*base, *args])
+        assert result.exit_code == 2, result.output
+        return result.output
+
+    assert "does not exist" in error("--transcoders", str(tmp_path / "none"), "--out", str(tmp_path / "a"))
+    assert not (tmp_path / "a").exists()  # refused before the folder was claimed
+    wide = {layer: SAE(SAEConfig(tiny.cfg.d_model + 4, 8, "topk", k=2, d_out=tiny.cfg.d_model + 4,
+                                 hook_name=mlp_input(layer), hook_name_out=mlp_output(layer)))
+            for layer in range(tiny.cfg.n_layers)}
+    other = save_transcoders(wide, tmp_path / "wide")
+    assert "another model" in error("--transcoders", str(other), "--out", str(tmp_path / "b"))
+    assert "--max-positions" in error("--transcoders", str(saved), "--max-positions", "3", "--out",
+                                      str(tmp_path / "c"))
+    assert "tokens for this tokenizer" in error("--transcoders", str(saved), "--target", "cat dog", "--out",
+                                                str(tmp_path / "d"))
+    assert "node_share" in error("--transcoders", str(saved), "--node-share", "1.5", "--out", str(tmp_path / "e"))
