@@ -159,3 +159,33 @@ def test_influence_is_conserved_and_pruning_keeps_what_it_says(traced):
     assert float(spread[kept].sum()) >= 0.5 * float(spread[features].sum())
     assert not bool((pruned.keep_edges & ~(pruned.keep_nodes[:, None] & pruned.keep_nodes[None, :])).any())
     assert pruned.pruned_completeness_score <= everything.completeness_score + 1e-6
+
+
+def test_sparse_decoding_equals_the_transcoders_own_and_skip_transcoders_stay_exact():
+    from mechscope.graphs.replacement import SparseFeatures, decode_sparse
+
+    model = mechscope.load_tiny("llama")
+    torch.manual_seed(1)
+    skip = {layer: SAE(SAEConfig(model.cfg.d_model, 40, "topk", k=5, d_out=model.cfg.d_model, skip_connection=True,
+                                 hook_name=mlp_input(layer), hook_name_out=mlp_output(layer)))
+            for layer in range(model.cfg.n_layers)}
+    for transcoder in skip.values():
+        with torch.no_grad():
+            transcoder.W_skip.normal_(0, 0.05)
+    x = torch.randn(3, 7, model.cfg.d_model)
+    dense = torch.zeros(3, 7, 40)
+    positions, features = torch.tensor([1, 4, 4, 6]), torch.tensor([3, 0, 39, 3])
+    values = torch.rand(3, 4)
+    dense[:, positions, features] = values
+    assert torch.allclose(decode_sparse(skip[0], SparseFeatures(positions, features, values), x),
+                          skip[0].decode(dense, x), atol=1e-5)
+    replacement = ReplacementModel(model, skip)
+    tokens = model.to_tokens("the cat sat on the mat")
+    graph = attribute(replacement, tokens, batch_size=64, progress=False)
+    with torch.no_grad():
+        real = model.hf_model(input_ids=tokens).logits[0, -1].float()
+    logit_rows = [i for i, n in enumerate(graph.targets) if n.kind == "logit"]
+    expected = torch.stack([real[graph.targets[i].feature] - real.mean() for i in logit_rows])
+    assert torch.allclose(graph.target_inputs[logit_rows], expected, atol=1e-4, rtol=0)
+    explained = graph.adjacency.sum(1) + constant_inputs(replacement, graph)
+    assert torch.allclose(explained, graph.target_inputs, atol=1e-4 * float(graph.target_inputs.abs().max()), rtol=0)

@@ -13,8 +13,9 @@ target's input is the sum of its incoming edges plus a constant (biases): tested
 
 Targets are attributed in batches: the prompt is repeated ``batch_size`` times, each copy's
 target seeds one backward pass, and the feature activations enter as the values of the active
-features only (a [batch, n_active] leaf scattered into place), so memory grows with the number of
-active features, not with the dictionary's width.
+features only (a [batch, n_active] leaf, decoded as values @ W_dec[active]: no [batch, pos,
+d_sae] tensor is made), so memory grows with the number of active features, not with the
+dictionary's width.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mechscope.errors import ConfigError
-from mechscope.graphs.replacement import Prompt, ReplacementModel, mlp_input
+from mechscope.graphs.replacement import Prompt, ReplacementModel, SparseFeatures, mlp_input
 from mechscope.validate import check_int, check_number
 
 
@@ -121,16 +122,24 @@ def _target_inputs(replacement: ReplacementModel, prompt: Prompt, chunk: list[No
     return torch.stack(seeds)
 
 
+def _no_features(batch: int) -> SparseFeatures:
+    empty = torch.zeros(0, dtype=torch.long)
+    return SparseFeatures(empty, empty, torch.zeros(batch, 0))
+
+
 @torch.no_grad()
-def constant_inputs(replacement: ReplacementModel, graph: AttributionGraph) -> torch.Tensor:
+def constant_inputs(replacement: ReplacementModel, graph: AttributionGraph, batch_size: int = 16) -> torch.Tensor:
     """[n_targets] each target's input with every source at zero (what the biases give): a
     target's input is this plus the sum of its incoming edges."""
     prompt = replacement.freeze(graph.tokens)
-    n_pos, batch = graph.tokens.shape[1], len(graph.targets)
-    leaves = {layer: torch.zeros(batch, n_pos, t.cfg.d_sae) for layer, t in replacement.transcoders.items()}
-    errors = {layer: torch.zeros(batch, n_pos, replacement.model.cfg.d_model) for layer in replacement.transcoders}
-    return _target_inputs(replacement, prompt, graph.targets, leaves, errors,
-                          torch.zeros(batch, n_pos, replacement.model.cfg.d_model))
+    n_pos, d_model = graph.tokens.shape[1], replacement.model.cfg.d_model
+    found = []
+    for start in range(0, len(graph.targets), batch_size):
+        chunk = graph.targets[start:start + batch_size]
+        leaves = {layer: _no_features(len(chunk)) for layer in replacement.transcoders}
+        errors = {layer: torch.zeros(len(chunk), n_pos, d_model) for layer in replacement.transcoders}
+        found.append(_target_inputs(replacement, prompt, chunk, leaves, errors, torch.zeros(len(chunk), n_pos, d_model)))
+    return torch.cat(found)
 
 
 def attribute(replacement: ReplacementModel, tokens: torch.Tensor, logit_mass: float = 0.95, max_logits: int = 10,
@@ -178,22 +187,20 @@ def attribute(replacement: ReplacementModel, tokens: torch.Tensor, logit_mass: f
             rest[pos, feature] = 0
         decoder = replacement.transcoders[layer].W_dec.detach().float()
         folded_errors[layer] = prompt.errors[layer] + rest @ decoder
+    # Each layer's active features as (positions, features) index lists, for SparseFeatures.
+    spots = {layer: (torch.tensor([features[i][1] for i in indices]), torch.tensor([features[i][2] for i in indices]))
+             for layer, indices in by_layer.items()}
     adjacency = torch.zeros(len(targets), len(sources))
     inputs = torch.zeros(len(targets))
     batches = range(0, len(targets), batch_size)
     for start in tqdm(batches, desc="attribution", disable=not progress or len(batches) < 2):
         chunk = targets[start:start + batch_size]
         batch = len(chunk)
+        nothing = _no_features(batch)
         values = {layer: activations[index].unsqueeze(0).repeat(batch, 1).requires_grad_(True)
                   for layer, index in ((layer, torch.tensor(indices)) for layer, indices in by_layer.items())}
-        leaves = {}
-        for layer in range(n_layers):
-            dense = torch.zeros(batch, n_pos, replacement.transcoders[layer].cfg.d_sae)
-            if layer in values:
-                spots = [features[i] for i in by_layer[layer]]
-                dense = dense.index_put((torch.arange(batch)[:, None], torch.tensor([s[1] for s in spots])[None],
-                                         torch.tensor([s[2] for s in spots])[None]), values[layer])
-            leaves[layer] = dense
+        leaves = {layer: SparseFeatures(spots[layer][0], spots[layer][1], values[layer]) if layer in values
+                  else nothing for layer in range(n_layers)}
         errors = {layer: folded_errors[layer].unsqueeze(0).repeat(batch, 1, 1).requires_grad_(True)
                   for layer in range(n_layers)}
         embedding = prompt.embeddings.unsqueeze(0).repeat(batch, 1, 1).requires_grad_(True)

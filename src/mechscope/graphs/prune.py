@@ -105,6 +105,18 @@ def scores(nodes: list[Node], shares: torch.Tensor, node_influence: torch.Tensor
     return replacement, completeness
 
 
+def _count(cumulative: torch.Tensor, share: float, total: float) -> int:
+    """How many of the largest values (``cumulative``: their running sum, largest first) it takes
+    to hold ``share`` of ``total``; a share of 1 takes every value above zero (rounding in the
+    running sum must not drop the smallest ones)."""
+    positive = int((torch.diff(cumulative, prepend=cumulative.new_zeros(1)) > 0).sum())
+    if share >= 1.0:
+        return positive
+    if share <= 0.0:
+        return 0
+    return min(int((cumulative < share * total).sum()) + 1, positive)
+
+
 def prune(graph: AttributionGraph, node_share: float = 0.8, edge_share: float = 0.98) -> PrunedGraph:
     """Keep the features that hold ``node_share`` of the features' influence and the edges that
     hold ``edge_share`` of the edges' influence (see the module docstring)."""
@@ -122,8 +134,7 @@ def prune(graph: AttributionGraph, node_share: float = 0.8, edge_share: float = 
     cumulative = feature_influence[order].cumsum(0)
     total = float(feature_influence.sum())
     if total > 0:
-        count = int((cumulative < node_share * total).sum()) + (1 if node_share > 0 else 0)
-        chosen = torch.nonzero(features).flatten()[order[:min(count, len(order))]]
+        chosen = torch.nonzero(features).flatten()[order[:_count(cumulative, node_share, total)]]
         keep_nodes[chosen] = True
     edge_influence = (node_influence + weights)[:, None] * shares * keep_nodes[:, None] * keep_nodes[None, :]
     flat = edge_influence.flatten()
@@ -132,8 +143,7 @@ def prune(graph: AttributionGraph, node_share: float = 0.8, edge_share: float = 
     total = float(flat.sum())
     keep_edges = torch.zeros_like(flat, dtype=torch.bool)
     if total > 0:
-        count = int((cumulative < edge_share * total).sum()) + (1 if edge_share > 0 else 0)
-        keep_edges[order[:min(count, int((flat > 0).sum()))]] = True
+        keep_edges[order[:_count(cumulative, edge_share, total)]] = True
     keep_edges = keep_edges.reshape(matrix.shape)
     replacement, completeness = scores(nodes, shares, node_influence, weights)
     # The kept edges keep their shares of the full graph: what was pruned is missing, not spread

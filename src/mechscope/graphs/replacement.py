@@ -81,6 +81,30 @@ def check_transcoders(model: HookedModel, transcoders: Mapping[int, SAE]) -> Non
                               f"the replacement model needs {mlp_input(layer)!r} -> {mlp_output(layer)!r}")
 
 
+@dataclass(frozen=True)
+class SparseFeatures:
+    """Feature activations given sparsely: ``values`` [batch, n] of the features ``features`` [n]
+    at positions ``positions`` [n] (every other feature is zero). The replacement decodes them as
+    ``values @ W_dec[features]`` added at their positions: no [batch, pos, d_sae] tensor is made."""
+
+    positions: torch.Tensor
+    features: torch.Tensor
+    values: torch.Tensor
+
+
+def decode_sparse(transcoder: SAE, found: SparseFeatures, x: torch.Tensor) -> torch.Tensor:
+    """[batch, pos, d_out] the transcoder's output for sparse activations and its input ``x``
+    [batch or 1, pos, d_in] (bias and skip connection included, as ``transcoder.decode`` does)."""
+    batch = found.values.shape[0]
+    out = transcoder.b_dec.float().expand(batch, x.shape[1], -1).clone()
+    if transcoder.W_skip is not None:
+        out = out + (x.to(transcoder.W_skip.dtype) @ transcoder.W_skip).float()
+    if found.features.numel():
+        written = found.values.float()[..., None] * transcoder.W_dec[found.features].float()  # [batch, n, d_out]
+        out = out.index_add(1, found.positions, written)
+    return out
+
+
 @dataclass
 class Prompt:
     """The real model's run on one prompt, as the replacement model freezes it."""
@@ -138,13 +162,13 @@ class ReplacementModel:
         return Prompt(tokens, logits[0].float(), norm_inputs, norm_outputs, linear, patterns, activations, errors,
                       cache[names.resid_pre(0)][0].float())
 
-    def hooks(self, prompt: Prompt, leaves: Mapping[int, torch.Tensor] | None = None,
+    def hooks(self, prompt: Prompt, leaves: Mapping[int, torch.Tensor | SparseFeatures] | None = None,
               error_leaves: Mapping[int, torch.Tensor] | None = None,
               embedding_leaf: torch.Tensor | None = None) -> list[tuple[str, object]]:
         """Forward hooks that run the replacement on a batch of copies of ``prompt``'s tokens.
 
-        ``leaves`` {layer: [batch, pos, d_sae]} are the feature activations the transcoders write
-        (default: the prompt's, as constants); ``error_leaves`` {layer: [batch, pos, d_model]} and
+        ``leaves`` {layer: [batch, pos, d_sae] or :class:`SparseFeatures`} are the feature
+        activations the transcoders write (default: the prompt's, as constants); ``error_leaves`` {layer: [batch, pos, d_model]} and
         ``embedding_leaf`` [batch, pos, d_model] the same for the errors and the embeddings. Pass
         tensors that require grad to take gradients with respect to them."""
         captured: dict[str, torch.Tensor] = {}
@@ -180,7 +204,10 @@ class ReplacementModel:
                 found = prompt.activations[layer] if leaves is None or layer not in leaves else leaves[layer]
                 error = prompt.errors[layer] if error_leaves is None or layer not in error_leaves \
                     else error_leaves[layer]
-                out = transcoder.decode(found.to(transcoder.W_dec.dtype), x).float() + error
+                if isinstance(found, SparseFeatures):
+                    out = decode_sparse(transcoder, found, x) + error
+                else:
+                    out = transcoder.decode(found.to(transcoder.W_dec.dtype), x).float() + error
                 return out.expand_as(activation).to(activation.dtype) if out.dim() == 2 else out.to(activation.dtype)
 
             def read(activation: torch.Tensor, hook, layer=layer) -> None:
@@ -190,4 +217,4 @@ class ReplacementModel:
         return hooks
 
 
-__all__ = ["SUPPORTED_FAMILIES", "Prompt", "ReplacementModel", "check_transcoders", "mlp_input", "mlp_output"]
+__all__ = ["SUPPORTED_FAMILIES", "Prompt", "ReplacementModel", "SparseFeatures", "decode_sparse", "check_transcoders", "mlp_input", "mlp_output"]
