@@ -189,3 +189,23 @@ def test_sparse_decoding_equals_the_transcoders_own_and_skip_transcoders_stay_ex
     assert torch.allclose(graph.target_inputs[logit_rows], expected, atol=1e-4, rtol=0)
     explained = graph.adjacency.sum(1) + constant_inputs(replacement, graph)
     assert torch.allclose(explained, graph.target_inputs, atol=1e-4 * float(graph.target_inputs.abs().max()), rtol=0)
+
+
+def test_a_logit_difference_target_is_the_difference_of_the_two_logits_rows():
+    from mechscope.graphs import logit_difference
+
+    model = mechscope.load_tiny("llama")
+    replacement = ReplacementModel(model, transcoders(model))
+    tokens = model.to_tokens("the cat sat on the mat")
+    with torch.no_grad():
+        real = model.hf_model(input_ids=tokens).logits[0, -1].float()
+    first, second = (int(i) for i in real.topk(2).indices)
+    graph = attribute(replacement, tokens, batch_size=64, progress=False, target_tokens=[first, second],
+                      directions=[logit_difference(model, first, second)])
+    rows = {node.kind + str(node.feature): index for index, node in enumerate(graph.targets)
+            if node.kind in ("logit", "direction")}
+    difference, a, b = rows["direction0"], rows[f"logit{first}"], rows[f"logit{second}"]
+    assert float(graph.target_inputs[difference]) == pytest.approx(float(real[first] - real[second]), abs=1e-4)
+    assert torch.allclose(graph.adjacency[difference], graph.adjacency[a] - graph.adjacency[b], atol=1e-4)
+    with pytest.raises(ConfigError, match="weigh the"):
+        attribute(replacement, tokens, progress=False, directions=[("bad", torch.ones(3))])

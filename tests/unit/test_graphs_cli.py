@@ -49,15 +49,19 @@ def test_the_graph_command_writes_the_viewers_json_and_registers_the_run(setup, 
         assert any(r.kind == "graph" and r.path == out.resolve() for r in store.runs())
 
 
-def test_a_chosen_target_token_is_the_only_logit(setup):
+def test_a_chosen_target_token_and_its_difference_from_another_are_the_targets(setup):
     tiny, folder, saved, root = setup
-    token = tiny.to_str_tokens(PROMPT)[-1]
+    token, other = tiny.to_str_tokens(PROMPT)[-1], tiny.to_str_tokens(PROMPT)[-2]
     result = runner.invoke(app, ["graph", PROMPT, "--transcoders", str(saved), "--model", str(folder),
-                                 "--out", str(root / "target"), "--target", token])
+                                 "--out", str(root / "target"), "--target", token, "--versus", other])
     assert result.exit_code == 0, result.output
     logits = [n for n in json.loads((root / "target" / "graph.json").read_text())["nodes"]
               if n["feature_type"] == "logit"]
-    assert [n["feature"] for n in logits] == tiny.tokenizer.encode(token, add_special_tokens=False)
+    [token_id] = tiny.tokenizer.encode(token, add_special_tokens=False)
+    assert [n["feature"] for n in logits] == [token_id, tiny.cfg.d_vocab]  # the token, then the difference
+    assert logits[1]["clerp"].startswith("Target ") and " - " in logits[1]["clerp"]
+    summary = json.loads((root / "target" / "summary.json").read_text())
+    assert len(summary["logits"]) == 1 and len(summary["directions"]) == 1
 
 
 def test_bad_input_is_refused_with_the_reason(setup, tmp_path):
@@ -81,3 +85,5 @@ def test_bad_input_is_refused_with_the_reason(setup, tmp_path):
     assert "tokens for this tokenizer" in error("--transcoders", str(saved), "--target", "cat dog", "--out",
                                                 str(tmp_path / "d"))
     assert "node_share" in error("--transcoders", str(saved), "--node-share", "1.5", "--out", str(tmp_path / "e"))
+    assert "--versus needs --target" in error("--transcoders", str(saved), "--versus", "t", "--out",
+                                              str(tmp_path / "f"))

@@ -17,6 +17,8 @@ def graph(
                                                    "(each cfg.json + sae_weights.safetensors)")],
     target: Annotated[str | None, typer.Option(help="attribute this next token (one token, e.g. ' Paris') "
                                                     "instead of the most likely ones")] = None,
+    versus: Annotated[str | None, typer.Option(help="with --target: also explain logit(target) - logit(versus), "
+                                                    "one token, e.g. ' London'")] = None,
     logit_mass: Annotated[float, typer.Option(help="attribute the most likely next tokens up to this "
                                                    "probability", callback=finite(0.0))] = 0.95,
     max_logits: Annotated[int, typer.Option(min=1, max=100, help="at most this many next tokens")] = 10,
@@ -42,7 +44,7 @@ def graph(
     from mechscope.graphs.replacement import ReplacementModel
     from mechscope.graphs.runs import GraphOptions, prepare_graph_folder, run_graph
 
-    options = GraphOptions(prompt, target, logit_mass, max_logits, max_features, node_share, edge_share, batch_size,
+    options = GraphOptions(prompt, target, versus, logit_mass, max_logits, max_features, node_share, edge_share, batch_size,
                            max_positions)
     found = load_transcoders(transcoders)  # a bad folder fails before the model loads
     folder = prepare_graph_folder(out, options, overwrite, {"transcoders": str(Path(transcoders).resolve()),

@@ -6,11 +6,12 @@ from mechscope.graphs.attribution import (
     Node,
     attribute,
     constant_inputs,
+    logit_difference,
     replacement_logits,
     top_logits,
 )
 from mechscope.graphs.prune import PrunedGraph, influence, node_list, prune
 from mechscope.graphs.replacement import Prompt, ReplacementModel, check_transcoders, mlp_input, mlp_output
 
-__all__ = ["AttributionGraph", "Node", "Prompt", "PrunedGraph", "ReplacementModel", "influence", "node_list", "prune", "attribute", "constant_inputs", "check_transcoders", "mlp_input",
+__all__ = ["AttributionGraph", "Node", "Prompt", "PrunedGraph", "ReplacementModel", "influence", "node_list", "prune", "attribute", "constant_inputs", "logit_difference", "check_transcoders", "mlp_input",
            "mlp_output", "replacement_logits", "top_logits"]

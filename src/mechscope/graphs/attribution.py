@@ -33,7 +33,9 @@ from mechscope.validate import check_int, check_number
 @dataclass(frozen=True)
 class Node:
     """One node: ``kind`` "feature" (``layer``, ``position``, ``feature``), "error" (``layer``,
-    ``position``), "embedding" (``position``) or "logit" (``feature`` = the token id)."""
+    ``position``), "embedding" (``position``), "logit" (``feature`` = the token id) or
+    "direction" (``feature`` = its index in the graph's ``directions``: a weighting of the
+    last position's logits, e.g. one token's logit minus another's)."""
 
     kind: str
     layer: int = -1
@@ -48,6 +50,8 @@ class Node:
             return f"L{self.layer}err@{self.position}"
         if self.kind == "embedding":
             return f"emb@{self.position}"
+        if self.kind == "direction":
+            return f"direction {self.feature}"
         return f"logit {self.feature}"
 
 
@@ -68,6 +72,7 @@ class AttributionGraph:
     target_inputs: torch.Tensor
     logit_probabilities: torch.Tensor
     info: dict = field(default_factory=dict)
+    directions: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # (label, [d_vocab] weights)
 
     @property
     def n_features(self) -> int:
@@ -97,7 +102,8 @@ def _active(prompt: Prompt, max_features: int | None) -> list[tuple[int, int, in
 
 
 def _target_inputs(replacement: ReplacementModel, prompt: Prompt, chunk: list[Node], leaves: dict,
-                   errors: dict, embedding: torch.Tensor) -> torch.Tensor:
+                   errors: dict, embedding: torch.Tensor,
+                   directions: list[tuple[str, torch.Tensor]] | None = None) -> torch.Tensor:
     """[len(chunk)] each target's input, row i of a batch of copies of the prompt seeding target
     ``chunk[i]``, with the sources given as ``leaves`` / ``errors`` / ``embedding``."""
     model = replacement.model
@@ -116,6 +122,8 @@ def _target_inputs(replacement: ReplacementModel, prompt: Prompt, chunk: list[No
             transcoder = replacement.transcoders[node.layer]
             x = reads[node.layer][row, node.position].to(transcoder.W_enc.dtype)
             seeds.append((x @ transcoder.W_enc[:, node.feature] + transcoder.b_enc[node.feature]).float())
+        elif node.kind == "direction":
+            seeds.append(logits[row, -1] @ directions[node.feature][1].to(logits.device).float())
         else:
             final = logits[row, -1]
             seeds.append(final[node.feature] - final.mean())
@@ -138,18 +146,22 @@ def constant_inputs(replacement: ReplacementModel, graph: AttributionGraph, batc
         chunk = graph.targets[start:start + batch_size]
         leaves = {layer: _no_features(len(chunk)) for layer in replacement.transcoders}
         errors = {layer: torch.zeros(len(chunk), n_pos, d_model) for layer in replacement.transcoders}
-        found.append(_target_inputs(replacement, prompt, chunk, leaves, errors, torch.zeros(len(chunk), n_pos, d_model)))
+        found.append(_target_inputs(replacement, prompt, chunk, leaves, errors, torch.zeros(len(chunk), n_pos, d_model),
+                                    graph.directions))
     return torch.cat(found)
 
 
 def attribute(replacement: ReplacementModel, tokens: torch.Tensor, logit_mass: float = 0.95, max_logits: int = 10,
               max_features: int | None = None, batch_size: int = 16, progress: bool = True,
-              target_tokens: list[int] | None = None) -> AttributionGraph:
+              target_tokens: list[int] | None = None,
+              directions: list[tuple[str, torch.Tensor]] | None = None) -> AttributionGraph:
     """The attribution graph of ``tokens`` [1, pos] (see the module docstring): every edge into
     every active feature and every target logit. Features at the first position (BOS, an
     attention sink) are not nodes, and ``max_features`` keeps the most active features only: what
     the others write is added to their (layer, position)'s error node, so nothing is lost.
-    ``target_tokens``: attribute these next tokens (ids) instead of the most likely ones."""
+    ``target_tokens``: attribute these next tokens (ids) instead of the most likely ones;
+    ``directions``: [(label, [d_vocab] weights)] targets of their own, each the weighted sum of
+    the last position's logits (see :func:`logit_difference`), with weight 1 in influence."""
     check_number("logit_mass", logit_mass, minimum=0.0, maximum=1.0, strict_minimum=True)
     check_int("max_logits", max_logits, 1)
     check_int("batch_size", batch_size, 1)
@@ -172,7 +184,14 @@ def attribute(replacement: ReplacementModel, tokens: torch.Tensor, logit_mass: f
     sources = ([Node("feature", layer, pos, f) for layer, pos, f in features]
                + [Node("error", layer, pos) for layer in range(n_layers) for pos in range(n_pos)]
                + [Node("embedding", -1, pos) for pos in range(n_pos)])
-    targets = sources[:len(features)] + [Node("logit", feature=int(t)) for t in logit_ids]
+    directions = list(directions or [])
+    for label, weights in directions:
+        if not isinstance(weights, torch.Tensor) or weights.shape != (prompt.logits.shape[-1],):
+            raise ConfigError(f"direction {label!r} must weigh the {prompt.logits.shape[-1]} logits ([d_vocab]); got "
+                              f"{getattr(weights, 'shape', type(weights).__name__)}")
+    targets = sources[:len(features)] + [Node("logit", feature=int(t)) for t in logit_ids] \
+        + [Node("direction", feature=index) for index in range(len(directions))]
+    logit_probs = torch.cat([logit_probs.float(), torch.ones(len(directions))])
     by_layer: dict[int, list[int]] = {}
     for index, (layer, _, _) in enumerate(features):
         by_layer.setdefault(layer, []).append(index)
@@ -204,7 +223,7 @@ def attribute(replacement: ReplacementModel, tokens: torch.Tensor, logit_mass: f
         errors = {layer: folded_errors[layer].unsqueeze(0).repeat(batch, 1, 1).requires_grad_(True)
                   for layer in range(n_layers)}
         embedding = prompt.embeddings.unsqueeze(0).repeat(batch, 1, 1).requires_grad_(True)
-        seed = _target_inputs(replacement, prompt, chunk, leaves, errors, embedding)
+        seed = _target_inputs(replacement, prompt, chunk, leaves, errors, embedding, directions)
         leaf_list = [values[layer] for layer in sorted(values)] + [errors[layer] for layer in range(n_layers)] \
             + [embedding]
         grads = torch.autograd.grad(seed.sum(), leaf_list, allow_unused=True)
@@ -226,8 +245,21 @@ def attribute(replacement: ReplacementModel, tokens: torch.Tensor, logit_mass: f
     total_active = sum(int((values > 0).sum()) for values in prompt.activations.values())
     info = {"n_features": len(features), "active_features": total_active, "folded_into_errors":
             total_active - len(features), "max_features": max_features, "logit_mass": logit_mass,
-            "kept_logit_probability": float(logit_probs.sum())}
-    return AttributionGraph(tokens, sources, targets, adjacency, activations, inputs, logit_probs, info)
+            "kept_logit_probability": float(logit_probs[:len(logit_ids)].sum()), "directions": [
+                label for label, _ in directions]}
+    return AttributionGraph(tokens, sources, targets, adjacency, activations, inputs, logit_probs, info, directions)
+
+
+def logit_difference(model, token: int, other: int) -> tuple[str, torch.Tensor]:
+    """A direction target: the logit of ``token`` minus that of ``other`` (ids)."""
+    vocabulary = model.cfg.d_vocab
+    for value in (token, other):
+        if not 0 <= int(value) < vocabulary:
+            raise ConfigError(f"token id {value} is outside the vocabulary of {vocabulary}")
+    weights = torch.zeros(vocabulary)
+    weights[int(token)], weights[int(other)] = 1.0, -1.0
+    decode = model.tokenizer.decode
+    return f"{decode([int(token)])!r} - {decode([int(other)])!r}", weights
 
 
 def replacement_logits(replacement: ReplacementModel, tokens: torch.Tensor) -> torch.Tensor:
@@ -238,4 +270,4 @@ def replacement_logits(replacement: ReplacementModel, tokens: torch.Tensor) -> t
         return replacement.model.hf_model(input_ids=tokens.to(replacement.model.device)).logits[0].float()
 
 
-__all__ = ["AttributionGraph", "Node", "attribute", "constant_inputs", "replacement_logits", "top_logits"]
+__all__ = ["AttributionGraph", "Node", "attribute", "constant_inputs", "logit_difference", "replacement_logits", "top_logits"]

@@ -23,14 +23,17 @@ from mechscope.sae.model import SAE
 FORMAT_VERSION = 1
 
 
-def node_id(node: Node, tokens: list[int], n_layers: int) -> str:
-    """The graph-JSON id of ``node`` (``tokens``: the prompt's token ids)."""
+def node_id(node: Node, tokens: list[int], n_layers: int, d_vocab: int = 0) -> str:
+    """The graph-JSON id of ``node`` (``tokens``: the prompt's token ids); a direction target
+    is numbered past the vocabulary (``d_vocab + index``), like a logit of its own."""
     if node.kind == "feature":
         return f"{node.layer}_{node.feature}_{node.position}"
     if node.kind == "error":
         return f"{node.layer}_-1_{node.position}"
     if node.kind == "embedding":
         return f"E_{tokens[node.position]}_{node.position}"
+    if node.kind == "direction":
+        return f"{n_layers + 1}_{d_vocab + node.feature}_{len(tokens) - 1}"
     return f"{n_layers + 1}_{node.feature}_{len(tokens) - 1}"
 
 
@@ -49,7 +52,7 @@ def graph_json(model: HookedModel, graph: AttributionGraph, pruned: PrunedGraph,
     activation_of = {node: float(value) for node, value in zip(graph.sources, graph.activations)}
     probability_of = {node: float(p) for node, p in
                       zip(graph.targets[graph.n_features:], graph.logit_probabilities)}
-    ids = [node_id(node, tokens, n_layers) for node in pruned.nodes]
+    ids = [node_id(node, tokens, n_layers, model.cfg.d_vocab) for node in pruned.nodes]
     nodes = []
     for index, node in enumerate(pruned.nodes):
         if not bool(pruned.keep_nodes[index]):
@@ -68,6 +71,11 @@ def graph_json(model: HookedModel, graph: AttributionGraph, pruned: PrunedGraph,
             nodes.append({**common, "feature": node.position, "layer": "E", "feature_type": "embedding",
                           "activation": None, "token_prob": 0.0, "is_target_logit": False,
                           "clerp": common["clerp"] or f"Embedding {decode([tokens[node.position]])!r}"})
+        elif node.kind == "direction":
+            label = graph.directions[node.feature][0]
+            nodes.append({**common, "feature": model.cfg.d_vocab + node.feature, "layer": str(n_layers + 1),
+                          "feature_type": "logit", "activation": None, "token_prob": 0.0, "is_target_logit": True,
+                          "clerp": common["clerp"] or f"Target {label}"})
         else:
             probability = probability_of.get(node, 0.0)
             nodes.append({**common, "feature": node.feature, "layer": str(n_layers + 1), "feature_type": "logit",

@@ -11,7 +11,7 @@ from pathlib import Path
 from mechscope import checks
 from mechscope.errors import ConfigError
 from mechscope.files import OutputFolder, atomic_text, prepare_output_folder
-from mechscope.graphs.attribution import attribute
+from mechscope.graphs.attribution import attribute, logit_difference
 from mechscope.graphs.export import graph_json, write_graph_json
 from mechscope.graphs.prune import prune
 from mechscope.graphs.replacement import ReplacementModel
@@ -27,6 +27,7 @@ class GraphOptions:
 
     prompt: str
     target: str | None = None  # a next token to attribute (one token), instead of the most likely ones
+    versus: str | None = None  # with target: also attribute logit(target) - logit(versus)
     logit_mass: float = 0.95
     max_logits: int = 10
     max_features: int | None = None
@@ -39,6 +40,8 @@ class GraphOptions:
         checks.check_text("prompt", self.prompt)
         if self.target is not None and not self.target:
             raise ConfigError("--target must be a token's text, e.g. ' Paris'")
+        if self.versus is not None and (not self.versus or self.target is None):
+            raise ConfigError("--versus needs --target: the graph then also explains logit(target) - logit(versus)")
         check_number("logit_mass", self.logit_mass, minimum=0.0, maximum=1.0, strict_minimum=True)
         check_int("max_logits", self.max_logits, 1, 100)
         if self.max_features is not None:
@@ -75,9 +78,11 @@ def run_graph(model: HookedModel, replacement: ReplacementModel, options: GraphO
                           "positions (each target's backward pass holds the whole prompt): pass --max-positions "
                           f"{tokens.shape[1]} or more if the memory allows, or shorten the prompt")
     targets = [target_token(model, options.target)] if options.target is not None else None
+    directions = [logit_difference(model, targets[0], target_token(model, options.versus))] \
+        if options.versus is not None else None
     started = time.perf_counter()
     graph = attribute(replacement, tokens, options.logit_mass, options.max_logits, options.max_features,
-                      options.batch_size, progress, target_tokens=targets)
+                      options.batch_size, progress, target_tokens=targets, directions=directions)
     attributed = time.perf_counter() - started
     pruned = prune(graph, options.node_share, options.edge_share)
     data = graph_json(model, graph, pruned, slug=folder.path.name, transcoder_names=transcoder_names)
@@ -94,7 +99,9 @@ def run_graph(model: HookedModel, replacement: ReplacementModel, options: GraphO
                "pruned_completeness_score": pruned.pruned_completeness_score,
                "logits": [{"token": model.tokenizer.decode([int(node.feature)]), "id": int(node.feature),
                            "probability": float(p)}
-                          for node, p in zip(graph.targets[graph.n_features:], graph.logit_probabilities)]}
+                          for node, p in zip(graph.targets[graph.n_features:], graph.logit_probabilities)
+                          if node.kind == "logit"],
+               "directions": [label for label, _ in graph.directions]}
     atomic_text(folder / "summary.json", json.dumps(summary, indent=1))
     folder.record()
     return summary
