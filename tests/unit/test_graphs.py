@@ -209,3 +209,44 @@ def test_a_logit_difference_target_is_the_difference_of_the_two_logits_rows():
     assert torch.allclose(graph.adjacency[difference], graph.adjacency[a] - graph.adjacency[b], atol=1e-4)
     with pytest.raises(ConfigError, match="weigh the"):
         attribute(replacement, tokens, progress=False, directions=[("bad", torch.ones(3))])
+
+
+def test_intervention_checks_measure_the_real_model_and_predict_along_the_graph():
+    from mechscope.graphs.interventions import check_interventions, measured_changes, predicted_changes
+    from mechscope.sae.splice import splice_hooks
+
+    model = mechscope.load_tiny("llama")
+    found = transcoders(model)
+    for transcoder in found.values():  # small writes: the real model's norms stay near their frozen scales
+        transcoder.W_dec.data.mul_(0.02)
+    replacement = ReplacementModel(model, found)
+    tokens = model.to_tokens("the cat sat on the mat")
+    graph = attribute(replacement, tokens, batch_size=64, progress=False)
+    target = graph.n_features  # the top logit
+    last = model.cfg.n_layers - 1
+    final = [i for i, node in enumerate(graph.sources[:graph.n_features]) if node.layer == last]
+    # Nothing lies downstream of the last layer's features: the prediction is minus the direct edge.
+    assert torch.allclose(predicted_changes(graph, target, final), -graph.adjacency[target, final], atol=1e-6)
+    # Removing a feature's write in the real model is the transcoder spliced in with its error kept
+    # and that feature clamped to zero, at its position.
+    index = final[0]
+    node = graph.sources[index]
+    measured = measured_changes(replacement, graph, target, [index])
+    with torch.no_grad():
+        base = model.hf_model(input_ids=tokens).logits[0, -1].float()
+        hooks = splice_hooks(found[node.layer], keep_error=True, clamp={node.feature: 0.0})
+
+        def only_there(activation, hook, inner=hooks[1][1]):  # the clamp acts at the node's position only
+            out = inner(activation, hook)
+            kept = activation.clone()
+            kept[:, node.position] = out[:, node.position]
+            return kept
+
+        with model.hooks([hooks[0], (hooks[1][0], only_there)]):
+            spliced = model.hf_model(input_ids=tokens).logits[0, -1].float()
+    token = graph.targets[target].feature
+    expected = (spliced[token] - spliced.mean()) - (base[token] - base.mean())
+    assert float(measured[0]) == pytest.approx(float(expected), abs=1e-5)
+    check = check_interventions(replacement, graph, top=20)
+    assert len(check.features) == 20 and check.spearman > 0.5 and check.sign_agreement >= 0.75
+    assert check.to_json()["features"][0]["node"] == check.features[0].label

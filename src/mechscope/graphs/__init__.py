@@ -10,8 +10,9 @@ from mechscope.graphs.attribution import (
     replacement_logits,
     top_logits,
 )
+from mechscope.graphs.interventions import InterventionCheck, check_interventions
 from mechscope.graphs.prune import PrunedGraph, influence, node_list, prune
 from mechscope.graphs.replacement import Prompt, ReplacementModel, check_transcoders, mlp_input, mlp_output
 
-__all__ = ["AttributionGraph", "Node", "Prompt", "PrunedGraph", "ReplacementModel", "influence", "node_list", "prune", "attribute", "constant_inputs", "logit_difference", "check_transcoders", "mlp_input",
+__all__ = ["AttributionGraph", "InterventionCheck", "check_interventions", "Node", "Prompt", "PrunedGraph", "ReplacementModel", "influence", "node_list", "prune", "attribute", "constant_inputs", "logit_difference", "check_transcoders", "mlp_input",
            "mlp_output", "replacement_logits", "top_logits"]
