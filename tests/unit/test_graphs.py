@@ -248,5 +248,16 @@ def test_intervention_checks_measure_the_real_model_and_predict_along_the_graph(
     expected = (spliced[token] - spliced.mean()) - (base[token] - base.mean())
     assert float(measured[0]) == pytest.approx(float(expected), abs=1e-5)
     check = check_interventions(replacement, graph, top=20)
-    assert len(check.features) == 20 and check.spearman > 0.5 and check.sign_agreement >= 0.75
-    assert check.to_json()["features"][0]["node"] == check.features[0].label
+    assert len(check.removed) == 20 and check.spearman > 0.5 and check.sign_agreement >= 0.75
+    assert check.to_json()["removed"][0]["node"] == check.removed[0]
+    # A supernode of two last-layer features (no edge between them): its predicted change is the
+    # sum of theirs, and the real model's is close to the sum too (small writes: nearly linear).
+    pair = final[:2]
+    grouped = check_interventions(replacement, graph, supernodes={"pair": pair, "first": pair[:1]})
+    assert grouped.removed == ["pair", "first"]
+    alone = predicted_changes(graph, target, pair)
+    assert float(grouped.predicted[0]) == pytest.approx(float(alone.sum()), abs=1e-6)
+    assert float(grouped.measured[0]) == pytest.approx(float(measured_changes(replacement, graph, target, pair).sum()),
+                                                       rel=0.05, abs=1e-4)
+    with pytest.raises(ConfigError, match="empty supernodes"):
+        check_interventions(replacement, graph, supernodes={"none": []})

@@ -87,3 +87,20 @@ def test_bad_input_is_refused_with_the_reason(setup, tmp_path):
     assert "node_share" in error("--transcoders", str(saved), "--node-share", "1.5", "--out", str(tmp_path / "e"))
     assert "--versus needs --target" in error("--transcoders", str(saved), "--versus", "t", "--out",
                                               str(tmp_path / "f"))
+
+
+def test_supernodes_are_written_to_the_viewers_query_and_unknown_members_refused(setup):
+    from mechscope.errors import ConfigError
+    from mechscope.graphs import ReplacementModel, attribute, prune
+    from mechscope.graphs.export import graph_json
+
+    tiny, _, saved, _ = setup
+    replacement = ReplacementModel(tiny, load_transcoders(saved))
+    graph = attribute(replacement, tiny.to_tokens(PROMPT), batch_size=64, progress=False)
+    pruned = prune(graph)
+    kept = [node["node_id"] for node in graph_json(tiny, graph, pruned)["nodes"]
+            if node["feature_type"] == "cross layer transcoder"][:2]
+    data = graph_json(tiny, graph, pruned, supernodes={"a pair": kept})
+    assert data["qParams"]["supernodes"] == [["a pair", *kept]]
+    with pytest.raises(ConfigError, match="not in the pruned graph"):
+        graph_json(tiny, graph, pruned, supernodes={"ghost": ["99_99_99"]})

@@ -43,9 +43,11 @@ def _pairing(layer: int, feature: int) -> int:
 
 
 def graph_json(model: HookedModel, graph: AttributionGraph, pruned: PrunedGraph, slug: str = "mechscope-graph",
-               labels: Mapping[str, str] | None = None, transcoder_names: list[str] | None = None) -> dict:
+               labels: Mapping[str, str] | None = None, transcoder_names: list[str] | None = None,
+               supernodes: Mapping[str, list[str]] | None = None) -> dict:
     """The pruned graph in the viewers' JSON; ``labels`` {node id: text} (e.g. explanations) go
-    to the nodes' ``clerp``."""
+    to the nodes' ``clerp``, ``supernodes`` {label: node ids} to ``qParams`` (ids not in the
+    pruned graph are refused)."""
     tokens = [int(t) for t in graph.tokens[0]]
     n_layers = model.cfg.n_layers
     decode = model.tokenizer.decode
@@ -81,6 +83,11 @@ def graph_json(model: HookedModel, graph: AttributionGraph, pruned: PrunedGraph,
             nodes.append({**common, "feature": node.feature, "layer": str(n_layers + 1), "feature_type": "logit",
                           "activation": None, "token_prob": probability, "is_target_logit": True,
                           "clerp": common["clerp"] or f"Output {decode([node.feature])!r} (p={probability:.3f})"})
+    present = {node["node_id"] for node in nodes}
+    for label, members in (supernodes or {}).items():
+        missing = [member for member in members if member not in present]
+        if missing or not members:
+            raise ConfigError(f"supernode {label!r} names nodes that are not in the pruned graph: {missing[:8] or 'none'}")
     kept = pruned.keep_edges.nonzero().tolist()
     links = [{"source": ids[source], "target": ids[target], "weight": float(pruned.matrix[target, source])}
              for target, source in kept]
@@ -92,7 +99,8 @@ def graph_json(model: HookedModel, graph: AttributionGraph, pruned: PrunedGraph,
                          "completeness_score": pruned.completeness_score,
                          "pruned_replacement_score": pruned.pruned_replacement_score,
                          "pruned_completeness_score": pruned.pruned_completeness_score},
-            "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+            "qParams": {"pinnedIds": [], "supernodes": [[label, *members] for label, members in (supernodes or {}).items()],
+                        "linkType": "both", "clickedId": "", "sg_pos": ""},
             "nodes": nodes, "links": links}
 
 

@@ -10,8 +10,9 @@ with what the real model does.
   layer's MLP output at its position (what the transcoder says the feature wrote); everything
   downstream, real MLPs, attention and norms included, reacts as it does.
 
-Reported per feature, and over the checked features as Spearman's rank correlation and the share
-of signs that agree.
+A supernode (a user's grouping of features) is removed as one: all its features at once.
+Reported per feature or supernode, and over all of them as Spearman's rank correlation and the
+share of signs that agree.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from mechscope.validate import check_int
 
 @dataclass
 class InterventionCheck:
-    """``features`` checked against ``target``; ``predicted`` and ``measured`` [n] the change of
-    the target's input when each feature is removed."""
+    """``removed`` (feature or supernode labels) checked against ``target``; ``predicted`` and
+    ``measured`` [n] the change of the target's input when each is removed."""
 
     target: Node
-    features: list[Node]
+    removed: list[str]
     predicted: torch.Tensor
     measured: torch.Tensor
     spearman: float
@@ -40,24 +41,27 @@ class InterventionCheck:
 
     def to_json(self) -> dict:
         return {"target": self.target.label, "spearman": self.spearman, "sign_agreement": self.sign_agreement,
-                "features": [{"node": node.label, "predicted": float(p), "measured": float(m)}
-                             for node, p, m in zip(self.features, self.predicted, self.measured)]}
+                "removed": [{"node": label, "predicted": float(p), "measured": float(m)}
+                            for label, p, m in zip(self.removed, self.predicted, self.measured)]}
 
 
-def predicted_changes(graph: AttributionGraph, target_index: int, removed: list[int]) -> torch.Tensor:
-    """[len(removed)] the graph's prediction of the target's input change when each feature
-    (index into the graph's features) is removed: propagated along feature -> feature edges."""
+def predicted_changes(graph: AttributionGraph, target_index: int, removed: list[int | list[int]]) -> torch.Tensor:
+    """[len(removed)] the graph's prediction of the target's input change when each feature, or
+    each group of features (a supernode: indices into the graph's features, removed together),
+    is removed: propagated along feature -> feature edges."""
     n = graph.n_features
     activations = graph.activations.float()
     safe = torch.where(activations.abs() > 0, activations, torch.ones_like(activations))
     per_unit = graph.adjacency[:, :n] / safe  # [targets, features]: input change per unit of activation
     order = sorted(range(n), key=lambda i: (graph.sources[i].layer, graph.sources[i].position))
     results = []
-    for source in removed:
+    for item in removed:
+        group = [item] if isinstance(item, int) else list(item)
         change = torch.zeros(n)
-        change[source] = -activations[source]
+        change[group] = -activations[group]
+        first = min(graph.sources[i].layer for i in group)
         for index in order:  # a feature's change reaches later features through the edges into them
-            if index != source and graph.sources[index].layer > graph.sources[source].layer:
+            if index not in group and graph.sources[index].layer > first:
                 change[index] = per_unit[index] @ change
         results.append(float(per_unit[target_index] @ change))
     return torch.tensor(results)
@@ -65,9 +69,10 @@ def predicted_changes(graph: AttributionGraph, target_index: int, removed: list[
 
 @torch.no_grad()
 def measured_changes(replacement: ReplacementModel, graph: AttributionGraph, target_index: int,
-                     removed: list[int]) -> torch.Tensor:
+                     removed: list[int | list[int]]) -> torch.Tensor:
     """[len(removed)] the real model's change of the target's input (a logit minus the mean
-    logit, or a direction's weighted logits) when each feature's write is taken out of its MLP output."""
+    logit, or a direction's weighted logits) when each feature's write, or each group's writes
+    together, are taken out of their MLP outputs."""
     model, tokens = replacement.model, graph.tokens.to(replacement.model.device)
     target = graph.targets[target_index]
 
@@ -79,26 +84,33 @@ def measured_changes(replacement: ReplacementModel, graph: AttributionGraph, tar
 
     base = read(model.hf_model(input_ids=tokens).logits)
     changes = []
-    for index in removed:
-        node = graph.sources[index]
-        write = float(graph.activations[index]) * replacement.transcoders[node.layer].W_dec[node.feature].float()
+    for item in removed:
+        writes: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        for index in [item] if isinstance(item, int) else item:
+            node = graph.sources[index]
+            write = float(graph.activations[index]) * replacement.transcoders[node.layer].W_dec[node.feature].float()
+            writes.setdefault(node.layer, []).append((node.position, write))
 
-        def remove(activation: torch.Tensor, hook, position=node.position, write=write) -> torch.Tensor:
+        def remove(activation: torch.Tensor, hook, layer: int) -> torch.Tensor:
             changed = activation.clone()
-            changed[:, position] -= write.to(activation.device, activation.dtype)
+            for position, write in writes[layer]:
+                changed[:, position] -= write.to(activation.device, activation.dtype)
             return changed
 
-        with model.hooks([(mlp_output(node.layer), remove)]):
+        hooks = [(mlp_output(layer), lambda a, h, layer=layer: remove(a, h, layer)) for layer in writes]
+        with model.hooks(hooks):
             changes.append(read(model.hf_model(input_ids=tokens).logits) - base)
     return torch.tensor(changes)
 
 
 def check_interventions(replacement: ReplacementModel, graph: AttributionGraph, target: int | None = None,
-                        features: list[int] | None = None, top: int = 20) -> InterventionCheck:
+                        features: list[int] | None = None, top: int = 20,
+                        supernodes: dict[str, list[int]] | None = None) -> InterventionCheck:
     """Remove each of ``features`` (indices into the graph's features; default the ``top`` with
-    the largest |direct edge| into the target) and compare the graph's prediction of the change
-    of target ``target`` (index into ``graph.targets``; default the first logit) with the real
-    model's."""
+    the largest |direct edge| into the target), or each supernode of ``supernodes`` {label:
+    feature indices} (its features removed together), and compare the graph's prediction of the
+    change of target ``target`` (index into ``graph.targets``; default the first logit) with the
+    real model's."""
     from scipy.stats import spearmanr
 
     check_int("top", top, 1)
@@ -107,18 +119,25 @@ def check_interventions(replacement: ReplacementModel, graph: AttributionGraph, 
     if not graph.n_features <= target < len(graph.targets):
         raise ConfigError(f"target must index a logit or direction target ({graph.n_features} to "
                           f"{len(graph.targets) - 1}); got {target}")
-    if features is None:
-        strength = graph.adjacency[target, :graph.n_features].abs()
-        features = [int(i) for i in strength.argsort(descending=True)[:top] if strength[i] > 0]
-    bad = [i for i in features if not 0 <= i < graph.n_features]
-    if bad or not features:
-        raise ConfigError(f"features must be 1 or more indices below {graph.n_features}; bad: {bad[:8]}")
-    predicted = predicted_changes(graph, target, features)
-    measured = measured_changes(replacement, graph, target, features)
+    if supernodes is not None:
+        removed: list[int | list[int]] = [list(members) for members in supernodes.values()]
+        labels = list(supernodes)
+    else:
+        if features is None:
+            strength = graph.adjacency[target, :graph.n_features].abs()
+            features = [int(i) for i in strength.argsort(descending=True)[:top] if strength[i] > 0]
+        removed, labels = list(features), [graph.sources[i].label for i in features]
+    flat = [i for item in removed for i in ([item] if isinstance(item, int) else item)]
+    bad = [i for i in flat if not (isinstance(i, int) and 0 <= i < graph.n_features)]
+    empty = [label for label, item in zip(labels, removed) if isinstance(item, list) and not item]
+    if bad or empty or not removed:
+        raise ConfigError(f"features and supernodes must hold indices below {graph.n_features}; bad indices "
+                          f"{bad[:8]}, empty supernodes {empty}")
+    predicted = predicted_changes(graph, target, removed)
+    measured = measured_changes(replacement, graph, target, removed)
     agree = float((torch.sign(predicted) == torch.sign(measured)).float().mean())
-    rho = float(spearmanr(predicted.numpy(), measured.numpy()).statistic) if len(features) > 1 else float("nan")
-    return InterventionCheck(graph.targets[target], [graph.sources[i] for i in features], predicted, measured,
-                             rho, agree)
+    rho = float(spearmanr(predicted.numpy(), measured.numpy()).statistic) if len(removed) > 1 else float("nan")
+    return InterventionCheck(graph.targets[target], labels, predicted, measured, rho, agree)
 
 
 __all__ = ["InterventionCheck", "check_interventions", "measured_changes", "predicted_changes"]
