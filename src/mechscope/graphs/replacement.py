@@ -168,9 +168,10 @@ class ReplacementModel:
         """Forward hooks that run the replacement on a batch of copies of ``prompt``'s tokens.
 
         ``leaves`` {layer: [batch, pos, d_sae] or :class:`SparseFeatures`} are the feature
-        activations the transcoders write (default: the prompt's, as constants); ``error_leaves`` {layer: [batch, pos, d_model]} and
-        ``embedding_leaf`` [batch, pos, d_model] the same for the errors and the embeddings. Pass
-        tensors that require grad to take gradients with respect to them."""
+        activations the transcoders write (default: the prompt's, as constants); ``error_leaves``
+        {layer: [batch, pos, d_model]} and ``embedding_leaf`` [batch, pos, d_model] the same for
+        the errors and the embeddings. Pass tensors that require grad to take gradients with
+        respect to them."""
         captured: dict[str, torch.Tensor] = {}
         hooks: list[tuple[str, object]] = []
 
