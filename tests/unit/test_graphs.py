@@ -29,6 +29,22 @@ def transcoders(model, d_sae=40, k=5, seed=0):
             for layer in range(model.cfg.n_layers)}
 
 
+def assert_logit_targets_are_the_real_models(model, tokens, graph):
+    """The graph's logit targets are the real model's last logits minus their mean."""
+    with torch.no_grad():
+        real = model.hf_model(input_ids=tokens).logits[0, -1].float()
+    rows = [i for i, node in enumerate(graph.targets) if node.kind == "logit"]
+    expected = torch.stack([real[graph.targets[i].feature] - real.mean() for i in rows])
+    assert torch.allclose(graph.target_inputs[rows], expected, atol=1e-4, rtol=0)
+
+
+def assert_complete(replacement, graph):
+    """Every target's input is the sum of its incoming edges plus its bias constant."""
+    explained = graph.adjacency.sum(1) + constant_inputs(replacement, graph)
+    scale = float(graph.target_inputs.abs().max())
+    assert torch.allclose(explained, graph.target_inputs, atol=1e-4 * scale, rtol=0)
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
 def traced(request):
     model = mechscope.load_tiny(request.param)
@@ -44,19 +60,14 @@ def test_the_replacement_gives_the_real_logits(traced):
     assert torch.allclose(replacement_logits(replacement, tokens), real, atol=1e-4, rtol=0)
     # The graph's own run too (BOS features folded into its error nodes): its logit targets are
     # the real model's demeaned logits.
-    logits = [i for i, node in enumerate(graph.targets) if node.kind == "logit"]
-    demeaned = real[-1] - real[-1].mean()
-    expected = torch.stack([demeaned[graph.targets[i].feature] for i in logits])
-    assert torch.allclose(graph.target_inputs[logits], expected, atol=1e-4, rtol=0)
+    assert_logit_targets_are_the_real_models(model, tokens, graph)
     assert graph.info["folded_into_errors"] > 0  # the BOS features
 
 
 def test_each_target_is_its_incoming_edges_plus_the_bias_constant(traced):
     _, replacement, _, graph = traced
     assert graph.n_features > 20 and len(graph.targets) > graph.n_features  # features and logits
-    explained = graph.adjacency.sum(1) + constant_inputs(replacement, graph)
-    scale = graph.target_inputs.abs().max()
-    assert torch.allclose(explained, graph.target_inputs, atol=1e-4 * float(scale), rtol=0)
+    assert_complete(replacement, graph)
 
 
 def test_an_edge_is_the_direct_effect_of_its_source(traced):
@@ -126,13 +137,8 @@ def test_capped_features_join_the_error_nodes_and_the_graph_stays_exact():
     prompt = replacement.freeze(tokens)
     every = sorted((float(v) for layer, a in prompt.activations.items() for v in a[1:][a[1:] > 0]), reverse=True)
     assert kept == pytest.approx(every[:12])  # the most active ones (BOS excluded)
-    with torch.no_grad():
-        real = model.hf_model(input_ids=tokens).logits[0, -1].float()
-    logit_rows = [i for i, n in enumerate(graph.targets) if n.kind == "logit"]
-    expected = torch.stack([real[graph.targets[i].feature] - real.mean() for i in logit_rows])
-    assert torch.allclose(graph.target_inputs[logit_rows], expected, atol=1e-4, rtol=0)
-    explained = graph.adjacency.sum(1) + constant_inputs(replacement, graph)
-    assert torch.allclose(explained, graph.target_inputs, atol=1e-4 * float(graph.target_inputs.abs().max()), rtol=0)
+    assert_logit_targets_are_the_real_models(model, tokens, graph)
+    assert_complete(replacement, graph)
 
 
 def test_influence_is_conserved_and_pruning_keeps_what_it_says(traced):
@@ -182,13 +188,8 @@ def test_sparse_decoding_equals_the_transcoders_own_and_skip_transcoders_stay_ex
     replacement = ReplacementModel(model, skip)
     tokens = model.to_tokens("the cat sat on the mat")
     graph = attribute(replacement, tokens, batch_size=64, progress=False)
-    with torch.no_grad():
-        real = model.hf_model(input_ids=tokens).logits[0, -1].float()
-    logit_rows = [i for i, n in enumerate(graph.targets) if n.kind == "logit"]
-    expected = torch.stack([real[graph.targets[i].feature] - real.mean() for i in logit_rows])
-    assert torch.allclose(graph.target_inputs[logit_rows], expected, atol=1e-4, rtol=0)
-    explained = graph.adjacency.sum(1) + constant_inputs(replacement, graph)
-    assert torch.allclose(explained, graph.target_inputs, atol=1e-4 * float(graph.target_inputs.abs().max()), rtol=0)
+    assert_logit_targets_are_the_real_models(model, tokens, graph)
+    assert_complete(replacement, graph)
 
 
 def test_a_logit_difference_target_is_the_difference_of_the_two_logits_rows():

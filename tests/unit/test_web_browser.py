@@ -54,6 +54,20 @@ def site(tmp_path_factory, backdoor):
         yield url, ids
 
 
+def click_node(page, selector: str) -> str:
+    """Click, with the mouse, the node with the most edges among those ``selector`` (cytoscape's
+    syntax; "" for all) picks, where the canvas draws it; returns its id."""
+    name, x, y = page.evaluate("""selector => {
+        const cy = window.mechscopeGraph;
+        const node = cy.nodes(selector).max(n => n.degree()).ele;
+        const box = document.getElementById('graph').getBoundingClientRect();
+        const at = node.renderedPosition();
+        return [node.id(), box.left + at.x, box.top + at.y];
+    }""", selector)
+    page.mouse.click(x, y)
+    return name
+
+
 @pytest.fixture
 def context(browser, site):  # noqa: F811
     url, _ = site
@@ -89,15 +103,7 @@ def test_graph_node_click_opens_its_panel_and_the_slider_prunes_edges(context, s
     assert page.locator("#graph").get_attribute("data-drawn-edges") == str(total)
     panel = page.locator("#node-panel")
     assert panel.is_hidden()
-    # Click the node with the most edges where the canvas draws it.
-    name, x, y = page.evaluate("""() => {
-        const cy = window.mechscopeGraph;
-        const node = cy.nodes().max(n => n.connectedEdges().length).ele;
-        const box = document.getElementById('graph').getBoundingClientRect();
-        const at = node.renderedPosition();
-        return [node.id(), box.left + at.x, box.top + at.y];
-    }""")
-    page.mouse.click(x, y)
+    name = click_node(page, "")  # the node with the most edges, where the canvas draws it
     panel.wait_for(state="visible")
     assert panel.locator("h3").inner_text() == name
     watched_page.screenshot("circuit-panel")
@@ -222,14 +228,7 @@ def test_attribution_graph_page_draws_and_a_node_opens_its_panel(context, site):
     page.goto(f"/runs/{ids['graph']}")
     page.wait_for_selector("#graph[data-drawn-edges]")
     assert "Attribution graph" in page.inner_text("main") and "replacement score" in page.inner_text("main")
-    name, x, y = page.evaluate("""() => {
-        const cy = window.mechscopeGraph;
-        const node = cy.nodes("[kind = 'logit']").max(n => n.degree()).ele;  // the top row: no neighbour on it
-        const box = document.getElementById('graph').getBoundingClientRect();
-        const at = node.renderedPosition();
-        return [node.id(), box.left + at.x, box.top + at.y];
-    }""")
-    page.mouse.click(x, y)
+    name = click_node(page, "[kind = 'logit']")  # the top row: no neighbour drawn over it
     page.locator("#node-panel").wait_for(state="visible")
     assert page.locator("#node-panel h3").inner_text() == name
     drawn = int(page.locator("#graph").get_attribute("data-drawn-edges"))

@@ -18,9 +18,8 @@ from pathlib import Path
 import torch
 
 from mechscope.files import atomic_file
+from mechscope.store.features import FEATURES_FILE, FORMAT  # the store indexes what this writes
 
-FEATURES_FILE = "features.jsonl"
-FORMAT = "mechscope-features"
 WINDOW_BEFORE, WINDOW_AFTER = 12, 4
 
 
@@ -79,19 +78,4 @@ def write_feature_file(path: str | Path, header: Mapping, tokenizer, contexts: t
     return atomic_file(path, lambda temporary: temporary.write_text("\n".join(lines) + "\n", encoding="utf-8"))
 
 
-def read_feature_header(path: str | Path) -> dict:
-    """The header line of a ``features.jsonl`` (a FileFormatError when it is not one)."""
-    from mechscope.errors import FileFormatError
-
-    with open(path, encoding="utf-8") as handle:
-        try:
-            header = json.loads(handle.readline())
-        except json.JSONDecodeError as error:
-            raise FileFormatError(f"{path} is not a features file ({error})") from error
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise FileFormatError(f"{path} is not a {FORMAT} file")
-    return header
-
-
-__all__ = ["FEATURES_FILE", "FORMAT", "context_window", "nearest_latents", "read_feature_header",
-           "write_feature_file"]
+__all__ = ["FEATURES_FILE", "FORMAT", "context_window", "nearest_latents", "write_feature_file"]

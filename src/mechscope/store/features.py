@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mechscope.errors import FileFormatError, MechscopeError
 
-FEATURES_FILE = "features.jsonl"  # as mechscope.sae.feature_data writes it (sae sits above store)
+FEATURES_FILE = "features.jsonl"  # written by mechscope.sae.feature_data, which takes these names from here
 FORMAT = "mechscope-features"
 
 

@@ -37,6 +37,16 @@ def _drawn_edges(circuit: Mapping) -> tuple[list[dict], dict[str, float]]:
     return edges, {name: (top if math.isinf(d) else d) for name, d in depths.items()}
 
 
+def _ranked_edges(edges: list[dict]) -> list[dict]:
+    """The viewer's edges from {"from", "to", "input", "score"} rows: strongest |score| first,
+    each with its rank (what the pruning slider keeps) and a drawn width."""
+    edges = sorted(edges, key=lambda e: -abs(e["score"]))
+    strongest = max([abs(e["score"]) for e in edges] + [1e-12])
+    return [{"id": f"e{rank}", "source": e["from"], "target": e["to"], "input": e.get("input", ""),
+             "score": e["score"], "rank": rank, "width": round(1 + 7 * abs(e["score"]) / strongest, 2)}
+            for rank, e in enumerate(edges)]
+
+
 def circuit_graph(circuit: Mapping, labels: Mapping[str, str] | None = None) -> dict:
     """The viewer's data for a ``circuit.json`` (``labels``: {node: text}, e.g. explanations):
     {"nodes": [{"id", "depth", "score", "label", "x", "y"}], "edges": [{"id", "source", "target",
@@ -48,8 +58,6 @@ def circuit_graph(circuit: Mapping, labels: Mapping[str, str] | None = None) -> 
         raise MechscopeError(f"circuit.json has no edges to draw ({error!r})") from error
     for edge in edges:
         edge["score"] = _finite(edge["score"]) or 0.0
-    edges.sort(key=lambda e: -abs(e["score"]))
-    strongest = max([abs(e["score"]) for e in edges] + [1e-12])
     node_scores = circuit.get("node_scores") or {}
     rows: dict[float, list[str]] = defaultdict(list)
     for name in sorted(depths):
@@ -61,10 +69,7 @@ def circuit_graph(circuit: Mapping, labels: Mapping[str, str] | None = None) -> 
             nodes.append({"id": name, "depth": depth, "score": _finite(node_scores.get(name)),
                           "label": (labels or {}).get(name, ""),
                           "x": (index - (len(members) - 1) / 2) * COLUMN_GAP, "y": -rank * ROW_GAP})
-    drawn = [{"id": f"e{rank}", "source": e["from"], "target": e["to"], "input": e.get("input", ""),
-              "score": e["score"], "rank": rank,
-              "width": round(1 + 7 * abs(e["score"]) / strongest, 2)}
-             for rank, e in enumerate(edges)]
+    drawn = _ranked_edges(edges)
     return {"nodes": nodes, "edges": drawn, "total_edges": len(drawn),
             "graph_edges": circuit.get("graph_edges"), "method": circuit.get("method"),
             "level": circuit.get("level")}
@@ -102,10 +107,7 @@ def attribution_graph(data: Mapping) -> dict:
     edges = [{"from": str(link["source"]), "to": str(link["target"]), "input": "",
               "score": _finite(link.get("weight")) or 0.0} for link in links
              if str(link.get("source")) in known and str(link.get("target")) in known]
-    edges.sort(key=lambda e: -abs(e["score"]))
-    strongest = max([abs(e["score"]) for e in edges] + [1e-12])
-    drawn = [{"id": f"e{rank}", "source": e["from"], "target": e["to"], "input": "", "score": e["score"],
-              "rank": rank, "width": round(1 + 7 * abs(e["score"]) / strongest, 2)} for rank, e in enumerate(edges)]
+    drawn = _ranked_edges(edges)
     return {"nodes": nodes, "edges": drawn, "total_edges": len(drawn), "graph_edges": len(links),
             "method": "attribution", "level": "feature", "tokens": tokens}
 

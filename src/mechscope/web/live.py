@@ -221,24 +221,19 @@ def attention_job(body: AttentionIn) -> Callable:
 
 
 def steering_direction(body: SteerIn, model, dictionaries: Dictionaries, store_path: Path):
-    """The request's Direction (built on the worker: a contrast needs the model)."""
+    """The request's Direction (built on the worker: a contrast needs the model); the fields each
+    source needs were checked when the request was read (SteerIn)."""
     from mechscope.steering import Direction, contrast_directions, sae_direction
 
     if body.source == "contrast":
-        if not body.positive.strip() or not body.negative.strip():
-            raise ConfigError("a contrast direction needs both texts: positive and negative")
         layer = model.cfg.n_layers // 2 if body.layer is None else body.layer
         if layer >= model.cfg.n_layers:
             raise ConfigError(f"layer {layer} out of range: the model has {model.cfg.n_layers} layers")
         return contrast_directions(model, [body.positive], [body.negative], layers=layer, progress=False)[(layer, -1)]
     if body.source == "feature":
-        if body.sae_run is None or body.latent is None:
-            raise ConfigError("a feature direction needs the dictionary's run (sae_run) and a latent")
         sae = dictionaries.get(body.sae_run, model)
         layer = sae_layer(sae.cfg.hook_name) if body.layer is None else body.layer
         return sae_direction(sae, body.latent, layer)
-    if body.direction_run is None or body.direction_artifact is None:
-        raise ConfigError("a saved direction needs its run (direction_run) and artifact (direction_artifact)")
     with RunStore(store_path) as store:
         try:
             record = store.get(body.direction_run)
