@@ -120,3 +120,48 @@ def dashboard(
     index = run_dashboard(load_model(model), dictionary, chosen, folder, contexts, seed, explanations=explained,
                           explanation_results=results)
     console.print(f"wrote {len(chosen)} dashboards; open {index}")
+
+
+@sae_app.command("train-transcoders")
+def train_transcoders(
+    d_sae: Annotated[int, typer.Option(min=1, max=checks.MAX_D_SAE, help="latents per layer")] = 2048,
+    arch: Annotated[str, typer.Option(help="relu, topk, batchtopk, jumprelu or matryoshka",
+                                      callback=choice("architecture", ARCHITECTURES))] = "topk",
+    k: Annotated[int, typer.Option(min=1, help="active latents per token (TopK family)")] = 32,
+    skip: Annotated[bool, typer.Option("--skip/--no-skip", help="add a linear skip connection (input -> output)")] = False,
+    tokens: Annotated[str, typer.Option(help="training tokens, e.g. 400k or 2M (the corpus is reused in epochs)",
+                                        callback=checked(_parse_tokens))] = "400k",
+    batch_contexts: Annotated[int, typer.Option(min=1, max=1024, help="contexts of 128 tokens per step (one model "
+                                                "pass feeds every layer)")] = 16,
+    contexts: Annotated[int, typer.Option(min=1, max=checks.MAX_CONTEXTS, help="corpus contexts drawn from "
+                                          "(the rest is reuse)")] = 2048,
+    lr: Annotated[float, typer.Option(help="learning rate", callback=finite(minimum=0.0, strictly_above=True))] = 1e-3,
+    model: ModelName = None,
+    out: Annotated[Path, out_option("folder: checkpoints/, transcoders/layer_*/, eval.json; a rerun with the same "
+                                    "options resumes")] = Path("mechscope-transcoders"),
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """A transcoder (normalised MLP input -> MLP output) for every layer, all layers trained from
+    the same forward passes (resumable); scored per layer and with every layer spliced at once.
+    The folder is what `mechscope graph --transcoders` reads."""
+    from mechscope.graphs.transcoder_runs import (
+        TranscoderOptions,
+        prepare_transcoders_folder,
+        run_train_transcoders,
+    )
+
+    options = TranscoderOptions(d_sae, arch, k, skip, _parse_tokens(tokens), batch_contexts, contexts, lr, seed)
+    folder = prepare_transcoders_folder(out, options, overwrite, model)
+    say(folder.describe())
+    scored = run_train_transcoders(load_model(model), options, folder)
+    table = Table(title="transcoders on held-out contexts")
+    for column in ("layer", "L0", "FVU", "dead"):
+        table.add_column(column, justify="right")
+    for score in scored.layers:
+        table.add_row(str(score.layer), f"{score.l0:.1f}", f"{score.fvu:.3f}", f"{score.dead:.3f}")
+    console.print(table)
+    console.print(f"every layer spliced: CE {scored.ce_spliced:.3f} (clean {scored.ce_clean:.3f}, every MLP zeroed "
+                  f"{scored.ce_zero:.3f}), CE recovered {scored.ce_recovered:.3f}, KL {scored.kl:.3f}")
+    console.print(f"saved {folder / 'transcoders'} and {folder / 'eval.json'}; trace with `mechscope graph PROMPT "
+                  f"--transcoders {folder.path}`")

@@ -359,19 +359,31 @@ class ModelActivations:
     """Training batches computed from the model on the fly (no disk): ``batch(step)`` runs
     ``batch_contexts`` contexts, chosen by a seeded permutation (re-drawn each epoch), and
     returns all their tokens but BOS: [batch_contexts * (pos - 1), d] (or ``(input, target)``
-    with ``target_hook``). Deterministic in (seed, step), so training resumes exactly."""
+    with ``target_hook``). ``hook_name`` may also be a list of hooks: then ``batch`` gives
+    {hook: [rows, d]}, every hook from the same forward pass (what trains one dictionary per
+    layer at the cost of one model run). Deterministic in (seed, step), so training resumes
+    exactly."""
 
-    def __init__(self, model: HookedModel, contexts: torch.Tensor, hook_name: str, batch_contexts: int = 32,
-                 seed: int = 0, target_hook: str | None = None):
-        for name in (hook_name, target_hook):
-            if name is not None:
-                _check_row_hook(model, name)
+    def __init__(self, model: HookedModel, contexts: torch.Tensor, hook_name: str | list[str] | tuple[str, ...],
+                 batch_contexts: int = 32, seed: int = 0, target_hook: str | None = None):
+        several = isinstance(hook_name, list | tuple)
+        if several and target_hook is not None:
+            raise ConfigError("with a list of hooks every hook is returned by name: list the target hook among them "
+                              "instead of passing target_hook")
+        if several and not hook_name:
+            raise ConfigError("hook_name is an empty list: name at least one hook")
+        hooks = list(dict.fromkeys(hook_name)) if several else [hook_name]
+        for name in hooks + ([target_hook] if target_hook is not None else []):
+            if not isinstance(name, str):
+                raise InputTypeError(f"hook names must be strings; got {name!r}")
+            _check_row_hook(model, name)
         contexts = _check_contexts(contexts, model)
         check_int("batch_contexts", batch_contexts, 1)
         check_int("seed", seed, None)
         if batch_contexts > len(contexts):
             raise ConfigError(f"batch_contexts={batch_contexts} exceeds the {len(contexts)} contexts given")
-        self.model, self.contexts, self.hook_name, self.target_hook = model, contexts, hook_name, target_hook
+        self.model, self.contexts, self.target_hook = model, contexts, target_hook
+        self.hook_name: str | list[str] = hooks if several else hooks[0]
         self.batch_contexts, self.seed = batch_contexts, seed
         self.steps_per_epoch = len(contexts) // batch_contexts
 
@@ -385,15 +397,19 @@ class ModelActivations:
 
     @torch.no_grad()
     def batch(self, step: int):
-        """[batch_contexts * (pos - 1), d] (or ``(input, target)``) for ``step`` >= 0."""
+        """[batch_contexts * (pos - 1), d] (or ``(input, target)``, or {hook: [rows, d]}) for ``step`` >= 0."""
         check_int("step", step, 0)
         epoch, index = divmod(step, self.steps_per_epoch)
         order = torch.randperm(len(self.contexts), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
         chosen = self.contexts[order[index * self.batch_contexts:(index + 1) * self.batch_contexts]]
-        names = [self.hook_name] + ([self.target_hook] if self.target_hook else [])
+        several = isinstance(self.hook_name, list)
+        names = list(self.hook_name) if several else [self.hook_name] + ([self.target_hook] if self.target_hook else [])
         _, cache = self.model.run_with_cache(chosen, names=names)
-        x = cache[self.hook_name][:, 1:].flatten(0, 1).float().cpu()
-        return x if self.target_hook is None else (x, cache[self.target_hook][:, 1:].flatten(0, 1).float().cpu())
+        rows = {name: cache[name][:, 1:].flatten(0, 1).float().cpu() for name in names}
+        if several:
+            return rows
+        x = rows[self.hook_name]
+        return x if self.target_hook is None else (x, rows[self.target_hook])
 
 
 __all__ = ["HARVEST_DTYPES", "LOCK_FILE", "MANIFEST", "HarvestDtype", "ModelActivations", "StoredActivations",

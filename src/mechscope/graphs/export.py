@@ -119,10 +119,13 @@ def save_transcoders(transcoders: Mapping[int, SAE], folder: str | Path) -> Path
 
 
 def load_transcoders(folder: str | Path) -> dict[int, SAE]:
-    """{layer: transcoder} from ``folder/layer_{l}/`` (as :func:`save_transcoders` writes)."""
+    """{layer: transcoder} from ``folder/layer_{l}/`` (as :func:`save_transcoders` writes), or
+    from ``folder/transcoders/layer_{l}/`` (a ``mechscope sae train-transcoders`` folder)."""
     from mechscope.sae.io import load_sae
 
     folder = Path(folder).expanduser()
+    if (folder / "transcoders").is_dir() and not any(folder.glob("layer_*")):
+        folder = folder / "transcoders"  # a `mechscope sae train-transcoders` output folder
     if not folder.is_dir():
         raise MissingFileError(f"transcoder folder {folder} does not exist (it should hold layer_0/, layer_1/, ...)")
     found = {}

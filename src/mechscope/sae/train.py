@@ -1,7 +1,9 @@
 """Training several dictionaries from one stream of activations, resumable after a crash.
 
-Data: any object with ``batch(step) -> x [batch, d_in]`` (or ``(x, target)`` for transcoders)
-that is a deterministic function of the step, so a resumed run sees exactly the batches the
+Data: any object with ``batch(step) -> x [batch, d_in]`` (or ``(x, target)`` for transcoders,
+or ``{hook: [batch, d]}`` from which each dictionary reads its config's hook_name and, for a
+transcoder, hook_name_out: every layer's dictionary from one forward pass) that is a
+deterministic function of the step, so a resumed run sees exactly the batches the
 interrupted one would have. Inputs are scaled by one constant per dictionary (so that
 E||x|| = sqrt(d_in), making coefficients transferable across models) and the scale is folded
 into the weights at the end. Adam with linear warm-up and a linear decay over the last
@@ -95,43 +97,73 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
     return 1.0
 
 
-def _checked_batch(data, step: int, configs: list[SAEConfig]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(x [batch, d_in], target [batch, d_out] or None) of ``data.batch(step)`` as float32,
-    checked: 2-D floating tensors of every dictionary's widths, pairs for transcoders, finite."""
-    batch = data.batch(step)
-    if isinstance(batch, tuple | list):
-        if len(batch) != 2:
-            raise InputTypeError(f"data.batch({step}) must give x or (x, target); got a sequence of {len(batch)}")
-        x, target = batch
-    else:
-        x, target = batch, None
-    for name, tensor in (("x", x), ("target", target)):
-        if tensor is None:
-            continue
-        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 2 or not tensor.is_floating_point():
-            described = f"{tensor.dtype} {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-            raise InputTypeError(f"data.batch({step}) {name} must be a floating tensor [batch, d]; got {described}")
-        if tensor.shape[0] < 1:
-            raise ConfigError(f"data.batch({step}) {name} is an empty batch")
-    if target is not None and target.shape[0] != x.shape[0]:
-        raise ConfigError(f"data.batch({step}) gives {x.shape[0]} inputs but {target.shape[0]} targets")
+def _checked_tensor(tensor, what: str, step: int) -> torch.Tensor:
+    """``tensor`` as float32 if it is a finite, non-empty, 2-D floating tensor [batch, d]."""
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 2 or not tensor.is_floating_point():
+        described = f"{tensor.dtype} {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise InputTypeError(f"data.batch({step}) {what} must be a floating tensor [batch, d]; got {described}")
+    if tensor.shape[0] < 1:
+        raise ConfigError(f"data.batch({step}) {what} is an empty batch")
+    try:
+        check_finite(f"data.batch({step}) {what}", tensor)
+    except NonFiniteError as error:
+        raise NonFiniteError(f"{error}. Training stopped at step {step}; checkpoints hold only earlier steps. "
+                             "Find the NaN or inf in the data (a harvest in float16 can overflow)") from error
+    return tensor.float()
+
+
+def _named_pairs(batch: dict, step: int, configs: list[SAEConfig]) -> list[tuple[str, str | None]]:
+    """(input name, target name or None) of each dictionary in a batch given as {hook: tensor}:
+    a dictionary reads its config's ``hook_name`` and a transcoder predicts its ``hook_name_out``."""
+    pairs = []
     for index, cfg in enumerate(configs):
+        wanted = [cfg.hook_name] + ([cfg.hook_name_out] if cfg.is_transcoder else [])
+        missing = [name or "(empty hook_name)" for name in wanted if name not in batch]
+        if missing:
+            raise ConfigError(f"data.batch({step}) gives the hooks {', '.join(map(str, batch)) or 'none'}, but dictionary "
+                              f"{index} reads or predicts {', '.join(missing)}: set its hook_name / hook_name_out to "
+                              "one of them, or give data that holds them")
+        pairs.append((cfg.hook_name, cfg.hook_name_out if cfg.is_transcoder else None))
+    return pairs
+
+
+def _checked_batch(data, step: int, configs: list[SAEConfig]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Each dictionary's (x [batch, d_in], target [batch, d_out] or None) from ``data.batch(step)``
+    as float32, checked: 2-D finite floating tensors of the dictionary's widths, pairs for
+    transcoders. The batch is x, (x, target) shared by every dictionary, or {hook: tensor}
+    from which each dictionary takes its own hooks (many layers trained from one forward pass)."""
+    batch = data.batch(step)
+    if isinstance(batch, dict):
+        pairs = _named_pairs(batch, step, configs)
+        tensors = {name: _checked_tensor(batch[name], name, step)
+                   for name in dict.fromkeys(n for pair in pairs for n in pair if n is not None)}
+        found = [(tensors[x], None if target is None else tensors[target]) for x, target in pairs]
+    else:
+        if isinstance(batch, tuple | list):
+            if len(batch) != 2:
+                raise InputTypeError(f"data.batch({step}) must give x, (x, target) or {{hook: tensor}}; got a sequence "
+                                     f"of {len(batch)}")
+            x, target = batch
+        else:
+            x, target = batch, None
+        x = _checked_tensor(x, "inputs", step)
+        target = None if target is None else _checked_tensor(target, "targets", step)
+        found = [(x, target if cfg.is_transcoder else None) for cfg in configs]
+        for index, cfg in enumerate(configs):
+            if cfg.is_transcoder and target is None:
+                raise ConfigError(f"dictionary {index} is a transcoder with d_out={cfg.d_out}: data.batch({step}) must "
+                                  f"give (input, target) pairs with targets of that width; got no targets")
+    for index, (cfg, (x, target)) in enumerate(zip(configs, found)):
+        if target is not None and target.shape[0] != x.shape[0]:
+            raise ConfigError(f"data.batch({step}) gives {x.shape[0]} inputs but {target.shape[0]} targets")
         if x.shape[1] != cfg.d_in:
             raise ConfigError(f"data.batch({step}) gives inputs of width {x.shape[1]}, but dictionary {index} has "
                               f"d_in={cfg.d_in}")
-        if cfg.is_transcoder and (target is None or target.shape[1] != cfg.d_out):
-            got = "no targets" if target is None else f"targets of width {target.shape[1]}"
+        if cfg.is_transcoder and target.shape[1] != cfg.d_out:
             raise ConfigError(f"dictionary {index} is a transcoder with d_out={cfg.d_out}: data.batch({step}) must "
-                              f"give (input, target) pairs with targets of that width; got {got}")
-    for name, tensor in (("inputs", x), ("targets", target)):
-        if tensor is None:
-            continue
-        try:
-            check_finite(f"data.batch({step}) {name}", tensor)
-        except NonFiniteError as error:
-            raise NonFiniteError(f"{error}. Training stopped at step {step}; checkpoints hold only earlier steps. "
-                                 "Find the NaN or inf in the data (a harvest in float16 can overflow)") from error
-    return x.float(), None if target is None else target.float()
+                              f"give (input, target) pairs with targets of that width; got targets of width "
+                              f"{target.shape[1]}")
+    return found
 
 
 def _data_fingerprint(data) -> dict:
@@ -143,6 +175,9 @@ def _data_fingerprint(data) -> dict:
     else:
         batch = data.batch(0)
         digest = hashlib.sha256()
+        if isinstance(batch, dict):
+            digest.update(json.dumps(sorted(map(str, batch))).encode())
+            batch = [batch[name] for name in sorted(batch)]
         for tensor in batch if isinstance(batch, tuple | list) else (batch,):
             tensor = torch.as_tensor(tensor).detach().cpu().contiguous()
             digest.update(f"{tuple(tensor.shape)}:{tensor.dtype};".encode())
@@ -283,8 +318,7 @@ def _train(configs: list[SAEConfig], data, config: TrainConfig, folder: Path | N
     fingerprint = _data_fingerprint(data) if folder is not None else {}
     start = _load_checkpoint(folder, runs, configs, config, fingerprint) if folder is not None else 0
     if start == 0 and config.normalise_inputs:
-        x, target = _checked_batch(data, 0, configs)
-        for run in runs:
+        for run, (x, target) in zip(runs, _checked_batch(data, 0, configs)):
             goal = target if run.sae.cfg.is_transcoder else x
             norm_in, norm_out = x.norm(dim=-1).mean(), goal.norm(dim=-1).mean()
             if float(norm_in) == 0 or float(norm_out) == 0:
@@ -295,9 +329,8 @@ def _train(configs: list[SAEConfig], data, config: TrainConfig, folder: Path | N
     bar = tqdm(range(start, config.steps), desc="training dictionaries", disable=not progress,
                initial=start, total=config.steps)
     for step in bar:
-        x, target = _checked_batch(data, step, configs)
-        for index, run in enumerate(runs):
-            _train_step(run, index, x, target if run.sae.cfg.is_transcoder else x, step, config)
+        for index, (run, (x, target)) in enumerate(zip(runs, _checked_batch(data, step, configs))):
+            _train_step(run, index, x, x if target is None else target, step, config)
         if folder is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
             _save_checkpoint(folder, step, runs, config, fingerprint)
         first = runs[0].last

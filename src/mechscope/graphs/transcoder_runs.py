@@ -1,0 +1,103 @@
+"""The run behind ``mechscope sae train-transcoders``: a transcoder for every layer of a model,
+trained in one pass per batch over the default corpus (resumable), saved as ``transcoders/``
+(``layer_{l}/`` each, what ``mechscope graph --transcoders`` reads) and scored on held-out
+contexts (``eval.json``: per-layer L0 / FVU / dead fraction, CE with every layer spliced)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mechscope import checks
+from mechscope.data.contexts import CONTEXT_LENGTH, default_contexts
+from mechscope.errors import ConfigError
+from mechscope.files import OutputFolder, atomic_text, prepare_output_folder
+from mechscope.graphs.export import save_transcoders
+from mechscope.graphs.transcoders import (
+    TranscoderSetConfig,
+    TranscoderSetEvaluation,
+    evaluate_transcoders,
+    train_transcoders,
+)
+from mechscope.models.hooked_model import HookedModel
+from mechscope.sae.config import Architecture
+from mechscope.sae.train import TrainConfig
+from mechscope.validate import check_int, check_number
+
+TRANSCODER_OUTPUTS = ("checkpoints", "transcoders", "eval.json")
+RESUMABLE = ("checkpoints",)  # an interrupted training continues from these
+EVAL_CONTEXTS = 16
+
+
+@dataclass(frozen=True)
+class TranscoderOptions:
+    """``mechscope sae train-transcoders``' options; checked on creation, before any model loads."""
+
+    d_sae: int = 2048
+    arch: Architecture = "topk"
+    k: int = 32
+    skip: bool = False
+    tokens: int = 400_000
+    batch_contexts: int = 16
+    contexts: int = 2048
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        TranscoderSetConfig(self.d_sae, self.arch, self.k, self.skip)  # its own checks
+        check_int("tokens", self.tokens, 1, checks.MAX_TOKENS)
+        check_int("batch_contexts", self.batch_contexts, 1, 1024)
+        check_int("contexts", self.contexts, 1, checks.MAX_CONTEXTS)
+        check_number("lr", self.lr, minimum=0.0, strict_minimum=True)
+        check_int("seed", self.seed, 0, checks.MAX_SEED)
+        if self.batch_contexts > self.contexts:
+            raise ConfigError(f"batch_contexts ({self.batch_contexts}) must be at most contexts ({self.contexts})")
+        if self.tokens < self.step_tokens:
+            raise ConfigError(f"tokens ({self.tokens:,}) must be at least one step: {self.batch_contexts} contexts of "
+                              f"{CONTEXT_LENGTH - 1} tokens = {self.step_tokens:,}")
+
+    @property
+    def step_tokens(self) -> int:
+        return self.batch_contexts * (CONTEXT_LENGTH - 1)  # BOS rows are dropped
+
+    @property
+    def steps(self) -> int:
+        return self.tokens // self.step_tokens
+
+
+def prepare_transcoders_folder(out: str | Path, options: TranscoderOptions, overwrite: bool = False,
+                               model: str | None = None) -> OutputFolder:
+    """A folder that resumes an earlier run with the same options and refuses other options."""
+    from mechscope.models.loading import DEFAULT_MODEL
+
+    return prepare_output_folder(out, "sae train-transcoders", TRANSCODER_OUTPUTS, overwrite=overwrite,
+                                 resumable=RESUMABLE, options={**asdict(options), "model": model or DEFAULT_MODEL})
+
+
+def run_train_transcoders(model: HookedModel, options: TranscoderOptions, out: OutputFolder | str | Path,
+                          overwrite: bool = False, progress: bool = True) -> TranscoderSetEvaluation:
+    """Train (resumable), save ``transcoders/layer_{l}/`` and write ``eval.json`` (with the
+    training time of this call and the tokens per second)."""
+    folder = out if isinstance(out, OutputFolder) else prepare_transcoders_folder(out, options, overwrite)
+    config = TranscoderSetConfig(options.d_sae, options.arch, options.k, options.skip)
+    contexts = default_contexts(model, options.contexts, CONTEXT_LENGTH, options.seed)
+    steps = options.steps
+    started = time.perf_counter()
+    transcoders = train_transcoders(model, contexts, config,
+                                    TrainConfig(steps=steps, lr=options.lr, warmup_steps=min(50, steps // 10),
+                                                checkpoint_every=max(1, steps // 50), seed=options.seed),
+                                    options.batch_contexts, folder / "checkpoints", progress)
+    seconds = time.perf_counter() - started
+    save_transcoders(transcoders, folder / "transcoders")
+    held_out = default_contexts(model, EVAL_CONTEXTS, CONTEXT_LENGTH, options.seed, skip=options.contexts)
+    scored = evaluate_transcoders(model, transcoders, held_out)
+    record = {**scored.to_json(), "training": {"steps": steps, "tokens": steps * options.step_tokens,
+                                               "seconds_this_call": round(seconds, 1)}}
+    atomic_text(folder / "eval.json", json.dumps(record, indent=1))
+    folder.record()
+    return scored
+
+
+__all__ = ["TRANSCODER_OUTPUTS", "TranscoderOptions", "prepare_transcoders_folder", "run_train_transcoders"]
