@@ -262,3 +262,37 @@ def test_intervention_checks_measure_the_real_model_and_predict_along_the_graph(
                                                        rel=0.05, abs=1e-4)
     with pytest.raises(ConfigError, match="empty supernodes"):
         check_interventions(replacement, graph, supernodes={"none": []})
+    # Steering: doubling a feature is predicted (linear graph) as minus its removal; the real
+    # model's changes agree with the graph about as well as for removal.
+    doubled = check_interventions(replacement, graph, top=20, multiplier=2.0)
+    assert torch.allclose(doubled.predicted, -check.predicted, atol=1e-6)
+    assert doubled.spearman > 0.5 and doubled.sign_agreement >= 0.75 and doubled.to_json()["multiplier"] == 2.0
+    assert float(measured_changes(replacement, graph, target, [index], 1.5)) == pytest.approx(
+        -0.5 * float(measured[0]), rel=0.05, abs=1e-5)  # small writes: the real model is nearly linear too
+    with pytest.raises(ConfigError, match="multiplier=1 changes nothing"):
+        check_interventions(replacement, graph, multiplier=1.0)
+
+
+def test_heads_carry_the_edges_between_positions_one_attention_layer_apart(traced):
+    from mechscope.graphs.heads import head_attribution
+
+    model, replacement, _, graph = traced
+    last = model.cfg.n_layers - 1
+    # One attention layer between source and target: the target's own (sequential blocks), or the
+    # one before (parallel blocks, whose MLP reads the block's input, not the attention's output).
+    hop = last - 1 if model.cfg.parallel_residual else last
+    target = next(i for i, node in enumerate(graph.targets[:graph.n_features])
+                  if node.layer == last and node.position >= 3)
+    found = head_attribution(replacement, graph, target, batch_size=5)
+    assert torch.allclose(found.edges, graph.adjacency[target], atol=1e-5)
+    position = graph.targets[target].position
+    earlier = [j for j, node in enumerate(graph.sources[:graph.n_features])
+               if node.layer == hop - 1 and node.position < position]
+    assert earlier and float(graph.adjacency[target, earlier].abs().max()) > 0
+    # Every path from the source's position to the target's crosses exactly one head of that layer.
+    carried = found.carried[:, :, earlier]
+    assert torch.allclose(carried[hop].sum(0), graph.adjacency[target, earlier], atol=1e-5, rtol=1e-4)
+    assert float(torch.cat([carried[:hop], carried[hop + 1:]]).abs().max()) == 0
+    strongest = max(earlier, key=lambda j: abs(float(graph.adjacency[target, j])))
+    layer, head, value = found.top_heads(strongest, 1)[0]
+    assert layer == hop and value == float(found.carried[hop, head, strongest])

@@ -104,3 +104,44 @@ def test_supernodes_are_written_to_the_viewers_query_and_unknown_members_refused
     assert data["qParams"]["supernodes"] == [["a pair", *kept]]
     with pytest.raises(ConfigError, match="not in the pruned graph"):
         graph_json(tiny, graph, pruned, supernodes={"ghost": ["99_99_99"]})
+
+
+def test_head_targets_write_which_heads_carry_each_link(setup, tmp_path):
+    tiny, folder, saved, _ = setup
+    out = tmp_path / "heads"
+    result = runner.invoke(app, ["graph", PROMPT, "--transcoders", str(saved), "--model", str(folder), "--out",
+                                 str(out), "--head-targets", "2", "--node-share", "1", "--edge-share", "1"])
+    assert result.exit_code == 0, result.output
+    assert "heads carrying the edges into" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["heads"]) == 2 and summary["heads"][0]["target"].startswith("logit")
+    data = json.loads((out / "graph.json").read_text())
+    top_logit = [n["node_id"] for n in data["nodes"] if n["feature_type"] == "logit"][0]
+    into = [link for link in data["links"] if link["target"] == top_logit]
+    carried = [link for link in into if link.get("heads")]
+    assert carried and all(0 <= h["layer"] < tiny.cfg.n_layers and 0 <= h["head"] < tiny.cfg.n_heads
+                           for link in carried for h in link["heads"])
+    # An embedding at an earlier position reaches the last position only through heads.
+    earlier = [link for link in carried if link["source"].startswith("E_") and not link["source"].endswith(
+        f"_{len(tiny.to_str_tokens(PROMPT)) - 1}")]
+    assert earlier and all(abs(link["heads"][0]["weight"]) > 0 for link in earlier)
+
+
+def test_supernodes_from_the_command_line_reach_the_viewers_query(setup, tmp_path):
+    tiny, folder, saved, _ = setup
+    first = tmp_path / "first"
+    base = ["graph", PROMPT, "--transcoders", str(saved), "--model", str(folder)]
+    assert runner.invoke(app, base + ["--out", str(first)]).exit_code == 0
+    kept = [n["node_id"] for n in json.loads((first / "graph.json").read_text())["nodes"]
+            if n["feature_type"] == "cross layer transcoder"][:2]
+    out = tmp_path / "grouped"
+    result = runner.invoke(app, base + ["--out", str(out), "--supernode", f"pair={kept[0]},{kept[1]}",
+                                        "--supernode", f"one={kept[0]}"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "graph.json").read_text())["qParams"]["supernodes"] == [["pair", *kept], ["one", kept[0]]]
+    for bad, reason in (("nolabel", "must look like LABEL=ID"), ("=1_2_3", "must look like LABEL=ID")):
+        refused = runner.invoke(app, base + ["--out", str(tmp_path / "bad"), "--supernode", bad])
+        assert refused.exit_code != 0 and reason in refused.output
+    twice = runner.invoke(app, base + ["--out", str(tmp_path / "bad"), "--supernode", f"a={kept[0]}", "--supernode",
+                                       f"a={kept[1]}"])
+    assert twice.exit_code != 0 and "labels must differ" in twice.output

@@ -42,7 +42,7 @@ def site(tmp_path_factory, backdoor):
     run_circuit(tiny, CircuitOptions(task="induction", method="eap", n=3, edges=12, curve=False), root / "circuit")
     run_patch(tiny, PatchOptions(task="induction", sites="heads", n=3), root / "patch")
     toy_dictionary_run(tiny, root)
-    run_graph(tiny, ReplacementModel(tiny, random_transcoders(tiny)), GraphOptions("the cat sat on the mat"),
+    run_graph(tiny, ReplacementModel(tiny, random_transcoders(tiny)), GraphOptions("the cat sat on the mat", head_targets=10),
               root / "graph", progress=False)
     with RunStore(root / "runs.sqlite") as store:
         ids = {name: store.register(root / name).id for name in ("circuit", "patch", "toy-dashboard", "audit", "diff",
@@ -231,6 +231,7 @@ def test_attribution_graph_page_draws_and_a_node_opens_its_panel(context, site):
     name = click_node(page, "[kind = 'logit']")  # the top row: no neighbour drawn over it
     page.locator("#node-panel").wait_for(state="visible")
     assert page.locator("#node-panel h3").inner_text() == name
+    assert "via L" in page.inner_text("#node-panel")  # every logit's edges have per-head attributions
     drawn = int(page.locator("#graph").get_attribute("data-drawn-edges"))
     page.fill("#prune", "1")
     page.locator("#prune").dispatch_event("input")

@@ -31,6 +31,12 @@ def graph(
     batch_size: Annotated[int, typer.Option(min=1, max=1024, help="targets per backward pass")] = 16,
     max_positions: Annotated[int, typer.Option(min=2, help="refuse longer prompts (memory grows with the "
                                                            "prompt)")] = 64,
+    head_targets: Annotated[int, typer.Option(min=0, max=1000, help="per-head attribution (which attention heads "
+                                                                    "carry each edge) for this many targets: the "
+                                                                    "outputs first, then the most influential "
+                                                                    "features")] = 0,
+    supernode: Annotated[list[str] | None, typer.Option(help="group nodes for the viewers: LABEL=ID,ID (ids as in "
+                                                             "graph.json, e.g. 12_345_6); repeatable")] = None,
     model: ModelName = None,
     out: Annotated[Path, out_option("folder for graph.json (the viewers' format) and summary.json")] = Path(
         "mechscope-graph"),
@@ -42,10 +48,10 @@ def graph(
     viewers and `mechscope serve`."""
     from mechscope.graphs.export import load_transcoders
     from mechscope.graphs.replacement import ReplacementModel
-    from mechscope.graphs.runs import GraphOptions, prepare_graph_folder, run_graph
+    from mechscope.graphs.runs import GraphOptions, parse_supernode, prepare_graph_folder, run_graph
 
     options = GraphOptions(prompt, target, versus, logit_mass, max_logits, max_features, node_share, edge_share, batch_size,
-                           max_positions)
+                           max_positions, head_targets, tuple(parse_supernode(text) for text in supernode or ()))
     found = load_transcoders(transcoders)  # a bad folder fails before the model loads
     folder = prepare_graph_folder(out, options, overwrite, {"transcoders": str(Path(transcoders).resolve()),
                                                             "model": model})
@@ -57,4 +63,7 @@ def graph(
     console.print(f"{summary['features']} active features over {summary['tokens']} tokens, attributed in "
                   f"{summary['seconds']} s; kept {kept['features']} features and {kept['edges']} edges; replacement "
                   f"score {summary['replacement_score']:.3f}, completeness {summary['completeness_score']:.3f}")
+    for found in summary["heads"]:
+        shown = ", ".join(f"L{h['layer']}H{h['head']} {h['carried']:.3g}" for h in found["top"][:3])
+        console.print(f"heads carrying the edges into {found['target']}: {shown or 'none'}")
     console.print(f"wrote {folder.path}/graph.json and summary.json")

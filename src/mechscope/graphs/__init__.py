@@ -10,9 +10,9 @@ from mechscope.graphs.attribution import (
     replacement_logits,
     top_logits,
 )
+from mechscope.graphs.export import graph_json, load_transcoders, save_transcoders
 from mechscope.graphs.interventions import InterventionCheck, check_interventions
 from mechscope.graphs.prune import PrunedGraph, influence, node_list, prune
-from mechscope.graphs.export import graph_json, load_transcoders, save_transcoders
 from mechscope.graphs.replacement import Prompt, ReplacementModel, check_transcoders, mlp_input, mlp_output
 from mechscope.graphs.transcoders import (
     LayerScore,

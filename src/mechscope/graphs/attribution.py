@@ -103,7 +103,8 @@ def _active(prompt: Prompt, max_features: int | None) -> list[tuple[int, int, in
 
 def _target_inputs(replacement: ReplacementModel, prompt: Prompt, chunk: list[Node], leaves: dict,
                    errors: dict, embedding: torch.Tensor,
-                   directions: list[tuple[str, torch.Tensor]] | None = None) -> torch.Tensor:
+                   directions: list[tuple[str, torch.Tensor]] | None = None,
+                   extra_hooks: list[tuple[str, object]] | None = None) -> torch.Tensor:
     """[len(chunk)] each target's input, row i of a batch of copies of the prompt seeding target
     ``chunk[i]``, with the sources given as ``leaves`` / ``errors`` / ``embedding``."""
     model = replacement.model
@@ -114,7 +115,7 @@ def _target_inputs(replacement: ReplacementModel, prompt: Prompt, chunk: list[No
 
     hooks = replacement.hooks(prompt, leaves, errors, embedding)
     hooks += [(mlp_input(layer), lambda a, h, layer=layer: keep(a, h, layer)) for layer in range(model.cfg.n_layers)]
-    with model.hooks(hooks):
+    with model.hooks(hooks + list(extra_hooks or [])):
         logits = model.hf_model(input_ids=prompt.tokens.repeat(len(chunk), 1).to(model.device)).logits.float()
     seeds = []
     for row, node in enumerate(chunk):
@@ -133,6 +134,76 @@ def _target_inputs(replacement: ReplacementModel, prompt: Prompt, chunk: list[No
 def _no_features(batch: int) -> SparseFeatures:
     empty = torch.zeros(0, dtype=torch.long)
     return SparseFeatures(empty, empty, torch.zeros(batch, 0))
+
+
+@dataclass
+class SourceLeaves:
+    """The sources of one prompt's graph as the leaves of a batched backward pass.
+
+    ``features`` [(layer, position, feature)] the feature nodes, ``activations`` [n_features]
+    their values; ``folded_errors`` {layer: [pos, d_model]} each error node's value (the real
+    error plus what features that are not nodes write); ``embeddings`` [pos, d_model]."""
+
+    features: list[tuple[int, int, int]]
+    activations: torch.Tensor
+    by_layer: dict[int, list[int]]
+    spots: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    folded_errors: dict[int, torch.Tensor]
+    embeddings: torch.Tensor
+
+    @classmethod
+    def of(cls, replacement: ReplacementModel, prompt: Prompt, features: list[tuple[int, int, int]]) -> SourceLeaves:
+        by_layer: dict[int, list[int]] = {}
+        for index, (layer, _, _) in enumerate(features):
+            by_layer.setdefault(layer, []).append(index)
+        activations = torch.tensor([float(prompt.activations[layer][pos, f]) for layer, pos, f in features])
+        # Features that are not nodes (at BOS, or past max_features) still act: what they write joins
+        # their (layer, position)'s error node, so the graph's replacement stays exact on the prompt.
+        folded_errors = {}
+        for layer in range(replacement.model.cfg.n_layers):
+            rest = prompt.activations[layer].clone()
+            for index in by_layer.get(layer, []):
+                _, pos, feature = features[index]
+                rest[pos, feature] = 0
+            decoder = replacement.transcoders[layer].W_dec.detach().float()
+            folded_errors[layer] = prompt.errors[layer] + rest @ decoder
+        # Each layer's active features as (positions, features) index lists, for SparseFeatures.
+        spots = {layer: (torch.tensor([features[i][1] for i in indices]), torch.tensor([features[i][2] for i in indices]))
+                 for layer, indices in by_layer.items()}
+        return cls(features, activations, by_layer, spots, folded_errors, prompt.embeddings)
+
+    def edges(self, replacement: ReplacementModel, prompt: Prompt, chunk: list[Node],
+              directions: list[tuple[str, torch.Tensor]] | None = None,
+              extra_hooks: list[tuple[str, object]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(edges [len(chunk), n_sources], inputs [len(chunk)]): row i holds every source's edge
+        into ``chunk[i]`` (value x gradient) and that target's input, from one batched backward
+        pass; ``extra_hooks`` run in the same forward (e.g. cutting one head per row)."""
+        n_layers, n_pos = replacement.model.cfg.n_layers, prompt.tokens.shape[1]
+        batch, n_features = len(chunk), len(self.features)
+        nothing = _no_features(batch)
+        values = {layer: self.activations[torch.tensor(indices)].unsqueeze(0).repeat(batch, 1).requires_grad_(True)
+                  for layer, indices in self.by_layer.items()}
+        leaves = {layer: SparseFeatures(self.spots[layer][0], self.spots[layer][1], values[layer]) if layer in values
+                  else nothing for layer in range(n_layers)}
+        errors = {layer: self.folded_errors[layer].unsqueeze(0).repeat(batch, 1, 1).requires_grad_(True)
+                  for layer in range(n_layers)}
+        embedding = self.embeddings.unsqueeze(0).repeat(batch, 1, 1).requires_grad_(True)
+        seed = _target_inputs(replacement, prompt, chunk, leaves, errors, embedding, directions, extra_hooks)
+        leaf_list = [values[layer] for layer in sorted(values)] + [errors[layer] for layer in range(n_layers)] \
+            + [embedding]
+        grads = torch.autograd.grad(seed.sum(), leaf_list, allow_unused=True)
+        feature_grads = torch.zeros(batch, n_features)
+        for layer, grad in zip(sorted(values), grads[:len(values)]):
+            if grad is not None:
+                feature_grads[:, self.by_layer[layer]] = grad
+        error_grads = torch.stack([(grad * errors[layer].detach()).sum(-1) if grad is not None
+                                   else torch.zeros(batch, n_pos)
+                                   for layer, grad in zip(range(n_layers), grads[len(values):-1])], 1)
+        embedding_grad = grads[-1]
+        embedding_edges = (embedding_grad * embedding.detach()).sum(-1) if embedding_grad is not None \
+            else torch.zeros(batch, n_pos)
+        edges = torch.cat([feature_grads * self.activations, error_grads.reshape(batch, -1), embedding_edges], 1)
+        return edges, seed.detach()
 
 
 @torch.no_grad()
@@ -192,56 +263,15 @@ def attribute(replacement: ReplacementModel, tokens: torch.Tensor, logit_mass: f
     targets = sources[:len(features)] + [Node("logit", feature=int(t)) for t in logit_ids] \
         + [Node("direction", feature=index) for index in range(len(directions))]
     logit_probs = torch.cat([logit_probs.float(), torch.ones(len(directions))])
-    by_layer: dict[int, list[int]] = {}
-    for index, (layer, _, _) in enumerate(features):
-        by_layer.setdefault(layer, []).append(index)
-    activations = torch.tensor([float(prompt.activations[layer][pos, f]) for layer, pos, f in features])
-    # Features that are not nodes (at BOS, or past max_features) still act: what they write joins
-    # their (layer, position)'s error node, so the graph's replacement stays exact on the prompt.
-    folded_errors = {}
-    for layer in range(n_layers):
-        rest = prompt.activations[layer].clone()
-        for index in by_layer.get(layer, []):
-            _, pos, feature = features[index]
-            rest[pos, feature] = 0
-        decoder = replacement.transcoders[layer].W_dec.detach().float()
-        folded_errors[layer] = prompt.errors[layer] + rest @ decoder
-    # Each layer's active features as (positions, features) index lists, for SparseFeatures.
-    spots = {layer: (torch.tensor([features[i][1] for i in indices]), torch.tensor([features[i][2] for i in indices]))
-             for layer, indices in by_layer.items()}
+    sources_in = SourceLeaves.of(replacement, prompt, features)
+    activations = sources_in.activations
     adjacency = torch.zeros(len(targets), len(sources))
     inputs = torch.zeros(len(targets))
     batches = range(0, len(targets), batch_size)
     for start in tqdm(batches, desc="attribution", disable=not progress or len(batches) < 2):
         chunk = targets[start:start + batch_size]
-        batch = len(chunk)
-        nothing = _no_features(batch)
-        values = {layer: activations[index].unsqueeze(0).repeat(batch, 1).requires_grad_(True)
-                  for layer, index in ((layer, torch.tensor(indices)) for layer, indices in by_layer.items())}
-        leaves = {layer: SparseFeatures(spots[layer][0], spots[layer][1], values[layer]) if layer in values
-                  else nothing for layer in range(n_layers)}
-        errors = {layer: folded_errors[layer].unsqueeze(0).repeat(batch, 1, 1).requires_grad_(True)
-                  for layer in range(n_layers)}
-        embedding = prompt.embeddings.unsqueeze(0).repeat(batch, 1, 1).requires_grad_(True)
-        seed = _target_inputs(replacement, prompt, chunk, leaves, errors, embedding, directions)
-        leaf_list = [values[layer] for layer in sorted(values)] + [errors[layer] for layer in range(n_layers)] \
-            + [embedding]
-        grads = torch.autograd.grad(seed.sum(), leaf_list, allow_unused=True)
-        feature_grads = torch.zeros(batch, len(features))
-        for layer, grad in zip(sorted(values), grads[:len(values)]):
-            if grad is not None:
-                feature_grads[:, by_layer[layer]] = grad
-        error_grads = torch.stack([(grad * errors[layer].detach()).sum(-1) if grad is not None
-                                   else torch.zeros(batch, n_pos)
-                                   for layer, grad in zip(range(n_layers), grads[len(values):-1])], 1)
-        embedding_grad = grads[-1]
-        embedding_edges = (embedding_grad * embedding.detach()).sum(-1) if embedding_grad is not None \
-            else torch.zeros(batch, n_pos)
-        rows = slice(start, start + batch)
-        adjacency[rows, :len(features)] = feature_grads * activations
-        adjacency[rows, len(features):len(features) + n_layers * n_pos] = error_grads.reshape(batch, -1)
-        adjacency[rows, len(features) + n_layers * n_pos:] = embedding_edges
-        inputs[rows] = seed.detach()
+        adjacency[start:start + len(chunk)], inputs[start:start + len(chunk)] = sources_in.edges(
+            replacement, prompt, chunk, directions)
     total_active = sum(int((values > 0).sum()) for values in prompt.activations.values())
     info = {"n_features": len(features), "active_features": total_active, "folded_into_errors":
             total_active - len(features), "max_features": max_features, "logit_mass": logit_mass,

@@ -10,12 +10,13 @@ the kept edges with their raw weights (a link runs from source to target).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mechscope.errors import ConfigError, MissingFileError
 from mechscope.files import atomic_text
 from mechscope.graphs.attribution import AttributionGraph, Node
+from mechscope.graphs.heads import HeadAttribution
 from mechscope.graphs.prune import PrunedGraph
 from mechscope.models.hooked_model import HookedModel
 from mechscope.sae.model import SAE
@@ -44,10 +45,13 @@ def _pairing(layer: int, feature: int) -> int:
 
 def graph_json(model: HookedModel, graph: AttributionGraph, pruned: PrunedGraph, slug: str = "mechscope-graph",
                labels: Mapping[str, str] | None = None, transcoder_names: list[str] | None = None,
-               supernodes: Mapping[str, list[str]] | None = None) -> dict:
+               supernodes: Mapping[str, list[str]] | None = None,
+               heads: Sequence[HeadAttribution] = (), top_heads: int = 3) -> dict:
     """The pruned graph in the viewers' JSON; ``labels`` {node id: text} (e.g. explanations) go
     to the nodes' ``clerp``, ``supernodes`` {label: node ids} to ``qParams`` (ids not in the
-    pruned graph are refused)."""
+    pruned graph are refused). ``heads``: per-head attributions of some targets; each kept link
+    into one of them gets ``heads``: [{"layer", "head", "weight"}] of the ``top_heads`` heads
+    carrying most of it (a mechscope field; the viewers ignore it)."""
     tokens = [int(t) for t in graph.tokens[0]]
     n_layers = model.cfg.n_layers
     decode = model.tokenizer.decode
@@ -91,6 +95,13 @@ def graph_json(model: HookedModel, graph: AttributionGraph, pruned: PrunedGraph,
     kept = pruned.keep_edges.nonzero().tolist()
     links = [{"source": ids[source], "target": ids[target], "weight": float(pruned.matrix[target, source])}
              for target, source in kept]
+    by_target = {graph.targets[found.target]: found for found in heads}
+    source_index = {node: index for index, node in enumerate(graph.sources)}
+    for link, (target, source) in zip(links, kept):
+        found = by_target.get(pruned.nodes[target])
+        if found is not None and pruned.nodes[source] in source_index:
+            link["heads"] = [{"layer": layer, "head": head, "weight": weight} for layer, head, weight in
+                             found.top_heads(source_index[pruned.nodes[source]], top_heads)]
     return {"metadata": {"slug": slug, "scan": model.cfg.name or model.cfg.family,
                          "transcoder_list": transcoder_names or [],
                          "prompt_tokens": [decode([t]) for t in tokens], "prompt": decode(tokens),

@@ -1,7 +1,10 @@
-"""Checking a graph against the real model: remove a feature, compare what the graph predicts
-with what the real model does.
+"""Checking a graph against the real model: remove or steer a feature, compare what the graph
+predicts with what the real model does.
 
-- **Prediction** (the graph's): removing feature ``s`` (its activation ``a_s`` to 0) changes every
+A feature's activation ``a_s`` is set to ``multiplier x a_s``: 0 removes it (the default), 2
+doubles it, -1 flips it; the change is ``(multiplier - 1) x a_s``.
+
+- **Prediction** (the graph's): changing feature ``s`` (removal, say: its activation to 0) changes every
   later feature's input along the graph's edges (per unit of activation: ``edge / a_source``),
   each feature's activation by the same amount (the linearisation the graph makes: attention and
   norms frozen, features on the linear side of their threshold), and the target's input by the
@@ -24,7 +27,7 @@ import torch
 from mechscope.errors import ConfigError
 from mechscope.graphs.attribution import AttributionGraph, Node
 from mechscope.graphs.replacement import ReplacementModel, mlp_output
-from mechscope.validate import check_int
+from mechscope.validate import check_int, check_number
 
 
 @dataclass
@@ -38,17 +41,20 @@ class InterventionCheck:
     measured: torch.Tensor
     spearman: float
     sign_agreement: float
+    multiplier: float = 0.0  # each feature's activation was scaled by this (0: removed)
 
     def to_json(self) -> dict:
         return {"target": self.target.label, "spearman": self.spearman, "sign_agreement": self.sign_agreement,
+                "multiplier": self.multiplier,
                 "removed": [{"node": label, "predicted": float(p), "measured": float(m)}
                             for label, p, m in zip(self.removed, self.predicted, self.measured)]}
 
 
-def predicted_changes(graph: AttributionGraph, target_index: int, removed: list[int | list[int]]) -> torch.Tensor:
+def predicted_changes(graph: AttributionGraph, target_index: int, removed: list[int | list[int]],
+                      multiplier: float = 0.0) -> torch.Tensor:
     """[len(removed)] the graph's prediction of the target's input change when each feature, or
-    each group of features (a supernode: indices into the graph's features, removed together),
-    is removed: propagated along feature -> feature edges."""
+    each group of features (a supernode: indices into the graph's features, changed together),
+    is scaled by ``multiplier`` (0: removed): propagated along feature -> feature edges."""
     n = graph.n_features
     activations = graph.activations.float()
     safe = torch.where(activations.abs() > 0, activations, torch.ones_like(activations))
@@ -58,7 +64,7 @@ def predicted_changes(graph: AttributionGraph, target_index: int, removed: list[
     for item in removed:
         group = [item] if isinstance(item, int) else list(item)
         change = torch.zeros(n)
-        change[group] = -activations[group]
+        change[group] = (multiplier - 1) * activations[group]
         first = min(graph.sources[i].layer for i in group)
         for index in order:  # a feature's change reaches later features through the edges into them
             if index not in group and graph.sources[index].layer > first:
@@ -69,10 +75,10 @@ def predicted_changes(graph: AttributionGraph, target_index: int, removed: list[
 
 @torch.no_grad()
 def measured_changes(replacement: ReplacementModel, graph: AttributionGraph, target_index: int,
-                     removed: list[int | list[int]]) -> torch.Tensor:
+                     removed: list[int | list[int]], multiplier: float = 0.0) -> torch.Tensor:
     """[len(removed)] the real model's change of the target's input (a logit minus the mean
     logit, or a direction's weighted logits) when each feature's write, or each group's writes
-    together, are taken out of their MLP outputs."""
+    together, are scaled by ``multiplier`` in their MLP outputs (0: taken out)."""
     model, tokens = replacement.model, graph.tokens.to(replacement.model.device)
     target = graph.targets[target_index]
 
@@ -88,7 +94,7 @@ def measured_changes(replacement: ReplacementModel, graph: AttributionGraph, tar
         writes: dict[int, list[tuple[int, torch.Tensor]]] = {}
         for index in [item] if isinstance(item, int) else item:
             node = graph.sources[index]
-            write = float(graph.activations[index]) * replacement.transcoders[node.layer].W_dec[node.feature].float()
+            write = (1 - multiplier) * float(graph.activations[index]) * replacement.transcoders[node.layer].W_dec[node.feature].float()
             writes.setdefault(node.layer, []).append((node.position, write))
 
         def remove(activation: torch.Tensor, hook, layer: int) -> torch.Tensor:
@@ -105,15 +111,18 @@ def measured_changes(replacement: ReplacementModel, graph: AttributionGraph, tar
 
 def check_interventions(replacement: ReplacementModel, graph: AttributionGraph, target: int | None = None,
                         features: list[int] | None = None, top: int = 20,
-                        supernodes: dict[str, list[int]] | None = None) -> InterventionCheck:
-    """Remove each of ``features`` (indices into the graph's features; default the ``top`` with
-    the largest |direct edge| into the target), or each supernode of ``supernodes`` {label:
-    feature indices} (its features removed together), and compare the graph's prediction of the
-    change of target ``target`` (index into ``graph.targets``; default the first logit) with the
-    real model's."""
+                        supernodes: dict[str, list[int]] | None = None, multiplier: float = 0.0) -> InterventionCheck:
+    """Scale each of ``features`` (indices into the graph's features; default the ``top`` with
+    the largest |direct edge| into the target) by ``multiplier`` (0 removes, 2 doubles), or each
+    supernode of ``supernodes`` {label: feature indices} (its features changed together), and
+    compare the graph's prediction of the change of target ``target`` (index into
+    ``graph.targets``; default the first logit) with the real model's."""
     from scipy.stats import spearmanr
 
     check_int("top", top, 1)
+    check_number("multiplier", multiplier)
+    if multiplier == 1:
+        raise ConfigError("multiplier=1 changes nothing: use 0 to remove features, 2 to double them, -1 to flip them")
     if target is None:
         target = graph.n_features
     if not graph.n_features <= target < len(graph.targets):
@@ -133,11 +142,11 @@ def check_interventions(replacement: ReplacementModel, graph: AttributionGraph, 
     if bad or empty or not removed:
         raise ConfigError(f"features and supernodes must hold indices below {graph.n_features}; bad indices "
                           f"{bad[:8]}, empty supernodes {empty}")
-    predicted = predicted_changes(graph, target, removed)
-    measured = measured_changes(replacement, graph, target, removed)
+    predicted = predicted_changes(graph, target, removed, multiplier)
+    measured = measured_changes(replacement, graph, target, removed, multiplier)
     agree = float((torch.sign(predicted) == torch.sign(measured)).float().mean())
     rho = float(spearmanr(predicted.numpy(), measured.numpy()).statistic) if len(removed) > 1 else float("nan")
-    return InterventionCheck(graph.targets[target], labels, predicted, measured, rho, agree)
+    return InterventionCheck(graph.targets[target], labels, predicted, measured, rho, agree, multiplier)
 
 
 __all__ = ["InterventionCheck", "check_interventions", "measured_changes", "predicted_changes"]

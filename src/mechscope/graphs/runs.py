@@ -13,6 +13,7 @@ from mechscope.errors import ConfigError
 from mechscope.files import OutputFolder, atomic_text, prepare_output_folder
 from mechscope.graphs.attribution import attribute, logit_difference
 from mechscope.graphs.export import graph_json, write_graph_json
+from mechscope.graphs.heads import head_attribution
 from mechscope.graphs.prune import prune
 from mechscope.graphs.replacement import ReplacementModel
 from mechscope.models.hooked_model import HookedModel
@@ -35,6 +36,8 @@ class GraphOptions:
     edge_share: float = 0.98
     batch_size: int = 16
     max_positions: int = 64
+    head_targets: int = 0  # the most influential targets whose edges get per-head attributions
+    supernodes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (label, node ids) groupings for the viewers
 
     def __post_init__(self) -> None:
         checks.check_text("prompt", self.prompt)
@@ -50,12 +53,31 @@ class GraphOptions:
         check_number("edge_share", self.edge_share, minimum=0.0, maximum=1.0)
         check_int("batch_size", self.batch_size, 1, 1024)
         check_int("max_positions", self.max_positions, 2, checks.MAX_POSITION)
+        check_int("head_targets", self.head_targets, 0, 1000)
+        object.__setattr__(self, "supernodes", tuple((label, tuple(members)) for label, members in self.supernodes))
+        labels = [label for label, _ in self.supernodes]
+        for label, members in self.supernodes:
+            if not label or not members or not all(members):
+                raise ConfigError(f"supernode {label!r} needs a label and at least one node id, as LABEL=ID,ID "
+                                  "(ids as in graph.json, e.g. 12_345_6)")
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"supernode labels must differ; got {labels}")
 
 
 def prepare_graph_folder(out: str | Path, options: GraphOptions, overwrite: bool = False,
                          extra: dict | None = None) -> OutputFolder:
     return prepare_output_folder(out, "graph", GRAPH_OUTPUTS, overwrite=overwrite,
                                  options={**asdict(options), **(extra or {})})
+
+
+def parse_supernode(text: str) -> tuple[str, tuple[str, ...]]:
+    """``--supernode "LABEL=ID,ID,..."`` as (label, node ids)."""
+    label, _, members = text.partition("=")
+    ids = tuple(member.strip() for member in members.split(",") if member.strip())
+    if not label.strip() or not ids:
+        raise ConfigError(f"--supernode must look like LABEL=ID,ID (node ids as in graph.json, e.g. "
+                          f"'capital=12_345_6,14_2_6'); got {text!r}")
+    return label.strip(), ids
 
 
 def target_token(model: HookedModel, text: str) -> int:
@@ -66,6 +88,30 @@ def target_token(model: HookedModel, text: str) -> int:
         raise ConfigError(f"--target {text!r} is {len(ids)} tokens for this tokenizer ({shown}); give one token "
                           "(mind the leading space, e.g. ' Paris')")
     return int(ids[0])
+
+
+def influential_targets(graph, pruned, count: int) -> list[int]:
+    """Indices into ``graph.targets`` of the ``count`` kept targets of most influence, the logit
+    and direction targets first (their influence is their probability)."""
+    if count == 0:
+        return []
+    influence = {node: float(value) for node, value in zip(pruned.nodes, pruned.influence)}
+    kept = {node for node, keep in zip(pruned.nodes, pruned.keep_nodes.tolist()) if keep}
+    outputs = [i for i, node in enumerate(graph.targets) if node.kind in ("logit", "direction")]
+    features = sorted((i for i, node in enumerate(graph.targets[:graph.n_features]) if node in kept),
+                      key=lambda i: -influence.get(graph.targets[i], 0.0))
+    return (outputs + features)[:count]
+
+
+def head_totals(found, pruned, graph, count: int = 5) -> list[tuple[int, int, float]]:
+    """(layer, head, carried) of the heads carrying most of a target's kept incoming edges,
+    summed in absolute value."""
+    kept_sources = [i for i, node in enumerate(graph.sources)
+                    if node in {n for n, keep in zip(pruned.nodes, pruned.keep_nodes.tolist()) if keep}]
+    total = found.carried[:, :, kept_sources].abs().sum(-1)
+    order = total.flatten().argsort(descending=True)[:count].tolist()
+    return [(i // total.shape[1], i % total.shape[1], float(total.flatten()[i])) for i in order
+            if float(total.flatten()[i]) > 0]
 
 
 def run_graph(model: HookedModel, replacement: ReplacementModel, options: GraphOptions, out: OutputFolder | str | Path,
@@ -85,7 +131,10 @@ def run_graph(model: HookedModel, replacement: ReplacementModel, options: GraphO
                       options.batch_size, progress, target_tokens=targets, directions=directions)
     attributed = time.perf_counter() - started
     pruned = prune(graph, options.node_share, options.edge_share)
-    data = graph_json(model, graph, pruned, slug=folder.path.name, transcoder_names=transcoder_names)
+    heads = [head_attribution(replacement, graph, target, options.batch_size)
+             for target in influential_targets(graph, pruned, options.head_targets)]
+    data = graph_json(model, graph, pruned, slug=folder.path.name, transcoder_names=transcoder_names, heads=heads,
+                      supernodes={label: list(members) for label, members in options.supernodes})
     write_graph_json(folder / "graph.json", data)
     kinds = [node["feature_type"] for node in data["nodes"]]
     summary = {"prompt": options.prompt, "tokens": len(tokens[0]), "seconds": round(attributed, 2),
@@ -101,10 +150,13 @@ def run_graph(model: HookedModel, replacement: ReplacementModel, options: GraphO
                            "probability": float(p)}
                           for node, p in zip(graph.targets[graph.n_features:], graph.logit_probabilities)
                           if node.kind == "logit"],
-               "directions": [label for label, _ in graph.directions]}
+               "directions": [label for label, _ in graph.directions],
+               "heads": [{"target": graph.targets[found.target].label, "top": [
+                   {"layer": layer, "head": head, "carried": round(value, 6)} for layer, head, value in
+                   head_totals(found, pruned, graph)]} for found in heads]}
     atomic_text(folder / "summary.json", json.dumps(summary, indent=1))
     folder.record()
     return summary
 
 
-__all__ = ["GRAPH_OUTPUTS", "GraphOptions", "prepare_graph_folder", "run_graph", "target_token"]
+__all__ = ["GRAPH_OUTPUTS", "GraphOptions", "parse_supernode", "prepare_graph_folder", "run_graph", "target_token"]

@@ -75,6 +75,18 @@ def circuit_graph(circuit: Mapping, labels: Mapping[str, str] | None = None) -> 
             "level": circuit.get("level")}
 
 
+def _heads_text(heads) -> str:
+    """"via L3H2 0.41, L5H0 -0.2": the heads a link's per-head attribution names (``mechscope
+    graph --head-targets``), shown beside the edge in the node panel; "" when there are none."""
+    if not isinstance(heads, list):
+        return ""
+    parts = []
+    for head in heads[:3]:
+        if isinstance(head, Mapping) and all(isinstance(head.get(k), int | float) for k in ("layer", "head", "weight")):
+            parts.append(f"L{int(head['layer'])}H{int(head['head'])} {float(head['weight']):.3g}")
+    return f"via {', '.join(parts)}" if parts else ""
+
+
 def attribution_graph(data: Mapping) -> dict:
     """The viewer's data (as :func:`circuit_graph`) for an attribution graph's JSON (the
     circuit-tracer / Neuronpedia format ``mechscope graph`` writes): nodes at (token position,
@@ -104,7 +116,7 @@ def attribution_graph(data: Mapping) -> dict:
                           "x": position * CELL_WIDTH * DOT_GAP * 1.3 + (column - (min(len(members), CELL_WIDTH) - 1) / 2)
                           * DOT_GAP, "y": -(row + 1) * ATTRIBUTION_ROW_GAP + line * DOT_GAP})
     known = {node["id"] for node in nodes}
-    edges = [{"from": str(link["source"]), "to": str(link["target"]), "input": "",
+    edges = [{"from": str(link["source"]), "to": str(link["target"]), "input": _heads_text(link.get("heads")),
               "score": _finite(link.get("weight")) or 0.0} for link in links
              if str(link.get("source")) in known and str(link.get("target")) in known]
     drawn = _ranked_edges(edges)
