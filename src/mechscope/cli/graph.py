@@ -57,8 +57,9 @@ def graph(
                                                             "model": model})
     say(folder.describe())
     hooked = load_model(model)
-    summary = run_graph(hooked, ReplacementModel(hooked, found), options, folder,
-                        transcoder_names=[f"layer_{layer}" for layer in sorted(found)])
+    names = [f"layer_{layer}" for layer in sorted(found)] if isinstance(found, dict) else \
+        [f"crosslayer (window {found.cfg.window})"]
+    summary = run_graph(hooked, ReplacementModel(hooked, found), options, folder, transcoder_names=names)
     kept = summary["kept"]
     console.print(f"{summary['features']} active features over {summary['tokens']} tokens, attributed in "
                   f"{summary['seconds']} s; kept {kept['features']} features and {kept['edges']} edges; replacement "

@@ -136,6 +136,8 @@ def train_transcoders(
     contexts: Annotated[int, typer.Option(min=1, max=checks.MAX_CONTEXTS, help="corpus contexts drawn from "
                                           "(the rest is reuse)")] = 2048,
     lr: Annotated[float, typer.Option(help="learning rate", callback=finite(minimum=0.0, strictly_above=True))] = 1e-3,
+    window: Annotated[int, typer.Option(min=1, help="1: a transcoder per layer; W > 1: a cross-layer transcoder "
+                                                    "whose layer-l features write to layers l .. l+W-1 (TopK)")] = 1,
     model: ModelName = None,
     out: Annotated[Path, out_option("folder: checkpoints/, transcoders/layer_*/, eval.json; a rerun with the same "
                                     "options resumes")] = Path("mechscope-transcoders"),
@@ -151,7 +153,7 @@ def train_transcoders(
         run_train_transcoders,
     )
 
-    options = TranscoderOptions(d_sae, arch, k, skip, _parse_tokens(tokens), batch_contexts, contexts, lr, seed)
+    options = TranscoderOptions(d_sae, arch, k, skip, _parse_tokens(tokens), batch_contexts, contexts, lr, seed, window)
     folder = prepare_transcoders_folder(out, options, overwrite, model)
     say(folder.describe())
     scored = run_train_transcoders(load_model(model), options, folder)

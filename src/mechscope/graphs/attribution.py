@@ -159,14 +159,16 @@ class SourceLeaves:
         activations = torch.tensor([float(prompt.activations[layer][pos, f]) for layer, pos, f in features])
         # Features that are not nodes (at BOS, or past max_features) still act: what they write joins
         # their (layer, position)'s error node, so the graph's replacement stays exact on the prompt.
-        folded_errors = {}
+        rests = {}
         for layer in range(replacement.model.cfg.n_layers):
             rest = prompt.activations[layer].clone()
             for index in by_layer.get(layer, []):
                 _, pos, feature = features[index]
                 rest[pos, feature] = 0
-            decoder = replacement.transcoders[layer].W_dec.detach().float()
-            folded_errors[layer] = prompt.errors[layer] + rest @ decoder
+            rests[layer] = rest
+        folded_errors = {layer: prompt.errors[layer] + sum(rests[source] @ decoder.detach().float()
+                                                           for source, decoder in replacement.writers(layer))
+                         for layer in range(replacement.model.cfg.n_layers)}
         # Each layer's active features as (positions, features) index lists, for SparseFeatures.
         spots = {layer: (torch.tensor([features[i][1] for i in indices]), torch.tensor([features[i][2] for i in indices]))
                  for layer, indices in by_layer.items()}

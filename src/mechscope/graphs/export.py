@@ -129,9 +129,10 @@ def save_transcoders(transcoders: Mapping[int, SAE], folder: str | Path) -> Path
     return folder
 
 
-def load_transcoders(folder: str | Path) -> dict[int, SAE]:
+def load_transcoders(folder: str | Path):
     """{layer: transcoder} from ``folder/layer_{l}/`` (as :func:`save_transcoders` writes), or
-    from ``folder/transcoders/layer_{l}/`` (a ``mechscope sae train-transcoders`` folder)."""
+    from ``folder/transcoders/layer_{l}/`` (a ``mechscope sae train-transcoders`` folder); or a
+    cross-layer transcoder from a folder holding ``crosslayer.json``."""
     from mechscope.sae.io import load_sae
 
     folder = Path(folder).expanduser()
@@ -139,6 +140,10 @@ def load_transcoders(folder: str | Path) -> dict[int, SAE]:
         folder = folder / "transcoders"  # a `mechscope sae train-transcoders` output folder
     if not folder.is_dir():
         raise MissingFileError(f"transcoder folder {folder} does not exist (it should hold layer_0/, layer_1/, ...)")
+    from mechscope.graphs.crosslayer import is_crosslayer, load_crosslayer
+
+    if is_crosslayer(folder):
+        return load_crosslayer(folder)
     found = {}
     for path in sorted(folder.glob("layer_*")):
         suffix = path.name.removeprefix("layer_")

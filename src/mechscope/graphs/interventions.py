@@ -94,8 +94,9 @@ def measured_changes(replacement: ReplacementModel, graph: AttributionGraph, tar
         writes: dict[int, list[tuple[int, torch.Tensor]]] = {}
         for index in [item] if isinstance(item, int) else item:
             node = graph.sources[index]
-            write = (1 - multiplier) * float(graph.activations[index]) * replacement.transcoders[node.layer].W_dec[node.feature].float()
-            writes.setdefault(node.layer, []).append((node.position, write))
+            for layer, decoder in replacement.written(node.layer):  # a cross-layer feature writes to several
+                write = (1 - multiplier) * float(graph.activations[index]) * decoder[node.feature].float()
+                writes.setdefault(layer, []).append((node.position, write))
 
         def remove(activation: torch.Tensor, hook, layer: int) -> torch.Tensor:
             changed = activation.clone()

@@ -105,6 +105,18 @@ def decode_sparse(transcoder: SAE, found: SparseFeatures, x: torch.Tensor) -> to
     return out
 
 
+def write_sparse(decoder: torch.Tensor, found: SparseFeatures | torch.Tensor, n_pos: int) -> torch.Tensor:
+    """What features write through ``decoder`` [d_sae, d_out]: [batch, pos, d_out] for
+    :class:`SparseFeatures`, or ``found`` [..., pos, d_sae] @ decoder for dense activations."""
+    if not isinstance(found, SparseFeatures):
+        return found.float() @ decoder.float()
+    out = torch.zeros(found.values.shape[0], n_pos, decoder.shape[1])
+    if found.features.numel():
+        written = found.values.float()[..., None] * decoder[found.features].float()
+        out = out.index_add(1, found.positions, written)
+    return out
+
+
 @dataclass
 class Prompt:
     """The real model's run on one prompt, as the replacement model freezes it."""
@@ -122,16 +134,41 @@ class Prompt:
 
 @dataclass
 class ReplacementModel:
-    """``model`` with ``transcoders`` {layer: transcoder} in place of its MLPs (see the module
-    docstring); :meth:`freeze` records a prompt, :meth:`hooks` replays it linearly."""
+    """``model`` with ``transcoders`` in place of its MLPs (see the module docstring):
+    {layer: transcoder} (per-layer), or a cross-layer transcoder
+    (:class:`~mechscope.graphs.crosslayer.CrossLayerTranscoder`, whose features also write to
+    later layers' MLP outputs: ``cross`` {(source, target): D [d_sae, d_model]}).
+    :meth:`freeze` records a prompt, :meth:`hooks` replays it linearly."""
 
     model: HookedModel
     transcoders: dict[int, SAE]
     points: list[tuple[str, str, object]] = field(init=False, repr=False)
+    cross: dict[tuple[int, int], torch.Tensor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if callable(getattr(self.transcoders, "cross_decoders", None)):  # a cross-layer transcoder
+            clt = self.transcoders
+            if clt.cfg.n_layers != self.model.cfg.n_layers or clt.cfg.d_model != self.model.cfg.d_model:
+                raise ConfigError(f"the cross-layer transcoder has {clt.cfg.n_layers} layers of width "
+                                  f"{clt.cfg.d_model}; the model has {self.model.cfg.n_layers} of "
+                                  f"{self.model.cfg.d_model}: was it trained on another model?")
+            self.cross, self.transcoders = clt.cross_decoders(), clt.layer_dict()
+        else:
+            self.cross = {}
         check_transcoders(self.model, self.transcoders)
         self.points = _norm_points(self.model)
+
+    def writers(self, target: int) -> list[tuple[int, torch.Tensor]]:
+        """(source layer, decoder [d_sae, d_model]) of every layer whose features write to layer
+        ``target``'s MLP output: the layer itself, and earlier ones for a cross-layer transcoder."""
+        found = [(source, decoder) for (source, into), decoder in self.cross.items() if into == target]
+        return sorted(found, key=lambda pair: pair[0]) + [(target, self.transcoders[target].W_dec)]
+
+    def written(self, source: int) -> list[tuple[int, torch.Tensor]]:
+        """(target layer, decoder [d_sae, d_model]) of every MLP output layer ``source``'s
+        features write to."""
+        found = [(into, decoder) for (origin, into), decoder in self.cross.items() if origin == source]
+        return [(source, self.transcoders[source].W_dec)] + sorted(found, key=lambda pair: pair[0])
 
     @torch.no_grad()
     def freeze(self, tokens: torch.Tensor) -> Prompt:
@@ -158,6 +195,8 @@ class ReplacementModel:
             found = transcoder.encode(x)
             activations[layer] = found.float()
             errors[layer] = cache[mlp_output(layer)][0].float() - transcoder.decode(found, x).float()
+        for (source, target), decoder in self.cross.items():  # earlier layers' writes are not errors
+            errors[target] = errors[target] - activations[source] @ decoder.detach().float()
         patterns = {layer: cache[names.block_hook_name(layer, "pattern")][0] for layer in range(cfg.n_layers)}
         return Prompt(tokens, logits[0].float(), norm_inputs, norm_outputs, linear, patterns, activations, errors,
                       cache[names.resid_pre(0)][0].float())
@@ -200,15 +239,20 @@ class ReplacementModel:
                           lambda activation, hook, pattern=pattern: pattern.expand_as(activation).to(activation.dtype)))
             transcoder = self.transcoders[layer]
 
+            def features_of(source: int):
+                return prompt.activations[source] if leaves is None or source not in leaves else leaves[source]
+
             def replace(activation: torch.Tensor, hook, layer=layer, transcoder=transcoder) -> torch.Tensor:
                 x = captured[mlp_input(layer)].to(transcoder.W_enc.dtype)
-                found = prompt.activations[layer] if leaves is None or layer not in leaves else leaves[layer]
+                found = features_of(layer)
                 error = prompt.errors[layer] if error_leaves is None or layer not in error_leaves \
                     else error_leaves[layer]
                 if isinstance(found, SparseFeatures):
                     out = decode_sparse(transcoder, found, x) + error
                 else:
                     out = transcoder.decode(found.to(transcoder.W_dec.dtype), x).float() + error
+                for source, decoder in self.writers(layer)[:-1]:  # a cross-layer transcoder's earlier layers
+                    out = out + write_sparse(decoder, features_of(source), x.shape[-2])
                 return out.expand_as(activation).to(activation.dtype) if out.dim() == 2 else out.to(activation.dtype)
 
             def read(activation: torch.Tensor, hook, layer=layer) -> None:
@@ -218,4 +262,4 @@ class ReplacementModel:
         return hooks
 
 
-__all__ = ["SUPPORTED_FAMILIES", "Prompt", "ReplacementModel", "SparseFeatures", "decode_sparse", "check_transcoders", "mlp_input", "mlp_output"]
+__all__ = ["SUPPORTED_FAMILIES", "Prompt", "ReplacementModel", "SparseFeatures", "decode_sparse", "write_sparse", "check_transcoders", "mlp_input", "mlp_output"]

@@ -1,6 +1,7 @@
-"""The run behind ``mechscope sae train-transcoders``: a transcoder for every layer of a model,
-trained in one pass per batch over the default corpus (resumable), saved as ``transcoders/``
-(``layer_{l}/`` each, what ``mechscope graph --transcoders`` reads) and scored on held-out
+"""The run behind ``mechscope sae train-transcoders``: a transcoder for every layer of a model
+(or, with ``window`` > 1, a cross-layer transcoder), trained in one pass per batch over the
+default corpus (resumable), saved as ``transcoders/`` (``layer_{l}/`` each, or
+``crosslayer.json`` + weights: what ``mechscope graph --transcoders`` reads) and scored on held-out
 contexts (``eval.json``: per-layer L0 / FVU / dead fraction, CE with every layer spliced)."""
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from mechscope import checks
 from mechscope.data.contexts import CONTEXT_LENGTH, default_contexts
 from mechscope.errors import ConfigError
 from mechscope.files import OutputFolder, atomic_text, prepare_output_folder
+from mechscope.graphs.crosslayer import CrossLayerConfig, save_crosslayer
+from mechscope.graphs.crosslayer_train import train_crosslayer
 from mechscope.graphs.export import save_transcoders
 from mechscope.graphs.transcoders import (
     TranscoderSetConfig,
@@ -44,9 +47,13 @@ class TranscoderOptions:
     contexts: int = 2048
     lr: float = 1e-3
     seed: int = 0
+    window: int = 1  # 1: a transcoder per layer; more: a cross-layer transcoder writing this many layers
 
     def __post_init__(self) -> None:
         TranscoderSetConfig(self.d_sae, self.arch, self.k, self.skip)  # its own checks
+        check_int("window", self.window, 1, 1000)
+        if self.window > 1 and self.arch != "topk":
+            raise ConfigError(f"a cross-layer transcoder (--window {self.window}) is TopK; got --arch {self.arch}")
         check_int("tokens", self.tokens, 1, checks.MAX_TOKENS)
         check_int("batch_contexts", self.batch_contexts, 1, 1024)
         check_int("contexts", self.contexts, 1, checks.MAX_CONTEXTS)
@@ -81,20 +88,32 @@ def run_train_transcoders(model: HookedModel, options: TranscoderOptions, out: O
     """Train (resumable), save ``transcoders/layer_{l}/`` and write ``eval.json`` (with the
     training time of this call and the tokens per second)."""
     folder = out if isinstance(out, OutputFolder) else prepare_transcoders_folder(out, options, overwrite)
-    config = TranscoderSetConfig(options.d_sae, options.arch, options.k, options.skip)
+    if options.window > model.cfg.n_layers:
+        raise ConfigError(f"--window {options.window} is more than the model's {model.cfg.n_layers} layers (the full "
+                          f"cross-layer transcoder is --window {model.cfg.n_layers})")
     contexts = default_contexts(model, options.contexts, CONTEXT_LENGTH, options.seed)
     steps = options.steps
+    settings = TrainConfig(steps=steps, lr=options.lr, warmup_steps=min(50, steps // 10),
+                           checkpoint_every=max(1, steps // 50), seed=options.seed)
     started = time.perf_counter()
-    transcoders = train_transcoders(model, contexts, config,
-                                    TrainConfig(steps=steps, lr=options.lr, warmup_steps=min(50, steps // 10),
-                                                checkpoint_every=max(1, steps // 50), seed=options.seed),
-                                    options.batch_contexts, folder / "checkpoints", progress)
-    seconds = time.perf_counter() - started
-    save_transcoders(transcoders, folder / "transcoders")
+    if options.window > 1:
+        cfg = CrossLayerConfig(model.cfg.n_layers, model.cfg.d_model, options.d_sae, options.k, options.window,
+                               options.skip, model.cfg.name)
+        transcoders = train_crosslayer(model, contexts, cfg, settings, options.batch_contexts, folder / "checkpoints",
+                                       progress)
+        seconds = time.perf_counter() - started
+        save_crosslayer(transcoders, folder / "transcoders")
+    else:
+        config = TranscoderSetConfig(options.d_sae, options.arch, options.k, options.skip)
+        transcoders = train_transcoders(model, contexts, config, settings, options.batch_contexts,
+                                        folder / "checkpoints", progress)
+        seconds = time.perf_counter() - started
+        save_transcoders(transcoders, folder / "transcoders")
     held_out = default_contexts(model, EVAL_CONTEXTS, CONTEXT_LENGTH, options.seed, skip=options.contexts)
     scored = evaluate_transcoders(model, transcoders, held_out)
     record = {**scored.to_json(), "training": {"steps": steps, "tokens": steps * options.step_tokens,
-                                               "seconds_this_call": round(seconds, 1)}}
+                                               "seconds_this_call": round(seconds, 1), "window": options.window,
+                                               "kind": "cross-layer" if options.window > 1 else "per-layer"}}
     atomic_text(folder / "eval.json", json.dumps(record, indent=1))
     folder.record()
     return scored

@@ -21,12 +21,11 @@ import torch
 
 from mechscope.data.store import ModelActivations
 from mechscope.errors import ConfigError
-from mechscope.graphs.replacement import check_transcoders, mlp_input, mlp_output
+from mechscope.graphs.replacement import mlp_input, mlp_output
 from mechscope.models.hooked_model import HookedModel
 from mechscope.sae.config import TOPK_ARCHITECTURES, Architecture, SAEConfig
 from mechscope.sae.evaluate import fraction_of_variance_unexplained
 from mechscope.sae.model import SAE
-from mechscope.sae.splice import splice_hooks
 from mechscope.sae.train import TrainConfig, train
 from mechscope.validate import check_choice, check_int
 
@@ -102,36 +101,76 @@ def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> float:
     return float(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten()))
 
 
+def _as_layers(model: HookedModel, transcoders) -> tuple[dict[int, SAE], dict[tuple[int, int], torch.Tensor]]:
+    """({layer: transcoder}, {(source, target): cross decoder}) of a per-layer set (no cross
+    decoders) or a cross-layer transcoder, checked against ``model``."""
+    from mechscope.graphs.replacement import ReplacementModel
+
+    replacement = ReplacementModel(model, transcoders)  # the one place sets are checked and unpacked
+    return replacement.transcoders, replacement.cross
+
+
+def _splice_all(layers: dict[int, SAE], cross: dict[tuple[int, int], torch.Tensor],
+                skip_first: int) -> list[tuple[str, object]]:
+    """Hooks replacing every MLP output by its transcoder's prediction (earlier layers' cross
+    writes included, from the features this same run computes); the first ``skip_first``
+    positions keep the real output."""
+    features: dict[int, torch.Tensor] = {}
+    inputs: dict[int, torch.Tensor] = {}
+
+    def read(activation: torch.Tensor, hook, layer: int) -> None:
+        inputs[layer] = activation[:, skip_first:].to(layers[layer].W_enc.dtype)
+        features[layer] = layers[layer].encode(inputs[layer])
+
+    def write(activation: torch.Tensor, hook, layer: int) -> torch.Tensor:
+        out = layers[layer].decode(features[layer], inputs[layer])
+        for (source, target), decoder in cross.items():
+            if target == layer:
+                out = out + features[source] @ decoder
+        replaced = activation.clone()
+        replaced[:, skip_first:] = out.to(activation.dtype)
+        return replaced
+
+    hooks: list[tuple[str, object]] = []
+    for layer in sorted(layers):
+        hooks += [(mlp_input(layer), lambda a, h, layer=layer: read(a, h, layer)),
+                  (mlp_output(layer), lambda a, h, layer=layer: write(a, h, layer))]
+    return hooks
+
+
 @torch.no_grad()
-def evaluate_transcoders(model: HookedModel, transcoders: dict[int, SAE], tokens: torch.Tensor,
+def evaluate_transcoders(model: HookedModel, transcoders, tokens: torch.Tensor,
                          skip_first: int = 1) -> TranscoderSetEvaluation:
-    """Score ``transcoders`` {layer: transcoder} (one per layer, as the replacement model needs)
+    """Score ``transcoders`` ({layer: transcoder}, one per layer, or a cross-layer transcoder)
     on ``tokens`` [batch, pos]; the first ``skip_first`` positions (BOS) are neither scored nor
-    replaced."""
-    check_transcoders(model, transcoders)
+    replaced. A cross-layer transcoder's layer t is scored on everything written to it."""
+    layers, cross = _as_layers(model, transcoders)
     check_int("skip_first", skip_first, 0, tokens.shape[1] - 1)
-    layers = sorted(transcoders)
-    wanted = [name for layer in layers for name in (mlp_input(layer), mlp_output(layer))]
+    order = sorted(layers)
+    wanted = [name for layer in order for name in (mlp_input(layer), mlp_output(layer))]
     clean_logits, cache = model.run_with_cache(tokens, names=wanted)
+    inputs = {layer: cache[mlp_input(layer)][:, skip_first:].flatten(0, 1).to(layers[layer].W_enc.dtype)
+              for layer in order}
+    features = {layer: layers[layer].encode(inputs[layer]) for layer in order}
     scores = []
-    for layer in layers:
-        transcoder = transcoders[layer]
-        x = cache[mlp_input(layer)][:, skip_first:].flatten(0, 1).to(transcoder.W_enc.dtype)
+    for layer in order:
         target = cache[mlp_output(layer)][:, skip_first:].flatten(0, 1).float()
-        latents = transcoder.encode(x)
-        fired = latents > 0
+        predicted = layers[layer].decode(features[layer], inputs[layer]).float()
+        for (source, into), decoder in cross.items():
+            if into == layer:
+                predicted = predicted + (features[source] @ decoder).float()
+        fired = features[layer] > 0
         scores.append(LayerScore(layer, float(fired.sum(-1).float().mean()),
-                                 fraction_of_variance_unexplained(transcoder.decode(latents, x).float(), target),
+                                 fraction_of_variance_unexplained(predicted, target),
                                  float((fired.sum(0) == 0).float().mean())))
-    spliced = [hook for layer in layers for hook in splice_hooks(transcoders[layer], skip_first=skip_first)]
-    spliced_logits = model.run_with_hooks(tokens, fwd_hooks=spliced)
+    spliced_logits = model.run_with_hooks(tokens, fwd_hooks=_splice_all(layers, cross, skip_first))
 
     def zero(activation: torch.Tensor, hook) -> torch.Tensor:
         ablated = activation.clone()
         ablated[:, skip_first:] = 0
         return ablated
 
-    zero_logits = model.run_with_hooks(tokens, fwd_hooks=[(mlp_output(layer), zero) for layer in layers])
+    zero_logits = model.run_with_hooks(tokens, fwd_hooks=[(mlp_output(layer), zero) for layer in order])
     ce_clean, ce_spliced, ce_zero = (_next_token_ce(logits, tokens) for logits in
                                      (clean_logits, spliced_logits, zero_logits))
     gap = ce_zero - ce_clean

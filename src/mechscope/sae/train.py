@@ -88,7 +88,9 @@ class TrainConfig:
         check_int("seed", self.seed, None)
 
 
-def _lr_factor(step: int, config: TrainConfig) -> float:
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """The learning rate multiplier at ``step``: linear warm-up, then 1, then a linear decay over
+    the last ``decay_fraction`` of the steps."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
     decay_start = int(config.steps * (1 - config.decay_fraction))
@@ -345,7 +347,7 @@ def _train_step(run: _Run, index: int, x: torch.Tensor, target: torch.Tensor, st
     sae, cfg = run.sae, run.sae.cfg
     x_scaled, target_scaled = x * run.scale_in, target * run.scale_out
     for group in run.optimiser.param_groups:
-        group["lr"] = config.lr * _lr_factor(step, config)
+        group["lr"] = config.lr * lr_factor(step, config)
     dead = run.since_fired >= config.dead_after_tokens
     aux_k = config.aux_k if config.aux_k is not None else max(1, cfg.d_in // 2)
     loss, parts, fired = sae.loss(x_scaled, target_scaled, dead, aux_k, config.aux_coefficient)
@@ -378,4 +380,4 @@ def _folded(run: _Run) -> SAE:
     return sae
 
 
-__all__ = ["RESUME_FREE_FIELDS", "TrainConfig", "train"]
+__all__ = ["RESUME_FREE_FIELDS", "TrainConfig", "lr_factor", "train"]
