@@ -91,7 +91,7 @@ def train_two_hop_model(task: TwoHopTask = TwoHopTask(), steps: int = 500, lr: f
     in ``seed``)."""
     import transformers as tf
 
-    from mechscope.circuits.known.hand_induction import word_tokenizer
+    from mechscope.models.tiny import word_tokenizer
 
     check_int("steps", steps, 1)
     check_number("lr", lr, 0, strict_minimum=True)

@@ -24,6 +24,19 @@ SPECIAL_TOKENS = ("<bos>", "<eos>", "<pad>")
 TINY_VOCAB = BYTE_VOCAB + len(SPECIAL_TOKENS)
 
 
+def word_tokenizer(vocab: int):
+    """Word-level tokenizer: "<bos>" is id 0, ordinary tokens are "t1" .. "t{vocab-1}"."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<bos>": 0, **{f"t{i}": i for i in range(1, vocab)}}
+    backend = Tokenizer(models.WordLevel(vocab=words, unk_token="<bos>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>")
+
+
 def byte_tokenizer(with_pad: bool = True):
     """A byte-level BPE tokenizer with no merges: every byte is one token, plus BOS/EOS(/PAD)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors

@@ -22,25 +22,13 @@ from __future__ import annotations
 import torch
 
 from mechscope.models.hooked_model import HookedModel
+from mechscope.models.tiny import word_tokenizer
 
 VOCAB = 32  # id 0 is BOS
 POSITIONS = 32
 SCORE = 40.0  # attention logit of a match (others get 0): patterns are effectively one-hot
 LOGIT_GAIN = 10.0
 SUBSPACES = ("tok", "pos", "prev", "out", "junk0", "junk1")
-
-
-def word_tokenizer(vocab: int = VOCAB):
-    """Word-level tokenizer: "<bos>" is id 0, ordinary tokens are "t1" .. "t{vocab-1}"."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    words = {"<bos>": 0, **{f"t{i}": i for i in range(1, vocab)}}
-    backend = Tokenizer(models.WordLevel(vocab=words, unk_token="<bos>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>")
 
 
 class _Layout:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mechscope.circuits.known.hand_induction import word_tokenizer
+from mechscope.models.tiny import word_tokenizer
 from mechscope.errors import MechscopeError
 from mechscope.files import atomic_file, atomic_text
 from mechscope.models.hooked_model import HookedModel
