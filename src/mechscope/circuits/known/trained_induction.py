@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mechscope.models.tiny import word_tokenizer
 from mechscope.errors import MechscopeError
 from mechscope.files import atomic_file, atomic_text
 from mechscope.models.hooked_model import HookedModel
+from mechscope.models.tiny import word_tokenizer
 
 DATA = Path(__file__).parent / "data"
 
