@@ -127,18 +127,35 @@ def test_transcoders_that_do_not_fit_are_refused():
         ReplacementModel(gemma, transcoders(gemma))
 
 
-def test_capped_features_join_the_error_nodes_and_the_graph_stays_exact():
+def test_capped_features_are_chosen_by_influence_and_the_rest_join_the_error_nodes():
     model = mechscope.load_tiny("llama")
     replacement = ReplacementModel(model, transcoders(model))
     tokens = model.to_tokens("the cat sat on the mat")
-    graph = attribute(replacement, tokens, max_features=12, batch_size=32, progress=False)
+    full = attribute(replacement, tokens, batch_size=64, progress=False)
+    # One ranking (12 features fit one round): by influence through the logits' rows alone.
+    graph = attribute(replacement, tokens, max_features=12, batch_size=12, update_every=1, progress=False)
     assert graph.n_features == 12 and graph.info["folded_into_errors"] == graph.info["active_features"] - 12
-    kept = sorted(graph.activations.tolist(), reverse=True)
-    prompt = replacement.freeze(tokens)
-    every = sorted((float(v) for layer, a in prompt.activations.items() for v in a[1:][a[1:] > 0]), reverse=True)
-    assert kept == pytest.approx(every[:12])  # the most active ones (BOS excluded)
+    n = full.n_features
+    logit_rows = full.adjacency[n:, :n].abs()
+    shares = logit_rows / full.adjacency[n:].abs().sum(1, keepdim=True)
+    expected = (full.logit_probabilities[:, None] * shares).sum(0).argsort(descending=True)[:12]
+    chosen = [full.sources.index(node) for node in graph.sources[:12]]
+    assert sorted(chosen) == sorted(expected.tolist())
+    # The kept edges are the full graph's; a left-out feature's edges joined its error node.
+    rows = chosen + list(range(n, len(full.targets)))
+    assert torch.allclose(graph.adjacency[:, :12], full.adjacency[rows][:, chosen], atol=1e-6)
+    left_out = [j for j in range(n) if j not in chosen]
+    errors = full.adjacency[rows][:, n:n + model.cfg.n_layers * tokens.shape[1]].clone()
+    for j in left_out:
+        node = full.sources[j]
+        errors[:, node.layer * tokens.shape[1] + node.position] += full.adjacency[rows, j]
+    assert torch.allclose(graph.adjacency[:, 12:12 + errors.shape[1]], errors, atol=1e-5)
     assert_logit_targets_are_the_real_models(model, tokens, graph)
     assert_complete(replacement, graph)
+    # Several rounds of re-ranking: still 12 distinct features, still exact.
+    rounds = attribute(replacement, tokens, max_features=12, batch_size=2, update_every=1, progress=False)
+    assert len(set(rounds.sources[:12])) == 12
+    assert_complete(replacement, rounds)
 
 
 def test_influence_is_conserved_and_pruning_keeps_what_it_says(traced):

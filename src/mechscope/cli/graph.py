@@ -22,8 +22,9 @@ def graph(
     logit_mass: Annotated[float, typer.Option(help="attribute the most likely next tokens up to this "
                                                    "probability", callback=finite(0.0))] = 0.95,
     max_logits: Annotated[int, typer.Option(min=1, max=100, help="at most this many next tokens")] = 10,
-    max_features: Annotated[int | None, typer.Option(min=1, help="keep only the most active features as nodes "
-                                                                 "(the rest join the error nodes)")] = None,
+    max_features: Annotated[int, typer.Option(min=1, help="at most this many feature nodes, chosen by their influence "
+                                                          "on the outputs (the rest join the error nodes); memory "
+                                                          "grows with it")] = 2048,
     node_share: Annotated[float, typer.Option(help="pruning: keep the features holding this share of the "
                                                    "influence", callback=finite(0.0))] = 0.8,
     edge_share: Annotated[float, typer.Option(help="pruning: keep the edges holding this share of the "

@@ -224,27 +224,54 @@ def constant_inputs(replacement: ReplacementModel, graph: AttributionGraph, batc
     return torch.cat(found)
 
 
+def partial_influence(rows: torch.Tensor, row_nodes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """[n_columns] each source's influence on the outputs so far: ``rows`` [n_rows, n_columns]
+    the edges into the targets attributed so far (row i is node ``row_nodes[i]``, a column index,
+    or -1 for an output), ``weights`` [n_rows] the outputs' weights (0 for feature rows). The
+    weights are followed back along the row-normalised |edges|, summed over path lengths; only
+    attributed nodes pass influence on."""
+    magnitude = rows.abs()
+    shares = magnitude / magnitude.sum(1, keepdim=True).clamp_min(1e-30)
+    place = torch.full((rows.shape[1],), -1, dtype=torch.long)
+    has_row = row_nodes >= 0
+    place[row_nodes[has_row]] = has_row.nonzero().flatten()
+    flow, total = weights.float().clone(), torch.zeros(rows.shape[1])
+    for _ in range(rows.shape[0] + 1):
+        reached = flow @ shares  # [n_columns]
+        if not bool(reached.any()):
+            break
+        total = total + reached
+        flow = torch.zeros_like(flow)
+        found = place >= 0
+        flow[place[found]] = reached[found]
+    return total
+
+
 def attribute(replacement: ReplacementModel, tokens: torch.Tensor, logit_mass: float = 0.95, max_logits: int = 10,
               max_features: int | None = None, batch_size: int = 16, progress: bool = True,
               target_tokens: list[int] | None = None,
-              directions: list[tuple[str, torch.Tensor]] | None = None) -> AttributionGraph:
+              directions: list[tuple[str, torch.Tensor]] | None = None, update_every: int = 4) -> AttributionGraph:
     """The attribution graph of ``tokens`` [1, pos] (see the module docstring): every edge into
     every active feature and every target logit. Features at the first position (BOS, an
-    attention sink) are not nodes, and ``max_features`` keeps the most active features only: what
-    the others write is added to their (layer, position)'s error node, so nothing is lost.
+    attention sink) are not nodes. ``max_features`` caps the feature nodes: the outputs are
+    attributed first, then features in order of their influence on the outputs so far (re-ranked
+    every ``update_every`` batches), until the cap; what the features left out write is added
+    to their (layer, position)'s error node, so the graph stays exact. Memory: the rows computed
+    are [cap + outputs, active features + errors + embeddings], never a square over every
+    active feature.
     ``target_tokens``: attribute these next tokens (ids) instead of the most likely ones;
     ``directions``: [(label, [d_vocab] weights)] targets of their own, each the weighted sum of
     the last position's logits (see :func:`logit_difference`), with weight 1 in influence."""
     check_number("logit_mass", logit_mass, minimum=0.0, maximum=1.0, strict_minimum=True)
     check_int("max_logits", max_logits, 1)
     check_int("batch_size", batch_size, 1)
+    check_int("update_every", update_every, 1)
     if max_features is not None:
         check_int("max_features", max_features, 1)
     model = replacement.model
     prompt = replacement.freeze(tokens)
     n_pos = tokens.shape[1]
     n_layers = model.cfg.n_layers
-    features = _active(prompt, max_features)
     if target_tokens:
         vocabulary = prompt.logits.shape[-1]
         bad = [t for t in target_tokens if not 0 <= int(t) < vocabulary]
@@ -254,32 +281,73 @@ def attribute(replacement: ReplacementModel, tokens: torch.Tensor, logit_mass: f
         logit_probs = prompt.logits[-1].softmax(-1)[logit_ids]
     else:
         logit_ids, logit_probs = top_logits(prompt.logits[-1], logit_mass, max_logits)
-    sources = ([Node("feature", layer, pos, f) for layer, pos, f in features]
-               + [Node("error", layer, pos) for layer in range(n_layers) for pos in range(n_pos)]
-               + [Node("embedding", -1, pos) for pos in range(n_pos)])
     directions = list(directions or [])
     for label, weights in directions:
         if not isinstance(weights, torch.Tensor) or weights.shape != (prompt.logits.shape[-1],):
             raise ConfigError(f"direction {label!r} must weigh the {prompt.logits.shape[-1]} logits ([d_vocab]); got "
                               f"{getattr(weights, 'shape', type(weights).__name__)}")
-    targets = sources[:len(features)] + [Node("logit", feature=int(t)) for t in logit_ids] \
-        + [Node("direction", feature=index) for index in range(len(directions))]
+    outputs = [Node("logit", feature=int(t)) for t in logit_ids] + \
+        [Node("direction", feature=index) for index in range(len(directions))]
     logit_probs = torch.cat([logit_probs.float(), torch.ones(len(directions))])
-    sources_in = SourceLeaves.of(replacement, prompt, features)
-    activations = sources_in.activations
-    adjacency = torch.zeros(len(targets), len(sources))
-    inputs = torch.zeros(len(targets))
-    batches = range(0, len(targets), batch_size)
-    for start in tqdm(batches, desc="attribution", disable=not progress or len(batches) < 2):
-        chunk = targets[start:start + batch_size]
-        adjacency[start:start + len(chunk)], inputs[start:start + len(chunk)] = sources_in.edges(
-            replacement, prompt, chunk, directions)
+    active = _active(prompt, None)
+    every = SourceLeaves.of(replacement, prompt, active)  # every active feature a leaf: all columns exact
+    all_nodes = [Node("feature", layer, pos, f) for layer, pos, f in active]
+    n_active, n_columns = len(active), len(active) + (n_layers + 1) * n_pos
+    cap = n_active if max_features is None else min(max_features, n_active)
+    bar = tqdm(total=len(outputs) + cap, desc="attribution", disable=not progress or len(outputs) + cap <= batch_size)
+
+    def attribute_rows(nodes: list[Node]) -> tuple[torch.Tensor, torch.Tensor]:
+        found = [every.edges(replacement, prompt, nodes[start:start + batch_size], directions)
+                 for start in range(0, len(nodes), batch_size)]
+        bar.update(len(nodes))
+        return torch.cat([edges for edges, _ in found]), torch.cat([inputs for _, inputs in found])
+
+    output_rows, output_inputs = attribute_rows(outputs) if outputs else (torch.zeros(0, n_columns), torch.zeros(0))
+    if cap == n_active:  # every feature: no ranking needed
+        chosen = list(range(n_active))
+        feature_rows, feature_inputs = attribute_rows(all_nodes) if all_nodes else (torch.zeros(0, n_columns),
+                                                                                     torch.zeros(0))
+    else:
+        rows, inputs, order = [output_rows], [output_inputs], []
+        visited = torch.zeros(n_active, dtype=torch.bool)
+        while len(order) < cap:
+            computed = torch.cat(rows)
+            row_nodes = torch.tensor([-1] * len(outputs) + order, dtype=torch.long)
+            weights = torch.cat([logit_probs, torch.zeros(len(order))])
+            ranking = partial_influence(computed, row_nodes, weights)[:n_active].argsort(descending=True)
+            pending = ranking[~visited[ranking]][:min(update_every * batch_size, cap - len(order))].tolist()
+            found_rows, found_inputs = attribute_rows([all_nodes[i] for i in pending])
+            rows.append(found_rows)
+            inputs.append(found_inputs)
+            order += pending
+            visited[pending] = True
+        by_index = sorted(range(len(order)), key=lambda i: order[i])
+        chosen = sorted(order)
+        feature_rows = torch.cat(rows[1:])[by_index]
+        feature_inputs = torch.cat(inputs[1:])[by_index]
+    bar.close()
+    # Columns: the chosen features, then each error node with the features left out at its
+    # (layer, position) added to it (their edges are exact; they are just not nodes), then embeddings.
+    left_out = [i for i in range(n_active) if i not in set(chosen)]
+    all_rows = torch.cat([feature_rows, output_rows])
+    errors = all_rows[:, n_active:n_active + n_layers * n_pos].clone()
+    for index in left_out:
+        layer, pos, _ = active[index]
+        errors[:, layer * n_pos + pos] += all_rows[:, index]
+    adjacency = torch.cat([all_rows[:, chosen], errors, all_rows[:, n_active + n_layers * n_pos:]], 1)
+    features = [active[i] for i in chosen]
+    sources = ([all_nodes[i] for i in chosen]
+               + [Node("error", layer, pos) for layer in range(n_layers) for pos in range(n_pos)]
+               + [Node("embedding", -1, pos) for pos in range(n_pos)])
+    targets = sources[:len(features)] + outputs
+    activations = every.activations[chosen] if chosen else torch.zeros(0)
     total_active = sum(int((values > 0).sum()) for values in prompt.activations.values())
     info = {"n_features": len(features), "active_features": total_active, "folded_into_errors":
             total_active - len(features), "max_features": max_features, "logit_mass": logit_mass,
             "kept_logit_probability": float(logit_probs[:len(logit_ids)].sum()), "directions": [
                 label for label, _ in directions]}
-    return AttributionGraph(tokens, sources, targets, adjacency, activations, inputs, logit_probs, info, directions)
+    return AttributionGraph(tokens, sources, targets, adjacency, activations,
+                            torch.cat([feature_inputs, output_inputs]), logit_probs, info, directions)
 
 
 def logit_difference(model, token: int, other: int) -> tuple[str, torch.Tensor]:

@@ -31,7 +31,7 @@ class GraphOptions:
     versus: str | None = None  # with target: also attribute logit(target) - logit(versus)
     logit_mass: float = 0.95
     max_logits: int = 10
-    max_features: int | None = None
+    max_features: int | None = 2048  # feature nodes, chosen by influence (None: every active feature)
     node_share: float = 0.8
     edge_share: float = 0.98
     batch_size: int = 16
