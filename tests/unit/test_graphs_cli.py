@@ -145,3 +145,15 @@ def test_supernodes_from_the_command_line_reach_the_viewers_query(setup, tmp_pat
     twice = runner.invoke(app, base + ["--out", str(tmp_path / "bad"), "--supernode", f"a={kept[0]}", "--supernode",
                                        f"a={kept[1]}"])
     assert twice.exit_code != 0 and "labels must differ" in twice.output
+
+
+def test_a_start_token_goes_before_a_prompt_that_has_none(setup):
+    import torch
+
+    from mechscope.graphs.runs import start_token
+
+    tiny = setup[0]
+    with_bos = tiny.to_tokens(PROMPT)
+    assert torch.equal(start_token(tiny, with_bos), with_bos)  # already there: unchanged
+    bare = with_bos[:, 1:]
+    assert start_token(tiny, bare).tolist() == [[tiny.tokenizer.bos_token_id] + bare[0].tolist()]

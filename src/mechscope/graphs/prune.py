@@ -19,11 +19,14 @@ all paths. Influence is conserved on the way down, so the influence reaching the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from mechscope.graphs.attribution import AttributionGraph, Node
-from mechscope.validate import check_number
+from mechscope.validate import check_choice, check_number
+
+PruneRule = Literal["shares", "circuit-tracer"]
 
 
 def node_list(graph: AttributionGraph) -> list[Node]:
@@ -117,16 +120,56 @@ def _count(cumulative: torch.Tensor, share: float, total: float) -> int:
     return min(int((cumulative < share * total).sum()) + 1, positive)
 
 
-def prune(graph: AttributionGraph, node_share: float = 0.8, edge_share: float = 0.98) -> PrunedGraph:
+def _threshold(values: torch.Tensor, share: float) -> float:
+    """The smallest value kept when the largest ``values`` are kept until they hold ``share`` of
+    their total (the first value whose running share reaches ``share``)."""
+    ordered = values.flatten().sort(descending=True).values
+    running = ordered.cumsum(0) / ordered.sum().clamp_min(1e-30)
+    index = min(int(torch.searchsorted(running, torch.tensor(share, dtype=running.dtype))), len(ordered) - 1)
+    return float(ordered[index])
+
+
+def _prune_by_thresholds(nodes: list[Node], matrix: torch.Tensor, node_influence: torch.Tensor, weights: torch.Tensor,
+                         node_share: float, edge_share: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """circuit-tracer's rule: keep every node (errors included) whose influence is at least the
+    threshold that holds ``node_share`` of all nodes' influence (embeddings and outputs always
+    kept); score the edges of the graph restricted to those nodes by influence and keep those
+    above the ``edge_share`` threshold; then drop, until nothing changes, features and errors
+    with no kept outgoing edge and features with no kept incoming edge."""
+    keep_nodes = node_influence >= _threshold(node_influence, node_share)
+    keep_nodes |= _kinds(nodes, "embedding", "logit", "direction")
+    restricted = matrix * keep_nodes[:, None] * keep_nodes[None, :]
+    restricted_shares = normalised(restricted)
+    edge_scores = restricted_shares * (_influence_with(weights, restricted_shares) + weights)[:, None]
+    keep_edges = edge_scores >= _threshold(edge_scores, edge_share)
+    features, sources = _kinds(nodes, "feature"), _kinds(nodes, "feature", "error")
+    while True:
+        before = keep_nodes.clone()
+        keep_edges &= keep_nodes[:, None] & keep_nodes[None, :]
+        keep_nodes &= ~sources | keep_edges.any(0)
+        keep_nodes &= ~features | keep_edges.any(1)
+        if bool((keep_nodes == before).all()):
+            return keep_nodes, keep_edges
+
+
+def prune(graph: AttributionGraph, node_share: float = 0.8, edge_share: float = 0.98,
+          rule: PruneRule = "shares") -> PrunedGraph:
     """Keep the features that hold ``node_share`` of the features' influence and the edges that
-    hold ``edge_share`` of the edges' influence (see the module docstring)."""
+    hold ``edge_share`` of the edges' influence (``rule="shares"``, see the module docstring),
+    or apply circuit-tracer's thresholds (``rule="circuit-tracer"``: node and edge influence
+    thresholds over all nodes, errors included, then nodes left without edges dropped), so
+    mechscope's pruned graphs can be compared node for node with circuit-tracer's."""
     check_number("node_share", node_share, minimum=0.0, maximum=1.0)
     check_number("edge_share", edge_share, minimum=0.0, maximum=1.0)
+    check_choice("rule", rule, PruneRule)
     nodes = node_list(graph)
     matrix = square(graph)
     shares = normalised(matrix)
     weights = logit_weights(graph)
     node_influence = influence(graph, shares)
+    if rule == "circuit-tracer":
+        keep_nodes, keep_edges = _prune_by_thresholds(nodes, matrix, node_influence, weights, node_share, edge_share)
+        return _scored(nodes, matrix, shares, node_influence, weights, keep_nodes, keep_edges)
     features = _kinds(nodes, "feature")
     keep_nodes = ~features
     feature_influence = node_influence[features]
@@ -144,7 +187,11 @@ def prune(graph: AttributionGraph, node_share: float = 0.8, edge_share: float = 
     keep_edges = torch.zeros_like(flat, dtype=torch.bool)
     if total > 0:
         keep_edges[order[:_count(cumulative, edge_share, total)]] = True
-    keep_edges = keep_edges.reshape(matrix.shape)
+    return _scored(nodes, matrix, shares, node_influence, weights, keep_nodes, keep_edges.reshape(matrix.shape))
+
+
+def _scored(nodes: list[Node], matrix: torch.Tensor, shares: torch.Tensor, node_influence: torch.Tensor,
+            weights: torch.Tensor, keep_nodes: torch.Tensor, keep_edges: torch.Tensor) -> PrunedGraph:
     replacement, completeness = scores(nodes, shares, node_influence, weights)
     # The kept edges keep their shares of the full graph: what was pruned is missing, not spread
     # over what is left.
@@ -155,4 +202,4 @@ def prune(graph: AttributionGraph, node_share: float = 0.8, edge_share: float = 
                        pruned_replacement, pruned_completeness)
 
 
-__all__ = ["PrunedGraph", "influence", "logit_weights", "node_list", "normalised", "prune", "scores", "square"]
+__all__ = ["PruneRule", "PrunedGraph", "influence", "logit_weights", "node_list", "normalised", "prune", "scores", "square"]

@@ -8,6 +8,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from mechscope import checks
 from mechscope.errors import ConfigError
 from mechscope.files import OutputFolder, atomic_text, prepare_output_folder
@@ -70,6 +72,20 @@ def prepare_graph_folder(out: str | Path, options: GraphOptions, overwrite: bool
                                  options={**asdict(options), **(extra or {})})
 
 
+def start_token(model: HookedModel, tokens: torch.Tensor) -> torch.Tensor:
+    """``tokens`` [1, pos] with a special token in front when the tokenizer put none there (BOS,
+    else PAD or EOS): the graph leaves position 0 out (an attention sink with outlier
+    activations), which must not be the prompt's first word. circuit-tracer does the same."""
+    tokenizer = model.tokenizer
+    if int(tokens[0, 0]) in set(tokenizer.all_special_ids):
+        return tokens
+    for candidate in (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return torch.cat([torch.tensor([[candidate]], dtype=tokens.dtype), tokens], 1)
+    raise ConfigError("the tokenizer has no BOS, PAD or EOS token to put before the prompt; the graph leaves "
+                      "position 0 out, so start the prompt with a token you do not need explained")
+
+
 def parse_supernode(text: str) -> tuple[str, tuple[str, ...]]:
     """``--supernode "LABEL=ID,ID,..."`` as (label, node ids)."""
     label, _, members = text.partition("=")
@@ -118,7 +134,7 @@ def run_graph(model: HookedModel, replacement: ReplacementModel, options: GraphO
               overwrite: bool = False, transcoder_names: list[str] | None = None, progress: bool = True) -> dict:
     """Trace ``options.prompt``, prune, write graph.json and summary.json; returns the summary."""
     folder = out if isinstance(out, OutputFolder) else prepare_graph_folder(out, options, overwrite)
-    tokens = model.to_tokens(options.prompt)
+    tokens = start_token(model, model.to_tokens(options.prompt))
     if tokens.shape[1] > options.max_positions:
         raise ConfigError(f"the prompt is {tokens.shape[1]} tokens, over the cap of {options.max_positions} "
                           "positions (each target's backward pass holds the whole prompt): pass --max-positions "
@@ -159,4 +175,4 @@ def run_graph(model: HookedModel, replacement: ReplacementModel, options: GraphO
     return summary
 
 
-__all__ = ["GRAPH_OUTPUTS", "GraphOptions", "parse_supernode", "prepare_graph_folder", "run_graph", "target_token"]
+__all__ = ["GRAPH_OUTPUTS", "GraphOptions", "parse_supernode", "prepare_graph_folder", "start_token", "run_graph", "target_token"]
