@@ -79,10 +79,12 @@ def test_an_edge_is_the_direct_effect_of_its_source(traced):
     assert abs(float(features[target, source])) > 0
     doubled = {layer: values.unsqueeze(0).clone() for layer, values in prompt.activations.items()}
     doubled[node.layer][0, node.position, node.feature] *= 2
-    from mechscope.graphs.attribution import _target_inputs
-    moved = _target_inputs(replacement, prompt, [graph.targets[target]], doubled,
-                           {layer: e.unsqueeze(0) for layer, e in prompt.errors.items()},
-                           prompt.embeddings.unsqueeze(0))
+    from mechscope.graphs.attribution import _run, _seeds
+
+    with torch.no_grad():
+        reads, logits = _run(replacement, prompt, 1, doubled, {layer: e.unsqueeze(0) for layer, e in prompt.errors.items()},
+                             prompt.embeddings.unsqueeze(0))
+        moved = _seeds(replacement, reads, logits, [graph.targets[target]], [])
     change = float(moved[0] - graph.target_inputs[target])
     assert change == pytest.approx(float(features[target, source]), rel=1e-3, abs=1e-5)
 

@@ -101,12 +101,24 @@ def _active(prompt: Prompt, max_features: int | None) -> list[tuple[int, int, in
     return found
 
 
-def _target_inputs(replacement: ReplacementModel, prompt: Prompt, chunk: list[Node], leaves: dict,
-                   errors: dict, embedding: torch.Tensor,
-                   directions: list[tuple[str, torch.Tensor]] | None = None,
-                   extra_hooks: list[tuple[str, object]] | None = None) -> torch.Tensor:
-    """[len(chunk)] each target's input, row i of a batch of copies of the prompt seeding target
-    ``chunk[i]``, with the sources given as ``leaves`` / ``errors`` / ``embedding``."""
+@dataclass
+class _Pass:
+    """One batched forward of the replacement (every row a copy of the prompt), kept with its
+    autograd graph so that many targets can be seeded from it, one backward pass per chunk."""
+
+    reads: dict[int, torch.Tensor]  # layer -> [batch, pos, d_model] the MLP's (normalised) input
+    logits: torch.Tensor  # [batch, pos, d_vocab]
+    leaves: list[torch.Tensor]  # feature values per layer (sorted), then errors per layer, then embeddings
+    value_layers: list[int]
+    errors: list[torch.Tensor]
+    embedding: torch.Tensor
+
+
+def _run(replacement: ReplacementModel, prompt: Prompt, batch: int, leaves: dict, errors: dict,
+         embedding: torch.Tensor, extra_hooks: list[tuple[str, object]] | None = None
+         ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """(MLP inputs {layer: [batch, pos, d_model]}, logits [batch, pos, d_vocab]) of the
+    replacement on ``batch`` copies of the prompt with the given sources."""
     model = replacement.model
     reads: dict[int, torch.Tensor] = {}
 
@@ -116,7 +128,14 @@ def _target_inputs(replacement: ReplacementModel, prompt: Prompt, chunk: list[No
     hooks = replacement.hooks(prompt, leaves, errors, embedding)
     hooks += [(mlp_input(layer), lambda a, h, layer=layer: keep(a, h, layer)) for layer in range(model.cfg.n_layers)]
     with model.hooks(hooks + list(extra_hooks or [])):
-        logits = model.hf_model(input_ids=prompt.tokens.repeat(len(chunk), 1).to(model.device)).logits.float()
+        logits = model.hf_model(input_ids=prompt.tokens.repeat(batch, 1).to(model.device)).logits.float()
+    return reads, logits
+
+
+def _seeds(replacement: ReplacementModel, reads: dict[int, torch.Tensor], logits: torch.Tensor, chunk: list[Node],
+           directions: list[tuple[str, torch.Tensor]] | None) -> torch.Tensor:
+    """[len(chunk)] the input of target ``chunk[i]`` read from row i: a feature's transcoder
+    pre-activation, a logit minus the mean logit, or a direction's weighted logits."""
     seeds = []
     for row, node in enumerate(chunk):
         if node.kind == "feature":
@@ -174,14 +193,10 @@ class SourceLeaves:
                  for layer, indices in by_layer.items()}
         return cls(features, activations, by_layer, spots, folded_errors, prompt.embeddings)
 
-    def edges(self, replacement: ReplacementModel, prompt: Prompt, chunk: list[Node],
-              directions: list[tuple[str, torch.Tensor]] | None = None,
-              extra_hooks: list[tuple[str, object]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(edges [len(chunk), n_sources], inputs [len(chunk)]): row i holds every source's edge
-        into ``chunk[i]`` (value x gradient) and that target's input, from one batched backward
-        pass; ``extra_hooks`` run in the same forward (e.g. cutting one head per row)."""
-        n_layers, n_pos = replacement.model.cfg.n_layers, prompt.tokens.shape[1]
-        batch, n_features = len(chunk), len(self.features)
+    def forward(self, replacement: ReplacementModel, prompt: Prompt, batch: int,
+                extra_hooks: list[tuple[str, object]] | None = None) -> _Pass:
+        """The replacement on ``batch`` copies of the prompt with these sources as leaves."""
+        n_layers = replacement.model.cfg.n_layers
         nothing = _no_features(batch)
         values = {layer: self.activations[torch.tensor(indices)].unsqueeze(0).repeat(batch, 1).requires_grad_(True)
                   for layer, indices in self.by_layer.items()}
@@ -190,37 +205,69 @@ class SourceLeaves:
         errors = {layer: self.folded_errors[layer].unsqueeze(0).repeat(batch, 1, 1).requires_grad_(True)
                   for layer in range(n_layers)}
         embedding = self.embeddings.unsqueeze(0).repeat(batch, 1, 1).requires_grad_(True)
-        seed = _target_inputs(replacement, prompt, chunk, leaves, errors, embedding, directions, extra_hooks)
-        leaf_list = [values[layer] for layer in sorted(values)] + [errors[layer] for layer in range(n_layers)] \
-            + [embedding]
-        grads = torch.autograd.grad(seed.sum(), leaf_list, allow_unused=True)
+        reads, logits = _run(replacement, prompt, batch, leaves, errors, embedding, extra_hooks)
+        value_layers = sorted(values)
+        error_list = [errors[layer] for layer in range(n_layers)]
+        return _Pass(reads, logits, [values[layer] for layer in value_layers] + error_list + [embedding],
+                     value_layers, error_list, embedding)
+
+    def edges_of(self, replacement: ReplacementModel, run: _Pass, chunk: list[Node],
+                 directions: list[tuple[str, torch.Tensor]] | None = None,
+                 keep_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(edges [len(chunk), n_sources], inputs [len(chunk)]): row i holds every source's edge
+        into ``chunk[i]`` (value x gradient, seeded from row i of ``run``) and that target's input;
+        one backward pass. The first position's error terms are constants, not sources (the
+        attention sink is the same in every prompt; circuit-tracer treats it the same way), so
+        their edges are zero and their effect is part of each target's constant."""
+        batch, n_features = len(chunk), len(self.features)
+        if batch > run.logits.shape[0]:
+            raise ConfigError(f"{batch} targets for a pass of {run.logits.shape[0]} rows")
+        seed = _seeds(replacement, run.reads, run.logits, chunk, directions)
+        grads = torch.autograd.grad(seed.sum(), run.leaves, allow_unused=True, retain_graph=keep_graph)
+        n_values = len(run.value_layers)
         feature_grads = torch.zeros(batch, n_features)
-        for layer, grad in zip(sorted(values), grads[:len(values)]):
+        for layer, grad in zip(run.value_layers, grads[:n_values]):
             if grad is not None:
-                feature_grads[:, self.by_layer[layer]] = grad
-        error_grads = torch.stack([(grad * errors[layer].detach()).sum(-1) if grad is not None
-                                   else torch.zeros(batch, n_pos)
-                                   for layer, grad in zip(range(n_layers), grads[len(values):-1])], 1)
+                feature_grads[:, self.by_layer[layer]] = grad[:batch]
+        n_pos = run.embedding.shape[1]
+        error_edges = []
+        for error, grad in zip(run.errors, grads[n_values:-1]):
+            edge = (grad[:batch] * error[:batch].detach()).sum(-1) if grad is not None else torch.zeros(batch, n_pos)
+            edge[:, 0] = 0
+            error_edges.append(edge)
         embedding_grad = grads[-1]
-        embedding_edges = (embedding_grad * embedding.detach()).sum(-1) if embedding_grad is not None \
-            else torch.zeros(batch, n_pos)
-        edges = torch.cat([feature_grads * self.activations, error_grads.reshape(batch, -1), embedding_edges], 1)
+        embedding_edges = (embedding_grad[:batch] * run.embedding[:batch].detach()).sum(-1) \
+            if embedding_grad is not None else torch.zeros(batch, n_pos)
+        edges = torch.cat([feature_grads * self.activations, torch.stack(error_edges, 1).reshape(batch, -1),
+                           embedding_edges], 1)
         return edges, seed.detach()
+
+    def edges(self, replacement: ReplacementModel, prompt: Prompt, chunk: list[Node],
+              directions: list[tuple[str, torch.Tensor]] | None = None,
+              extra_hooks: list[tuple[str, object]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`edges_of` a forward of its own (``extra_hooks`` in it, e.g. cutting one head per row)."""
+        run = self.forward(replacement, prompt, len(chunk), extra_hooks)
+        return self.edges_of(replacement, run, chunk, directions, keep_graph=False)
 
 
 @torch.no_grad()
 def constant_inputs(replacement: ReplacementModel, graph: AttributionGraph, batch_size: int = 16) -> torch.Tensor:
-    """[n_targets] each target's input with every source at zero (what the biases give): a
-    target's input is this plus the sum of its incoming edges."""
+    """[n_targets] each target's input with every source at zero (what the biases and the first
+    position's error terms give): a target's input is this plus the sum of its incoming edges."""
     prompt = replacement.freeze(graph.tokens)
+    features = [(node.layer, node.position, node.feature) for node in graph.sources[:graph.n_features]]
+    first = SourceLeaves.of(replacement, prompt, features).folded_errors
     n_pos, d_model = graph.tokens.shape[1], replacement.model.cfg.d_model
     found = []
     for start in range(0, len(graph.targets), batch_size):
         chunk = graph.targets[start:start + batch_size]
         leaves = {layer: _no_features(len(chunk)) for layer in replacement.transcoders}
-        errors = {layer: torch.zeros(len(chunk), n_pos, d_model) for layer in replacement.transcoders}
-        found.append(_target_inputs(replacement, prompt, chunk, leaves, errors, torch.zeros(len(chunk), n_pos, d_model),
-                                    graph.directions))
+        errors = {}
+        for layer in replacement.transcoders:
+            errors[layer] = torch.zeros(len(chunk), n_pos, d_model)
+            errors[layer][:, 0] = first[layer][0]
+        reads, logits = _run(replacement, prompt, len(chunk), leaves, errors, torch.zeros(len(chunk), n_pos, d_model))
+        found.append(_seeds(replacement, reads, logits, chunk, graph.directions))
     return torch.cat(found)
 
 
@@ -296,8 +343,11 @@ def attribute(replacement: ReplacementModel, tokens: torch.Tensor, logit_mass: f
     cap = n_active if max_features is None else min(max_features, n_active)
     bar = tqdm(total=len(outputs) + cap, desc="attribution", disable=not progress or len(outputs) + cap <= batch_size)
 
+    # One forward pass of batch_size copies, kept: every chunk of targets is one backward pass of it.
+    run = every.forward(replacement, prompt, min(batch_size, len(outputs) + cap))
+
     def attribute_rows(nodes: list[Node]) -> tuple[torch.Tensor, torch.Tensor]:
-        found = [every.edges(replacement, prompt, nodes[start:start + batch_size], directions)
+        found = [every.edges_of(replacement, run, nodes[start:start + batch_size], directions)
                  for start in range(0, len(nodes), batch_size)]
         bar.update(len(nodes))
         return torch.cat([edges for edges, _ in found]), torch.cat([inputs for _, inputs in found])
