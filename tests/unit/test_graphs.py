@@ -315,3 +315,26 @@ def test_heads_carry_the_edges_between_positions_one_attention_layer_apart(trace
     strongest = max(earlier, key=lambda j: abs(float(graph.adjacency[target, j])))
     layer, head, value = found.top_heads(strongest, 1)[0]
     assert layer == hop and value == float(found.carried[hop, head, strongest])
+
+
+def test_circuit_tracers_pruning_rule_keeps_a_connected_graph_above_the_thresholds(traced):
+    from mechscope.graphs.prune import _threshold, prune
+
+    _, _, _, graph = traced
+    pruned = prune(graph, 0.8, 0.98, rule="circuit-tracer")
+    kinds = [node.kind for node in pruned.nodes]
+    keep, edges = pruned.keep_nodes, pruned.keep_edges
+    assert all(keep[i] for i, kind in enumerate(kinds) if kind in ("embedding", "logit"))
+    assert not bool((edges & ~(keep[:, None] & keep[None, :])).any())  # edges only between kept nodes
+    for i, kind in enumerate(kinds):
+        if keep[i] and kind in ("feature", "error"):
+            assert bool(edges[:, i].any())  # it reaches something kept
+        if keep[i] and kind == "feature":
+            assert bool(edges[i].any())  # and something kept reaches it
+    # Nodes below the influence threshold of 80% of all nodes' influence are gone.
+    cut = _threshold(pruned.influence, 0.8)
+    assert not any(keep[i] for i, kind in enumerate(kinds)
+                   if kind in ("feature", "error") and float(pruned.influence[i]) < cut)
+    assert 0 < int(keep[:graph.n_features].sum()) < graph.n_features
+    with pytest.raises(ConfigError, match="rule"):
+        prune(graph, rule="tracer")
