@@ -112,7 +112,13 @@ def fact_section(model, replacement, transcoders, out: Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     tokens, graph, pruned, seconds = trace(model, replacement, FACT, folder)
     top, influence = top_features(graph, pruned, 12)
-    labels = explain_features(model, transcoders, top, folder)
+    france = next(pos for pos in range(tokens.shape[1]) if model.tokenizer.decode([int(tokens[0, pos])]) == " France")
+    at_france = sorted((node for node in graph.sources[:graph.n_features] if node.position == france),
+                       key=lambda node: -influence.get(node, 0.0))[:6]
+    paris = graph.n_features  # the top logit
+    direct = graph.adjacency[paris, :graph.n_features]
+    into_paris = [graph.sources[int(i)] for i in direct.argsort(descending=True)[:6]]
+    labels = explain_features(model, transcoders, list(dict.fromkeys(top + at_france + into_paris)), folder)
     logits = [(model.tokenizer.decode([n.feature]), float(p)) for n, p in
               zip(graph.targets[graph.n_features:], graph.logit_probabilities)]
     rows = ["| node | token | influence | explanation (tokens explainer; lexicon score [95% interval]) |",
@@ -120,6 +126,11 @@ def fact_section(model, replacement, transcoders, out: Path) -> str:
     for node in top:
         rows.append(f"| L{node.layer} #{node.feature} | {token_text(model, tokens, node.position)} | "
                     f"{influence.get(node, 0.0):.4f} | {labels[node]} |")
+    france_rows = ["| node | influence | explanation |", "|---|---|---|"] + [
+        f"| L{node.layer} #{node.feature} | {influence.get(node, 0.0):.4f} | {labels[node]} |" for node in at_france]
+    paris_rows = ["| node | token | direct edge into ' Paris' | explanation |", "|---|---|---|---|"] + [
+        f"| L{node.layer} #{node.feature} | {token_text(model, tokens, node.position)} | "
+        f"{float(direct[graph.sources.index(node)]):+.3f} | {labels[node]} |" for node in into_paris]
     checks = [("removed (x0)", check_interventions(replacement, graph, top=10)),
               ("doubled (x2)", check_interventions(replacement, graph, top=10, multiplier=2.0))]
     kept = int(pruned.keep_nodes[:graph.n_features].sum())
@@ -132,6 +143,8 @@ def fact_section(model, replacement, transcoders, out: Path) -> str:
         f"Scores: replacement {pruned.replacement_score:.3f}, completeness {pruned.completeness_score:.3f} "
         f"(pruned: {pruned.pruned_replacement_score:.3f}, {pruned.pruned_completeness_score:.3f}).", "",
         "The most influential features:", "", *rows, "",
+        "The most influential features at ' France':", "", *france_rows, "",
+        "The largest positive direct edges into ' Paris':", "", *paris_rows, "",
         "Intervention checks on the top logit (the 10 features with the largest direct edges into it; "
         "prediction along the graph's feature edges, measurement in the real model):", "",
         *check_table(checks), "",
