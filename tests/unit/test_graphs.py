@@ -311,7 +311,8 @@ def test_heads_carry_the_edges_between_positions_one_attention_layer_apart(trace
     # Every path from the source's position to the target's crosses exactly one head of that layer.
     carried = found.carried[:, :, earlier]
     assert torch.allclose(carried[hop].sum(0), graph.adjacency[target, earlier], atol=1e-5, rtol=1e-4)
-    assert float(torch.cat([carried[:hop], carried[hop + 1:]]).abs().max()) == 0
+    scale = float(graph.adjacency[target].abs().max())
+    assert float(torch.cat([carried[:hop], carried[hop + 1:]]).abs().max()) <= 1e-6 * scale  # rounding only
     strongest = max(earlier, key=lambda j: abs(float(graph.adjacency[target, j])))
     layer, head, value = found.top_heads(strongest, 1)[0]
     assert layer == hop and value == float(found.carried[hop, head, strongest])

@@ -92,16 +92,35 @@ class SparseFeatures:
     values: torch.Tensor
 
 
+def _written(values: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor, n_pos: int) -> torch.Tensor:
+    """[batch, pos, d_out] what features with ``values`` [batch, n] at ``positions`` [n] write
+    through their decoder ``rows`` [n, d_out]: one matmul per position over that position's
+    features, so neither the forward nor the backward pass makes a [batch, n, d_out] tensor (for
+    a 64-token prompt that is gigabytes over 30 layers)."""
+    if not bool((positions[1:] >= positions[:-1]).all()):  # group each position's features together
+        order = positions.argsort(stable=True)
+        values, positions, rows = values[:, order], positions[order], rows[order]
+    counts = torch.bincount(positions, minlength=n_pos).tolist()
+    pieces, start = [], 0
+    for count in counts:
+        if count:
+            pieces.append(values[:, start:start + count] @ rows[start:start + count])
+        else:
+            pieces.append(values.new_zeros(values.shape[0], rows.shape[1]))
+        start += count
+    return torch.stack(pieces, 1)
+
+
 def decode_sparse(transcoder: SAE, found: SparseFeatures, x: torch.Tensor) -> torch.Tensor:
     """[batch, pos, d_out] the transcoder's output for sparse activations and its input ``x``
     [batch or 1, pos, d_in] (bias and skip connection included, as ``transcoder.decode`` does)."""
     batch = found.values.shape[0]
-    out = transcoder.b_dec.float().expand(batch, x.shape[1], -1).clone()
+    out = transcoder.b_dec.float().expand(batch, x.shape[1], -1)
     if transcoder.W_skip is not None:
         out = out + (x.to(transcoder.W_skip.dtype) @ transcoder.W_skip).float()
     if found.features.numel():
-        written = found.values.float()[..., None] * transcoder.W_dec[found.features].float()  # [batch, n, d_out]
-        out = out.index_add(1, found.positions, written)
+        out = out + _written(found.values.float(), found.positions, transcoder.W_dec[found.features].float(),
+                             x.shape[1])
     return out
 
 
@@ -110,11 +129,9 @@ def write_sparse(decoder: torch.Tensor, found: SparseFeatures | torch.Tensor, n_
     :class:`SparseFeatures`, or ``found`` [..., pos, d_sae] @ decoder for dense activations."""
     if not isinstance(found, SparseFeatures):
         return found.float() @ decoder.float()
-    out = torch.zeros(found.values.shape[0], n_pos, decoder.shape[1])
-    if found.features.numel():
-        written = found.values.float()[..., None] * decoder[found.features].float()
-        out = out.index_add(1, found.positions, written)
-    return out
+    if not found.features.numel():
+        return torch.zeros(found.values.shape[0], n_pos, decoder.shape[1])
+    return _written(found.values.float(), found.positions, decoder[found.features].float(), n_pos)
 
 
 @dataclass
