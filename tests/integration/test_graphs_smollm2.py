@@ -46,7 +46,7 @@ def test_the_replacement_is_exact_on_smollm2(smollm2, replacement):
 
 
 def test_the_graph_run_on_smollm2(smollm2, replacement, tmp_path):
-    summary = run_graph(smollm2, replacement, GraphOptions(PROMPT, max_features=32, head_targets=1), tmp_path / "g",
+    summary = run_graph(smollm2, replacement, GraphOptions(PROMPT, max_features=32, head_targets=1, batch_size=64), tmp_path / "g",
                         progress=False)
     assert summary["tokens"] == 6 and summary["features"] == 32
     assert summary["logits"][0]["token"] == " Paris"
