@@ -11,11 +11,13 @@ A feature's input is its transcoder pre-activation; a logit's is the logit minus
 (both linear in the residual stream once the norms are frozen). Because they are linear, a
 target's input is the sum of its incoming edges plus a constant (biases): tested.
 
-Targets are attributed in batches: the prompt is repeated ``batch_size`` times, each copy's
-target seeds one backward pass, and the feature activations enter as the values of the active
-features only (a [batch, n_active] leaf, decoded as values @ W_dec[active]: no [batch, pos,
-d_sae] tensor is made), so memory grows with the number of active features, not with the
-dictionary's width.
+Targets are attributed in batches from one forward pass of ``batch_size`` copies of the prompt,
+kept with its autograd graph: row i of a batch seeds target i, one backward pass per batch. The
+feature activations enter as the values of the active features only (a [batch, n_active] leaf,
+written one matmul per position: no [batch, pos, d_sae] or [batch, n_active, d_model] tensor is
+made), so memory grows with the number of active features, not with the dictionary's width.
+With a cap on feature nodes, features are attributed in order of their influence on the outputs
+so far, and the edges of those left out join their error nodes.
 """
 
 from __future__ import annotations
@@ -89,15 +91,13 @@ def top_logits(logits: torch.Tensor, mass: float = 0.95, most: int = 10) -> tupl
     return ids[:count], values[:count]
 
 
-def _active(prompt: Prompt, max_features: int | None) -> list[tuple[int, int, int]]:
-    """(layer, position, feature) of every active feature, BOS excluded, largest first when capped."""
+def _active(prompt: Prompt) -> list[tuple[int, int, int]]:
+    """(layer, position, feature) of every active feature, the first position excluded, in that
+    order (so each layer's features come grouped by position)."""
     found = []
     for layer, values in sorted(prompt.activations.items()):
         positions, features = (values[1:] > 0).nonzero(as_tuple=True)
         found += [(layer, int(p) + 1, int(f)) for p, f in zip(positions, features)]
-    if max_features is not None and len(found) > max_features:
-        found.sort(key=lambda n: -float(prompt.activations[n[0]][n[1], n[2]]))
-        found = sorted(found[:max_features])
     return found
 
 
@@ -336,7 +336,7 @@ def attribute(replacement: ReplacementModel, tokens: torch.Tensor, logit_mass: f
     outputs = [Node("logit", feature=int(t)) for t in logit_ids] + \
         [Node("direction", feature=index) for index in range(len(directions))]
     logit_probs = torch.cat([logit_probs.float(), torch.ones(len(directions))])
-    active = _active(prompt, None)
+    active = _active(prompt)
     every = SourceLeaves.of(replacement, prompt, active)  # every active feature a leaf: all columns exact
     all_nodes = [Node("feature", layer, pos, f) for layer, pos, f in active]
     n_active, n_columns = len(active), len(active) + (n_layers + 1) * n_pos
