@@ -378,12 +378,13 @@ def attribute(replacement: ReplacementModel, tokens: torch.Tensor, logit_mass: f
     bar.close()
     # Columns: the chosen features, then each error node with the features left out at its
     # (layer, position) added to it (their edges are exact; they are just not nodes), then embeddings.
-    left_out = [i for i in range(n_active) if i not in set(chosen)]
+    kept = set(chosen)
+    left_out = torch.tensor([i for i in range(n_active) if i not in kept], dtype=torch.long)
     all_rows = torch.cat([feature_rows, output_rows])
     errors = all_rows[:, n_active:n_active + n_layers * n_pos].clone()
-    for index in left_out:
-        layer, pos, _ = active[index]
-        errors[:, layer * n_pos + pos] += all_rows[:, index]
+    if len(left_out):
+        error_column = torch.tensor([active[i][0] * n_pos + active[i][1] for i in left_out.tolist()])
+        errors.index_add_(1, error_column, all_rows[:, left_out])
     adjacency = torch.cat([all_rows[:, chosen], errors, all_rows[:, n_active + n_layers * n_pos:]], 1)
     features = [active[i] for i in chosen]
     sources = ([all_nodes[i] for i in chosen]
