@@ -12,7 +12,13 @@ from typer.testing import CliRunner
 
 from mechscope.cli.app import app
 from mechscope.errors import ConfigError
-from mechscope.graphs import ReplacementModel, attribute, constant_inputs, replacement_logits, save_transcoders
+from mechscope.graphs import (
+    ReplacementModel,
+    attribute,
+    constant_inputs,
+    replacement_logits,
+    save_transcoders,
+)
 from mechscope.graphs.runs import GraphOptions, run_graph, start_token
 from mechscope.graphs.transcoders import TranscoderSetConfig
 from mechscope.sae import SAE

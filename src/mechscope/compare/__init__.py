@@ -1,0 +1,21 @@
+"""Comparing models (issue 18, in progress): positions aligned across tokenizers and
+representation similarity with null baselines (see docs/compare.md)."""
+
+from mechscope.compare.align import Alignment, aligned_positions, typical_rows
+from mechscope.compare.similarity import (
+    METRICS,
+    Metric,
+    Similarity,
+    compare_representations,
+    linear_cka,
+    mutual_knn,
+    procrustes_distance,
+    pwcca,
+    rbf_cka,
+    svcca,
+    unbiased_hsic,
+)
+
+__all__ = ["Alignment", "METRICS", "Metric", "Similarity", "aligned_positions", "compare_representations",
+           "linear_cka", "mutual_knn", "procrustes_distance", "pwcca", "rbf_cka", "svcca", "typical_rows",
+           "unbiased_hsic"]
