@@ -48,22 +48,23 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, minimum: int = 4) -> tuple[tor
     return x.double(), y.double()
 
 
-def unbiased_hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
-    """The unbiased HSIC estimator of two [n, n] kernel matrices (their diagonals are ignored)."""
+def unbiased_hsic(k: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """The unbiased HSIC estimator of two [n, n] kernel matrices ``k`` and ``m`` (their
+    diagonals are ignored)."""
     n = k.shape[0]
     k = k - torch.diag(torch.diag(k))
-    l = l - torch.diag(torch.diag(l))
-    trace = (k * l).sum()
-    sums = k.sum() * l.sum() / ((n - 1) * (n - 2))
-    cross = 2 * (k.sum(0) @ l.sum(1)) / (n - 2)
+    m = m - torch.diag(torch.diag(m))
+    trace = (k * m).sum()
+    sums = k.sum() * m.sum() / ((n - 1) * (n - 2))
+    cross = 2 * (k.sum(0) @ m.sum(1)) / (n - 2)
     return (trace + sums - cross) / (n * (n - 3))
 
 
-def _cka(k: torch.Tensor, l: torch.Tensor) -> float:
-    denominator = (unbiased_hsic(k, k) * unbiased_hsic(l, l)).clamp_min(0).sqrt()
+def _cka(k: torch.Tensor, m: torch.Tensor) -> float:
+    denominator = (unbiased_hsic(k, k) * unbiased_hsic(m, m)).clamp_min(0).sqrt()
     if float(denominator) == 0:
         return 0.0
-    return float(unbiased_hsic(k, l) / denominator)
+    return float(unbiased_hsic(k, m) / denominator)
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
