@@ -1,7 +1,9 @@
-"""Comparing models (issue 18, in progress): positions aligned across tokenizers and
-representation similarity with null baselines (see docs/compare.md)."""
+"""Comparing models (issue 18, in progress): positions aligned across tokenizers,
+representation similarity with null baselines, latents matched across dictionaries (see
+docs/compare.md)."""
 
 from mechscope.compare.align import Alignment, aligned_positions, typical_rows
+from mechscope.compare.features import LatentMatch, activation_similarity, decoder_similarity, match_latents
 from mechscope.compare.similarity import (
     METRICS,
     Metric,
@@ -16,6 +18,6 @@ from mechscope.compare.similarity import (
     unbiased_hsic,
 )
 
-__all__ = ["Alignment", "METRICS", "Metric", "Similarity", "aligned_positions", "compare_representations",
+__all__ = ["LatentMatch", "activation_similarity", "decoder_similarity", "match_latents", "Alignment", "METRICS", "Metric", "Similarity", "aligned_positions", "compare_representations",
            "linear_cka", "mutual_knn", "procrustes_distance", "pwcca", "rbf_cka", "svcca", "typical_rows",
            "unbiased_hsic"]
