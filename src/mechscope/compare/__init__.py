@@ -17,7 +17,8 @@ from mechscope.compare.similarity import (
     svcca,
     unbiased_hsic,
 )
+from mechscope.compare.stitch import AffineMap, fit_affine, held_out_r2, r_squared
 
-__all__ = ["LatentMatch", "activation_similarity", "decoder_similarity", "match_latents", "Alignment", "METRICS", "Metric", "Similarity", "aligned_positions", "compare_representations",
+__all__ = ["AffineMap", "fit_affine", "held_out_r2", "r_squared", "LatentMatch", "activation_similarity", "decoder_similarity", "match_latents", "Alignment", "METRICS", "Metric", "Similarity", "aligned_positions", "compare_representations",
            "linear_cka", "mutual_knn", "procrustes_distance", "pwcca", "rbf_cka", "svcca", "typical_rows",
            "unbiased_hsic"]
