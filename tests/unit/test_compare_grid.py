@@ -1,0 +1,49 @@
+"""The layer grid on tiny models: a model against itself has linear CKA 1 on the diagonal, and
+each layer's best match is itself (relative depth equal); two different models give finite
+scores below 1 whose nulls are reported;
+too few aligned positions are refused with the count; the figure draws the grid."""
+
+import pytest
+import torch
+
+import mechscope
+from mechscope.compare.grid import aligned_activations, grid_figure, similarity_grid
+from mechscope.errors import ConfigError
+
+TEXTS = ["the cat sat on the mat and looked at the door", "a quick brown fox jumps over the lazy dog again",
+         "when the rain stops we will walk to the market"]
+
+
+@pytest.fixture(scope="module")
+def models():
+    return mechscope.load_tiny("llama"), mechscope.load_tiny("gpt2")
+
+
+def test_a_model_against_itself(models):
+    llama, _ = models
+    found = aligned_activations(llama, llama, TEXTS, progress=False)
+    assert found.pairs == sum(len(text) for text in TEXTS)  # byte tokenizers: every character pairs
+    grid = similarity_grid(found, "linear_cka", progress=False)
+    assert torch.allclose(grid.values.diagonal(), torch.ones(llama.cfg.n_layers), atol=1e-6)
+    assert grid.relative_depth_match() == [layer / (llama.cfg.n_layers - 1) for layer in range(llama.cfg.n_layers)]
+
+
+def test_two_models_with_their_nulls_and_the_figure(models):
+    llama, gpt2 = models
+    found = aligned_activations(llama, gpt2, TEXTS, layers_a=[0, 2], layers_b=[1, 2], progress=False)
+    assert sorted(found.a) == [0, 2] and sorted(found.b) == [1, 2]
+    assert found.a[0].shape[0] == found.b[1].shape[0] == found.pairs - found.dropped
+    grid = similarity_grid(found, "linear_cka", permutations=10, progress=False)
+    assert grid.values.shape == (2, 2) and bool(torch.isfinite(grid.values).all())
+    assert float(grid.values.max()) < 0.99 and grid.null_high is not None
+    assert grid.to_json()["layers_b"] == [1, 2]
+    figure = grid_figure(grid, "tiny llama", "tiny gpt2")
+    assert figure.data[0].z[1][0] == pytest.approx(float(grid.values[1, 0]))
+
+
+def test_too_few_aligned_positions_are_refused(models):
+    llama, gpt2 = models
+    with pytest.raises(ConfigError, match="only 3 positions of the 1 texts align"):
+        aligned_activations(llama, gpt2, ["abc"], progress=False)
+    with pytest.raises(ConfigError, match="are not layers"):
+        aligned_activations(llama, gpt2, TEXTS, layers_a=[7], progress=False)
