@@ -47,3 +47,27 @@ def test_too_few_aligned_positions_are_refused(models):
         aligned_activations(llama, gpt2, ["abc"], progress=False)
     with pytest.raises(ConfigError, match="are not layers"):
         aligned_activations(llama, gpt2, TEXTS, layers_a=[7], progress=False)
+
+
+def test_the_compare_command_writes_the_grid_and_refuses_bad_options(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mechscope.cli.app import app
+    from tests.unit.test_cli import saved_tiny
+
+    runner = CliRunner()
+    _, folder_a = saved_tiny(tmp_path, "llama")
+    _, folder_b = saved_tiny(tmp_path, "gpt2")
+    out = tmp_path / "compare"
+    result = runner.invoke(app, ["compare", str(folder_a), str(folder_b), "--texts", "4", "--max-chars", "200",
+                                 "--permutations", "5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    grid = json.loads((out / "grid.json").read_text())
+    assert len(grid["values"]) == len(grid["layers_a"]) == summary["layers_a"] == 3
+    assert summary["aligned_positions"] > 100 and summary["cells_beyond_null"] is not None
+    assert "plotly" in (out / "grid.html").read_text()[:5000].lower()
+    bad = runner.invoke(app, ["compare", str(folder_a), str(folder_b), "--metric", "cosine", "--out", str(tmp_path / "b")])
+    assert bad.exit_code != 0 and "linear_cka" in bad.output

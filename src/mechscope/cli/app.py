@@ -1,6 +1,7 @@
 """The ``mechscope`` command line: the app and its commands.
 
-``inspect`` a prompt, ``patch``, ``trace``, ``circuit``, ``graph`` (attribution graphs), ``sae``, ``probe``, ``steer``,
+``inspect`` a prompt, ``patch``, ``trace``, ``circuit``, ``graph`` (attribution graphs), ``compare`` two models,
+``sae``, ``probe``, ``steer``,
 ``refusal``, ``lens``, ``diff`` two models, ``audit`` a fine-tune, ``organism`` (build, check, merge, list), list
 ``models``, ``explain`` units in words (scored), ``serve-llm`` (an OpenAI-compatible server over a local
 model), ``runs`` (the results store, where every command's output folder is registered), ``serve``
@@ -19,6 +20,7 @@ from mechscope.cli.analysis import inspect, patch, trace
 from mechscope.cli.audit import audit
 from mechscope.cli.autointerp import explain, serve_llm
 from mechscope.cli.circuit import circuit
+from mechscope.cli.compare import compare
 from mechscope.cli.core import new_app
 from mechscope.cli.diff import diff
 from mechscope.cli.graph import graph
@@ -33,7 +35,7 @@ from mechscope.cli.steer import refusal, steer
 
 app = new_app("Mechanistic interpretability of HuggingFace causal LMs.")
 
-for command in (inspect, patch, trace, models, circuit, graph, probe, steer, refusal, diff, audit, explain):
+for command in (inspect, patch, trace, models, circuit, graph, compare, probe, steer, refusal, diff, audit, explain):
     app.command()(command)
 app.command("serve-llm")(serve_llm)
 app.command()(serve)
