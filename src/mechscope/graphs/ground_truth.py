@@ -86,9 +86,10 @@ class TwoHopTask:
 
 
 def train_two_hop_model(task: TwoHopTask = TwoHopTask(), steps: int = 500, lr: float = 3e-3, d_model: int = 64,
-                        d_mlp: int = 256, seed: int = 0, progress: bool = True) -> HookedModel:
+                        d_mlp: int = 256, seed: int = 0, progress: bool = True, constrained: bool = True) -> HookedModel:
     """The 2-layer llama of the module docstring, trained full-batch with AdamW (deterministic
-    in ``seed``)."""
+    in ``seed``). ``constrained=False`` is the null control: layer 0's attention stays live and
+    every c answer is trained, so the model may look c up from a directly."""
     import transformers as tf
 
     from mechscope.models.tiny import word_tokenizer
@@ -103,12 +104,13 @@ def train_two_hop_model(task: TwoHopTask = TwoHopTask(), steps: int = 500, lr: f
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = tf.LlamaForCausalLM(config)
-    silent = model.model.layers[0].self_attn.o_proj.weight
-    silent.data.zero_()
-    silent.requires_grad_(False)
+    if constrained:
+        silent = model.model.layers[0].self_attn.o_proj.weight
+        silent.data.zero_()
+        silent.requires_grad_(False)
     tokens = task.prompts()
     middles, outputs = task.answers()
-    trained = task.trained_c()
+    trained = task.trained_c() if constrained else torch.ones(task.n_inputs, dtype=torch.bool)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.1)
     bar = tqdm(range(steps), desc="training the two-hop model", disable=not progress)
     for _ in bar:

@@ -122,8 +122,8 @@ def influential_targets(graph, pruned, count: int) -> list[int]:
 def head_totals(found, pruned, graph, count: int = 5) -> list[tuple[int, int, float]]:
     """(layer, head, carried) of the heads carrying most of a target's kept incoming edges,
     summed in absolute value."""
-    kept_sources = [i for i, node in enumerate(graph.sources)
-                    if node in {n for n, keep in zip(pruned.nodes, pruned.keep_nodes.tolist()) if keep}]
+    kept = {node for node, keep in zip(pruned.nodes, pruned.keep_nodes.tolist()) if keep}
+    kept_sources = [i for i, node in enumerate(graph.sources) if node in kept]
     total = found.carried[:, :, kept_sources].abs().sum(-1)
     order = total.flatten().argsort(descending=True)[:count].tolist()
     return [(i // total.shape[1], i % total.shape[1], float(total.flatten()[i])) for i in order

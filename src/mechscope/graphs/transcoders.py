@@ -24,7 +24,7 @@ from mechscope.errors import ConfigError
 from mechscope.graphs.replacement import mlp_input, mlp_output
 from mechscope.models.hooked_model import HookedModel
 from mechscope.sae.config import TOPK_ARCHITECTURES, Architecture, SAEConfig
-from mechscope.sae.evaluate import fraction_of_variance_unexplained
+from mechscope.sae.evaluate import fraction_of_variance_unexplained, output_scores, zero_after
 from mechscope.sae.model import SAE
 from mechscope.sae.train import TrainConfig, train
 from mechscope.validate import check_choice, check_int
@@ -97,10 +97,6 @@ class TranscoderSetEvaluation:
         return {**asdict(self), "layers": [asdict(score) for score in self.layers]}
 
 
-def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> float:
-    return float(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten()))
-
-
 def _as_layers(model: HookedModel, transcoders) -> tuple[dict[int, SAE], dict[tuple[int, int], torch.Tensor]]:
     """({layer: transcoder}, {(source, target): cross decoder}) of a per-layer set (no cross
     decoders) or a cross-layer transcoder, checked against ``model``."""
@@ -165,19 +161,9 @@ def evaluate_transcoders(model: HookedModel, transcoders, tokens: torch.Tensor,
                                  float((fired.sum(0) == 0).float().mean())))
     spliced_logits = model.run_with_hooks(tokens, fwd_hooks=_splice_all(layers, cross, skip_first))
 
-    def zero(activation: torch.Tensor, hook) -> torch.Tensor:
-        ablated = activation.clone()
-        ablated[:, skip_first:] = 0
-        return ablated
-
-    zero_logits = model.run_with_hooks(tokens, fwd_hooks=[(mlp_output(layer), zero) for layer in order])
-    ce_clean, ce_spliced, ce_zero = (_next_token_ce(logits, tokens) for logits in
-                                     (clean_logits, spliced_logits, zero_logits))
-    gap = ce_zero - ce_clean
-    clean_logp = clean_logits.float().log_softmax(-1)
-    kl = float((clean_logp.exp() * (clean_logp - spliced_logits.float().log_softmax(-1))).sum(-1).mean())
-    return TranscoderSetEvaluation(tuple(scores), ce_clean, ce_spliced, ce_zero,
-                                   float("nan") if gap == 0 else (ce_zero - ce_spliced) / gap, kl,
+    zero_logits = model.run_with_hooks(tokens, fwd_hooks=[(mlp_output(layer), zero_after(skip_first))
+                                                          for layer in order])
+    return TranscoderSetEvaluation(tuple(scores), *output_scores(tokens, clean_logits, spliced_logits, zero_logits),
                                    int(tokens[:, skip_first:].numel()))
 
 

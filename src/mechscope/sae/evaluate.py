@@ -63,6 +63,30 @@ def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
 
 
+def zero_after(skip_first: int):
+    """A hook that zeroes its activation [batch, pos, ...] past the first ``skip_first`` positions."""
+    def zero(activation: torch.Tensor, hook) -> torch.Tensor:
+        ablated = activation.clone()
+        ablated[:, skip_first:] = 0
+        return ablated
+
+    return zero
+
+
+def output_scores(tokens: torch.Tensor, clean_logits: torch.Tensor, spliced_logits: torch.Tensor,
+                  zero_logits: torch.Tensor) -> tuple[float, float, float, float, float]:
+    """(ce_clean, ce_spliced, ce_zero, ce_recovered, kl) of a splice: next-token cross-entropy
+    of the clean, spliced and zero-ablated runs on ``tokens`` [batch, pos]; CE recovered =
+    (ce_zero - ce_spliced) / (ce_zero - ce_clean) (NaN when zeroing changes nothing); the mean
+    KL(clean || spliced) per token."""
+    ce_clean, ce_spliced, ce_zero = (float(_next_token_ce(logits, tokens)) for logits in
+                                     (clean_logits, spliced_logits, zero_logits))
+    gap = ce_zero - ce_clean
+    clean_logp = clean_logits.float().log_softmax(-1)
+    kl = float((clean_logp.exp() * (clean_logp - spliced_logits.float().log_softmax(-1))).sum(-1).mean())
+    return ce_clean, ce_spliced, ce_zero, float("nan") if gap == 0 else (ce_zero - ce_spliced) / gap, kl
+
+
 @torch.no_grad()
 def evaluate_sae(model: HookedModel, sae: SAE, tokens: torch.Tensor, hook_name: str | None = None,
                  dense_threshold: float = 0.1, skip_first: int = 1) -> SAEEvaluation:
@@ -86,20 +110,11 @@ def evaluate_sae(model: HookedModel, sae: SAE, tokens: torch.Tensor, hook_name: 
     frequency = fired.float().mean(0)
     spliced_logits = model.run_with_hooks(tokens, fwd_hooks=splice_hooks(sae, read_at, skip_first=skip_first))
 
-    def zero(activation: torch.Tensor, hook) -> torch.Tensor:
-        ablated = activation.clone()
-        ablated[:, skip_first:] = 0
-        return ablated
-
-    zero_logits = model.run_with_hooks(tokens, fwd_hooks=[(write_at, zero)])
-    ce_clean, ce_spliced, ce_zero = (float(_next_token_ce(logits, tokens)) for logits in
-                                     (clean_logits, spliced_logits, zero_logits))
-    gap = ce_zero - ce_clean
-    clean_logp = clean_logits.float().log_softmax(-1)
-    kl = float((clean_logp.exp() * (clean_logp - spliced_logits.float().log_softmax(-1))).sum(-1).mean())
+    zero_logits = model.run_with_hooks(tokens, fwd_hooks=[(write_at, zero_after(skip_first))])
+    ce_clean, ce_spliced, ce_zero, ce_recovered, kl = output_scores(tokens, clean_logits, spliced_logits, zero_logits)
     return SAEEvaluation(
         l0=float(fired.sum(-1).float().mean()), fvu=fvu, fvu_typical=fvu_typical,
         outlier_tokens=int((~typical).sum()), cosine=cosine, ce_clean=ce_clean, ce_spliced=ce_spliced,
-        ce_zero=ce_zero, ce_recovered=float("nan") if gap == 0 else (ce_zero - ce_spliced) / gap, kl=kl,
+        ce_zero=ce_zero, ce_recovered=ce_recovered, kl=kl,
         dead=float((frequency == 0).float().mean()), dense=float((frequency > dense_threshold).float().mean()),
         tokens=x.shape[0], log10_density=frequency.log10().tolist())
