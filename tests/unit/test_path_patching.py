@@ -53,6 +53,7 @@ def naive_path_value(model, task, sender, receivers, inputs, freeze_mlps):
     ([(2, 0), (2, 3)], ("k", "v"), False),
     ([(1, 2)], ("q", "k", "v"), True),
     ([(1, 0), (2, 1)], ("q", "v"), False),  # receivers in two layers; senders between them
+    ([(0, 1), (2, 1)], ("q",), False),  # a receiver inside the reused prefix of a later sender
 ])
 def test_batched_path_patching_equals_the_definition(setup, receivers, inputs, freeze_mlps):
     model, task = setup

@@ -101,6 +101,7 @@ def path_patch(
     z_names = [attn(layer, "z") for layer in range(model.cfg.n_layers)]
     mlp_names = [mlp_out(layer) for layer in range(model.cfg.n_layers)] if freeze_mlps else []
     receiver_names = list(dict.fromkeys(unit.hook_name for unit in receiver_units))
+    receiver_layer = {attn(layer, kind): layer for layer, _ in receiver_heads for kind in inputs}
     clean_logits, clean = model.run_with_cache(
         task.clean_tokens, names=z_names + resid_post_names(model) + mlp_names + receiver_names)
     corrupt_logits, corrupted = model.run_with_cache(task.corrupted_tokens, names=z_names)
@@ -123,7 +124,9 @@ def path_patch(
         def capture(activation: torch.Tensor, hook: HookPoint) -> None:
             captured[hook.name] = activation.clone()
 
-        capture_hooks = [(name, capture) for name in receiver_names]
+        # Only receivers after the sender's layer can change; earlier ones keep the clean value
+        # (their hooks may fire inside the reused prefix, which computes a single row).
+        capture_hooks = [(name, capture) for name in receiver_names if receiver_layer[name] > layer]
         logits = model.run_with_hooks(tokens, logits_to_keep=keep, fwd_hooks=capture_hooks + freeze,
                                       prefix=prefix_reuse(model, layer, base_resid, len(senders)))
         if not to_logits:
