@@ -71,3 +71,21 @@ def test_the_compare_command_writes_the_grid_and_refuses_bad_options(tmp_path):
     assert "plotly" in (out / "grid.html").read_text()[:5000].lower()
     bad = runner.invoke(app, ["compare", str(folder_a), str(folder_b), "--metric", "cosine", "--out", str(tmp_path / "b")])
     assert bad.exit_code != 0 and "linear_cka" in bad.output
+
+
+def test_an_outlier_dimension_is_reported_and_standardising_undoes_it():
+    from mechscope.compare.grid import AlignedActivations, outlier_dimensions, similarity_grid
+
+    generator = torch.Generator().manual_seed(0)
+    shared = torch.randn(400, 16, generator=generator)
+    rotation, _ = torch.linalg.qr(torch.randn(16, 16, generator=generator))
+    # A: the shared signal plus one dimension of unrelated noise with 100x its variance (as
+    # SmolLM2's early layers have); B: the same signal rotated.
+    a = torch.cat([shared, 10 * torch.randn(400, 1, generator=generator)], dim=1)
+    b = shared @ rotation
+    activations = AlignedActivations({0: a}, {0: b}, 400, 0)
+    raw = similarity_grid(activations, "linear_cka", scaling="none", progress=False)
+    standard = similarity_grid(activations, "linear_cka", permutations=20, null_rows=128, progress=False)
+    assert outlier_dimensions(a) == [16] and standard.outliers == {"a": {0: [16]}, "b": {0: []}}
+    assert float(raw.values[0, 0]) < 0.2 < 0.85 < float(standard.values[0, 0])
+    assert standard.null_rows == 128 and bool(standard.beyond_null()[0, 0])

@@ -109,3 +109,15 @@ def test_bad_input_is_refused_with_the_reason(data):
         rbf_cka(nan, data)
     with pytest.raises(ConfigError, match="metric"):
         compare_representations(data, data, "cosine")
+
+
+def test_linear_hsic_from_features_equals_the_gram_estimator():
+    from mechscope.compare.similarity import linear_hsic, unbiased_hsic
+
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(60, 7, generator=generator, dtype=torch.float64) + 3.0  # uncentred on purpose
+    y = x @ torch.randn(7, 5, generator=generator, dtype=torch.float64) + torch.randn(60, 5, generator=generator,
+                                                                                       dtype=torch.float64)
+    gram = unbiased_hsic(x @ x.T, y @ y.T)
+    assert float(linear_hsic(x, y)) == pytest.approx(float(gram), rel=1e-9)
+    assert float(linear_hsic(x - x.mean(0), y)) == pytest.approx(float(gram), rel=1e-9)  # shift-invariant
