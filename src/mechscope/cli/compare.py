@@ -20,20 +20,43 @@ def compare(
     texts: Annotated[int, typer.Option(min=1, max=10_000, help="corpus texts (standard-library docstrings)")] = 64,
     max_chars: Annotated[int, typer.Option(min=20, max=100_000, help="characters per text, at most")] = 600,
     permutations: Annotated[int, typer.Option(min=0, max=10_000, help="row shuffles per cell for the null")] = 20,
-    out: Annotated[Path, out_option("folder for grid.json, grid.html and summary.json")] = Path("mechscope-compare"),
+    scaling: Annotated[str, typer.Option(help="standardise (every dimension to unit variance) or none",
+                                         callback=choice("scaling", ["standardise", "none"]))] = "standardise",
+    roles: Annotated[bool, typer.Option(help="score head roles in both models, compare their depths and map "
+                                             "A's IOI circuit onto B (roles.json)")] = True,
+    ioi_prompts: Annotated[int, typer.Option(min=0, max=1_000, help="IOI prompts per model (0: attention roles only)")] = 16,
+    random_circuits: Annotated[int, typer.Option(min=1, max=10_000, help="random circuits for the null")] = 50,
+    out: Annotated[Path, out_option("folder for grid.json, grid.html, roles.json and summary.json")] = Path(
+        "mechscope-compare"),
     seed: Seed = 0,
     overwrite: Overwrite = False,
 ) -> None:
     """Score every layer of MODEL_A against every layer of MODEL_B on the same texts, at the
     positions where both tokenizers end a token at the same character, with each cell's
-    permutation null; outlier-norm tokens are dropped and counted."""
+    permutation null; outlier-norm tokens are dropped and counted. Then tag every head of both
+    models by role (previous-token, induction, duplicate-token; name mover and S-inhibition on
+    IOI), compare where each role sits by relative depth against shuffled layers, and carry A's
+    IOI circuit onto B by role, with its faithfulness there against random circuits."""
     from mechscope.compare.runs import CompareOptions, prepare_compare_folder, run_compare
 
-    options = CompareOptions(metric, texts, max_chars, permutations, seed)
+    options = CompareOptions(metric=metric, texts=texts, max_chars=max_chars, permutations=permutations,
+                             scaling=scaling, roles=roles, ioi_prompts=ioi_prompts, random_circuits=random_circuits,
+                             seed=seed)
     folder = prepare_compare_folder(out, options, overwrite, {"model_a": model_a, "model_b": model_b})
     say(folder.describe())
     summary = run_compare(load_model(model_a), load_model(model_b), options, folder)
     console.print(f"{summary['aligned_positions']} aligned positions over {summary['texts']} texts "
                   f"({summary['dropped_outliers']} outlier rows dropped); {summary['layers_a']} x {summary['layers_b']} "
                   f"layers by {summary['metric']}; cells beyond their null: {summary['cells_beyond_null']}")
-    console.print(f"wrote {folder.path}/grid.json, grid.html and summary.json")
+    found = summary["roles"]
+    if found is not None:
+        console.print(f"head roles: mean relative-depth gap {found['mean_depth_gap']:.2f} (shuffled layers "
+                      f"{found['null_mean_gap']:.2f}, p = {found['p_value']:.3f})")
+        if "circuit" in found and found["circuit"]["transferred_faithfulness"] is not None:
+            circuit = found["circuit"]
+            console.print(f"A's IOI circuit on A: faithfulness {circuit['native_faithfulness']:.2f}; mapped onto B by "
+                          f"role: {circuit['transferred_faithfulness']:.2f} (random circuits "
+                          f"{circuit['transferred_random_mean']:.2f}, p = {circuit['transferred_p_value']:.3f})")
+        elif found["ioi"]:
+            console.print(found["ioi"])
+    console.print(f"wrote {folder.path}/grid.json, grid.html, roles.json and summary.json")

@@ -1,6 +1,8 @@
 """The run behind ``mechscope compare MODEL_A MODEL_B``: the layer-by-layer similarity grid of two
 models on texts from the default corpus, on positions aligned across their tokenizers, with each
-cell's permutation null; written as grid.json, grid.html and summary.json."""
+cell's permutation null (grid.json, grid.html); head roles in both models, where each sits by
+relative depth, and A's IOI circuit mapped by role onto B against random circuits (roles.json);
+and a summary (summary.json)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mechscope import checks
-from mechscope.compare.grid import aligned_activations, grid_figure, similarity_grid
+from mechscope.compare.grid import Scaling, aligned_activations, grid_figure, similarity_grid
 from mechscope.compare.similarity import Metric
 from mechscope.files import OutputFolder, atomic_text, prepare_output_folder
 from mechscope.models.hooked_model import HookedModel
-from mechscope.validate import check_choice, check_int
+from mechscope.validate import check_choice, check_int, check_number
 
-COMPARE_OUTPUTS = ("grid.json", "grid.html", "summary.json")
+COMPARE_OUTPUTS = ("grid.json", "grid.html", "roles.json", "summary.json")
 
 
 @dataclass(frozen=True)
@@ -26,13 +28,22 @@ class CompareOptions:
     texts: int = 64
     max_chars: int = 600
     permutations: int = 20
+    scaling: Scaling = "standardise"
+    roles: bool = True
+    ioi_prompts: int = 16
+    role_fraction: float = 0.05
+    random_circuits: int = 50
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_choice("metric", self.metric, Metric)
+        check_choice("scaling", self.scaling, Scaling)
         check_int("texts", self.texts, 1, 10_000)
         check_int("max_chars", self.max_chars, 20, 100_000)
         check_int("permutations", self.permutations, 0, 10_000)
+        check_int("ioi_prompts", self.ioi_prompts, 0, 1_000)
+        check_number("role_fraction", self.role_fraction, 0, 1, strict_minimum=True)
+        check_int("random_circuits", self.random_circuits, 1, 10_000)
         check_int("seed", self.seed, 0, checks.MAX_SEED)
 
 
@@ -56,26 +67,89 @@ def corpus_texts(count: int, max_chars: int) -> list[str]:
     return texts
 
 
+def _ioi(model: HookedModel, prompts: int, seed: int):
+    """IOI prompts for ``model``, or the reason it cannot have them (e.g. too few one-token names)."""
+    from mechscope.errors import MechscopeError
+    from mechscope.tasks.ioi import ioi
+
+    try:
+        return ioi(model, n=prompts, seed=seed), None
+    except MechscopeError as error:
+        return None, str(error)
+
+
+def compare_roles(model_a: HookedModel, model_b: HookedModel, options: CompareOptions, progress: bool = True) -> dict:
+    """Head roles of both models and their relative-depth comparison; with IOI prompts for both,
+    the name-mover and S-inhibition roles too, and A's IOI circuit (its top ``role_fraction`` of
+    heads by EAP-IG) mapped by role onto B, its faithfulness there against random circuits."""
+    from mechscope.compare.circuit_transfer import circuit_faithfulness, circuit_heads, map_by_role
+    from mechscope.compare.roles import ATTENTION_ROLES, ROLES, compare_depths, head_roles, top_count
+
+    task_a = task_b = None
+    skipped = "ioi_prompts is 0"
+    if options.ioi_prompts:
+        (task_a, reason_a), (task_b, reason_b) = (_ioi(model, options.ioi_prompts, options.seed)
+                                                  for model in (model_a, model_b))
+        skipped = reason_a or reason_b
+    with_ioi = task_a is not None and task_b is not None
+    roles = ROLES if with_ioi else ATTENTION_ROLES
+    roles_a = head_roles(model_a, roles, task=task_a, seed=options.seed, progress=progress)
+    roles_b = head_roles(model_b, roles, task=task_b, seed=options.seed, progress=progress)
+    depths = compare_depths(roles_a, roles_b, options.role_fraction, seed=options.seed)
+    result = {"roles_a": roles_a.to_json(), "roles_b": roles_b.to_json(), "depths": depths.to_json(),
+              "ioi": None if with_ioi else f"IOI roles and the circuit skipped: {skipped}"}
+    if with_ioi:
+        source = circuit_heads(model_a, task_a, top_count(roles_a.shape[0] * roles_a.shape[1], options.role_fraction),
+                               progress=progress)
+        mapping = map_by_role(source, roles_a, roles_b, options.role_fraction)
+        result["circuit"] = {"source_heads": source, "mapping": mapping.to_json(), "native": circuit_faithfulness(
+            model_a, task_a, source, options.random_circuits, options.seed).to_json()}
+        result["circuit"]["transferred"] = (circuit_faithfulness(
+            model_b, task_b, mapping.target_heads, options.random_circuits, options.seed).to_json()
+            if mapping.target_heads else None)
+    return result
+
+
 def run_compare(model_a: HookedModel, model_b: HookedModel, options: CompareOptions, out: OutputFolder | str | Path,
                 overwrite: bool = False, texts: list[str] | None = None, progress: bool = True) -> dict:
     """Align, score every layer pair, write the grid (JSON and figure) and a summary; returns it."""
     folder = out if isinstance(out, OutputFolder) else prepare_compare_folder(out, options, overwrite)
     texts = texts if texts is not None else corpus_texts(options.texts, options.max_chars)
     activations = aligned_activations(model_a, model_b, texts, progress=progress)
-    grid = similarity_grid(activations, options.metric, options.permutations, options.seed, progress=progress)
+    grid = similarity_grid(activations, options.metric, options.permutations, options.seed, options.scaling,
+                           progress=progress)
     name_a, name_b = model_a.cfg.name or model_a.cfg.family, model_b.cfg.name or model_b.cfg.family
     atomic_text(folder / "grid.json", json.dumps(grid.to_json()))
     atomic_text(folder / "grid.html", grid_figure(grid, name_a, name_b).to_html(include_plotlyjs=True, full_html=True))
-    above = None if grid.null_high is None else (
-        grid.values < grid.null_high if options.metric == "procrustes" else grid.values > grid.null_high)
+    roles = compare_roles(model_a, model_b, options, progress) if options.roles else None
+    atomic_text(folder / "roles.json", json.dumps(roles))
+    above = grid.beyond_null()
     summary = {"model_a": name_a, "model_b": name_b, "metric": options.metric, "texts": len(texts),
-               "aligned_positions": activations.pairs, "dropped_outliers": activations.dropped, "rows": grid.rows,
+               "aligned_positions": activations.pairs, "dropped_outliers": activations.dropped, "rows": grid.rows, "scaling": grid.scaling,
+               "layers_with_outlier_dimensions": {side: sorted(layer for layer, dims in found.items() if dims)
+                                                  for side, found in grid.outliers.items()},
                "layers_a": len(grid.layers_a), "layers_b": len(grid.layers_b),
                "cells_beyond_null": None if above is None else int(above.sum()),
-               "best_match_relative_depth": [round(depth, 3) for depth in grid.relative_depth_match()]}
+               "best_match_relative_depth": [round(depth, 3) for depth in grid.relative_depth_match()],
+               "roles": None if roles is None else _roles_summary(roles)}
     atomic_text(folder / "summary.json", json.dumps(summary, indent=1))
     folder.record()
     return summary
 
 
-__all__ = ["COMPARE_OUTPUTS", "CompareOptions", "corpus_texts", "prepare_compare_folder", "run_compare"]
+def _roles_summary(roles: dict) -> dict:
+    depths = roles["depths"]
+    summary = {"mean_depth_gap": depths["mean_gap"], "null_mean_gap": depths["null_mean_gap"],
+               "p_value": depths["p_value"], "by_role": {role["role"]: {key: role[key] for key in (
+                   "depth_a", "depth_b", "gap", "p_value")} for role in depths["roles"]}, "ioi": roles["ioi"]}
+    if "circuit" in roles:
+        transferred = roles["circuit"]["transferred"]
+        summary["circuit"] = {"native_faithfulness": roles["circuit"]["native"]["faithfulness"],
+                              "transferred_faithfulness": None if transferred is None else transferred["faithfulness"],
+                              "transferred_random_mean": None if transferred is None else transferred["random_mean"],
+                              "transferred_p_value": None if transferred is None else transferred["p_value"],
+                              "unmapped_heads": roles["circuit"]["mapping"]["unmapped"]}
+    return summary
+
+
+__all__ = ["compare_roles", "COMPARE_OUTPUTS", "CompareOptions", "corpus_texts", "prepare_compare_folder", "run_compare"]
