@@ -69,6 +69,10 @@ def test_the_compare_command_writes_the_grid_and_refuses_bad_options(tmp_path):
     assert len(grid["values"]) == len(grid["layers_a"]) == summary["layers_a"] == 3
     assert summary["aligned_positions"] > 100 and summary["cells_beyond_null"] is not None
     assert "plotly" in (out / "grid.html").read_text()[:5000].lower()
+    roles = json.loads((out / "roles.json").read_text())
+    assert set(roles["depths"]["roles"][0]) >= {"role", "depth_a", "depth_b", "gap", "p_value"}
+    assert "too few single-token names" in roles["ioi"]  # byte tokenizers: attention roles only, said so
+    assert "skipped" in json.loads((out / "matches.json").read_text())
     bad = runner.invoke(app, ["compare", str(folder_a), str(folder_b), "--metric", "cosine", "--out", str(tmp_path / "b")])
     assert bad.exit_code != 0 and "linear_cka" in bad.output
 
@@ -89,3 +93,38 @@ def test_an_outlier_dimension_is_reported_and_standardising_undoes_it():
     assert outlier_dimensions(a) == [16] and standard.outliers == {"a": {0: [16]}, "b": {0: []}}
     assert float(raw.values[0, 0]) < 0.2 < 0.85 < float(standard.values[0, 0])
     assert standard.null_rows == 128 and bool(standard.beyond_null()[0, 0])
+
+
+def test_the_compare_command_matches_two_saes_of_different_widths(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mechscope.cli.app import app
+    from mechscope.hooks import names
+    from mechscope.sae import SAE, SAEConfig, save_sae
+    from tests.unit.test_cli import saved_tiny
+
+    runner = CliRunner()
+    model_a, folder_a = saved_tiny(tmp_path, "llama")
+    model_b, folder_b = saved_tiny(tmp_path, "gpt2")
+    # Untrained dictionaries of different widths: allowed, and B's extra firing latents are
+    # reported unmatched.
+    sae_a = save_sae(SAE(SAEConfig(model_a.cfg.d_model, 48, "topk", k=8, hook_name=names.resid_post(1)), seed=1),
+                     tmp_path / "sae_a")
+    sae_b = save_sae(SAE(SAEConfig(model_b.cfg.d_model, 96, "topk", k=8, hook_name=names.resid_post(1)), seed=2),
+                     tmp_path / "sae_b")
+    out = tmp_path / "compare"
+    common = ["compare", str(folder_a), str(folder_b), "--texts", "4", "--max-chars", "200", "--permutations", "0",
+              "--no-roles", "--min-firing", "3"]
+    result = runner.invoke(app, common + ["--sae-a", str(sae_a), "--sae-b", str(sae_b), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    matches = json.loads((out / "matches.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())["matches"]
+    assert (matches["width_a"], matches["width_b"]) == (48, 96)
+    assert len(matches["pairs"]) == min(matches["firing_a"], matches["firing_b"])
+    assert summary["unmatched_b"] == matches["firing_b"] - len(matches["pairs"]) > 0
+    assert matches["silent_a"] == 48 - matches["firing_a"] and matches["tokens"] > 100
+    assert len(matches["transfer"]["features"]) == 10
+    one = runner.invoke(app, common + ["--sae-a", str(sae_a), "--out", str(tmp_path / "one")])
+    assert one.exit_code != 0 and "both sae_a and sae_b" in one.output

@@ -26,7 +26,12 @@ def compare(
                                              "A's IOI circuit onto B (roles.json)")] = True,
     ioi_prompts: Annotated[int, typer.Option(min=0, max=1_000, help="IOI prompts per model (0: attention roles only)")] = 16,
     random_circuits: Annotated[int, typer.Option(min=1, max=10_000, help="random circuits for the null")] = 50,
-    out: Annotated[Path, out_option("folder for grid.json, grid.html, roles.json and summary.json")] = Path(
+    sae_a: Annotated[Path | None, typer.Option(help="a saved SAE of MODEL_A (mechscope sae train --out): with "
+                                                    "--sae-b, match their latents (matches.json)")] = None,
+    sae_b: Annotated[Path | None, typer.Option(help="a saved SAE of MODEL_B")] = None,
+    min_firing: Annotated[int, typer.Option(min=1, help="latents firing on fewer aligned tokens are left out "
+                                                        "of the match (counted)")] = 10,
+    out: Annotated[Path, out_option("folder for grid.json, grid.html, roles.json, matches.json and summary.json")] = Path(
         "mechscope-compare"),
     seed: Seed = 0,
     overwrite: Overwrite = False,
@@ -36,12 +41,15 @@ def compare(
     permutation null; outlier-norm tokens are dropped and counted. Then tag every head of both
     models by role (previous-token, induction, duplicate-token; name mover and S-inhibition on
     IOI), compare where each role sits by relative depth against shuffled layers, and carry A's
-    IOI circuit onto B by role, with its faithfulness there against random circuits."""
+    IOI circuit onto B by role, with its faithfulness there against random circuits. With
+    --sae-a and --sae-b, match the two dictionaries' latents by activation correlation on the
+    aligned tokens and show the matched pairs' top contexts and explanations side by side."""
     from mechscope.compare.runs import CompareOptions, prepare_compare_folder, run_compare
 
     options = CompareOptions(metric=metric, texts=texts, max_chars=max_chars, permutations=permutations,
                              scaling=scaling, roles=roles, ioi_prompts=ioi_prompts, random_circuits=random_circuits,
-                             seed=seed)
+                             sae_a=None if sae_a is None else str(sae_a), sae_b=None if sae_b is None else str(sae_b),
+                             min_firing=min_firing, seed=seed)
     folder = prepare_compare_folder(out, options, overwrite, {"model_a": model_a, "model_b": model_b})
     say(folder.describe())
     summary = run_compare(load_model(model_a), load_model(model_b), options, folder)
@@ -59,4 +67,9 @@ def compare(
                           f"{circuit['transferred_random_mean']:.2f}, p = {circuit['transferred_p_value']:.3f})")
         elif found["ioi"]:
             console.print(found["ioi"])
-    console.print(f"wrote {folder.path}/grid.json, grid.html, roles.json and summary.json")
+    if summary["matches"] is not None:
+        found = summary["matches"]
+        console.print(f"latents: {found['shared']:.2f} of the firing ones shared (MCC {found['mean_similarity']:.2f}; "
+                      f"random pairing {found['null_shared']:.2f}, B's rows shuffled {found['control_shared']:.2f}); "
+                      f"unmatched {found['unmatched_a']} of A, {found['unmatched_b']} of B")
+    console.print(f"wrote {folder.path}/grid.json, grid.html, roles.json, matches.json and summary.json")

@@ -2,7 +2,9 @@
 models on texts from the default corpus, on positions aligned across their tokenizers, with each
 cell's permutation null (grid.json, grid.html); head roles in both models, where each sits by
 relative depth, and A's IOI circuit mapped by role onto B against random circuits (roles.json);
-and a summary (summary.json)."""
+with an SAE for each model, their latents matched by activation correlation on aligned tokens,
+with the matched pairs' top contexts and offline explanations side by side (matches.json); and a
+summary (summary.json)."""
 
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ from pathlib import Path
 from mechscope import checks
 from mechscope.compare.grid import Scaling, aligned_activations, grid_figure, similarity_grid
 from mechscope.compare.similarity import Metric
+from mechscope.errors import ConfigError
 from mechscope.files import OutputFolder, atomic_text, prepare_output_folder
 from mechscope.models.hooked_model import HookedModel
 from mechscope.validate import check_choice, check_int, check_number
 
-COMPARE_OUTPUTS = ("grid.json", "grid.html", "roles.json", "summary.json")
+COMPARE_OUTPUTS = ("grid.json", "grid.html", "roles.json", "matches.json", "summary.json")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,10 @@ class CompareOptions:
     ioi_prompts: int = 16
     role_fraction: float = 0.05
     random_circuits: int = 50
+    sae_a: str | None = None
+    sae_b: str | None = None
+    match_threshold: float = 0.5
+    min_firing: int = 10
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -45,6 +52,14 @@ class CompareOptions:
         check_number("role_fraction", self.role_fraction, 0, 1, strict_minimum=True)
         check_int("random_circuits", self.random_circuits, 1, 10_000)
         check_int("seed", self.seed, 0, checks.MAX_SEED)
+        check_number("match_threshold", self.match_threshold, -1, 1)
+        check_int("min_firing", self.min_firing, 1)
+        if (self.sae_a is None) != (self.sae_b is None):
+            raise ConfigError("matching latents needs an SAE for each model: give both sae_a and sae_b (or neither)")
+        for name in ("sae_a", "sae_b"):
+            folder = getattr(self, name)
+            if folder is not None and not Path(folder).is_dir():
+                raise ConfigError(f"{name} {folder!r} is not a folder holding a saved SAE (mechscope sae train --out)")
 
 
 def prepare_compare_folder(out: str | Path, options: CompareOptions, overwrite: bool = False,
@@ -110,6 +125,28 @@ def compare_roles(model_a: HookedModel, model_b: HookedModel, options: CompareOp
     return result
 
 
+def compare_latents(model_a: HookedModel, model_b: HookedModel, options: CompareOptions, texts: list[str],
+                    progress: bool = True) -> dict:
+    """The two SAEs' latents matched across the models on ``texts`` (see the module docstring)."""
+    from mechscope.compare.latents import aligned_rows, cross_model_matches, explain_by_tokens, feature_transfer
+    from mechscope.sae.io import load_sae
+
+    sae_a, sae_b = load_sae(options.sae_a), load_sae(options.sae_b)
+    for sae, model, side in ((sae_a, model_a, "A"), (sae_b, model_b, "B")):
+        if sae.cfg.d_in != model.cfg.d_model:
+            raise ConfigError(f"the SAE for model {side} reads width {sae.cfg.d_in}, but the model's residual stream "
+                              f"is {model.cfg.d_model} wide: was it trained on this model?")
+    rows = aligned_rows(model_a, model_b, texts, sae_a.cfg.hook_name, sae_b.cfg.hook_name, progress=progress)
+    found = cross_model_matches(sae_a, rows.a, sae_b, rows.b, options.match_threshold, options.min_firing,
+                                seed=options.seed)
+    transfer = feature_transfer(found.match, sae_a, sae_b, rows, explainer=explain_by_tokens)
+    return {"hook_a": sae_a.cfg.hook_name, "hook_b": sae_b.cfg.hook_name, "width_a": sae_a.cfg.d_sae,
+            "width_b": sae_b.cfg.d_sae, **found.to_json(),
+            "pairs": [[int(a), int(b), round(float(value), 4)] for (a, b), value in zip(found.match.pairs.tolist(),
+                                                                                        found.match.similarity)],
+            "transfer": transfer.to_json()}
+
+
 def run_compare(model_a: HookedModel, model_b: HookedModel, options: CompareOptions, out: OutputFolder | str | Path,
                 overwrite: bool = False, texts: list[str] | None = None, progress: bool = True) -> dict:
     """Align, score every layer pair, write the grid (JSON and figure) and a summary; returns it."""
@@ -123,6 +160,9 @@ def run_compare(model_a: HookedModel, model_b: HookedModel, options: CompareOpti
     atomic_text(folder / "grid.html", grid_figure(grid, name_a, name_b).to_html(include_plotlyjs=True, full_html=True))
     roles = compare_roles(model_a, model_b, options, progress) if options.roles else None
     atomic_text(folder / "roles.json", json.dumps(roles))
+    matches = compare_latents(model_a, model_b, options, texts, progress) if options.sae_a else None
+    atomic_text(folder / "matches.json", json.dumps(matches if matches is not None else {
+        "skipped": "no SAEs given: --sae-a and --sae-b match their latents across the models"}))
     above = grid.beyond_null()
     summary = {"model_a": name_a, "model_b": name_b, "metric": options.metric, "texts": len(texts),
                "aligned_positions": activations.pairs, "dropped_outliers": activations.dropped, "rows": grid.rows, "scaling": grid.scaling,
@@ -131,7 +171,12 @@ def run_compare(model_a: HookedModel, model_b: HookedModel, options: CompareOpti
                "layers_a": len(grid.layers_a), "layers_b": len(grid.layers_b),
                "cells_beyond_null": None if above is None else int(above.sum()),
                "best_match_relative_depth": [round(depth, 3) for depth in grid.relative_depth_match()],
-               "roles": None if roles is None else _roles_summary(roles)}
+               "roles": None if roles is None else _roles_summary(roles),
+               "matches": None if matches is None else {
+                   key: matches["match"][key] for key in ("shared", "mean_similarity", "null_shared", "null_mean")} | {
+                   "control_shared": matches["control_shared"], "firing_a": matches["firing_a"],
+                   "firing_b": matches["firing_b"], "unmatched_a": matches["match"]["unmatched_a"],
+                   "unmatched_b": matches["match"]["unmatched_b"]}}
     atomic_text(folder / "summary.json", json.dumps(summary, indent=1))
     folder.record()
     return summary
@@ -152,4 +197,4 @@ def _roles_summary(roles: dict) -> dict:
     return summary
 
 
-__all__ = ["compare_roles", "COMPARE_OUTPUTS", "CompareOptions", "corpus_texts", "prepare_compare_folder", "run_compare"]
+__all__ = ["compare_latents", "compare_roles", "COMPARE_OUTPUTS", "CompareOptions", "corpus_texts", "prepare_compare_folder", "run_compare"]
