@@ -52,6 +52,7 @@ from mechscope.compare.similarity import (
     Similarity,
     compare_representations,
     linear_cka,
+    linear_hsic,
     mutual_knn,
     procrustes_distance,
     pwcca,
@@ -82,5 +83,5 @@ __all__ = ["AlignedRows", "CrossModelMatch", "FeatureTransfer", "PairedSvcca", "
            "head_roles", "name_mover_scores", "s_inhibition_scores",
            "AlignedActivations", "SimilarityGrid", "aligned_activations", "grid_figure", "similarity_grid",
            "AffineMap", "fit_affine", "held_out_r2", "r_squared", "LatentMatch", "activation_similarity", "decoder_similarity", "match_latents", "Alignment", "METRICS", "Metric", "Similarity", "aligned_positions", "compare_representations",
-           "linear_cka", "mutual_knn", "procrustes_distance", "pwcca", "rbf_cka", "svcca", "typical_rows",
+           "linear_cka", "linear_hsic", "mutual_knn", "procrustes_distance", "pwcca", "rbf_cka", "svcca", "typical_rows",
            "unbiased_hsic"]

@@ -128,7 +128,12 @@ def compare_roles(model_a: HookedModel, model_b: HookedModel, options: CompareOp
 def compare_latents(model_a: HookedModel, model_b: HookedModel, options: CompareOptions, texts: list[str],
                     progress: bool = True) -> dict:
     """The two SAEs' latents matched across the models on ``texts`` (see the module docstring)."""
-    from mechscope.compare.latents import aligned_rows, cross_model_matches, explain_by_tokens, feature_transfer
+    from mechscope.compare.latents import (
+        aligned_rows,
+        cross_model_matches,
+        explain_by_tokens,
+        feature_transfer,
+    )
     from mechscope.sae.io import load_sae
 
     sae_a, sae_b = load_sae(options.sae_a), load_sae(options.sae_b)
