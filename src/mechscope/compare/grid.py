@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from mechscope.compare.align import aligned_positions
+from mechscope.compare.align import run_aligned
 from mechscope.compare.similarity import METRICS, Metric
 from mechscope.errors import ConfigError
 from mechscope.hooks import names
@@ -55,7 +55,6 @@ def _layers(model: HookedModel, layers: list[int] | None) -> list[int]:
     return chosen
 
 
-@torch.no_grad()
 def aligned_activations(model_a: HookedModel, model_b: HookedModel, texts: list[str], layers_a: list[int] | None = None,
                         layers_b: list[int] | None = None, minimum_pairs: int = 64,
                         progress: bool = True) -> AlignedActivations:
@@ -63,32 +62,15 @@ def aligned_activations(model_a: HookedModel, model_b: HookedModel, texts: list[
     ``texts`` where their tokenizers end a token at the same character; fewer than
     ``minimum_pairs`` over all texts is a ConfigError that says how many aligned."""
     layers_a, layers_b = _layers(model_a, layers_a), _layers(model_b, layers_b)
-    check_int("minimum_pairs", minimum_pairs, 4)
-    if not texts:
-        raise ConfigError("give at least one text to compare the models on")
-    found_a: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers_a}
-    found_b: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers_b}
-    for text in tqdm(texts, desc="aligned activations", disable=not progress):
-        alignment = aligned_positions(model_a.tokenizer, model_b.tokenizer, text, minimum=0)
-        if alignment.pairs == 0:
-            continue
-        for model, ids, positions, layers, found in (
-                (model_a, alignment.ids_a, alignment.positions_a, layers_a, found_a),
-                (model_b, alignment.ids_b, alignment.positions_b, layers_b, found_b)):
-            _, cache = model.run_with_cache(ids[None], names=[names.resid_post(layer) for layer in layers])
-            for layer in layers:
-                found[layer].append(cache[names.resid_post(layer)][0, positions].float().cpu())
-    pairs = sum(len(values) for values in found_a[layers_a[0]])
-    if pairs < minimum_pairs:
-        raise ConfigError(f"only {pairs} positions of the {len(texts)} texts align between the two tokenizers; "
-                          f"{minimum_pairs} are needed: give more or longer texts (plain prose aligns best)")
-    a = {layer: torch.cat(values) for layer, values in found_a.items()}
-    b = {layer: torch.cat(values) for layer, values in found_b.items()}
-    keep = torch.ones(pairs, dtype=torch.bool)
+    run = run_aligned(model_a, model_b, texts, [names.resid_post(layer) for layer in layers_a],
+                      [names.resid_post(layer) for layer in layers_b], minimum_pairs, progress)
+    a = {layer: run.a[names.resid_post(layer)] for layer in layers_a}
+    b = {layer: run.b[names.resid_post(layer)] for layer in layers_b}
+    keep = torch.ones(run.pairs, dtype=torch.bool)
     for values in list(a.values()) + list(b.values()):
         keep &= typical_tokens(values)
     return AlignedActivations({layer: v[keep] for layer, v in a.items()}, {layer: v[keep] for layer, v in b.items()},
-                              pairs, int((~keep).sum()))
+                              run.pairs, int((~keep).sum()))
 
 
 def outlier_dimensions(values: torch.Tensor, share: float = 0.2) -> list[int]:

@@ -24,9 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
-from tqdm.auto import tqdm
 
-from mechscope.compare.align import aligned_positions, typical_rows
+from mechscope.compare.align import run_aligned, typical_rows
 from mechscope.compare.features import LatentMatch, activation_similarity, decoder_similarity, match_latents
 from mechscope.compare.similarity import svcca
 from mechscope.errors import ConfigError, InputTypeError, MechscopeError
@@ -252,39 +251,18 @@ class AlignedRows:
         return f"{before}[{text[start:end]}]".replace("\n", "\\n")
 
 
-@torch.no_grad()
 def aligned_rows(model_a: HookedModel, model_b: HookedModel, texts: Sequence[str], hook_a: str, hook_b: str,
                  minimum_pairs: int = 64, progress: bool = True) -> AlignedRows:
     """Run both models on each text and keep ``hook_a`` / ``hook_b`` (e.g. ``names.resid_post(15)``)
     at the aligned positions, with where each row is (what :func:`feature_transfer` shows); rows
     where either side has an outlier-norm token are dropped and counted. Fewer than
     ``minimum_pairs`` aligned positions is a ConfigError with the count."""
-    check_int("minimum_pairs", minimum_pairs, 4)
     texts = tuple(texts)
-    if not texts or not all(isinstance(text, str) and text for text in texts):
-        raise ConfigError("give at least one text, each a non-empty string")
-    found: dict[str, list] = {key: [] for key in ("a", "b", "text", "start_a", "start_b", "end")}
-    for index, text in enumerate(tqdm(texts, desc="aligned rows", disable=not progress)):
-        alignment = aligned_positions(model_a.tokenizer, model_b.tokenizer, text, minimum=0)
-        if alignment.pairs == 0:
-            continue
-        for side, model, ids, positions, hook in (("a", model_a, alignment.ids_a, alignment.positions_a, hook_a),
-                                                   ("b", model_b, alignment.ids_b, alignment.positions_b, hook_b)):
-            _, cache = model.run_with_cache(ids[None], names=[hook])
-            found[side].append(cache[hook][0, positions].float().cpu())
-            offsets = torch.tensor(model.tokenizer(text, return_offsets_mapping=True)["offset_mapping"])[positions]
-            found[f"start_{side}"].append(offsets[:, 0])
-            if side == "a":
-                found["end"].append(offsets[:, 1])
-        found["text"].append(torch.full((alignment.pairs,), index, dtype=torch.long))
-    pairs = sum(len(rows) for rows in found["a"])
-    if pairs < minimum_pairs:
-        raise ConfigError(f"only {pairs} positions of the {len(texts)} texts align between the two tokenizers; "
-                          f"{minimum_pairs} are needed: give more or longer texts (plain prose aligns best)")
-    joined = {key: torch.cat(values) for key, values in found.items()}
-    keep, dropped = typical_rows(joined["a"], joined["b"])
-    return AlignedRows(joined["a"][keep], joined["b"][keep], texts, joined["text"][keep], joined["start_a"][keep],
-                       joined["start_b"][keep], joined["end"][keep], pairs, dropped)
+    run = run_aligned(model_a, model_b, texts, [hook_a], [hook_b], minimum_pairs, progress)
+    a, b = run.a[hook_a], run.b[hook_b]
+    keep, dropped = typical_rows(a, b)
+    return AlignedRows(a[keep], b[keep], texts, run.text[keep], run.start_a[keep], run.start_b[keep], run.end[keep],
+                       run.pairs, dropped)
 
 
 Explainer = Callable[[list[list[str]], list[torch.Tensor]], str]
