@@ -128,3 +128,20 @@ def test_the_compare_command_matches_two_saes_of_different_widths(tmp_path):
     assert len(matches["transfer"]["features"]) == 10
     one = runner.invoke(app, common + ["--sae-a", str(sae_a), "--out", str(tmp_path / "one")])
     assert one.exit_code != 0 and "both sae_a and sae_b" in one.output
+
+
+def test_the_grid_cells_equal_the_metric_on_the_scaled_layers():
+    from mechscope.compare.grid import AlignedActivations, scaled, similarity_grid
+    from mechscope.compare.similarity import linear_cka, procrustes_distance
+
+    generator = torch.Generator().manual_seed(1)
+    a = {layer: torch.randn(300, 12, generator=generator) * (layer + 1) + 3 for layer in range(3)}
+    b = {layer: a[layer] @ torch.randn(12, 9, generator=generator) + torch.randn(300, 9, generator=generator)
+         for layer in range(2)}
+    activations = AlignedActivations(a, b, 300, 0)
+    for metric, function in (("linear_cka", linear_cka), ("procrustes", procrustes_distance)):
+        grid = similarity_grid(activations, metric, permutations=3, null_rows=100, progress=False)
+        expected = torch.tensor([[function(scaled(a[i], "standardise"), scaled(b[j], "standardise")) for j in range(2)]
+                                 for i in range(3)], dtype=torch.float32)
+        torch.testing.assert_close(grid.values, expected, atol=1e-6, rtol=1e-6)
+        assert grid.null_high.shape == (3, 2) and grid.null_rows == 100
