@@ -98,6 +98,8 @@ def main() -> None:
                         help="latents firing on fewer aligned tokens are left out of the cross-model match (counted)")
     parser.add_argument("--top", type=int, default=10, help="matched pairs shown with contexts and explanations")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--seeds-only", action="store_true",
+                        help="stop after the seed comparison (results.json holds it alone)")
     parser.add_argument("--out", type=Path, default=Path("mechscope-compare-features"))
     args = parser.parse_args()
     if args.threads:
@@ -121,6 +123,16 @@ def main() -> None:
     seeds = seed_stability(saes_a[0], saes_a[1], args.seed_threshold)
     untrained = seed_stability(SAE(saes_a[0].cfg, seed=12345), saes_a[1], args.seed_threshold)
     timed("seed_matching_s", start)
+
+    if args.seeds_only:
+        results = {"settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                                "hook_a": hook_a, "batch_tokens": BATCH, "train_steps": training_steps(args.tokens)[0]},
+                   "seed_stability": seeds.to_json(), "untrained_control": untrained.to_json(), "timings_s": timings}
+        atomic_text(args.out / "results.json", json.dumps(results, indent=1))
+        print(f"seeds ({saes_a[0].cfg.d_sae} latents): shared {seeds.match.shared:.3f}, mean cosine "
+              f"{seeds.match.mean_similarity:.3f}; untrained control {untrained.match.shared:.3f} / "
+              f"{untrained.match.mean_similarity:.3f}; wrote {args.out / 'results.json'}")
+        return
 
     # 2. Across models, at the same relative depth.
     model_b = mechscope.load(args.model_b)

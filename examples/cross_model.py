@@ -146,8 +146,22 @@ Time: {result['seconds']:.0f} s."""
     return text, result
 
 
-def features_section(path: Path) -> str:
-    """The SAE results written by examples/compare_features_smollm2.py (results.json)."""
+def longer_seeds(path: Path | None) -> str:
+    """A sentence on a second seed comparison (``--seeds-only`` results), when given."""
+    if path is None:
+        return ""
+    result = json.loads(path.read_text())
+    settings, seeds, control = result["settings"], result["seed_stability"], result["untrained_control"]
+    return (f" A smaller dictionary trained longer ({settings['expansion'] * 576:,} latents, {settings['train_steps']} "
+            f"steps of {settings['batch_tokens']:,} tokens from {settings['harvest'] * 128:,} harvested tokens): "
+            f"**{seeds['match']['shared']:.3f}** shared above cosine {seeds['match']['threshold']} (mean cosine "
+            f"{seeds['match']['mean_similarity']:.3f}; untrained control {control['match']['shared']:.3f} / "
+            f"{control['match']['mean_similarity']:.3f}).")
+
+
+def features_section(path: Path, seeds_path: Path | None = None) -> str:
+    """The SAE results written by examples/compare_features_smollm2.py (results.json), and a
+    second seed comparison (``--seeds-only``) when given."""
     result = json.loads(path.read_text())
     settings, seeds, control = result["settings"], result["seed_stability"], result["untrained_control"]
     cross, transfer, aligned = result["cross_model"], result["transfer"], result["aligned"]
@@ -192,7 +206,7 @@ decoder cosine (Hungarian): **{seeds['match']['shared']:.3f}** of latents shared
 {seeds['match']['threshold']} (mean cosine of the pairs {seeds['match']['mean_similarity']:.3f}; random pairing
 {seeds['match']['null_mean']:.3f}); paired-decoder SVCCA {svcca(seeds['svcca'])}. An untrained SAE against a
 trained one (the negative control): shared {control['match']['shared']:.3f}, mean cosine
-{control['match']['mean_similarity']:.3f}.
+{control['match']['mean_similarity']:.3f}.{longer_seeds(seeds_path)}
 
 **Across models.** {aligned['rows']:,} aligned tokens of {aligned['texts']} texts ({aligned['outliers_dropped']} outlier rows
 dropped). Latents firing on at least {cross['min_firing']} of them: {cross['firing_a']:,} of SmolLM2's
@@ -415,6 +429,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/cross-model"))
     parser.add_argument("--features", type=Path, default=None,
                         help="results.json of examples/compare_features_smollm2.py, for the SAE section")
+    parser.add_argument("--seeds", type=Path, default=None,
+                        help="results.json of a second compare_features_smollm2.py --seeds-only run")
     parser.add_argument("--sections", default=",".join(ALL_SECTIONS),
                         help="comma-separated: grid, organisms, transfer, roles")
     args = parser.parse_args()
@@ -438,7 +454,7 @@ def main() -> None:
         text, results["roles"] = roles_section(smol, gemma, args.n, args.out)
         parts.append(text)
     if args.features is not None:
-        parts.append(features_section(args.features))
+        parts.append(features_section(args.features, args.seeds))
         results["features"] = json.loads(args.features.read_text())
     parts.insert(0, verdict_section(results))
     page = HEADER + "\n\n".join(parts) + "\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 from mechscope import checks
 from mechscope.compare.grid import Scaling, aligned_activations, grid_figure, similarity_grid
 from mechscope.compare.similarity import Metric
-from mechscope.errors import ConfigError
+from mechscope.errors import ConfigError, MechscopeError
 from mechscope.files import OutputFolder, atomic_text, prepare_output_folder
 from mechscope.models.hooked_model import HookedModel
 from mechscope.validate import check_choice, check_int, check_number
@@ -84,7 +84,6 @@ def corpus_texts(count: int, max_chars: int) -> list[str]:
 
 def _ioi(model: HookedModel, prompts: int, seed: int):
     """IOI prompts for ``model``, or the reason it cannot have them (e.g. too few one-token names)."""
-    from mechscope.errors import MechscopeError
     from mechscope.tasks.ioi import ioi
 
     try:
