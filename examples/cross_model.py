@@ -146,20 +146,21 @@ Time: {result['seconds']:.0f} s."""
     return text, result
 
 
-def longer_seeds(path: Path | None) -> str:
-    """A sentence on a second seed comparison (``--seeds-only`` results), when given."""
-    if path is None:
-        return ""
-    result = json.loads(path.read_text())
+def longer_seeds(paths: list[Path]) -> str:
+    """A sentence per further seed comparison (``--seeds-only`` results)."""
+    return "".join(_seed_sentence(json.loads(path.read_text())) for path in paths)
+
+
+def _seed_sentence(result: dict) -> str:
     settings, seeds, control = result["settings"], result["seed_stability"], result["untrained_control"]
-    return (f" A smaller dictionary trained longer ({settings['expansion'] * 576:,} latents, {settings['train_steps']} "
+    return (f" Trained longer ({settings['expansion'] * 576:,} latents, {settings['train_steps']} "
             f"steps of {settings['batch_tokens']:,} tokens from {settings['harvest'] * 128:,} harvested tokens): "
             f"**{seeds['match']['shared']:.3f}** shared above cosine {seeds['match']['threshold']} (mean cosine "
             f"{seeds['match']['mean_similarity']:.3f}; untrained control {control['match']['shared']:.3f} / "
             f"{control['match']['mean_similarity']:.3f}).")
 
 
-def features_section(path: Path, seeds_path: Path | None = None) -> str:
+def features_section(path: Path, seeds_paths: list[Path] = ()) -> str:
     """The SAE results written by examples/compare_features_smollm2.py (results.json), and a
     second seed comparison (``--seeds-only``) when given."""
     result = json.loads(path.read_text())
@@ -187,8 +188,9 @@ def features_section(path: Path, seeds_path: Path | None = None) -> str:
             f"The seed result measures the training budget more than the model: {settings['train_steps']} steps on "
             f"{distinct:,} distinct tokens ({passes:.0f} passes) leave the decoders close to their random starts "
             f"(mean matched cosine {seeds['match']['mean_similarity']:.2f}, against "
-            f"{control['match']['mean_similarity']:.2f} for an untrained SAE), well below the ~30% or more shared "
-            "latents reported for SAEs trained on far more tokens; `--harvest` and `--tokens` scale it up.")
+            f"{control['match']['mean_similarity']:.2f} for an untrained SAE); published comparisons of SAEs trained "
+            "on far more tokens find about 30% shared at the least. Training longer raises it (the runs above); "
+            "`--harvest` and `--tokens` scale it up.")
     if cross["firing_b"] < 0.1 * width_b:
         caveats.append(
             f"Only {cross['firing_b']} of Gemma-3's {width_b:,} latents fire on 10 or more typical aligned tokens: at "
@@ -206,7 +208,7 @@ decoder cosine (Hungarian): **{seeds['match']['shared']:.3f}** of latents shared
 {seeds['match']['threshold']} (mean cosine of the pairs {seeds['match']['mean_similarity']:.3f}; random pairing
 {seeds['match']['null_mean']:.3f}); paired-decoder SVCCA {svcca(seeds['svcca'])}. An untrained SAE against a
 trained one (the negative control): shared {control['match']['shared']:.3f}, mean cosine
-{control['match']['mean_similarity']:.3f}.{longer_seeds(seeds_path)}
+{control['match']['mean_similarity']:.3f}.{longer_seeds(list(seeds_paths))}
 
 **Across models.** {aligned['rows']:,} aligned tokens of {aligned['texts']} texts ({aligned['outliers_dropped']} outlier rows
 dropped). Latents firing on at least {cross['min_firing']} of them: {cross['firing_a']:,} of SmolLM2's
@@ -401,8 +403,11 @@ def verdict_section(results: dict) -> str:
                      f"itself the source circuit reaches {native['faithfulness']:.2f} (p = {native['p_value']:.3f}).")
     features = results.get("features")
     if features:
+        longer = "".join(f"; {run['seed_stability']['match']['shared']:.3f} for {run['settings']['expansion'] * 576:,} "
+                         f"latents at {run['settings']['train_steps']} steps" for run in results.get("more_seeds", []))
         lines.append(f"- **SAE latents**: {features['seed_stability']['match']['shared']:.3f} shared between two seeds "
-                     f"on one model (short training: see the caveats); {features['cross_model']['match']['shared']:.2f} "
+                     f"on one model at {features['settings']['train_steps']} steps{longer} (short training: see the "
+                     f"caveats); {features['cross_model']['match']['shared']:.2f} "
                      f"of the firing pairs across models (shuffled-rows control "
                      f"{features['cross_model']['control_shared']:.2f}), their explanations agreeing for "
                      f"{features['transfer']['agree_rate'] or 0:.2f} of the top pairs against "
@@ -414,9 +419,10 @@ ALL_SECTIONS = ("grid", "organisms", "transfer", "roles")
 HEADER = """# Cross-model comparison: SmolLM2-135M against Gemma-3-270M
 
 Which findings on one model carry over to another of a different family, tokenizer, width and
-depth? Regenerated by `python examples/cross_model.py --features DIR/results.json` (after
-`python examples/compare_features_smollm2.py --out DIR`); every number below is computed there
-on 2 CPU cores. The methods are in [docs/compare.md](../compare.md).
+depth? Regenerated by `python examples/cross_model.py --features DIR/results.json --seeds
+DIR2/results.json DIR3/results.json` after `python examples/compare_features_smollm2.py --harvest 512
+--out DIR` and two `--seeds-only --tokens 4000000` runs (`--expansion 2 --out DIR2`, `--expansion 8
+--out DIR3`); every number below is computed there on 2 CPU cores. The methods are in [docs/compare.md](../compare.md).
 
 """
 
@@ -429,8 +435,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/cross-model"))
     parser.add_argument("--features", type=Path, default=None,
                         help="results.json of examples/compare_features_smollm2.py, for the SAE section")
-    parser.add_argument("--seeds", type=Path, default=None,
-                        help="results.json of a second compare_features_smollm2.py --seeds-only run")
+    parser.add_argument("--seeds", type=Path, nargs="*", default=[],
+                        help="results.json of further compare_features_smollm2.py --seeds-only runs")
     parser.add_argument("--sections", default=",".join(ALL_SECTIONS),
                         help="comma-separated: grid, organisms, transfer, roles")
     args = parser.parse_args()
@@ -455,6 +461,7 @@ def main() -> None:
         parts.append(text)
     if args.features is not None:
         parts.append(features_section(args.features, args.seeds))
+        results["more_seeds"] = [json.loads(path.read_text()) for path in args.seeds]
         results["features"] = json.loads(args.features.read_text())
     parts.insert(0, verdict_section(results))
     page = HEADER + "\n\n".join(parts) + "\n"
