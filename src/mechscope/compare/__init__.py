@@ -1,6 +1,6 @@
-"""Comparing models (issue 18, in progress): positions aligned across tokenizers,
-representation similarity with null baselines, latents matched across dictionaries (see
-docs/compare.md)."""
+"""Comparing models: positions aligned across tokenizers, representation similarity with null
+baselines, latents matched across seeds and models, probes and steering carried through a
+stitch, head roles and circuits mapped by role (see docs/compare.md)."""
 
 from mechscope.compare.align import Alignment, aligned_positions, typical_rows
 from mechscope.compare.circuit_transfer import (
