@@ -7,17 +7,9 @@ from typing import Annotated
 
 import typer
 
-from mechscope.cli.core import console, say
+from mechscope.cli.core import console, load_model_or_organism, say
 from mechscope.cli.options import Overwrite, Seed, choice, out_option
 from mechscope.compare.similarity import METRICS
-
-
-def _load(name: str):
-    """A model, or an organism (shipped name or folder) with its LoRA factors merged in."""
-    from mechscope.organisms.shipped import resolve_model
-
-    with console.status(f"loading {name} ..."):
-        return resolve_model(name)
 
 
 def compare(
@@ -61,7 +53,7 @@ def compare(
                              min_firing=min_firing, seed=seed)
     folder = prepare_compare_folder(out, options, overwrite, {"model_a": model_a, "model_b": model_b})
     say(folder.describe())
-    summary = run_compare(_load(model_a), _load(model_b), options, folder)
+    summary = run_compare(load_model_or_organism(model_a), load_model_or_organism(model_b), options, folder)
     console.print(f"{summary['aligned_positions']} aligned positions over {summary['texts']} texts "
                   f"({summary['dropped_outliers']} outlier rows dropped); {summary['layers_a']} x {summary['layers_b']} "
                   f"layers by {summary['metric']}; cells beyond their null: {summary['cells_beyond_null']}")

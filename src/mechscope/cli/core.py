@@ -79,6 +79,15 @@ def load_model(name: str | None) -> HookedModel:
         return mechscope.load(name)
 
 
+def load_model_or_organism(name: str) -> HookedModel:
+    """Load a model, or an organism (a shipped name or an organism folder, its LoRA factors
+    merged onto its recorded base), with a spinner."""
+    from mechscope.organisms.shipped import resolve_model
+
+    with console.status(f"loading {name} ..."):
+        return resolve_model(name)
+
+
 def say(line: str | None) -> None:
     """Print a line when there is one (e.g. what a run replaces in its output folder)."""
     if line:

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from mechscope import checks
-from mechscope.cli.core import console, say
+from mechscope.cli.core import console, load_model_or_organism, say
 from mechscope.cli.options import MODEL_HELP, Overwrite, Seed, finite, out_option
 
 WHICH = f"{MODEL_HELP}, an organism folder or a shipped organism's name"
@@ -96,7 +96,7 @@ def diff(
     dictionary = None if sae is None else load_dictionary(sae)  # a bad folder fails before any model loads
     folder = prepare_diff_folder(out, options, overwrite)
     say(folder.describe())
-    base_model = _load(base)
+    base_model = load_model_or_organism(base)
     if ft == base:
         ft_model = base_model  # the same model twice: one load, and every difference is exactly zero
     else:
@@ -105,14 +105,6 @@ def diff(
     result = run_diff(base_model, ft_model, folder, options, sae=dictionary, log=lambda line: say(f"- {line}"))
     _print_summary(result)
     console.print(f"\nreport: [bold]{folder / 'report.html'}[/bold]  numbers: {folder / 'diff.json'}")
-
-
-def _load(name: str):
-    """BASE through the organism resolver (a shipped name, an organism folder, or any model)."""
-    from mechscope.organisms.shipped import resolve_model
-
-    with console.status(f"loading {name} ..."):
-        return resolve_model(name)
 
 
 def _print_summary(result) -> None:
