@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from mechscope.cli.core import console, say
-from mechscope.cli.diff import WHICH, _load, _model_argument
+from mechscope.cli.core import console, load_model_or_organism, say
+from mechscope.cli.diff import WHICH, _model_argument
 from mechscope.cli.options import Overwrite, Seed, out_option
 
 
@@ -48,9 +48,9 @@ def audit(
                      n_neutral=config.n_neutral if neutral is None else min(config.n_neutral, len(neutral)))
     folder = prepare_audit_folder(out, {"ft": ft, "base": base, "config": asdict(config)}, overwrite)
     say(folder.describe())
-    base_model = None if base is None else _load(base)
+    base_model = None if base is None else load_model_or_organism(base)
     with console.status(f"loading {ft} ..."):
-        ft_model = _load(ft) if base_model is None else load_ft(ft, base_model)
+        ft_model = load_model_or_organism(ft) if base_model is None else load_ft(ft, base_model)
     if base_model is None:
         say("no --base: the tools that compare FT with its base are skipped (listed in the report)")
     result, summary = audit_to_folder(ft_model, base_model, folder, config, {"ft": ft, "base": base}, save_model,
