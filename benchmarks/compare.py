@@ -22,9 +22,10 @@ import time
 import torch
 
 import mechscope
-from mechscope.compare import aligned_activations, match_latents, similarity_grid, unbiased_hsic
+from mechscope.compare import aligned_activations, match_latents, similarity_grid
 from mechscope.compare.grid import scaled
 from mechscope.compare.runs import corpus_texts
+from mechscope.compare.similarity import _cka as gram_cka  # CKA of two Gram matrices
 from mechscope.compare.similarity import linear_cka
 
 
@@ -35,11 +36,6 @@ def texts_for(smol, gemma, tokens: int) -> list[str]:
     sample = aligned_activations(smol, gemma, texts[:20], [0], [0], progress=False)
     per_text = sample.pairs / 20
     return texts[:int(tokens / per_text * 1.05) + 1]
-
-
-def gram_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    k, m = x @ x.T, y @ y.T
-    return float(unbiased_hsic(k, m) / (unbiased_hsic(k, k) * unbiased_hsic(m, m)).sqrt())
 
 
 def grid_rows(tokens: int) -> None:
@@ -62,7 +58,7 @@ def grid_rows(tokens: int) -> None:
     features_value = linear_cka(x[:gram_rows], y[:gram_rows])
     features_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    gram_value = gram_cka(x[:gram_rows], y[:gram_rows])
+    gram_value = gram_cka(x[:gram_rows] @ x[:gram_rows].T, y[:gram_rows] @ y[:gram_rows].T)
     gram_seconds = time.perf_counter() - started
     print(f"\n{len(texts)} texts: {activations.pairs:,} aligned positions, {activations.dropped} outlier rows dropped, "
           f"{rows:,} rows; models + alignment {align_seconds:.1f} s")

@@ -134,13 +134,15 @@ class _Cells:
     """metric(A's layer, B's layer) on all rows, or on the null's rows with B's shuffled by ``order``."""
 
     def __init__(self, function, a: dict, b: dict, subset: torch.Tensor):
-        self.function, self.a, self.b, self.subset = function, a, b, subset
+        self.function, self.a, self.b = function, a, b
+        # The null's rows of every layer, taken once (not once per cell and shuffle).
+        self.a_rows = {layer: values[subset] for layer, values in a.items()}
+        self.b_rows = {layer: values[subset] for layer, values in b.items()}
 
     def __call__(self, layer_a: int, layer_b: int, order: torch.Tensor | None = None) -> float:
-        x, y = self.a[layer_a], self.b[layer_b]
         if order is None:
-            return self.function(x, y)
-        return self.function(x[self.subset], y[self.subset][order])
+            return self.function(self.a[layer_a], self.b[layer_b])
+        return self.function(self.a_rows[layer_a], self.b_rows[layer_b][order])
 
 
 class _LinearCkaCells(_Cells):
@@ -151,7 +153,8 @@ class _LinearCkaCells(_Cells):
         super().__init__(linear_cka, a, b, subset)
         self.full = {(side, layer): values - values.mean(0) for side, found in (("a", a), ("b", b))
                      for layer, values in found.items()}
-        self.rows = {key: values[subset] - values[subset].mean(0) for key, values in self.full.items()}
+        self.rows = {(side, layer): values - values.mean(0) for side, found in (("a", self.a_rows), ("b", self.b_rows))
+                     for layer, values in found.items()}
         self.self_full = {key: float(linear_hsic(values, values)) for key, values in self.full.items()}
         self.self_rows = {key: float(linear_hsic(values, values)) for key, values in self.rows.items()}
 
