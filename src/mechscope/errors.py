@@ -52,8 +52,13 @@ class FolderNotEmptyError(OutputFolderError, FileExistsError):
     """An output folder that already holds files the run would overwrite (also a ``FileExistsError``)."""
 
 
+class DistributedError(MechscopeError):
+    """A distributed run that cannot go on: ranks that disagree, or a rank that died or stalled."""
+
+
 __all__ = [
     "ConfigError",
+    "DistributedError",
     "FileFormatError",
     "FolderNotEmptyError",
     "HookFunctionError",

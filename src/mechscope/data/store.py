@@ -71,6 +71,17 @@ def contexts_sha256(contexts: torch.Tensor) -> str:
     return hashlib.sha256(contexts.detach().to("cpu", torch.int64).contiguous().numpy().tobytes()).hexdigest()
 
 
+def check_rank_share(rank: Any, world_size: Any, batch: int, batch_name: str, unit: str) -> tuple[int, int]:
+    """(rank, world_size), checked: each rank takes an equal share of every global batch."""
+    check_int("world_size", world_size, 1)
+    check_int("rank", rank, 0, world_size - 1)
+    if batch % world_size:
+        raise ConfigError(f"{batch_name}={batch} does not split evenly over {world_size} ranks: each rank takes an equal "
+                          f"share of every batch (unequal shares would weight the ranks' gradients unequally); use a "
+                          f"multiple of {world_size} {unit}")
+    return rank, world_size
+
+
 def _check_contexts(contexts: Any, model: HookedModel | None = None) -> torch.Tensor:
     """``contexts`` [n >= 1, pos >= 2] integer token ids (within the model's vocabulary)."""
     if not isinstance(contexts, torch.Tensor):
@@ -251,13 +262,19 @@ class StoredActivations:
     """Batches of stored activations for training: ``batch(step)`` -> [batch_size, d] of
     ``hook_name`` (or ``(input, target)`` when ``target_hook`` is given, for transcoders).
     Checksums, tensor names, token counts and widths are verified on first use of each shard.
-    An unfinished harvest is refused unless ``allow_partial=True``."""
+    An unfinished harvest is refused unless ``allow_partial=True``.
+
+    Data-parallel training: ``rank`` of ``world_size`` gets rows [rank * b, (rank + 1) * b) of
+    each global batch of ``batch_size`` rows (b = batch_size / world_size, which must divide);
+    the union over ranks is exactly the one-process batch, and the fingerprint (what a
+    checkpoint records) is the global one, so checkpoints move between world sizes."""
 
     def __init__(self, folder: str | Path, hook_name: str, batch_size: int = 4096, seed: int = 0,
-                 target_hook: str | None = None, allow_partial: bool = False):
+                 target_hook: str | None = None, allow_partial: bool = False, rank: int = 0, world_size: int = 1):
         self.folder = Path(folder)
         check_int("batch_size", batch_size, 1)
         check_int("seed", seed, None)
+        self.rank, self.world_size = check_rank_share(rank, world_size, batch_size, "batch_size", "rows")
         if not (self.folder / MANIFEST).exists():
             raise MissingFileError(f"no {MANIFEST} in {self.folder}: harvest activations there first")
         self.manifest = read_manifest(self.folder)
@@ -348,9 +365,11 @@ class StoredActivations:
         return {name: torch.cat(values) for name, values in pieces.items()}
 
     def batch(self, step: int):
-        """[batch_size, d] (or ``(input, target)``) for ``step`` >= 0."""
+        """[batch_size / world_size, d] (or ``(input, target)``) for ``step`` >= 0: this rank's
+        share of the global batch (all of it in a world of one)."""
         check_int("step", step, 0)
-        tokens = self.tokens(step * self.batch_size, self.batch_size)
+        share = self.batch_size // self.world_size
+        tokens = self.tokens(step * self.batch_size + self.rank * share, share)
         x = tokens[self.hook_name]
         return x if self.target_hook is None else (x, tokens[self.target_hook])
 
@@ -362,10 +381,12 @@ class ModelActivations:
     with ``target_hook``). ``hook_name`` may also be a list of hooks: then ``batch`` gives
     {hook: [rows, d]}, every hook from the same forward pass (what trains one dictionary per
     layer at the cost of one model run). Deterministic in (seed, step), so training resumes
-    exactly."""
+    exactly. ``rank`` of ``world_size`` runs only its equal share of each batch's contexts
+    (data-parallel training; the fingerprint stays the global one)."""
 
     def __init__(self, model: HookedModel, contexts: torch.Tensor, hook_name: str | list[str] | tuple[str, ...],
-                 batch_contexts: int = 32, seed: int = 0, target_hook: str | None = None):
+                 batch_contexts: int = 32, seed: int = 0, target_hook: str | None = None, rank: int = 0,
+                 world_size: int = 1):
         several = isinstance(hook_name, list | tuple)
         if several and target_hook is not None:
             raise ConfigError("with a list of hooks every hook is returned by name: list the target hook among them "
@@ -382,6 +403,7 @@ class ModelActivations:
         check_int("seed", seed, None)
         if batch_contexts > len(contexts):
             raise ConfigError(f"batch_contexts={batch_contexts} exceeds the {len(contexts)} contexts given")
+        self.rank, self.world_size = check_rank_share(rank, world_size, batch_contexts, "batch_contexts", "contexts")
         self.model, self.contexts, self.target_hook = model, contexts, target_hook
         self.hook_name: str | list[str] = hooks if several else hooks[0]
         self.batch_contexts, self.seed = batch_contexts, seed
@@ -401,7 +423,9 @@ class ModelActivations:
         check_int("step", step, 0)
         epoch, index = divmod(step, self.steps_per_epoch)
         order = torch.randperm(len(self.contexts), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
-        chosen = self.contexts[order[index * self.batch_contexts:(index + 1) * self.batch_contexts]]
+        share = self.batch_contexts // self.world_size  # this rank's contexts of the global batch
+        first = index * self.batch_contexts + self.rank * share
+        chosen = self.contexts[order[first:first + share]]
         several = isinstance(self.hook_name, list)
         names = list(self.hook_name) if several else [self.hook_name] + ([self.target_hook] if self.target_hook else [])
         _, cache = self.model.run_with_cache(chosen, names=names)

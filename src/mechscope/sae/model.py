@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mechscope.distributed import Ranks, global_kth_largest, global_mean
 from mechscope.errors import ConfigError, MechscopeError
 from mechscope.sae.config import SAEConfig
 from mechscope.sae.sparse import gathered_pre_activations, sparse_decode, top_k_sparse
@@ -151,9 +152,12 @@ class SAE(nn.Module):
         return self.decode(self.encode(x), x)
 
     # ------------------------------------------------------------------ training
-    def train_latents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_latents(self, x: torch.Tensor, ranks: Ranks | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(latents, pre-activations) of a training batch x [batch, d_in]; BatchTopK keeps the
-        k x batch largest activations of the whole batch and updates its threshold."""
+        k x batch largest activations of the whole batch and updates its threshold. With
+        ``ranks`` (data-parallel training, x this rank's share of an equal split), "the whole
+        batch" is every rank's rows together: the cut-off is the (k x global batch)-th largest
+        activation over all ranks, so each rank keeps exactly what one process would."""
         pre = self.pre_activations(x)
         architecture = self.cfg.architecture
         if architecture == "relu":
@@ -164,26 +168,38 @@ class SAE(nn.Module):
             return _top_k_rows(torch.relu(pre), self.cfg.k), pre
         positive = torch.relu(pre)
         mask = torch.zeros_like(positive, dtype=torch.bool)
+        split = ranks is not None and ranks.distributed
         for columns, k, group in self._budgets():
             part = positive[:, columns]
             flat = part.flatten()
-            keep = torch.zeros_like(flat, dtype=torch.bool)
-            keep[flat.topk(min(flat.numel(), k * positive.shape[0])).indices] = True
+            if split:
+                cut = global_kth_largest(ranks, flat.detach(), k * positive.shape[0] * ranks.world_size)
+                keep = flat >= cut  # ties at a positive cut have probability zero; zeros add nothing
+            else:
+                keep = torch.zeros_like(flat, dtype=torch.bool)
+                keep[flat.topk(min(flat.numel(), k * positive.shape[0])).indices] = True
             mask[:, columns] = keep.view_as(part)
             with torch.no_grad():
                 kept = flat[keep & (flat > 0)]
-                if kept.numel():
+                smallest = kept.min() if kept.numel() else flat.new_tensor(float("inf"))
+                if split:  # the whole batch's smallest kept activation, equal on every rank
+                    smallest = ranks.all_reduce(smallest, op="min", what="the BatchTopK threshold")
+                if bool(torch.isfinite(smallest)):
                     threshold = self.batch_threshold if group is None else self.group_thresholds[group]
-                    smallest = kept.min()
                     threshold.copy_(smallest if float(threshold) == 0 else 0.99 * threshold + 0.01 * smallest)
         return positive * mask, pre
 
     def loss(self, x: torch.Tensor, target: torch.Tensor, dead: torch.Tensor | None = None,
-             aux_k: int = 0, aux_coefficient: float = 1 / 32) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+             aux_k: int = 0, aux_coefficient: float = 1 / 32,
+             ranks: Ranks | None = None) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         """(total loss, its parts, fired [d_sae] bool) for x [batch, d_in] and target [batch,
         d_out]. Reconstruction is the squared error summed over dimensions, mean over the batch;
         ``parts`` also holds the batch's mean L0. ``dead`` [d_sae] bool marks latents to revive
-        with the AuxK loss (TopK family). TopK trains through the sparse path (sae.sparse)."""
+        with the AuxK loss (TopK family). TopK trains through the sparse path (sae.sparse).
+        ``ranks``: x is this rank's equal share of a data-parallel batch; BatchTopK's cut-off and
+        AuxK's normaliser then come from the global batch, so the gradients averaged over ranks
+        equal one process's on the whole batch (``fired`` stays this rank's: the trainer
+        reduces it)."""
         cfg = self.cfg
         self._check_width(x, cfg.d_in, "the input x")
         self._check_width(target, cfg.output_dim, "the target")
@@ -197,7 +213,7 @@ class SAE(nn.Module):
             fired[indices[active]] = True
             l0 = active.sum(-1).float().mean()
         else:
-            latents, pre = self.train_latents(x)
+            latents, pre = self.train_latents(x, ranks)
             out = latents @ self.W_dec + self.b_dec + skip
             fired, l0 = (latents > 0).any(0), (latents > 0).sum(-1).float().mean()
         if cfg.architecture == "matryoshka":
@@ -217,15 +233,16 @@ class SAE(nn.Module):
             parts["l0_penalty"] = float(cfg.l0_coefficient * penalty.detach())
             total = total + cfg.l0_coefficient * penalty
         elif dead is not None and aux_k > 0 and bool(dead.any()):
-            aux = self._aux_k_loss(x, pre, (target - out).detach(), dead, min(aux_k, int(dead.sum())))
+            aux = self._aux_k_loss(x, pre, (target - out).detach(), dead, min(aux_k, int(dead.sum())), ranks)
             parts["aux"] = float(aux.detach())
             total = total + aux_coefficient * aux
         return total, parts, fired
 
     def _aux_k_loss(self, x: torch.Tensor, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor,
-                    aux_k: int) -> torch.Tensor:
+                    aux_k: int, ranks: Ranks | None = None) -> torch.Tensor:
         """AuxK (Gao et al. 2024): the top ``aux_k`` dead latents of each row must explain the
-        residual [batch, d_out] the live ones missed; normalised by the residual's size."""
+        residual [batch, d_out] the live ones missed; normalised by the residual's size (over
+        the global batch when ``ranks`` splits it)."""
         if self.cfg.architecture == "topk":  # pre is detached there: recompute what needs gradients
             centred = x if self.cfg.is_transcoder else x - self.b_dec
             dead_latents = dead.nonzero().flatten()
@@ -245,7 +262,9 @@ class SAE(nn.Module):
                 explained = sparse_decode(values * dead[indices], indices, self.W_dec)
         else:
             explained = _top_k_rows(torch.relu(pre).masked_fill(~dead, 0.0), aux_k) @ self.W_dec
-        return ((explained - residual) ** 2).sum(-1).mean() / residual.pow(2).sum(-1).mean().clamp_min(1e-12)
+        size = residual.pow(2).sum(-1)
+        normaliser = global_mean(ranks, size) if ranks is not None else size.mean()
+        return ((explained - residual) ** 2).sum(-1).mean() / normaliser.clamp_min(1e-12)
 
     @torch.no_grad()
     def after_step(self) -> None:

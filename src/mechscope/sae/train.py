@@ -27,6 +27,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -38,6 +39,15 @@ from mechscope.checkpoints import (
     optimiser_tensors,
     save_checkpoint,
 )
+from mechscope.distributed import (
+    Ranks,
+    any_rank,
+    average_gradients,
+    broadcast_parameters,
+    check_same_settings,
+    global_mean,
+)
+from mechscope.distributed.files import main_rank_lock
 from mechscope.errors import (
     ConfigError,
     FileFormatError,
@@ -47,15 +57,19 @@ from mechscope.errors import (
     ResumeError,
 )
 from mechscope.files import read_json, read_safetensors
-from mechscope.locks import folder_lock
 from mechscope.sae.config import SAEConfig
 from mechscope.sae.model import SAE
-from mechscope.validate import check_finite, check_int, check_number
+from mechscope.validate import check_choice, check_finite, check_int, check_number
 
 CHECKPOINT_FORMAT = 2
 # TrainConfig fields that do not change the trained weights (only how often they are saved).
 RESUME_FREE_FIELDS = ("checkpoint_every",)
 REMEDY = "delete the checkpoint folder (training starts over) or use another one"
+TrainDtype = Literal["float32", "float64"]
+# How batch-level statistics (BatchTopK cut-off, AuxK normaliser, dead latents, input scale) are
+# taken in a data-parallel run: "global" is the only correct choice; "per_rank" reproduces the
+# mistake of computing them on each rank's share (the negative control of tests and benchmarks).
+BatchStatistics = Literal["global", "per_rank"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     normalise_inputs: bool = True
     seed: int = 0
+    dtype: TrainDtype = "float32"
 
     def __post_init__(self) -> None:
         check_int("steps", self.steps, 1)
@@ -86,6 +101,11 @@ class TrainConfig:
         if not isinstance(self.normalise_inputs, bool):
             raise ConfigError(f"normalise_inputs must be True or False; got {self.normalise_inputs!r}")
         check_int("seed", self.seed, None)
+        check_choice("dtype", self.dtype, TrainDtype)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -99,8 +119,8 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return 1.0
 
 
-def _checked_tensor(tensor, what: str, step: int) -> torch.Tensor:
-    """``tensor`` as float32 if it is a finite, non-empty, 2-D floating tensor [batch, d]."""
+def _checked_tensor(tensor, what: str, step: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``tensor`` as ``dtype`` if it is a finite, non-empty, 2-D floating tensor [batch, d]."""
     if not isinstance(tensor, torch.Tensor) or tensor.dim() != 2 or not tensor.is_floating_point():
         described = f"{tensor.dtype} {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
         raise InputTypeError(f"data.batch({step}) {what} must be a floating tensor [batch, d]; got {described}")
@@ -111,7 +131,7 @@ def _checked_tensor(tensor, what: str, step: int) -> torch.Tensor:
     except NonFiniteError as error:
         raise NonFiniteError(f"{error}. Training stopped at step {step}; checkpoints hold only earlier steps. "
                              "Find the NaN or inf in the data (a harvest in float16 can overflow)") from error
-    return tensor.float()
+    return tensor.to(dtype)
 
 
 def _named_pairs(batch: dict, step: int, configs: list[SAEConfig]) -> list[tuple[str, str | None]]:
@@ -129,7 +149,8 @@ def _named_pairs(batch: dict, step: int, configs: list[SAEConfig]) -> list[tuple
     return pairs
 
 
-def _checked_batch(data, step: int, configs: list[SAEConfig]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+def _checked_batch(data, step: int, configs: list[SAEConfig],
+                   dtype: torch.dtype = torch.float32) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Each dictionary's (x [batch, d_in], target [batch, d_out] or None) from ``data.batch(step)``
     as float32, checked: 2-D finite floating tensors of the dictionary's widths, pairs for
     transcoders. The batch is x, (x, target) shared by every dictionary, or {hook: tensor}
@@ -137,7 +158,7 @@ def _checked_batch(data, step: int, configs: list[SAEConfig]) -> list[tuple[torc
     batch = data.batch(step)
     if isinstance(batch, dict):
         pairs = _named_pairs(batch, step, configs)
-        tensors = {name: _checked_tensor(batch[name], name, step)
+        tensors = {name: _checked_tensor(batch[name], name, step, dtype)
                    for name in dict.fromkeys(n for pair in pairs for n in pair if n is not None)}
         found = [(tensors[x], None if target is None else tensors[target]) for x, target in pairs]
     else:
@@ -148,8 +169,8 @@ def _checked_batch(data, step: int, configs: list[SAEConfig]) -> list[tuple[torc
             x, target = batch
         else:
             x, target = batch, None
-        x = _checked_tensor(x, "inputs", step)
-        target = None if target is None else _checked_tensor(target, "targets", step)
+        x = _checked_tensor(x, "inputs", step, dtype)
+        target = None if target is None else _checked_tensor(target, "targets", step, dtype)
         found = [(x, target if cfg.is_transcoder else None) for cfg in configs]
         for index, cfg in enumerate(configs):
             if cfg.is_transcoder and target is None:
@@ -194,8 +215,8 @@ def _data_fingerprint(data) -> dict:
 class _Run:
     """One dictionary's training state: model, optimiser, dead-latent counters, scales."""
 
-    def __init__(self, cfg: SAEConfig, seed: int, lr: float):
-        self.sae = SAE(cfg, seed=seed)
+    def __init__(self, cfg: SAEConfig, seed: int, lr: float, dtype: torch.dtype = torch.float32):
+        self.sae = SAE(cfg, seed=seed).to(dtype)
         self.optimiser = torch.optim.Adam(self.sae.parameters(), lr=lr, betas=(0.9, 0.999))
         self.since_fired = torch.zeros(cfg.d_sae, dtype=torch.long)
         self.scale_in = self.scale_out = 1.0
@@ -232,12 +253,28 @@ def _check_weights_finite(runs: list[_Run], step: int) -> None:
                          "checkpoint or result was written with it)", tensor)
 
 
-def _save_checkpoint(folder: Path, step: int, runs: list[_Run], config: TrainConfig, data_fingerprint: dict) -> None:
+def _weights_digest(runs: list[_Run]) -> str:
+    digest = hashlib.sha256()
+    for run in runs:
+        for name, tensor in run.sae.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _save_checkpoint(folder: Path, step: int, runs: list[_Run], config: TrainConfig, data_fingerprint: dict,
+                     ranks: Ranks) -> None:
+    """Rank 0 writes the checkpoint (the same files one process writes: the ranks' states are
+    equal, which is checked first); every rank returns once it is on disk."""
     _check_weights_finite(runs, step)
+    # Data-parallel ranks must hold the same weights: a difference means a rank saw other data
+    # or ran other code, and its checkpoint would not be the run's.
+    check_same_settings(ranks, f"weights after step {step}", {"weights_sha256": _weights_digest(runs)})
     files = {f"dictionary_{index}.safetensors": run.state_tensors() for index, run in enumerate(runs)}
     meta = {"format": CHECKPOINT_FORMAT, "train": asdict(config), "data": data_fingerprint,
-            "configs": [run.sae.cfg.to_dict() for run in runs], "scales": [[run.scale_in, run.scale_out] for run in runs]}
-    save_checkpoint(folder, step, files, meta)
+            "configs": [run.sae.cfg.to_dict() for run in runs], "scales": [[run.scale_in, run.scale_out] for run in runs],
+            "world_size": ranks.world_size}  # informative only: a checkpoint resumes on any world size
+    ranks.on_main(lambda: str(save_checkpoint(folder, step, files, meta)), f"writing the checkpoint of step {step}")
 
 
 def _load_checkpoint(folder: Path, runs: list[_Run], configs: list[SAEConfig], config: TrainConfig,
@@ -265,7 +302,8 @@ def _load_checkpoint(folder: Path, runs: list[_Run], configs: list[SAEConfig], c
         for index, (old, new) in enumerate(zip(saved, configs)):
             changes += differences(f"dictionary {index} ", old.to_dict(), new.to_dict())
     other_dictionaries = bool(changes)
-    changes += differences("", meta["train"], asdict(config), skip=RESUME_FREE_FIELDS)
+    recorded = {"dtype": "float32", **meta["train"]} if isinstance(meta["train"], dict) else meta["train"]
+    changes += differences("", recorded, asdict(config), skip=RESUME_FREE_FIELDS)
     changes += differences("data ", meta["data"], data_fingerprint)
     if changes:
         made = "for other dictionaries" if other_dictionaries else "with other settings or data"
@@ -294,10 +332,21 @@ def _load_checkpoint(folder: Path, runs: list[_Run], configs: list[SAEConfig], c
 
 
 def train(configs: SAEConfig | list[SAEConfig], data, config: TrainConfig,
-          checkpoint_dir: str | Path | None = None, progress: bool = True) -> list[SAE]:
+          checkpoint_dir: str | Path | None = None, progress: bool = True, ranks: Ranks | None = None,
+          batch_statistics: BatchStatistics = "global") -> list[SAE]:
     """Train one dictionary per config on the same batches; returns them with the input
     scaling folded into their weights (they take raw activations). An SAE reconstructs the
-    batch's input; a transcoder predicts its target (data must give pairs)."""
+    batch's input; a transcoder predicts its target (data must give pairs).
+
+    Data-parallel with ``ranks`` of a world above one (see :mod:`mechscope.distributed`): each
+    rank's ``data`` gives its equal share of the global batch (``StoredActivations`` /
+    ``ModelActivations`` built with the same ``rank`` and ``world_size``); gradients are
+    averaged over ranks, and the batch statistics (input scale, BatchTopK cut-off, AuxK
+    normaliser, dead latents) are taken over the global batch, so the run equals one process
+    on the whole batch. Rank 0 writes the checkpoints, the same files one process writes:
+    a run resumes on any world size. ``batch_statistics="per_rank"`` takes those statistics on
+    each rank's share instead: wrong, kept only as the negative control that shows the
+    difference."""
     configs = [configs] if isinstance(configs, SAEConfig) else list(configs)
     if not configs or not all(isinstance(cfg, SAEConfig) for cfg in configs):
         raise InputTypeError(f"train needs one or more SAEConfig; got {configs!r}")
@@ -305,69 +354,106 @@ def train(configs: SAEConfig | list[SAEConfig], data, config: TrainConfig,
         raise InputTypeError(f"config must be a TrainConfig; got {type(config).__name__}")
     if not callable(getattr(data, "batch", None)):
         raise InputTypeError(f"data must have a batch(step) method; got {type(data).__name__}")
+    ranks = ranks if ranks is not None else Ranks()
+    if not isinstance(ranks, Ranks):
+        raise InputTypeError(f"ranks must be a mechscope.distributed.Ranks (from join()); got {type(ranks).__name__}")
+    check_choice("batch_statistics", batch_statistics, BatchStatistics)
+    _check_data_split(data, ranks)
     if checkpoint_dir is None:
-        return _train(configs, data, config, None, progress)
+        return _train(configs, data, config, None, progress, ranks, batch_statistics)
     folder = Path(checkpoint_dir)
     if folder.exists() and not folder.is_dir():
         raise OutputFolderError(f"{folder} is a file, not a checkpoint folder")
     folder.mkdir(parents=True, exist_ok=True)
-    with folder_lock(folder, "training run"):
-        return _train(configs, data, config, folder, progress)
+    with main_rank_lock(ranks, folder, "training run"):
+        return _train(configs, data, config, folder, progress, ranks, batch_statistics)
 
 
-def _train(configs: list[SAEConfig], data, config: TrainConfig, folder: Path | None, progress: bool) -> list[SAE]:
-    runs = [_Run(cfg, seed=config.seed + index, lr=config.lr) for index, cfg in enumerate(configs)]
+def _check_data_split(data, ranks: Ranks) -> None:
+    """Under a world of several ranks the data must split each batch among exactly those ranks."""
+    rank, world = getattr(data, "rank", 0), getattr(data, "world_size", 1)
+    if (rank, world) != (ranks.rank, ranks.world_size):
+        raise ConfigError(f"this is rank {ranks.rank} of {ranks.world_size}, but the data gives the share of rank "
+                          f"{rank} of {world}: build it with rank={ranks.rank}, world_size={ranks.world_size} "
+                          "(StoredActivations / ModelActivations), so each rank trains on its own part of the batch")
+
+
+def _train(configs: list[SAEConfig], data, config: TrainConfig, folder: Path | None, progress: bool,
+           ranks: Ranks, batch_statistics: str) -> list[SAE]:
+    runs = [_Run(cfg, seed=config.seed + index, lr=config.lr, dtype=config.torch_dtype)
+            for index, cfg in enumerate(configs)]
     fingerprint = _data_fingerprint(data) if folder is not None else {}
+    check_same_settings(ranks, "training settings", {"configs": [cfg.to_dict() for cfg in configs],
+                                                     "train": asdict(config), "data": fingerprint or
+                                                     _data_fingerprint(data), "batch_statistics": batch_statistics})
     start = _load_checkpoint(folder, runs, configs, config, fingerprint) if folder is not None else 0
+    if ranks.distributed:  # every rank resumes from the same state, with an equal share of each batch
+        check_same_settings(ranks, "checkpoint to resume from and share of the batch",
+                            {"start": start, "weights": _weights_digest(runs),
+                             "rows": [x.shape[0] for x, _ in _checked_batch(data, start % config.steps, configs)]})
+    for run in runs:
+        broadcast_parameters(ranks, run.sae.parameters())
+    statistics = ranks if batch_statistics == "global" else Ranks()
     if start == 0 and config.normalise_inputs:
-        for run, (x, target) in zip(runs, _checked_batch(data, 0, configs)):
+        for run, (x, target) in zip(runs, _checked_batch(data, 0, configs, config.torch_dtype)):
             goal = target if run.sae.cfg.is_transcoder else x
-            norm_in, norm_out = x.norm(dim=-1).mean(), goal.norm(dim=-1).mean()
+            norm_in, norm_out = global_mean(statistics, x.norm(dim=-1)), global_mean(statistics, goal.norm(dim=-1))
             if float(norm_in) == 0 or float(norm_out) == 0:
                 raise ConfigError("data.batch(0) is all zeros, so inputs cannot be normalised: check the hook point, "
                                   "or set normalise_inputs=False")
             run.scale_in = float(run.sae.cfg.d_in**0.5 / norm_in)
             run.scale_out = float(run.sae.cfg.output_dim**0.5 / norm_out)
-    bar = tqdm(range(start, config.steps), desc="training dictionaries", disable=not progress,
+    bar = tqdm(range(start, config.steps), desc="training dictionaries", disable=not (progress and ranks.is_main),
                initial=start, total=config.steps)
     for step in bar:
-        for index, (run, (x, target)) in enumerate(zip(runs, _checked_batch(data, step, configs))):
-            _train_step(run, index, x, x if target is None else target, step, config)
+        batch = _checked_batch(data, step, configs, config.torch_dtype)
+        fired = [_train_step(run, index, x, x if target is None else target, step, config, statistics)
+                 for index, (run, (x, target)) in enumerate(zip(runs, batch))]
+        # One all-reduce for every dictionary's gradients, then each steps on the average.
+        average_gradients(ranks, [p for run in runs for p in run.sae.parameters()])
+        rows = batch[0][0].shape[0] * statistics.world_size  # equal shares: checked at the start
+        for run, fired_here in zip(runs, fired):
+            run.optimiser.step()
+            run.sae.after_step()
+            everywhere = any_rank(statistics, fired_here)
+            run.since_fired = torch.where(everywhere, torch.zeros_like(run.since_fired), run.since_fired + int(rows))
         if folder is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
-            _save_checkpoint(folder, step, runs, config, fingerprint)
+            _save_checkpoint(folder, step, runs, config, fingerprint, ranks)
         first = runs[0].last
         bar.set_postfix(l0=f"{first.get('l0', 0):.1f}", fvu=f"{first.get('fvu', 0):.3f}")
     _check_weights_finite(runs, config.steps - 1)
     return [_folded(run) for run in runs]
 
 
-def _train_step(run: _Run, index: int, x: torch.Tensor, target: torch.Tensor, step: int, config: TrainConfig) -> None:
-    """One Adam step on x [batch, d_in] -> target [batch, d_out]; a non-finite loss stops
-    training before the update (so the weights, and every checkpoint, stay finite)."""
+def _train_step(run: _Run, index: int, x: torch.Tensor, target: torch.Tensor, step: int, config: TrainConfig,
+                statistics: Ranks) -> torch.Tensor:
+    """The loss and gradients of x [batch, d_in] -> target [batch, d_out] (the update itself
+    follows, after the gradients are averaged over ranks); returns which latents fired
+    [d_sae] here. A non-finite loss stops training before any update (so the weights, and
+    every checkpoint, stay finite)."""
     sae, cfg = run.sae, run.sae.cfg
     x_scaled, target_scaled = x * run.scale_in, target * run.scale_out
     for group in run.optimiser.param_groups:
         group["lr"] = config.lr * lr_factor(step, config)
     dead = run.since_fired >= config.dead_after_tokens
     aux_k = config.aux_k if config.aux_k is not None else max(1, cfg.d_in // 2)
-    loss, parts, fired = sae.loss(x_scaled, target_scaled, dead, aux_k, config.aux_coefficient)
+    loss, parts, fired = sae.loss(x_scaled, target_scaled, dead, aux_k, config.aux_coefficient,
+                                  statistics if statistics.distributed else None)
     if not bool(torch.isfinite(loss.detach())):
         raise NonFiniteError(f"the loss of dictionary {index} ({cfg.architecture}) is {float(loss.detach())} at step {step} "
                              f"(parts: {parts}) though the batch is finite: its values overflow, or lr={config.lr} "
                              "is too high. Training stopped before this update; checkpoints hold earlier steps")
     run.optimiser.zero_grad(set_to_none=True)
     loss.backward()
-    run.optimiser.step()
-    sae.after_step()
     with torch.no_grad():
-        run.since_fired = torch.where(fired, torch.zeros_like(run.since_fired), run.since_fired + x.shape[0])
         variance = (target_scaled - target_scaled.mean(0)).pow(2).sum(-1).mean()
         run.last = {**parts, "fvu": parts["mse"] / float(variance.clamp_min(1e-12)), "dead": float(dead.float().mean())}
+    return fired
 
 
 def _folded(run: _Run) -> SAE:
     """A copy of the run's SAE that takes raw activations: the input / output scales folded in."""
-    sae = SAE(run.sae.cfg)
+    sae = SAE(run.sae.cfg).to(run.sae.W_enc.dtype)
     sae.load_state_dict(run.sae.state_dict())
     s_in, s_out = run.scale_in, run.scale_out
     with torch.no_grad():
@@ -380,4 +466,4 @@ def _folded(run: _Run) -> SAE:
     return sae
 
 
-__all__ = ["RESUME_FREE_FIELDS", "TrainConfig", "lr_factor", "train"]
+__all__ = ["RESUME_FREE_FIELDS", "BatchStatistics", "TrainConfig", "TrainDtype", "lr_factor", "train"]

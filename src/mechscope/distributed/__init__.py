@@ -1,0 +1,31 @@
+"""Scale-out on ``torch.distributed`` (torchrun; gloo on CPU, NCCL on GPUs, one code path).
+
+``join`` gives this process's :class:`Ranks` (a world of one without a launcher); the
+collectives on it fail with a clear :class:`~mechscope.errors.DistributedError` instead of
+hanging. ``reduce`` computes a data-parallel step's batch statistics over the global batch;
+``merge`` combines per-rank top-k lists, histograms and independent jobs exactly;
+``run_ranks`` starts N local ranks without torchrun (tests, benchmarks).
+"""
+
+from mechscope.distributed.files import main_rank_lock
+from mechscope.distributed.group import (
+    DistributedConfig,
+    Ranks,
+    check_same_settings,
+    join,
+    launched_by_torchrun,
+    leave,
+    settings_digest,
+)
+from mechscope.distributed.launch import RankOutcome, run_ranks
+from mechscope.distributed.reduce import (
+    any_rank,
+    average_gradients,
+    broadcast_parameters,
+    global_kth_largest,
+    global_mean,
+)
+
+__all__ = ["DistributedConfig", "RankOutcome", "Ranks", "any_rank", "average_gradients", "broadcast_parameters",
+           "check_same_settings", "global_kth_largest", "global_mean", "join", "launched_by_torchrun", "leave", "main_rank_lock",
+           "run_ranks", "settings_digest"]

@@ -1,0 +1,40 @@
+"""Shared output folders under several ranks: one writer holds the folder's lock.
+
+Every rank of a run writes into the same folder (shards, checkpoints), so the per-folder lock
+that keeps two runs apart is taken by rank 0 for the whole group: a second run is refused on
+every rank, and ranks of one run never refuse each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from mechscope.distributed.group import Ranks
+from mechscope.errors import OutputFolderError
+from mechscope.locks import folder_lock
+
+
+@contextlib.contextmanager
+def main_rank_lock(ranks: Ranks, folder: Path, purpose: str) -> Iterator[None]:
+    """Hold ``folder``'s lock on rank 0 while the block runs on every rank; if rank 0 cannot
+    take it (another run writes there), every rank raises the same OutputFolderError."""
+    with contextlib.ExitStack() as stack:
+        outcome = {"ok": True}
+        if ranks.is_main:
+            try:
+                stack.enter_context(folder_lock(folder, purpose))
+            except OutputFolderError as error:
+                if not ranks.distributed:
+                    raise
+                outcome = {"ok": False, "error": str(error)}
+        shared = ranks.broadcast_json(outcome, f"taking the lock of {folder}")
+        if not shared["ok"]:
+            raise OutputFolderError(shared["error"])
+        yield
+        # Nobody leaves (and rank 0 releases the lock) before every rank is done writing.
+        ranks.barrier(f"finishing in {folder}")
+
+
+__all__ = ["main_rank_lock"]

@@ -1,0 +1,99 @@
+"""What each rank runs in the distributed tests (importable, so spawned processes can find it).
+
+Every function takes the rank's :class:`~mechscope.distributed.Ranks` first and writes what it
+found under ``out`` (safetensors for weights, JSON for outcomes): the test, in the parent
+process, compares those files with a one-process run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from mechscope.data import StoredActivations
+from mechscope.errors import DistributedError
+from mechscope.sae import SAEConfig
+from mechscope.sae.train import TrainConfig, train
+
+HOOK = "blocks.1.hook_resid_post"
+GLOBAL_BATCH = 64
+
+
+def sae_config(architecture: str, d_in: int) -> SAEConfig:
+    return SAEConfig(d_in, 48, architecture, k=4, hook_name=HOOK)
+
+
+def train_config(**changes) -> TrainConfig:
+    # Latents are "dead" after 2 batches without firing, so AuxK and the dead counts take part.
+    settings = {"steps": 8, "lr": 1e-2, "warmup_steps": 2, "dead_after_tokens": 2 * GLOBAL_BATCH, "dtype": "float64",
+                **changes}
+    return TrainConfig(**settings)
+
+
+def store_data(store: str, ranks=None) -> StoredActivations:
+    rank, world = (ranks.rank, ranks.world_size) if ranks is not None else (0, 1)
+    return StoredActivations(store, HOOK, batch_size=GLOBAL_BATCH, seed=3, rank=rank, world_size=world)
+
+
+class StopsAt:
+    """Data that raises at ``step`` (a run interrupted there, on every rank); otherwise ``data``."""
+
+    def __init__(self, data, step: int):
+        self.data, self.step, self.rank, self.world_size = data, step, data.rank, data.world_size
+
+    def fingerprint(self) -> dict:
+        return self.data.fingerprint()
+
+    def batch(self, step: int):
+        if step == self.step:
+            raise KeyboardInterrupt(f"interrupted at step {step}")
+        return self.data.batch(step)
+
+
+class DiesAt(StopsAt):
+    """On rank 1: the process exits at ``step`` without a word (a crashed or killed rank)."""
+
+    def batch(self, step: int):
+        if step == self.step and self.rank == 1:
+            os._exit(3)
+        return self.data.batch(step)
+
+
+def _save(ranks, out: Path, name: str, sae) -> None:
+    save_file({k: v.contiguous() for k, v in sae.state_dict().items()}, str(out / f"{name}.rank{ranks.rank}.safetensors"))
+
+
+def training_scenarios(ranks, store: str, out: str, d_in: int) -> None:
+    """Trainings on an equal split of each global batch, a mismatched start, an interrupted
+    checkpointed run and a rank that dies, in that order."""
+    out = Path(out)
+    for architecture, statistics in (("topk", "global"), ("batchtopk", "global"), ("batchtopk", "per_rank")):
+        (sae,) = train(sae_config(architecture, d_in), store_data(store, ranks), train_config(), progress=False,
+                       ranks=ranks, batch_statistics=statistics)
+        _save(ranks, out, f"{architecture}-{statistics}", sae)
+    try:  # rank 1 was started with another learning rate
+        train(sae_config("topk", d_in), store_data(store, ranks), train_config(lr=1e-2 if ranks.rank == 0 else 2e-2),
+              progress=False, ranks=ranks)
+        mismatch = "no error"
+    except DistributedError as error:
+        mismatch = str(error)
+    (out / f"mismatch.rank{ranks.rank}.json").write_text(json.dumps(mismatch))
+    try:  # checkpoints every 4 steps; interrupted at step 6, so step-3 is the last checkpoint
+        train(sae_config("batchtopk", d_in), StopsAt(store_data(store, ranks), 6),
+              train_config(steps=10, checkpoint_every=4), out / "checkpoints", progress=False, ranks=ranks)
+    except KeyboardInterrupt:
+        pass
+    ranks.barrier()
+    started = time.monotonic()
+    try:
+        train(sae_config("topk", d_in), DiesAt(store_data(store, ranks), 2), train_config(), progress=False,
+              ranks=ranks)
+        outcome = {"error": None}
+    except DistributedError as error:
+        outcome = {"error": str(error)}
+    outcome["seconds"] = time.monotonic() - started
+    (out / f"dead.rank{ranks.rank}.json").write_text(json.dumps(outcome))

@@ -1,0 +1,110 @@
+"""Data-parallel dictionary training on 2 real gloo ranks (spawned here, file:// rendezvous)
+equals one process on the whole batch; the per-rank BatchTopK control does not; bad starts
+and dead ranks end with clear errors; checkpoints resume on another world size."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mechscope
+from mechscope.data import harvest
+from mechscope.distributed import Ranks, run_ranks
+from mechscope.errors import ConfigError, InputTypeError
+from mechscope.sae.train import train
+from tests.unit import distributed_ranks as scenario
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny llama's activations harvested in float64, then every training scenario on 2 ranks."""
+    folder = tmp_path_factory.mktemp("distributed")
+    model = mechscope.load_tiny("llama")
+    contexts = torch.randint(3, model.cfg.d_vocab, (40, 17), generator=torch.Generator().manual_seed(0))
+    harvest(model, contexts, folder / "store", [scenario.HOOK], shard_contexts=8, dtype=torch.float64, progress=False)
+    out = folder / "out"
+    out.mkdir()
+    outcomes = run_ranks(scenario.training_scenarios, 2, folder / "work", str(folder / "store"), str(out),
+                         model.cfg.d_model, timeout_s=240, collective_timeout_s=30)
+    return folder, out, outcomes, model.cfg.d_model
+
+
+def one_process(folder, d_in, architecture, **changes):
+    (sae,) = train(scenario.sae_config(architecture, d_in), scenario.store_data(folder / "store"),
+                   scenario.train_config(**changes), progress=False)
+    return sae.state_dict()
+
+
+def largest_difference(a: dict, b: dict) -> float:
+    assert set(a) == set(b)
+    return max(float((a[name] - b[name]).abs().max()) for name in a)
+
+
+@pytest.mark.parametrize("architecture", ["topk", "batchtopk"])
+def test_two_ranks_of_32_equal_one_process_of_64(trained, architecture):
+    folder, out, outcomes, d_in = trained
+    single = one_process(folder, d_in, architecture)
+    for rank in (0, 1):
+        both = load_file(str(out / f"{architecture}-global.rank{rank}.safetensors"))
+        assert both["W_enc"].dtype == torch.float64
+        assert largest_difference(both, single) < 1e-10
+    # The run moved: a test of equality between two untrained dictionaries could not fail.
+    assert largest_difference(single, scenario_untrained(d_in, architecture)) > 1e-2
+
+
+def scenario_untrained(d_in, architecture):
+    return mechscope.sae.SAE(scenario.sae_config(architecture, d_in)).double().state_dict()
+
+
+def test_per_rank_batchtopk_cutoff_diverges_from_one_process(trained):
+    """The negative control: the same run with BatchTopK's cut-off, AuxK and dead counts taken
+    on each rank's half of the batch is another function of the data."""
+    folder, out, _, d_in = trained
+    single = one_process(folder, d_in, "batchtopk")
+    per_rank = load_file(str(out / "batchtopk-per_rank.rank0.safetensors"))
+    assert largest_difference(per_rank, single) > 1e-3
+
+
+def test_ranks_started_with_different_settings_are_refused_on_every_rank(trained):
+    _, out, _, _ = trained
+    for rank in (0, 1):
+        message = json.loads((out / f"mismatch.rank{rank}.json").read_text())
+        assert "different training settings" in message and "train" in message and "0.02" in message
+
+
+def test_resume_on_one_process_after_an_interrupted_two_rank_run(trained):
+    folder, out, _, d_in = trained
+    checkpoints = out / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == "step-3"
+    assert json.loads((checkpoints / "step-3" / "state.json").read_text())["world_size"] == 2
+    config = scenario.train_config(steps=10, checkpoint_every=4)
+    (resumed,) = train(scenario.sae_config("batchtopk", d_in), scenario.store_data(folder / "store"), config,
+                       checkpoints, progress=False)
+    (straight,) = train(scenario.sae_config("batchtopk", d_in), scenario.store_data(folder / "store"), config,
+                        progress=False)
+    assert largest_difference(resumed.state_dict(), straight.state_dict()) < 1e-10
+
+
+def test_a_dead_rank_stops_the_other_with_a_clear_error(trained):
+    _, out, outcomes, _ = trained
+    assert outcomes[1].exit_code == 3  # rank 1 died at its step 2, as planned
+    assert not (out / "dead.rank1.json").exists()
+    survivor = json.loads((out / "dead.rank0.json").read_text())
+    assert survivor["error"] is not None and "rank 0 of 2" in survivor["error"]
+    assert "relaunch the same command" in survivor["error"]
+    assert survivor["seconds"] < 60  # well inside the test's deadline: an error, not a hang
+    assert outcomes[0].exit_code == 0
+
+
+def test_data_split_must_match_the_ranks(tmp_path, trained):
+    folder, _, _, d_in = trained
+    data = scenario.store_data(folder / "store")
+    with pytest.raises(ConfigError, match="rank 1 of 2, but the data gives the share of rank 0 of 1"):
+        train(scenario.sae_config("topk", d_in), data, scenario.train_config(), ranks=Ranks(rank=1, world_size=2))
+    with pytest.raises(ConfigError, match="does not split evenly over 3 ranks"):
+        scenario.StoredActivations(folder / "store", scenario.HOOK, batch_size=64, rank=0, world_size=3)
+    with pytest.raises(InputTypeError, match="ranks must be"):
+        train(scenario.sae_config("topk", d_in), data, scenario.train_config(), ranks="2")
