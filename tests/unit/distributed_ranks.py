@@ -97,3 +97,33 @@ def training_scenarios(ranks, store: str, out: str, d_in: int) -> None:
         outcome = {"error": str(error)}
     outcome["seconds"] = time.monotonic() - started
     (out / f"dead.rank{ranks.rank}.json").write_text(json.dumps(outcome))
+
+
+def harvest_contexts():
+    """18 contexts in shards of 4: five shards, the last of 2 contexts (an uneven split: 3 + 2)."""
+    import torch
+
+    return torch.randint(3, 250, (18, 9), generator=torch.Generator().manual_seed(1))
+
+
+def harvest_scenarios(ranks, straight: str, killed: str) -> None:
+    """A whole harvest into ``straight``; then one into ``killed`` in which rank 1 dies after
+    its first shard (rank 0 finishes its own and stops with an error)."""
+    import mechscope
+    from mechscope.data import harvest
+
+    model = mechscope.load_tiny("llama")
+    settings = {"hook_names": [HOOK, "blocks.0.hook_mlp_out"], "shard_contexts": 4, "batch_contexts": 3,
+                "progress": False, "ranks": ranks}
+    harvest(model, harvest_contexts(), straight, **settings)
+    if ranks.rank == 1:
+        forward, calls = model.run_with_cache, []
+
+        def dies_on_second_shard(*args, **kwargs):
+            calls.append(1)
+            if len(calls) > 2:  # shard 1 took two batches of 3 contexts: the next shard dies
+                os._exit(4)
+            return forward(*args, **kwargs)
+
+        model.run_with_cache = dies_on_second_shard
+    harvest(model, harvest_contexts(), killed, **settings)

@@ -139,6 +139,26 @@ class Ranks:
             # An all-reduce rather than torch's barrier: it honours the group's timeout on every backend.
             self.all_reduce(torch.zeros(1), what=what)
 
+    def everywhere(self, operation, what: str):
+        """Run ``operation`` on every rank and return its result, but only once every rank has
+        finished: if it raised on any rank, every rank raises (that rank its own error, the
+        others a DistributedError naming it), so none waits for a partner that gave up."""
+        failure: BaseException | None = None
+        try:
+            value, outcome = operation(), {}
+        except Exception as error:
+            if not self.distributed:
+                raise
+            failure, outcome = error, {"error": f"{type(error).__name__}: {error}"}
+        outcomes = self.gather_json(outcome, what)
+        if failure is not None:
+            raise failure
+        failed = [f"rank {rank}: {one['error']}" for rank, one in enumerate(outcomes) if "error" in one]
+        if failed:
+            raise DistributedError(f"rank {self.rank}: another rank failed while {what} ({'; '.join(failed)}); this "
+                                   "rank's own part is complete")
+        return value
+
     def on_main(self, operation, what: str):
         """Run ``operation`` on rank 0 only; every rank then returns its JSON result, or raises
         the same error if it failed there (so no rank waits for a partner that gave up)."""
@@ -146,12 +166,11 @@ class Ranks:
         if self.is_main:
             try:
                 outcome = {"value": operation()}
-            except Exception as error:  # re-raised below, on every rank
+            except Exception as error:
                 if not self.distributed:
                     raise
-                outcome = {"error": f"{type(error).__name__}: {error}", "kind": type(error).__name__}
-                shared = self.broadcast_json(outcome, what)
-                raise
+                self.broadcast_json({"error": f"{type(error).__name__}: {error}"}, what)
+                raise  # rank 0 keeps its own error; the others raise the DistributedError below
         shared = self.broadcast_json(outcome, what)
         if "error" in shared:
             raise DistributedError(f"rank {self.rank}: rank 0 failed while {what}: {shared['error']}")
