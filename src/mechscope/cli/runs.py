@@ -84,7 +84,8 @@ def registering(command: Callable) -> Callable:
     def run(*args, **kwargs):
         result = command(*args, **kwargs)
         out = kwargs.get("out")
-        if out is not None and (Path(out) / MARKER).is_file():
+        # Under torchrun every rank runs the command; rank 0 alone registers the shared folder.
+        if out is not None and (Path(out) / MARKER).is_file() and os.environ.get("RANK", "0") == "0":
             register_run(Path(out), kwargs)
         return result
 

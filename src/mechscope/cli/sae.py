@@ -22,13 +22,14 @@ from mechscope.cli.options import (
     finite,
     out_option,
 )
+from mechscope.data.manifest import check_rank_share
 from mechscope.sae import ARCHITECTURES
 from mechscope.sae.runs import (
     TrainOptions,
     load_dictionary,
     parse_latents,
     prepare_dashboard_folder,
-    prepare_train_folder,
+    prepare_train_folder_on_ranks,
     run_dashboard,
     run_eval,
     run_train,
@@ -73,12 +74,24 @@ def train(
 ) -> None:
     """Harvest activations (resumable), train a dictionary (resumable), save it in SAELens'
     format and evaluate it on held-out contexts."""
+    from mechscope.distributed import join, leave
+
     options = TrainOptions(hook, arch, k, d_sae, _parse_tokens(tokens), batch_size, lr, harvest_contexts, seed)
-    folder = prepare_train_folder(out, options, overwrite, model)
-    say(folder.describe())
-    _, scored = run_train(load_model(model), options, folder)
-    _print_eval(scored)
-    console.print(f"saved {folder / 'sae'} (cfg.json + sae_weights.safetensors) and {folder / 'eval.json'}")
+    ranks = join()  # one of several ranks under torchrun; a world of one otherwise
+    try:
+        check_rank_share(ranks.rank, ranks.world_size, options.batch_size, "--batch-size", "rows")
+        folder = prepare_train_folder_on_ranks(ranks, out, options, overwrite, model)
+        if ranks.is_main:
+            say(folder.describe())
+            if ranks.distributed:
+                say(f"{ranks.world_size} ranks ({ranks.backend}): harvest sharded, training data-parallel with a global "
+                    f"batch of {options.batch_size:,} ({options.batch_size // ranks.world_size:,} per rank)")
+        _, scored = run_train(load_model(model), options, folder, ranks=ranks)
+    finally:
+        leave()
+    if ranks.is_main:
+        _print_eval(scored)
+        console.print(f"saved {folder / 'sae'} (cfg.json + sae_weights.safetensors) and {folder / 'eval.json'}")
 
 
 @sae_app.command("eval")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mechscope import checks
 from mechscope.data.contexts import default_contexts
+from mechscope.distributed import Ranks
 from mechscope.errors import ConfigError, FileFormatError, MechscopeError, MissingFileError, OutOfRangeError
 from mechscope.files import READ_ERRORS, OutputFolder, atomic_text, prepare_output_folder, staged_writes
 from mechscope.models.catalogue import check_hook_syntax
@@ -100,14 +101,34 @@ def prepare_train_folder(out: str | Path, options: TrainOptions, overwrite: bool
                                  options={**asdict(options), "model": model or DEFAULT_MODEL})
 
 
+def prepare_train_folder_on_ranks(ranks: Ranks, out: str | Path, options: TrainOptions, overwrite: bool = False,
+                                  model: str | None = None) -> OutputFolder:
+    """:func:`prepare_train_folder` on rank 0 (the folder is shared; only one rank may check,
+    claim or clear it); every rank gets the same :class:`OutputFolder`, or the same error."""
+    prepared = ranks.on_main(lambda: asdict(prepare_train_folder(out, options, overwrite, model)) | {
+        "path": str(Path(out).expanduser())}, f"preparing the output folder {out}")
+    return OutputFolder(**{**prepared, "path": Path(prepared["path"])})
+
+
 def run_train(model: HookedModel, options: TrainOptions, out: OutputFolder | str | Path,
-              overwrite: bool = False) -> tuple[SAE, SAEEvaluation]:
+              overwrite: bool = False, ranks: Ranks | None = None) -> tuple[SAE, SAEEvaluation | None]:
     """Harvest activations (resumable), train a dictionary (resumable), save it in SAELens'
-    format under ``sae/`` and evaluate it on held-out contexts (``eval.json``)."""
+    format under ``sae/`` and evaluate it on held-out contexts (``eval.json``).
+
+    With ``ranks`` (torchrun), every rank runs this with the same options: the harvest is
+    sharded over the ranks and training is data-parallel (``batch_size`` is the global batch;
+    it must split evenly); rank 0 saves, evaluates and returns the evaluation, the others
+    return None for it. The folder resumes on any number of ranks."""
     from mechscope.data import StoredActivations, harvest
     from mechscope.sae.train import TrainConfig, train
 
-    folder = out if isinstance(out, OutputFolder) else prepare_train_folder(out, options, overwrite)
+    ranks = ranks if ranks is not None else Ranks()
+    if isinstance(out, OutputFolder):
+        folder = out
+    elif ranks.distributed:
+        folder = prepare_train_folder_on_ranks(ranks, out, options, overwrite)
+    else:
+        folder = prepare_train_folder(out, options, overwrite)
     point = model.hook_point(options.hook)  # the model's own check: layer range, family
     width = point.shape[-1]
     if len(point.axes) != 3 or width is None:
@@ -117,16 +138,23 @@ def run_train(model: HookedModel, options: TrainOptions, out: OutputFolder | str
     cfg = SAEConfig(width, options.d_sae, options.arch, k=options.k, hook_name=options.hook,
                     model_name=model.cfg.name)
     contexts = default_contexts(model, options.harvest_contexts, CONTEXT, options.seed)
-    harvest(model, contexts, folder / "store", [options.hook])
-    data = StoredActivations(folder / "store", options.hook, batch_size=options.batch_size, seed=options.seed)
+    harvest(model, contexts, folder / "store", [options.hook], ranks=ranks)
+    data = StoredActivations(folder / "store", options.hook, batch_size=options.batch_size, seed=options.seed,
+                             rank=ranks.rank, world_size=ranks.world_size)
     steps = options.steps
     (sae,) = train(cfg, data, TrainConfig(steps=steps, lr=options.lr, checkpoint_every=max(1, steps // 20),
-                                          seed=options.seed), folder / "checkpoints")
-    save_sae(sae, folder / "sae")
-    scored = evaluate_sae(model, sae, default_contexts(model, EVAL_CONTEXTS, CONTEXT, options.seed + 1))
-    atomic_text(folder / "eval.json", json.dumps(scored.to_json(), indent=1))
-    folder.record()
-    return sae, scored
+                                          seed=options.seed), folder / "checkpoints", ranks=ranks)
+
+    evaluation: list[SAEEvaluation] = []
+
+    def save_and_score() -> None:
+        save_sae(sae, folder / "sae")
+        evaluation.append(evaluate_sae(model, sae, default_contexts(model, EVAL_CONTEXTS, CONTEXT, options.seed + 1)))
+        atomic_text(folder / "eval.json", json.dumps(evaluation[0].to_json(), indent=1))
+        folder.record()
+
+    ranks.on_main(save_and_score, "saving and evaluating the dictionary")
+    return sae, evaluation[0] if evaluation else None
 
 
 def run_eval(model: HookedModel, sae: SAE, contexts: int = 32, seed: int = 1) -> SAEEvaluation:
