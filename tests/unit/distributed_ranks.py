@@ -127,3 +127,28 @@ def harvest_scenarios(ranks, straight: str, killed: str) -> None:
 
         model.run_with_cache = dies_on_second_shard
     harvest(model, harvest_contexts(), killed, **settings)
+
+
+def transcoder_settings():
+    import torch
+
+    from mechscope.graphs.transcoders import TranscoderSetConfig
+
+    contexts = torch.randint(3, 250, (24, 9), generator=torch.Generator().manual_seed(2))
+    return contexts, TranscoderSetConfig(d_sae=32, architecture="batchtopk", k=4), train_config(steps=6)
+
+
+def transcoder_scenarios(ranks, out: str) -> None:
+    """Every layer's transcoder: whole layers per rank (``placement="layers"``), then
+    data-parallel (each step's 4 contexts split 2 + 2)."""
+    import mechscope
+    from mechscope.graphs.transcoders import train_transcoders
+
+    model = mechscope.load_tiny("llama")
+    contexts, config, settings = transcoder_settings()
+    out = Path(out)
+    for placement in ("layers", "data"):
+        trained = train_transcoders(model, contexts, config, settings, batch_contexts=4, progress=False, ranks=ranks,
+                                    placement=placement, checkpoint_dir=out / placement)
+        for layer, sae in trained.items():
+            _save(ranks, out, f"{placement}-{layer}", sae)

@@ -108,3 +108,30 @@ def test_data_split_must_match_the_ranks(tmp_path, trained):
         scenario.StoredActivations(folder / "store", scenario.HOOK, batch_size=64, rank=0, world_size=3)
     with pytest.raises(InputTypeError, match="ranks must be"):
         train(scenario.sae_config("topk", d_in), data, scenario.train_config(), ranks="2")
+
+
+def test_each_data_kind_splits_a_global_batch_into_equal_shares(tmp_path, trained):
+    """The ranks' shares, concatenated in rank order, are the one-process batch, for stored,
+    paired and on-the-fly activations; the fingerprint (what checkpoints record) is the same."""
+    from mechscope.data import ModelActivations
+    from mechscope.diff.paired import PairedActivations, harvest_pair
+
+    folder, _, _, _ = trained
+    model = mechscope.load_tiny("llama")
+    contexts = torch.randint(3, 250, (8, 9), generator=torch.Generator().manual_seed(5))
+    pair = harvest_pair(model, model, contexts, tmp_path / "pair", [scenario.HOOK], shard_contexts=4, progress=False)
+    makers = {
+        "stored": lambda rank, world: scenario.StoredActivations(folder / "store", scenario.HOOK, batch_size=64,
+                                                                 seed=3, rank=rank, world_size=world),
+        "paired": lambda rank, world: PairedActivations(pair, [scenario.HOOK], batch_size=16, seed=1, rank=rank,
+                                                        world_size=world),
+        "model": lambda rank, world: ModelActivations(model, contexts, scenario.HOOK, batch_contexts=4, seed=2,
+                                                      rank=rank, world_size=world),
+    }
+    for kind, make in makers.items():
+        whole, halves = make(0, 1), [make(rank, 2) for rank in (0, 1)]
+        assert halves[0].fingerprint() == whole.fingerprint(), kind
+        for step in (0, 3):
+            parts = [half.batch(step) for half in halves]
+            assert parts[0].shape[0] == parts[1].shape[0] > 0, kind
+            assert torch.equal(torch.cat(parts), whole.batch(step)), kind

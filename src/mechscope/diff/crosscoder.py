@@ -54,6 +54,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mechscope.diff.paired import check_pair_widths, join_pair, split_pair
+from mechscope.distributed import Ranks
 from mechscope.errors import ConfigError, FileFormatError, InputTypeError, MissingFileError
 from mechscope.files import atomic_text, file_sha256, read_json, required_keys
 from mechscope.models.hooked_model import HookedModel
@@ -209,6 +210,7 @@ class _MagnifiedData:
 
     def __init__(self, data, n_hooks: int, scale: float):
         self.data, self.n_hooks, self.scale = data, n_hooks, scale
+        self.rank, self.world_size = getattr(data, "rank", 0), getattr(data, "world_size", 1)
         if callable(getattr(data, "fingerprint", None)):
             self.fingerprint = data.fingerprint
 
@@ -217,11 +219,14 @@ class _MagnifiedData:
 
 
 def train_crosscoder(data, config: CrosscoderConfig, train_config: TrainConfig,
-                     checkpoint_dir: str | Path | None = None, progress: bool = True) -> Crosscoder:
+                     checkpoint_dir: str | Path | None = None, progress: bool = True,
+                     ranks: Ranks | None = None) -> Crosscoder:
     """Train a crosscoder on ``data`` (``batch(step)`` -> paired rows [batch, 2 * n * d], e.g.
     :class:`~mechscope.diff.paired.PairedActivations`) with :func:`mechscope.sae.train.train`;
     with ``checkpoint_dir`` it resumes from (and refuses mismatched) checkpoints as that does.
-    Hook names and model fingerprints are taken from ``data`` where it has them."""
+    Hook names and model fingerprints are taken from ``data`` where it has them. With
+    ``ranks``, data-parallel as :func:`~mechscope.sae.train.train` (build ``data`` with this
+    rank and world size)."""
     if not isinstance(config, CrosscoderConfig):
         raise InputTypeError(f"config must be a CrosscoderConfig; got {type(config).__name__}")
     hooks = tuple(getattr(data, "hook_names", ()) or ())
@@ -230,7 +235,8 @@ def train_crosscoder(data, config: CrosscoderConfig, train_config: TrainConfig,
     if hooks and not config.hook_names:
         config = replace(config, hook_names=hooks)  # n_layers_in is checked against them here
     rows = _MagnifiedData(data, config.n_layers_in, config.delta_scale) if config.delta_scale != 1 else data
-    sae = train(config.sae_config(), rows, train_config, checkpoint_dir=checkpoint_dir, progress=progress)[0]
+    sae = train(config.sae_config(), rows, train_config, checkpoint_dir=checkpoint_dir, progress=progress,
+                ranks=ranks)[0]
     return Crosscoder(sae, config, dict(getattr(data, "base_model", {}) or {}), dict(getattr(data, "ft_model", {}) or {}))
 
 

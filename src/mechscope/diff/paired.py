@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from mechscope.data.manifest import check_rank_share
 from mechscope.data.store import MANIFEST, StoredActivations, harvest, read_manifest
 from mechscope.diff.compat import IncompatibleModelsError, check_comparable, model_label
 from mechscope.errors import ConfigError, FileFormatError, InputTypeError, MissingFileError
@@ -109,14 +110,17 @@ class PairedActivations:
     """Training batches of paired activations (see the module docstring for the row layout):
     ``batch(step)`` -> [batch_size, 2 * n_hooks * d], a deterministic function of (seed, step).
     ``hook_names`` picks the harvested hooks to pair, in that order. ``base_model`` /
-    ``ft_model`` are the {"model", "model_sha256"} the two harvests recorded."""
+    ``ft_model`` are the {"model", "model_sha256"} the two harvests recorded. ``rank`` of
+    ``world_size`` reads its equal share of every global batch (data-parallel training; the
+    fingerprint stays the global one)."""
 
     def __init__(self, folder: str | Path, hook_names: str | Sequence[str], batch_size: int = 4096, seed: int = 0,
-                 allow_partial: bool = False):
+                 allow_partial: bool = False, rank: int = 0, world_size: int = 1):
         self.folder = Path(folder)
         self.hook_names = _hook_list(hook_names)
         check_int("batch_size", batch_size, 1)
         check_int("seed", seed, None)
+        self.rank, self.world_size = check_rank_share(rank, world_size, batch_size, "batch_size", "rows")
         for name in MODELS:
             if not (self.folder / name / MANIFEST).is_file():
                 raise MissingFileError(f"no {MANIFEST} in {self.folder / name}: a paired folder holds {BASE_FOLDER}/ "
@@ -190,9 +194,11 @@ class PairedActivations:
         return join_pair(*halves)
 
     def batch(self, step: int) -> torch.Tensor:
-        """[batch_size, 2 * n_hooks * d] for ``step`` >= 0: base hooks in order, then ft hooks."""
+        """[batch_size / world_size, 2 * n_hooks * d] for ``step`` >= 0 (this rank's share of the
+        global batch): base hooks in order, then ft hooks."""
         check_int("step", step, 0)
-        return self.rows(step * self.batch_size, self.batch_size)
+        share = self.batch_size // self.world_size
+        return self.rows(step * self.batch_size + self.rank * share, share)
 
 
 __all__ = ["ALIGNMENT_FIELDS", "BASE_FOLDER", "FT_FOLDER", "PairedActivations", "check_pair_widths", "harvest_pair",

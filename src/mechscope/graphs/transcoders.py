@@ -16,18 +16,24 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from mechscope.data.store import ModelActivations
+from mechscope.distributed import Ranks
 from mechscope.errors import ConfigError
 from mechscope.graphs.replacement import mlp_input, mlp_output
 from mechscope.models.hooked_model import HookedModel
 from mechscope.sae.config import TOPK_ARCHITECTURES, Architecture, SAEConfig
 from mechscope.sae.evaluate import fraction_of_variance_unexplained, output_scores, zero_after
 from mechscope.sae.model import SAE
+from mechscope.sae.spread import train_spread
 from mechscope.sae.train import TrainConfig, train
 from mechscope.validate import check_choice, check_int
+
+# How a many-layer run uses several ranks: split each batch ("data") or give each rank whole layers.
+Placement = Literal["data", "layers"]
 
 
 @dataclass(frozen=True)
@@ -56,15 +62,30 @@ class TranscoderSetConfig:
 
 def train_transcoders(model: HookedModel, contexts: torch.Tensor, config: TranscoderSetConfig, train_config: TrainConfig,
                       batch_contexts: int = 16, checkpoint_dir: str | Path | None = None,
-                      progress: bool = True) -> dict[int, SAE]:
+                      progress: bool = True, ranks: Ranks | None = None,
+                      placement: Placement = "data") -> dict[int, SAE]:
     """{layer: transcoder} for every layer of ``model``, trained on ``contexts`` [n, pos] (BOS
     rows dropped), ``batch_contexts`` contexts per step, all layers from one forward pass per
-    step. Resumable after a crash through ``checkpoint_dir`` (see :func:`mechscope.sae.train`)."""
+    step. Resumable after a crash through ``checkpoint_dir`` (see :func:`mechscope.sae.train`).
+
+    With ``ranks`` of several: ``placement="data"`` splits each step's contexts over the ranks
+    (data-parallel, gradients averaged; ``batch_contexts`` must split evenly), ``"layers"``
+    gives each rank whole layers (layer i on rank i % world_size, its own checkpoint folder
+    under ``checkpoint_dir``, which is then required; see :mod:`mechscope.sae.spread`)."""
+    check_choice("placement", placement, Placement)
+    ranks = ranks if ranks is not None else Ranks()
     layers = range(model.cfg.n_layers)
     configs = [config.layer_config(model, layer) for layer in layers]
     hooks = [name for layer in layers for name in (mlp_input(layer), mlp_output(layer))]
-    data = ModelActivations(model, contexts, hooks, batch_contexts=batch_contexts, seed=train_config.seed)
-    return dict(zip(layers, train(configs, data, train_config, checkpoint_dir, progress)))
+    if placement == "layers":
+        if checkpoint_dir is None:
+            raise ConfigError("placement='layers' needs a checkpoint_dir every rank can reach (each layer's "
+                              "transcoder is saved there and read back by every rank)")
+        data = ModelActivations(model, contexts, hooks, batch_contexts=batch_contexts, seed=train_config.seed)
+        return dict(zip(layers, train_spread(configs, data, train_config, checkpoint_dir, ranks, progress)))
+    data = ModelActivations(model, contexts, hooks, batch_contexts=batch_contexts, seed=train_config.seed,
+                            rank=ranks.rank, world_size=ranks.world_size)
+    return dict(zip(layers, train(configs, data, train_config, checkpoint_dir, progress, ranks=ranks)))
 
 
 @dataclass(frozen=True)
