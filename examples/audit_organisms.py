@@ -12,7 +12,9 @@ or more at a neutral KL of at most 0.1 nats, and "nothing found" on the null; an
 whether it contributed the right evidence. A finished organism's folder is reused (delete it
 to rerun); a killed run resumes at the organism and stage it was on. The case study is the full
 (default) configuration: about 10 minutes per organism on 2 CPU cores where a behaviour is found,
-3 on the null (``--quick``, the reduced audit, is not held to the goals).
+3 on the null (``--quick``, the reduced audit, is not held to the goals). On N processes,
+``torchrun --nproc-per-node N examples/audit_organisms.py`` audits organism i on rank i % N
+(each writes its own organism's folder) and rank 0 writes the page from every rank's results.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import mechscope
 from mechscope import organisms
 from mechscope.audit import AuditConfig
 from mechscope.audit.stages import saved_edit
+from mechscope.distributed import join, leave, spread_jobs
 from mechscope.errors import ResumeError
 from mechscope.files import atomic_text
 from mechscope.organisms.examples import shows_behaviour
@@ -198,15 +201,25 @@ def main() -> None:
     args = parser.parse_args()
     config = AuditConfig.quick() if args.quick else AuditConfig()
     base = mechscope.load()
-    results = []
-    for name in (n.strip() for n in args.organisms.split(",") if n.strip()):
-        out = args.out / ("quick" if args.quick else "full")
-        summary = audited(name, base, config, out)
-        recipe = organisms.Recipe.from_dict(organisms.read_manifest(organisms.shipped_organism(name))["recipe"])
-        results.append((name, summary, recipe, planted_check(name, base, summary, recipe, out)))
-    text = page(results, "quick" if args.quick else "full")
-    atomic_text(DOCS / "audit.md", text)
-    print(text)
+    names = [n.strip() for n in args.organisms.split(",") if n.strip()]
+    out = args.out / ("quick" if args.quick else "full")
+    ranks = join()  # under torchrun, organism i is audited on rank i % world size
+
+    def audit_one(index: int) -> dict:
+        summary = audited(names[index], base, config, out)
+        return {"summary": summary, "planted": planted_check(names[index], base, summary, recipe_of(names[index]), out)}
+
+    audits = spread_jobs(ranks, len(names), audit_one, what="organism audits")
+    leave()
+    if ranks.is_main:
+        results = [(name, done["summary"], recipe_of(name), done["planted"]) for name, done in zip(names, audits)]
+        text = page(results, "quick" if args.quick else "full")
+        atomic_text(DOCS / "audit.md", text)
+        print(text)
+
+
+def recipe_of(name: str) -> organisms.Recipe:
+    return organisms.Recipe.from_dict(organisms.read_manifest(organisms.shipped_organism(name))["recipe"])
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ from mechscope.autointerp.score import (
 )
 from mechscope.autointerp.units import UnitSource
 from mechscope.data.contexts import default_contexts
-from mechscope.errors import ConfigError, MechscopeError
+from mechscope.distributed import Ranks, check_ranks, rank_jobs, spread_jobs
+from mechscope.errors import ConfigError, DistributedError, MechscopeError
 from mechscope.files import OutputFolder, atomic_text, prepare_output_folder
 from mechscope.models.hooked_model import HookedModel
 from mechscope.validate import check_choice, check_int
@@ -265,8 +266,19 @@ def prepare_explain_folder(out: str | Path, units: Sequence[str], options: Expla
 
 
 def run_explain(model: HookedModel, source: UnitSource, options: ExplainOptions, out: OutputFolder | str | Path,
-                backend: Backend | None = None, embedder=None, overwrite: bool = False, progress: bool = True) -> dict:
-    """Explain and score every unit of ``source`` (see the module docstring); returns the summary."""
+                backend: Backend | None = None, embedder=None, overwrite: bool = False, progress: bool = True, *,
+                ranks: Ranks | None = None) -> dict:
+    """Explain and score every unit of ``source`` (see the module docstring); returns the summary.
+
+    With ``ranks`` of several, every rank makes the same call with ``out`` on a file system
+    every rank sees: rank 0 prepares the folder and harvests (or reads back) the records, the
+    others read them; unit i is explained on rank ``i % world_size``
+    (:func:`~mechscope.distributed.spread_jobs`), which writes its file; rank 0 writes the
+    summary, with the backends' usage summed over the ranks. Every rank returns the summary one
+    process gives (each unit's ``seconds`` aside). A unit that fails (an unreachable backend)
+    stops every rank with a :class:`~mechscope.errors.DistributedError` naming it; finished units
+    stay written, so a rerun resumes."""
+    ranks = check_ranks(ranks)
     if options.needs_backend and backend is None:
         raise ConfigError(f"explainer {options.explainer!r} with scorers {list(options.scorers)} needs a language "
                           "model backend (a LocalBackend or an OpenAIBackend)")
@@ -274,21 +286,71 @@ def run_explain(model: HookedModel, source: UnitSource, options: ExplainOptions,
         from mechscope.autointerp.embedder import SentenceEmbedder
 
         embedder = SentenceEmbedder()
-    folder = out if isinstance(out, OutputFolder) else prepare_explain_folder(out, source.names, options, overwrite)
+    prepared: dict = {}  # rank 0's output folder and records
+
+    def prepare_folder() -> str:
+        folder = out if isinstance(out, OutputFolder) else prepare_explain_folder(out, source.names, options, overwrite)
+        (folder / "units").mkdir(parents=True, exist_ok=True)
+        prepared["folder"] = folder
+        return str(folder.path)
+
+    where = Path(ranks.on_main(prepare_folder, "preparing the output folder"))
     contexts = default_contexts(model, options.contexts, options.context_length, options.seed)
+    ranks.on_main(lambda: prepared.update(records=_records(model, source, options, prepared["folder"], contexts,
+                                                           embedder, progress)), "harvesting the records")
+    records = _shared_records(ranks, source, where, prepared.get("records"))
+    folder = prepared.get("folder", where)
     context = _Context(model, source, options, backend, embedder, _steer_prompts(model, options, contexts))
-    (folder / "units").mkdir(parents=True, exist_ok=True)
-    records = _records(model, source, options, folder, contexts, embedder, progress)
-    for index, unit in enumerate(tqdm(source.names, desc="explaining", unit="unit", disable=not progress)):
+    bar = tqdm(total=len(rank_jobs(ranks, len(source.names))), desc="explaining", unit="unit",
+               disable=not (progress and ranks.is_main))
+
+    def explain_unit(index: int) -> dict:
+        unit = source.names[index]
         path = folder / "units" / f"{_safe_name(unit)}.json"
-        if path.exists():
-            continue
-        result = {"unit": unit, "status": "dead"} if unit not in records else \
-            _unit_result(context, index, unit, records[unit])
-        atomic_text(path, json.dumps(result, indent=1))
-    summary = _summary(folder, source, options, backend)
-    folder.record()
-    return summary
+        if path.exists():  # done by an earlier, interrupted run
+            result = json.loads(path.read_text())
+        else:
+            result = {"unit": unit, "status": "dead"} if unit not in records else \
+                _unit_result(context, index, unit, records[unit])
+            atomic_text(path, json.dumps(result, indent=1))
+        bar.update()
+        return result
+
+    results = spread_jobs(ranks, len(source.names), explain_unit, what="explaining units")
+    bar.close()
+    usages = ranks.gather_json(None if backend is None else backend.usage.to_json(), what="the backends' usage")
+    usage = None if backend is None else {key: sum(one[key] for one in usages) for key in usages[0]}
+
+    def write_summary() -> dict:
+        summary = _summary(prepared["folder"], options, backend, results, usage)
+        prepared["folder"].record()
+        return summary
+
+    return ranks.on_main(write_summary, "writing the summary")
+
+
+def _shared_records(ranks: Ranks, source: UnitSource, folder: Path,
+                    harvested: dict[str, UnitRecords] | None) -> dict[str, UnitRecords]:
+    """Every live unit's records on every rank: rank 0's ``harvested``; the other ranks read what
+    rank 0 has just written into ``folder``. A rank that cannot (the folder is not on a file
+    system every rank sees) stops every rank."""
+    if ranks.is_main:
+        records, error = harvested or {}, None
+    else:
+        records, error = {}, None
+        try:
+            root = folder / "records"
+            dead = set(json.loads((root / "dead.json").read_text())) if (root / "dead.json").exists() else set()
+            records = {unit: UnitRecords.load(root / _safe_name(unit)) for unit in source.names if unit not in dead}
+        except (OSError, MechscopeError) as failure:
+            error = (f"rank {ranks.rank} cannot read the records rank 0 wrote in {folder} ({failure}); the output "
+                     "folder must be on a file system every rank sees")
+    if not ranks.distributed:
+        return records
+    errors = [one for one in ranks.gather_json(error, what="reading the records") if one]
+    if errors:
+        raise DistributedError("; ".join(errors))
+    return records
 
 
 def _records(model, source, options, folder, contexts, embedder, progress) -> dict[str, UnitRecords]:
@@ -326,13 +388,15 @@ def _cell(score: dict) -> str:
     return f"{score['value']:.2f} [{score['low']:.2f}, {score['high']:.2f}]{mark}"
 
 
-def _summary(folder: OutputFolder, source: UnitSource, options: ExplainOptions, backend: Backend | None) -> dict:
-    results = [json.loads((folder / "units" / f"{_safe_name(u)}.json").read_text()) for u in source.names]
+def _summary(folder: OutputFolder, options: ExplainOptions, backend: Backend | None, results: list[dict],
+             usage: dict | None) -> dict:
+    """Write ``summary.json`` and ``summary.md`` from every unit's ``results`` (in unit order) and
+    the backends' ``usage`` (summed over ranks); returns the summary."""
     explained = [r for r in results if r["status"] == "explained"]
     summary = {"options": options.to_json(), "units": results,
                "dead": [r["unit"] for r in results if r["status"] == "dead"],
                "unexplained": [r["unit"] for r in results if r["status"] == "unexplained"],
-               "usage": None if backend is None else backend.usage.to_json(),
+               "usage": usage,
                "backend": None if backend is None else backend.identity,
                "logprobs": None if backend is None else backend.logprobs}
     atomic_text(folder / "summary.json", json.dumps(summary, indent=1))
@@ -345,7 +409,7 @@ def _summary(folder: OutputFolder, source: UnitSource, options: ExplainOptions, 
              "Scores: value [95% bootstrap interval]; chance is 0.5 (0 for simulation, 1/k for intruder).", ""]
     if backend is not None:
         lines += [f"Backend {backend.identity}; logprobs: {backend.logprobs}; requests this run: "
-                  f"{backend.usage.requests} ({backend.usage.cached} from the cache).", ""]
+                  f"{usage['requests']} ({usage['cached']} from the cache).", ""]
     lines += ["| unit | explanation | " + " | ".join(options.scorers) + " |",
               "|---|---|" + "---|" * len(options.scorers)]
     for result in explained:

@@ -58,7 +58,8 @@ def check_rank_share(rank: Any, world_size: Any, batch: int, batch_name: str, un
     if batch % world_size:
         raise ConfigError(f"{batch_name}={batch} does not split evenly over {world_size} ranks: each rank takes an equal "
                           f"share of every batch (unequal shares would weight the ranks' gradients unequally); use a "
-                          f"multiple of {world_size} {unit}")
+                          f"multiple of {world_size} {unit}, e.g. {max(world_size, batch - batch % world_size)} or "
+                          f"{batch - batch % world_size + world_size}")
     return rank, world_size
 
 

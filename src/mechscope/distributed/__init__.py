@@ -18,6 +18,17 @@ from mechscope.distributed.group import (
     settings_digest,
 )
 from mechscope.distributed.launch import RankOutcome, run_ranks
+from mechscope.distributed.merge import (
+    check_ranks,
+    contiguous_share,
+    merge_top_k,
+    merge_top_k_many,
+    merged_histogram,
+    merged_histograms,
+    rank_jobs,
+    spread_jobs,
+    top_k,
+)
 from mechscope.distributed.reduce import (
     any_rank,
     average_gradients,
@@ -27,5 +38,6 @@ from mechscope.distributed.reduce import (
 )
 
 __all__ = ["DistributedConfig", "RankOutcome", "Ranks", "any_rank", "average_gradients", "broadcast_parameters",
-           "check_same_settings", "global_kth_largest", "global_mean", "join", "launched_by_torchrun", "leave", "main_rank_lock",
-           "run_ranks", "settings_digest"]
+           "check_ranks", "check_same_settings", "contiguous_share", "global_kth_largest", "global_mean", "join",
+           "launched_by_torchrun", "leave", "main_rank_lock", "merge_top_k", "merge_top_k_many", "merged_histogram",
+           "merged_histograms", "rank_jobs", "run_ranks", "settings_digest", "spread_jobs", "top_k"]

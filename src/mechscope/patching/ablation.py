@@ -7,6 +7,7 @@ from typing import Literal, get_args
 
 import torch
 
+from mechscope.distributed import Ranks
 from mechscope.errors import MechscopeError
 from mechscope.models.hooked_model import HookedModel
 from mechscope.patching.activation import PatchingRun, prepare_run, sweep
@@ -46,10 +47,14 @@ def ablation_sweep(
     seed: int = 0,
     batch_size: int | None = None,
     progress: bool = True,
+    *,
+    ranks: Ranks | None = None,
 ) -> PatchingResult:
     """Ablate each unit of ``sites`` in the clean run. ``reference`` [m, pos] tokens give the
     distribution for mean / resample ablation (default: the task's corrupted prompts, which keep
-    the template but not the answer). Scores: 1 = clean behaviour kept, 0 = as corrupted."""
+    the template but not the answer). Scores: 1 = clean behaviour kept, 0 = as corrupted.
+    ``ranks``: spread the sweep's forwards over the ranks (every rank making the same call; see
+    :func:`~mechscope.patching.activation.sweep`); the same result, on every rank, as one process."""
     if method not in METHODS:
         raise MechscopeError(f"unknown ablation {method!r}; choose one of: {', '.join(METHODS)}")
     grid = site_grid(model, sites, task.clean_tokens.shape[1], layers)
@@ -69,7 +74,7 @@ def ablation_sweep(
                                     method, len(task), seed) for name in names}
     ablated = PatchingRun(run.base_tokens, source, run.base_resid_post, run.clean_value, run.corrupted_value,
                           run.clean_end_logits)
-    result = sweep(model, task, grid, ablated, "noise", metric, batch_size, progress=progress)
+    result = sweep(model, task, grid, ablated, "noise", metric, batch_size, progress=progress, ranks=ranks)
     result.mode = f"{method}-ablation"
     result.info["reference_prompts"] = 0 if method == "zero" else int(reference.shape[0])
     return result

@@ -15,6 +15,7 @@ from typing import Literal, get_args
 import torch
 from tqdm.auto import tqdm
 
+from mechscope.distributed import Ranks, check_ranks, rank_jobs, spread_jobs
 from mechscope.errors import MechscopeError
 from mechscope.hooks.names import resid_posts
 from mechscope.hooks.points import HookPoint
@@ -168,10 +169,13 @@ def activation_patch(
     batch_size: int | None = None,
     memory_budget_gb: float = 2.0,
     progress: bool = True,
+    *,
+    ranks: Ranks | None = None,
 ) -> PatchingResult:
     """Patch every unit of ``sites`` (see :data:`mechscope.patching.sites.SITE_KINDS`) and score
     the task ``metric`` (mean over prompts), normalised so corrupted = 0 and clean = 1 (KL is
     reported raw). ``batch_size`` (rows per forward) defaults to what ``memory_budget_gb`` allows.
+    ``ranks``: spread the forwards over the ranks (see :func:`sweep`); the same result on every rank.
     """
     check_choice("mode", mode, PatchMode)
     if batch_size is not None:
@@ -179,12 +183,19 @@ def activation_patch(
     check_number("memory_budget_gb", memory_budget_gb, minimum=0, strict_minimum=True)
     grid = site_grid(model, sites, task.clean_tokens.shape[1], layers)
     run = prepare_run(model, task, grid.hook_names, mode, metric)
-    return sweep(model, task, grid, run, mode, metric, batch_size, memory_budget_gb, progress)
+    return sweep(model, task, grid, run, mode, metric, batch_size, memory_budget_gb, progress, ranks=ranks)
 
 
 def sweep(model: HookedModel, task: Task, grid: SiteGrid, run: PatchingRun, mode: str, metric: str,
-          batch_size: int | None = None, memory_budget_gb: float = 2.0, progress: bool = True) -> PatchingResult:
-    """Run every unit of ``grid``: patch ``run.source`` into ``run.base_tokens``, batched."""
+          batch_size: int | None = None, memory_budget_gb: float = 2.0, progress: bool = True, *,
+          ranks: Ranks | None = None) -> PatchingResult:
+    """Run every unit of ``grid``: patch ``run.source`` into ``run.base_tokens``, batched.
+
+    With ``ranks`` of several (every rank making the same call), forward j of the sweep runs on
+    rank ``j % world_size`` (:func:`~mechscope.distributed.spread_jobs`) and the per-unit metrics
+    [units] are exchanged as JSON numbers (exact for float32): each forward is the one a single
+    process runs (the same units in it), so the result, equal on every rank, is one process's."""
+    ranks = check_ranks(ranks)
     n = len(task)
     sites = grid.kind
     keep = 1 if task.end_is_last else 0
@@ -196,12 +207,21 @@ def sweep(model: HookedModel, task: Task, grid: SiteGrid, run: PatchingRun, mode
     metric_fn = row_metric(task, metric, run.clean_end_logits)
     raw = torch.empty(len(grid.units))
     chunks = layer_chunks(model, grid.units, units_per_forward)
-    for layer, indices in tqdm(chunks, desc=f"{mode} {sites}", disable=not progress, leave=False):
+    bar = tqdm(total=len(rank_jobs(ranks, len(chunks))), desc=f"{mode} {sites}",
+               disable=not (progress and ranks.is_main), leave=False)
+
+    def forward(job: int) -> list[float]:
+        layer, indices = chunks[job]
         units = [grid.units[i] for i in indices]
         tokens = run.base_tokens.repeat(len(units), 1)
         logits = model.run_with_hooks(tokens, fwd_hooks=chunk_hooks(units, run.source, n), logits_to_keep=keep,
                                       prefix=prefix_reuse(model, layer, run.base_resid_post, len(units)))
-        raw[indices] = mean_over_prompts(metric_fn, logits, bool(keep), n)
+        bar.update()
+        return mean_over_prompts(metric_fn, logits, bool(keep), n).tolist()
+
+    for (_, indices), values in zip(chunks, spread_jobs(ranks, len(chunks), forward, what=f"{mode} {sites} forwards")):
+        raw[indices] = torch.tensor(values, dtype=raw.dtype)
+    bar.close()
     return build_result(grid, raw, run.clean_value, run.corrupted_value, mode, metric, position_labels(model, task), info={
         "prompts": n, "forwards": len(chunks), "rows_per_forward": units_per_forward * n})
 
