@@ -53,13 +53,17 @@ def train_rank(ranks, store: str, architecture: str, d_sae: int, steps: int, out
 
     data = StoredActivations(store, HOOK, batch_size=4096, seed=0, rank=ranks.rank, world_size=ranks.world_size)
     cfg = SAEConfig(576, d_sae, architecture, k=32, hook_name=HOOK)
-    # Warm-up (first shard reads, allocator), then the timed steps from the same start.
+    # Warm-up (first shard reads, allocator), then the timed steps from the same start. The
+    # bytes of a step are the difference of the two runs over their difference in steps, which
+    # leaves out what a run sends once (the settings check, rank 0's initial weights).
+    warm_sent = ranks.sent_bytes
     train(cfg, data, TrainConfig(steps=3, warmup_steps=1), progress=False, ranks=ranks)
+    warm_sent = ranks.sent_bytes - warm_sent
     ranks.barrier()
     sent, started = ranks.sent_bytes, time.perf_counter()
     train(cfg, data, TrainConfig(steps=steps, warmup_steps=1), progress=False, ranks=ranks)
     seconds = time.perf_counter() - started
-    step_bytes = (ranks.sent_bytes - sent) / steps
+    step_bytes = (ranks.sent_bytes - sent - warm_sent) / (steps - 3)
     # The gradient all-reduce alone, timed on its own: the communication part of a step.
     parameters = [torch.nn.Parameter(torch.zeros(576, d_sae)), torch.nn.Parameter(torch.zeros(d_sae, 576)),
                   torch.nn.Parameter(torch.zeros(d_sae)), torch.nn.Parameter(torch.zeros(576))]
@@ -95,7 +99,7 @@ def two_ranks(target, work: Path, *args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--contexts", type=int, default=48)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps (at least 4)")
     parser.add_argument("--d-sae", type=int, default=4608)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mechscope-distributed-"))
@@ -118,7 +122,7 @@ def main() -> None:
         print(f"  1 rank x {N_THREADS} threads: {step1 * 1000:.0f} ms/step ({4096 / step1:,.0f} tokens/s)")
         print(f"  2 ranks x 1 thread:  {step2 * 1000:.0f} ms/step ({4096 / step2:,.0f} tokens/s); speed-up "
               f"{step1 / step2:.2f}x")
-        print(f"  sent per rank per step: {t2['bytes_per_step'] / 1e6:.2f} MB (gradients {t2['gradient_bytes'] / 1e6:.2f}"
+        print(f"  sent per rank per step: {t2['bytes_per_step'] / 1e6:.3f} MB (gradients {t2['gradient_bytes'] / 1e6:.3f}"
               f" MB, the rest batch statistics); one gradient all-reduce on 2 gloo ranks: "
               f"{t2['all_reduce_seconds'] * 1000:.0f} ms = {t2['all_reduce_seconds'] / step2:.0%} of a 2-rank step")
         rows.append({"architecture": architecture, "step_seconds_1": step1, "step_seconds_2": step2, **t2})

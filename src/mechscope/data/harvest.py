@@ -24,6 +24,8 @@ folder's lock for the whole group, so two harvests never write into one folder.
 from __future__ import annotations
 
 import json
+import time
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -95,46 +97,89 @@ def harvest(model: HookedModel, contexts: torch.Tensor, folder: str | Path, hook
     check_same_settings(ranks, "harvest settings", expected)
     folder.mkdir(parents=True, exist_ok=True)
     with main_rank_lock(ranks, folder, "harvest"):
-        done = ranks.on_main(lambda: sorted(_open_folder(folder, expected)), "checking the harvest folder")
-        remaining = [i for i in range(shard_count(len(contexts), shard_contexts)) if i not in set(done)]
-        mine = remaining[ranks.rank::ranks.world_size]
-        ranks.everywhere(lambda: _write_shards(model, contexts, folder, expected, mine, dtype, progress, ranks),
-                         "harvesting shards")
-        ranks.on_main(lambda: _write_manifest(folder, expected, _collect(folder, expected)), "writing the manifest")
+        found: dict[int, dict] = {}  # rank 0's view of the complete shards
+
+        def open_folder() -> list[int]:
+            found.update(_open_folder(folder, expected))
+            return sorted(found)
+
+        done = set(ranks.on_main(open_folder, "checking the harvest folder"))
+        remaining = [i for i in range(shard_count(len(contexts), shard_contexts)) if i not in done]
+        progress_view = _Progress(folder, expected, found, remaining) if ranks.is_main else None
+        ranks.everywhere(lambda: _write_shards(model, contexts, folder, expected, remaining[ranks.rank::ranks.world_size],
+                                               dtype, progress, ranks, progress_view), "harvesting shards")
+        ranks.on_main(lambda: _write_manifest(folder, expected, _collect(folder, expected, _listed(folder, expected))),
+                      "writing the manifest")
     return folder
 
 
 def _open_folder(folder: Path, expected: dict) -> dict[int, dict]:
     """Check (or start) the folder's manifest; returns the shards already complete, from the
     manifest and the records of shards finished since it was last written."""
-    if (folder / MANIFEST).exists():
-        check_resume(folder, read_manifest(folder), expected)
-    else:
+    if not (folder / MANIFEST).exists():
         strays = sorted(p.name for p in folder.glob("shard_*.safetensors"))
         if strays:  # shards without a manifest: of unknown origin, and ours would overwrite them
             raise FolderNotEmptyError(f"{folder} holds {len(strays)} shard file(s) ({strays[0]}, ...) but no "
                                       f"{MANIFEST}; delete them or use another folder")
-    shards = _collect(folder, expected)
+    shards = _collect(folder, expected, _listed(folder, expected))
     _write_manifest(folder, expected, shards)
     return shards
 
 
-def _collect(folder: Path, expected: dict) -> dict[int, dict]:
-    """{index: entry} of every complete shard: those the manifest lists and those with a record."""
-    shards = check_resume(folder, read_manifest(folder), expected) if (folder / MANIFEST).exists() else {}
+def _listed(folder: Path, expected: dict) -> dict[int, dict]:
+    """The shards the manifest lists (checked against this call's settings), {} without one."""
+    return check_resume(folder, read_manifest(folder), expected) if (folder / MANIFEST).exists() else {}
+
+
+def _record(folder: Path, index: int, expected: dict) -> dict | None:
+    """Shard ``index``'s record, checked; None when the shard is not complete."""
+    path = record_path(folder, index)
+    if not path.exists():
+        return None
+    record = read_json(path, "a shard record", "delete the folder and harvest again")
+    wanted = shard_contexts_of(index, expected["shard_contexts"], expected["total_contexts"])
+    if not isinstance(record, dict) or set(record) != set(RECORD_FIELDS) or record["file"] != shard_name(index) \
+            or record["contexts"] != wanted:
+        raise FileFormatError(f"{path} is not the record of {shard_name(index)} (contexts {wanted}); it is corrupt: "
+                              "delete it and its shard, then harvest again")
+    return record if (folder / record["file"]).is_file() else None  # a record without its shard is redone
+
+
+def _collect(folder: Path, expected: dict, shards: dict[int, dict]) -> dict[int, dict]:
+    """{index: entry} of every complete shard: ``shards`` (listed) and those with a record."""
     for index in range(shard_count(expected["total_contexts"], expected["shard_contexts"])):
-        path = record_path(folder, index)
-        if index in shards or not path.exists():
-            continue
-        record = read_json(path, "a shard record", "delete the folder and harvest again")
-        wanted = shard_contexts_of(index, expected["shard_contexts"], expected["total_contexts"])
-        if not isinstance(record, dict) or set(record) != set(RECORD_FIELDS) or record["file"] != shard_name(index) \
-                or record["contexts"] != wanted:
-            raise FileFormatError(f"{path} is not the record of {shard_name(index)} (contexts {wanted}); it is corrupt: "
-                                  "delete it and its shard, then harvest again")
-        if (folder / record["file"]).is_file():  # a record without its shard is redone
+        record = None if index in shards else _record(folder, index, expected)
+        if record is not None:
             shards[index] = record
     return shards
+
+
+class _Progress:
+    """Rank 0's manifest during a harvest, kept current at a cost independent of the store's
+    size: the other ranks' shards are looked up in order as they fall behind rank 0's position,
+    and the manifest (O(shards) to write) is rewritten after each of the first 100 shards, then
+    at most every 30 s; the records beside the shards are what a resume reads."""
+
+    FIRST_SHARDS, INTERVAL_S = 100, 30.0
+
+    def __init__(self, folder: Path, expected: dict, found: dict[int, dict], remaining: list[int]):
+        self.folder, self.expected, self.found = folder, expected, found
+        self.pending = deque(i for i in remaining if i not in found)
+        self.written = time.monotonic()
+
+    def add(self, index: int, record: dict) -> None:
+        self.found[index] = record
+        while self.pending and self.pending[0] <= index:
+            other = self.pending[0]
+            written = self.found.get(other) or _record(self.folder, other, self.expected)
+            if written is not None:
+                self.found[other] = written
+                self.pending.popleft()
+            else:
+                break  # not written yet: looked up again after rank 0's next shard
+        if len(self.found) <= self.FIRST_SHARDS or time.monotonic() - self.written >= self.INTERVAL_S:
+            _write_manifest(self.folder, self.expected, self.found)
+            self.written = time.monotonic()
 
 
 def _write_manifest(folder: Path, expected: dict, shards: dict[int, dict]) -> None:
@@ -145,7 +190,7 @@ def _write_manifest(folder: Path, expected: dict, shards: dict[int, dict]) -> No
 
 
 def _write_shards(model: HookedModel, contexts: torch.Tensor, folder: Path, expected: dict, indices: list[int],
-                  dtype: torch.dtype, progress: bool, ranks: Ranks) -> None:
+                  dtype: torch.dtype, progress: bool, ranks: Ranks, view: _Progress | None) -> None:
     """Harvest shards ``indices``, each written atomically and then recorded."""
     hook_names, shard_contexts, batch_contexts = (expected["hook_names"], expected["shard_contexts"],
                                                   expected["batch_contexts"])
@@ -175,8 +220,8 @@ def _write_shards(model: HookedModel, contexts: torch.Tensor, folder: Path, expe
                   "sha256": stored_sha256(path), "contexts": [first, end], "rank": ranks.rank,
                   "world_size": ranks.world_size}
         atomic_text(record_path(folder, index), json.dumps(record))
-        if ranks.is_main:  # the manifest shows progress (a partial store can be read meanwhile)
-            _write_manifest(folder, expected, _collect(folder, expected))
+        if view is not None:  # rank 0: the manifest shows progress (a partial store can be read meanwhile)
+            view.add(index, record)
     bar.close()
 
 

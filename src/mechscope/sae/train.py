@@ -383,9 +383,10 @@ def _train(configs: list[SAEConfig], data, config: TrainConfig, folder: Path | N
     runs = [_Run(cfg, seed=config.seed + index, lr=config.lr, dtype=config.torch_dtype)
             for index, cfg in enumerate(configs)]
     fingerprint = _data_fingerprint(data) if folder is not None else {}
-    check_same_settings(ranks, "training settings", {"configs": [cfg.to_dict() for cfg in configs],
-                                                     "train": asdict(config), "data": fingerprint or
-                                                     _data_fingerprint(data), "batch_statistics": batch_statistics})
+    if ranks.distributed:  # before anything is read or written: every rank runs the same training
+        check_same_settings(ranks, "training settings", {"configs": [cfg.to_dict() for cfg in configs],
+                                                         "train": asdict(config), "batch_statistics": batch_statistics,
+                                                         "data": fingerprint or _data_fingerprint(data)})
     start = _load_checkpoint(folder, runs, configs, config, fingerprint) if folder is not None else 0
     if ranks.distributed:  # every rank resumes from the same state, with an equal share of each batch
         check_same_settings(ranks, "checkpoint to resume from and share of the batch",
