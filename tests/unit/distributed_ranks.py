@@ -71,10 +71,11 @@ def training_scenarios(ranks, store: str, out: str, d_in: int) -> None:
     """Trainings on an equal split of each global batch, a mismatched start, an interrupted
     checkpointed run and a rank that dies, in that order."""
     out = Path(out)
-    for architecture, statistics in (("topk", "global"), ("batchtopk", "global"), ("batchtopk", "per_rank")):
-        (sae,) = train(sae_config(architecture, d_in), store_data(store, ranks), train_config(), progress=False,
-                       ranks=ranks, batch_statistics=statistics)
-        _save(ranks, out, f"{architecture}-{statistics}", sae)
+    for architecture, statistics, bias in (("topk", "global", "zero"), ("batchtopk", "global", "zero"),
+                                           ("batchtopk", "per_rank", "zero"), ("topk", "global", "mean")):
+        (sae,) = train(sae_config(architecture, d_in), store_data(store, ranks), train_config(decoder_bias_init=bias),
+                       progress=False, ranks=ranks, batch_statistics=statistics)
+        _save(ranks, out, f"{architecture}-{statistics}" + ("-mean" if bias == "mean" else ""), sae)
     try:  # rank 1 was started with another learning rate
         train(sae_config("topk", d_in), store_data(store, ranks), train_config(lr=1e-2 if ranks.rank == 0 else 2e-2),
               progress=False, ranks=ranks)

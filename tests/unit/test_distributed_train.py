@@ -12,7 +12,7 @@ import mechscope
 from mechscope.data import harvest
 from mechscope.distributed import Ranks, run_ranks
 from mechscope.errors import ConfigError, InputTypeError
-from mechscope.sae.train import train
+from mechscope.sae.train import TrainConfig, train
 from tests.unit import distributed_ranks as scenario
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,6 +53,15 @@ def test_two_ranks_of_32_equal_one_process_of_64(trained, architecture):
         assert largest_difference(both, single) < 1e-10
     # The run moved: a test of equality between two untrained dictionaries could not fail.
     assert largest_difference(single, scenario_untrained(d_in, architecture)) > 1e-2
+
+
+def test_decoder_bias_from_the_global_batch_mean_equals_one_process(trained):
+    folder, out, _, d_in = trained
+    single = one_process(folder, d_in, "topk", decoder_bias_init="mean")
+    both = load_file(str(out / "topk-global-mean.rank1.safetensors"))
+    assert largest_difference(both, single) < 1e-10
+    # The mean start is another run than the zero start (so the option did something).
+    assert largest_difference(single, one_process(folder, d_in, "topk")) > 1e-3
 
 
 def scenario_untrained(d_in, architecture):
@@ -108,6 +117,12 @@ def test_data_split_must_match_the_ranks(tmp_path, trained):
         scenario.StoredActivations(folder / "store", scenario.HOOK, batch_size=64, rank=0, world_size=3)
     with pytest.raises(InputTypeError, match="ranks must be"):
         train(scenario.sae_config("topk", d_in), data, scenario.train_config(), ranks="2")
+    with pytest.raises(ConfigError, match="decoder_bias_init must be one of: zero, mean"):
+        TrainConfig(steps=1, decoder_bias_init="median")
+    with pytest.raises(ConfigError, match="dtype must be one of: float32, float64"):
+        TrainConfig(steps=1, dtype="float16")
+    with pytest.raises(ConfigError, match="batch_statistics must be one of: global, per_rank"):
+        train(scenario.sae_config("topk", d_in), data, scenario.train_config(), batch_statistics="local")
 
 
 def test_each_data_kind_splits_a_global_batch_into_equal_shares(tmp_path, trained):

@@ -35,9 +35,11 @@ from mechscope.distributed.reduce import (
     broadcast_parameters,
     global_kth_largest,
     global_mean,
+    global_mean_rows,
 )
 
-__all__ = ["DistributedConfig", "RankOutcome", "Ranks", "any_rank", "average_gradients", "broadcast_parameters",
-           "check_ranks", "check_same_settings", "contiguous_share", "global_kth_largest", "global_mean", "join",
-           "launched_by_torchrun", "leave", "main_rank_lock", "merge_top_k", "merge_top_k_many", "merged_histogram",
-           "merged_histograms", "rank_jobs", "run_ranks", "settings_digest", "spread_jobs", "top_k"]
+__all__ = ["DistributedConfig", "RankOutcome", "Ranks", "any_rank", "average_gradients",
+           "broadcast_parameters", "check_ranks", "check_same_settings", "contiguous_share",
+           "global_kth_largest", "global_mean", "global_mean_rows", "join", "launched_by_torchrun", "leave",
+           "main_rank_lock", "merge_top_k", "merge_top_k_many", "merged_histogram", "merged_histograms",
+           "rank_jobs", "run_ranks", "settings_digest", "spread_jobs", "top_k"]

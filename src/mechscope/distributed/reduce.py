@@ -27,6 +27,13 @@ def global_mean(ranks: Ranks, values: torch.Tensor) -> torch.Tensor:
     return totals[0] / totals[1]
 
 
+def global_mean_rows(ranks: Ranks, rows: torch.Tensor) -> torch.Tensor:
+    """The mean row [d] of every rank's ``rows`` [n, d] together (no gradient)."""
+    sums = torch.cat([rows.detach().sum(0), torch.tensor([float(rows.shape[0])], dtype=rows.dtype)])
+    totals = ranks.all_reduce(sums, what="the global batch's mean row") if ranks.distributed else sums
+    return totals[:-1] / totals[-1]
+
+
 def global_kth_largest(ranks: Ranks, values: torch.Tensor, count: int) -> torch.Tensor:
     """The ``count``-th largest of all ranks' ``values`` [n] together (the smallest of all of
     them when there are fewer): a 0-dim tensor, equal on every rank. Each rank sends only its
@@ -74,4 +81,5 @@ def broadcast_parameters(ranks: Ranks, parameters: Iterable[torch.nn.Parameter])
             parameter.copy_(ranks.all_reduce(zeroed, what="sharing rank 0's initial weights"))
 
 
-__all__ = ["any_rank", "average_gradients", "broadcast_parameters", "global_kth_largest", "global_mean"]
+__all__ = ["any_rank", "average_gradients", "broadcast_parameters", "global_kth_largest", "global_mean",
+           "global_mean_rows"]

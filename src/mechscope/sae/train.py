@@ -46,6 +46,7 @@ from mechscope.distributed import (
     broadcast_parameters,
     check_same_settings,
     global_mean,
+    global_mean_rows,
 )
 from mechscope.distributed.files import main_rank_lock
 from mechscope.errors import (
@@ -70,6 +71,11 @@ TrainDtype = Literal["float32", "float64"]
 # taken in a data-parallel run: "global" is the only correct choice; "per_rank" reproduces the
 # mistake of computing them on each rank's share (the negative control of tests and benchmarks).
 BatchStatistics = Literal["global", "per_rank"]
+# The decoder bias at step 0: zero, or the mean of the first (global) batch's targets, so the
+# latents start by explaining the variation around the mean rather than the mean itself.
+DecoderBiasInit = Literal["zero", "mean"]
+# Fields added to TrainConfig after checkpoints existed, with the value older runs had.
+TRAIN_FIELDS_BEFORE_RECORDED = {"dtype": "float32", "decoder_bias_init": "zero"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class TrainConfig:
     normalise_inputs: bool = True
     seed: int = 0
     dtype: TrainDtype = "float32"
+    decoder_bias_init: DecoderBiasInit = "zero"
 
     def __post_init__(self) -> None:
         check_int("steps", self.steps, 1)
@@ -102,6 +109,7 @@ class TrainConfig:
             raise ConfigError(f"normalise_inputs must be True or False; got {self.normalise_inputs!r}")
         check_int("seed", self.seed, None)
         check_choice("dtype", self.dtype, TrainDtype)
+        check_choice("decoder_bias_init", self.decoder_bias_init, DecoderBiasInit)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -302,7 +310,7 @@ def _load_checkpoint(folder: Path, runs: list[_Run], configs: list[SAEConfig], c
         for index, (old, new) in enumerate(zip(saved, configs)):
             changes += differences(f"dictionary {index} ", old.to_dict(), new.to_dict())
     other_dictionaries = bool(changes)
-    recorded = {"dtype": "float32", **meta["train"]} if isinstance(meta["train"], dict) else meta["train"]
+    recorded = {**TRAIN_FIELDS_BEFORE_RECORDED, **meta["train"]} if isinstance(meta["train"], dict) else meta["train"]
     changes += differences("", recorded, asdict(config), skip=RESUME_FREE_FIELDS)
     changes += differences("data ", meta["data"], data_fingerprint)
     if changes:
@@ -404,6 +412,11 @@ def _train(configs: list[SAEConfig], data, config: TrainConfig, folder: Path | N
                                   "or set normalise_inputs=False")
             run.scale_in = float(run.sae.cfg.d_in**0.5 / norm_in)
             run.scale_out = float(run.sae.cfg.output_dim**0.5 / norm_out)
+    if start == 0 and config.decoder_bias_init == "mean":
+        with torch.no_grad():
+            for run, (x, target) in zip(runs, _checked_batch(data, 0, configs, config.torch_dtype)):
+                goal = target if run.sae.cfg.is_transcoder else x
+                run.sae.b_dec.copy_(global_mean_rows(statistics, goal) * run.scale_out)
     bar = tqdm(range(start, config.steps), desc="training dictionaries", disable=not (progress and ranks.is_main),
                initial=start, total=config.steps)
     for step in bar:
