@@ -100,3 +100,23 @@ def test_the_cli_trains_saves_scores_resumes_and_refuses(tmp_path):
     assert other.exit_code != 0 and "contexts" in other.output
     too_few = runner.invoke(app, ["sae", "train-transcoders", "--out", str(tmp_path / "x"), "--tokens", "100"])
     assert too_few.exit_code != 0 and "at least one step" in too_few.output
+
+
+def test_the_cli_places_whole_layers_per_rank_and_refuses_bad_placements(tmp_path):
+    """``--placement layers`` (here a world of one: every layer on rank 0) trains each layer in
+    its own checkpoint folder and gives the transcoders of the default placement."""
+    _, folder = saved_tiny(tmp_path, "llama")
+    args = ["sae", "train-transcoders", "--model", str(folder), "--d-sae", "32", "--k", "4", "--tokens", "2032",
+            "--batch-contexts", "8", "--contexts", "32"]
+    data = runner.invoke(app, [*args, "--out", str(tmp_path / "data")])
+    layers = runner.invoke(app, [*args, "--out", str(tmp_path / "layers"), "--placement", "layers"])
+    assert data.exit_code == 0 and layers.exit_code == 0, layers.output
+    assert sorted(p.name for p in (tmp_path / "layers" / "checkpoints").iterdir()) == [
+        "dictionary_000", "dictionary_001", "dictionary_002"]
+    assert json.loads((tmp_path / "layers" / "eval.json").read_text())["training"]["placement"] == "layers"
+    by_layer, by_data = load_transcoders(tmp_path / "layers"), load_transcoders(tmp_path / "data")
+    assert all(float((by_layer[layer].W_dec - by_data[layer].W_dec).abs().max()) < 1e-6 for layer in range(3))
+    bad = runner.invoke(app, [*args, "--out", str(tmp_path / "bad"), "--placement", "heads"])
+    assert bad.exit_code != 0 and "data, layers" in bad.output
+    window = runner.invoke(app, [*args, "--out", str(tmp_path / "w"), "--placement", "layers", "--window", "2"])
+    assert window.exit_code != 0 and "use --window 1" in " ".join(window.output.split())

@@ -23,13 +23,14 @@ from mechscope.cli.options import (
     out_option,
 )
 from mechscope.data.manifest import check_rank_share
+from mechscope.graphs.transcoders import PLACEMENTS
 from mechscope.sae import ARCHITECTURES
 from mechscope.sae.runs import (
     TrainOptions,
     load_dictionary,
     parse_latents,
     prepare_dashboard_folder,
-    prepare_train_folder_on_ranks,
+    prepare_train_folder,
     run_dashboard,
     run_eval,
     run_train,
@@ -74,13 +75,13 @@ def train(
 ) -> None:
     """Harvest activations (resumable), train a dictionary (resumable), save it in SAELens'
     format and evaluate it on held-out contexts."""
-    from mechscope.distributed import join, leave
+    from mechscope.distributed import join, leave, output_folder_on_ranks
 
     options = TrainOptions(hook, arch, k, d_sae, _parse_tokens(tokens), batch_size, lr, harvest_contexts, seed)
     ranks = join()  # one of several ranks under torchrun; a world of one otherwise
     try:
         check_rank_share(ranks.rank, ranks.world_size, options.batch_size, "--batch-size", "rows")
-        folder = prepare_train_folder_on_ranks(ranks, out, options, overwrite, model)
+        folder = output_folder_on_ranks(ranks, lambda: prepare_train_folder(out, options, overwrite, model), str(out))
         if ranks.is_main:
             say(folder.describe())
             if ranks.distributed:
@@ -151,6 +152,9 @@ def train_transcoders(
     lr: Annotated[float, typer.Option(help="learning rate", callback=finite(minimum=0.0, strictly_above=True))] = 1e-3,
     window: Annotated[int, typer.Option(min=1, help="1: a transcoder per layer; W > 1: a cross-layer transcoder "
                                                     "whose layer-l features write to layers l .. l+W-1 (TopK)")] = 1,
+    placement: Annotated[str, typer.Option(help="under torchrun: data (split each batch over the ranks) or layers "
+                                                "(whole layers per rank, no traffic per step)",
+                                           callback=choice("placement", PLACEMENTS))] = "data",
     model: ModelName = None,
     out: Annotated[Path, out_option("folder: checkpoints/, transcoders/layer_*/, eval.json; a rerun with the same "
                                     "options resumes")] = Path("mechscope-transcoders"),
@@ -160,16 +164,26 @@ def train_transcoders(
     """A transcoder (normalised MLP input -> MLP output) for every layer, all layers trained from
     the same forward passes (resumable); scored per layer and with every layer spliced at once.
     The folder is what `mechscope graph --transcoders` reads."""
+    from mechscope.distributed import join, leave, output_folder_on_ranks
     from mechscope.graphs.transcoder_runs import (
         TranscoderOptions,
         prepare_transcoders_folder,
         run_train_transcoders,
     )
 
-    options = TranscoderOptions(d_sae, arch, k, skip, _parse_tokens(tokens), batch_contexts, contexts, lr, seed, window)
-    folder = prepare_transcoders_folder(out, options, overwrite, model)
-    say(folder.describe())
-    scored = run_train_transcoders(load_model(model), options, folder)
+    options = TranscoderOptions(d_sae, arch, k, skip, _parse_tokens(tokens), batch_contexts, contexts, lr, seed, window,
+                                placement)
+    ranks = join()  # one of several ranks under torchrun; a world of one otherwise
+    try:
+        folder = output_folder_on_ranks(ranks, lambda: prepare_transcoders_folder(out, options, overwrite, model),
+                                        str(out))
+        if ranks.is_main:
+            say(folder.describe())
+        scored = run_train_transcoders(load_model(model), options, folder, ranks=ranks)
+    finally:
+        leave()
+    if not ranks.is_main:
+        return
     table = Table(title="transcoders on held-out contexts")
     for column in ("layer", "L0", "FVU", "dead"):
         table.add_column(column, justify="right")

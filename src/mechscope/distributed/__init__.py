@@ -7,7 +7,7 @@ hanging. ``reduce`` computes a data-parallel step's batch statistics over the gl
 ``run_ranks`` starts N local ranks without torchrun (tests, benchmarks).
 """
 
-from mechscope.distributed.files import main_rank_lock
+from mechscope.distributed.files import main_rank_lock, output_folder_on_ranks
 from mechscope.distributed.group import (
     DistributedConfig,
     Ranks,
@@ -41,5 +41,5 @@ from mechscope.distributed.reduce import (
 __all__ = ["DistributedConfig", "RankOutcome", "Ranks", "any_rank", "average_gradients",
            "broadcast_parameters", "check_ranks", "check_same_settings", "contiguous_share",
            "global_kth_largest", "global_mean", "global_mean_rows", "join", "launched_by_torchrun", "leave",
-           "main_rank_lock", "merge_top_k", "merge_top_k_many", "merged_histogram", "merged_histograms",
+           "main_rank_lock", "merge_top_k", "merge_top_k_many", "merged_histogram", "merged_histograms", "output_folder_on_ranks",
            "rank_jobs", "run_ranks", "settings_digest", "spread_jobs", "top_k"]

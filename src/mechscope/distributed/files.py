@@ -8,11 +8,13 @@ every rank, and ranks of one run never refuse each other.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 from mechscope.distributed.group import Ranks
 from mechscope.errors import OutputFolderError
+from mechscope.files import OutputFolder
 from mechscope.locks import folder_lock
 
 
@@ -37,4 +39,16 @@ def main_rank_lock(ranks: Ranks, folder: Path, purpose: str) -> Iterator[None]:
         ranks.barrier(f"finishing in {folder}")
 
 
-__all__ = ["main_rank_lock"]
+def output_folder_on_ranks(ranks: Ranks, prepare: Callable[[], OutputFolder], what: str) -> OutputFolder:
+    """``prepare()`` (check, claim or clear a command's output folder) on rank 0 only: the folder
+    is shared, and two ranks clearing it would race. Every rank gets the same OutputFolder, or
+    the same error."""
+    def prepared() -> dict:
+        folder = prepare()
+        return {**asdict(folder), "path": str(folder.path)}
+
+    fields = ranks.on_main(prepared, f"preparing the output folder {what}")
+    return OutputFolder(**{**fields, "path": Path(fields["path"])})
+
+
+__all__ = ["main_rank_lock", "output_folder_on_ranks"]

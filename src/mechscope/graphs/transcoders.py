@@ -30,10 +30,11 @@ from mechscope.sae.evaluate import fraction_of_variance_unexplained, output_scor
 from mechscope.sae.model import SAE
 from mechscope.sae.spread import train_spread
 from mechscope.sae.train import TrainConfig, train
-from mechscope.validate import check_choice, check_int
+from mechscope.validate import check_choice, check_int, literal_choices
 
 # How a many-layer run uses several ranks: split each batch ("data") or give each rank whole layers.
 Placement = Literal["data", "layers"]
+PLACEMENTS: tuple[str, ...] = literal_choices(Placement)
 
 
 @dataclass(frozen=True)

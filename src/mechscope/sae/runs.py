@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mechscope import checks
 from mechscope.data.contexts import default_contexts
-from mechscope.distributed import Ranks
+from mechscope.distributed import Ranks, output_folder_on_ranks
 from mechscope.errors import ConfigError, FileFormatError, MechscopeError, MissingFileError, OutOfRangeError
 from mechscope.files import READ_ERRORS, OutputFolder, atomic_text, prepare_output_folder, staged_writes
 from mechscope.models.catalogue import check_hook_syntax
@@ -101,15 +101,6 @@ def prepare_train_folder(out: str | Path, options: TrainOptions, overwrite: bool
                                  options={**asdict(options), "model": model or DEFAULT_MODEL})
 
 
-def prepare_train_folder_on_ranks(ranks: Ranks, out: str | Path, options: TrainOptions, overwrite: bool = False,
-                                  model: str | None = None) -> OutputFolder:
-    """:func:`prepare_train_folder` on rank 0 (the folder is shared; only one rank may check,
-    claim or clear it); every rank gets the same :class:`OutputFolder`, or the same error."""
-    prepared = ranks.on_main(lambda: asdict(prepare_train_folder(out, options, overwrite, model)) | {
-        "path": str(Path(out).expanduser())}, f"preparing the output folder {out}")
-    return OutputFolder(**{**prepared, "path": Path(prepared["path"])})
-
-
 def run_train(model: HookedModel, options: TrainOptions, out: OutputFolder | str | Path,
               overwrite: bool = False, ranks: Ranks | None = None) -> tuple[SAE, SAEEvaluation | None]:
     """Harvest activations (resumable), train a dictionary (resumable), save it in SAELens'
@@ -126,7 +117,7 @@ def run_train(model: HookedModel, options: TrainOptions, out: OutputFolder | str
     if isinstance(out, OutputFolder):
         folder = out
     elif ranks.distributed:
-        folder = prepare_train_folder_on_ranks(ranks, out, options, overwrite)
+        folder = output_folder_on_ranks(ranks, lambda: prepare_train_folder(out, options, overwrite), str(out))
     else:
         folder = prepare_train_folder(out, options, overwrite)
     point = model.hook_point(options.hook)  # the model's own check: layer range, family
