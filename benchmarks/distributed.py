@@ -71,8 +71,9 @@ def train_rank(ranks, store: str, architecture: str, d_sae: int, steps: int, out
         parameter.grad = torch.ones_like(parameter)
     ranks.barrier()
     reduce_started = time.perf_counter()
+    gradient_bytes = sum(parameter.numel() * parameter.element_size() for parameter in parameters)
     for _ in range(5):
-        gradient_bytes = average_gradients(ranks, parameters)
+        average_gradients(ranks, parameters)
     reduce_seconds = (time.perf_counter() - reduce_started) / 5
     if ranks.is_main:
         Path(out).write_text(json.dumps({"seconds": seconds, "steps": steps, "bytes_per_step": step_bytes,

@@ -111,7 +111,9 @@ def load_optimiser_tensors(optimiser: torch.optim.Optimizer, parameters: Mapping
         if parameter is None or not fits:
             raise FileFormatError(f"{path}: optimiser tensor {key} {tuple(value.shape)} fits no trained parameter; "
                                   f"{remedy}")
-        optimiser.state.setdefault(parameter, {})[field] = value.clone()
+        # Adam's moments live beside their parameter (saved from any device, loaded onto any).
+        optimiser.state.setdefault(parameter, {})[field] = value.clone() if field == "step" else \
+            value.to(parameter.device, copy=True)
 
 
 __all__ = ["LATEST", "STATE", "STEP_NAME", "as_json", "differences", "latest_checkpoint", "load_optimiser_tensors",

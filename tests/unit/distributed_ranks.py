@@ -15,6 +15,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from mechscope.data import StoredActivations
+from mechscope.distributed import global_kth_largest
 from mechscope.errors import DistributedError
 from mechscope.sae import SAEConfig
 from mechscope.sae.train import TrainConfig, train
@@ -54,6 +55,17 @@ class StopsAt:
         return self.data.batch(step)
 
 
+class NonFiniteAt(StopsAt):
+    """On rank 1: a NaN in the batch of ``step`` (bad rows in one rank's share)."""
+
+    def batch(self, step: int):
+        batch = self.data.batch(step)
+        if step == self.step and self.rank == 1:
+            batch = batch.clone()
+            batch[0, 0] = float("nan")
+        return batch
+
+
 class DiesAt(StopsAt):
     """On rank 1: the process exits at ``step`` without a word (a crashed or killed rank)."""
 
@@ -67,10 +79,23 @@ def _save(ranks, out: Path, name: str, sae) -> None:
     save_file({k: v.contiguous() for k, v in sae.state_dict().items()}, str(out / f"{name}.rank{ranks.rank}.safetensors"))
 
 
+def skewed_values():
+    """{case: [rank 0's values, rank 1's values]} for the cut-off, 50 values in all (fewer than
+    the largest count asked): rank 0 holding the 30 largest, or every other value."""
+    import torch
+
+    values = torch.randn(50, generator=torch.Generator().manual_seed(7)).sort(descending=True).values
+    return {"skewed": [values[:30], values[30:]], "spread": [values[0::2][:30], values[1::2]]}
+
+
 def training_scenarios(ranks, store: str, out: str, d_in: int) -> None:
     """Trainings on an equal split of each global batch, a mismatched start, an interrupted
     checkpointed run and a rank that dies, in that order."""
     out = Path(out)
+    cuts = {}  # the BatchTopK cut-off when one rank holds all of the top values, and when they are spread
+    for name, values in skewed_values().items():
+        cuts[name] = [float(global_kth_largest(ranks, values[ranks.rank], count)) for count in (1, 5, 12, 40, 200)]
+    (out / f"cuts.rank{ranks.rank}.json").write_text(json.dumps(cuts))
     for architecture, statistics, bias in (("topk", "global", "zero"), ("batchtopk", "global", "zero"),
                                            ("batchtopk", "per_rank", "zero"), ("topk", "global", "mean")):
         (sae,) = train(sae_config(architecture, d_in), store_data(store, ranks), train_config(decoder_bias_init=bias),
@@ -89,6 +114,13 @@ def training_scenarios(ranks, store: str, out: str, d_in: int) -> None:
     except KeyboardInterrupt:
         pass
     ranks.barrier()
+    try:  # rank 1's batch of step 3 holds a NaN: rank 1 says so, rank 0 stops too (no timeout)
+        train(sae_config("batchtopk", d_in), NonFiniteAt(store_data(store, ranks), 3), train_config(), progress=False,
+              ranks=ranks)
+        bad_batch = {"error": None}
+    except Exception as error:
+        bad_batch = {"type": type(error).__name__, "error": str(error)}
+    (out / f"nonfinite.rank{ranks.rank}.json").write_text(json.dumps(bad_batch))
     started = time.monotonic()
     try:
         train(sae_config("topk", d_in), DiesAt(store_data(store, ranks), 2), train_config(), progress=False,
@@ -116,7 +148,16 @@ def harvest_scenarios(ranks, straight: str, killed: str) -> None:
     model = mechscope.load_tiny("llama")
     settings = {"hook_names": [HOOK, "blocks.0.hook_mlp_out"], "shard_contexts": 4, "batch_contexts": 3,
                 "progress": False, "ranks": ranks}
+    # Rank 1 is slow (longer than the group's 5 s collective timeout): rank 0 waits at the
+    # phase's meeting, which has the long wait_timeout_s, instead of declaring it dead.
+    ranks.everywhere(lambda: time.sleep(7) if ranks.rank == 1 else None, "a slow rank's phase")
     harvest(model, harvest_contexts(), straight, **settings)
+    try:  # each rank given its own folder: rank 0 cannot see rank 1's shards
+        harvest(model, harvest_contexts(), f"{straight}-rank{ranks.rank}", **settings)
+        unshared = {"error": None}
+    except Exception as error:
+        unshared = {"type": type(error).__name__, "error": str(error)}
+    Path(f"{straight}-unshared.rank{ranks.rank}.json").write_text(json.dumps(unshared))
     if ranks.rank == 1:
         forward, calls = model.run_with_cache, []
 

@@ -20,7 +20,7 @@ SETTINGS = {"hook_names": [scenario.HOOK, "blocks.0.hook_mlp_out"], "shard_conte
 def harvested(tmp_path_factory):
     folder = tmp_path_factory.mktemp("harvests")
     outcomes = run_ranks(scenario.harvest_scenarios, 2, folder / "work", str(folder / "two"), str(folder / "killed"),
-                         timeout_s=240, collective_timeout_s=30)
+                         timeout_s=240, collective_timeout_s=5)
     one = harvest(mechscope.load_tiny("llama"), scenario.harvest_contexts(), folder / "one", **SETTINGS)
     return folder, outcomes, one
 
@@ -65,3 +65,14 @@ def test_a_harvest_killed_on_two_ranks_resumes_on_one(harvested):
     assert after["contexts_done"] == 18
     assert [(entry["rank"], entry["world_size"]) for entry in after["shards"]] == [(0, 2), (1, 2), (0, 2), (0, 1),
                                                                                  (0, 2)]
+
+
+def test_a_slow_rank_is_waited_for_and_an_unshared_folder_is_refused(harvested):
+    """The scenario's first phase had rank 1 busy for 7 s against a 5 s collective timeout, and
+    the harvests after it ran (rank 0 waited). A harvest whose folder is not shared stops with
+    an error on every rank, not with a manifest that lacks half the shards."""
+    folder, outcomes, _ = harvested
+    assert (folder / "two" / "manifest.json").is_file()
+    rank0, rank1 = (json.loads((folder / f"two-unshared.rank{rank}.json").read_text()) for rank in (0, 1))
+    assert rank0["type"] == "MissingFileError" and "needs a folder every rank sees" in rank0["error"]
+    assert rank1["type"] == "DistributedError" and "rank 0 failed" in rank1["error"]

@@ -68,6 +68,16 @@ def scenario_untrained(d_in, architecture):
     return mechscope.sae.SAE(scenario.sae_config(architecture, d_in)).double().state_dict()
 
 
+def test_the_cutoff_is_the_kth_largest_of_all_ranks_values_however_they_are_spread(trained):
+    _, out, _, _ = trained
+    for rank in (0, 1):
+        cuts = json.loads((out / f"cuts.rank{rank}.json").read_text())
+        for name, values in scenario.skewed_values().items():
+            everything = torch.cat(values).sort(descending=True).values
+            # 200 is more than the 50 values: the smallest of them all.
+            assert cuts[name] == [float(everything[min(count, 50) - 1]) for count in (1, 5, 12, 40, 200)], name
+
+
 def test_per_rank_batchtopk_cutoff_diverges_from_one_process(trained):
     """The negative control: the same run with BatchTopK's cut-off, AuxK and dead counts taken
     on each rank's half of the batch is another function of the data."""
@@ -95,6 +105,29 @@ def test_resume_on_one_process_after_an_interrupted_two_rank_run(trained):
     (straight,) = train(scenario.sae_config("batchtopk", d_in), scenario.store_data(folder / "store"), config,
                         progress=False)
     assert largest_difference(resumed.state_dict(), straight.state_dict()) < 1e-10
+
+
+def test_a_bad_batch_on_one_rank_stops_both_with_its_reason(trained):
+    _, out, _, _ = trained
+    rank0, rank1 = (json.loads((out / f"nonfinite.rank{rank}.json").read_text()) for rank in (0, 1))
+    assert rank1["type"] == "NonFiniteError" and "data.batch(3)" in rank1["error"]
+    assert rank0["type"] == "DistributedError" and "step 3 failed its checks on 1 other rank" in rank0["error"]
+
+
+def test_per_rank_statistics_keep_no_checkpoints_and_distributed_data_needs_a_fingerprint(tmp_path, trained):
+    folder, _, _, d_in = trained
+    with pytest.raises(ConfigError, match="negative control .* keep no checkpoints"):
+        train(scenario.sae_config("batchtopk", d_in), scenario.store_data(folder / "store"), scenario.train_config(),
+              tmp_path / "c", batch_statistics="per_rank")
+
+    class Rows:  # a rank's share of some batches, with nothing that identifies the global ones
+        rank, world_size = 0, 2
+
+        def batch(self, step):
+            return torch.ones(4, d_in)
+
+    with pytest.raises(ConfigError, match="needs data with a fingerprint"):
+        train(scenario.sae_config("topk", d_in), Rows(), scenario.train_config(), ranks=Ranks(rank=0, world_size=2))
 
 
 def test_a_dead_rank_stops_the_other_with_a_clear_error(trained):

@@ -51,6 +51,7 @@ from mechscope.errors import (
     FileFormatError,
     FolderNotEmptyError,
     InputTypeError,
+    MissingFileError,
     NonFiniteError,
     OutputFolderError,
 )
@@ -108,8 +109,7 @@ def harvest(model: HookedModel, contexts: torch.Tensor, folder: str | Path, hook
         progress_view = _Progress(folder, expected, found, remaining) if ranks.is_main else None
         ranks.everywhere(lambda: _write_shards(model, contexts, folder, expected, remaining[ranks.rank::ranks.world_size],
                                                dtype, progress, ranks, progress_view), "harvesting shards")
-        ranks.on_main(lambda: _write_manifest(folder, expected, _collect(folder, expected, _listed(folder, expected))),
-                      "writing the manifest")
+        ranks.on_main(lambda: _finish(folder, expected), "writing the manifest")
     return folder
 
 
@@ -124,6 +124,18 @@ def _open_folder(folder: Path, expected: dict) -> dict[int, dict]:
     shards = _collect(folder, expected, _listed(folder, expected))
     _write_manifest(folder, expected, shards)
     return shards
+
+
+def _finish(folder: Path, expected: dict) -> None:
+    """The final manifest, listing every shard; refuses a harvest with contexts missing (the
+    folder is not shared by every rank, so rank 0 did not see the others' shards)."""
+    shards = _collect(folder, expected, _listed(folder, expected))
+    _write_manifest(folder, expected, shards)
+    missing = shard_count(expected["total_contexts"], expected["shard_contexts"]) - len(shards)
+    if missing:
+        raise MissingFileError(f"{folder}: {missing} shard(s) written by other ranks are not in this folder: a "
+                               "harvest on several ranks needs a folder every rank sees (a shared file system); "
+                               "run the same call again to harvest what is missing")
 
 
 def _listed(folder: Path, expected: dict) -> dict[int, dict]:

@@ -27,16 +27,16 @@ def main_rank_lock(ranks: Ranks, folder: Path, purpose: str) -> Iterator[None]:
         if ranks.is_main:
             try:
                 stack.enter_context(folder_lock(folder, purpose))
-            except OutputFolderError as error:
+            except Exception as error:  # e.g. an unwritable folder: the others must not wait for rank 0
                 if not ranks.distributed:
                     raise
-                outcome = {"ok": False, "error": str(error)}
-        shared = ranks.broadcast_json(outcome, f"taking the lock of {folder}")
+                outcome = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+        shared = ranks.broadcast_json(outcome, f"taking the lock of {folder}", patient=True)
         if not shared["ok"]:
-            raise OutputFolderError(shared["error"])
+            raise OutputFolderError(f"rank 0 could not take the lock of {folder}: {shared['error']}")
         yield
         # Nobody leaves (and rank 0 releases the lock) before every rank is done writing.
-        ranks.barrier(f"finishing in {folder}")
+        ranks.gather_json(None, f"finishing in {folder}", patient=True)
 
 
 def output_folder_on_ranks(ranks: Ranks, prepare: Callable[[], OutputFolder], what: str) -> OutputFolder:

@@ -37,11 +37,16 @@ LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 class DistributedConfig:
     """How to join the group. ``backend="auto"`` takes NCCL when CUDA is available, else gloo.
     ``timeout_s`` bounds every collective: a rank that died or stalled stops the others with
-    a :class:`DistributedError` after at most this long. ``init_method`` overrides torchrun's
-    environment rendezvous (e.g. ``file:///shared/rendezvous`` with explicit rank and world size)."""
+    a :class:`DistributedError` after at most this long. ``wait_timeout_s`` bounds the meetings
+    at the end of a phase (a harvest, a rank's layers, a round of jobs), where a rank that is
+    done waits for slower ones: they go through a second, gloo group with this longer timeout (a
+    rank that died still ends them at once: its connections close). ``init_method`` overrides
+    torchrun's environment rendezvous (e.g. ``file:///shared/rendezvous`` with explicit rank and
+    world size)."""
 
     backend: Backend = "auto"
     timeout_s: float = 600.0
+    wait_timeout_s: float = 86_400.0
     init_method: str | None = None
     rank: int | None = None
     world_size: int | None = None
@@ -49,6 +54,7 @@ class DistributedConfig:
     def __post_init__(self) -> None:
         check_choice("backend", self.backend, Backend)
         check_number("timeout_s", self.timeout_s, 1.0)
+        check_number("wait_timeout_s", self.wait_timeout_s, 1.0)
         if self.init_method is not None and not isinstance(self.init_method, str):
             raise ConfigError(f"init_method must be a URL string such as file:///tmp/rendezvous; got {self.init_method!r}")
         if (self.rank is None) != (self.world_size is None):
@@ -70,6 +76,8 @@ class Ranks:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     timeout_s: float = 600.0
     sent_bytes: int = 0
+    wait_timeout_s: float = 86_400.0
+    meeting: Any = None  # the gloo group of the end-of-phase meetings (None: the default group)
 
     @property
     def distributed(self) -> bool:
@@ -81,13 +89,14 @@ class Ranks:
         return self.rank == 0
 
     # ------------------------------------------------------------------ collectives
-    def _run(self, what: str, operation):
+    def _run(self, what: str, operation, patient: bool = False):
         try:
             return operation()
         except (RuntimeError, torch_dist.DistBackendError) as error:
+            limit = f"wait_timeout_s={self.wait_timeout_s:g}" if patient else f"timeout_s={self.timeout_s:g}"
             raise DistributedError(
                 f"rank {self.rank} of {self.world_size}: {what} failed ({str(error).splitlines()[0][:300]}). Another "
-                f"rank died or stalled for more than timeout_s={self.timeout_s:g} s, so this rank stopped too; "
+                f"rank died or stalled for more than {limit} s, so this rank stopped too; "
                 "relaunch the same command to resume from the last checkpoint or shard") from error
 
     def all_reduce(self, tensor: torch.Tensor, op: Literal["sum", "max", "min"] = "sum",
@@ -102,37 +111,41 @@ class Ranks:
         self._run(what, lambda: torch_dist.all_reduce(moved, op=ops[op]))
         return moved.to(tensor.device)
 
-    def all_gather(self, tensor: torch.Tensor, what: str = "an all-gather") -> list[torch.Tensor]:
-        """Every rank's ``tensor`` (same shape and dtype on every rank), in rank order."""
+    def all_gather(self, tensor: torch.Tensor, what: str = "an all-gather", patient: bool = False) -> list[torch.Tensor]:
+        """Every rank's ``tensor`` (same shape and dtype on every rank), in rank order.
+        ``patient``: an end-of-phase meeting (the long ``wait_timeout_s``; gloo, on CPU)."""
         if not self.distributed:
             return [tensor.clone()]
-        moved = tensor.detach().to(self.device).contiguous()
+        group = self.meeting if patient else None
+        device = torch.device("cpu") if group is not None else self.device
+        moved = tensor.detach().to(device).contiguous()
         parts = [torch.empty_like(moved) for _ in range(self.world_size)]
         self.sent_bytes += moved.numel() * moved.element_size()
-        self._run(what, lambda: torch_dist.all_gather(parts, moved))
+        self._run(what, lambda: torch_dist.all_gather(parts, moved, group=group), patient)
         return [part.to(tensor.device) for part in parts]
 
-    def all_gather_rows(self, tensor: torch.Tensor, what: str = "an all-gather") -> list[torch.Tensor]:
+    def all_gather_rows(self, tensor: torch.Tensor, what: str = "an all-gather",
+                        patient: bool = False) -> list[torch.Tensor]:
         """Every rank's ``tensor`` [n_rank, ...] when the row counts differ between ranks: padded
         to the longest, gathered, and cut back (nothing is dropped)."""
         if not self.distributed:
             return [tensor.clone()]
-        counts = self.all_gather(torch.tensor([tensor.shape[0]]), what=f"{what} (row counts)")
+        counts = self.all_gather(torch.tensor([tensor.shape[0]]), what=f"{what} (row counts)", patient=patient)
         longest = int(max(int(c) for c in counts))
         padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype)
         padded[:tensor.shape[0]] = tensor.detach().cpu()
-        return [part[:int(count)] for part, count in zip(self.all_gather(padded, what), counts)]
+        return [part[:int(count)] for part, count in zip(self.all_gather(padded, what, patient), counts)]
 
-    def gather_json(self, value: Any, what: str = "gathering results") -> list[Any]:
+    def gather_json(self, value: Any, what: str = "gathering results", patient: bool = False) -> list[Any]:
         """Every rank's JSON-serialisable ``value``, in rank order (JSON, never pickle)."""
         if not self.distributed:
             return [json.loads(json.dumps(value))]
         payload = torch.frombuffer(bytearray(json.dumps(value).encode()), dtype=torch.uint8)
-        return [json.loads(bytes(part.tolist()).decode()) for part in self.all_gather_rows(payload, what)]
+        return [json.loads(bytes(part.tolist()).decode()) for part in self.all_gather_rows(payload, what, patient)]
 
-    def broadcast_json(self, value: Any, what: str = "a broadcast") -> Any:
+    def broadcast_json(self, value: Any, what: str = "a broadcast", patient: bool = False) -> Any:
         """Rank 0's JSON-serialisable ``value`` on every rank."""
-        return self.gather_json(value if self.is_main else None, what)[0]
+        return self.gather_json(value if self.is_main else None, what, patient)[0]
 
     def barrier(self, what: str = "waiting for every rank") -> None:
         if self.distributed:
@@ -150,7 +163,12 @@ class Ranks:
             if not self.distributed:
                 raise
             failure, outcome = error, {"error": f"{type(error).__name__}: {error}"}
-        outcomes = self.gather_json(outcome, what)
+        try:
+            outcomes = self.gather_json(outcome, what, patient=True)
+        except DistributedError as lost:
+            if failure is not None:  # this rank's own error is the news, not the meeting that failed after it
+                raise failure from lost
+            raise
         if failure is not None:
             raise failure
         failed = [f"rank {rank}: {one['error']}" for rank, one in enumerate(outcomes) if "error" in one]
@@ -165,13 +183,16 @@ class Ranks:
         outcome: dict = {}
         if self.is_main:
             try:
-                outcome = {"value": operation()}
+                outcome = {"value": json.loads(json.dumps(operation()))}  # serialised here: a failure is caught
             except Exception as error:
                 if not self.distributed:
                     raise
-                self.broadcast_json({"error": f"{type(error).__name__}: {error}"}, what)
+                try:
+                    self.broadcast_json({"error": f"{type(error).__name__}: {error}"}, what, patient=True)
+                except DistributedError as lost:
+                    raise error from lost
                 raise  # rank 0 keeps its own error; the others raise the DistributedError below
-        shared = self.broadcast_json(outcome, what)
+        shared = self.broadcast_json(outcome, what, patient=True)
         if "error" in shared:
             raise DistributedError(f"rank {self.rank}: rank 0 failed while {what}: {shared['error']}")
         return shared["value"]
@@ -188,10 +209,11 @@ def check_same_settings(ranks: Ranks, what: str, settings: dict) -> None:
     if not ranks.distributed:
         return
     digest = torch.tensor(list(bytes.fromhex(settings_digest(settings))), dtype=torch.uint8)
-    digests = ranks.all_gather(digest, what=f"comparing the {what}")
+    digests = ranks.all_gather(digest, what=f"comparing the {what}", patient=True)  # ranks start at their own pace
     if all(torch.equal(d, digests[0]) for d in digests):
         return
-    every = ranks.gather_json(json.loads(json.dumps(settings, default=str)), what=f"comparing the {what}")
+    every = ranks.gather_json(json.loads(json.dumps(settings, default=str)), what=f"comparing the {what}",
+                              patient=True)
     keys = sorted({key for one in every for key in one})
     lines = [f"{key}: " + ", ".join(f"rank {r} {one.get(key, '<missing>')!r}" for r, one in enumerate(every))
              for key in keys if len({json.dumps(one.get(key), sort_keys=True) for one in every}) > 1]
@@ -213,12 +235,14 @@ def join(config: DistributedConfig | None = None) -> Ranks:
     if not explicit and not launched_by_torchrun():
         return Ranks(timeout_s=config.timeout_s)
     backend = config.backend
-    if backend == "auto":
+    if torch_dist.is_initialized():  # joined before (or by the caller): keep that group's backend
+        backend = torch_dist.get_backend()
+    elif backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl" and not torch.cuda.is_available():
         raise ConfigError("backend='nccl' needs CUDA on every rank; this process has no GPU: use 'gloo' (or 'auto')")
     device = torch.device("cpu")
-    if backend == "nccl":
+    if backend == "nccl":  # one GPU per rank, chosen before the group starts (as NCCL wants)
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not torch_dist.is_initialized():
@@ -232,8 +256,11 @@ def join(config: DistributedConfig | None = None) -> Ranks:
         except (RuntimeError, ValueError, torch_dist.DistError) as error:
             raise DistributedError(f"could not join the process group ({error}); check MASTER_ADDR/MASTER_PORT or "
                                    "init_method, and that every rank was started") from error
+    # The end-of-phase meetings: gloo (CPU tensors, any backend) with the long timeout. Created
+    # by every rank, as new_group must be.
+    meeting = torch_dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=config.wait_timeout_s))
     return Ranks(rank=torch_dist.get_rank(), world_size=torch_dist.get_world_size(), backend=backend, device=device,
-                 timeout_s=config.timeout_s)
+                 timeout_s=config.timeout_s, wait_timeout_s=config.wait_timeout_s, meeting=meeting)
 
 
 def leave() -> None:

@@ -96,19 +96,26 @@ def merge_top_k_many(ranks: Ranks, values: Sequence[torch.Tensor], global_index:
     if len(values) != len(global_index):
         raise InputTypeError(f"values and global_index must hold one tensor per list; got {len(values)} and "
                              f"{len(global_index)}")
-    local = [top_k(v, i, k) for v, i in zip(values, global_index)]
     if not ranks.distributed:
-        return [(v.cpu(), i.cpu()) for v, i in local]
+        return [(v.cpu(), i.cpu()) for v, i in (top_k(v, i, k) for v, i in zip(values, global_index))]
+    try:
+        local, bad = [top_k(v, i, k) for v, i in zip(values, global_index)], 0
+    except NonFiniteError:  # flagged in the exchange below, so every rank refuses it, not only this one
+        local = [(v[:0], i[:0].long()) for v, i in zip(values, global_index)]
+        bad = 1
     # Each rank sends only its own top k of each list, tagged with the list's number: two
     # gathers (keys, values) whatever the number of lists. A first key row (-1, number of
     # lists) lets every rank check that the others merge as many lists.
     dtype = functools.reduce(torch.promote_types, [v.dtype for v, _ in local[1:]],
                              local[0][0].dtype if local else torch.float32)
-    keys = torch.cat([torch.tensor([[-1, len(local)]]),
+    keys = torch.cat([torch.tensor([[-1, len(local)], [-2, bad]]),
                       *[torch.stack([torch.full_like(i, j).cpu(), i.cpu()], 1) for j, (_, i) in enumerate(local)]])
-    sent = torch.cat([torch.zeros(1, dtype=dtype), *[v.detach().to("cpu", dtype) for v, _ in local]])
+    sent = torch.cat([torch.zeros(2, dtype=dtype), *[v.detach().to("cpu", dtype) for v, _ in local]])
     every_key = torch.cat(ranks.all_gather_rows(keys, what="merging top-k lists (indices)"))
     every_value = torch.cat(ranks.all_gather_rows(sent, what="merging top-k lists (values)"))
+    flagged = [rank for rank, flag in enumerate(every_key[every_key[:, 0] == -2, 1].tolist()) if flag]
+    if flagged:
+        raise NonFiniteError(f"the top-k values of rank(s) {flagged} hold NaN; a top-k needs ordered values")
     lists = every_key[every_key[:, 0] == -1, 1].tolist()
     if len(set(lists)) > 1:
         raise DistributedError("the ranks merge different numbers of top-k lists ("
@@ -203,7 +210,7 @@ def spread_jobs(ranks: Ranks, n_jobs: int, run_job: Callable[[int], Any], what: 
     in job order on every rank: what one process returns.
 
     The ranks exchange results after each round (one job per rank), so a rank waits for the
-    others at most one job's time (a job must take less than the group's ``timeout_s``), and a
+    others at most one job's time (within the group's ``wait_timeout_s``), and a
     job that raises stops every rank at the end of its round: the failing rank still takes part
     in the exchange, then every rank raises a :class:`~mechscope.errors.DistributedError` naming
     the job, its rank and its error. In a world of one the job's own error is raised."""
@@ -227,7 +234,12 @@ def spread_jobs(ranks: Ranks, n_jobs: int, run_job: Callable[[int], Any], what: 
             except Exception as error:  # re-raised below as a DistributedError on every rank
                 failed = error
                 outcome["error"] = f"{type(error).__name__}: {error}"
-        shared = ranks.gather_json(outcome, what=f"{what}, round {first // ranks.world_size + 1}")
+        try:  # a meeting: a rank may wait for the round's slowest job (wait_timeout_s)
+            shared = ranks.gather_json(outcome, what=f"{what}, round {first // ranks.world_size + 1}", patient=True)
+        except DistributedError as lost:
+            if failed is not None:
+                raise failed from lost
+            raise
         counts = {one["n_jobs"] for one in shared}
         if len(counts) > 1:
             raise DistributedError(f"the ranks disagree on the number of {what} ("

@@ -36,10 +36,21 @@ def global_mean_rows(ranks: Ranks, rows: torch.Tensor) -> torch.Tensor:
 
 def global_kth_largest(ranks: Ranks, values: torch.Tensor, count: int) -> torch.Tensor:
     """The ``count``-th largest of all ranks' ``values`` [n] together (the smallest of all of
-    them when there are fewer): a 0-dim tensor, equal on every rank. Each rank sends only its
-    own ``count`` largest (any of the global top ``count`` is among some rank's top ``count``)."""
+    them when there are fewer): a 0-dim tensor, equal on every rank.
+
+    Exact, and cheap: with N ranks, the minimum over ranks of each rank's ceil(count / N)-th
+    largest value is a floor L at or below the answer (every rank has ceil(count / N) values
+    >= L, so at least ``count`` in all); a rank then sends only its values >= L, at most its top
+    ``count`` (no rank holds more of the global top ``count``). On evenly spread data that is
+    about count / N values per rank, instead of ``count``."""
     local = values.topk(min(values.numel(), count)).values
-    merged = torch.cat(ranks.all_gather_rows(local.cpu(), what="the BatchTopK cut-off")).to(values.device)
+    if not ranks.distributed:
+        return local[-1]
+    share = -(-count // ranks.world_size)
+    own_floor = local[share - 1] if local.numel() >= share else local.new_tensor(float("-inf"))
+    floor = ranks.all_reduce(own_floor, op="min", what="the BatchTopK cut-off's floor")
+    sent = local[local >= floor]
+    merged = torch.cat(ranks.all_gather_rows(sent.cpu(), what="the BatchTopK cut-off")).to(values.device)
     return merged.topk(min(merged.numel(), count)).values[-1]
 
 
@@ -50,24 +61,29 @@ def any_rank(ranks: Ranks, flags: torch.Tensor) -> torch.Tensor:
     return ranks.all_reduce(flags.to(torch.uint8), op="max", what="which latents fired").bool()
 
 
-def average_gradients(ranks: Ranks, parameters: Iterable[torch.nn.Parameter]) -> int:
+def average_gradients(ranks: Ranks, parameters: Iterable[torch.nn.Parameter], failed: bool = False) -> int:
     """Replace each parameter's gradient by its mean over the ranks, as DDP does, in one flat
     all-reduce (DDP's bucketing, with one bucket: a dictionary's gradients are one contiguous
-    send). Parameters without a gradient count as zero on that rank. Returns the bytes sent."""
+    send). Parameters without a gradient count as zero on that rank. ``failed``: this rank's
+    step went wrong (a non-finite loss); the flag rides in the same all-reduce, so every rank
+    learns of it without another collective. Returns how many ranks failed (0 in a world of
+    one: the caller raises its own error)."""
     parameters = [p for p in parameters if p.requires_grad]
-    if not ranks.distributed or not parameters:
+    if not ranks.distributed:
         return 0
     for parameter in parameters:
         if parameter.grad is None:
             parameter.grad = torch.zeros_like(parameter)
-    flat = torch.cat([p.grad.reshape(-1) for p in parameters])
-    summed = ranks.all_reduce(flat, what="averaging the gradients") / ranks.world_size
+    dtype = parameters[0].dtype if parameters else torch.float32
+    flag = torch.tensor([1.0 if failed else 0.0], dtype=dtype)
+    flat = torch.cat([*(p.grad.reshape(-1) for p in parameters), flag.to(parameters[0].device if parameters else "cpu")])
+    summed = ranks.all_reduce(flat, what="averaging the gradients")
     offset = 0
     for parameter in parameters:
         size = parameter.numel()
-        parameter.grad.copy_(summed[offset:offset + size].view_as(parameter))
+        parameter.grad.copy_(summed[offset:offset + size].view_as(parameter) / ranks.world_size)
         offset += size
-    return flat.numel() * flat.element_size()
+    return int(round(float(summed[-1])))
 
 
 def broadcast_parameters(ranks: Ranks, parameters: Iterable[torch.nn.Parameter]) -> None:

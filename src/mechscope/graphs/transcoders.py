@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 
 from mechscope.data.store import ModelActivations
-from mechscope.distributed import Ranks
+from mechscope.distributed import Ranks, check_ranks
 from mechscope.errors import ConfigError
 from mechscope.graphs.replacement import mlp_input, mlp_output
 from mechscope.models.hooked_model import HookedModel
@@ -74,7 +74,7 @@ def train_transcoders(model: HookedModel, contexts: torch.Tensor, config: Transc
     gives each rank whole layers (layer i on rank i % world_size, its own checkpoint folder
     under ``checkpoint_dir``, which is then required; see :mod:`mechscope.sae.spread`)."""
     check_choice("placement", placement, Placement)
-    ranks = ranks if ranks is not None else Ranks()
+    ranks = check_ranks(ranks)
     layers = range(model.cfg.n_layers)
     configs = [config.layer_config(model, layer) for layer in layers]
     hooks = [name for layer in layers for name in (mlp_input(layer), mlp_output(layer))]

@@ -265,7 +265,8 @@ def sae_dashboards(model: HookedModel, sae, contexts: torch.Tensor, latents: lis
             "contexts_sha256": hashlib.sha256(contexts.cpu().contiguous().numpy().tobytes()).hexdigest()})
     index = torch.tensor(latents)
     share = contiguous_share(ranks, len(contexts), batch_contexts)
-    values = torch.zeros((0, contexts.shape[1], len(latents)))  # a rank left without contexts (few of them)
+    # A rank left without contexts (fewer blocks than ranks) sends the dtype the others send.
+    values = torch.zeros((0, contexts.shape[1], len(latents)), dtype=sae.W_enc.dtype)
     if len(share):
         values = collect(model, contexts[share.start:share.stop], hook,
                          lambda x: sae.encode(x.to(sae.W_enc.dtype))[..., index], batch_contexts=batch_contexts,

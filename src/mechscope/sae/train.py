@@ -51,8 +51,10 @@ from mechscope.distributed import (
 from mechscope.distributed.files import main_rank_lock
 from mechscope.errors import (
     ConfigError,
+    DistributedError,
     FileFormatError,
     InputTypeError,
+    MechscopeError,
     NonFiniteError,
     OutputFolderError,
     ResumeError,
@@ -127,8 +129,10 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return 1.0
 
 
-def _checked_tensor(tensor, what: str, step: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``tensor`` as ``dtype`` if it is a finite, non-empty, 2-D floating tensor [batch, d]."""
+def _checked_tensor(tensor, what: str, step: int, dtype: torch.dtype = torch.float32,
+                    device: torch.device | None = None) -> torch.Tensor:
+    """``tensor`` as ``dtype`` on ``device`` (default: where it is) if it is a finite, non-empty,
+    2-D floating tensor [batch, d]."""
     if not isinstance(tensor, torch.Tensor) or tensor.dim() != 2 or not tensor.is_floating_point():
         described = f"{tensor.dtype} {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
         raise InputTypeError(f"data.batch({step}) {what} must be a floating tensor [batch, d]; got {described}")
@@ -139,7 +143,7 @@ def _checked_tensor(tensor, what: str, step: int, dtype: torch.dtype = torch.flo
     except NonFiniteError as error:
         raise NonFiniteError(f"{error}. Training stopped at step {step}; checkpoints hold only earlier steps. "
                              "Find the NaN or inf in the data (a harvest in float16 can overflow)") from error
-    return tensor.to(dtype)
+    return tensor.to(device=device, dtype=dtype)
 
 
 def _named_pairs(batch: dict, step: int, configs: list[SAEConfig]) -> list[tuple[str, str | None]]:
@@ -157,8 +161,8 @@ def _named_pairs(batch: dict, step: int, configs: list[SAEConfig]) -> list[tuple
     return pairs
 
 
-def _checked_batch(data, step: int, configs: list[SAEConfig],
-                   dtype: torch.dtype = torch.float32) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+def _checked_batch(data, step: int, configs: list[SAEConfig], dtype: torch.dtype = torch.float32,
+                   device: torch.device | None = None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Each dictionary's (x [batch, d_in], target [batch, d_out] or None) from ``data.batch(step)``
     as float32, checked: 2-D finite floating tensors of the dictionary's widths, pairs for
     transcoders. The batch is x, (x, target) shared by every dictionary, or {hook: tensor}
@@ -166,7 +170,7 @@ def _checked_batch(data, step: int, configs: list[SAEConfig],
     batch = data.batch(step)
     if isinstance(batch, dict):
         pairs = _named_pairs(batch, step, configs)
-        tensors = {name: _checked_tensor(batch[name], name, step, dtype)
+        tensors = {name: _checked_tensor(batch[name], name, step, dtype, device)
                    for name in dict.fromkeys(n for pair in pairs for n in pair if n is not None)}
         found = [(tensors[x], None if target is None else tensors[target]) for x, target in pairs]
     else:
@@ -177,8 +181,8 @@ def _checked_batch(data, step: int, configs: list[SAEConfig],
             x, target = batch
         else:
             x, target = batch, None
-        x = _checked_tensor(x, "inputs", step, dtype)
-        target = None if target is None else _checked_tensor(target, "targets", step, dtype)
+        x = _checked_tensor(x, "inputs", step, dtype, device)
+        target = None if target is None else _checked_tensor(target, "targets", step, dtype, device)
         found = [(x, target if cfg.is_transcoder else None) for cfg in configs]
         for index, cfg in enumerate(configs):
             if cfg.is_transcoder and target is None:
@@ -223,10 +227,12 @@ def _data_fingerprint(data) -> dict:
 class _Run:
     """One dictionary's training state: model, optimiser, dead-latent counters, scales."""
 
-    def __init__(self, cfg: SAEConfig, seed: int, lr: float, dtype: torch.dtype = torch.float32):
-        self.sae = SAE(cfg, seed=seed).to(dtype)
+    def __init__(self, cfg: SAEConfig, seed: int, lr: float, dtype: torch.dtype = torch.float32,
+                 device: torch.device | None = None):
+        # Built on the CPU from the seed (the same weights whatever the device), then moved.
+        self.sae = SAE(cfg, seed=seed).to(device=device, dtype=dtype)
         self.optimiser = torch.optim.Adam(self.sae.parameters(), lr=lr, betas=(0.9, 0.999))
-        self.since_fired = torch.zeros(cfg.d_sae, dtype=torch.long)
+        self.since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
         self.scale_in = self.scale_out = 1.0
         self.last: dict[str, float] = {}
 
@@ -251,7 +257,7 @@ class _Run:
         since = tensors.get("since_fired")
         if since is None or since.shape != self.since_fired.shape or since.is_floating_point():
             raise FileFormatError(f"{path}: since_fired must be an integer tensor [{self.sae.cfg.d_sae}]; {REMEDY}")
-        self.since_fired = since.clone()
+        self.since_fired = since.to(self.since_fired.device, copy=True)
 
 
 def _check_weights_finite(runs: list[_Run], step: int) -> None:
@@ -278,11 +284,16 @@ def _save_checkpoint(folder: Path, step: int, runs: list[_Run], config: TrainCon
     # Data-parallel ranks must hold the same weights: a difference means a rank saw other data
     # or ran other code, and its checkpoint would not be the run's.
     check_same_settings(ranks, f"weights after step {step}", {"weights_sha256": _weights_digest(runs)})
-    files = {f"dictionary_{index}.safetensors": run.state_tensors() for index, run in enumerate(runs)}
-    meta = {"format": CHECKPOINT_FORMAT, "train": asdict(config), "data": data_fingerprint,
-            "configs": [run.sae.cfg.to_dict() for run in runs], "scales": [[run.scale_in, run.scale_out] for run in runs],
-            "world_size": ranks.world_size}  # informative only: a checkpoint resumes on any world size
-    ranks.on_main(lambda: str(save_checkpoint(folder, step, files, meta)), f"writing the checkpoint of step {step}")
+
+    def save() -> str:
+        files = {f"dictionary_{index}.safetensors": run.state_tensors() for index, run in enumerate(runs)}
+        meta = {"format": CHECKPOINT_FORMAT, "train": asdict(config), "data": data_fingerprint,
+                "configs": [run.sae.cfg.to_dict() for run in runs],
+                "scales": [[run.scale_in, run.scale_out] for run in runs],
+                "world_size": ranks.world_size}  # informative only: a checkpoint resumes on any world size
+        return str(save_checkpoint(folder, step, files, meta))
+
+    ranks.on_main(save, f"writing the checkpoint of step {step}")
 
 
 def _load_checkpoint(folder: Path, runs: list[_Run], configs: list[SAEConfig], config: TrainConfig,
@@ -341,7 +352,7 @@ def _load_checkpoint(folder: Path, runs: list[_Run], configs: list[SAEConfig], c
 
 def train(configs: SAEConfig | list[SAEConfig], data, config: TrainConfig,
           checkpoint_dir: str | Path | None = None, progress: bool = True, ranks: Ranks | None = None,
-          batch_statistics: BatchStatistics = "global") -> list[SAE]:
+          batch_statistics: BatchStatistics = "global", device: str | torch.device | None = None) -> list[SAE]:
     """Train one dictionary per config on the same batches; returns them with the input
     scaling folded into their weights (they take raw activations). An SAE reconstructs the
     batch's input; a transcoder predicts its target (data must give pairs).
@@ -354,7 +365,11 @@ def train(configs: SAEConfig | list[SAEConfig], data, config: TrainConfig,
     on the whole batch. Rank 0 writes the checkpoints, the same files one process writes:
     a run resumes on any world size. ``batch_statistics="per_rank"`` takes those statistics on
     each rank's share instead: wrong, kept only as the negative control that shows the
-    difference."""
+    difference.
+
+    ``device``: where the dictionaries train (batches are moved there); default the ranks'
+    device (``cuda:LOCAL_RANK`` under NCCL), else the CPU. The returned dictionaries are on
+    the CPU, as are checkpoints: they load on any device."""
     configs = [configs] if isinstance(configs, SAEConfig) else list(configs)
     if not configs or not all(isinstance(cfg, SAEConfig) for cfg in configs):
         raise InputTypeError(f"train needs one or more SAEConfig; got {configs!r}")
@@ -366,15 +381,23 @@ def train(configs: SAEConfig | list[SAEConfig], data, config: TrainConfig,
     if not isinstance(ranks, Ranks):
         raise InputTypeError(f"ranks must be a mechscope.distributed.Ranks (from join()); got {type(ranks).__name__}")
     check_choice("batch_statistics", batch_statistics, BatchStatistics)
+    device = _training_device(device, ranks)
+    if batch_statistics == "per_rank" and checkpoint_dir is not None:
+        raise ConfigError("batch_statistics='per_rank' is the negative control (each rank's thresholds drift apart), "
+                          "so its runs keep no checkpoints: drop checkpoint_dir")
     _check_data_split(data, ranks)
+    if ranks.distributed and not callable(getattr(data, "fingerprint", None)):
+        raise ConfigError(f"data-parallel training needs data with a fingerprint() of the global batches (this "
+                          f"{type(data).__name__} has none, and each rank sees only its share): use StoredActivations, "
+                          "ModelActivations or PairedActivations, or give the data a fingerprint() method")
     if checkpoint_dir is None:
-        return _train(configs, data, config, None, progress, ranks, batch_statistics)
+        return _train(configs, data, config, None, progress, ranks, batch_statistics, device)
     folder = Path(checkpoint_dir)
     if folder.exists() and not folder.is_dir():
         raise OutputFolderError(f"{folder} is a file, not a checkpoint folder")
     folder.mkdir(parents=True, exist_ok=True)
     with main_rank_lock(ranks, folder, "training run"):
-        return _train(configs, data, config, folder, progress, ranks, batch_statistics)
+        return _train(configs, data, config, folder, progress, ranks, batch_statistics, device)
 
 
 def _check_data_split(data, ranks: Ranks) -> None:
@@ -386,9 +409,21 @@ def _check_data_split(data, ranks: Ranks) -> None:
                           "(StoredActivations / ModelActivations), so each rank trains on its own part of the batch")
 
 
+def _training_device(device, ranks: Ranks) -> torch.device:
+    if device is None:
+        return ranks.device
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"device must be a torch device such as 'cpu' or 'cuda:0'; got {device!r}") from error
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} needs CUDA, which this process does not have: use 'cpu'")
+    return chosen
+
+
 def _train(configs: list[SAEConfig], data, config: TrainConfig, folder: Path | None, progress: bool,
-           ranks: Ranks, batch_statistics: str) -> list[SAE]:
-    runs = [_Run(cfg, seed=config.seed + index, lr=config.lr, dtype=config.torch_dtype)
+           ranks: Ranks, batch_statistics: str, device: torch.device) -> list[SAE]:
+    runs = [_Run(cfg, seed=config.seed + index, lr=config.lr, dtype=config.torch_dtype, device=device)
             for index, cfg in enumerate(configs)]
     fingerprint = _data_fingerprint(data) if folder is not None else {}
     if ranks.distributed:  # before anything is read or written: every rank runs the same training
@@ -396,15 +431,17 @@ def _train(configs: list[SAEConfig], data, config: TrainConfig, folder: Path | N
                                                          "train": asdict(config), "batch_statistics": batch_statistics,
                                                          "data": fingerprint or _data_fingerprint(data)})
     start = _load_checkpoint(folder, runs, configs, config, fingerprint) if folder is not None else 0
+    initialise = start == 0 and (config.normalise_inputs or config.decoder_bias_init == "mean")
+    # Read once: the batch the start-up checks and the data-dependent initialisation look at.
+    opening = _step_batch(data, start, configs, config, ranks, device) if ranks.distributed or initialise else None
     if ranks.distributed:  # every rank resumes from the same state, with an equal share of each batch
         check_same_settings(ranks, "checkpoint to resume from and share of the batch",
-                            {"start": start, "weights": _weights_digest(runs),
-                             "rows": [x.shape[0] for x, _ in _checked_batch(data, start % config.steps, configs)]})
+                            {"start": start, "weights": _weights_digest(runs), "rows": [x.shape[0] for x, _ in opening]})
     for run in runs:
         broadcast_parameters(ranks, run.sae.parameters())
     statistics = ranks if batch_statistics == "global" else Ranks()
     if start == 0 and config.normalise_inputs:
-        for run, (x, target) in zip(runs, _checked_batch(data, 0, configs, config.torch_dtype)):
+        for run, (x, target) in zip(runs, opening):
             goal = target if run.sae.cfg.is_transcoder else x
             norm_in, norm_out = global_mean(statistics, x.norm(dim=-1)), global_mean(statistics, goal.norm(dim=-1))
             if float(norm_in) == 0 or float(norm_out) == 0:
@@ -414,17 +451,28 @@ def _train(configs: list[SAEConfig], data, config: TrainConfig, folder: Path | N
             run.scale_out = float(run.sae.cfg.output_dim**0.5 / norm_out)
     if start == 0 and config.decoder_bias_init == "mean":
         with torch.no_grad():
-            for run, (x, target) in zip(runs, _checked_batch(data, 0, configs, config.torch_dtype)):
+            for run, (x, target) in zip(runs, opening):
                 goal = target if run.sae.cfg.is_transcoder else x
                 run.sae.b_dec.copy_(global_mean_rows(statistics, goal) * run.scale_out)
     bar = tqdm(range(start, config.steps), desc="training dictionaries", disable=not (progress and ranks.is_main),
                initial=start, total=config.steps)
     for step in bar:
-        batch = _checked_batch(data, step, configs, config.torch_dtype)
-        fired = [_train_step(run, index, x, x if target is None else target, step, config, statistics)
+        batch = opening if step == start and opening is not None else _step_batch(data, step, configs, config, ranks,
+                                                                                  device)
+        # Every dictionary's loss runs on every rank (their batch statistics are collectives), even
+        # after one failed here; the failure then rides in the gradient all-reduce.
+        steps = [_train_step(run, index, x, x if target is None else target, step, config, statistics)
                  for index, (run, (x, target)) in enumerate(zip(runs, batch))]
+        failures = [error for _, error in steps if error is not None]
         # One all-reduce for every dictionary's gradients, then each steps on the average.
-        average_gradients(ranks, [p for run in runs for p in run.sae.parameters()])
+        failed_ranks = average_gradients(ranks, [p for run in runs for p in run.sae.parameters()], bool(failures))
+        if failures:
+            raise failures[0]
+        if failed_ranks:
+            raise DistributedError(f"rank {ranks.rank}: at step {step} the loss of {failed_ranks} other rank(s) was not "
+                                   "finite (that rank reports why); training stopped before this update, so every "
+                                   "checkpoint holds earlier steps")
+        fired = [fired_here for fired_here, _ in steps]
         rows = batch[0][0].shape[0] * statistics.world_size  # equal shares: checked at the start
         for run, fired_here in zip(runs, fired):
             run.optimiser.step()
@@ -439,12 +487,34 @@ def _train(configs: list[SAEConfig], data, config: TrainConfig, folder: Path | N
     return [_folded(run) for run in runs]
 
 
+def _step_batch(data, step: int, configs: list[SAEConfig], config: TrainConfig, ranks: Ranks,
+                device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """:func:`_checked_batch` on every rank; a batch that fails its checks on one rank stops
+    every rank (one small all-reduce), before any collective of the step could wait for it."""
+    failure = None
+    try:
+        batch = _checked_batch(data, step, configs, config.torch_dtype, device)
+    except MechscopeError as error:
+        if not ranks.distributed:
+            raise
+        failure = error
+    if ranks.distributed:
+        failed = int(ranks.all_reduce(torch.tensor([failure is not None], dtype=torch.int32),
+                                      what=f"checking every rank's batch of step {step}"))
+        if failure is not None:
+            raise failure
+        if failed:
+            raise DistributedError(f"rank {ranks.rank}: the batch of step {step} failed its checks on {failed} other "
+                                   "rank(s) (that rank reports why); training stopped before this step")
+    return batch
+
+
 def _train_step(run: _Run, index: int, x: torch.Tensor, target: torch.Tensor, step: int, config: TrainConfig,
-                statistics: Ranks) -> torch.Tensor:
+                statistics: Ranks) -> tuple[torch.Tensor, NonFiniteError | None]:
     """The loss and gradients of x [batch, d_in] -> target [batch, d_out] (the update itself
-    follows, after the gradients are averaged over ranks); returns which latents fired
-    [d_sae] here. A non-finite loss stops training before any update (so the weights, and
-    every checkpoint, stay finite)."""
+    follows, after the gradients are averaged over ranks); returns which latents fired [d_sae]
+    here, and the error when the loss is not finite (then there are no gradients: the caller
+    stops training before any update, so the weights, and every checkpoint, stay finite)."""
     sae, cfg = run.sae, run.sae.cfg
     x_scaled, target_scaled = x * run.scale_in, target * run.scale_out
     for group in run.optimiser.param_groups:
@@ -453,20 +523,22 @@ def _train_step(run: _Run, index: int, x: torch.Tensor, target: torch.Tensor, st
     aux_k = config.aux_k if config.aux_k is not None else max(1, cfg.d_in // 2)
     loss, parts, fired = sae.loss(x_scaled, target_scaled, dead, aux_k, config.aux_coefficient,
                                   statistics if statistics.distributed else None)
-    if not bool(torch.isfinite(loss.detach())):
-        raise NonFiniteError(f"the loss of dictionary {index} ({cfg.architecture}) is {float(loss.detach())} at step {step} "
-                             f"(parts: {parts}) though the batch is finite: its values overflow, or lr={config.lr} "
-                             "is too high. Training stopped before this update; checkpoints hold earlier steps")
     run.optimiser.zero_grad(set_to_none=True)
+    if not bool(torch.isfinite(loss.detach())):
+        return fired, NonFiniteError(
+            f"the loss of dictionary {index} ({cfg.architecture}) is {float(loss.detach())} at step {step} (parts: "
+            f"{parts}) though the batch is finite: its values overflow, or lr={config.lr} is too high. Training "
+            "stopped before this update; checkpoints hold earlier steps")
     loss.backward()
     with torch.no_grad():
         variance = (target_scaled - target_scaled.mean(0)).pow(2).sum(-1).mean()
         run.last = {**parts, "fvu": parts["mse"] / float(variance.clamp_min(1e-12)), "dead": float(dead.float().mean())}
-    return fired
+    return fired, None
 
 
 def _folded(run: _Run) -> SAE:
-    """A copy of the run's SAE that takes raw activations: the input / output scales folded in."""
+    """A copy of the run's SAE, on the CPU, that takes raw activations: the input / output
+    scales folded in."""
     sae = SAE(run.sae.cfg).to(run.sae.W_enc.dtype)
     sae.load_state_dict(run.sae.state_dict())
     s_in, s_out = run.scale_in, run.scale_out
@@ -480,4 +552,5 @@ def _folded(run: _Run) -> SAE:
     return sae
 
 
-__all__ = ["RESUME_FREE_FIELDS", "BatchStatistics", "TrainConfig", "TrainDtype", "lr_factor", "train"]
+__all__ = ["RESUME_FREE_FIELDS", "BatchStatistics", "DecoderBiasInit", "TrainConfig", "TrainDtype", "lr_factor",
+           "train"]
