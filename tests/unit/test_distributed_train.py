@@ -154,6 +154,11 @@ def test_data_split_must_match_the_ranks(tmp_path, trained):
         TrainConfig(steps=1, decoder_bias_init="median")
     with pytest.raises(ConfigError, match="dtype must be one of: float32, float64"):
         TrainConfig(steps=1, dtype="float16")
+    with pytest.raises(ConfigError, match="device must be a torch device such as 'cpu'"):
+        train(scenario.sae_config("topk", d_in), data, scenario.train_config(), device="abacus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="needs CUDA, which this process does not have"):
+            train(scenario.sae_config("topk", d_in), data, scenario.train_config(), device="cuda:0")
     with pytest.raises(ConfigError, match="batch_statistics must be one of: global, per_rank"):
         train(scenario.sae_config("topk", d_in), data, scenario.train_config(), batch_statistics="local")
 
