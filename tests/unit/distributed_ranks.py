@@ -180,10 +180,26 @@ def transcoder_settings():
     return contexts, TranscoderSetConfig(d_sae=32, architecture="batchtopk", k=4), train_config(steps=6)
 
 
-def transcoder_scenarios(ranks, out: str) -> None:
+def crosscoder_settings():
+    from mechscope.diff.crosscoder import CrosscoderConfig
+
+    config = CrosscoderConfig(d_model=64, d_sae=40, k=4, hook_names=(HOOK,), delta_scale=2.0, ft_exclusive=4)
+    return config, train_config(steps=6)
+
+
+def paired_data(pair: str, ranks=None):
+    from mechscope.diff.paired import PairedActivations
+
+    rank, world = (ranks.rank, ranks.world_size) if ranks is not None else (0, 1)
+    return PairedActivations(pair, [HOOK], batch_size=32, seed=4, rank=rank, world_size=world)
+
+
+def transcoder_scenarios(ranks, out: str, pair: str) -> None:
     """Every layer's transcoder: whole layers per rank (``placement="layers"``), then
-    data-parallel (each step's 4 contexts split 2 + 2)."""
+    data-parallel (each step's 4 contexts split 2 + 2); then a crosscoder, data-parallel on the
+    paired store ``pair`` (its change magnified, with designated fine-tune-only latents)."""
     import mechscope
+    from mechscope.diff.crosscoder import train_crosscoder
     from mechscope.graphs.transcoders import train_transcoders
 
     model = mechscope.load_tiny("llama")
@@ -194,3 +210,6 @@ def transcoder_scenarios(ranks, out: str) -> None:
                                     placement=placement, checkpoint_dir=out / placement)
         for layer, sae in trained.items():
             _save(ranks, out, f"{placement}-{layer}", sae)
+    config, settings = crosscoder_settings()
+    crosscoder = train_crosscoder(paired_data(pair, ranks), config, settings, progress=False, ranks=ranks)
+    _save(ranks, out, "crosscoder", crosscoder.sae)

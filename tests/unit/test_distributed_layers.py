@@ -4,10 +4,13 @@ one process, and a layer's checkpoint folder is a one-process folder on any worl
 from dataclasses import replace
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 import mechscope
 from mechscope.data import ModelActivations
+from mechscope.diff.crosscoder import train_crosscoder
+from mechscope.diff.paired import harvest_pair
 from mechscope.distributed import Ranks, run_ranks
 from mechscope.errors import ConfigError
 from mechscope.graphs.replacement import mlp_input, mlp_output
@@ -22,13 +25,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def spread(tmp_path_factory):
     out = tmp_path_factory.mktemp("layers")
-    outcomes = run_ranks(scenario.transcoder_scenarios, 2, out / "work", str(out), timeout_s=240,
+    base, ft = mechscope.load_tiny("llama"), mechscope.load_tiny("llama")
+    with torch.no_grad():  # a fine-tune with something to find: one MLP's output scaled
+        ft.hf_model.model.layers[0].mlp.down_proj.weight.mul_(1.5)
+    contexts = torch.randint(3, 250, (8, 9), generator=torch.Generator().manual_seed(3))
+    pair = harvest_pair(base, ft, contexts, out / "pair", [scenario.HOOK], shard_contexts=4, progress=False)
+    outcomes = run_ranks(scenario.transcoder_scenarios, 2, out / "work", str(out), str(pair), timeout_s=240,
                          collective_timeout_s=30)
     assert all(outcome.ok for outcome in outcomes), outcomes
     model = mechscope.load_tiny("llama")
     contexts, config, settings = scenario.transcoder_settings()
     single = train_transcoders(model, contexts, config, settings, batch_contexts=4, progress=False)
-    return out, model, single
+    return out, model, single, pair
 
 
 def difference(saved: dict, sae) -> float:
@@ -36,7 +44,7 @@ def difference(saved: dict, sae) -> float:
 
 
 def test_whole_layers_per_rank_equal_one_process(spread):
-    out, model, single = spread
+    out, model, single, _ = spread
     assert len(single) == model.cfg.n_layers == 3
     for layer, sae in single.items():
         for rank in (0, 1):  # every rank returns every layer, trained on its owner
@@ -48,13 +56,13 @@ def test_whole_layers_per_rank_equal_one_process(spread):
 def test_each_batch_split_over_ranks_equals_one_process(spread):
     """Each rank runs the model on 2 of the step's 4 contexts (a row's activations do not depend
     on the other rows of the batch here), and the float64 training agrees to rounding."""
-    out, _, single = spread
+    out, _, single, _ = spread
     for layer, sae in single.items():
         assert difference(load_file(str(out / f"data-{layer}.rank0.safetensors")), sae) < 1e-10
 
 
 def test_layer_folders_resume_in_one_process(spread):
-    out, model, single = spread
+    out, model, single, _ = spread
     contexts, config, settings = scenario.transcoder_settings()
     again = train_transcoders(model, contexts, config, settings, batch_contexts=4, progress=False, ranks=Ranks(),
                               placement="layers", checkpoint_dir=out / "layers")
@@ -70,3 +78,12 @@ def test_layer_folders_resume_in_one_process(spread):
         train_transcoders(model, contexts, config, settings, placement="layers")
     with pytest.raises(ConfigError, match="placement must be one of"):
         train_transcoders(model, contexts, config, settings, placement="heads")
+
+
+def test_a_crosscoder_trained_on_two_ranks_equals_one_process(spread):
+    out, _, _, pair = spread
+    config, settings = scenario.crosscoder_settings()
+    single = train_crosscoder(scenario.paired_data(pair), config, settings, progress=False).sae
+    assert difference(load_file(str(out / "crosscoder.rank1.safetensors")), single) < 1e-10
+    # The designated fine-tune-only latents kept their base decoder half at zero on both sides.
+    assert float(single.W_dec.detach()[-4:, :64].abs().max()) == 0.0
