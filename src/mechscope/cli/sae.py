@@ -75,11 +75,10 @@ def train(
 ) -> None:
     """Harvest activations (resumable), train a dictionary (resumable), save it in SAELens'
     format and evaluate it on held-out contexts."""
-    from mechscope.distributed import join, leave, output_folder_on_ranks
+    from mechscope.distributed import joined, output_folder_on_ranks
 
     options = TrainOptions(hook, arch, k, d_sae, _parse_tokens(tokens), batch_size, lr, harvest_contexts, seed)
-    ranks = join()  # one of several ranks under torchrun; a world of one otherwise
-    try:
+    with joined() as ranks:  # one of several ranks under torchrun; a world of one otherwise
         check_rank_share(ranks.rank, ranks.world_size, options.batch_size, "--batch-size", "rows")
         folder = output_folder_on_ranks(ranks, lambda: prepare_train_folder(out, options, overwrite, model), str(out))
         if ranks.is_main:
@@ -88,8 +87,6 @@ def train(
                 say(f"{ranks.world_size} ranks ({ranks.backend}): harvest sharded, training data-parallel with a global "
                     f"batch of {options.batch_size:,} ({options.batch_size // ranks.world_size:,} per rank)")
         _, scored = run_train(load_model(model), options, folder, ranks=ranks)
-    finally:
-        leave()
     if ranks.is_main:
         _print_eval(scored)
         console.print(f"saved {folder / 'sae'} (cfg.json + sae_weights.safetensors) and {folder / 'eval.json'}")
@@ -164,7 +161,7 @@ def train_transcoders(
     """A transcoder (normalised MLP input -> MLP output) for every layer, all layers trained from
     the same forward passes (resumable); scored per layer and with every layer spliced at once.
     The folder is what `mechscope graph --transcoders` reads."""
-    from mechscope.distributed import join, leave, output_folder_on_ranks
+    from mechscope.distributed import joined, output_folder_on_ranks
     from mechscope.graphs.transcoder_runs import (
         TranscoderOptions,
         prepare_transcoders_folder,
@@ -173,15 +170,12 @@ def train_transcoders(
 
     options = TranscoderOptions(d_sae, arch, k, skip, _parse_tokens(tokens), batch_contexts, contexts, lr, seed, window,
                                 placement)
-    ranks = join()  # one of several ranks under torchrun; a world of one otherwise
-    try:
+    with joined() as ranks:  # one of several ranks under torchrun; a world of one otherwise
         folder = output_folder_on_ranks(ranks, lambda: prepare_transcoders_folder(out, options, overwrite, model),
                                         str(out))
         if ranks.is_main:
             say(folder.describe())
         scored = run_train_transcoders(load_model(model), options, folder, ranks=ranks)
-    finally:
-        leave()
     if not ranks.is_main:
         return
     table = Table(title="transcoders on held-out contexts")

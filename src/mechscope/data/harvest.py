@@ -46,7 +46,7 @@ from mechscope.data.manifest import (
     shard_name,
     stored_sha256,
 )
-from mechscope.distributed import Ranks, check_same_settings, main_rank_lock
+from mechscope.distributed import Ranks, check_ranks, check_same_settings, main_rank_lock
 from mechscope.errors import (
     FileFormatError,
     FolderNotEmptyError,
@@ -85,9 +85,7 @@ def harvest(model: HookedModel, contexts: torch.Tensor, folder: str | Path, hook
     if not isinstance(dtype, torch.dtype):
         raise InputTypeError(f"dtype must be a torch dtype, e.g. torch.float32; got {dtype!r}")
     dtype_name = check_choice("dtype", str(dtype).split(".")[-1], HarvestDtype)
-    ranks = ranks if ranks is not None else Ranks()
-    if not isinstance(ranks, Ranks):
-        raise InputTypeError(f"ranks must be a mechscope.distributed.Ranks (from join()); got {type(ranks).__name__}")
+    ranks = check_ranks(ranks)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputFolderError(f"{folder} is a file, not a folder: give harvest a folder for its shards")
@@ -109,7 +107,7 @@ def harvest(model: HookedModel, contexts: torch.Tensor, folder: str | Path, hook
         progress_view = _Progress(folder, expected, found, remaining) if ranks.is_main else None
         ranks.everywhere(lambda: _write_shards(model, contexts, folder, expected, remaining[ranks.rank::ranks.world_size],
                                                dtype, progress, ranks, progress_view), "harvesting shards")
-        ranks.on_main(lambda: _finish(folder, expected), "writing the manifest")
+        ranks.on_main(lambda: progress_view.finish(), "writing the manifest")
     return folder
 
 
@@ -124,18 +122,6 @@ def _open_folder(folder: Path, expected: dict) -> dict[int, dict]:
     shards = _collect(folder, expected, _listed(folder, expected))
     _write_manifest(folder, expected, shards)
     return shards
-
-
-def _finish(folder: Path, expected: dict) -> None:
-    """The final manifest, listing every shard; refuses a harvest with contexts missing (the
-    folder is not shared by every rank, so rank 0 did not see the others' shards)."""
-    shards = _collect(folder, expected, _listed(folder, expected))
-    _write_manifest(folder, expected, shards)
-    missing = shard_count(expected["total_contexts"], expected["shard_contexts"]) - len(shards)
-    if missing:
-        raise MissingFileError(f"{folder}: {missing} shard(s) written by other ranks are not in this folder: a "
-                               "harvest on several ranks needs a folder every rank sees (a shared file system); "
-                               "run the same call again to harvest what is missing")
 
 
 def _listed(folder: Path, expected: dict) -> dict[int, dict]:
@@ -176,22 +162,38 @@ class _Progress:
 
     def __init__(self, folder: Path, expected: dict, found: dict[int, dict], remaining: list[int]):
         self.folder, self.expected, self.found = folder, expected, found
-        self.pending = deque(i for i in remaining if i not in found)
+        self.pending = deque(remaining)  # shards not complete when the harvest started
         self.written = time.monotonic()
+
+    def _look_up(self, index: int) -> bool:
+        """Whether shard ``index`` is complete (noted in ``found`` if so)."""
+        written = self.found.get(index) or _record(self.folder, index, self.expected)
+        if written is not None:
+            self.found[index] = written
+        return written is not None
 
     def add(self, index: int, record: dict) -> None:
         self.found[index] = record
-        while self.pending and self.pending[0] <= index:
-            other = self.pending[0]
-            written = self.found.get(other) or _record(self.folder, other, self.expected)
-            if written is not None:
-                self.found[other] = written
-                self.pending.popleft()
-            else:
-                break  # not written yet: looked up again after rank 0's next shard
+        # A shard not written yet is looked up again after rank 0's next shard.
+        while self.pending and self.pending[0] <= index and self._look_up(self.pending[0]):
+            self.pending.popleft()
         if len(self.found) <= self.FIRST_SHARDS or time.monotonic() - self.written >= self.INTERVAL_S:
             _write_manifest(self.folder, self.expected, self.found)
             self.written = time.monotonic()
+
+    def finish(self) -> None:
+        """Once every rank is done: the records of the shards still pending, then the final
+        manifest; refuses a harvest with shards missing (a folder not shared by every rank, so
+        rank 0 does not see the others' shards)."""
+        for other in self.pending:
+            self._look_up(other)
+        self.pending.clear()
+        _write_manifest(self.folder, self.expected, self.found)
+        missing = shard_count(self.expected["total_contexts"], self.expected["shard_contexts"]) - len(self.found)
+        if missing:
+            raise MissingFileError(f"{self.folder}: {missing} shard(s) written by other ranks are not in this folder: "
+                                   "a harvest on several ranks needs a folder every rank sees (a shared file system); "
+                                   "run the same call again to harvest what is missing")
 
 
 def _write_manifest(folder: Path, expected: dict, shards: dict[int, dict]) -> None:

@@ -11,15 +11,16 @@ from mechscope.distributed.files import main_rank_lock, output_folder_on_ranks
 from mechscope.distributed.group import (
     DistributedConfig,
     Ranks,
+    check_ranks,
     check_same_settings,
     join,
+    joined,
     launched_by_torchrun,
     leave,
     settings_digest,
 )
 from mechscope.distributed.launch import RankOutcome, run_ranks
 from mechscope.distributed.merge import (
-    check_ranks,
     contiguous_share,
     merge_top_k,
     merge_top_k_many,
@@ -40,6 +41,6 @@ from mechscope.distributed.reduce import (
 
 __all__ = ["DistributedConfig", "RankOutcome", "Ranks", "any_rank", "average_gradients",
            "broadcast_parameters", "check_ranks", "check_same_settings", "contiguous_share",
-           "global_kth_largest", "global_mean", "global_mean_rows", "join", "launched_by_torchrun", "leave",
+           "global_kth_largest", "global_mean", "global_mean_rows", "join", "joined", "launched_by_torchrun", "leave",
            "main_rank_lock", "merge_top_k", "merge_top_k_many", "merged_histogram", "merged_histograms", "output_folder_on_ranks",
            "rank_jobs", "run_ranks", "settings_digest", "spread_jobs", "top_k"]

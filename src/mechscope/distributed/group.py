@@ -15,17 +15,19 @@ backend failure (a peer that died, or one that stalled past ``timeout_s``) into 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.distributed as torch_dist
 
-from mechscope.errors import ConfigError, DistributedError
+from mechscope.errors import ConfigError, DistributedError, InputTypeError
 from mechscope.validate import check_choice, check_int, check_number
 
 Backend = Literal["auto", "gloo", "nccl"]
@@ -198,6 +200,16 @@ class Ranks:
         return shared["value"]
 
 
+def check_ranks(ranks: Any) -> Ranks:
+    """``ranks`` if it is a :class:`Ranks`, a world of one for None, else an InputTypeError
+    (what a function taking ``ranks: Ranks | None = None`` starts with)."""
+    if ranks is None:
+        return Ranks()
+    if not isinstance(ranks, Ranks):
+        raise InputTypeError(f"ranks must be a mechscope.distributed.Ranks (from join()); got {type(ranks).__name__}")
+    return ranks
+
+
 def settings_digest(settings: Any) -> str:
     """SHA-256 of ``settings`` as sorted JSON."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
@@ -269,5 +281,16 @@ def leave() -> None:
         torch_dist.destroy_process_group()
 
 
-__all__ = ["Backend", "DistributedConfig", "LAUNCH_VARIABLES", "Ranks", "check_same_settings", "join",
+@contextlib.contextmanager
+def joined(config: DistributedConfig | None = None) -> Iterator[Ranks]:
+    """``with joined() as ranks:``: :func:`join` for the block, :func:`leave` after it (also
+    when it raises), as a command run once per rank does."""
+    ranks = join(config)
+    try:
+        yield ranks
+    finally:
+        leave()
+
+
+__all__ = ["Backend", "DistributedConfig", "LAUNCH_VARIABLES", "Ranks", "check_ranks", "check_same_settings", "join", "joined",
            "launched_by_torchrun", "leave", "settings_digest"]

@@ -29,19 +29,9 @@ from typing import Any
 
 import torch
 
-from mechscope.distributed.group import Ranks
+from mechscope.distributed.group import Ranks, check_ranks
 from mechscope.errors import DistributedError, InputTypeError, NonFiniteError
 from mechscope.validate import check_int
-
-
-def check_ranks(ranks: Any) -> Ranks:
-    """``ranks`` if it is a :class:`Ranks`, a world of one for None, else an InputTypeError
-    (what a function taking ``ranks: Ranks | None = None`` starts with)."""
-    if ranks is None:
-        return Ranks()
-    if not isinstance(ranks, Ranks):
-        raise InputTypeError(f"ranks must be a mechscope.distributed.Ranks (from join()); got {type(ranks).__name__}")
-    return ranks
 
 
 def _check_list(values: Any, global_index: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,5 +244,5 @@ def spread_jobs(ranks: Ranks, n_jobs: int, run_job: Callable[[int], Any], what: 
     return results
 
 
-__all__ = ["check_ranks", "contiguous_share", "merge_top_k", "merge_top_k_many", "merged_histogram", "merged_histograms",
+__all__ = ["contiguous_share", "merge_top_k", "merge_top_k_many", "merged_histogram", "merged_histograms",
            "rank_jobs", "spread_jobs", "top_k"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mechscope import checks
 from mechscope.data.contexts import CONTEXT_LENGTH, default_contexts
-from mechscope.distributed import Ranks
+from mechscope.distributed import Ranks, check_ranks, output_folder_on_ranks
 from mechscope.errors import ConfigError
 from mechscope.files import OutputFolder, atomic_text, prepare_output_folder
 from mechscope.graphs.crosslayer import CrossLayerConfig, save_crosslayer
@@ -97,11 +97,12 @@ def run_train_transcoders(model: HookedModel, options: TranscoderOptions, out: O
                           overwrite: bool = False, progress: bool = True,
                           ranks: Ranks | None = None) -> TranscoderSetEvaluation | None:
     """Train (resumable), save ``transcoders/layer_{l}/`` and write ``eval.json`` (with the
-    training time of this call and the tokens per second). With ``ranks`` (torchrun; ``out``
-    prepared by rank 0 and given as an OutputFolder to every rank), per-layer transcoders train
-    by ``options.placement``; rank 0 saves, scores and returns the evaluation, the others None."""
-    ranks = ranks if ranks is not None else Ranks()
-    folder = out if isinstance(out, OutputFolder) else prepare_transcoders_folder(out, options, overwrite)
+    training time of this call and the tokens per second). With ``ranks`` (torchrun; rank 0
+    prepares ``out`` for all), per-layer transcoders train by ``options.placement``; rank 0
+    saves, scores and returns the evaluation, the others None."""
+    ranks = check_ranks(ranks)
+    folder = out if isinstance(out, OutputFolder) else \
+        output_folder_on_ranks(ranks, lambda: prepare_transcoders_folder(out, options, overwrite), str(out))
     if options.window > 1 and ranks.distributed:
         raise ConfigError(f"a cross-layer transcoder (--window {options.window}) trains in one process; per-layer "
                           "transcoders (--window 1) train on several ranks")

@@ -180,10 +180,13 @@ class SAE(nn.Module):
                 keep[flat.topk(min(flat.numel(), k * positive.shape[0])).indices] = True
             mask[:, columns] = keep.view_as(part)
             with torch.no_grad():
-                kept = flat[keep & (flat > 0)]
-                smallest = kept.min() if kept.numel() else flat.new_tensor(float("inf"))
-                if split:  # the whole batch's smallest kept activation, equal on every rank
-                    smallest = ranks.all_reduce(smallest, op="min", what="the BatchTopK threshold")
+                if split and float(cut) > 0:
+                    smallest = cut  # the whole batch's smallest kept activation is the cut itself
+                else:
+                    kept = flat[keep & (flat > 0)]
+                    smallest = kept.min() if kept.numel() else flat.new_tensor(float("inf"))
+                    if split:  # fewer positives than the budget: the smallest of them over every rank
+                        smallest = ranks.all_reduce(smallest, op="min", what="the BatchTopK threshold")
                 if bool(torch.isfinite(smallest)):
                     threshold = self.batch_threshold if group is None else self.group_thresholds[group]
                     threshold.copy_(smallest if float(threshold) == 0 else 0.99 * threshold + 0.01 * smallest)

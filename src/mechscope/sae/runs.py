@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mechscope import checks
 from mechscope.data.contexts import default_contexts
-from mechscope.distributed import Ranks, output_folder_on_ranks
+from mechscope.distributed import Ranks, check_ranks, output_folder_on_ranks
 from mechscope.errors import ConfigError, FileFormatError, MechscopeError, MissingFileError, OutOfRangeError
 from mechscope.files import READ_ERRORS, OutputFolder, atomic_text, prepare_output_folder, staged_writes
 from mechscope.models.catalogue import check_hook_syntax
@@ -113,13 +113,9 @@ def run_train(model: HookedModel, options: TrainOptions, out: OutputFolder | str
     from mechscope.data import StoredActivations, harvest
     from mechscope.sae.train import TrainConfig, train
 
-    ranks = ranks if ranks is not None else Ranks()
-    if isinstance(out, OutputFolder):
-        folder = out
-    elif ranks.distributed:
-        folder = output_folder_on_ranks(ranks, lambda: prepare_train_folder(out, options, overwrite), str(out))
-    else:
-        folder = prepare_train_folder(out, options, overwrite)
+    ranks = check_ranks(ranks)
+    folder = out if isinstance(out, OutputFolder) else \
+        output_folder_on_ranks(ranks, lambda: prepare_train_folder(out, options, overwrite), str(out))
     point = model.hook_point(options.hook)  # the model's own check: layer range, family
     width = point.shape[-1]
     if len(point.axes) != 3 or width is None:

@@ -22,7 +22,7 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from mechscope.distributed import Ranks, check_same_settings, settings_digest
+from mechscope.distributed import Ranks, check_ranks, check_same_settings, settings_digest
 from mechscope.errors import ConfigError, InputTypeError
 from mechscope.files import atomic_text, read_json
 from mechscope.sae.config import SAEConfig
@@ -49,8 +49,7 @@ def train_spread(configs: list[SAEConfig], data, config: TrainConfig, checkpoint
     (not a per-rank share); ``checkpoint_dir`` must be on a filesystem every rank sees."""
     if not isinstance(configs, list | tuple) or not configs or not all(isinstance(c, SAEConfig) for c in configs):
         raise InputTypeError(f"train_spread needs a non-empty list of SAEConfig; got {configs!r}")
-    if not isinstance(ranks, Ranks):
-        raise InputTypeError(f"ranks must be a mechscope.distributed.Ranks (from join()); got {type(ranks).__name__}")
+    ranks = check_ranks(ranks)
     if getattr(data, "world_size", 1) != 1:
         raise ConfigError("train_spread gives each rank whole batches: build the data with world_size=1 (a per-rank "
                           "share is for data-parallel train(..., ranks=...))")

@@ -44,6 +44,7 @@ from mechscope.distributed import (
     any_rank,
     average_gradients,
     broadcast_parameters,
+    check_ranks,
     check_same_settings,
     global_mean,
     global_mean_rows,
@@ -164,7 +165,7 @@ def _named_pairs(batch: dict, step: int, configs: list[SAEConfig]) -> list[tuple
 def _checked_batch(data, step: int, configs: list[SAEConfig], dtype: torch.dtype = torch.float32,
                    device: torch.device | None = None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Each dictionary's (x [batch, d_in], target [batch, d_out] or None) from ``data.batch(step)``
-    as float32, checked: 2-D finite floating tensors of the dictionary's widths, pairs for
+    as ``dtype`` on ``device``, checked: 2-D finite floating tensors of the dictionary's widths, pairs for
     transcoders. The batch is x, (x, target) shared by every dictionary, or {hook: tensor}
     from which each dictionary takes its own hooks (many layers trained from one forward pass)."""
     batch = data.batch(step)
@@ -377,9 +378,7 @@ def train(configs: SAEConfig | list[SAEConfig], data, config: TrainConfig,
         raise InputTypeError(f"config must be a TrainConfig; got {type(config).__name__}")
     if not callable(getattr(data, "batch", None)):
         raise InputTypeError(f"data must have a batch(step) method; got {type(data).__name__}")
-    ranks = ranks if ranks is not None else Ranks()
-    if not isinstance(ranks, Ranks):
-        raise InputTypeError(f"ranks must be a mechscope.distributed.Ranks (from join()); got {type(ranks).__name__}")
+    ranks = check_ranks(ranks)
     check_choice("batch_statistics", batch_statistics, BatchStatistics)
     device = _training_device(device, ranks)
     if batch_statistics == "per_rank" and checkpoint_dir is not None:
@@ -472,12 +471,12 @@ def _train(configs: list[SAEConfig], data, config: TrainConfig, folder: Path | N
             raise DistributedError(f"rank {ranks.rank}: at step {step} the loss of {failed_ranks} other rank(s) was not "
                                    "finite (that rank reports why); training stopped before this update, so every "
                                    "checkpoint holds earlier steps")
-        fired = [fired_here for fired_here, _ in steps]
+        # Which latents fired on any rank: every dictionary's flags in one all-reduce.
+        fired = any_rank(statistics, torch.cat([fired_here for fired_here, _ in steps]))
         rows = batch[0][0].shape[0] * statistics.world_size  # equal shares: checked at the start
-        for run, fired_here in zip(runs, fired):
+        for run, everywhere in zip(runs, fired.split([run.sae.cfg.d_sae for run in runs])):
             run.optimiser.step()
             run.sae.after_step()
-            everywhere = any_rank(statistics, fired_here)
             run.since_fired = torch.where(everywhere, torch.zeros_like(run.since_fired), run.since_fired + int(rows))
         if folder is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
             _save_checkpoint(folder, step, runs, config, fingerprint, ranks)
