@@ -21,15 +21,14 @@ def global_mean(ranks: Ranks, values: torch.Tensor) -> torch.Tensor:
     """The mean of ``values`` [n] over every rank's rows (a 0-dim tensor; no gradient)."""
     if not ranks.distributed:
         return values.detach().mean()
-    totals = ranks.all_reduce(torch.stack([values.detach().sum(), torch.tensor(float(values.numel()),
-                                                                                dtype=values.dtype)]),
-                              what="the global batch mean")
+    count = torch.tensor(float(values.numel()), dtype=values.dtype, device=values.device)
+    totals = ranks.all_reduce(torch.stack([values.detach().sum(), count]), what="the global batch mean")
     return totals[0] / totals[1]
 
 
 def global_mean_rows(ranks: Ranks, rows: torch.Tensor) -> torch.Tensor:
     """The mean row [d] of every rank's ``rows`` [n, d] together (no gradient)."""
-    sums = torch.cat([rows.detach().sum(0), torch.tensor([float(rows.shape[0])], dtype=rows.dtype)])
+    sums = torch.cat([rows.detach().sum(0), torch.tensor([float(rows.shape[0])], dtype=rows.dtype, device=rows.device)])
     totals = ranks.all_reduce(sums, what="the global batch's mean row") if ranks.distributed else sums
     return totals[:-1] / totals[-1]
 
