@@ -28,7 +28,7 @@ import mechscope
 from mechscope import organisms
 from mechscope.audit import AuditConfig
 from mechscope.audit.stages import saved_edit
-from mechscope.distributed import join, leave, spread_jobs
+from mechscope.distributed import joined, spread_jobs
 from mechscope.errors import ResumeError
 from mechscope.files import atomic_text
 from mechscope.organisms.examples import shows_behaviour
@@ -203,14 +203,13 @@ def main() -> None:
     base = mechscope.load()
     names = [n.strip() for n in args.organisms.split(",") if n.strip()]
     out = args.out / ("quick" if args.quick else "full")
-    ranks = join()  # under torchrun, organism i is audited on rank i % world size
 
     def audit_one(index: int) -> dict:
         summary = audited(names[index], base, config, out)
         return {"summary": summary, "planted": planted_check(names[index], base, summary, recipe_of(names[index]), out)}
 
-    audits = spread_jobs(ranks, len(names), audit_one, what="organism audits")
-    leave()
+    with joined() as ranks:  # under torchrun, organism i is audited on rank i % world size
+        audits = spread_jobs(ranks, len(names), audit_one, what="organism audits")
     if ranks.is_main:
         results = [(name, done["summary"], recipe_of(name), done["planted"]) for name, done in zip(names, audits)]
         text = page(results, "quick" if args.quick else "full")
